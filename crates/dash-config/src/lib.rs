@@ -1,0 +1,402 @@
+//! Settings, loaded once at start. Layers, later wins: built-in defaults → `config/default.toml`
+//! → `config/<DASH_ENV>.toml` → `--config FILE` → environment → command-line flags.
+//!
+//! File keys are the snake_case field names of [`Settings`]; environment names are the
+//! contract's (`APP_ROLE`, `DASH_LISTEN`, `DATABASE_URL`, …, see [`ENV_NAMES`]). Unknown file
+//! keys are rejected, and every error names the key (and its environment name).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable → settings key. `FLY_*` come first so the `DASH_*` names win.
+pub const ENV_NAMES: &[(&str, &str)] = &[
+    ("FLY_MACHINE_ID", "node_id"),
+    ("FLY_REGION", "region"),
+    ("APP_ROLE", "role"),
+    ("DASH_LISTEN", "listen"),
+    ("DATABASE_URL", "database_url"),
+    ("NATS_URL", "nats_url"),
+    ("DNS_CLUSTER_QUERY", "dns_cluster_query"),
+    ("DNS_CLUSTER_INTERVAL", "dns_cluster_interval"),
+    ("DNS_INGESTOR_QUERY", "dns_ingestor_query"),
+    ("DNS_RESOLVER", "dns_resolver"),
+    ("DASH_INGESTOR_PORT", "ingestor_port"),
+    ("DASH_NODE_ID", "node_id"),
+    ("DASH_REGION", "region"),
+    ("DASH_ADMIN_TOKEN", "admin_token"),
+    ("DASH_FLUSH_INTERVAL", "flush_interval"),
+    ("DASH_MAX_BATCH", "max_batch"),
+    ("DASH_MAX_BACKLOG", "max_backlog"),
+    ("DASH_MAX_BODY", "max_body"),
+    ("DASH_DATA_DIR", "data_dir"),
+    ("DASH_SPOOL_MAX", "spool_max"),
+    ("DASH_PARTITIONS", "partitions"),
+    ("DASH_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    All,
+    Web,
+    Ingestor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Web => "web",
+            Self::Ingestor => "ingestor",
+        }
+    }
+
+    pub fn serves_intake(self) -> bool {
+        matches!(self, Self::All | Self::Ingestor)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A setting that must never be printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub role: Role,
+    pub listen: SocketAddr,
+    /// `None`: the SQLite file in `data_dir`.
+    pub database_url: Option<Secret>,
+    pub nats_url: Option<String>,
+    pub dns_cluster_query: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub dns_cluster_interval: Duration,
+    pub dns_ingestor_query: Option<String>,
+    pub dns_resolver: Option<SocketAddr>,
+    pub ingestor_port: u16,
+    /// `None`: the hostname.
+    pub node_id: Option<String>,
+    pub region: String,
+    pub admin_token: Option<Secret>,
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    pub max_batch: usize,
+    pub max_backlog: usize,
+    pub max_body: ByteSize,
+    pub data_dir: PathBuf,
+    pub spool_max: ByteSize,
+    /// Buffer partitions (each: an intake log and a buffer actor).
+    pub partitions: usize,
+    /// How long SIGTERM waits for buffers to drain before leaving the rest in the intake log.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            role: Role::All,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            nats_url: None,
+            dns_cluster_query: None,
+            dns_cluster_interval: Duration::from_secs(5),
+            dns_ingestor_query: None,
+            dns_resolver: None,
+            ingestor_port: 8080,
+            node_id: None,
+            region: "local".into(),
+            admin_token: None,
+            flush_interval: Duration::from_secs(1),
+            max_batch: 1000,
+            max_backlog: 5000,
+            max_body: ByteSize::mib(1),
+            data_dir: PathBuf::from("data"),
+            spool_max: ByteSize::gib(1),
+            partitions: 4,
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Settings {
+    /// The database to use: `DATABASE_URL`, else the SQLite file `<data_dir>/dash.db`.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("dash.db").display()),
+        }
+    }
+
+    /// This node's id: `DASH_NODE_ID`, `FLY_MACHINE_ID`, else the hostname.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "local".into())
+        })
+    }
+}
+
+/// What the command line adds on top.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub role: Option<Role>,
+    pub listen: Option<SocketAddr>,
+    pub config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting {name}: {message}")]
+    Invalid { name: String, message: String },
+    #[error("configuration file {0} not found")]
+    MissingFile(PathBuf),
+}
+
+fn display_name(key: &str) -> String {
+    let envs: Vec<&str> = ENV_NAMES
+        .iter()
+        .filter(|(_, k)| *k == key)
+        .map(|(e, _)| *e)
+        .collect();
+    match envs.last() {
+        Some(env) => format!("{key} ({env})"),
+        None => key.to_owned(),
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name: display_name(key),
+        message: message.into(),
+    }
+}
+
+/// Loads settings from files in `config_dir` (normally `config/`), the process environment and
+/// the command line, then checks them.
+pub fn load(config_dir: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Settings::default()))
+        .merge(Toml::file(config_dir.join("default.toml")));
+    if let Ok(env_name) = std::env::var("DASH_ENV")
+        && !env_name.is_empty()
+    {
+        figment = figment.merge(Toml::file(config_dir.join(format!("{env_name}.toml"))));
+    }
+    if let Some(file) = &overrides.config_file {
+        if !file.exists() {
+            return Err(ConfigError::MissingFile(file.clone()));
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    for (env, key) in ENV_NAMES {
+        let key = *key;
+        figment = figment.merge(
+            Env::raw()
+                .only(&[env])
+                .filter_map(move |_| Some(key.into())),
+        );
+    }
+    if let Some(role) = overrides.role {
+        figment = figment.merge(Serialized::default("role", role));
+    }
+    if let Some(listen) = overrides.listen {
+        figment = figment.merge(Serialized::default("listen", listen));
+    }
+    let settings: Settings = figment.extract().map_err(|err| {
+        let key = err.path.last().cloned().unwrap_or_default();
+        let message = err.kind.to_string();
+        if key.is_empty() {
+            ConfigError::Invalid {
+                name: "configuration".into(),
+                message,
+            }
+        } else {
+            invalid(&key, message)
+        }
+    })?;
+    validate(normalize(settings))
+}
+
+/// Empty strings (an env var set to "") mean "unset".
+fn normalize(mut s: Settings) -> Settings {
+    let blank = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim().is_empty());
+    if blank(&s.nats_url) {
+        s.nats_url = None;
+    }
+    if blank(&s.dns_cluster_query) {
+        s.dns_cluster_query = None;
+    }
+    if blank(&s.dns_ingestor_query) {
+        s.dns_ingestor_query = None;
+    }
+    if blank(&s.node_id) {
+        s.node_id = None;
+    }
+    if s.admin_token
+        .as_ref()
+        .is_some_and(|t| t.expose().is_empty())
+    {
+        s.admin_token = None;
+    }
+    if s.database_url
+        .as_ref()
+        .is_some_and(|t| t.expose().is_empty())
+    {
+        s.database_url = None;
+    }
+    s
+}
+
+fn validate(s: Settings) -> Result<Settings, ConfigError> {
+    if s.role != Role::All && s.nats_url.is_none() {
+        return Err(invalid(
+            "nats_url",
+            format!(
+                "role {} needs a bus between roles: set NATS_URL (only role all runs without one)",
+                s.role
+            ),
+        ));
+    }
+    if !(1..=100_000).contains(&s.max_batch) {
+        return Err(invalid("max_batch", "must be between 1 and 100000"));
+    }
+    if s.max_backlog == 0 {
+        return Err(invalid("max_backlog", "must be at least 1"));
+    }
+    if !(1..=256).contains(&s.partitions) {
+        return Err(invalid("partitions", "must be between 1 and 256"));
+    }
+    if s.flush_interval < Duration::from_millis(1) {
+        return Err(invalid("flush_interval", "must be at least 1ms"));
+    }
+    if s.max_body.as_u64() == 0 || s.max_body.as_u64() > 256 * 1024 * 1024 {
+        return Err(invalid("max_body", "must be between 1 byte and 256MiB"));
+    }
+    if s.spool_max.as_u64() < 64 * 1024 {
+        return Err(invalid("spool_max", "must be at least 64KiB"));
+    }
+    if s.region.trim().is_empty() {
+        return Err(invalid("region", "must not be empty"));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        figment::Jail::expect_with(|jail| {
+            let s = load(jail.directory(), &Overrides::default()).unwrap();
+            assert_eq!(s.role, Role::All);
+            assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(s.database_url(), "sqlite://data/dash.db");
+            assert_eq!((s.max_batch, s.max_backlog), (1000, 5000));
+            assert_eq!(s.max_body, ByteSize::mib(1));
+            assert_eq!(s.spool_max, ByteSize::gib(1));
+            assert_eq!(s.flush_interval, Duration::from_secs(1));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "default.toml",
+                "max_batch = 10\nregion = \"ams\"\nflush_interval = \"250ms\"",
+            )?;
+            jail.create_file("production.toml", "max_batch = 20")?;
+            jail.set_env("DASH_ENV", "production");
+            jail.set_env("DASH_MAX_BODY", "2MiB");
+            jail.set_env("FLY_REGION", "fra");
+            jail.set_env("DASH_REGION", "cdg");
+            jail.set_env("DATABASE_URL", "sqlite://x.db");
+            let s = load(
+                jail.directory(),
+                &Overrides {
+                    listen: Some("0.0.0.0:1".parse().unwrap()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(s.max_batch, 20);
+            assert_eq!(s.flush_interval, Duration::from_millis(250));
+            assert_eq!(s.max_body, ByteSize::mib(2));
+            assert_eq!(s.region, "cdg");
+            assert_eq!(s.database_url(), "sqlite://x.db");
+            assert_eq!(s.listen.port(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DASH_MAX_BATCH", "lots");
+            let err = load(jail.directory(), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("DASH_MAX_BATCH"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("default.toml", "max_batchh = 1")?;
+            let err = load(jail.directory(), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_batchh"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP_ROLE", "web");
+            let err = load(jail.directory(), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("NATS_URL"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP_ROLE", "sideways");
+            let err = load(jail.directory(), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("APP_ROLE"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,130 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest pipeline id, in bytes.
+const PIPELINE_ID_MAX: usize = 63;
+/// Longest event id, in bytes.
+pub(crate) const EVENT_ID_MAX: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidId(pub String);
+
+/// A pipeline's id: a lowercase slug (`[a-z0-9][a-z0-9_-]*`, at most 63 bytes), safe in URLs and
+/// as one token of a bus subject. It is derived from the pipeline's name at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PipelineId(String);
+
+impl PipelineId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        let valid_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        let starts_well = raw
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if raw.len() > PIPELINE_ID_MAX || !starts_well || !raw.chars().all(valid_char) {
+            return Err(InvalidId(format!(
+                "pipeline id must be 1 to {PIPELINE_ID_MAX} characters of a-z, 0-9, '-' or '_', starting with a letter or digit"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id a pipeline named `name` gets: lowercase, runs of other characters folded to '-'.
+    pub fn from_name(name: &str) -> Result<Self, InvalidId> {
+        let mut slug = String::with_capacity(name.len());
+        for c in name.trim().chars() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                slug.push(c.to_ascii_lowercase());
+            } else if !slug.ends_with('-') && !slug.is_empty() {
+                slug.push('-');
+            }
+        }
+        let slug = slug.trim_end_matches('-');
+        if slug.is_empty() {
+            return Err(InvalidId(
+                "pipeline name must contain a letter or digit".into(),
+            ));
+        }
+        Self::parse(slug)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PipelineId {
+    type Error = InvalidId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<PipelineId> for String {
+    fn from(value: PipelineId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for PipelineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An event's dedupe key within its pipeline: non-empty, at most 256 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventId(String);
+
+impl EventId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        if raw.is_empty() || raw.len() > EVENT_ID_MAX {
+            return Err(InvalidId(format!(
+                "event id must be 1 to {EVENT_ID_MAX} bytes"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// A fresh server-side id: UUIDv7, time-ordered so that index inserts stay local.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_ids_from_names() {
+        assert_eq!(
+            PipelineId::from_name("Orders API").unwrap().as_str(),
+            "orders-api"
+        );
+        assert_eq!(
+            PipelineId::from_name("  stripe__live!! ").unwrap().as_str(),
+            "stripe__live"
+        );
+        assert!(PipelineId::from_name("!!!").is_err());
+        assert!(PipelineId::parse("Has.Dots").is_err());
+        assert!(PipelineId::parse(&"a".repeat(64)).is_err());
+        assert!(PipelineId::parse("-lead").is_err());
+    }
+
+    #[test]
+    fn event_ids_are_bounded() {
+        assert!(EventId::parse("").is_err());
+        assert!(EventId::parse(&"x".repeat(257)).is_err());
+        assert!(EventId::parse("evt_1").is_ok());
+        assert_ne!(EventId::generate(), EventId::generate());
+    }
+}

@@ -1,0 +1,40 @@
+//! Dash's domain: what a pipeline and an event are, how a webhook body becomes events,
+//! and what a pipeline update carries.
+//!
+//! **Architecture invariant:** this crate does no I/O and knows no framework. Everything here
+//! is a pure function of its inputs, so it is tested by unit tests alone.
+
+mod body;
+mod ids;
+mod stats;
+
+pub use body::{BodyError, BodyFormat, RequestIdentity, parse_body};
+pub use ids::{EventId, InvalidId, PipelineId};
+pub use stats::{PipelineStats, PipelineUpdate};
+
+use serde::{Deserialize, Serialize};
+
+/// One event as it travels from intake to the store: identity, time and the raw JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Dedupe key within its pipeline.
+    pub id: String,
+    /// Event time, unix milliseconds: the event's `timestamp` field, else receive time.
+    pub time_ms: i64,
+    /// When this node received the request, unix milliseconds.
+    pub received_ms: i64,
+    /// The event object exactly as the sender wrote it.
+    pub payload: String,
+}
+
+/// Current wall-clock time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Formats unix milliseconds as RFC 3339 with millisecond precision (UTC).
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,24 @@
+use serde::{Deserialize, Serialize};
+
+/// A pipeline's running totals, as stored beside its sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineStats {
+    /// Events stored (duplicates not counted).
+    pub count: i64,
+    /// Committed batches that touched the pipeline; rises by exactly 1 per batch.
+    pub seq: i64,
+    /// Events received again under an id already stored.
+    pub duplicates: i64,
+    /// Receive time of the newest stored event, RFC 3339; null before the first.
+    pub last_event_at: Option<String>,
+}
+
+/// What a committed batch tells the rest of the system about one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineUpdate {
+    pub pipeline: String,
+    pub seq: i64,
+    pub stats: PipelineStats,
+    /// Commit time, RFC 3339.
+    pub at: String,
+}

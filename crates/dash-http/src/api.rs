@@ -1,0 +1,273 @@
+//! The JSON API: pipelines (admin create), stats, series and recent events, OpenAPI.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use dash_domain::format_ms;
+use dash_store::{PipelineAuth, PipelineRecord, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::{ApiError, AppState};
+
+/// Most buckets one series request may ask for.
+const MAX_POINTS: i64 = 10_000;
+const DEFAULT_EVENTS: u32 = 50;
+const MAX_EVENTS: u32 = 1000;
+
+pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/api/pipelines", get(list_pipelines).post(create_pipeline))
+        .route("/api/pipelines/{id}", get(get_pipeline))
+        .route("/api/pipelines/{id}/series", get(series))
+        .route("/api/pipelines/{id}/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state, require_admin))
+        .route("/api/openapi.json", get(openapi))
+}
+
+/// With `DASH_ADMIN_TOKEN` set, the API needs `Authorization: Bearer <token>`.
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.limits.admin_token
+        && !presents_token(request.headers(), expected)
+    {
+        return Err(ApiError::unauthorized(
+            "admin_token_required",
+            "this API needs Authorization: Bearer <admin token>",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+fn presents_token(headers: &HeaderMap, expected: &str) -> bool {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())))
+}
+
+/// A pipeline with its stats, also flattened to the top level for convenience.
+fn pipeline_json(record: &PipelineRecord) -> Value {
+    json!({
+        "id": record.id,
+        "name": record.name,
+        "created_at": record.created_at,
+        "webhook_path": format!("/webhooks/{}", record.id),
+        "count": record.stats.count,
+        "seq": record.stats.seq,
+        "last_event_at": record.stats.last_event_at,
+        "stats": record.stats,
+    })
+}
+
+async fn list_pipelines(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let records = state
+        .store
+        .list_pipelines()
+        .await
+        .map_err(|e| ApiError::store_unavailable(&e))?;
+    Ok(Json(
+        json!({ "pipelines": records.iter().map(pipeline_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, ApiError> {
+    match state.store.find_pipeline(id).await {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(ApiError::not_found(
+            "pipeline_not_found",
+            format!("no pipeline {id:?}"),
+        )),
+        Err(e) => Err(ApiError::store_unavailable(&e)),
+    }
+}
+
+async fn get_pipeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(pipeline_json(&find(&state, &id).await?)))
+}
+
+#[derive(Deserialize)]
+struct CreatePipeline {
+    name: String,
+}
+
+async fn create_pipeline(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: CreatePipeline = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_data() {
+            ApiError::unprocessable(
+                "invalid_request",
+                format!("expected {{\"name\": \"…\"}}: {e}"),
+            )
+        } else {
+            ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
+        }
+    })?;
+    let issued = state
+        .store
+        .create_pipeline(&request.name)
+        .await
+        .map_err(|err| match err {
+            StoreError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "pipeline_exists", err.to_string())
+            }
+            StoreError::InvalidName(_) => ApiError::unprocessable("invalid_name", err.to_string()),
+            other => ApiError::store_unavailable(&other),
+        })?;
+    if let Some(intake) = &state.intake
+        && let Ok(id) = dash_domain::PipelineId::parse(&issued.record.id)
+    {
+        intake.directory().insert(PipelineAuth {
+            id,
+            name: issued.record.name.clone(),
+            secrets: vec![issued.secret.clone()],
+            token_hashes: vec![issued.token.hash()],
+        });
+    }
+    let mut body = pipeline_json(&issued.record);
+    body["secret"] = json!(issued.secret.expose());
+    body["token"] = json!(issued.token.expose());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[derive(Deserialize)]
+struct SeriesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    bucket: Option<String>,
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_query", rejection.body_text())
+}
+
+/// RFC 3339 text or unix milliseconds.
+fn parse_instant(name: &str, raw: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = raw.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{name} must be RFC 3339 or unix milliseconds"),
+            )
+        })
+}
+
+async fn series(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<SeriesQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let record = find(&state, &id).await?;
+    let bucket_text = query.bucket.unwrap_or_else(|| "1m".into());
+    let bucket_ms = humantime::parse_duration(&bucket_text)
+        .ok()
+        .map(|d| d.as_millis() as i64)
+        .filter(|ms| *ms >= 60_000 && ms % 60_000 == 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "bucket must be a whole number of minutes, e.g. 1m, 5m, 1h",
+            )
+        })?;
+    let to = match &query.to {
+        Some(raw) => parse_instant("to", raw)?,
+        None => dash_domain::now_ms(),
+    };
+    let from = match &query.from {
+        Some(raw) => parse_instant("from", raw)?,
+        None => to - 3_600_000,
+    };
+    // Buckets align to whole minutes.
+    let from = from - from.rem_euclid(60_000);
+    if to <= from {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "to must be after from",
+        ));
+    }
+    if (to - from) / bucket_ms > MAX_POINTS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("at most {MAX_POINTS} buckets per request"),
+        ));
+    }
+    let points = state
+        .store
+        .series(&record.id, from, to, bucket_ms)
+        .await
+        .map_err(|e| ApiError::store_unavailable(&e))?;
+    // Every bucket appears, empty ones with 0, so charts need no gap logic.
+    let mut filled = Vec::new();
+    let mut stored = points.into_iter().peekable();
+    let mut t = from;
+    while t < to {
+        let count = match stored.peek() {
+            Some(p) if p.t == t => stored.next().map_or(0, |p| p.count),
+            _ => 0,
+        };
+        filled.push(json!({ "t": format_ms(t), "count": count }));
+        t += bucket_ms;
+    }
+    Ok(Json(json!({
+        "pipeline": record.id,
+        "bucket": bucket_text,
+        "from": format_ms(from),
+        "to": format_ms(to),
+        "points": filled,
+    })))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let record = find(&state, &id).await?;
+    let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
+    if !(1..=MAX_EVENTS).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_EVENTS}"),
+        ));
+    }
+    let events = state
+        .store
+        .recent_events(&record.id, limit)
+        .await
+        .map_err(|e| ApiError::store_unavailable(&e))?;
+    Ok(Json(json!({ "pipeline": record.id, "events": events })))
+}
+
+async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}

@@ -1,0 +1,95 @@
+//! Dash's HTTP surface. [`router`] mounts the routes a role serves on one axum `Router`:
+//! `/health`, `/ready`, `/metrics` and the JSON API everywhere; `POST /webhooks/{pipeline}` where
+//! the node runs intake.
+//!
+//! **Architecture invariant:** this is the only crate that knows axum. Handlers translate HTTP
+//! to calls on [`Intake`], [`Store`] and [`Bus`], and their errors to [`ApiError`]s.
+
+mod api;
+mod error;
+mod ops;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::StatusCode;
+use dash_bus::Bus;
+use dash_ingest::Intake;
+use dash_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+/// Who this node is, for `/ready` and the API.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node: String,
+    pub role: String,
+    pub region: String,
+    pub version: String,
+    pub started_at: Instant,
+}
+
+/// Bounds and secrets the handlers enforce.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_body: usize,
+    /// Request bodies being read or parsed at once, in bytes; past it, 429.
+    pub inflight_body_bytes: usize,
+    /// When set, the API (and later the dashboard) needs it as a Bearer token.
+    pub admin_token: Option<String>,
+}
+
+/// Everything a handler can reach. Cloned per request; all fields are handles.
+#[derive(Clone)]
+pub struct AppState {
+    /// Present on roles that run intake.
+    pub intake: Option<Intake>,
+    pub store: Store,
+    pub bus: Bus,
+    pub node: Arc<NodeInfo>,
+    pub limits: Arc<HttpLimits>,
+    pub metrics: Option<PrometheusHandle>,
+    /// Body-byte budget (1 permit = 1 KiB) shared by concurrent webhook requests.
+    pub inflight: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(
+        intake: Option<Intake>,
+        store: Store,
+        bus: Bus,
+        node: NodeInfo,
+        limits: HttpLimits,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        let permits = (limits.inflight_body_bytes / 1024).max(1);
+        Self {
+            intake,
+            store,
+            bus,
+            node: Arc::new(node),
+            limits: Arc::new(limits),
+            metrics,
+            inflight: Arc::new(Semaphore::new(permits)),
+        }
+    }
+}
+
+/// All routes for this node's role.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .merge(ops::router())
+        .merge(api::router(state.clone()));
+    if state.intake.is_some() {
+        router = router.merge(webhooks::router());
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

@@ -1,0 +1,260 @@
+//! `POST /webhooks/{pipeline}`: the intake edge. Checks run in this order, each answering with
+//! its status: pipeline (404) → size (413) → credentials (401) → content type (415) → JSON
+//! (400) → events (422) → admission (429/503). Only then is the request appended to the intake
+//! log, and 202 is sent once it is fsync'd.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use dash_domain::{BodyError, BodyFormat, RequestIdentity, now_ms, parse_body};
+use dash_ingest::{Lookup, SubmitError};
+use dash_signature::{SignatureError, SignedRequest, token_matches};
+use dash_store::PipelineAuth;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+/// How long a client may take to send its body.
+const BODY_READ_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a request may wait for its fsync before it is told to retry.
+const APPEND_DEADLINE: Duration = Duration::from_secs(10);
+/// Bodies larger than this are parsed off the async runtime.
+const PARSE_INLINE_MAX: usize = 64 * 1024;
+/// Longest request id (`webhook-id` / `Idempotency-Key`) accepted.
+const REQUEST_ID_MAX: usize = 256;
+
+pub(crate) fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/webhooks/{pipeline}", post(receive))
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    Path(pipeline): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let outcome = accept(&state, &pipeline, &headers, body).await;
+    match &outcome {
+        Ok(accepted) => metrics::counter!("dash_events_accepted_total").increment(*accepted as u64),
+        Err(err) => {
+            metrics::counter!("dash_requests_rejected_total", "reason" => err.code).increment(1)
+        }
+    }
+    outcome.map(|accepted| (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
+}
+
+async fn accept(
+    state: &AppState,
+    pipeline: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<usize, ApiError> {
+    let intake = state
+        .intake
+        .as_ref()
+        .expect("webhook routes are mounted only with intake");
+    let received_ms = now_ms();
+
+    let auth = match intake.directory().lookup(pipeline).await {
+        Lookup::Found(auth) => auth,
+        Lookup::NotFound => {
+            return Err(ApiError::not_found(
+                "pipeline_not_found",
+                format!("no pipeline {pipeline:?}"),
+            ));
+        }
+        Lookup::Unknown => {
+            return Err(ApiError::unavailable(
+                "store_unavailable",
+                "pipeline list unavailable while the database is down; retry later",
+                5,
+            ));
+        }
+    };
+
+    let max_body = state.limits.max_body;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(too_large(max_body));
+    }
+    let budget_kib = (declared.unwrap_or(max_body) / 1024 + 1) as u32;
+    let _permit = state
+        .inflight
+        .clone()
+        .try_acquire_many_owned(budget_kib)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many requests in flight; retry later",
+            )
+            .retry_after(1)
+        })?;
+    let bytes = read_body(body, max_body).await?;
+
+    authenticate(&auth, headers, &bytes, received_ms / 1000)?;
+
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "content type {:?} is not supported; send application/json or application/x-ndjson",
+                content_type.unwrap_or("(none)")
+            ),
+        )
+    })?;
+
+    let request_id = request_id(headers)?;
+    let events = if bytes.len() <= PARSE_INLINE_MAX {
+        parse_body(
+            format,
+            &bytes,
+            &RequestIdentity {
+                request_id: request_id.as_deref(),
+                received_ms,
+            },
+        )
+    } else {
+        tokio::task::spawn_blocking(move || {
+            parse_body(
+                format,
+                &bytes,
+                &RequestIdentity {
+                    request_id: request_id.as_deref(),
+                    received_ms,
+                },
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal("body parser task failed", &e))?
+    }
+    .map_err(|err| match err {
+        BodyError::Malformed { .. } => ApiError::bad_request("malformed_json", err.to_string()),
+        BodyError::Invalid { .. } => ApiError::unprocessable("invalid_event", err.to_string()),
+    })?;
+
+    let submitted = tokio::time::timeout(APPEND_DEADLINE, intake.submit(&auth.id, events))
+        .await
+        .unwrap_or(Err(SubmitError::LogUnavailable));
+    submitted.map_err(|err| {
+        let retry = err.retry_after_secs();
+        match err {
+            SubmitError::Backlog { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "backlog_full",
+                err.to_string(),
+            )
+            .retry_after(retry),
+            SubmitError::SpoolFull => {
+                ApiError::unavailable("intake_log_full", err.to_string(), retry)
+            }
+            SubmitError::LogUnavailable | SubmitError::ShuttingDown => {
+                ApiError::unavailable("intake_unavailable", err.to_string(), retry)
+            }
+        }
+    })
+}
+
+fn too_large(max_body: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request body is larger than the limit of {max_body} bytes"),
+    )
+}
+
+async fn read_body(body: Body, max_body: usize) -> Result<Bytes, ApiError> {
+    let collected =
+        tokio::time::timeout(BODY_READ_DEADLINE, Limited::new(body, max_body).collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "request body took too long to arrive",
+                )
+            })?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(max_body)),
+        Err(err) => Err(ApiError::bad_request(
+            "unreadable_body",
+            format!("request body could not be read: {err}"),
+        )),
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `webhook-id`, else `Idempotency-Key`.
+fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(id) =
+        header_str(headers, "webhook-id").or_else(|| header_str(headers, "idempotency-key"))
+    else {
+        return Ok(None);
+    };
+    let id = id.trim();
+    if id.is_empty() || id.len() > REQUEST_ID_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_request_id",
+            format!("webhook-id / Idempotency-Key must be 1 to {REQUEST_ID_MAX} characters"),
+        ));
+    }
+    Ok(Some(id.to_owned()))
+}
+
+/// A matching bearer token or a valid Standard Webhooks signature; either suffices.
+fn authenticate(
+    auth: &PipelineAuth,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<(), ApiError> {
+    let bearer =
+        header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
+    let hashes: Vec<&str> = auth.token_hashes.iter().map(String::as_str).collect();
+    if bearer.is_some_and(|token| token_matches(token, &hashes)) {
+        return Ok(());
+    }
+    let signed = SignedRequest {
+        msg_id: header_str(headers, "webhook-id"),
+        timestamp: header_str(headers, "webhook-timestamp"),
+        signature: header_str(headers, "webhook-signature"),
+    };
+    if !signed.is_present() {
+        return Err(match bearer {
+            Some(_) => ApiError::unauthorized(
+                "invalid_token",
+                "the bearer token is not valid for this pipeline",
+            ),
+            None => ApiError::unauthorized(
+                "missing_credentials",
+                "sign the request (webhook-id, webhook-timestamp, webhook-signature) or send Authorization: Bearer <token>",
+            ),
+        });
+    }
+    let secrets: Vec<&_> = auth.secrets.iter().collect();
+    signed.verify(&secrets, body, now_secs).map_err(|err| {
+        let code = match err {
+            SignatureError::MissingHeaders => "missing_signature_headers",
+            SignatureError::BadTimestamp => "invalid_timestamp",
+            SignatureError::StaleTimestamp => "stale_timestamp",
+            SignatureError::NoMatch | SignatureError::BadSecret => "invalid_signature",
+        };
+        ApiError::unauthorized(code, err.to_string())
+    })
+}

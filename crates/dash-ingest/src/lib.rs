@@ -1,0 +1,429 @@
+//! From an authenticated, parsed request to committed, published batches.
+//!
+//! [`Intake::submit`] admits a request (backlog and spool bounds), appends it as one frame to
+//! its partition's intake log and returns once the frame is fsync'd: that is what a 202
+//! promises. Pipelines hash onto partitions; each partition has its own log and one
+//! [`BufferActor`](actor::BufferActor) under a supervisor, which moves events from the log into
+//! the store and publishes each committed batch on the bus.
+//!
+//! **Architecture invariant:** no request waits for the store. Requests wait only for their
+//! fsync; the store is the buffer actors' business.
+
+mod actor;
+mod directory;
+mod record;
+mod supervisor;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dash_bus::Bus;
+use dash_domain::{Event, PipelineId};
+use dash_intake_log::{
+    Appender, Checkpoint, CheckpointStore, FRAME_HEADER, LogOptions, LogReader, WriterThread,
+};
+use dash_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use directory::{Lookup, PipelineDirectory};
+pub use supervisor::supervise;
+
+use crate::record::IntakeRecord;
+
+/// How often the pipeline directory reloads from the store.
+const DIRECTORY_REFRESH: Duration = Duration::from_secs(5);
+/// Largest intake log segment.
+const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct IntakeSettings {
+    /// Where the partition logs live (`<data_dir>/intake/p<N>`).
+    pub data_dir: PathBuf,
+    pub partitions: usize,
+    pub max_batch: usize,
+    pub flush_interval: Duration,
+    /// Unflushed events per partition above which requests get 429 (while the store is up).
+    pub max_backlog: usize,
+    /// Unflushed intake log bytes (all partitions) above which requests get 503.
+    pub spool_max: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot open the intake log in {path}: {source}")]
+    OpenLog {
+        path: PathBuf,
+        source: dash_intake_log::LogError,
+    },
+}
+
+/// Why a request was not admitted. Each maps to a status with `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("buffer backlog is full ({backlog} events waiting); retry later")]
+    Backlog { backlog: i64 },
+    #[error("intake log is full; retry later")]
+    SpoolFull,
+    #[error("intake log cannot be written; retry later")]
+    LogUnavailable,
+    #[error("intake is shutting down")]
+    ShuttingDown,
+}
+
+impl SubmitError {
+    /// Seconds a sender should wait before retrying.
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            Self::Backlog { .. } => 1,
+            Self::SpoolFull | Self::LogUnavailable | Self::ShuttingDown => 5,
+        }
+    }
+}
+
+/// Whether the last store operation of any buffer actor succeeded.
+#[derive(Debug)]
+pub struct StoreHealth {
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    fn new() -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("health lock").clone()
+    }
+
+    pub fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!("store is back; flushing resumed");
+        }
+    }
+
+    pub fn mark_down(&self, error: &str) {
+        self.up.store(false, Ordering::Release);
+        *self.last_error.lock().expect("health lock") = Some(error.to_owned());
+    }
+}
+
+/// Bytes of intake log not yet flushed, across partitions, against the bound.
+#[derive(Debug)]
+pub struct Spool {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl Spool {
+    fn try_reserve(&self, bytes: u64) -> bool {
+        let before = self.used.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > self.max {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        self.report();
+        true
+    }
+
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+        self.report();
+    }
+
+    fn report(&self) {
+        metrics::gauge!("dash_intake_log_bytes").set(self.used() as f64);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+}
+
+/// One partition's shared state: what its actor needs to (re)start and what intake updates.
+struct Partition {
+    index: usize,
+    settings: IntakeSettings,
+    /// `None` once intake closes: the writer thread then ends.
+    appender: RwLock<Option<Appender>>,
+    reader_template: LogReader,
+    checkpoints: CheckpointStore,
+    /// The last checkpoint committed; a restarted actor resumes here.
+    committed: Mutex<Checkpoint>,
+    /// Frames before this position were appended before this process started (not in backlog).
+    replay_end: u64,
+    /// Admitted events not yet committed to the store.
+    backlog: AtomicI64,
+    spool: Arc<Spool>,
+    health: Arc<StoreHealth>,
+    store: Store,
+    bus: Bus,
+}
+
+/// The intake service handle; cheap to clone.
+#[derive(Clone)]
+pub struct Intake {
+    inner: Arc<IntakeInner>,
+}
+
+struct IntakeInner {
+    partitions: Vec<Arc<Partition>>,
+    spool: Arc<Spool>,
+    health: Arc<StoreHealth>,
+    directory: PipelineDirectory,
+    settings: IntakeSettings,
+}
+
+/// The tasks and threads intake owns; [`IntakeTasks::shutdown`] drains and joins them.
+pub struct IntakeTasks {
+    writers: Vec<WriterThread>,
+    actors: Vec<JoinHandle<()>>,
+    refresher: JoinHandle<()>,
+    /// Tells actors to stop retrying and leave the rest in the log.
+    abort: watch::Sender<bool>,
+    /// Tells the directory refresher to stop.
+    closing: watch::Sender<bool>,
+}
+
+impl Intake {
+    /// Opens every partition's log (cutting torn tails), and starts writers, actors and the
+    /// directory refresher. Replay of unflushed tails begins at once.
+    pub async fn start(
+        settings: IntakeSettings,
+        store: Store,
+        bus: Bus,
+    ) -> Result<(Intake, IntakeTasks), IngestError> {
+        let spool = Arc::new(Spool {
+            used: AtomicU64::new(0),
+            max: settings.spool_max,
+        });
+        let health = Arc::new(StoreHealth::new());
+        let (abort, abort_rx) = watch::channel(false);
+        let (closing, closing_rx) = watch::channel(false);
+        let segment_bytes = (settings.spool_max / 8).clamp(64 * 1024, MAX_SEGMENT_BYTES);
+
+        let mut partitions = Vec::new();
+        let mut writers = Vec::new();
+        for index in 0..settings.partitions {
+            let path = settings.data_dir.join("intake").join(format!("p{index}"));
+            let opened = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || dash_intake_log::open(&path, LogOptions { segment_bytes })
+            })
+            .await
+            .expect("log open task")
+            .map_err(|source| IngestError::OpenLog {
+                path: path.clone(),
+                source,
+            })?;
+            let recovery = opened.recovery;
+            let unflushed = recovery.end - recovery.checkpoint.position;
+            spool.used.fetch_add(unflushed, Ordering::AcqRel);
+            if unflushed > 0 || recovery.truncated_bytes > 0 {
+                tracing::info!(
+                    partition = index,
+                    replay_bytes = unflushed,
+                    cut_bytes = recovery.truncated_bytes,
+                    "intake log recovered"
+                );
+            }
+            writers.push(opened.writer);
+            partitions.push(Arc::new(Partition {
+                index,
+                settings: settings.clone(),
+                appender: RwLock::new(Some(opened.appender)),
+                reader_template: opened.reader,
+                checkpoints: opened.checkpoints,
+                committed: Mutex::new(recovery.checkpoint),
+                replay_end: recovery.end,
+                backlog: AtomicI64::new(0),
+                spool: spool.clone(),
+                health: health.clone(),
+                store: store.clone(),
+                bus: bus.clone(),
+            }));
+        }
+        spool.report();
+
+        let actors = partitions
+            .iter()
+            .map(|partition| {
+                let partition = partition.clone();
+                let abort = abort_rx.clone();
+                tokio::spawn(supervise(
+                    format!("buffer-{}", partition.index),
+                    move || actor::BufferActor::start(partition.clone(), abort.clone()).run(),
+                ))
+            })
+            .collect();
+
+        let intake = Intake {
+            inner: Arc::new(IntakeInner {
+                partitions,
+                spool,
+                health,
+                directory: PipelineDirectory::new(store),
+                settings,
+            }),
+        };
+        intake.inner.directory.reload().await;
+        let refresher = tokio::spawn(refresh_directory(intake.clone(), closing_rx));
+        Ok((
+            intake,
+            IntakeTasks {
+                writers,
+                actors,
+                refresher,
+                abort,
+                closing,
+            },
+        ))
+    }
+
+    pub fn directory(&self) -> &PipelineDirectory {
+        &self.inner.directory
+    }
+
+    pub fn store_health(&self) -> &StoreHealth {
+        &self.inner.health
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.inner.spool
+    }
+
+    pub fn settings(&self) -> &IntakeSettings {
+        &self.inner.settings
+    }
+
+    /// Unflushed events per partition (admitted by this process).
+    pub fn backlogs(&self) -> Vec<i64> {
+        self.inner
+            .partitions
+            .iter()
+            .map(|p| p.backlog.load(Ordering::Acquire).max(0))
+            .collect()
+    }
+
+    fn partition_of(&self, pipeline: &PipelineId) -> &Arc<Partition> {
+        let mut hasher = DefaultHasher::new();
+        pipeline.as_str().hash(&mut hasher);
+        &self.inner.partitions[(hasher.finish() % self.inner.partitions.len() as u64) as usize]
+    }
+
+    /// Makes `events` durable in the intake log (all or none) and returns how many.
+    pub async fn submit(
+        &self,
+        pipeline: &PipelineId,
+        events: Vec<Event>,
+    ) -> Result<usize, SubmitError> {
+        let count = events.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        let partition = self.partition_of(pipeline);
+        let Some(appender) = partition.appender.read().expect("appender lock").clone() else {
+            return Err(SubmitError::ShuttingDown);
+        };
+        let payload = IntakeRecord {
+            pipeline: pipeline.to_string(),
+            events,
+        }
+        .encode();
+        let frame_bytes = payload.len() as u64 + FRAME_HEADER;
+
+        // Backlog bound: only while the store is up; while it is down the log absorbs events.
+        let n = count as i64;
+        let before = partition.backlog.fetch_add(n, Ordering::AcqRel);
+        if before > 0
+            && before + n > self.inner.settings.max_backlog as i64
+            && self.inner.health.is_up()
+        {
+            partition.backlog.fetch_sub(n, Ordering::AcqRel);
+            return Err(SubmitError::Backlog { backlog: before });
+        }
+        if !self.inner.spool.try_reserve(frame_bytes) {
+            partition.backlog.fetch_sub(n, Ordering::AcqRel);
+            return Err(SubmitError::SpoolFull);
+        }
+        match appender.append(payload).await {
+            Ok(_) => {
+                metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string())
+                    .set((before + n) as f64);
+                Ok(count)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "intake log append failed");
+                partition.backlog.fetch_sub(n, Ordering::AcqRel);
+                self.inner.spool.release(frame_bytes);
+                Err(SubmitError::LogUnavailable)
+            }
+        }
+    }
+
+    /// Stops admitting; once in-flight appends finish, the writers end and actors drain.
+    pub fn close(&self) {
+        for partition in &self.inner.partitions {
+            partition.appender.write().expect("appender lock").take();
+        }
+    }
+}
+
+impl IntakeTasks {
+    /// Closes intake, lets actors flush everything durable (up to `deadline`; past it, what is
+    /// left stays in the log for the next start), and joins every task and thread.
+    pub async fn shutdown(self, intake: Intake, deadline: Duration) {
+        intake.close();
+        drop(intake);
+        let _ = self.closing.send(true);
+        let mut actors = self.actors;
+        let drained = tokio::time::timeout(deadline, async {
+            for actor in &mut actors {
+                let _ = actor.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "drain deadline passed; unflushed events stay in the intake log for the next start"
+            );
+            let _ = self.abort.send(true);
+            for actor in actors.into_iter().filter(|a| !a.is_finished()) {
+                let _ = actor.await;
+            }
+        }
+        let writers = self.writers;
+        let _ =
+            tokio::task::spawn_blocking(move || writers.into_iter().for_each(WriterThread::join))
+                .await;
+        let _ = self.refresher.await;
+    }
+}
+
+async fn refresh_directory(intake: Intake, mut closing: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(DIRECTORY_REFRESH) => { intake.directory().reload().await; }
+            _ = closing.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The writer thread: one per partition log, the only code that appends.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::segment::{self, frame_crc};
+use crate::{FRAME_HEADER, LogError, LogOptions, MAX_FRAME};
+
+/// Requests waiting for the writer; senders beyond it wait (and are themselves bounded upstream).
+const QUEUE_DEPTH: usize = 4096;
+/// Most bytes written before one fsync.
+const GROUP_BYTES: usize = 16 * 1024 * 1024;
+
+struct Append {
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<u64, LogError>>,
+}
+
+/// Cloneable handle for appending frames; the writer thread ends when the last one drops.
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<Append>,
+}
+
+impl Appender {
+    /// Appends one frame and resolves once it is fsync'd, with the frame's position.
+    pub async fn append(&self, payload: Vec<u8>) -> Result<u64, LogError> {
+        if payload.len() > MAX_FRAME {
+            return Err(LogError::TooLarge(payload.len()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Append { payload, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+}
+
+/// The writer thread's join handle; join it after dropping every [`Appender`].
+pub struct WriterThread(JoinHandle<()>);
+
+impl WriterThread {
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("intake log writer thread panicked");
+        }
+    }
+}
+
+pub(crate) fn start(
+    dir: PathBuf,
+    base: u64,
+    len: u64,
+    options: LogOptions,
+    durable: watch::Sender<u64>,
+) -> Result<(Appender, WriterThread), LogError> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(segment::path(&dir, base))?;
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let writer = Writer {
+        dir,
+        options,
+        file,
+        base,
+        len,
+        durable,
+    };
+    let handle = std::thread::Builder::new()
+        .name("intake-log-writer".into())
+        .spawn(move || writer.run(rx))?;
+    Ok((Appender { tx }, WriterThread(handle)))
+}
+
+struct Writer {
+    dir: PathBuf,
+    options: LogOptions,
+    /// The current (last) segment, opened for append.
+    file: File,
+    base: u64,
+    /// Durable length of the current segment.
+    len: u64,
+    durable: watch::Sender<u64>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        let mut group: Vec<Append> = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.payload.len();
+            group.push(first);
+            while bytes < GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        bytes += next.payload.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.write_group(&group, &mut buf) {
+                Ok(positions) => {
+                    self.durable.send_replace(self.base + self.len);
+                    for (append, position) in group.drain(..).zip(positions) {
+                        let _ = append.reply.send(Ok(position));
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "intake log write failed; requests answered with an error");
+                    for append in group.drain(..) {
+                        let _ = append.reply.send(Err(LogError::Io(io::Error::new(
+                            err.kind(),
+                            err.to_string(),
+                        ))));
+                    }
+                    self.recover();
+                }
+            }
+        }
+        tracing::debug!("intake log writer stopped");
+    }
+
+    /// Writes the group (rolling segments as needed), fsyncs, and returns each frame's position.
+    fn write_group(&mut self, group: &[Append], buf: &mut Vec<u8>) -> io::Result<Vec<u64>> {
+        let mut positions = Vec::with_capacity(group.len());
+        buf.clear();
+        for append in group {
+            let frame_len = FRAME_HEADER + append.payload.len() as u64;
+            let pending = buf.len() as u64;
+            if self.len + pending > 0 && self.len + pending + frame_len > self.options.segment_bytes
+            {
+                self.flush(buf)?;
+                self.roll()?;
+            }
+            positions.push(self.base + self.len + buf.len() as u64);
+            let len_bytes = (append.payload.len() as u32).to_le_bytes();
+            buf.extend_from_slice(&len_bytes);
+            buf.extend_from_slice(&frame_crc(&len_bytes, &append.payload).to_le_bytes());
+            buf.extend_from_slice(&append.payload);
+        }
+        self.flush(buf)?;
+        Ok(positions)
+    }
+
+    fn flush(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(buf)?;
+        self.file.sync_data()?;
+        self.len += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        let next_base = self.base + self.len;
+        self.file = segment::create(&self.dir, next_base)?;
+        self.base = next_base;
+        self.len = 0;
+        // Readers learn of the new segment through the durable end moving past the old one.
+        self.durable.send_replace(self.base);
+        Ok(())
+    }
+
+    /// After a failed write: cut whatever part of the group reached the file, until that works.
+    fn recover(&mut self) {
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let cut = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_all());
+            match cut {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::error!(error = %err, "intake log: cannot cut a failed write; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Standard Webhooks verification (<https://www.standardwebhooks.com>) and pipeline tokens.
+//!
+//! Signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`, HMAC-SHA256 keyed with the
+//! base64-decoded part of a `whsec_…` secret. Every comparison runs in constant time.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How far a `webhook-timestamp` may be from now, in seconds.
+pub const TOLERANCE_SECS: i64 = 5 * 60;
+const SECRET_PREFIX: &str = "whsec_";
+const TOKEN_PREFIX: &str = "dash_";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing webhook-id, webhook-timestamp or webhook-signature header")]
+    MissingHeaders,
+    #[error("webhook-timestamp is not unix seconds")]
+    BadTimestamp,
+    #[error("webhook-timestamp is more than 5 minutes away from the server's clock")]
+    StaleTimestamp,
+    #[error("no webhook-signature entry matches")]
+    NoMatch,
+    #[error("signing secret is not whsec_ followed by base64")]
+    BadSecret,
+}
+
+/// A pipeline's signing secret (`whsec_<base64>`). Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningSecret {
+    key: Vec<u8>,
+}
+
+impl SigningSecret {
+    /// 32 random bytes.
+    pub fn generate() -> Self {
+        let mut key = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Self { key }
+    }
+
+    /// Accepts `whsec_<base64>`, or the bare base64 part.
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
+        let encoded = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
+        let key = BASE64
+            .decode(encoded)
+            .map_err(|_| SignatureError::BadSecret)?;
+        if key.is_empty() {
+            return Err(SignatureError::BadSecret);
+        }
+        Ok(Self { key })
+    }
+
+    /// The `whsec_…` text form, for storage and for showing the owner once.
+    pub fn expose(&self) -> String {
+        format!("{SECRET_PREFIX}{}", BASE64.encode(&self.key))
+    }
+
+    fn mac(&self, msg_id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).expect("hmac accepts keys of any length");
+        mac.update(msg_id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac
+    }
+
+    /// The `webhook-signature` value a sender would put on this message: `v1,<base64>`.
+    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        let digest = self
+            .mac(msg_id, &timestamp.to_string(), body)
+            .finalize()
+            .into_bytes();
+        format!("v1,{}", BASE64.encode(digest))
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret(…)")
+    }
+}
+
+/// The three Standard Webhooks headers of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub msg_id: Option<&'a str>,
+    pub timestamp: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+impl SignedRequest<'_> {
+    pub fn is_present(&self) -> bool {
+        self.msg_id.is_some() || self.timestamp.is_some() || self.signature.is_some()
+    }
+
+    /// Passes when any `v1,` entry of the signature header matches under any of `secrets`
+    /// (several secrets: a rotation's grace period) and the timestamp is within tolerance.
+    pub fn verify(
+        &self,
+        secrets: &[&SigningSecret],
+        body: &[u8],
+        now_secs: i64,
+    ) -> Result<(), SignatureError> {
+        let (Some(msg_id), Some(timestamp), Some(signature)) =
+            (self.msg_id, self.timestamp, self.signature)
+        else {
+            return Err(SignatureError::MissingHeaders);
+        };
+        let sent_at: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| SignatureError::BadTimestamp)?;
+        if (now_secs - sent_at).abs() > TOLERANCE_SECS {
+            return Err(SignatureError::StaleTimestamp);
+        }
+        let candidates: Vec<Vec<u8>> = signature
+            .split_whitespace()
+            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .filter_map(|b64| BASE64.decode(b64).ok())
+            .collect();
+        for secret in secrets {
+            let expected = secret.mac(msg_id, timestamp, body).finalize().into_bytes();
+            // Check every candidate so that timing does not reveal which one matched.
+            let mut matched = subtle::Choice::from(0);
+            for candidate in &candidates {
+                matched |= expected.as_slice().ct_eq(candidate.as_slice());
+            }
+            if bool::from(matched) {
+                return Ok(());
+            }
+        }
+        Err(SignatureError::NoMatch)
+    }
+}
+
+/// A pipeline's bearer token. Only its SHA-256 is stored; the token is shown once.
+pub struct BearerToken(String);
+
+impl BearerToken {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 24];
+        rand::rng().fill_bytes(&mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("{TOKEN_PREFIX}{hex}"))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> String {
+        hash_token(&self.0)
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(…)")
+    }
+}
+
+/// Hex SHA-256 of a presented token, the form tokens are stored in.
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Constant-time check of a presented token against stored hashes.
+pub fn token_matches(presented: &str, stored_hashes: &[&str]) -> bool {
+    let presented = hash_token(presented);
+    let mut matched = subtle::Choice::from(0);
+    for stored in stored_hashes {
+        matched |= presented.as_bytes().ct_eq(stored.as_bytes());
+    }
+    bool::from(matched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector of the Standard Webhooks repository, `libraries/testdata/signatures.json`.
+    const SPEC_VECTOR: &str = r#"[{
+        "id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "timestamp": 1696200454,
+        "secret": "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "payload": "{\"type\": \"example.created\", \"timestamp\":\"2023-09-28T19:20:22+00:00\", \"data\":{\"str\":\"string\",\"bool\":true,\"int\":42}}",
+        "signature":"v1,GgjvufBlIj71MBIVQotYGb+xEC3LNXCsIZp0HsDC8qs="
+    }]"#;
+
+    #[test]
+    fn spec_vector_verifies() {
+        let vectors: serde_json::Value = serde_json::from_str(SPEC_VECTOR).unwrap();
+        for v in vectors.as_array().unwrap() {
+            let secret = SigningSecret::parse(v["secret"].as_str().unwrap()).unwrap();
+            let prefixed =
+                SigningSecret::parse(&format!("whsec_{}", v["secret"].as_str().unwrap())).unwrap();
+            assert_eq!(secret, prefixed);
+            let ts = v["timestamp"].as_i64().unwrap();
+            let body = v["payload"].as_str().unwrap().as_bytes();
+            let id = v["id"].as_str().unwrap();
+            assert_eq!(secret.sign(id, ts, body), v["signature"].as_str().unwrap());
+            let ts_text = ts.to_string();
+            let req = SignedRequest {
+                msg_id: Some(id),
+                timestamp: Some(&ts_text),
+                signature: v["signature"].as_str(),
+            };
+            assert_eq!(req.verify(&[&secret], body, ts + 10), Ok(()));
+            assert_eq!(
+                req.verify(&[&secret], b"tampered", ts),
+                Err(SignatureError::NoMatch)
+            );
+            assert_eq!(
+                req.verify(&[&secret], body, ts + TOLERANCE_SECS + 1),
+                Err(SignatureError::StaleTimestamp)
+            );
+            assert_eq!(
+                req.verify(&[&secret], body, ts - TOLERANCE_SECS - 1),
+                Err(SignatureError::StaleTimestamp)
+            );
+        }
+    }
+
+    #[test]
+    fn any_entry_and_any_secret_passes() {
+        let old = SigningSecret::generate();
+        let new = SigningSecret::generate();
+        let good = new.sign("m", 100, b"{}");
+        let header = format!("v1,AAAA v2,zzz {good}");
+        let req = SignedRequest {
+            msg_id: Some("m"),
+            timestamp: Some("100"),
+            signature: Some(&header),
+        };
+        assert_eq!(req.verify(&[&old, &new], b"{}", 100), Ok(()));
+        assert_eq!(
+            req.verify(&[&old], b"{}", 100),
+            Err(SignatureError::NoMatch)
+        );
+        let missing = SignedRequest {
+            msg_id: Some("m"),
+            timestamp: None,
+            signature: Some(&header),
+        };
+        assert_eq!(
+            missing.verify(&[&new], b"{}", 100),
+            Err(SignatureError::MissingHeaders)
+        );
+        let bad_ts = SignedRequest {
+            msg_id: Some("m"),
+            timestamp: Some("soon"),
+            signature: Some(&header),
+        };
+        assert_eq!(
+            bad_ts.verify(&[&new], b"{}", 100),
+            Err(SignatureError::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn secrets_round_trip_and_hide() {
+        let s = SigningSecret::generate();
+        assert_eq!(SigningSecret::parse(&s.expose()).unwrap(), s);
+        assert!(!format!("{s:?}").contains(&s.expose()[6..]));
+        assert!(SigningSecret::parse("whsec_!!!").is_err());
+    }
+
+    #[test]
+    fn tokens_compare_by_hash() {
+        let t = BearerToken::generate();
+        let stored = t.hash();
+        assert!(token_matches(t.expose(), &[&stored]));
+        assert!(!token_matches("dash_wrong", &[&stored]));
+        assert!(!token_matches(t.expose(), &[]));
+    }
+}

@@ -1,0 +1,233 @@
+//! Where events and pipelines are kept.
+//!
+//! [`Store`] is an enum over the backends (enum dispatch, not a trait object): SQLite for the
+//! embedded default; PostgreSQL joins it behind the same methods. Every batch is one
+//! transaction: events (deduplicated), the per-minute rollup, and each touched pipeline's
+//! `seq` and totals, so a committed batch and its sequence number never disagree.
+//!
+//! **Architecture invariant:** the store knows nothing of HTTP, the bus or the intake log.
+
+mod sqlite;
+
+use std::time::Duration;
+
+use dash_domain::{Event, InvalidId, PipelineId, PipelineStats, PipelineUpdate};
+use dash_signature::{BearerToken, SigningSecret};
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+/// How long a rotated-out secret and token keep working.
+pub const ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a pipeline with id {0:?} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidName(#[from] InvalidId),
+    #[error("no pipeline {0:?}")]
+    NotFound(String),
+    #[error("unsupported database url (expected sqlite://…)")]
+    UnsupportedUrl,
+    #[error("cannot prepare the database location: {0}")]
+    Location(#[from] std::io::Error),
+    #[error("stored secret is unreadable")]
+    BadSecret(#[from] dash_signature::SignatureError),
+}
+
+/// A pipeline as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub stats: PipelineStats,
+}
+
+/// A pipeline just created or rotated: the only time its secret and token are shown.
+#[derive(Debug)]
+pub struct IssuedCredentials {
+    pub record: PipelineRecord,
+    pub secret: SigningSecret,
+    pub token: BearerToken,
+}
+
+/// What intake needs to authenticate a pipeline's requests.
+#[derive(Debug, Clone)]
+pub struct PipelineAuth {
+    pub id: PipelineId,
+    pub name: String,
+    /// Current secret first, then a rotated-out one still in its grace period.
+    pub secrets: Vec<SigningSecret>,
+    pub token_hashes: Vec<String>,
+}
+
+/// One event bound for a pipeline, as a buffer actor hands it to the store.
+#[derive(Debug, Clone)]
+pub struct BatchEvent {
+    pub pipeline: String,
+    pub event: Event,
+}
+
+/// A stored event, as the read API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub id: String,
+    pub time: String,
+    pub received_at: String,
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+/// One bucket of a time series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SeriesPoint {
+    /// Bucket start, unix ms.
+    pub t: i64,
+    pub count: i64,
+}
+
+/// The result of one batch: the updates to publish, and how many events were new.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutcome {
+    pub updates: Vec<PipelineUpdate>,
+    pub inserted: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Connects by URL scheme. Does not migrate.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            return Ok(Self::Sqlite(SqliteStore::connect(url).await?));
+        }
+        Err(StoreError::UnsupportedUrl)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.migrate().await,
+        }
+    }
+
+    /// A round trip to the database, with a deadline.
+    pub async fn ping(&self, deadline: Duration) -> Result<Duration, StoreError> {
+        let started = std::time::Instant::now();
+        let probe = async {
+            match self {
+                Self::Sqlite(s) => s.ping().await,
+            }
+        };
+        match tokio::time::timeout(deadline, probe).await {
+            Ok(result) => result.map(|()| started.elapsed()),
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    pub async fn create_pipeline(&self, name: &str) -> Result<IssuedCredentials, StoreError> {
+        let id = PipelineId::from_name(name)?;
+        let name = name.trim();
+        match self {
+            Self::Sqlite(s) => s.create_pipeline(&id, name).await,
+        }
+    }
+
+    /// New secret and token; the old ones keep working for [`ROTATION_GRACE`].
+    pub async fn rotate_credentials(
+        &self,
+        id_or_name: &str,
+    ) -> Result<IssuedCredentials, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.rotate_credentials(id_or_name).await,
+        }
+    }
+
+    pub async fn list_pipelines(&self) -> Result<Vec<PipelineRecord>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.list_pipelines().await,
+        }
+    }
+
+    /// By id, else by name.
+    pub async fn find_pipeline(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<PipelineRecord>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.find_pipeline(id_or_name).await,
+        }
+    }
+
+    pub async fn pipeline_auths(&self) -> Result<Vec<PipelineAuth>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.pipeline_auths().await,
+        }
+    }
+
+    /// Stores a batch in one transaction; see the crate docs.
+    pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.write_batch(events).await,
+        }
+    }
+
+    /// Event counts per bucket in `[from_ms, to_ms)`; `bucket_ms` is a whole number of minutes.
+    pub async fn series(
+        &self,
+        pipeline: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await,
+        }
+    }
+
+    /// Newest events first (by event time).
+    pub async fn recent_events(
+        &self,
+        pipeline: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.recent_events(pipeline, limit).await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// Per-pipeline sums over one batch, shared by the backends.
+#[derive(Debug, Default)]
+struct PipelineTally {
+    received: i64,
+    inserted: i64,
+    newest_received_ms: Option<i64>,
+}
+
+fn minute_of(ms: i64) -> i64 {
+    ms - ms.rem_euclid(60_000)
+}
+
+#[cfg(test)]
+mod tests;

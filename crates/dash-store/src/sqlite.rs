@@ -1,0 +1,363 @@
+//! SQLite: the embedded default. One writer connection (SQLite serializes writers anyway, and
+//! queueing in-process is fairer than busy-waiting on the file lock), a small reader pool.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use dash_domain::{PipelineId, PipelineStats, PipelineUpdate, format_ms, now_ms};
+use dash_signature::{BearerToken, SigningSecret};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use crate::{
+    BatchEvent, BatchOutcome, IssuedCredentials, PipelineAuth, PipelineRecord, PipelineTally,
+    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, minute_of,
+};
+
+/// Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+const PIPELINE_COLUMNS: &str =
+    "id, name, created_at, seq, event_count, duplicate_count, last_event_at";
+
+fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Error> {
+    Ok(PipelineRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: format_ms(row.try_get("created_at")?),
+        stats: PipelineStats {
+            count: row.try_get("event_count")?,
+            seq: row.try_get("seq")?,
+            duplicates: row.try_get("duplicate_count")?,
+            last_event_at: row
+                .try_get::<Option<i64>, _>("last_event_at")?
+                .map(format_ms),
+        },
+    })
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the intake log is told it may forget the batch.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_millis(500))
+            .pragma("temp_store", "memory");
+        if let Some(parent) = options.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, readers })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("../../migrations/sqlite")
+            .run(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        // A write probe: the writer lock is what a flush needs, so that is what readiness checks.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        tx.rollback().await?;
+        Ok(())
+    }
+
+    pub async fn create_pipeline(
+        &self,
+        id: &PipelineId,
+        name: &str,
+    ) -> Result<IssuedCredentials, StoreError> {
+        let secret = SigningSecret::generate();
+        let token = BearerToken::generate();
+        let inserted = sqlx::query(
+            "INSERT INTO pipelines (id, name, secret, token_hash, created_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .bind(secret.expose())
+        .bind(token.hash())
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(id.to_string()));
+        }
+        let record = self
+            .find_in(&self.writer, id.as_str())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok(IssuedCredentials {
+            record,
+            secret,
+            token,
+        })
+    }
+
+    pub async fn rotate_credentials(
+        &self,
+        id_or_name: &str,
+    ) -> Result<IssuedCredentials, StoreError> {
+        let secret = SigningSecret::generate();
+        let token = BearerToken::generate();
+        let grace_until = now_ms() + ROTATION_GRACE.as_millis() as i64;
+        let updated = sqlx::query(
+            "UPDATE pipelines SET previous_secret = secret, previous_token_hash = token_hash, \
+             previous_expires_at = ?, secret = ?, token_hash = ? WHERE id = ? OR name = ?",
+        )
+        .bind(grace_until)
+        .bind(secret.expose())
+        .bind(token.hash())
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .execute(&self.writer)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(id_or_name.to_owned()));
+        }
+        let record = self
+            .find_in(&self.writer, id_or_name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id_or_name.to_owned()))?;
+        Ok(IssuedCredentials {
+            record,
+            secret,
+            token,
+        })
+    }
+
+    pub async fn list_pipelines(&self) -> Result<Vec<PipelineRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines ORDER BY id"
+        )))
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.iter().map(record_from).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn find_pipeline(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<PipelineRecord>, StoreError> {
+        self.find_in(&self.readers, id_or_name).await
+    }
+
+    async fn find_in(
+        &self,
+        pool: &SqlitePool,
+        id_or_name: &str,
+    ) -> Result<Option<PipelineRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+        )))
+        .bind(id_or_name)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.as_ref().map(record_from).transpose()?)
+    }
+
+    pub async fn pipeline_auths(&self) -> Result<Vec<PipelineAuth>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, secret, token_hash, previous_secret, previous_token_hash, previous_expires_at \
+             FROM pipelines",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let now = now_ms();
+        let mut auths = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let mut secrets = vec![SigningSecret::parse(row.try_get("secret")?)?];
+            let mut token_hashes = vec![row.try_get::<String, _>("token_hash")?];
+            let grace = row
+                .try_get::<Option<i64>, _>("previous_expires_at")?
+                .is_some_and(|until| until > now);
+            if grace {
+                if let Some(previous) = row.try_get::<Option<String>, _>("previous_secret")? {
+                    secrets.push(SigningSecret::parse(&previous)?);
+                }
+                if let Some(previous) = row.try_get::<Option<String>, _>("previous_token_hash")? {
+                    token_hashes.push(previous);
+                }
+            }
+            auths.push(PipelineAuth {
+                id: PipelineId::parse(&id)?,
+                name: row.try_get("name")?,
+                secrets,
+                token_hashes,
+            });
+        }
+        Ok(auths)
+    }
+
+    pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
+        let mut tally: BTreeMap<&str, PipelineTally> = BTreeMap::new();
+        for e in events {
+            tally.entry(e.pipeline.as_str()).or_default().received += 1;
+        }
+        let mut minutes: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(&e.pipeline)
+                    .push_bind(&e.event.id)
+                    .push_bind(e.event.time_ms)
+                    .push_bind(e.event.received_ms)
+                    .push_bind(&e.event.payload);
+            });
+            insert.push(" ON CONFLICT (pipeline_id, event_id) DO NOTHING RETURNING pipeline_id, event_time, received_at");
+            let rows = insert.build().fetch_all(&mut *tx).await?;
+            for row in rows {
+                let pipeline: String = row.try_get(0)?;
+                let event_time: i64 = row.try_get(1)?;
+                let received: i64 = row.try_get(2)?;
+                // Keys borrow from `events`, which holds every pipeline the batch touches.
+                let Some((&key, _)) = tally.get_key_value(pipeline.as_str()) else {
+                    continue;
+                };
+                let t = tally.get_mut(key).expect("key just found");
+                t.inserted += 1;
+                t.newest_received_ms =
+                    Some(t.newest_received_ms.map_or(received, |n| n.max(received)));
+                *minutes.entry((key, minute_of(event_time))).or_default() += 1;
+            }
+        }
+
+        if !minutes.is_empty() {
+            let mut rollup: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO event_rollup_minute (pipeline_id, minute, event_count) ",
+            );
+            rollup.push_values(&minutes, |mut row, ((pipeline, minute), count)| {
+                row.push_bind(*pipeline)
+                    .push_bind(*minute)
+                    .push_bind(*count);
+            });
+            rollup.push(
+                " ON CONFLICT (pipeline_id, minute) DO UPDATE SET event_count = event_count + excluded.event_count",
+            );
+            rollup.build().execute(&mut *tx).await?;
+        }
+
+        let at = format_ms(now_ms());
+        let mut outcome = BatchOutcome::default();
+        for (pipeline, t) in &tally {
+            let row = sqlx::query(
+                "UPDATE pipelines SET seq = seq + 1, event_count = event_count + ?1, \
+                 duplicate_count = duplicate_count + ?2, \
+                 last_event_at = COALESCE(MAX(last_event_at, ?3), last_event_at, ?3) \
+                 WHERE id = ?4 RETURNING seq, event_count, duplicate_count, last_event_at",
+            )
+            .bind(t.inserted)
+            .bind(t.received - t.inserted)
+            .bind(t.newest_received_ms)
+            .bind(*pipeline)
+            .fetch_optional(&mut *tx)
+            .await?;
+            outcome.inserted += t.inserted as u64;
+            outcome.duplicates += (t.received - t.inserted) as u64;
+            let Some(row) = row else {
+                tracing::warn!(pipeline, "batch for a pipeline that no longer exists");
+                continue;
+            };
+            outcome.updates.push(PipelineUpdate {
+                pipeline: (*pipeline).to_owned(),
+                seq: row.try_get(0)?,
+                stats: PipelineStats {
+                    seq: row.try_get(0)?,
+                    count: row.try_get(1)?,
+                    duplicates: row.try_get(2)?,
+                    last_event_at: row.try_get::<Option<i64>, _>(3)?.map(format_ms),
+                },
+                at: at.clone(),
+            });
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn series(
+        &self,
+        pipeline: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT (minute - ((minute - ?2) % ?4)) AS bucket, SUM(event_count) FROM event_rollup_minute \
+             WHERE pipeline_id = ?1 AND minute >= ?2 AND minute < ?3 GROUP BY bucket ORDER BY bucket",
+        )
+        .bind(pipeline)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(bucket_ms)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SeriesPoint {
+                    t: r.try_get(0)?,
+                    count: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn recent_events(
+        &self,
+        pipeline: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_id, event_time, received_at, payload FROM events \
+             WHERE pipeline_id = ? ORDER BY event_time DESC, rowid DESC LIMIT ?",
+        )
+        .bind(pipeline)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let payload: String = r.try_get(3)?;
+                Ok(StoredEvent {
+                    id: r.try_get(0)?,
+                    time: format_ms(r.try_get(1)?),
+                    received_at: format_ms(r.try_get(2)?),
+                    payload: serde_json::value::RawValue::from_string(payload)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+}

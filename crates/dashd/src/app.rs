@@ -1,0 +1,148 @@
+//! Wiring: settings → store → bus → intake → router → listener, and the orderly way down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context;
+use dash_bus::Bus;
+use dash_config::{Role, Settings};
+use dash_http::{AppState, HttpLimits, NodeInfo};
+use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
+use dash_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+/// Request bodies in flight at once, in bytes (each counted at its declared or maximum size).
+const INFLIGHT_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    store: Store,
+    intake: Option<(Intake, IntakeTasks)>,
+    settings: Settings,
+}
+
+impl App {
+    /// Connects, migrates, replays the intake log and binds the listener. Serving starts with
+    /// [`App::run_until_stopped`].
+    pub async fn build(
+        settings: Settings,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<App> {
+        if settings.role != Role::All {
+            anyhow::bail!(
+                "role {} runs beside other roles over NATS, which this build does not provide yet; use --role all",
+                settings.role
+            );
+        }
+        let database_url = settings.database_url();
+        let store = Store::connect(&database_url)
+            .await
+            .context("connecting to the database")?;
+        store.migrate().await.context("migrating the database")?;
+        let bus = Bus::in_process();
+
+        let intake = if settings.role.serves_intake() {
+            let intake_settings = IntakeSettings {
+                data_dir: settings.data_dir.clone(),
+                partitions: settings.partitions,
+                max_batch: settings.max_batch,
+                flush_interval: settings.flush_interval,
+                max_backlog: settings.max_backlog,
+                spool_max: settings.spool_max.as_u64(),
+            };
+            Some(Intake::start(intake_settings, store.clone(), bus.clone()).await?)
+        } else {
+            None
+        };
+
+        let node = NodeInfo {
+            node: settings.node_id(),
+            role: settings.role.to_string(),
+            region: settings.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: Instant::now(),
+        };
+        let limits = HttpLimits {
+            max_body: settings.max_body.as_u64() as usize,
+            inflight_body_bytes: INFLIGHT_BODY_BYTES,
+            admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
+        };
+        let state = AppState::new(
+            intake.as_ref().map(|(i, _)| i.clone()),
+            store.clone(),
+            bus,
+            node,
+            limits,
+            metrics,
+        );
+        let router = dash_http::router(state);
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        tracing::info!(
+            role = %settings.role,
+            store = store.backend(),
+            partitions = settings.partitions,
+            "dash ready"
+        );
+        Ok(App {
+            listener,
+            router,
+            store,
+            intake,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish,
+    /// drains every buffer into the store and joins every task.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let signalled = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new connections; draining");
+            let _ = stop_tx.send(true);
+        };
+        let mut graceful_stop = stop_rx.clone();
+        let server = tokio::spawn(
+            axum::serve(self.listener, self.router)
+                .with_graceful_shutdown(async move {
+                    let _ = graceful_stop.wait_for(|stopped| *stopped).await;
+                })
+                .into_future(),
+        );
+        let signal_task = tokio::spawn(signalled);
+
+        let deadline = self.settings.shutdown_timeout;
+        let mut server = server;
+        tokio::select! {
+            result = &mut server => { result.context("server task")?.context("serving")?; }
+            _ = stop_rx.wait_for(|stopped| *stopped) => {
+                // Connections get until the deadline to finish their requests.
+                if tokio::time::timeout(deadline, &mut server).await.is_err() {
+                    tracing::warn!("open connections did not finish in time; closing them");
+                    server.abort();
+                }
+            }
+        }
+        signal_task.abort();
+        if let Some((intake, tasks)) = self.intake {
+            tasks.shutdown(intake, deadline).await;
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! The admin commands: migrate, pipeline create/list/rotate-secret, ceilings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Subcommand;
+use dash_config::Settings;
+use dash_store::{IssuedCredentials, Store};
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum PipelineAction {
+    /// Create a pipeline; prints its signing secret and token once.
+    Create {
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pipelines with their counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// New signing secret and token; the old ones keep working for 24 hours.
+    RotateSecret {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CeilingAction {
+    /// Serve a plain axum handler that parses the same JSON and answers 202.
+    Http {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Insert the same rows straight into SQLite in fixed-size transactions.
+    Sqlite {
+        /// The SQLite file to create (removed first).
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        rows_per_tx: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database_url()).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    println!("migrations applied ({})", store.backend());
+    store.close().await;
+    Ok(())
+}
+
+fn print_credentials(
+    heading: &str,
+    issued: &IssuedCredentials,
+    settings: &Settings,
+    as_json: bool,
+) {
+    let url = format!("http://{}/webhooks/{}", settings.listen, issued.record.id);
+    if as_json {
+        let body = json!({
+            "id": issued.record.id,
+            "name": issued.record.name,
+            "secret": issued.secret.expose(),
+            "token": issued.token.expose(),
+            "url": url,
+        });
+        println!("{body}");
+        return;
+    }
+    println!("{heading}: {}", issued.record.name);
+    println!("  id:     {}", issued.record.id);
+    println!("  url:    {url}");
+    println!("  secret: {}", issued.secret.expose());
+    println!("  token:  {}", issued.token.expose());
+    println!("The secret and token are shown only now; keep them somewhere safe.");
+}
+
+pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    let result = match action {
+        PipelineAction::Create { name, json } => store
+            .create_pipeline(&name)
+            .await
+            .map(|issued| print_credentials("pipeline created", &issued, settings, json)),
+        PipelineAction::RotateSecret { name, json } => store
+            .rotate_credentials(&name)
+            .await
+            .map(|issued| print_credentials("credentials rotated", &issued, settings, json)),
+        PipelineAction::List { json } => store.list_pipelines().await.map(|records| {
+            if json {
+                println!("{}", serde_json::to_string(&records).unwrap_or_default());
+            } else {
+                println!(
+                    "{:<24} {:<24} {:>12} {:>8}  last event",
+                    "id", "name", "events", "seq"
+                );
+                for r in records {
+                    println!(
+                        "{:<24} {:<24} {:>12} {:>8}  {}",
+                        r.id,
+                        r.name,
+                        r.stats.count,
+                        r.stats.seq,
+                        r.stats.last_event_at.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }),
+    };
+    store.close().await;
+    Ok(result?)
+}
+
+pub async fn ceiling(action: CeilingAction) -> anyhow::Result<()> {
+    match action {
+        CeilingAction::Http { listen } => dash_bench::serve_plain(listen).await,
+        CeilingAction::Sqlite {
+            file,
+            rows_per_tx,
+            duration,
+        } => {
+            let report = dash_bench::sqlite_ceiling(&file, rows_per_tx, duration).await?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}

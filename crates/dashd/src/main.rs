@@ -1,0 +1,196 @@
+//! `dashd`: the one Dash binary. A thin shim: parse the command line, load settings, wire the
+//! app, wait for SIGINT/SIGTERM. Exit codes: 0 success, 1 runtime failure, 2 bad configuration.
+
+mod app;
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dash_config::{Overrides, Role, Settings};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+#[derive(Parser)]
+#[command(
+    name = "dashd",
+    version,
+    about = "Dash: webhooks in, live dashboards out"
+)]
+struct Cli {
+    /// A settings file layered over config/default.toml and config/<DASH_ENV>.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Dash (the default command).
+    Serve {
+        /// all (embedded default), web or ingestor; also APP_ROLE.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<Role>,
+        /// Address to listen on; also DASH_LISTEN. Port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply database migrations to DATABASE_URL and exit.
+    Migrate,
+    /// Create, list and rotate pipelines.
+    Pipeline {
+        #[command(subcommand)]
+        action: commands::PipelineAction,
+    },
+    /// Load generator: POST signed events and report events/s and ack latency.
+    Bench(dash_bench::LoadOptions),
+    /// This machine's ceilings, to set Dash's numbers against.
+    #[command(subcommand, hide = true)]
+    Ceiling(commands::CeilingAction),
+}
+
+fn parse_role(raw: &str) -> Result<Role, String> {
+    match raw {
+        "all" => Ok(Role::All),
+        "web" => Ok(Role::Web),
+        "ingestor" => Ok(Role::Ingestor),
+        other => Err(format!(
+            "unknown role {other:?}: expected all, web or ingestor"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let command = cli.command.unwrap_or(Command::Serve {
+        role: None,
+        listen: None,
+    });
+
+    let overrides = match &command {
+        Command::Serve { role, listen } => Overrides {
+            role: *role,
+            listen: *listen,
+            config_file: cli.config.clone(),
+        },
+        _ => Overrides {
+            config_file: cli.config.clone(),
+            ..Default::default()
+        },
+    };
+    let needs_settings = !matches!(command, Command::Bench(_) | Command::Ceiling(_));
+    let settings = if needs_settings {
+        match dash_config::load(Path::new("config"), &overrides) {
+            Ok(settings) => Some(settings),
+            Err(err) => {
+                eprintln!("dashd: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("dashd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(command, settings));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dashd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Option<Settings>) -> anyhow::Result<()> {
+    let settings = || settings.clone().expect("settings loaded for this command");
+    match command {
+        Command::Serve { .. } => serve(settings()).await,
+        Command::Migrate => commands::migrate(&settings()).await,
+        Command::Pipeline { action } => commands::pipeline(&settings(), action).await,
+        Command::Bench(options) => {
+            let report = dash_bench::run_load(options).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Ceiling(action) => commands::ceiling(action).await,
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let metrics = install_metrics();
+    let app = app::App::build(settings, metrics).await?;
+    // Scripts and tests read this line to learn the port when listening on port 0.
+    println!("dashd listening on http://{}", app.local_addr());
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DASH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let json = std::env::var("DASH_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn install_metrics() -> Option<PrometheusHandle> {
+    let flush_seconds = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let batch_sizes = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0];
+    let installed = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("dash_flush_duration_seconds".into()),
+            &flush_seconds,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("dash_flush_batch_size".into()), &batch_sizes)
+        })
+        .and_then(|b| b.install_recorder());
+    match installed {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            tracing::warn!(error = %err, "metrics recorder not installed; /metrics will be empty");
+            None
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
