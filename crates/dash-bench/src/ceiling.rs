@@ -23,16 +23,10 @@ pub async fn serve_plain(listen: SocketAddr) -> anyhow::Result<()> {
                 Err(_) => return (StatusCode::BAD_REQUEST, "{}".into()),
             }
         }
-        (
-            StatusCode::ACCEPTED,
-            format!(r#"{{"accepted":{accepted}}}"#),
-        )
+        (StatusCode::ACCEPTED, format!(r#"{{"accepted":{accepted}}}"#))
     }
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!(
-        "plain ceiling listening on http://{}",
-        listener.local_addr()?
-    );
+    println!("plain ceiling listening on http://{}", listener.local_addr()?);
     let router = axum::Router::new().route("/webhooks/{pipeline}", post(plain));
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
@@ -44,11 +38,7 @@ pub async fn serve_plain(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// Rows/s inserting the bench's events straight into a fresh SQLite file with Dash's events
 /// table and indexes (same pragmas: WAL, synchronous=FULL), `rows_per_tx` rows per transaction.
-pub async fn sqlite_ceiling(
-    file: &Path,
-    rows_per_tx: usize,
-    duration: Duration,
-) -> anyhow::Result<String> {
+pub async fn sqlite_ceiling(file: &Path, rows_per_tx: usize, duration: Duration) -> anyhow::Result<String> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
     }
@@ -56,22 +46,15 @@ pub async fn sqlite_ceiling(
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?;
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
     sqlx::query(
         "CREATE TABLE events (pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, event_time INTEGER NOT NULL, \
          received_at INTEGER NOT NULL, payload TEXT NOT NULL)",
     )
     .execute(&pool)
     .await?;
-    sqlx::query("CREATE UNIQUE INDEX events_dedupe ON events (pipeline_id, event_id)")
-        .execute(&pool)
-        .await?;
-    sqlx::query("CREATE INDEX events_by_time ON events (pipeline_id, event_time DESC)")
-        .execute(&pool)
-        .await?;
+    sqlx::query("CREATE UNIQUE INDEX events_dedupe ON events (pipeline_id, event_id)").execute(&pool).await?;
+    sqlx::query("CREATE INDEX events_by_time ON events (pipeline_id, event_time DESC)").execute(&pool).await?;
 
     let started = Instant::now();
     let mut rows = 0u64;
@@ -86,15 +69,10 @@ pub async fn sqlite_ceiling(
             })
             .collect();
         let mut tx = pool.begin().await?;
-        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ",
-        );
+        let mut insert: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ");
         insert.push_values(&batch, |mut row, (id, payload)| {
-            row.push_bind("bench")
-                .push_bind(id)
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(payload);
+            row.push_bind("bench").push_bind(id).push_bind(now).push_bind(now).push_bind(payload);
         });
         insert.build().execute(&mut *tx).await?;
         tx.commit().await?;

@@ -68,15 +68,11 @@ impl LoadReport {
     }
 
     fn quantile_ms(&self, q: f64) -> f64 {
-        self.latency_us
-            .as_ref()
-            .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
+        self.latency_us.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
     }
 
     fn max_ms(&self) -> f64 {
-        self.latency_us
-            .as_ref()
-            .map_or(0.0, |h| h.max() as f64 / 1000.0)
+        self.latency_us.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0)
     }
 }
 
@@ -107,11 +103,7 @@ impl fmt::Display for LoadReport {
             self.quantile_ms(0.99),
             self.max_ms()
         )?;
-        write!(
-            f,
-            "rejected        {:?}  transport errors {}",
-            self.rejected, self.transport_errors
-        )
+        write!(f, "rejected        {:?}  transport errors {}", self.rejected, self.transport_errors)
     }
 }
 
@@ -119,11 +111,7 @@ fn webhook_url(options: &LoadOptions) -> String {
     if options.url.contains("/webhooks/") {
         options.url.clone()
     } else {
-        format!(
-            "{}/webhooks/{}",
-            options.url.trim_end_matches('/'),
-            options.pipeline
-        )
+        format!("{}/webhooks/{}", options.url.trim_end_matches('/'), options.pipeline)
     }
 }
 
@@ -135,22 +123,12 @@ pub fn sample_event(id: &str, now_ms: i64) -> String {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
-    anyhow::ensure!(
-        options.concurrency > 0 && options.batch > 0,
-        "concurrency and batch must be at least 1"
-    );
-    let secret = options
-        .secret
-        .as_deref()
-        .map(SigningSecret::parse)
-        .transpose()
-        .context("--secret")?;
+    anyhow::ensure!(options.concurrency > 0 && options.batch > 0, "concurrency and batch must be at least 1");
+    let secret = options.secret.as_deref().map(SigningSecret::parse).transpose().context("--secret")?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
         .timeout(Duration::from_secs(30))
@@ -163,30 +141,21 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
         ..Default::default()
     }));
     // Paced mode: each connection sends one request per `interval`.
-    let interval = options.rate.map(|rate| {
-        Duration::from_secs_f64(options.concurrency as f64 * options.batch as f64 / rate)
-    });
+    let interval =
+        options.rate.map(|rate| Duration::from_secs_f64(options.concurrency as f64 * options.batch as f64 / rate));
     let started = Instant::now();
     let deadline = started + options.duration;
 
     let mut workers = Vec::with_capacity(options.concurrency);
     for worker in 0..options.concurrency {
-        let (client, url, secret, token, report, run_id) = (
-            client.clone(),
-            url.clone(),
-            secret.clone(),
-            options.token.clone(),
-            report.clone(),
-            run_id.clone(),
-        );
+        let (client, url, secret, token, report, run_id) =
+            (client.clone(), url.clone(), secret.clone(), options.token.clone(), report.clone(), run_id.clone());
         let batch = options.batch;
         workers.push(tokio::spawn(async move {
-            let mut local =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut requests, mut accepted, mut transport_errors) = (0u64, 0u64, 0u64);
             let mut rejected: BTreeMap<u16, u64> = BTreeMap::new();
-            let mut next_send = Instant::now()
-                + interval.map_or(Duration::ZERO, |i| i.mul_f64(worker as f64 / 64.0));
+            let mut next_send = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(worker as f64 / 64.0));
             let mut n: u64 = 0;
             while Instant::now() < deadline {
                 if let Some(interval) = interval {
@@ -201,11 +170,7 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                     body.push('\n');
                 }
                 n += batch as u64;
-                let content_type = if batch == 1 {
-                    "application/json"
-                } else {
-                    "application/x-ndjson"
-                };
+                let content_type = if batch == 1 { "application/json" } else { "application/x-ndjson" };
                 let msg_id = format!("msg_{run_id}_{worker}_{n}");
                 let mut request = client.post(&url).header("content-type", content_type);
                 if let Some(secret) = &secret {
@@ -213,14 +178,9 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                     request = request
                         .header("webhook-id", &msg_id)
                         .header("webhook-timestamp", ts.to_string())
-                        .header(
-                            "webhook-signature",
-                            secret.sign(&msg_id, ts, body.as_bytes()),
-                        );
+                        .header("webhook-signature", secret.sign(&msg_id, ts, body.as_bytes()));
                 } else if let Some(token) = &token {
-                    request = request
-                        .bearer_auth(token)
-                        .header("idempotency-key", &msg_id);
+                    request = request.bearer_auth(token).header("idempotency-key", &msg_id);
                 }
                 let sent = Instant::now();
                 requests += 1;
@@ -261,9 +221,8 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
         worker.await?;
     }
     let elapsed = started.elapsed();
-    let mut report = Arc::try_unwrap(report)
-        .map_err(|_| anyhow::anyhow!("workers still hold the report"))?
-        .into_inner();
+    let mut report =
+        Arc::try_unwrap(report).map_err(|_| anyhow::anyhow!("workers still hold the report"))?.into_inner();
     report.elapsed = elapsed;
     Ok(report)
 }

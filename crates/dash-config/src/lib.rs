@@ -187,11 +187,7 @@ pub enum ConfigError {
 }
 
 fn display_name(key: &str) -> String {
-    let envs: Vec<&str> = ENV_NAMES
-        .iter()
-        .filter(|(_, k)| *k == key)
-        .map(|(e, _)| *e)
-        .collect();
+    let envs: Vec<&str> = ENV_NAMES.iter().filter(|(_, k)| *k == key).map(|(e, _)| *e).collect();
     match envs.last() {
         Some(env) => format!("{key} ({env})"),
         None => key.to_owned(),
@@ -199,17 +195,14 @@ fn display_name(key: &str) -> String {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        name: display_name(key),
-        message: message.into(),
-    }
+    ConfigError::Invalid { name: display_name(key), message: message.into() }
 }
 
 /// Loads settings from files in `config_dir` (normally `config/`), the process environment and
 /// the command line, then checks them.
 pub fn load(config_dir: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(Settings::default()))
-        .merge(Toml::file(config_dir.join("default.toml")));
+    let mut figment =
+        Figment::from(Serialized::defaults(Settings::default())).merge(Toml::file(config_dir.join("default.toml")));
     if let Ok(env_name) = std::env::var("DASH_ENV")
         && !env_name.is_empty()
     {
@@ -223,11 +216,7 @@ pub fn load(config_dir: &Path, overrides: &Overrides) -> Result<Settings, Config
     }
     for (env, key) in ENV_NAMES {
         let key = *key;
-        figment = figment.merge(
-            Env::raw()
-                .only(&[env])
-                .filter_map(move |_| Some(key.into())),
-        );
+        figment = figment.merge(Env::raw().only(&[env]).filter_map(move |_| Some(key.into())));
     }
     if let Some(role) = overrides.role {
         figment = figment.merge(Serialized::default("role", role));
@@ -239,10 +228,7 @@ pub fn load(config_dir: &Path, overrides: &Overrides) -> Result<Settings, Config
         let key = err.path.last().cloned().unwrap_or_default();
         let message = err.kind.to_string();
         if key.is_empty() {
-            ConfigError::Invalid {
-                name: "configuration".into(),
-                message,
-            }
+            ConfigError::Invalid { name: "configuration".into(), message }
         } else {
             invalid(&key, message)
         }
@@ -265,16 +251,10 @@ fn normalize(mut s: Settings) -> Settings {
     if blank(&s.node_id) {
         s.node_id = None;
     }
-    if s.admin_token
-        .as_ref()
-        .is_some_and(|t| t.expose().is_empty())
-    {
+    if s.admin_token.as_ref().is_some_and(|t| t.expose().is_empty()) {
         s.admin_token = None;
     }
-    if s.database_url
-        .as_ref()
-        .is_some_and(|t| t.expose().is_empty())
-    {
+    if s.database_url.as_ref().is_some_and(|t| t.expose().is_empty()) {
         s.database_url = None;
     }
     s
@@ -284,10 +264,7 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     if s.role != Role::All && s.nats_url.is_none() {
         return Err(invalid(
             "nats_url",
-            format!(
-                "role {} needs a bus between roles: set NATS_URL (only role all runs without one)",
-                s.role
-            ),
+            format!("role {} needs a bus between roles: set NATS_URL (only role all runs without one)", s.role),
         ));
     }
     if !(1..=100_000).contains(&s.max_batch) {
@@ -315,6 +292,7 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
 
@@ -336,24 +314,16 @@ mod tests {
     #[test]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "default.toml",
-                "max_batch = 10\nregion = \"ams\"\nflush_interval = \"250ms\"",
-            )?;
+            jail.create_file("default.toml", "max_batch = 10\nregion = \"ams\"\nflush_interval = \"250ms\"")?;
             jail.create_file("production.toml", "max_batch = 20")?;
             jail.set_env("DASH_ENV", "production");
             jail.set_env("DASH_MAX_BODY", "2MiB");
             jail.set_env("FLY_REGION", "fra");
             jail.set_env("DASH_REGION", "cdg");
             jail.set_env("DATABASE_URL", "sqlite://x.db");
-            let s = load(
-                jail.directory(),
-                &Overrides {
-                    listen: Some("0.0.0.0:1".parse().unwrap()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let s =
+                load(jail.directory(), &Overrides { listen: Some("0.0.0.0:1".parse().unwrap()), ..Default::default() })
+                    .unwrap();
             assert_eq!(s.max_batch, 20);
             assert_eq!(s.flush_interval, Duration::from_millis(250));
             assert_eq!(s.max_body, ByteSize::mib(2));
@@ -368,33 +338,25 @@ mod tests {
     fn errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("DASH_MAX_BATCH", "lots");
-            let err = load(jail.directory(), &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("DASH_MAX_BATCH"), "{err}");
             Ok(())
         });
         figment::Jail::expect_with(|jail| {
             jail.create_file("default.toml", "max_batchh = 1")?;
-            let err = load(jail.directory(), &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("max_batchh"), "{err}");
             Ok(())
         });
         figment::Jail::expect_with(|jail| {
             jail.set_env("APP_ROLE", "web");
-            let err = load(jail.directory(), &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("NATS_URL"), "{err}");
             Ok(())
         });
         figment::Jail::expect_with(|jail| {
             jail.set_env("APP_ROLE", "sideways");
-            let err = load(jail.directory(), &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("APP_ROLE"), "{err}");
             Ok(())
         });

@@ -20,13 +20,10 @@ impl BodyFormat {
         let essence = content_type?.split(';').next()?.trim().to_ascii_lowercase();
         match essence.as_str() {
             "application/json" => Some(Self::Json),
-            "application/x-ndjson"
-            | "application/ndjson"
-            | "application/jsonl"
-            | "application/x-jsonlines" => Some(Self::Ndjson),
-            other if other.starts_with("application/") && other.ends_with("+json") => {
-                Some(Self::Json)
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" => {
+                Some(Self::Ndjson)
             }
+            other if other.starts_with("application/") && other.ends_with("+json") => Some(Self::Json),
             _ => None,
         }
     }
@@ -45,11 +42,7 @@ pub struct RequestIdentity<'a> {
 pub enum BodyError {
     /// Not JSON / NDJSON at all: 400.
     #[error("malformed JSON at line {line}, column {column}: {reason}")]
-    Malformed {
-        line: usize,
-        column: usize,
-        reason: String,
-    },
+    Malformed { line: usize, column: usize, reason: String },
     /// Well-formed but not acceptable as an event: 422.
     #[error("event {index}: {reason}")]
     Invalid { index: usize, reason: String },
@@ -66,11 +59,7 @@ struct EventFields<'a> {
 
 /// Splits a body into events, applying the contract's identity and time rules.
 /// All-or-nothing: any bad event fails the whole body.
-pub fn parse_body(
-    format: BodyFormat,
-    body: &[u8],
-    identity: &RequestIdentity<'_>,
-) -> Result<Vec<Event>, BodyError> {
+pub fn parse_body(format: BodyFormat, body: &[u8], identity: &RequestIdentity<'_>) -> Result<Vec<Event>, BodyError> {
     match format {
         BodyFormat::Json => parse_json(body, identity),
         BodyFormat::Ndjson => parse_ndjson(body, identity),
@@ -78,11 +67,7 @@ pub fn parse_body(
 }
 
 fn malformed(err: &serde_json::Error, line_offset: usize) -> BodyError {
-    BodyError::Malformed {
-        line: err.line() + line_offset,
-        column: err.column(),
-        reason: reason_of(err),
-    }
+    BodyError::Malformed { line: err.line() + line_offset, column: err.column(), reason: reason_of(err) }
 }
 
 /// serde_json's message without its trailing " at line L column C".
@@ -97,32 +82,18 @@ fn reason_of(err: &serde_json::Error) -> String {
 fn parse_json(body: &[u8], identity: &RequestIdentity<'_>) -> Result<Vec<Event>, BodyError> {
     let whole: &RawValue = serde_json::from_slice(body).map_err(|e| malformed(&e, 0))?;
     match whole.get().as_bytes().first() {
-        Some(b'{') => Ok(vec![event_from(
-            whole,
-            0,
-            Identity::Single(identity.request_id),
-            identity.received_ms,
-        )?]),
+        Some(b'{') => Ok(vec![event_from(whole, 0, Identity::Single(identity.request_id), identity.received_ms)?]),
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(whole.get()).map_err(|e| malformed(&e, 0))?;
+            let items: Vec<&RawValue> = serde_json::from_str(whole.get()).map_err(|e| malformed(&e, 0))?;
             items
                 .into_iter()
                 .enumerate()
                 .map(|(index, raw)| {
-                    event_from(
-                        raw,
-                        index,
-                        Identity::Indexed(identity.request_id),
-                        identity.received_ms,
-                    )
+                    event_from(raw, index, Identity::Indexed(identity.request_id), identity.received_ms)
                 })
                 .collect()
         }
-        _ => Err(BodyError::Invalid {
-            index: 0,
-            reason: "body must be a JSON object or an array of objects".into(),
-        }),
+        _ => Err(BodyError::Invalid { index: 0, reason: "body must be a JSON object or an array of objects".into() }),
     }
 }
 
@@ -135,12 +106,7 @@ fn parse_ndjson(body: &[u8], identity: &RequestIdentity<'_>) -> Result<Vec<Event
         }
         let raw: &RawValue = serde_json::from_slice(line).map_err(|e| malformed(&e, line_index))?;
         let index = events.len();
-        events.push(event_from(
-            raw,
-            index,
-            Identity::Indexed(identity.request_id),
-            identity.received_ms,
-        )?);
+        events.push(event_from(raw, index, Identity::Indexed(identity.request_id), identity.received_ms)?);
     }
     Ok(events)
 }
@@ -154,19 +120,14 @@ enum Identity<'a> {
     Indexed(Option<&'a str>),
 }
 
-fn event_from(
-    raw: &RawValue,
-    index: usize,
-    identity: Identity<'_>,
-    received_ms: i64,
-) -> Result<Event, BodyError> {
+fn event_from(raw: &RawValue, index: usize, identity: Identity<'_>, received_ms: i64) -> Result<Event, BodyError> {
     let invalid = |reason: String| BodyError::Invalid { index, reason };
     let text = raw.get();
     if !text.starts_with('{') {
         return Err(invalid("event must be a JSON object".into()));
     }
-    let fields: EventFields<'_> = serde_json::from_str(text)
-        .map_err(|e| invalid(format!("unreadable event: {}", reason_of(&e))))?;
+    let fields: EventFields<'_> =
+        serde_json::from_str(text).map_err(|e| invalid(format!("unreadable event: {}", reason_of(&e))))?;
 
     let id = match fields.id.map(RawValue::get) {
         None | Some("null") => None,
@@ -179,9 +140,7 @@ fn event_from(
         (None, _) => EventId::generate().into_string(),
     };
     if id.is_empty() || id.len() > EVENT_ID_MAX + 21 {
-        return Err(invalid(format!(
-            "event id must be 1 to {EVENT_ID_MAX} bytes"
-        )));
+        return Err(invalid(format!("event id must be 1 to {EVENT_ID_MAX} bytes")));
     }
 
     let time_ms = match fields.timestamp.map(RawValue::get) {
@@ -189,19 +148,13 @@ fn event_from(
         Some(raw_ts) => timestamp_field(raw_ts).map_err(invalid)?,
     };
 
-    Ok(Event {
-        id,
-        time_ms,
-        received_ms,
-        payload: text.to_owned(),
-    })
+    Ok(Event { id, time_ms, received_ms, payload: text.to_owned() })
 }
 
 /// The `id` field: a string, or an integer taken as its decimal text.
 fn event_id_field(raw: &str) -> Result<String, String> {
     if raw.starts_with('"') {
-        let id: String =
-            serde_json::from_str(raw).map_err(|_| "field id is not a valid string".to_owned())?;
+        let id: String = serde_json::from_str(raw).map_err(|_| "field id is not a valid string".to_owned())?;
         EventId::parse(&id).map_err(|e| format!("field id: {e}"))?;
         return Ok(id);
     }
@@ -219,9 +172,7 @@ fn timestamp_field(raw: &str) -> Result<i64, String> {
     let bad = || "field timestamp must be RFC 3339 text or unix milliseconds".to_owned();
     let ms = if raw.starts_with('"') {
         let text: String = serde_json::from_str(raw).map_err(|_| bad())?;
-        chrono::DateTime::parse_from_rfc3339(&text)
-            .map_err(|_| bad())?
-            .timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(&text).map_err(|_| bad())?.timestamp_millis()
     } else {
         raw.parse::<i64>().map_err(|_| bad())?
     };
@@ -236,43 +187,25 @@ mod tests {
     use super::*;
 
     fn ident(request_id: Option<&str>) -> RequestIdentity<'_> {
-        RequestIdentity {
-            request_id,
-            received_ms: 1_000,
-        }
+        RequestIdentity { request_id, received_ms: 1_000 }
     }
 
     #[test]
     fn content_types() {
-        assert_eq!(
-            BodyFormat::from_content_type(Some("application/json; charset=utf-8")),
-            Some(BodyFormat::Json)
-        );
-        assert_eq!(
-            BodyFormat::from_content_type(Some("application/cloudevents+json")),
-            Some(BodyFormat::Json)
-        );
-        assert_eq!(
-            BodyFormat::from_content_type(Some("application/x-ndjson")),
-            Some(BodyFormat::Ndjson)
-        );
+        assert_eq!(BodyFormat::from_content_type(Some("application/json; charset=utf-8")), Some(BodyFormat::Json));
+        assert_eq!(BodyFormat::from_content_type(Some("application/cloudevents+json")), Some(BodyFormat::Json));
+        assert_eq!(BodyFormat::from_content_type(Some("application/x-ndjson")), Some(BodyFormat::Ndjson));
         assert_eq!(BodyFormat::from_content_type(Some("text/plain")), None);
         assert_eq!(BodyFormat::from_content_type(None), None);
     }
 
     #[test]
     fn single_object_uses_field_then_header_then_uuid() {
-        let with_field = parse_body(
-            BodyFormat::Json,
-            br#"{"id":"evt_1","a":1}"#,
-            &ident(Some("msg_1")),
-        )
-        .unwrap();
+        let with_field = parse_body(BodyFormat::Json, br#"{"id":"evt_1","a":1}"#, &ident(Some("msg_1"))).unwrap();
         assert_eq!(with_field[0].id, "evt_1");
         assert_eq!(with_field[0].payload, r#"{"id":"evt_1","a":1}"#);
         assert_eq!(with_field[0].time_ms, 1_000);
-        let from_header =
-            parse_body(BodyFormat::Json, br#"{"a":1}"#, &ident(Some("msg_1"))).unwrap();
+        let from_header = parse_body(BodyFormat::Json, br#"{"a":1}"#, &ident(Some("msg_1"))).unwrap();
         assert_eq!(from_header[0].id, "msg_1");
         let generated = parse_body(BodyFormat::Json, br#"{"a":1}"#, &ident(None)).unwrap();
         assert_eq!(generated[0].id.len(), 36);
@@ -282,84 +215,41 @@ mod tests {
 
     #[test]
     fn arrays_and_ndjson_index_the_request_id() {
-        let array = parse_body(
-            BodyFormat::Json,
-            br#"[{"a":1},{"id":"x"},{"a":3}]"#,
-            &ident(Some("req")),
-        )
-        .unwrap();
+        let array = parse_body(BodyFormat::Json, br#"[{"a":1},{"id":"x"},{"a":3}]"#, &ident(Some("req"))).unwrap();
         let ids: Vec<_> = array.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["req:0", "x", "req:2"]);
-        let ndjson = parse_body(
-            BodyFormat::Ndjson,
-            b"{\"a\":1}\r\n\n{\"a\":2}\n",
-            &ident(Some("req")),
-        )
-        .unwrap();
+        let ndjson = parse_body(BodyFormat::Ndjson, b"{\"a\":1}\r\n\n{\"a\":2}\n", &ident(Some("req"))).unwrap();
         let ids: Vec<_> = ndjson.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["req:0", "req:1"]);
     }
 
     #[test]
     fn timestamps() {
-        let rfc = parse_body(
-            BodyFormat::Json,
-            br#"{"timestamp":"2023-09-28T19:20:22+00:00"}"#,
-            &ident(None),
-        )
-        .unwrap();
+        let rfc = parse_body(BodyFormat::Json, br#"{"timestamp":"2023-09-28T19:20:22+00:00"}"#, &ident(None)).unwrap();
         assert_eq!(rfc[0].time_ms, 1_695_928_822_000);
-        let ms = parse_body(
-            BodyFormat::Json,
-            br#"{"timestamp":1695928822123}"#,
-            &ident(None),
-        )
-        .unwrap();
+        let ms = parse_body(BodyFormat::Json, br#"{"timestamp":1695928822123}"#, &ident(None)).unwrap();
         assert_eq!(ms[0].time_ms, 1_695_928_822_123);
-        let bad = parse_body(
-            BodyFormat::Json,
-            br#"[{},{"timestamp":"yesterday"}]"#,
-            &ident(None),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(bad, BodyError::Invalid { index: 1, .. }),
-            "{bad:?}"
-        );
-        let negative =
-            parse_body(BodyFormat::Json, br#"{"timestamp":-5}"#, &ident(None)).unwrap_err();
+        let bad = parse_body(BodyFormat::Json, br#"[{},{"timestamp":"yesterday"}]"#, &ident(None)).unwrap_err();
+        assert!(matches!(bad, BodyError::Invalid { index: 1, .. }), "{bad:?}");
+        let negative = parse_body(BodyFormat::Json, br#"{"timestamp":-5}"#, &ident(None)).unwrap_err();
         assert!(matches!(negative, BodyError::Invalid { index: 0, .. }));
     }
 
     #[test]
     fn malformed_names_line_and_column() {
-        let err =
-            parse_body(BodyFormat::Ndjson, b"{\"a\":1}\n{\"a\":\n", &ident(None)).unwrap_err();
+        let err = parse_body(BodyFormat::Ndjson, b"{\"a\":1}\n{\"a\":\n", &ident(None)).unwrap_err();
         match err {
             BodyError::Malformed { line, .. } => assert_eq!(line, 2),
             other => panic!("{other:?}"),
         }
         let err = parse_body(BodyFormat::Json, b"{\"a\" 1}", &ident(None)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BodyError::Malformed {
-                    line: 1,
-                    column: 6,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, BodyError::Malformed { line: 1, column: 6, .. }), "{err:?}");
         assert!(err.to_string().contains("line 1, column 6"));
     }
 
     #[test]
     fn non_objects_are_invalid_not_malformed() {
-        assert!(matches!(
-            parse_body(BodyFormat::Json, b"42", &ident(None)),
-            Err(BodyError::Invalid { index: 0, .. })
-        ));
+        assert!(matches!(parse_body(BodyFormat::Json, b"42", &ident(None)), Err(BodyError::Invalid { index: 0, .. })));
         assert!(matches!(
             parse_body(BodyFormat::Json, b"[{}, 7]", &ident(None)),
             Err(BodyError::Invalid { index: 1, .. })

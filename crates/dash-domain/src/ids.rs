@@ -19,12 +19,8 @@ pub struct PipelineId(String);
 
 impl PipelineId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        let valid_char =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-        let starts_well = raw
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        let starts_well = raw.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if raw.len() > PIPELINE_ID_MAX || !starts_well || !raw.chars().all(valid_char) {
             return Err(InvalidId(format!(
                 "pipeline id must be 1 to {PIPELINE_ID_MAX} characters of a-z, 0-9, '-' or '_', starting with a letter or digit"
@@ -45,9 +41,7 @@ impl PipelineId {
         }
         let slug = slug.trim_end_matches('-');
         if slug.is_empty() {
-            return Err(InvalidId(
-                "pipeline name must contain a letter or digit".into(),
-            ));
+            return Err(InvalidId("pipeline name must contain a letter or digit".into()));
         }
         Self::parse(slug)
     }
@@ -83,9 +77,7 @@ pub struct EventId(String);
 impl EventId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
         if raw.is_empty() || raw.len() > EVENT_ID_MAX {
-            return Err(InvalidId(format!(
-                "event id must be 1 to {EVENT_ID_MAX} bytes"
-            )));
+            return Err(InvalidId(format!("event id must be 1 to {EVENT_ID_MAX} bytes")));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -106,14 +98,8 @@ mod tests {
 
     #[test]
     fn pipeline_ids_from_names() {
-        assert_eq!(
-            PipelineId::from_name("Orders API").unwrap().as_str(),
-            "orders-api"
-        );
-        assert_eq!(
-            PipelineId::from_name("  stripe__live!! ").unwrap().as_str(),
-            "stripe__live"
-        );
+        assert_eq!(PipelineId::from_name("Orders API").unwrap().as_str(), "orders-api");
+        assert_eq!(PipelineId::from_name("  stripe__live!! ").unwrap().as_str(), "stripe__live");
         assert!(PipelineId::from_name("!!!").is_err());
         assert!(PipelineId::parse("Has.Dots").is_err());
         assert!(PipelineId::parse(&"a".repeat(64)).is_err());

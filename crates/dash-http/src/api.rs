@@ -32,11 +32,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
 }
 
 /// With `DASH_ADMIN_TOKEN` set, the API needs `Authorization: Bearer <token>`.
-async fn require_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
     if let Some(expected) = &state.limits.admin_token
         && !presents_token(request.headers(), expected)
     {
@@ -72,31 +68,19 @@ fn pipeline_json(record: &PipelineRecord) -> Value {
 }
 
 async fn list_pipelines(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let records = state
-        .store
-        .list_pipelines()
-        .await
-        .map_err(|e| ApiError::store_unavailable(&e))?;
-    Ok(Json(
-        json!({ "pipelines": records.iter().map(pipeline_json).collect::<Vec<_>>() }),
-    ))
+    let records = state.store.list_pipelines().await.map_err(|e| ApiError::store_unavailable(&e))?;
+    Ok(Json(json!({ "pipelines": records.iter().map(pipeline_json).collect::<Vec<_>>() })))
 }
 
 async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, ApiError> {
     match state.store.find_pipeline(id).await {
         Ok(Some(record)) => Ok(record),
-        Ok(None) => Err(ApiError::not_found(
-            "pipeline_not_found",
-            format!("no pipeline {id:?}"),
-        )),
+        Ok(None) => Err(ApiError::not_found("pipeline_not_found", format!("no pipeline {id:?}"))),
         Err(e) => Err(ApiError::store_unavailable(&e)),
     }
 }
 
-async fn get_pipeline(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_pipeline(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(pipeline_json(&find(&state, &id).await?)))
 }
 
@@ -105,31 +89,19 @@ struct CreatePipeline {
     name: String,
 }
 
-async fn create_pipeline(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request: CreatePipeline = serde_json::from_slice(&body).map_err(|e| {
         if e.is_data() {
-            ApiError::unprocessable(
-                "invalid_request",
-                format!("expected {{\"name\": \"…\"}}: {e}"),
-            )
+            ApiError::unprocessable("invalid_request", format!("expected {{\"name\": \"…\"}}: {e}"))
         } else {
             ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
         }
     })?;
-    let issued = state
-        .store
-        .create_pipeline(&request.name)
-        .await
-        .map_err(|err| match err {
-            StoreError::Conflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, "pipeline_exists", err.to_string())
-            }
-            StoreError::InvalidName(_) => ApiError::unprocessable("invalid_name", err.to_string()),
-            other => ApiError::store_unavailable(&other),
-        })?;
+    let issued = state.store.create_pipeline(&request.name).await.map_err(|err| match err {
+        StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "pipeline_exists", err.to_string()),
+        StoreError::InvalidName(_) => ApiError::unprocessable("invalid_name", err.to_string()),
+        other => ApiError::store_unavailable(&other),
+    })?;
     if let Some(intake) = &state.intake
         && let Ok(id) = dash_domain::PipelineId::parse(&issued.record.id)
     {
@@ -164,12 +136,7 @@ fn parse_instant(name: &str, raw: &str) -> Result<i64, ApiError> {
     }
     chrono::DateTime::parse_from_rfc3339(raw)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("{name} must be RFC 3339 or unix milliseconds"),
-            )
-        })
+        .map_err(|_| ApiError::bad_request("invalid_query", format!("{name} must be RFC 3339 or unix milliseconds")))
 }
 
 async fn series(
@@ -185,10 +152,7 @@ async fn series(
         .map(|d| d.as_millis() as i64)
         .filter(|ms| *ms >= 60_000 && ms % 60_000 == 0)
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                "bucket must be a whole number of minutes, e.g. 1m, 5m, 1h",
-            )
+            ApiError::bad_request("invalid_query", "bucket must be a whole number of minutes, e.g. 1m, 5m, 1h")
         })?;
     let to = match &query.to {
         Some(raw) => parse_instant("to", raw)?,
@@ -201,22 +165,13 @@ async fn series(
     // Buckets align to whole minutes.
     let from = from - from.rem_euclid(60_000);
     if to <= from {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "to must be after from",
-        ));
+        return Err(ApiError::bad_request("invalid_query", "to must be after from"));
     }
     if (to - from) / bucket_ms > MAX_POINTS {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("at most {MAX_POINTS} buckets per request"),
-        ));
+        return Err(ApiError::bad_request("invalid_query", format!("at most {MAX_POINTS} buckets per request")));
     }
-    let points = state
-        .store
-        .series(&record.id, from, to, bucket_ms)
-        .await
-        .map_err(|e| ApiError::store_unavailable(&e))?;
+    let points =
+        state.store.series(&record.id, from, to, bucket_ms).await.map_err(|e| ApiError::store_unavailable(&e))?;
     // Every bucket appears, empty ones with 0, so charts need no gap logic.
     let mut filled = Vec::new();
     let mut stored = points.into_iter().peekable();
@@ -252,22 +207,12 @@ async fn events(
     let record = find(&state, &id).await?;
     let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
     if !(1..=MAX_EVENTS).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_EVENTS}"),
-        ));
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_EVENTS}")));
     }
-    let events = state
-        .store
-        .recent_events(&record.id, limit)
-        .await
-        .map_err(|e| ApiError::store_unavailable(&e))?;
+    let events = state.store.recent_events(&record.id, limit).await.map_err(|e| ApiError::store_unavailable(&e))?;
     Ok(Json(json!({ "pipeline": record.id, "events": events })))
 }
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
 }

@@ -81,9 +81,7 @@ impl AppState {
 
 /// All routes for this node's role.
 pub fn router(state: AppState) -> Router {
-    let mut router = Router::new()
-        .merge(ops::router())
-        .merge(api::router(state.clone()));
+    let mut router = Router::new().merge(ops::router()).merge(api::router(state.clone()));
     if state.intake.is_some() {
         router = router.merge(webhooks::router());
     }

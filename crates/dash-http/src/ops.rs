@@ -14,10 +14,7 @@ use crate::AppState;
 const DATABASE_PROBE_DEADLINE: Duration = Duration::from_secs(1);
 
 pub(crate) fn router() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+    axum::Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
 }
 
 async fn health() -> Json<Value> {
@@ -30,17 +27,9 @@ async fn health() -> Json<Value> {
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let (database_ok, database) = match state.store.ping(DATABASE_PROBE_DEADLINE).await {
         Ok(latency) => {
-            let flushing = state
-                .intake
-                .as_ref()
-                .is_none_or(|i| i.store_health().is_up());
+            let flushing = state.intake.as_ref().is_none_or(|i| i.store_health().is_up());
             let mut check = json!({ "ok": flushing, "latency_ms": (latency.as_secs_f64() * 1e6).round() / 1e3 });
-            if let Some(err) = state
-                .intake
-                .as_ref()
-                .and_then(|i| i.store_health().last_error())
-                .filter(|_| !flushing)
-            {
+            if let Some(err) = state.intake.as_ref().and_then(|i| i.store_health().last_error()).filter(|_| !flushing) {
                 check["error"] = json!(err);
             }
             (flushing, check)
@@ -55,7 +44,7 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut intake_ok = true;
     if let Some(intake) = &state.intake {
         let spool = intake.spool();
-        intake_ok = spool.used() < spool.max();
+        intake_ok = !spool.is_refusing();
         checks["intake_log"] = json!({
             "ok": intake_ok,
             "bytes": spool.used(),
@@ -81,10 +70,6 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state
-        .metrics
-        .as_ref()
-        .map(|m| m.render())
-        .unwrap_or_default();
+    let text = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

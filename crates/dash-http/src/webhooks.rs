@@ -41,32 +41,19 @@ async fn receive(
     let outcome = accept(&state, &pipeline, &headers, body).await;
     match &outcome {
         Ok(accepted) => metrics::counter!("dash_events_accepted_total").increment(*accepted as u64),
-        Err(err) => {
-            metrics::counter!("dash_requests_rejected_total", "reason" => err.code).increment(1)
-        }
+        Err(err) => metrics::counter!("dash_requests_rejected_total", "reason" => err.code).increment(1),
     }
     outcome.map(|accepted| (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }
 
-async fn accept(
-    state: &AppState,
-    pipeline: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<usize, ApiError> {
-    let intake = state
-        .intake
-        .as_ref()
-        .expect("webhook routes are mounted only with intake");
+async fn accept(state: &AppState, pipeline: &str, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
+    let intake = state.intake.as_ref().expect("webhook routes are mounted only with intake");
     let received_ms = now_ms();
 
     let auth = match intake.directory().lookup(pipeline).await {
         Lookup::Found(auth) => auth,
         Lookup::NotFound => {
-            return Err(ApiError::not_found(
-                "pipeline_not_found",
-                format!("no pipeline {pipeline:?}"),
-            ));
+            return Err(ApiError::not_found("pipeline_not_found", format!("no pipeline {pipeline:?}")));
         }
         Lookup::Unknown => {
             return Err(ApiError::unavailable(
@@ -78,33 +65,21 @@ async fn accept(
     };
 
     let max_body = state.limits.max_body;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > max_body) {
         return Err(too_large(max_body));
     }
     let budget_kib = (declared.unwrap_or(max_body) / 1024 + 1) as u32;
-    let _permit = state
-        .inflight
-        .clone()
-        .try_acquire_many_owned(budget_kib)
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                "too many requests in flight; retry later",
-            )
+    let _permit = state.inflight.clone().try_acquire_many_owned(budget_kib).map_err(|_| {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests in flight; retry later")
             .retry_after(1)
-        })?;
+    })?;
     let bytes = read_body(body, max_body).await?;
 
     authenticate(&auth, headers, &bytes, received_ms / 1000)?;
 
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -118,24 +93,10 @@ async fn accept(
 
     let request_id = request_id(headers)?;
     let events = if bytes.len() <= PARSE_INLINE_MAX {
-        parse_body(
-            format,
-            &bytes,
-            &RequestIdentity {
-                request_id: request_id.as_deref(),
-                received_ms,
-            },
-        )
+        parse_body(format, &bytes, &RequestIdentity { request_id: request_id.as_deref(), received_ms })
     } else {
         tokio::task::spawn_blocking(move || {
-            parse_body(
-                format,
-                &bytes,
-                &RequestIdentity {
-                    request_id: request_id.as_deref(),
-                    received_ms,
-                },
-            )
+            parse_body(format, &bytes, &RequestIdentity { request_id: request_id.as_deref(), received_ms })
         })
         .await
         .map_err(|e| ApiError::internal("body parser task failed", &e))?
@@ -151,15 +112,10 @@ async fn accept(
     submitted.map_err(|err| {
         let retry = err.retry_after_secs();
         match err {
-            SubmitError::Backlog { .. } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "backlog_full",
-                err.to_string(),
-            )
-            .retry_after(retry),
-            SubmitError::SpoolFull => {
-                ApiError::unavailable("intake_log_full", err.to_string(), retry)
+            SubmitError::Backlog { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "backlog_full", err.to_string()).retry_after(retry)
             }
+            SubmitError::SpoolFull => ApiError::unavailable("intake_log_full", err.to_string(), retry),
             SubmitError::LogUnavailable | SubmitError::ShuttingDown => {
                 ApiError::unavailable("intake_unavailable", err.to_string(), retry)
             }
@@ -177,22 +133,13 @@ fn too_large(max_body: usize) -> ApiError {
 
 async fn read_body(body: Body, max_body: usize) -> Result<Bytes, ApiError> {
     let collected =
-        tokio::time::timeout(BODY_READ_DEADLINE, Limited::new(body, max_body).collect())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "request body took too long to arrive",
-                )
-            })?;
+        tokio::time::timeout(BODY_READ_DEADLINE, Limited::new(body, max_body).collect()).await.map_err(|_| {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body took too long to arrive")
+        })?;
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(max_body)),
-        Err(err) => Err(ApiError::bad_request(
-            "unreadable_body",
-            format!("request body could not be read: {err}"),
-        )),
+        Err(err) => Err(ApiError::bad_request("unreadable_body", format!("request body could not be read: {err}"))),
     }
 }
 
@@ -202,9 +149,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// `webhook-id`, else `Idempotency-Key`.
 fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(id) =
-        header_str(headers, "webhook-id").or_else(|| header_str(headers, "idempotency-key"))
-    else {
+    let Some(id) = header_str(headers, "webhook-id").or_else(|| header_str(headers, "idempotency-key")) else {
         return Ok(None);
     };
     let id = id.trim();
@@ -218,14 +163,8 @@ fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// A matching bearer token or a valid Standard Webhooks signature; either suffices.
-fn authenticate(
-    auth: &PipelineAuth,
-    headers: &HeaderMap,
-    body: &[u8],
-    now_secs: i64,
-) -> Result<(), ApiError> {
-    let bearer =
-        header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
+fn authenticate(auth: &PipelineAuth, headers: &HeaderMap, body: &[u8], now_secs: i64) -> Result<(), ApiError> {
+    let bearer = header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
     let hashes: Vec<&str> = auth.token_hashes.iter().map(String::as_str).collect();
     if bearer.is_some_and(|token| token_matches(token, &hashes)) {
         return Ok(());
@@ -237,10 +176,7 @@ fn authenticate(
     };
     if !signed.is_present() {
         return Err(match bearer {
-            Some(_) => ApiError::unauthorized(
-                "invalid_token",
-                "the bearer token is not valid for this pipeline",
-            ),
+            Some(_) => ApiError::unauthorized("invalid_token", "the bearer token is not valid for this pipeline"),
             None => ApiError::unauthorized(
                 "missing_credentials",
                 "sign the request (webhook-id, webhook-timestamp, webhook-signature) or send Authorization: Bearer <token>",

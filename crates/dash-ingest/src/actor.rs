@@ -68,12 +68,8 @@ impl BufferActor {
         loop {
             self.fill(settings.max_batch).await;
             let caught_up = self.open.is_empty() && self.reader_caught_up();
-            let due = self
-                .first_buffered_at
-                .is_some_and(|t| t.elapsed() >= settings.flush_interval);
-            if self.buffer.len() >= settings.max_batch
-                || due
-                || (writer_closed && caught_up && !self.buffer.is_empty())
+            let due = self.first_buffered_at.is_some_and(|t| t.elapsed() >= settings.flush_interval);
+            if self.buffer.len() >= settings.max_batch || due || (writer_closed && caught_up && !self.buffer.is_empty())
             {
                 if !self.flush().await {
                     return; // aborted while the store was down: the log keeps the events
@@ -87,9 +83,7 @@ impl BufferActor {
             if !caught_up {
                 continue;
             }
-            let deadline = self
-                .first_buffered_at
-                .map(|t| tokio::time::Instant::from_std(t + settings.flush_interval));
+            let deadline = self.first_buffered_at.map(|t| tokio::time::Instant::from_std(t + settings.flush_interval));
             tokio::select! {
                 changed = durable.changed(), if !writer_closed => writer_closed = changed.is_err(),
                 () = sleep_until_opt(deadline) => {}
@@ -113,10 +107,7 @@ impl BufferActor {
                 self.buffer.extend(
                     frame.record.events[frame.taken..frame.taken + take]
                         .iter()
-                        .map(|event| BatchEvent {
-                            pipeline: pipeline.clone(),
-                            event: event.clone(),
-                        }),
+                        .map(|event| BatchEvent { pipeline: pipeline.clone(), event: event.clone() }),
                 );
                 if frame.counted {
                     self.buffer_counted += take as i64;
@@ -126,16 +117,10 @@ impl BufferActor {
                     self.first_buffered_at.get_or_insert_with(Instant::now);
                 }
                 if frame.taken == frame.record.events.len() {
-                    self.cursor = Checkpoint {
-                        position: frame.next,
-                        skip: 0,
-                    };
+                    self.cursor = Checkpoint { position: frame.next, skip: 0 };
                     self.open.pop_front();
                 } else {
-                    self.cursor = Checkpoint {
-                        position: frame.position,
-                        skip: frame.taken as u32,
-                    };
+                    self.cursor = Checkpoint { position: frame.position, skip: frame.taken as u32 };
                 }
                 continue;
             }
@@ -226,12 +211,8 @@ impl BufferActor {
         metrics::counter!("dash_events_duplicate_total").increment(outcome.duplicates);
 
         self.commit_checkpoint().await;
-        let backlog = partition
-            .backlog
-            .fetch_sub(self.buffer_counted, Ordering::AcqRel)
-            - self.buffer_counted;
-        metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string())
-            .set(backlog.max(0) as f64);
+        let backlog = partition.backlog.fetch_sub(self.buffer_counted, Ordering::AcqRel) - self.buffer_counted;
+        metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string()).set(backlog.max(0) as f64);
         for update in outcome.updates {
             partition.bus.publish(update);
         }

@@ -33,19 +33,12 @@ pub struct PipelineDirectory {
 
 impl PipelineDirectory {
     pub(crate) fn new(store: Store) -> Self {
-        Self {
-            store,
-            entries: RwLock::new(Entries::default()),
-            last_refresh: Mutex::new(None),
-        }
+        Self { store, entries: RwLock::new(Entries::default()), last_refresh: Mutex::new(None) }
     }
 
     fn cached(&self, id_or_name: &str) -> Option<Arc<PipelineAuth>> {
         let entries = self.entries.read().expect("directory lock");
-        let id = entries
-            .id_by_name
-            .get(id_or_name)
-            .map_or(id_or_name, String::as_str);
+        let id = entries.id_by_name.get(id_or_name).map_or(id_or_name, String::as_str);
         entries.by_id.get(id).cloned()
     }
 
@@ -73,9 +66,7 @@ impl PipelineDirectory {
     /// Adds or replaces one pipeline (just created or rotated on this node).
     pub fn insert(&self, auth: PipelineAuth) {
         let mut entries = self.entries.write().expect("directory lock");
-        entries
-            .id_by_name
-            .insert(auth.name.clone(), auth.id.to_string());
+        entries.id_by_name.insert(auth.name.clone(), auth.id.to_string());
         entries.by_id.insert(auth.id.to_string(), Arc::new(auth));
     }
 
@@ -85,9 +76,7 @@ impl PipelineDirectory {
             Ok(auths) => {
                 let mut fresh = Entries::default();
                 for auth in auths {
-                    fresh
-                        .id_by_name
-                        .insert(auth.name.clone(), auth.id.to_string());
+                    fresh.id_by_name.insert(auth.name.clone(), auth.id.to_string());
                     fresh.by_id.insert(auth.id.to_string(), Arc::new(auth));
                 }
                 *self.entries.write().expect("directory lock") = fresh;

@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use dash_bus::Bus;
 use dash_domain::{Event, PipelineId};
-use dash_intake_log::{
-    Appender, Checkpoint, CheckpointStore, FRAME_HEADER, LogOptions, LogReader, WriterThread,
-};
+use dash_intake_log::{Appender, Checkpoint, CheckpointStore, FRAME_HEADER, LogOptions, LogReader, WriterThread};
 use dash_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,10 +53,7 @@ pub struct IntakeSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("cannot open the intake log in {path}: {source}")]
-    OpenLog {
-        path: PathBuf,
-        source: dash_intake_log::LogError,
-    },
+    OpenLog { path: PathBuf, source: dash_intake_log::LogError },
 }
 
 /// Why a request was not admitted. Each maps to a status with `Retry-After`.
@@ -93,10 +88,7 @@ pub struct StoreHealth {
 
 impl StoreHealth {
     fn new() -> Self {
-        Self {
-            up: AtomicBool::new(true),
-            last_error: Mutex::new(None),
-        }
+        Self { up: AtomicBool::new(true), last_error: Mutex::new(None) }
     }
 
     pub fn is_up(&self) -> bool {
@@ -124,26 +116,38 @@ impl StoreHealth {
 pub struct Spool {
     used: AtomicU64,
     max: u64,
+    /// Set when a request was refused for room, cleared when room is made or found.
+    refusing: AtomicBool,
 }
 
 impl Spool {
+    fn new(max: u64) -> Self {
+        Self { used: AtomicU64::new(0), max, refusing: AtomicBool::new(false) }
+    }
+
     fn try_reserve(&self, bytes: u64) -> bool {
         let before = self.used.fetch_add(bytes, Ordering::AcqRel);
         if before > 0 && before + bytes > self.max {
             self.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.refusing.store(true, Ordering::Release);
             return false;
         }
+        self.refusing.store(false, Ordering::Release);
         self.report();
         true
     }
 
     fn release(&self, bytes: u64) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                Some(u.saturating_sub(bytes))
-            });
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bytes)));
+        if bytes > 0 {
+            self.refusing.store(false, Ordering::Release);
+        }
         self.report();
+    }
+
+    /// Whether the log is full: the last request that wanted room was refused it.
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
     }
 
     fn report(&self) {
@@ -207,15 +211,8 @@ pub struct IntakeTasks {
 impl Intake {
     /// Opens every partition's log (cutting torn tails), and starts writers, actors and the
     /// directory refresher. Replay of unflushed tails begins at once.
-    pub async fn start(
-        settings: IntakeSettings,
-        store: Store,
-        bus: Bus,
-    ) -> Result<(Intake, IntakeTasks), IngestError> {
-        let spool = Arc::new(Spool {
-            used: AtomicU64::new(0),
-            max: settings.spool_max,
-        });
+    pub async fn start(settings: IntakeSettings, store: Store, bus: Bus) -> Result<(Intake, IntakeTasks), IngestError> {
+        let spool = Arc::new(Spool::new(settings.spool_max));
         let health = Arc::new(StoreHealth::new());
         let (abort, abort_rx) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
@@ -231,10 +228,7 @@ impl Intake {
             })
             .await
             .expect("log open task")
-            .map_err(|source| IngestError::OpenLog {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| IngestError::OpenLog { path: path.clone(), source })?;
             let recovery = opened.recovery;
             let unflushed = recovery.end - recovery.checkpoint.position;
             spool.used.fetch_add(unflushed, Ordering::AcqRel);
@@ -269,10 +263,9 @@ impl Intake {
             .map(|partition| {
                 let partition = partition.clone();
                 let abort = abort_rx.clone();
-                tokio::spawn(supervise(
-                    format!("buffer-{}", partition.index),
-                    move || actor::BufferActor::start(partition.clone(), abort.clone()).run(),
-                ))
+                tokio::spawn(supervise(format!("buffer-{}", partition.index), move || {
+                    actor::BufferActor::start(partition.clone(), abort.clone()).run()
+                }))
             })
             .collect();
 
@@ -287,16 +280,7 @@ impl Intake {
         };
         intake.inner.directory.reload().await;
         let refresher = tokio::spawn(refresh_directory(intake.clone(), closing_rx));
-        Ok((
-            intake,
-            IntakeTasks {
-                writers,
-                actors,
-                refresher,
-                abort,
-                closing,
-            },
-        ))
+        Ok((intake, IntakeTasks { writers, actors, refresher, abort, closing }))
     }
 
     pub fn directory(&self) -> &PipelineDirectory {
@@ -317,11 +301,7 @@ impl Intake {
 
     /// Unflushed events per partition (admitted by this process).
     pub fn backlogs(&self) -> Vec<i64> {
-        self.inner
-            .partitions
-            .iter()
-            .map(|p| p.backlog.load(Ordering::Acquire).max(0))
-            .collect()
+        self.inner.partitions.iter().map(|p| p.backlog.load(Ordering::Acquire).max(0)).collect()
     }
 
     fn partition_of(&self, pipeline: &PipelineId) -> &Arc<Partition> {
@@ -331,11 +311,7 @@ impl Intake {
     }
 
     /// Makes `events` durable in the intake log (all or none) and returns how many.
-    pub async fn submit(
-        &self,
-        pipeline: &PipelineId,
-        events: Vec<Event>,
-    ) -> Result<usize, SubmitError> {
+    pub async fn submit(&self, pipeline: &PipelineId, events: Vec<Event>) -> Result<usize, SubmitError> {
         let count = events.len();
         if count == 0 {
             return Ok(0);
@@ -344,20 +320,13 @@ impl Intake {
         let Some(appender) = partition.appender.read().expect("appender lock").clone() else {
             return Err(SubmitError::ShuttingDown);
         };
-        let payload = IntakeRecord {
-            pipeline: pipeline.to_string(),
-            events,
-        }
-        .encode();
+        let payload = IntakeRecord { pipeline: pipeline.to_string(), events }.encode();
         let frame_bytes = payload.len() as u64 + FRAME_HEADER;
 
         // Backlog bound: only while the store is up; while it is down the log absorbs events.
         let n = count as i64;
         let before = partition.backlog.fetch_add(n, Ordering::AcqRel);
-        if before > 0
-            && before + n > self.inner.settings.max_backlog as i64
-            && self.inner.health.is_up()
-        {
+        if before > 0 && before + n > self.inner.settings.max_backlog as i64 && self.inner.health.is_up() {
             partition.backlog.fetch_sub(n, Ordering::AcqRel);
             return Err(SubmitError::Backlog { backlog: before });
         }
@@ -403,18 +372,14 @@ impl IntakeTasks {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(
-                "drain deadline passed; unflushed events stay in the intake log for the next start"
-            );
+            tracing::warn!("drain deadline passed; unflushed events stay in the intake log for the next start");
             let _ = self.abort.send(true);
             for actor in actors.into_iter().filter(|a| !a.is_finished()) {
                 let _ = actor.await;
             }
         }
         let writers = self.writers;
-        let _ =
-            tokio::task::spawn_blocking(move || writers.into_iter().for_each(WriterThread::join))
-                .await;
+        let _ = tokio::task::spawn_blocking(move || writers.into_iter().for_each(WriterThread::join)).await;
         let _ = self.refresher.await;
     }
 }

@@ -24,8 +24,7 @@ where
                 if started.elapsed() > STABLE_AFTER {
                     backoff = FIRST_BACKOFF;
                 }
-                metrics::counter!("dash_actor_restarts_total", "actor" => name.clone())
-                    .increment(1);
+                metrics::counter!("dash_actor_restarts_total", "actor" => name.clone()).increment(1);
                 tracing::error!(actor = %name, retry_in_ms = backoff.as_millis() as u64, "actor panicked; restarting");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);

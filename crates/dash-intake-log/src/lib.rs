@@ -79,9 +79,7 @@ pub struct OpenedLog {
 /// Opens (creating if needed) the log in `dir`, cuts a torn tail, and starts its writer thread.
 pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
     std::fs::create_dir_all(dir)?;
-    let checkpoints = CheckpointStore {
-        dir: dir.to_path_buf(),
-    };
+    let checkpoints = CheckpointStore { dir: dir.to_path_buf() };
     let mut bases = segment::list(dir)?;
     let stored = checkpoints.load();
     if bases.is_empty() {
@@ -93,47 +91,28 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
     let scan = segment::scan_and_repair(dir, last)?;
     let end = last + scan.valid_len;
     if scan.truncated_bytes > 0 {
-        tracing::warn!(
-            segment = last,
-            cut_bytes = scan.truncated_bytes,
-            "intake log: torn tail cut"
-        );
+        tracing::warn!(segment = last, cut_bytes = scan.truncated_bytes, "intake log: torn tail cut");
     }
 
     let first = bases[0];
     let checkpoint = match stored {
         Some(c) if c.position >= first && c.position <= end => c,
         Some(c) if c.position > end => {
-            tracing::warn!(
-                checkpoint = c.position,
-                end,
-                "intake log: checkpoint beyond end, clamped"
-            );
-            Checkpoint {
-                position: end,
-                skip: 0,
-            }
+            tracing::warn!(checkpoint = c.position, end, "intake log: checkpoint beyond end, clamped");
+            Checkpoint { position: end, skip: 0 }
         }
-        _ => Checkpoint {
-            position: first,
-            skip: 0,
-        },
+        _ => Checkpoint { position: first, skip: 0 },
     };
 
     let (durable_tx, durable_rx) = watch::channel(end);
-    let (appender, writer) =
-        writer::start(dir.to_path_buf(), last, scan.valid_len, options, durable_tx)?;
+    let (appender, writer) = writer::start(dir.to_path_buf(), last, scan.valid_len, options, durable_tx)?;
     let reader = LogReader::new(dir.to_path_buf(), checkpoint.position, durable_rx);
     Ok(OpenedLog {
         appender,
         writer,
         reader,
         checkpoints,
-        recovery: Recovery {
-            checkpoint,
-            end,
-            truncated_bytes: scan.truncated_bytes,
-        },
+        recovery: Recovery { checkpoint, end, truncated_bytes: scan.truncated_bytes },
     })
 }
 

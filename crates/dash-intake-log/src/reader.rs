@@ -29,12 +29,7 @@ pub struct LogReader {
 
 impl LogReader {
     pub(crate) fn new(dir: PathBuf, position: u64, durable: watch::Receiver<u64>) -> Self {
-        Self {
-            dir,
-            durable,
-            position,
-            open: None,
-        }
+        Self { dir, durable, position, open: None }
     }
 
     /// A fresh reader over the same log, positioned at `position` (a restarted consumer's).
@@ -90,11 +85,7 @@ impl LogReader {
         }
         let next = position + FRAME_HEADER + len as u64;
         self.position = next;
-        Ok(Some(Frame {
-            position,
-            next,
-            payload,
-        }))
+        Ok(Some(Frame { position, next, payload }))
     }
 
     /// Skips the rest of the segment holding `position` (after a corrupt frame).
@@ -110,12 +101,7 @@ impl LogReader {
         let reusable = matches!(&self.open, Some((base, _)) if *base <= position);
         if !reusable {
             let bases = segment::list(&self.dir)?;
-            let base = bases
-                .iter()
-                .copied()
-                .rev()
-                .find(|b| *b <= position)
-                .ok_or(LogError::Corrupt { position })?;
+            let base = bases.iter().copied().rev().find(|b| *b <= position).ok_or(LogError::Corrupt { position })?;
             let mut file = File::open(segment::path(&self.dir, base))?;
             file.seek(SeekFrom::Start(position - base))?;
             self.open = Some((base, BufReader::with_capacity(256 * 1024, file)));

@@ -16,10 +16,7 @@ pub(crate) fn list(dir: &Path) -> io::Result<Vec<u64>> {
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(base) = name
-            .strip_suffix(".log")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
+        if let Some(base) = name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok()) {
             bases.push(base);
         }
     }
@@ -29,10 +26,7 @@ pub(crate) fn list(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Creates an empty segment and makes its directory entry durable.
 pub(crate) fn create(dir: &Path, base: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path(dir, base))?;
+    let file = OpenOptions::new().create(true).append(true).open(path(dir, base))?;
     File::open(dir)?.sync_all()?;
     Ok(file)
 }
@@ -61,10 +55,7 @@ pub(crate) fn scan_and_repair(dir: &Path, base: u64) -> io::Result<Scan> {
         file.set_len(offset as u64)?;
         file.sync_all()?;
     }
-    Ok(Scan {
-        valid_len: offset as u64,
-        truncated_bytes,
-    })
+    Ok(Scan { valid_len: offset as u64, truncated_bytes })
 }
 
 /// The end of the frame starting at `offset`, if it is whole and its checksum holds.

@@ -15,13 +15,7 @@ fn read_all(reader: &mut LogReader) -> Vec<Vec<u8>> {
 }
 
 fn close(log: OpenedLog) -> (LogReader, CheckpointStore) {
-    let OpenedLog {
-        appender,
-        writer,
-        reader,
-        checkpoints,
-        ..
-    } = log;
+    let OpenedLog { appender, writer, reader, checkpoints, .. } = log;
     drop(appender);
     writer.join();
     (reader, checkpoints)
@@ -37,20 +31,10 @@ async fn appends_are_read_back_in_order_across_segments() {
     }
     assert!(positions.windows(2).all(|w| w[1] == w[0] + 38));
     let (mut reader, _) = close(log);
-    let frames = tokio::task::spawn_blocking(move || read_all(&mut reader))
-        .await
-        .unwrap();
+    let frames = tokio::task::spawn_blocking(move || read_all(&mut reader)).await.unwrap();
     assert_eq!(frames.len(), 20);
-    assert!(
-        frames
-            .iter()
-            .enumerate()
-            .all(|(i, f)| f == &vec![i as u8; 30])
-    );
-    assert!(
-        segment::list(dir.path()).unwrap().len() > 5,
-        "segments rolled"
-    );
+    assert!(frames.iter().enumerate().all(|(i, f)| f == &vec![i as u8; 30]));
+    assert!(segment::list(dir.path()).unwrap().len() > 5, "segments rolled");
 }
 
 #[tokio::test]
@@ -60,18 +44,14 @@ async fn concurrent_appends_share_fsyncs_and_all_land() {
     let mut tasks = Vec::new();
     for i in 0..200u32 {
         let appender = log.appender.clone();
-        tasks.push(tokio::spawn(async move {
-            appender.append(i.to_le_bytes().to_vec()).await
-        }));
+        tasks.push(tokio::spawn(async move { appender.append(i.to_le_bytes().to_vec()).await }));
     }
     for task in tasks {
         task.await.unwrap().unwrap();
     }
     let (mut reader, _) = close(log);
-    let mut seen: Vec<u32> = read_all(&mut reader)
-        .into_iter()
-        .map(|p| u32::from_le_bytes(p.try_into().unwrap()))
-        .collect();
+    let mut seen: Vec<u32> =
+        read_all(&mut reader).into_iter().map(|p| u32::from_le_bytes(p.try_into().unwrap())).collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..200).collect::<Vec<_>>());
 }
@@ -87,17 +67,8 @@ async fn checkpoint_resumes_and_deletes_consumed_segments() {
     for _ in 0..6 {
         reader.next_frame().unwrap().unwrap();
     }
-    let freed = checkpoints
-        .commit(Checkpoint {
-            position: reader.position(),
-            skip: 0,
-        })
-        .unwrap();
-    assert_eq!(
-        freed,
-        6 * 48,
-        "one frame per segment here, six behind the checkpoint"
-    );
+    let freed = checkpoints.commit(Checkpoint { position: reader.position(), skip: 0 }).unwrap();
+    assert_eq!(freed, 6 * 48, "one frame per segment here, six behind the checkpoint");
 
     let reopened = open(dir.path(), options(64)).unwrap();
     assert_eq!(reopened.recovery.checkpoint.position, 6 * 48);

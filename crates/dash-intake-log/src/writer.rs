@@ -34,10 +34,7 @@ impl Appender {
             return Err(LogError::TooLarge(payload.len()));
         }
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Append { payload, reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
+        self.tx.send(Append { payload, reply }).await.map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
     }
 }
@@ -60,21 +57,10 @@ pub(crate) fn start(
     options: LogOptions,
     durable: watch::Sender<u64>,
 ) -> Result<(Appender, WriterThread), LogError> {
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(segment::path(&dir, base))?;
+    let file = std::fs::OpenOptions::new().append(true).open(segment::path(&dir, base))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let writer = Writer {
-        dir,
-        options,
-        file,
-        base,
-        len,
-        durable,
-    };
-    let handle = std::thread::Builder::new()
-        .name("intake-log-writer".into())
-        .spawn(move || writer.run(rx))?;
+    let writer = Writer { dir, options, file, base, len, durable };
+    let handle = std::thread::Builder::new().name("intake-log-writer".into()).spawn(move || writer.run(rx))?;
     Ok((Appender { tx }, WriterThread(handle)))
 }
 
@@ -115,10 +101,7 @@ impl Writer {
                 Err(err) => {
                     tracing::error!(error = %err, "intake log write failed; requests answered with an error");
                     for append in group.drain(..) {
-                        let _ = append.reply.send(Err(LogError::Io(io::Error::new(
-                            err.kind(),
-                            err.to_string(),
-                        ))));
+                        let _ = append.reply.send(Err(LogError::Io(io::Error::new(err.kind(), err.to_string()))));
                     }
                     self.recover();
                 }
@@ -134,8 +117,7 @@ impl Writer {
         for append in group {
             let frame_len = FRAME_HEADER + append.payload.len() as u64;
             let pending = buf.len() as u64;
-            if self.len + pending > 0 && self.len + pending + frame_len > self.options.segment_bytes
-            {
+            if self.len + pending > 0 && self.len + pending + frame_len > self.options.segment_bytes {
                 self.flush(buf)?;
                 self.roll()?;
             }
@@ -174,10 +156,7 @@ impl Writer {
     fn recover(&mut self) {
         let mut delay = Duration::from_millis(10);
         loop {
-            let cut = self
-                .file
-                .set_len(self.len)
-                .and_then(|()| self.file.sync_all());
+            let cut = self.file.set_len(self.len).and_then(|()| self.file.sync_all());
             match cut {
                 Ok(()) => return,
                 Err(err) => {

@@ -50,9 +50,7 @@ impl SigningSecret {
     /// Accepts `whsec_<base64>`, or the bare base64 part.
     pub fn parse(text: &str) -> Result<Self, SignatureError> {
         let encoded = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
-        let key = BASE64
-            .decode(encoded)
-            .map_err(|_| SignatureError::BadSecret)?;
+        let key = BASE64.decode(encoded).map_err(|_| SignatureError::BadSecret)?;
         if key.is_empty() {
             return Err(SignatureError::BadSecret);
         }
@@ -65,8 +63,7 @@ impl SigningSecret {
     }
 
     fn mac(&self, msg_id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        let mut mac =
-            HmacSha256::new_from_slice(&self.key).expect("hmac accepts keys of any length");
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("hmac accepts keys of any length");
         mac.update(msg_id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
@@ -77,10 +74,7 @@ impl SigningSecret {
 
     /// The `webhook-signature` value a sender would put on this message: `v1,<base64>`.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let digest = self
-            .mac(msg_id, &timestamp.to_string(), body)
-            .finalize()
-            .into_bytes();
+        let digest = self.mac(msg_id, &timestamp.to_string(), body).finalize().into_bytes();
         format!("v1,{}", BASE64.encode(digest))
     }
 }
@@ -106,21 +100,11 @@ impl SignedRequest<'_> {
 
     /// Passes when any `v1,` entry of the signature header matches under any of `secrets`
     /// (several secrets: a rotation's grace period) and the timestamp is within tolerance.
-    pub fn verify(
-        &self,
-        secrets: &[&SigningSecret],
-        body: &[u8],
-        now_secs: i64,
-    ) -> Result<(), SignatureError> {
-        let (Some(msg_id), Some(timestamp), Some(signature)) =
-            (self.msg_id, self.timestamp, self.signature)
-        else {
+    pub fn verify(&self, secrets: &[&SigningSecret], body: &[u8], now_secs: i64) -> Result<(), SignatureError> {
+        let (Some(msg_id), Some(timestamp), Some(signature)) = (self.msg_id, self.timestamp, self.signature) else {
             return Err(SignatureError::MissingHeaders);
         };
-        let sent_at: i64 = timestamp
-            .trim()
-            .parse()
-            .map_err(|_| SignatureError::BadTimestamp)?;
+        let sent_at: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
         if (now_secs - sent_at).abs() > TOLERANCE_SECS {
             return Err(SignatureError::StaleTimestamp);
         }
@@ -172,10 +156,7 @@ impl fmt::Debug for BearerToken {
 
 /// Hex SHA-256 of a presented token, the form tokens are stored in.
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Constant-time check of a presented token against stored hashes.
@@ -206,32 +187,18 @@ mod tests {
         let vectors: serde_json::Value = serde_json::from_str(SPEC_VECTOR).unwrap();
         for v in vectors.as_array().unwrap() {
             let secret = SigningSecret::parse(v["secret"].as_str().unwrap()).unwrap();
-            let prefixed =
-                SigningSecret::parse(&format!("whsec_{}", v["secret"].as_str().unwrap())).unwrap();
+            let prefixed = SigningSecret::parse(&format!("whsec_{}", v["secret"].as_str().unwrap())).unwrap();
             assert_eq!(secret, prefixed);
             let ts = v["timestamp"].as_i64().unwrap();
             let body = v["payload"].as_str().unwrap().as_bytes();
             let id = v["id"].as_str().unwrap();
             assert_eq!(secret.sign(id, ts, body), v["signature"].as_str().unwrap());
             let ts_text = ts.to_string();
-            let req = SignedRequest {
-                msg_id: Some(id),
-                timestamp: Some(&ts_text),
-                signature: v["signature"].as_str(),
-            };
+            let req = SignedRequest { msg_id: Some(id), timestamp: Some(&ts_text), signature: v["signature"].as_str() };
             assert_eq!(req.verify(&[&secret], body, ts + 10), Ok(()));
-            assert_eq!(
-                req.verify(&[&secret], b"tampered", ts),
-                Err(SignatureError::NoMatch)
-            );
-            assert_eq!(
-                req.verify(&[&secret], body, ts + TOLERANCE_SECS + 1),
-                Err(SignatureError::StaleTimestamp)
-            );
-            assert_eq!(
-                req.verify(&[&secret], body, ts - TOLERANCE_SECS - 1),
-                Err(SignatureError::StaleTimestamp)
-            );
+            assert_eq!(req.verify(&[&secret], b"tampered", ts), Err(SignatureError::NoMatch));
+            assert_eq!(req.verify(&[&secret], body, ts + TOLERANCE_SECS + 1), Err(SignatureError::StaleTimestamp));
+            assert_eq!(req.verify(&[&secret], body, ts - TOLERANCE_SECS - 1), Err(SignatureError::StaleTimestamp));
         }
     }
 
@@ -241,34 +208,13 @@ mod tests {
         let new = SigningSecret::generate();
         let good = new.sign("m", 100, b"{}");
         let header = format!("v1,AAAA v2,zzz {good}");
-        let req = SignedRequest {
-            msg_id: Some("m"),
-            timestamp: Some("100"),
-            signature: Some(&header),
-        };
+        let req = SignedRequest { msg_id: Some("m"), timestamp: Some("100"), signature: Some(&header) };
         assert_eq!(req.verify(&[&old, &new], b"{}", 100), Ok(()));
-        assert_eq!(
-            req.verify(&[&old], b"{}", 100),
-            Err(SignatureError::NoMatch)
-        );
-        let missing = SignedRequest {
-            msg_id: Some("m"),
-            timestamp: None,
-            signature: Some(&header),
-        };
-        assert_eq!(
-            missing.verify(&[&new], b"{}", 100),
-            Err(SignatureError::MissingHeaders)
-        );
-        let bad_ts = SignedRequest {
-            msg_id: Some("m"),
-            timestamp: Some("soon"),
-            signature: Some(&header),
-        };
-        assert_eq!(
-            bad_ts.verify(&[&new], b"{}", 100),
-            Err(SignatureError::BadTimestamp)
-        );
+        assert_eq!(req.verify(&[&old], b"{}", 100), Err(SignatureError::NoMatch));
+        let missing = SignedRequest { msg_id: Some("m"), timestamp: None, signature: Some(&header) };
+        assert_eq!(missing.verify(&[&new], b"{}", 100), Err(SignatureError::MissingHeaders));
+        let bad_ts = SignedRequest { msg_id: Some("m"), timestamp: Some("soon"), signature: Some(&header) };
+        assert_eq!(bad_ts.verify(&[&new], b"{}", 100), Err(SignatureError::BadTimestamp));
     }
 
     #[test]

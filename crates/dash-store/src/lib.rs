@@ -148,10 +148,7 @@ impl Store {
     }
 
     /// New secret and token; the old ones keep working for [`ROTATION_GRACE`].
-    pub async fn rotate_credentials(
-        &self,
-        id_or_name: &str,
-    ) -> Result<IssuedCredentials, StoreError> {
+    pub async fn rotate_credentials(&self, id_or_name: &str) -> Result<IssuedCredentials, StoreError> {
         match self {
             Self::Sqlite(s) => s.rotate_credentials(id_or_name).await,
         }
@@ -164,10 +161,7 @@ impl Store {
     }
 
     /// By id, else by name.
-    pub async fn find_pipeline(
-        &self,
-        id_or_name: &str,
-    ) -> Result<Option<PipelineRecord>, StoreError> {
+    pub async fn find_pipeline(&self, id_or_name: &str) -> Result<Option<PipelineRecord>, StoreError> {
         match self {
             Self::Sqlite(s) => s.find_pipeline(id_or_name).await,
         }
@@ -200,11 +194,7 @@ impl Store {
     }
 
     /// Newest events first (by event time).
-    pub async fn recent_events(
-        &self,
-        pipeline: &str,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         match self {
             Self::Sqlite(s) => s.recent_events(pipeline, limit).await,
         }

@@ -11,8 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
-    BatchEvent, BatchOutcome, IssuedCredentials, PipelineAuth, PipelineRecord, PipelineTally,
-    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, minute_of,
+    BatchEvent, BatchOutcome, IssuedCredentials, PipelineAuth, PipelineRecord, PipelineTally, ROTATION_GRACE,
+    SeriesPoint, StoreError, StoredEvent, minute_of,
 };
 
 /// Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
@@ -24,8 +24,7 @@ pub struct SqliteStore {
     readers: SqlitePool,
 }
 
-const PIPELINE_COLUMNS: &str =
-    "id, name, created_at, seq, event_count, duplicate_count, last_event_at";
+const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at";
 
 fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Error> {
     Ok(PipelineRecord {
@@ -36,9 +35,7 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Er
             count: row.try_get("event_count")?,
             seq: row.try_get("seq")?,
             duplicates: row.try_get("duplicate_count")?,
-            last_event_at: row
-                .try_get::<Option<i64>, _>("last_event_at")?
-                .map(format_ms),
+            last_event_at: row.try_get::<Option<i64>, _>("last_event_at")?.map(format_ms),
         },
     })
 }
@@ -71,9 +68,7 @@ impl SqliteStore {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("../../migrations/sqlite")
-            .run(&self.writer)
-            .await?;
+        sqlx::migrate!("../../migrations/sqlite").run(&self.writer).await?;
         Ok(())
     }
 
@@ -85,11 +80,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn create_pipeline(
-        &self,
-        id: &PipelineId,
-        name: &str,
-    ) -> Result<IssuedCredentials, StoreError> {
+    pub async fn create_pipeline(&self, id: &PipelineId, name: &str) -> Result<IssuedCredentials, StoreError> {
         let secret = SigningSecret::generate();
         let token = BearerToken::generate();
         let inserted = sqlx::query(
@@ -106,21 +97,12 @@ impl SqliteStore {
         if inserted.rows_affected() == 0 {
             return Err(StoreError::Conflict(id.to_string()));
         }
-        let record = self
-            .find_in(&self.writer, id.as_str())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        Ok(IssuedCredentials {
-            record,
-            secret,
-            token,
-        })
+        let record =
+            self.find_in(&self.writer, id.as_str()).await?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok(IssuedCredentials { record, secret, token })
     }
 
-    pub async fn rotate_credentials(
-        &self,
-        id_or_name: &str,
-    ) -> Result<IssuedCredentials, StoreError> {
+    pub async fn rotate_credentials(&self, id_or_name: &str) -> Result<IssuedCredentials, StoreError> {
         let secret = SigningSecret::generate();
         let token = BearerToken::generate();
         let grace_until = now_ms() + ROTATION_GRACE.as_millis() as i64;
@@ -138,38 +120,23 @@ impl SqliteStore {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound(id_or_name.to_owned()));
         }
-        let record = self
-            .find_in(&self.writer, id_or_name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id_or_name.to_owned()))?;
-        Ok(IssuedCredentials {
-            record,
-            secret,
-            token,
-        })
+        let record =
+            self.find_in(&self.writer, id_or_name).await?.ok_or_else(|| StoreError::NotFound(id_or_name.to_owned()))?;
+        Ok(IssuedCredentials { record, secret, token })
     }
 
     pub async fn list_pipelines(&self) -> Result<Vec<PipelineRecord>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PIPELINE_COLUMNS} FROM pipelines ORDER BY id"
-        )))
-        .fetch_all(&self.readers)
-        .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {PIPELINE_COLUMNS} FROM pipelines ORDER BY id")))
+            .fetch_all(&self.readers)
+            .await?;
         Ok(rows.iter().map(record_from).collect::<Result<_, _>>()?)
     }
 
-    pub async fn find_pipeline(
-        &self,
-        id_or_name: &str,
-    ) -> Result<Option<PipelineRecord>, StoreError> {
+    pub async fn find_pipeline(&self, id_or_name: &str) -> Result<Option<PipelineRecord>, StoreError> {
         self.find_in(&self.readers, id_or_name).await
     }
 
-    async fn find_in(
-        &self,
-        pool: &SqlitePool,
-        id_or_name: &str,
-    ) -> Result<Option<PipelineRecord>, StoreError> {
+    async fn find_in(&self, pool: &SqlitePool, id_or_name: &str) -> Result<Option<PipelineRecord>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
         )))
@@ -192,9 +159,7 @@ impl SqliteStore {
             let id: String = row.try_get("id")?;
             let mut secrets = vec![SigningSecret::parse(row.try_get("secret")?)?];
             let mut token_hashes = vec![row.try_get::<String, _>("token_hash")?];
-            let grace = row
-                .try_get::<Option<i64>, _>("previous_expires_at")?
-                .is_some_and(|until| until > now);
+            let grace = row.try_get::<Option<i64>, _>("previous_expires_at")?.is_some_and(|until| until > now);
             if grace {
                 if let Some(previous) = row.try_get::<Option<String>, _>("previous_secret")? {
                     secrets.push(SigningSecret::parse(&previous)?);
@@ -203,12 +168,7 @@ impl SqliteStore {
                     token_hashes.push(previous);
                 }
             }
-            auths.push(PipelineAuth {
-                id: PipelineId::parse(&id)?,
-                name: row.try_get("name")?,
-                secrets,
-                token_hashes,
-            });
+            auths.push(PipelineAuth { id: PipelineId::parse(&id)?, name: row.try_get("name")?, secrets, token_hashes });
         }
         Ok(auths)
     }
@@ -222,9 +182,8 @@ impl SqliteStore {
 
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ",
-            );
+            let mut insert: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ");
             insert.push_values(chunk, |mut row, e| {
                 row.push_bind(&e.pipeline)
                     .push_bind(&e.event.id)
@@ -232,7 +191,8 @@ impl SqliteStore {
                     .push_bind(e.event.received_ms)
                     .push_bind(&e.event.payload);
             });
-            insert.push(" ON CONFLICT (pipeline_id, event_id) DO NOTHING RETURNING pipeline_id, event_time, received_at");
+            insert
+                .push(" ON CONFLICT (pipeline_id, event_id) DO NOTHING RETURNING pipeline_id, event_time, received_at");
             let rows = insert.build().fetch_all(&mut *tx).await?;
             for row in rows {
                 let pipeline: String = row.try_get(0)?;
@@ -244,20 +204,16 @@ impl SqliteStore {
                 };
                 let t = tally.get_mut(key).expect("key just found");
                 t.inserted += 1;
-                t.newest_received_ms =
-                    Some(t.newest_received_ms.map_or(received, |n| n.max(received)));
+                t.newest_received_ms = Some(t.newest_received_ms.map_or(received, |n| n.max(received)));
                 *minutes.entry((key, minute_of(event_time))).or_default() += 1;
             }
         }
 
         if !minutes.is_empty() {
-            let mut rollup: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO event_rollup_minute (pipeline_id, minute, event_count) ",
-            );
+            let mut rollup: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO event_rollup_minute (pipeline_id, minute, event_count) ");
             rollup.push_values(&minutes, |mut row, ((pipeline, minute), count)| {
-                row.push_bind(*pipeline)
-                    .push_bind(*minute)
-                    .push_bind(*count);
+                row.push_bind(*pipeline).push_bind(*minute).push_bind(*count);
             });
             rollup.push(
                 " ON CONFLICT (pipeline_id, minute) DO UPDATE SET event_count = event_count + excluded.event_count",
@@ -319,21 +275,10 @@ impl SqliteStore {
         .bind(bucket_ms)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SeriesPoint {
-                    t: r.try_get(0)?,
-                    count: r.try_get(1)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(SeriesPoint { t: r.try_get(0)?, count: r.try_get(1)? })).collect()
     }
 
-    pub async fn recent_events(
-        &self,
-        pipeline: &str,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT event_id, event_time, received_at, payload FROM events \
              WHERE pipeline_id = ? ORDER BY event_time DESC, rowid DESC LIMIT ?",

@@ -13,12 +13,7 @@ async fn fresh() -> (tempfile::TempDir, Store) {
 fn event(pipeline: &str, id: &str, time_ms: i64) -> BatchEvent {
     BatchEvent {
         pipeline: pipeline.into(),
-        event: Event {
-            id: id.into(),
-            time_ms,
-            received_ms: time_ms + 5,
-            payload: format!(r#"{{"id":"{id}"}}"#),
-        },
+        event: Event { id: id.into(), time_ms, received_ms: time_ms + 5, payload: format!(r#"{{"id":"{id}"}}"#) },
     }
 }
 
@@ -28,21 +23,14 @@ async fn pipelines_are_created_once_and_found_by_id_or_name() {
     let created = store.create_pipeline("Orders API").await.unwrap();
     assert_eq!(created.record.id, "orders-api");
     assert!(created.secret.expose().starts_with("whsec_"));
-    assert!(matches!(
-        store.create_pipeline("orders api").await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert!(matches!(store.create_pipeline("orders api").await, Err(StoreError::Conflict(_))));
     assert!(store.find_pipeline("Orders API").await.unwrap().is_some());
     assert!(store.find_pipeline("orders-api").await.unwrap().is_some());
     assert!(store.find_pipeline("nope").await.unwrap().is_none());
 
     let rotated = store.rotate_credentials("orders-api").await.unwrap();
     let auth = store.pipeline_auths().await.unwrap().pop().unwrap();
-    assert_eq!(
-        auth.secrets.len(),
-        2,
-        "old secret kept for the grace period"
-    );
+    assert_eq!(auth.secrets.len(), 2, "old secret kept for the grace period");
     assert_eq!(auth.secrets[0], rotated.secret);
     assert_eq!(auth.secrets[1], created.secret);
 }
@@ -66,44 +54,14 @@ async fn batches_dedupe_count_sequence_and_roll_up() {
     let a = first.updates.iter().find(|u| u.pipeline == "a").unwrap();
     assert_eq!((a.seq, a.stats.count, a.stats.duplicates), (1, 2, 1));
 
-    let second = store
-        .write_batch(&[event("a", "2", minute), event("a", "3", minute)])
-        .await
-        .unwrap();
+    let second = store.write_batch(&[event("a", "2", minute), event("a", "3", minute)]).await.unwrap();
     assert_eq!(second.updates.len(), 1);
-    assert_eq!(
-        (second.updates[0].seq, second.updates[0].stats.count),
-        (2, 3)
-    );
+    assert_eq!((second.updates[0].seq, second.updates[0].stats.count), (2, 3));
 
-    let series = store
-        .series("a", minute, minute + 120_000, 60_000)
-        .await
-        .unwrap();
-    assert_eq!(
-        series,
-        vec![
-            SeriesPoint {
-                t: minute,
-                count: 2
-            },
-            SeriesPoint {
-                t: minute + 60_000,
-                count: 1
-            }
-        ]
-    );
-    let hourly = store
-        .series("a", minute, minute + 3_600_000, 3_600_000)
-        .await
-        .unwrap();
-    assert_eq!(
-        hourly,
-        vec![SeriesPoint {
-            t: minute,
-            count: 3
-        }]
-    );
+    let series = store.series("a", minute, minute + 120_000, 60_000).await.unwrap();
+    assert_eq!(series, vec![SeriesPoint { t: minute, count: 2 }, SeriesPoint { t: minute + 60_000, count: 1 }]);
+    let hourly = store.series("a", minute, minute + 3_600_000, 3_600_000).await.unwrap();
+    assert_eq!(hourly, vec![SeriesPoint { t: minute, count: 3 }]);
 
     let recent = store.recent_events("a", 2).await.unwrap();
     assert_eq!(recent.len(), 2);

@@ -27,10 +27,7 @@ pub struct App {
 impl App {
     /// Connects, migrates, replays the intake log and binds the listener. Serving starts with
     /// [`App::run_until_stopped`].
-    pub async fn build(
-        settings: Settings,
-        metrics: Option<PrometheusHandle>,
-    ) -> anyhow::Result<App> {
+    pub async fn build(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<App> {
         if settings.role != Role::All {
             anyhow::bail!(
                 "role {} runs beside other roles over NATS, which this build does not provide yet; use --role all",
@@ -38,9 +35,7 @@ impl App {
             );
         }
         let database_url = settings.database_url();
-        let store = Store::connect(&database_url)
-            .await
-            .context("connecting to the database")?;
+        let store = Store::connect(&database_url).await.context("connecting to the database")?;
         store.migrate().await.context("migrating the database")?;
         let bus = Bus::in_process();
 
@@ -70,45 +65,26 @@ impl App {
             inflight_body_bytes: INFLIGHT_BODY_BYTES,
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
         };
-        let state = AppState::new(
-            intake.as_ref().map(|(i, _)| i.clone()),
-            store.clone(),
-            bus,
-            node,
-            limits,
-            metrics,
-        );
+        let state = AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics);
         let router = dash_http::router(state);
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.listen))?;
+        let listener =
+            TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         tracing::info!(
             role = %settings.role,
             store = store.backend(),
             partitions = settings.partitions,
             "dash ready"
         );
-        Ok(App {
-            listener,
-            router,
-            store,
-            intake,
-            settings,
-        })
+        Ok(App { listener, router, store, intake, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish,
     /// drains every buffer into the store and joins every task.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let signalled = async move {
             shutdown.await;

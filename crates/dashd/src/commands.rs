@@ -62,12 +62,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_credentials(
-    heading: &str,
-    issued: &IssuedCredentials,
-    settings: &Settings,
-    as_json: bool,
-) {
+fn print_credentials(heading: &str, issued: &IssuedCredentials, settings: &Settings, as_json: bool) {
     let url = format!("http://{}/webhooks/{}", settings.listen, issued.record.id);
     if as_json {
         let body = json!({
@@ -103,10 +98,7 @@ pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Re
             if json {
                 println!("{}", serde_json::to_string(&records).unwrap_or_default());
             } else {
-                println!(
-                    "{:<24} {:<24} {:>12} {:>8}  last event",
-                    "id", "name", "events", "seq"
-                );
+                println!("{:<24} {:<24} {:>12} {:>8}  last event", "id", "name", "events", "seq");
                 for r in records {
                     println!(
                         "{:<24} {:<24} {:>12} {:>8}  {}",
@@ -127,11 +119,7 @@ pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Re
 pub async fn ceiling(action: CeilingAction) -> anyhow::Result<()> {
     match action {
         CeilingAction::Http { listen } => dash_bench::serve_plain(listen).await,
-        CeilingAction::Sqlite {
-            file,
-            rows_per_tx,
-            duration,
-        } => {
+        CeilingAction::Sqlite { file, rows_per_tx, duration } => {
             let report = dash_bench::sqlite_ceiling(&file, rows_per_tx, duration).await?;
             println!("{report}");
             Ok(())

@@ -13,11 +13,7 @@ use dash_config::{Overrides, Role, Settings};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 #[derive(Parser)]
-#[command(
-    name = "dashd",
-    version,
-    about = "Dash: webhooks in, live dashboards out"
-)]
+#[command(name = "dashd", version, about = "Dash: webhooks in, live dashboards out")]
 struct Cli {
     /// A settings file layered over config/default.toml and config/<DASH_ENV>.toml.
     #[arg(long, global = true, value_name = "FILE")]
@@ -56,30 +52,18 @@ fn parse_role(raw: &str) -> Result<Role, String> {
         "all" => Ok(Role::All),
         "web" => Ok(Role::Web),
         "ingestor" => Ok(Role::Ingestor),
-        other => Err(format!(
-            "unknown role {other:?}: expected all, web or ingestor"
-        )),
+        other => Err(format!("unknown role {other:?}: expected all, web or ingestor")),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let command = cli.command.unwrap_or(Command::Serve {
-        role: None,
-        listen: None,
-    });
+    let command = cli.command.unwrap_or(Command::Serve { role: None, listen: None });
 
     let overrides = match &command {
-        Command::Serve { role, listen } => Overrides {
-            role: *role,
-            listen: *listen,
-            config_file: cli.config.clone(),
-        },
-        _ => Overrides {
-            config_file: cli.config.clone(),
-            ..Default::default()
-        },
+        Command::Serve { role, listen } => Overrides { role: *role, listen: *listen, config_file: cli.config.clone() },
+        _ => Overrides { config_file: cli.config.clone(), ..Default::default() },
     };
     let needs_settings = !matches!(command, Command::Bench(_) | Command::Ceiling(_));
     let settings = if needs_settings {
@@ -94,10 +78,7 @@ fn main() -> ExitCode {
         None
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("dashd: cannot start the async runtime: {err}");
@@ -142,10 +123,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let json = std::env::var("DASH_LOG_FORMAT").is_ok_and(|f| f == "json");
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -154,18 +132,11 @@ fn init_tracing() {
 }
 
 fn install_metrics() -> Option<PrometheusHandle> {
-    let flush_seconds = [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    ];
+    let flush_seconds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
     let batch_sizes = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0];
     let installed = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("dash_flush_duration_seconds".into()),
-            &flush_seconds,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full("dash_flush_batch_size".into()), &batch_sizes)
-        })
+        .set_buckets_for_metric(Matcher::Full("dash_flush_duration_seconds".into()), &flush_seconds)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dash_flush_batch_size".into()), &batch_sizes))
         .and_then(|b| b.install_recorder());
     match installed {
         Ok(handle) => Some(handle),

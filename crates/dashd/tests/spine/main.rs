@@ -1,0 +1,7 @@
+//! The spine's integration tests: the real `dashd` binary, real SQLite, on port 0.
+
+mod cli;
+mod durability;
+mod flush;
+mod intake;
+mod support;

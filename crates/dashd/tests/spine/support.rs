@@ -1,0 +1,231 @@
+//! Starts the real `dashd` binary on port 0 against a data dir of its own, and talks to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dash_signature::SigningSecret;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub struct Pipeline {
+    pub id: String,
+    pub secret: SigningSecret,
+    pub token: String,
+}
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    pub client: reqwest::Client,
+}
+
+/// Seconds since the epoch, as the signer's clock.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn dashd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dashd"));
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+/// Runs a `dashd` subcommand to completion in `dir` with `env`.
+pub fn run_dashd(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    dashd().current_dir(dir).envs(env.iter().copied()).args(args).output().expect("dashd runs")
+}
+
+impl TestServer {
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut server = Self {
+            child: None,
+            base: String::new(),
+            dir,
+            env,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("DASH_DATA_DIR", "data"));
+        env
+    }
+
+    fn spawn(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("dashd.log")).unwrap();
+        let mut child = dashd()
+            .current_dir(self.dir.path())
+            .envs(self.env())
+            .env("DASH_LISTEN", "127.0.0.1:0")
+            .env("DASH_LOG", "info,dash_ingest=debug")
+            .args(["serve"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("dashd starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("dashd listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => base,
+            Err(_) => panic!("dashd did not start; log:\n{}", self.log()),
+        };
+        self.base = base;
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dashd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        kill(self.pid(), Signal::SIGTERM).unwrap();
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "dashd did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Changes one environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Starts again on the same data dir (a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn create_pipeline(&self, name: &str) -> Pipeline {
+        let response = self
+            .client
+            .post(self.url("/api/pipelines"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        Pipeline {
+            id: body["id"].as_str().unwrap().to_owned(),
+            secret: SigningSecret::parse(body["secret"].as_str().unwrap()).unwrap(),
+            token: body["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// A Standard Webhooks signed POST.
+    pub async fn post_signed(
+        &self,
+        pipeline: &Pipeline,
+        msg_id: &str,
+        content_type: &str,
+        body: &str,
+    ) -> reqwest::Response {
+        let ts = now_secs();
+        self.client
+            .post(self.url(&format!("/webhooks/{}", pipeline.id)))
+            .header("content-type", content_type)
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", pipeline.secret.sign(msg_id, ts, body.as_bytes()))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_json(&self, pipeline: &Pipeline, msg_id: &str, body: &str) -> reqwest::Response {
+        self.post_signed(pipeline, msg_id, "application/json", body).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    pub async fn count(&self, pipeline: &Pipeline) -> i64 {
+        self.get_json(&format!("/api/pipelines/{}", pipeline.id)).await["stats"]["count"].as_i64().unwrap()
+    }
+
+    /// Polls until the stored count is `expected` (or panics after `within`).
+    pub async fn wait_for_count(&self, pipeline: &Pipeline, expected: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let count = self.count(pipeline).await;
+            if count == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "count stayed at {count}, expected {expected}; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Opens the server's SQLite file directly (read only), for checks the API does not offer.
+pub async fn open_db(data_dir: &Path) -> sqlx::SqlitePool {
+    let url = format!("sqlite://{}/dash.db", data_dir.display());
+    sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap()
+}
+
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "expected {status} {code}");
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(content_type.starts_with("application/json"), "JSON error body, got {content_type}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    body
+}
