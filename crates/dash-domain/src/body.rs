@@ -104,11 +104,33 @@ fn parse_ndjson(body: &[u8], identity: &RequestIdentity<'_>) -> Result<Vec<Event
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let raw: &RawValue = serde_json::from_slice(line).map_err(|e| malformed(&e, line_index))?;
         let index = events.len();
-        events.push(event_from(raw, index, Identity::Indexed(identity.request_id), identity.received_ms)?);
+        let line = line.trim_ascii();
+        let event = match (line.first(), std::str::from_utf8(line)) {
+            // The usual line, an object: one pass reads the fields and checks the syntax.
+            (Some(b'{'), Ok(text)) => match serde_json::from_str::<EventFields<'_>>(text) {
+                Ok(fields) => event_with_fields(
+                    text,
+                    fields,
+                    index,
+                    Identity::Indexed(identity.request_id),
+                    identity.received_ms,
+                )?,
+                Err(e) if e.is_data() => return Err(unreadable(index, &e)),
+                Err(e) => return Err(malformed(&e, line_index)),
+            },
+            _ => {
+                let raw: &RawValue = serde_json::from_slice(line).map_err(|e| malformed(&e, line_index))?;
+                event_from(raw, index, Identity::Indexed(identity.request_id), identity.received_ms)?
+            }
+        };
+        events.push(event);
     }
     Ok(events)
+}
+
+fn unreadable(index: usize, err: &serde_json::Error) -> BodyError {
+    BodyError::Invalid { index, reason: format!("unreadable event: {}", reason_of(err)) }
 }
 
 /// Where an event without an `id` field gets its dedupe key from.
@@ -126,9 +148,19 @@ fn event_from(raw: &RawValue, index: usize, identity: Identity<'_>, received_ms:
     if !text.starts_with('{') {
         return Err(invalid("event must be a JSON object".into()));
     }
-    let fields: EventFields<'_> =
-        serde_json::from_str(text).map_err(|e| invalid(format!("unreadable event: {}", reason_of(&e))))?;
+    let fields: EventFields<'_> = serde_json::from_str(text).map_err(|e| unreadable(index, &e))?;
+    event_with_fields(text, fields, index, identity, received_ms)
+}
 
+/// Builds the event from its text and the fields already read from it.
+fn event_with_fields(
+    text: &str,
+    fields: EventFields<'_>,
+    index: usize,
+    identity: Identity<'_>,
+    received_ms: i64,
+) -> Result<Event, BodyError> {
+    let invalid = |reason: String| BodyError::Invalid { index, reason };
     let id = match fields.id.map(RawValue::get) {
         None | Some("null") => None,
         Some(raw_id) => Some(event_id_field(raw_id).map_err(invalid)?),
@@ -257,6 +289,18 @@ mod tests {
         assert!(matches!(
             parse_body(BodyFormat::Ndjson, b"{}\n[1]\n", &ident(None)),
             Err(BodyError::Invalid { index: 1, .. })
+        ));
+        assert!(matches!(
+            parse_body(BodyFormat::Ndjson, b"{}\n{\"id\":1,\"id\":2}\n", &ident(None)),
+            Err(BodyError::Invalid { index: 1, .. })
+        ));
+        assert!(matches!(
+            parse_body(BodyFormat::Ndjson, b"  {\"a\":1}  \n\"text\"\n", &ident(None)),
+            Err(BodyError::Invalid { index: 1, .. })
+        ));
+        assert!(matches!(
+            parse_body(BodyFormat::Ndjson, b"{\"a\":1} {\"b\":2}\n", &ident(None)),
+            Err(BodyError::Malformed { line: 1, .. })
         ));
         assert!(matches!(
             parse_body(BodyFormat::Json, br#"{"id":{"nested":1}}"#, &ident(None)),

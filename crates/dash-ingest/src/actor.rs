@@ -5,10 +5,12 @@
 //! It holds nothing that is not also in the log: a restart (after a panic, or a crash of the
 //! whole process) resumes from the last checkpoint and loses nothing.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use dash_domain::Event;
 use dash_intake_log::{Checkpoint, LogError, LogReader};
 use dash_store::BatchEvent;
 use tokio::sync::watch;
@@ -23,8 +25,11 @@ const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 struct OpenFrame {
     position: u64,
     next: u64,
-    record: IntakeRecord,
-    /// Events of the frame already taken into a buffer (or committed before a restart).
+    /// Shared by every event of the frame (one request, one pipeline).
+    pipeline: Arc<str>,
+    /// Events not yet taken into a buffer.
+    remaining: VecDeque<Event>,
+    /// Events of the frame already taken (or committed before a restart): the checkpoint's skip.
     taken: usize,
     /// Whether its events were counted in the partition's backlog (appended by this process).
     counted: bool,
@@ -34,7 +39,7 @@ pub(crate) struct BufferActor {
     partition: Arc<Partition>,
     reader: Option<LogReader>,
     /// Frames read but not wholly taken; usually zero or one.
-    open: std::collections::VecDeque<OpenFrame>,
+    open: VecDeque<OpenFrame>,
     buffer: Vec<BatchEvent>,
     /// Events of `buffer` counted in the backlog.
     buffer_counted: i64,
@@ -101,13 +106,10 @@ impl BufferActor {
     async fn fill(&mut self, max_batch: usize) {
         while self.buffer.len() < max_batch {
             if let Some(frame) = self.open.front_mut() {
-                let room = max_batch - self.buffer.len();
-                let take = room.min(frame.record.events.len() - frame.taken);
-                let pipeline = &frame.record.pipeline;
+                let take = (max_batch - self.buffer.len()).min(frame.remaining.len());
+                let pipeline = &frame.pipeline;
                 self.buffer.extend(
-                    frame.record.events[frame.taken..frame.taken + take]
-                        .iter()
-                        .map(|event| BatchEvent { pipeline: pipeline.clone(), event: event.clone() }),
+                    frame.remaining.drain(..take).map(|event| BatchEvent { pipeline: pipeline.clone(), event }),
                 );
                 if frame.counted {
                     self.buffer_counted += take as i64;
@@ -116,7 +118,7 @@ impl BufferActor {
                 if take > 0 {
                     self.first_buffered_at.get_or_insert_with(Instant::now);
                 }
-                if frame.taken == frame.record.events.len() {
+                if frame.remaining.is_empty() {
                     self.cursor = Checkpoint { position: frame.next, skip: 0 };
                     self.open.pop_front();
                 } else {
@@ -142,14 +144,17 @@ impl BufferActor {
                 match reader.next_frame() {
                     Ok(Some(frame)) => match IntakeRecord::decode(&frame.payload) {
                         Ok(record) => {
-                            let taken = if frame.position == skip_first.1 { skip_first.0.min(record.events.len()) } else { 0 };
-                            events += record.events.len() - taken;
+                            let mut remaining: VecDeque<Event> = record.events.into();
+                            let taken = if frame.position == skip_first.1 { skip_first.0.min(remaining.len()) } else { 0 };
+                            remaining.drain(..taken);
+                            events += remaining.len();
                             frames.push(OpenFrame {
                                 position: frame.position,
                                 next: frame.next,
-                                counted: frame.position >= replay_end,
-                                record,
+                                pipeline: Arc::from(record.pipeline),
+                                remaining,
                                 taken,
+                                counted: frame.position >= replay_end,
                             });
                         }
                         Err(err) => {

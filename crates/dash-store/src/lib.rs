@@ -70,7 +70,8 @@ pub struct PipelineAuth {
 /// One event bound for a pipeline, as a buffer actor hands it to the store.
 #[derive(Debug, Clone)]
 pub struct BatchEvent {
-    pub pipeline: String,
+    /// Shared by every event of the same request.
+    pub pipeline: std::sync::Arc<str>,
     pub event: Event,
 }
 

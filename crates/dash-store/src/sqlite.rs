@@ -176,7 +176,7 @@ impl SqliteStore {
     pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
         let mut tally: BTreeMap<&str, PipelineTally> = BTreeMap::new();
         for e in events {
-            tally.entry(e.pipeline.as_str()).or_default().received += 1;
+            tally.entry(&*e.pipeline).or_default().received += 1;
         }
         let mut minutes: BTreeMap<(&str, i64), i64> = BTreeMap::new();
 
@@ -185,27 +185,31 @@ impl SqliteStore {
             let mut insert: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ");
             insert.push_values(chunk, |mut row, e| {
-                row.push_bind(&e.pipeline)
+                row.push_bind(&*e.pipeline)
                     .push_bind(&e.event.id)
                     .push_bind(e.event.time_ms)
                     .push_bind(e.event.received_ms)
                     .push_bind(&e.event.payload);
             });
-            insert
-                .push(" ON CONFLICT (pipeline_id, event_id) DO NOTHING RETURNING pipeline_id, event_time, received_at");
-            let rows = insert.build().fetch_all(&mut *tx).await?;
-            for row in rows {
-                let pipeline: String = row.try_get(0)?;
-                let event_time: i64 = row.try_get(1)?;
-                let received: i64 = row.try_get(2)?;
-                // Keys borrow from `events`, which holds every pipeline the batch touches.
-                let Some((&key, _)) = tally.get_key_value(pipeline.as_str()) else {
-                    continue;
-                };
-                let t = tally.get_mut(key).expect("key just found");
-                t.inserted += 1;
-                t.newest_received_ms = Some(t.newest_received_ms.map_or(received, |n| n.max(received)));
-                *minutes.entry((key, minute_of(event_time))).or_default() += 1;
+            insert.push(" ON CONFLICT (pipeline_id, event_id) DO NOTHING");
+            let result = insert.build().execute(&mut *tx).await?;
+            let inserted_rows = result.rows_affected();
+            if inserted_rows == chunk.len() as u64 {
+                // No duplicates (the usual case): every row of the chunk counts.
+                for e in chunk {
+                    tally_inserted(&mut tally, &mut minutes, &e.pipeline, e.event.time_ms, e.event.received_ms);
+                }
+            } else if inserted_rows > 0 {
+                // Under the write lock the inserted rows took consecutive rowids ending at the last one.
+                let first_rowid = result.last_insert_rowid() - inserted_rows as i64 + 1;
+                let rows = sqlx::query("SELECT pipeline_id, event_time, received_at FROM events WHERE rowid >= ?")
+                    .bind(first_rowid)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in rows {
+                    let pipeline: String = row.try_get(0)?;
+                    tally_inserted(&mut tally, &mut minutes, &pipeline, row.try_get(1)?, row.try_get(2)?);
+                }
             }
         }
 
@@ -305,4 +309,22 @@ impl SqliteStore {
         self.writer.close().await;
         self.readers.close().await;
     }
+}
+
+/// Counts one inserted event into its pipeline's tally and its minute of the rollup. The keys
+/// borrow from the batch, which names every pipeline it touches.
+fn tally_inserted<'b>(
+    tally: &mut BTreeMap<&'b str, PipelineTally>,
+    minutes: &mut BTreeMap<(&'b str, i64), i64>,
+    pipeline: &str,
+    event_time: i64,
+    received_ms: i64,
+) {
+    let Some((&key, _)) = tally.get_key_value(pipeline) else {
+        return;
+    };
+    let t = tally.get_mut(key).expect("key just found");
+    t.inserted += 1;
+    t.newest_received_ms = Some(t.newest_received_ms.map_or(received_ms, |n| n.max(received_ms)));
+    *minutes.entry((key, minute_of(event_time))).or_default() += 1;
 }

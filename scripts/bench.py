@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Dash's benchmark: Dash's intake next to this machine's ceilings, measured in the same run.
+
+Usage: python3 scripts/bench.py [--runs 3] [--duration 10s] [--quick]
+
+Builds the release binary, then for each measurement starts what it needs on 127.0.0.1 (a
+fresh data dir per Dash run), runs `dashd bench`, and reports the median of the runs:
+
+  ceiling-http    plain axum handler that parses the same JSON and answers 202
+  ceiling-sqlite  the same rows inserted straight into SQLite, 1000-row transactions
+  single          Dash, one event per POST, 64 connections
+  ndjson          Dash, 1000-event NDJSON POSTs, 4 connections
+  half-rate       Dash, one event per POST paced at half the measured single rate: ack latency
+  overload        Dash, 100-event NDJSON at 256 connections (~10x): RSS, 429/503, nothing lost
+
+"Sustained" is 202 -> stored: accepted events divided by the time until the last one is
+counted in the store. Loopback only; every run is bounded in time.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DASHD = os.path.join(ROOT, "target", "release", "dashd")
+
+
+def http_json(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+class Server:
+    """A dashd process (serve or ceiling http) on a free loopback port."""
+
+    def __init__(self, args, env=None, cwd=None):
+        self.cwd = cwd or tempfile.mkdtemp(prefix="dash-bench-")
+        full_env = {"PATH": os.environ.get("PATH", ""), "DASH_LOG": "warn"}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [DASHD, *args], cwd=self.cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on (http://\S+)", line)
+        if not match:
+            raise RuntimeError(f"dashd did not start: {line!r}")
+        self.base = match.group(1)
+
+    def peak_rss_mb(self):
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+def load(base, secret, concurrency, duration, batch=1, rate=None):
+    args = [
+        DASHD, "bench", "--url", base, "--pipeline", "bench", "--secret", secret,
+        "--concurrency", str(concurrency), "--duration", duration, "--batch", str(batch), "--json",
+    ]
+    if rate:
+        args += ["--rate", str(rate)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def dash_run(duration, concurrency, batch, rate=None, env=None):
+    server = Server(["serve", "--listen", "127.0.0.1:0"], env={"DASH_DATA_DIR": "data", **(env or {})})
+    try:
+        secret = http_json("POST", server.base + "/api/pipelines", {"name": "bench"})["secret"]
+        report = load(server.base, secret, concurrency, duration, batch, rate)
+        # Sustained = 202 -> stored: what the store holds when the load stops, over the run's
+        # length; then how long the rest takes to land (it must land, all of it).
+        load_stopped = time.monotonic()
+        stored_at_stop = http_json("GET", server.base + "/api/pipelines/bench")["stats"]["count"]
+        stored = stored_at_stop
+        while stored < report["events_accepted"] and time.monotonic() < load_stopped + 120:
+            time.sleep(0.05)
+            stored = http_json("GET", server.base + "/api/pipelines/bench")["stats"]["count"]
+        report["stored"] = stored
+        report["drain_secs"] = time.monotonic() - load_stopped
+        report["sustained_per_sec"] = min(stored_at_stop, report["events_accepted"]) / report["elapsed_secs"]
+        report["peak_rss_mb"] = server.peak_rss_mb()
+        return report
+    finally:
+        server.stop()
+
+
+def ceiling_http(duration):
+    server = Server(["ceiling", "http", "--listen", "127.0.0.1:0"])
+    try:
+        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the plain handler does not check it
+        return load(server.base, secret, 64, duration)
+    finally:
+        server.stop()
+
+
+def ceiling_sqlite(duration):
+    workdir = tempfile.mkdtemp(prefix="dash-bench-")
+    try:
+        out = subprocess.run(
+            [DASHD, "ceiling", "sqlite", "--file", os.path.join(workdir, "ceiling.db"), "--duration", duration],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        return {"rows_per_sec": float(re.search(r"= (\d+) rows/s", out).group(1))}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", default="10s")
+    parser.add_argument("--quick", action="store_true", help="1 run of 3s each, to check the script")
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.runs, opts.duration = 1, "3s"
+
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "dashd"], cwd=ROOT, check=True)
+    results = {name: [] for name in ["ceiling-http", "ceiling-sqlite", "single", "ndjson", "half-rate", "overload"]}
+    for run in range(opts.runs):
+        print(f"run {run + 1}/{opts.runs}", file=sys.stderr)
+        results["ceiling-http"].append(ceiling_http(opts.duration))
+        results["ceiling-sqlite"].append(ceiling_sqlite(opts.duration))
+        results["single"].append(dash_run(opts.duration, 64, 1))
+        results["ndjson"].append(dash_run(opts.duration, 4, 1000))
+    half = median(results["single"], "sustained_per_sec") / 2
+    for run in range(opts.runs):
+        results["half-rate"].append(dash_run(opts.duration, 64, 1, rate=half))
+    results["overload"].append(dash_run(opts.duration, 256, 100))
+
+    http_ceiling = median(results["ceiling-http"], "events_per_sec")
+    sqlite_ceiling = median(results["ceiling-sqlite"], "rows_per_sec")
+    single = median(results["single"], "sustained_per_sec")
+    ndjson = median(results["ndjson"], "sustained_per_sec")
+    over = results["overload"][0]
+    lines = [
+        f"runs: {opts.runs} x {opts.duration}, medians; machine: {os.cpu_count()} cores",
+        f"ceiling plain axum (64 conn, 1 event/POST):  {http_ceiling:,.0f} req/s",
+        f"ceiling SQLite direct insert (1000-row tx):  {sqlite_ceiling:,.0f} rows/s",
+        f"Dash single event, 64 conn, sustained:       {single:,.0f} events/s = "
+        f"{100 * single / min(http_ceiling, sqlite_ceiling):.0f}% of min(ceilings); "
+        f"ack p50 {median(results['single'], 'ack_p50_ms'):.2f} ms p99 {median(results['single'], 'ack_p99_ms'):.2f} ms",
+        f"Dash NDJSON 1000/POST, 4 conn, sustained:    {ndjson:,.0f} events/s = "
+        f"{100 * ndjson / sqlite_ceiling:.0f}% of the SQLite ceiling",
+        f"Dash at half rate ({half:,.0f}/s):               ack p50 {median(results['half-rate'], 'ack_p50_ms'):.2f} ms "
+        f"p99 {median(results['half-rate'], 'ack_p99_ms'):.2f} ms max {median(results['half-rate'], 'ack_max_ms'):.2f} ms",
+        f"Overload 256 conn x 100 events:              accepted {over['events_accepted']:,} "
+        f"({over['events_per_sec']:,.0f}/s), rejected {over['rejected']}, stored {over['stored']:,}, "
+        f"peak RSS {over['peak_rss_mb']:.0f} MB, all stored {over['drain_secs']:.1f} s after the load stopped",
+    ]
+    print("\n".join(lines))
+    print(json.dumps(results), file=open(os.path.join(tempfile.gettempdir(), "dash-bench-last.json"), "w"))
+
+
+if __name__ == "__main__":
+    main()
