@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
 use dash_config::{Overrides, Role, Settings};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// mimalloc: glibc malloc showed up as ~10% of CPU under single-event load (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "dashd", version, about = "Dash: webhooks in, live dashboards out")]
 struct Cli {
