@@ -12,11 +12,16 @@ fn events(ids: &[&str]) -> Vec<Event> {
     ids.iter().map(|id| Event { id: (*id).to_owned(), time_ms: now, received_ms: now, payload: "{}".into() }).collect()
 }
 
-#[tokio::test]
-async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
+async fn fresh_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}/dash.db", dir.path().display())).await.unwrap();
     store.migrate().await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
+    let (dir, store) = fresh_store().await;
     let a = PipelineId::parse(&store.create_pipeline("a").await.unwrap().record.id).unwrap();
     let b = PipelineId::parse(&store.create_pipeline("b").await.unwrap().record.id).unwrap();
     let bus = Bus::in_process();
@@ -58,10 +63,7 @@ async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
 
 #[tokio::test]
 async fn shutdown_drains_what_the_timer_has_not_flushed_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/dash.db", dir.path().display());
-    let store = Store::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
+    let (dir, store) = fresh_store().await;
     let p = PipelineId::parse(&store.create_pipeline("p").await.unwrap().record.id).unwrap();
     let settings = IntakeSettings {
         data_dir: dir.path().to_path_buf(),

@@ -77,14 +77,20 @@ async fn checkpoint_resumes_and_deletes_consumed_segments() {
     assert_eq!(rest, (6..10u8).map(|i| vec![i; 40]).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn torn_tail_is_cut_and_never_replayed() {
+/// A log holding three 10-byte frames, closed.
+async fn closed_log_of_three_frames() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), options(1 << 20)).unwrap();
     for i in 0..3u8 {
         log.appender.append(vec![i; 10]).await.unwrap();
     }
     close(log);
+    dir
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_and_never_replayed() {
+    let dir = closed_log_of_three_frames().await;
     let seg = segment::path(dir.path(), 0);
     let good_len = std::fs::metadata(&seg).unwrap().len();
     // A frame whose header promises more than was written (a crash mid-write) ...
@@ -107,12 +113,7 @@ async fn torn_tail_is_cut_and_never_replayed() {
 
 #[tokio::test]
 async fn corrupt_checksum_cuts_from_that_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), options(1 << 20)).unwrap();
-    for i in 0..3u8 {
-        log.appender.append(vec![i; 10]).await.unwrap();
-    }
-    close(log);
+    let dir = closed_log_of_three_frames().await;
     let seg = segment::path(dir.path(), 0);
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[18 + 8 + 3] ^= 0xFF; // a payload byte of the second frame
