@@ -241,6 +241,8 @@ mod tests {
         assert_eq!(from_header[0].id, "msg_1");
         let generated = parse_body(BodyFormat::Json, br#"{"a":1}"#, &ident(None)).unwrap();
         assert_eq!(generated[0].id.len(), 36);
+        let nul = parse_body(BodyFormat::Json, br#"{"id":"a\u0000b"}"#, &ident(None)).unwrap_err();
+        assert!(matches!(nul, BodyError::Invalid { index: 0, .. }), "{nul:?}");
         let numeric = parse_body(BodyFormat::Json, br#"{"id":42}"#, &ident(None)).unwrap();
         assert_eq!(numeric[0].id, "42");
     }

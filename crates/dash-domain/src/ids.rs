@@ -79,6 +79,10 @@ impl EventId {
         if raw.is_empty() || raw.len() > EVENT_ID_MAX {
             return Err(InvalidId(format!("event id must be 1 to {EVENT_ID_MAX} bytes")));
         }
+        // Control characters (NUL above all) cannot be stored as text by every backend.
+        if raw.chars().any(char::is_control) {
+            return Err(InvalidId("event id must not contain control characters".into()));
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -111,6 +115,7 @@ mod tests {
         assert!(EventId::parse("").is_err());
         assert!(EventId::parse(&"x".repeat(257)).is_err());
         assert!(EventId::parse("evt_1").is_ok());
+        assert!(EventId::parse("evt\u{0}1").is_err());
         assert_ne!(EventId::generate(), EventId::generate());
     }
 }

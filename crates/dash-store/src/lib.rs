@@ -7,7 +7,10 @@
 //!
 //! **Architecture invariant:** the store knows nothing of HTTP, the bus or the intake log.
 
+mod postgres;
 mod sqlite;
+pub mod testing;
+mod timescale;
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use dash_domain::{Event, InvalidId, PipelineId, PipelineStats, PipelineUpdate};
 use dash_signature::{BearerToken, SigningSecret};
 use serde::Serialize;
 
+pub use postgres::{Layout, PgStore};
 pub use sqlite::SqliteStore;
 
 /// How long a rotated-out secret and token keep working.
@@ -32,7 +36,7 @@ pub enum StoreError {
     InvalidName(#[from] InvalidId),
     #[error("no pipeline {0:?}")]
     NotFound(String),
-    #[error("unsupported database url (expected sqlite://…)")]
+    #[error("unsupported database url (expected sqlite://… or postgres://…)")]
     UnsupportedUrl,
     #[error("cannot prepare the database location: {0}")]
     Location(#[from] std::io::Error),
@@ -100,9 +104,19 @@ pub struct BatchOutcome {
     pub duplicates: u64,
 }
 
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub partitions_created: u64,
+    pub partitions_dropped: u64,
+    pub events_deleted: u64,
+    pub dedupe_pruned: u64,
+}
+
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 impl Store {
@@ -111,18 +125,44 @@ impl Store {
         if url.starts_with("sqlite:") {
             return Ok(Self::Sqlite(SqliteStore::connect(url).await?));
         }
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            return Ok(Self::Postgres(PgStore::connect(url).await?));
+        }
         Err(StoreError::UnsupportedUrl)
     }
 
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// How events are laid out: `sqlite`, or `timescale` / `partitioned` on PostgreSQL.
+    pub fn layout(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(s) => s.layout().unwrap_or(Layout::Partitioned).as_str(),
+        }
+    }
+
+    /// Retention and housekeeping: drops events older than `retention`, prunes dedupe keys older
+    /// than `dedupe_window`, and (native partitioning) makes day partitions ahead.
+    pub async fn maintain(
+        &self,
+        retention: Duration,
+        dedupe_window: Duration,
+    ) -> Result<MaintenanceReport, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.maintain(retention).await,
+            Self::Postgres(s) => s.maintain(retention, dedupe_window).await,
         }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.migrate().await,
+            Self::Postgres(s) => s.migrate().await,
         }
     }
 
@@ -132,6 +172,7 @@ impl Store {
         let probe = async {
             match self {
                 Self::Sqlite(s) => s.ping().await,
+                Self::Postgres(s) => s.ping().await,
             }
         };
         match tokio::time::timeout(deadline, probe).await {
@@ -145,6 +186,7 @@ impl Store {
         let name = name.trim();
         match self {
             Self::Sqlite(s) => s.create_pipeline(&id, name).await,
+            Self::Postgres(s) => s.create_pipeline(&id, name).await,
         }
     }
 
@@ -152,12 +194,14 @@ impl Store {
     pub async fn rotate_credentials(&self, id_or_name: &str) -> Result<IssuedCredentials, StoreError> {
         match self {
             Self::Sqlite(s) => s.rotate_credentials(id_or_name).await,
+            Self::Postgres(s) => s.rotate_credentials(id_or_name).await,
         }
     }
 
     pub async fn list_pipelines(&self) -> Result<Vec<PipelineRecord>, StoreError> {
         match self {
             Self::Sqlite(s) => s.list_pipelines().await,
+            Self::Postgres(s) => s.list_pipelines().await,
         }
     }
 
@@ -165,12 +209,14 @@ impl Store {
     pub async fn find_pipeline(&self, id_or_name: &str) -> Result<Option<PipelineRecord>, StoreError> {
         match self {
             Self::Sqlite(s) => s.find_pipeline(id_or_name).await,
+            Self::Postgres(s) => s.find_pipeline(id_or_name).await,
         }
     }
 
     pub async fn pipeline_auths(&self) -> Result<Vec<PipelineAuth>, StoreError> {
         match self {
             Self::Sqlite(s) => s.pipeline_auths().await,
+            Self::Postgres(s) => s.pipeline_auths().await,
         }
     }
 
@@ -178,6 +224,7 @@ impl Store {
     pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
         match self {
             Self::Sqlite(s) => s.write_batch(events).await,
+            Self::Postgres(s) => s.write_batch(events).await,
         }
     }
 
@@ -191,6 +238,7 @@ impl Store {
     ) -> Result<Vec<SeriesPoint>, StoreError> {
         match self {
             Self::Sqlite(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await,
+            Self::Postgres(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await,
         }
     }
 
@@ -198,12 +246,14 @@ impl Store {
     pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         match self {
             Self::Sqlite(s) => s.recent_events(pipeline, limit).await,
+            Self::Postgres(s) => s.recent_events(pipeline, limit).await,
         }
     }
 
     pub async fn close(&self) {
         match self {
             Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
         }
     }
 }

@@ -11,8 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
-    BatchEvent, BatchOutcome, IssuedCredentials, PipelineAuth, PipelineRecord, PipelineTally, ROTATION_GRACE,
-    SeriesPoint, StoreError, StoredEvent, minute_of,
+    BatchEvent, BatchOutcome, IssuedCredentials, MaintenanceReport, PipelineAuth, PipelineRecord, PipelineTally,
+    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, minute_of,
 };
 
 /// Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
@@ -303,6 +303,15 @@ impl SqliteStore {
                 })
             })
             .collect()
+    }
+
+    /// Deletes events (and rollup minutes) older than `retention`. SQLite keeps the dedupe key
+    /// on the events themselves, so it lives exactly as long as they do.
+    pub async fn maintain(&self, retention: Duration) -> Result<MaintenanceReport, StoreError> {
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        let deleted = sqlx::query("DELETE FROM events WHERE event_time < ?").bind(cutoff).execute(&self.writer).await?;
+        sqlx::query("DELETE FROM event_rollup_minute WHERE minute < ?").bind(cutoff).execute(&self.writer).await?;
+        Ok(MaintenanceReport { events_deleted: deleted.rows_affected(), ..Default::default() })
     }
 
     pub async fn close(&self) {

@@ -1,13 +1,47 @@
+use std::time::Duration;
+
 use dash_domain::Event;
 
 use super::*;
 
-async fn fresh() -> (tempfile::TempDir, Store) {
+/// A fresh, migrated store; remove it with [`Backend::cleanup`].
+struct Backend {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl Backend {
+    async fn cleanup(self) {
+        self.store.close().await;
+        if let Some((admin, url)) = self.postgres {
+            testing::drop_database(&admin, &url).await.unwrap();
+        }
+    }
+}
+
+async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/dash.db", dir.path().display());
+    let store = Store::connect(&format!("sqlite://{}/dash.db", dir.path().display())).await.unwrap();
+    store.migrate().await.unwrap();
+    Backend { store, _dir: Some(dir), postgres: None }
+}
+
+async fn postgres(admin: &str) -> Backend {
+    let url = testing::create_database(admin).await.unwrap();
     let store = Store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    (dir, store)
+    Backend { store, _dir: None, postgres: Some((admin.to_owned(), url)) }
+}
+
+/// SQLite always; PostgreSQL too when `DASH_TEST_POSTGRES` names a server.
+async fn backends() -> Vec<Backend> {
+    let mut all = vec![sqlite().await];
+    match testing::admin_url() {
+        Some(admin) => all.push(postgres(&admin).await),
+        None => eprintln!("note: {} unset; PostgreSQL store tests skipped", testing::ADMIN_URL_VAR),
+    }
+    all
 }
 
 fn event(pipeline: &str, id: &str, time_ms: i64) -> BatchEvent {
@@ -19,7 +53,13 @@ fn event(pipeline: &str, id: &str, time_ms: i64) -> BatchEvent {
 
 #[tokio::test]
 async fn pipelines_are_created_once_and_found_by_id_or_name() {
-    let (_dir, store) = fresh().await;
+    for backend in backends().await {
+        pipelines_on(&backend.store).await;
+        backend.cleanup().await;
+    }
+}
+
+async fn pipelines_on(store: &Store) {
     let created = store.create_pipeline("Orders API").await.unwrap();
     assert_eq!(created.record.id, "orders-api");
     assert!(created.secret.expose().starts_with("whsec_"));
@@ -37,7 +77,13 @@ async fn pipelines_are_created_once_and_found_by_id_or_name() {
 
 #[tokio::test]
 async fn batches_dedupe_count_sequence_and_roll_up() {
-    let (_dir, store) = fresh().await;
+    for backend in backends().await {
+        batches_on(&backend.store).await;
+        backend.cleanup().await;
+    }
+}
+
+async fn batches_on(store: &Store) {
     store.create_pipeline("a").await.unwrap();
     store.create_pipeline("b").await.unwrap();
     let minute = 1_700_000_040_000;
@@ -70,4 +116,55 @@ async fn batches_dedupe_count_sequence_and_roll_up() {
     let record = store.find_pipeline("a").await.unwrap().unwrap();
     assert_eq!(record.stats.count, 3);
     assert!(record.stats.last_event_at.is_some());
+}
+
+#[tokio::test]
+async fn postgres_migrates_once_under_concurrency_and_partitions_by_day() {
+    let Some(admin) = testing::admin_url() else { return };
+    let url = testing::create_database(&admin).await.unwrap();
+    let (a, b) = (Store::connect(&url).await.unwrap(), Store::connect(&url).await.unwrap());
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(a.layout(), "partitioned", "no TimescaleDB here");
+
+    let Store::Postgres(pg) = &a else { unreachable!() };
+    a.create_pipeline("p").await.unwrap();
+    let now = dash_domain::now_ms();
+    let old = 1_000_000_000_000; // 2001: outside every day partition, lands in the default one
+    a.write_batch(&[
+        event("p", "today", now - 1_000),
+        event("p", "old", old),
+        event("p", "yesterday", now - 86_400_000),
+    ])
+    .await
+    .unwrap();
+    let partitions: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")
+        .fetch_one(&pg_pool(pg))
+        .await
+        .unwrap();
+    assert_eq!(partitions, 1 + 9, "default + yesterday..today+7");
+    let in_default: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events_default").fetch_one(&pg_pool(pg)).await.unwrap();
+    assert_eq!(in_default, 1);
+
+    // Retention of zero drops whole days that have ended (yesterday); dedupe keys are pruned.
+    let report = a.maintain(Duration::ZERO, Duration::ZERO).await.unwrap();
+    assert!(report.partitions_dropped >= 1, "{report:?}");
+    assert_eq!(report.dedupe_pruned, 3, "{report:?}");
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id").fetch_all(&pg_pool(pg)).await.unwrap();
+    assert!(!left.contains(&"yesterday".to_owned()), "{left:?}");
+    assert!(left.contains(&"today".to_owned()), "{left:?}");
+    // The next pass makes the missing days again.
+    let report = a.maintain(Duration::from_secs(30 * 86_400), Duration::from_secs(86_400)).await.unwrap();
+    assert!(report.partitions_created >= 1, "{report:?}");
+
+    a.close().await;
+    b.close().await;
+    testing::drop_database(&admin, &url).await.unwrap();
+}
+
+fn pg_pool(store: &PgStore) -> sqlx::PgPool {
+    store.pool().clone()
 }

@@ -5,22 +5,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::Row;
-
-use crate::support::{TestServer, open_db};
+use crate::proxy::TcpProxy;
+use crate::support::{TestServer, fresh_postgres, postgres_admin};
 
 /// Every acknowledged id is in the events table exactly once, and the pipeline count agrees.
 async fn assert_stored_exactly_once(server: &TestServer, pipeline: &str, acked: &HashSet<String>) {
-    let db = open_db(&server.data_dir()).await;
-    let rows = sqlx::query("SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = ? GROUP BY event_id")
-        .bind(pipeline)
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    let (rows, count) = server.stored_events(pipeline).await;
     let mut stored = HashSet::new();
-    for row in &rows {
-        let id: String = row.get(0);
-        let copies: i64 = row.get(1);
+    for (id, copies) in rows {
         assert_eq!(copies, 1, "event {id} stored {copies} times");
         stored.insert(id);
     }
@@ -31,13 +23,7 @@ async fn assert_stored_exactly_once(server: &TestServer, pipeline: &str, acked: 
         missing.len(),
         &missing[..missing.len().min(5)]
     );
-    let count: i64 = sqlx::query_scalar("SELECT event_count FROM pipelines WHERE id = ?")
-        .bind(pipeline)
-        .fetch_one(&db)
-        .await
-        .unwrap();
     assert_eq!(count, stored.len() as i64, "pipeline count matches the stored rows");
-    db.close().await;
 }
 
 #[tokio::test]
@@ -78,6 +64,10 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_event() {
                         } else {
                             acked.insert(id);
                         }
+                    }
+                    // Backpressure is allowed: not acknowledged, so the sender retries later.
+                    Ok(r) if r.status() == 429 || r.status() == 503 => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Ok(r) => panic!("unexpected status {}", r.status()),
                     Err(_) => return, // the server is gone
@@ -132,6 +122,9 @@ async fn sigterm_drains_every_buffer_and_exits_zero() {
 #[tokio::test]
 async fn a_locked_store_delays_events_but_loses_none() {
     let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    if server.is_postgres() {
+        return; // the PostgreSQL outage is the cut-proxy test below
+    }
     let p = server.create_pipeline("locked").await;
 
     // Another process-like connection takes the write lock and holds it.
@@ -198,4 +191,62 @@ async fn a_torn_log_tail_is_cut_and_acknowledged_events_survive() {
     server.wait_for_count(&p, 11, Duration::from_secs(10)).await;
     assert!(server.sigterm().success());
     assert_stored_exactly_once(&server, &p.id, &acked).await;
+}
+
+// Multi-threaded: the proxy must keep serving while the test blocks on dashd's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_database_connection_delays_events_but_loses_none() {
+    let Some(admin) = postgres_admin() else { return };
+    // dashd reaches its own database through a proxy this test can cut.
+    let direct = fresh_postgres(&admin).await;
+    let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = TcpProxy::start(upstream).await;
+    let proxied = direct.replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
+    assert_ne!(proxied, direct, "the admin URL must name 127.0.0.1:5432");
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms"), ("DATABASE_URL", &proxied)]).await;
+    let p = server.create_pipeline("cut").await;
+    assert_eq!(server.post_json(&p, "before", "{}").await.status(), 202);
+    server.wait_for_count(&p, 1, Duration::from_secs(10)).await;
+
+    proxy.cut();
+    let mut acked = HashSet::from(["before".to_owned()]);
+    for i in 0..20 {
+        let r = server.post_json(&p, &format!("c{i}"), "{}").await;
+        assert_eq!(r.status(), 202, "intake keeps accepting while the database is unreachable");
+        acked.insert(format!("c{i}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = server.client.get(server.url("/ready")).send().await.unwrap();
+        let code = ready.status();
+        let ready: serde_json::Value = ready.json().await.unwrap();
+        if ready["status"] == "degraded" {
+            assert_eq!(code, 200);
+            assert_eq!(ready["checks"]["database"]["ok"], false, "{ready}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    proxy.restore();
+    server.wait_for_count(&p, 21, Duration::from_secs(30)).await;
+    // Verify through a direct connection, not the proxy.
+    let (rows, count) = server.stored_events(&p.id).await;
+    assert_eq!(count, 21);
+    let stored: HashSet<String> = rows
+        .into_iter()
+        .map(|(id, copies)| {
+            assert_eq!(copies, 1);
+            id
+        })
+        .collect();
+    assert_eq!(stored, acked);
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&direct).await.unwrap();
+    let layout: String =
+        sqlx::query_scalar("SELECT value FROM dash_meta WHERE key = 'events_layout'").fetch_one(&db).await.unwrap();
+    assert_eq!(layout, "partitioned");
+    db.close().await;
+    drop(server);
+    dash_store::testing::drop_database(&admin, &direct).await.unwrap();
 }

@@ -4,4 +4,5 @@ mod cli;
 mod durability;
 mod flush;
 mod intake;
+mod proxy;
 mod support;

@@ -22,6 +22,22 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     env: Vec<(String, String)>,
     pub client: reqwest::Client,
+    /// (admin URL, database URL) when the server runs on a PostgreSQL database of its own.
+    postgres: Option<(String, String)>,
+}
+
+/// Which store the suite runs against: `DASH_TEST_BACKEND=postgres` (with `DASH_TEST_POSTGRES`
+/// naming the server), else SQLite.
+pub fn postgres_admin() -> Option<String> {
+    if std::env::var("DASH_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return None;
+    }
+    Some(dash_store::testing::admin_url().expect("DASH_TEST_BACKEND=postgres needs DASH_TEST_POSTGRES"))
+}
+
+/// The URL of a fresh, empty database on the admin server.
+pub async fn fresh_postgres(admin: &str) -> String {
+    dash_store::testing::create_database(admin).await.unwrap()
 }
 
 /// Seconds since the epoch, as the signer's clock.
@@ -43,13 +59,26 @@ pub fn run_dashd(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::proces
 impl TestServer {
     pub async fn start(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut postgres = None;
+        if let Some(admin) = postgres_admin() {
+            let url = match env.iter().find(|(k, _)| k == "DATABASE_URL") {
+                Some((_, given)) => given.clone(),
+                None => {
+                    let url = fresh_postgres(&admin).await;
+                    env.push(("DATABASE_URL".into(), url.clone()));
+                    url
+                }
+            };
+            postgres = Some((admin, url));
+        }
         let mut server = Self {
             child: None,
             base: String::new(),
             dir,
             env,
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            postgres,
         };
         server.spawn();
         server
@@ -205,19 +234,47 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Every stored copy of each event id of `pipeline` (id, copies), and the pipeline's count,
+    /// read straight from the server's database.
+    pub async fn stored_events(&self, pipeline: &str) -> (Vec<(String, i64)>, i64) {
+        const IDS: &str = "SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = $1 GROUP BY event_id";
+        const COUNT: &str = "SELECT event_count FROM pipelines WHERE id = $1";
+        if let Some((_, url)) = &self.postgres {
+            let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await.unwrap();
+            let ids = sqlx::query_as(IDS).bind(pipeline).fetch_all(&db).await.unwrap();
+            let count = sqlx::query_scalar(COUNT).bind(pipeline).fetch_one(&db).await.unwrap();
+            db.close().await;
+            return (ids, count);
+        }
+        let url = format!("sqlite://{}/dash.db", self.data_dir().display());
+        let db = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        let ids = sqlx::query_as(IDS).bind(pipeline).fetch_all(&db).await.unwrap();
+        let count = sqlx::query_scalar(COUNT).bind(pipeline).fetch_one(&db).await.unwrap();
+        db.close().await;
+        (ids, count)
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some((admin, url)) = self.postgres.take() {
+            // Drop runs outside async code: a short-lived runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(dash_store::testing::drop_database(&admin, &url))
+            })
+            .join();
+        }
     }
-}
-
-/// Opens the server's SQLite file directly (read only), for checks the API does not offer.
-pub async fn open_db(data_dir: &Path) -> sqlx::SqlitePool {
-    let url = format!("sqlite://{}/dash.db", data_dir.display());
-    sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap()
 }
 
 pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {

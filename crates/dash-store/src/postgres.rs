@@ -1,0 +1,509 @@
+//! PostgreSQL: the production store. Events live in a TimescaleDB hypertable where the
+//! extension can be used, else in a table partitioned by day (partitions made ahead by the app).
+//! The dedupe key is a separate table written in the same transaction (a hypertable's unique
+//! indexes must include the time column). Batches are one round trip of `UNNEST` arrays.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dash_domain::{PipelineId, PipelineStats, PipelineUpdate, format_ms, now_ms};
+use dash_signature::{BearerToken, SigningSecret};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::timescale;
+use crate::{
+    BatchEvent, BatchOutcome, IssuedCredentials, MaintenanceReport, PipelineAuth, PipelineRecord, PipelineTally,
+    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent,
+};
+
+/// Advisory lock key held while migrating or reshaping partitions ("dash" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6461_7368;
+/// Day partitions kept ready ahead of today (and one behind, for late events).
+const PARTITIONS_AHEAD_DAYS: i64 = 7;
+const DAY_MS: i64 = 86_400_000;
+
+/// How the events table is laid out; chosen once per database and recorded in `dash_meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// TimescaleDB hypertable, retention policy, continuous aggregate for the rollup.
+    Timescale,
+    /// Native declarative range partitioning by day; rollup maintained in the batch transaction.
+    Partitioned,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timescale => "timescale",
+            Self::Partitioned => "partitioned",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
+}
+
+/// The batch in one statement: input rows (first copy of each key), new dedupe keys, the events
+/// for those keys, and per-pipeline sums of what was inserted.
+const BATCH_CTE: &str = "
+WITH input AS (
+    SELECT DISTINCT ON (pipeline_id, event_id) pipeline_id, event_id, event_time, received_at, payload
+    FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
+         WITH ORDINALITY AS t(pipeline_id, event_id, event_time, received_at, payload, ord)
+    ORDER BY pipeline_id, event_id, ord
+),
+fresh AS (
+    INSERT INTO event_dedupe (pipeline_id, event_id, seen_at)
+    SELECT pipeline_id, event_id, received_at FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING pipeline_id, event_id
+),
+stored AS (
+    INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload)
+    SELECT i.pipeline_id, i.event_id, i.event_time, i.received_at, i.payload::json
+    FROM input i JOIN fresh f USING (pipeline_id, event_id)
+    RETURNING pipeline_id, event_time, received_at
+)";
+
+/// Native layout only: the rollup rides in the same statement.
+const ROLLUP_CTE: &str = ",
+rolled AS (
+    INSERT INTO event_rollup_minute (pipeline_id, minute, event_count)
+    SELECT pipeline_id, date_trunc('minute', event_time), count(*) FROM stored GROUP BY 1, 2
+    ON CONFLICT (pipeline_id, minute) DO UPDATE
+        SET event_count = event_rollup_minute.event_count + excluded.event_count
+)";
+
+const BATCH_RESULT: &str = "
+SELECT pipeline_id, count(*)::int8 AS inserted, max(received_at) AS newest FROM stored GROUP BY pipeline_id";
+
+const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at";
+
+fn ts_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn record_from(row: &PgRow) -> Result<PipelineRecord, sqlx::Error> {
+    Ok(PipelineRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: format_ms(ts_ms(row.try_get("created_at")?)),
+        stats: PipelineStats {
+            count: row.try_get("event_count")?,
+            seq: row.try_get("seq")?,
+            duplicates: row.try_get("duplicate_count")?,
+            last_event_at: row.try_get::<Option<DateTime<Utc>>, _>("last_event_at")?.map(|t| format_ms(ts_ms(t))),
+        },
+    })
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect(url).await?;
+        Ok(Self { pool, layout: Default::default() })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The layout in use (known after [`PgStore::migrate`]).
+    pub fn layout(&self) -> Option<Layout> {
+        self.layout.get().copied()
+    }
+
+    /// Migrations, then the events layout and today's partitions, all under one advisory lock
+    /// so that nodes starting together migrate once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(SCHEMA_LOCK).execute(&mut *conn).await?;
+        let result = async {
+            sqlx::migrate!("../../migrations/postgres").run(&mut *conn).await?;
+            let layout = ensure_layout(&mut conn).await?;
+            if layout == Layout::Partitioned {
+                ensure_partitions(&mut conn, now_ms()).await?;
+            }
+            Ok::<_, StoreError>(layout)
+        }
+        .await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(SCHEMA_LOCK).execute(&mut *conn).await;
+        let layout = result?;
+        unlocked?;
+        let _ = self.layout.set(layout);
+        tracing::info!(layout = layout.as_str(), "postgres events layout");
+        Ok(())
+    }
+
+    fn layout_or_default(&self) -> Layout {
+        self.layout().unwrap_or(Layout::Partitioned)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn create_pipeline(&self, id: &PipelineId, name: &str) -> Result<IssuedCredentials, StoreError> {
+        let secret = SigningSecret::generate();
+        let token = BearerToken::generate();
+        let inserted = sqlx::query(
+            "INSERT INTO pipelines (id, name, secret, token_hash) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .bind(secret.expose())
+        .bind(token.hash())
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(id.to_string()));
+        }
+        let record = self.find_pipeline(id.as_str()).await?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok(IssuedCredentials { record, secret, token })
+    }
+
+    pub async fn rotate_credentials(&self, id_or_name: &str) -> Result<IssuedCredentials, StoreError> {
+        let secret = SigningSecret::generate();
+        let token = BearerToken::generate();
+        let updated = sqlx::query(
+            "UPDATE pipelines SET previous_secret = secret, previous_token_hash = token_hash, \
+             previous_expires_at = now() + make_interval(secs => $1), secret = $2, token_hash = $3 \
+             WHERE id = $4 OR name = $4",
+        )
+        .bind(ROTATION_GRACE.as_secs_f64())
+        .bind(secret.expose())
+        .bind(token.hash())
+        .bind(id_or_name)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(id_or_name.to_owned()));
+        }
+        let record =
+            self.find_pipeline(id_or_name).await?.ok_or_else(|| StoreError::NotFound(id_or_name.to_owned()))?;
+        Ok(IssuedCredentials { record, secret, token })
+    }
+
+    pub async fn list_pipelines(&self) -> Result<Vec<PipelineRecord>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {PIPELINE_COLUMNS} FROM pipelines ORDER BY id")))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(record_from).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn find_pipeline(&self, id_or_name: &str) -> Result<Option<PipelineRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1"
+        )))
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(record_from).transpose()?)
+    }
+
+    pub async fn pipeline_auths(&self) -> Result<Vec<PipelineAuth>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, secret, token_hash, \
+             CASE WHEN previous_expires_at > now() THEN previous_secret END AS previous_secret, \
+             CASE WHEN previous_expires_at > now() THEN previous_token_hash END AS previous_token_hash \
+             FROM pipelines",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut auths = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut secrets = vec![SigningSecret::parse(row.try_get("secret")?)?];
+            let mut token_hashes = vec![row.try_get::<String, _>("token_hash")?];
+            if let Some(previous) = row.try_get::<Option<String>, _>("previous_secret")? {
+                secrets.push(SigningSecret::parse(&previous)?);
+            }
+            if let Some(previous) = row.try_get::<Option<String>, _>("previous_token_hash")? {
+                token_hashes.push(previous);
+            }
+            auths.push(PipelineAuth {
+                id: PipelineId::parse(row.try_get("id")?)?,
+                name: row.try_get("name")?,
+                secrets,
+                token_hashes,
+            });
+        }
+        Ok(auths)
+    }
+
+    pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
+        let mut tally: BTreeMap<&str, PipelineTally> = BTreeMap::new();
+        let mut pipelines = Vec::with_capacity(events.len());
+        let mut ids = Vec::with_capacity(events.len());
+        let mut times = Vec::with_capacity(events.len());
+        let mut received = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        for e in events {
+            tally.entry(&*e.pipeline).or_default().received += 1;
+            pipelines.push(&*e.pipeline);
+            ids.push(e.event.id.as_str());
+            times.push(from_ms(e.event.time_ms));
+            received.push(from_ms(e.event.received_ms));
+            payloads.push(e.event.payload.as_str());
+        }
+        let rollup = if self.layout_or_default() == Layout::Partitioned { ROLLUP_CTE } else { "" };
+        let statement = format!("{BATCH_CTE}{rollup}{BATCH_RESULT}");
+
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(AssertSqlSafe(statement))
+            .bind(&pipelines)
+            .bind(&ids)
+            .bind(&times)
+            .bind(&received)
+            .bind(&payloads)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            let pipeline: String = row.try_get("pipeline_id")?;
+            if let Some((&key, _)) = tally.get_key_value(pipeline.as_str()) {
+                let t = tally.get_mut(key).expect("key just found");
+                t.inserted = row.try_get("inserted")?;
+                t.newest_received_ms = row.try_get::<Option<DateTime<Utc>>, _>("newest")?.map(ts_ms);
+            }
+        }
+
+        let at = format_ms(now_ms());
+        let mut outcome = BatchOutcome::default();
+        for (pipeline, t) in &tally {
+            let row = sqlx::query(
+                "UPDATE pipelines SET seq = seq + 1, event_count = event_count + $1, \
+                 duplicate_count = duplicate_count + $2, last_event_at = GREATEST(last_event_at, $3) \
+                 WHERE id = $4 RETURNING seq, event_count, duplicate_count, last_event_at",
+            )
+            .bind(t.inserted)
+            .bind(t.received - t.inserted)
+            .bind(t.newest_received_ms.map(from_ms))
+            .bind(*pipeline)
+            .fetch_optional(&mut *tx)
+            .await?;
+            outcome.inserted += t.inserted as u64;
+            outcome.duplicates += (t.received - t.inserted) as u64;
+            let Some(row) = row else {
+                tracing::warn!(pipeline, "batch for a pipeline that no longer exists");
+                continue;
+            };
+            let seq: i64 = row.try_get(0)?;
+            outcome.updates.push(PipelineUpdate {
+                pipeline: (*pipeline).to_owned(),
+                seq,
+                stats: PipelineStats {
+                    seq,
+                    count: row.try_get(1)?,
+                    duplicates: row.try_get(2)?,
+                    last_event_at: row.try_get::<Option<DateTime<Utc>>, _>(3)?.map(|t| format_ms(ts_ms(t))),
+                },
+                at: at.clone(),
+            });
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn series(
+        &self,
+        pipeline: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let source = match self.layout_or_default() {
+            Layout::Partitioned => "event_rollup_minute",
+            Layout::Timescale => timescale::ROLLUP_VIEW,
+        };
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT (floor((extract(epoch FROM minute) * 1000 - $2) / $4) * $4 + $2)::int8 AS bucket, \
+             sum(event_count)::int8 FROM {source} \
+             WHERE pipeline_id = $1 AND minute >= to_timestamp($2 / 1000.0) AND minute < to_timestamp($3 / 1000.0) \
+             GROUP BY bucket ORDER BY bucket"
+        )))
+        .bind(pipeline)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(bucket_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(SeriesPoint { t: r.try_get(0)?, count: r.try_get(1)? })).collect()
+    }
+
+    pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_id, event_time, received_at, payload::text FROM events \
+             WHERE pipeline_id = $1 ORDER BY event_time DESC, received_at DESC LIMIT $2",
+        )
+        .bind(pipeline)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let payload: String = r.try_get(3)?;
+                Ok(StoredEvent {
+                    id: r.try_get(0)?,
+                    time: format_ms(ts_ms(r.try_get(1)?)),
+                    received_at: format_ms(ts_ms(r.try_get(2)?)),
+                    payload: serde_json::value::RawValue::from_string(payload)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Partitions ahead, retention, dedupe pruning. Runs on one node at a time (advisory
+    /// try-lock); another node's concurrent call returns at once with nothing done.
+    pub async fn maintain(
+        &self,
+        retention: Duration,
+        dedupe_window: Duration,
+    ) -> Result<MaintenanceReport, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(SCHEMA_LOCK).fetch_one(&mut *conn).await?;
+        if !locked {
+            return Ok(MaintenanceReport::default());
+        }
+        let result = async {
+            let now = now_ms();
+            let mut report = MaintenanceReport::default();
+            let dedupe_cutoff = from_ms(now - dedupe_window.as_millis() as i64);
+            report.dedupe_pruned = sqlx::query("DELETE FROM event_dedupe WHERE seen_at < $1")
+                .bind(dedupe_cutoff)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if self.layout_or_default() == Layout::Partitioned {
+                report.partitions_created = ensure_partitions(&mut conn, now).await?;
+                report.partitions_dropped =
+                    drop_partitions_before(&mut conn, now - retention.as_millis() as i64).await?;
+            }
+            Ok::<_, StoreError>(report)
+        }
+        .await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(SCHEMA_LOCK).execute(&mut *conn).await;
+        result
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Reads the recorded layout, or chooses and builds one: TimescaleDB when the extension can be
+/// created, native partitioning otherwise.
+async fn ensure_layout(conn: &mut PgConnection) -> Result<Layout, StoreError> {
+    let recorded: Option<String> = sqlx::query_scalar("SELECT value FROM dash_meta WHERE key = 'events_layout'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    match recorded.as_deref() {
+        Some("timescale") => return Ok(Layout::Timescale),
+        Some("partitioned") => return Ok(Layout::Partitioned),
+        _ => {}
+    }
+    let layout = if timescale::available(conn).await? {
+        match timescale::create_events(conn).await {
+            Ok(()) => Layout::Timescale,
+            Err(err) => {
+                tracing::warn!(error = %err, "timescaledb is available but could not be used; using native partitioning");
+                Layout::Partitioned
+            }
+        }
+    } else {
+        Layout::Partitioned
+    };
+    if layout == Layout::Partitioned {
+        for statement in [
+            "CREATE TABLE IF NOT EXISTS events (
+                pipeline_id TEXT        NOT NULL,
+                event_id    TEXT        NOT NULL,
+                event_time  TIMESTAMPTZ NOT NULL,
+                received_at TIMESTAMPTZ NOT NULL,
+                payload     JSON        NOT NULL
+            ) PARTITION BY RANGE (event_time)",
+            // Events far in the past or future, outside any day partition.
+            "CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT",
+            "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time DESC)",
+        ] {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        }
+    }
+    sqlx::query("INSERT INTO dash_meta (key, value) VALUES ('events_layout', $1) ON CONFLICT (key) DO NOTHING")
+        .bind(layout.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(layout)
+}
+
+fn partition_name(day_start_ms: i64) -> String {
+    format!("events_p{}", from_ms(day_start_ms).format("%Y%m%d"))
+}
+
+/// Creates the day partitions from yesterday to [`PARTITIONS_AHEAD_DAYS`] ahead. Rows already
+/// in the default partition for a new day are moved into it. Returns how many were created.
+async fn ensure_partitions(conn: &mut PgConnection, now: i64) -> Result<u64, StoreError> {
+    let today = now - now.rem_euclid(DAY_MS);
+    let mut created = 0;
+    for offset in -1..=PARTITIONS_AHEAD_DAYS {
+        let start = today + offset * DAY_MS;
+        let name = partition_name(start);
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&name).fetch_one(&mut *conn).await?;
+        if exists {
+            continue;
+        }
+        let (from, to) = (from_ms(start).to_rfc3339(), from_ms(start + DAY_MS).to_rfc3339());
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // The name is made of digits only; bounds are RFC 3339 text we formatted.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "WITH moved AS (DELETE FROM events_default WHERE event_time >= '{from}' AND event_time < '{to}' \
+             RETURNING *) INSERT INTO {name} SELECT * FROM moved"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ('{from}') TO ('{to}')"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// Drops day partitions that end before `cutoff_ms`. Returns how many.
+async fn drop_partitions_before(conn: &mut PgConnection, cutoff_ms: i64) -> Result<u64, StoreError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_p[0-9]{8}$'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut dropped = 0;
+    for name in names {
+        let Ok(day) = chrono::NaiveDate::parse_from_str(&name["events_p".len()..], "%Y%m%d") else { continue };
+        let day_end = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis() + DAY_MS;
+        if day_end <= cutoff_ms {
+            sqlx::query(AssertSqlSafe(format!("DROP TABLE {name}"))).execute(&mut *conn).await?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}

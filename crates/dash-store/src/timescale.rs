@@ -1,0 +1,59 @@
+//! The TimescaleDB path, kept small and in one place because it cannot be tested on machines
+//! without the extension (the native-partitioning path is the tested one).
+//!
+//! What it sets up, once per database, outside any transaction (continuous aggregates cannot
+//! be created inside one):
+//! - `events` as a hypertable on `event_time`, one-day chunks;
+//! - the (pipeline, time desc) index the read API uses;
+//! - `event_rollup_minute_cagg`, a real-time continuous aggregate of events per minute, with a
+//!   refresh policy; the batch path then skips the app-maintained rollup table;
+//! - a retention policy dropping chunks older than [`RETENTION_DAYS`].
+
+use sqlx::postgres::PgConnection;
+
+use crate::StoreError;
+
+/// The continuous aggregate the series query reads on this layout.
+pub const ROLLUP_VIEW: &str = "event_rollup_minute_cagg";
+/// Chunks older than this are dropped by TimescaleDB's retention policy.
+pub const RETENTION_DAYS: u32 = 30;
+
+/// Whether the server offers the extension at all (creating it may still fail, e.g. when it is
+/// not in `shared_preload_libraries` or the role may not create extensions).
+pub async fn available(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')")
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+/// Creates the extension, the hypertable, the aggregate and the policies. Idempotent.
+pub async fn create_events(conn: &mut PgConnection) -> Result<(), StoreError> {
+    let retention = format!(
+        "SELECT add_retention_policy('events', drop_after => INTERVAL '{RETENTION_DAYS} days', if_not_exists => TRUE)"
+    );
+    let statements: [&str; 7] = [
+        "CREATE EXTENSION IF NOT EXISTS timescaledb",
+        "CREATE TABLE IF NOT EXISTS events (
+            pipeline_id TEXT        NOT NULL,
+            event_id    TEXT        NOT NULL,
+            event_time  TIMESTAMPTZ NOT NULL,
+            received_at TIMESTAMPTZ NOT NULL,
+            payload     JSON        NOT NULL
+        )",
+        "SELECT create_hypertable('events', 'event_time', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE)",
+        "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time DESC)",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS event_rollup_minute_cagg
+            WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+            SELECT pipeline_id, time_bucket(INTERVAL '1 minute', event_time) AS minute, count(*) AS event_count
+            FROM events GROUP BY pipeline_id, minute
+            WITH NO DATA",
+        "SELECT add_continuous_aggregate_policy('event_rollup_minute_cagg',
+            start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 minute',
+            schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE)",
+        &retention,
+    ];
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
