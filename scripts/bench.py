@@ -12,6 +12,9 @@ fresh data dir per Dash run), runs `dashd bench`, and reports the median of the 
   ndjson          Dash, 1000-event NDJSON POSTs, 4 connections
   half-rate       Dash, one event per POST paced at half the measured single rate: ack latency
   overload        Dash, 100-event NDJSON at 256 connections (~10x): RSS, 429/503, nothing lost
+  with --postgres ADMIN_URL:
+  ceiling-pg      raw binary COPY of the same rows into Dash's events table, 1000-row transactions
+  ndjson-pg       Dash on PostgreSQL, 1000-event NDJSON POSTs, 4 connections
 
 "Sustained" is 202 -> stored: accepted events divided by the time until the last one is
 counted in the store. Loopback only; every run is bounded in time.
@@ -114,6 +117,36 @@ def ceiling_http(duration):
         server.stop()
 
 
+def fresh_pg(admin):
+    name = f"dash_bench_{int(time.time() * 1000)}"
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    return name, admin.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg(admin, name):
+    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
+
+
+def ceiling_pg(admin, duration):
+    name, url = fresh_pg(admin)
+    try:
+        out = subprocess.run(
+            [DASHD, "ceiling", "postgres", "--url", url, "--duration", duration],
+            capture_output=True, text=True, check=True, env={"PATH": os.environ.get("PATH", ""), "DASH_LOG": "warn"},
+        ).stdout
+        return {"rows_per_sec": float(re.search(r"= (\d+) rows/s", out).group(1))}
+    finally:
+        drop_pg(admin, name)
+
+
+def ndjson_pg(admin, duration):
+    name, url = fresh_pg(admin)
+    try:
+        return dash_run(duration, 4, 1000, env={"DATABASE_URL": url})
+    finally:
+        drop_pg(admin, name)
+
+
 def ceiling_sqlite(duration):
     workdir = tempfile.mkdtemp(prefix="dash-bench-")
     try:
@@ -135,12 +168,28 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", default="10s")
     parser.add_argument("--quick", action="store_true", help="1 run of 3s each, to check the script")
+    parser.add_argument("--postgres", metavar="ADMIN_URL", help="also measure on PostgreSQL (creates databases)")
+    parser.add_argument("--only-postgres", action="store_true", help="with --postgres: skip the SQLite runs")
     opts = parser.parse_args()
     if opts.quick:
         opts.runs, opts.duration = 1, "3s"
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "dashd"], cwd=ROOT, check=True)
     results = {name: [] for name in ["ceiling-http", "ceiling-sqlite", "single", "ndjson", "half-rate", "overload"]}
+    if opts.postgres:
+        results["ceiling-pg"], results["ndjson-pg"] = [], []
+        for run in range(opts.runs):
+            print(f"postgres run {run + 1}/{opts.runs}", file=sys.stderr)
+            results["ceiling-pg"].append(ceiling_pg(opts.postgres, opts.duration))
+            results["ndjson-pg"].append(ndjson_pg(opts.postgres, opts.duration))
+        pg_ceiling = median(results["ceiling-pg"], "rows_per_sec")
+        pg = median(results["ndjson-pg"], "sustained_per_sec")
+        print(f"ceiling PostgreSQL binary COPY (1000-row tx): {pg_ceiling:,.0f} rows/s "
+              f"(runs {[round(r['rows_per_sec']) for r in results['ceiling-pg']]})")
+        print(f"Dash NDJSON 1000/POST on PostgreSQL, 4 conn: {pg:,.0f} events/s = {100 * pg / pg_ceiling:.0f}% of COPY "
+              f"(runs {[round(r['sustained_per_sec']) for r in results['ndjson-pg']]})")
+        if opts.only_postgres:
+            return
     for run in range(opts.runs):
         print(f"run {run + 1}/{opts.runs}", file=sys.stderr)
         results["ceiling-http"].append(ceiling_http(opts.duration))

@@ -28,7 +28,8 @@ CREATE TABLE event_dedupe (
     seen_at     TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (pipeline_id, event_id)
 );
-CREATE INDEX event_dedupe_seen_at ON event_dedupe (seen_at);
+-- No index on seen_at: it would cost every batch an index insert, while pruning runs hourly
+-- and can afford a sequential scan.
 
 -- Events per minute (by event time), maintained in the batch transaction on plain PostgreSQL.
 -- With TimescaleDB a continuous aggregate (event_rollup_minute_cagg) is used instead.

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite};
 
@@ -82,6 +84,58 @@ pub async fn sqlite_ceiling(file: &Path, rows_per_tx: usize, duration: Duration)
     pool.close().await;
     Ok(format!(
         "sqlite direct insert: {rows} rows in {elapsed:.1}s = {:.0} rows/s ({rows_per_tx} rows per transaction)",
+        rows as f64 / elapsed
+    ))
+}
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// Rows/s of raw binary `COPY` of the bench's events into Dash's `events` table (already
+/// migrated at `url`), `rows_per_tx` rows per transaction: the most PostgreSQL takes here.
+pub async fn postgres_ceiling(url: &str, rows_per_tx: usize, duration: Duration) -> anyhow::Result<String> {
+    let mut conn = PgConnection::connect(url).await?;
+    let started = Instant::now();
+    let mut rows = 0u64;
+    let run = format!("{:x}", crate::now_ms());
+    let mut buf = Vec::with_capacity(rows_per_tx * 300);
+    while started.elapsed() < duration {
+        let now = crate::now_ms();
+        let now_pg = now * 1000 - PG_EPOCH_OFFSET_US;
+        buf.clear();
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        for i in 0..rows_per_tx {
+            let id = format!("{run}-000-{:012}", rows + i as u64);
+            let payload = sample_event(&id, now);
+            buf.extend_from_slice(&5i16.to_be_bytes());
+            for text in ["ceiling", id.as_str()] {
+                buf.extend_from_slice(&(text.len() as i32).to_be_bytes());
+                buf.extend_from_slice(text.as_bytes());
+            }
+            for _ in 0..2 {
+                buf.extend_from_slice(&8i32.to_be_bytes());
+                buf.extend_from_slice(&now_pg.to_be_bytes());
+            }
+            buf.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+            buf.extend_from_slice(payload.as_bytes());
+        }
+        buf.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut tx = conn.begin().await?;
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY events (pipeline_id, event_id, event_time, received_at, payload) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        copy.send(buf.as_slice()).await?;
+        copy.finish().await?;
+        tx.commit().await?;
+        rows += rows_per_tx as u64;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(format!(
+        "postgres binary copy: {rows} rows in {elapsed:.1}s = {:.0} rows/s ({rows_per_tx} rows per transaction)",
         rows as f64 / elapsed
     ))
 }

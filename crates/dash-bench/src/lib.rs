@@ -16,7 +16,7 @@ use dash_signature::SigningSecret;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
-pub use ceiling::{serve_plain, sqlite_ceiling};
+pub use ceiling::{postgres_ceiling, serve_plain, sqlite_ceiling};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {

@@ -39,6 +39,8 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_SPOOL_MAX", "spool_max"),
     ("DASH_PARTITIONS", "partitions"),
     ("DASH_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
+    ("DASH_RETENTION", "retention"),
+    ("DASH_DEDUPE_WINDOW", "dedupe_window"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +122,12 @@ pub struct Settings {
     /// How long SIGTERM waits for buffers to drain before leaving the rest in the intake log.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Events older than this (by event time) are dropped by maintenance.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How long a dedupe key is kept on PostgreSQL (SQLite keeps it as long as the event).
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
 }
 
 impl Default for Settings {
@@ -145,6 +153,8 @@ impl Default for Settings {
             spool_max: ByteSize::gib(1),
             partitions: 4,
             shutdown_timeout: Duration::from_secs(20),
+            retention: Duration::from_secs(30 * 86_400),
+            dedupe_window: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -284,6 +294,12 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     }
     if s.spool_max.as_u64() < 64 * 1024 {
         return Err(invalid("spool_max", "must be at least 64KiB"));
+    }
+    if s.dedupe_window < Duration::from_secs(60) {
+        return Err(invalid("dedupe_window", "must be at least 1m"));
+    }
+    if s.retention < s.dedupe_window {
+        return Err(invalid("retention", "must be at least the dedupe window"));
     }
     if s.region.trim().is_empty() {
         return Err(invalid("region", "must not be empty"));

@@ -48,14 +48,12 @@ pub struct PgStore {
     layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
 }
 
-/// The batch in one statement: input rows (first copy of each key), new dedupe keys, the events
-/// for those keys, and per-pipeline sums of what was inserted.
+/// The batch in one statement: input rows (unique keys: the caller drops repeats within the
+/// batch), new dedupe keys, the events for those keys, and per-pipeline sums of what was inserted.
 const BATCH_CTE: &str = "
 WITH input AS (
-    SELECT DISTINCT ON (pipeline_id, event_id) pipeline_id, event_id, event_time, received_at, payload
-    FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
-         WITH ORDINALITY AS t(pipeline_id, event_id, event_time, received_at, payload, ord)
-    ORDER BY pipeline_id, event_id, ord
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
+        AS t(pipeline_id, event_id, event_time, received_at, payload)
 ),
 fresh AS (
     INSERT INTO event_dedupe (pipeline_id, event_id, seen_at)
@@ -247,8 +245,13 @@ impl PgStore {
         let mut times = Vec::with_capacity(events.len());
         let mut received = Vec::with_capacity(events.len());
         let mut payloads = Vec::with_capacity(events.len());
+        // A key repeated within the batch is sent once; the repeats count as duplicates.
+        let mut keys = std::collections::HashSet::with_capacity(events.len());
         for e in events {
             tally.entry(&*e.pipeline).or_default().received += 1;
+            if !keys.insert((&*e.pipeline, e.event.id.as_str())) {
+                continue;
+            }
             pipelines.push(&*e.pipeline);
             ids.push(e.event.id.as_str());
             times.push(from_ms(e.event.time_ms));

@@ -47,6 +47,8 @@ impl App {
                 flush_interval: settings.flush_interval,
                 max_backlog: settings.max_backlog,
                 spool_max: settings.spool_max.as_u64(),
+                retention: settings.retention,
+                dedupe_window: settings.dedupe_window,
             };
             Some(Intake::start(intake_settings, store.clone(), bus.clone()).await?)
         } else {
@@ -72,6 +74,7 @@ impl App {
         tracing::info!(
             role = %settings.role,
             store = store.backend(),
+            layout = store.layout(),
             partitions = settings.partitions,
             "dash ready"
         );

@@ -37,6 +37,16 @@ pub enum CeilingAction {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Binary COPY of the same rows into Dash's events table on PostgreSQL (migrated first).
+    Postgres {
+        /// A database for Dash's schema; it is migrated, then filled.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        rows_per_tx: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// Insert the same rows straight into SQLite in fixed-size transactions.
     Sqlite {
         /// The SQLite file to create (removed first).
@@ -119,6 +129,13 @@ pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Re
 pub async fn ceiling(action: CeilingAction) -> anyhow::Result<()> {
     match action {
         CeilingAction::Http { listen } => dash_bench::serve_plain(listen).await,
+        CeilingAction::Postgres { url, rows_per_tx, duration } => {
+            let store = Store::connect(&url).await?;
+            store.migrate().await?;
+            store.close().await;
+            println!("{}", dash_bench::postgres_ceiling(&url, rows_per_tx, duration).await?);
+            Ok(())
+        }
         CeilingAction::Sqlite { file, rows_per_tx, duration } => {
             let report = dash_bench::sqlite_ceiling(&file, rows_per_tx, duration).await?;
             println!("{report}");
