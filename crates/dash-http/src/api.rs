@@ -4,7 +4,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
@@ -12,7 +12,6 @@ use dash_domain::format_ms;
 use dash_store::{PipelineAuth, PipelineRecord, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 use crate::{ApiError, AppState};
 
@@ -34,7 +33,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
 /// With `DASH_ADMIN_TOKEN` set, the API needs `Authorization: Bearer <token>`.
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
     if let Some(expected) = &state.limits.admin_token
-        && !presents_token(request.headers(), expected)
+        && !crate::admin_token_presented(request.headers(), expected)
     {
         return Err(ApiError::unauthorized(
             "admin_token_required",
@@ -42,15 +41,6 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         ));
     }
     Ok(next.run(request).await)
-}
-
-fn presents_token(headers: &HeaderMap, expected: &str) -> bool {
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())))
 }
 
 /// A pipeline with its stats, also flattened to the top level for convenience.

@@ -7,6 +7,7 @@
 
 mod api;
 mod error;
+mod live;
 mod ops;
 mod webhooks;
 
@@ -17,6 +18,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use dash_bus::Bus;
 use dash_ingest::Intake;
+use dash_live::Hub;
 use dash_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub node: Arc<NodeInfo>,
     pub limits: Arc<HttpLimits>,
     pub metrics: Option<PrometheusHandle>,
+    /// Live fan-out to `/live` clients.
+    pub hub: Hub,
     /// Body-byte budget (1 permit = 1 KiB) shared by concurrent webhook requests.
     pub inflight: Arc<Semaphore>,
 }
@@ -65,6 +69,7 @@ impl AppState {
         node: NodeInfo,
         limits: HttpLimits,
         metrics: Option<PrometheusHandle>,
+        hub: Hub,
     ) -> Self {
         let permits = (limits.inflight_body_bytes / 1024).max(1);
         Self {
@@ -74,6 +79,7 @@ impl AppState {
             node: Arc::new(node),
             limits: Arc::new(limits),
             metrics,
+            hub,
             inflight: Arc::new(Semaphore::new(permits)),
         }
     }
@@ -81,11 +87,22 @@ impl AppState {
 
 /// All routes for this node's role.
 pub fn router(state: AppState) -> Router {
-    let mut router = Router::new().merge(ops::router()).merge(api::router(state.clone()));
+    let mut router = Router::new().merge(ops::router()).merge(api::router(state.clone())).merge(live::router());
     if state.intake.is_some() {
         router = router.merge(webhooks::router());
     }
     router.fallback(not_found).with_state(state)
+}
+
+/// Whether the request carries `Authorization: Bearer <expected>` (constant-time compare).
+pub(crate) fn admin_token_presented(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())))
 }
 
 async fn not_found() -> ApiError {

@@ -9,6 +9,7 @@ use dash_bus::Bus;
 use dash_config::{Role, Settings};
 use dash_http::{AppState, HttpLimits, NodeInfo};
 use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
+use dash_live::{Hub, HubTask};
 use dash_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ pub struct App {
     router: axum::Router,
     store: Store,
     intake: Option<(Intake, IntakeTasks)>,
+    hub: HubTask,
     settings: Settings,
 }
 
@@ -67,7 +69,9 @@ impl App {
             inflight_body_bytes: INFLIGHT_BODY_BYTES,
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
         };
-        let state = AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics);
+        let (hub, hub_task) = Hub::start(&bus);
+        let state =
+            AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub);
         let router = dash_http::router(state);
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
@@ -78,7 +82,7 @@ impl App {
             partitions = settings.partitions,
             "dash ready"
         );
-        Ok(App { listener, router, store, intake, settings })
+        Ok(App { listener, router, store, intake, hub: hub_task, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -117,6 +121,8 @@ impl App {
             }
         }
         signal_task.abort();
+        // Live sessions end when the hub lets go of their queues.
+        self.hub.shutdown().await;
         if let Some((intake, tasks)) = self.intake {
             tasks.shutdown(intake, deadline).await;
         }

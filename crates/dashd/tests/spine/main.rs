@@ -4,5 +4,6 @@ mod cli;
 mod durability;
 mod flush;
 mod intake;
+mod live;
 mod proxy;
 mod support;

@@ -1,0 +1,108 @@
+//! `GET /live`: the WebSocket of the live protocol. This module only moves frames: the hub
+//! (dash-live) decides what each client sees; the store gives the starting snapshot.
+
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use dash_live::{ClientId, ClientMessage, ServerMessage};
+
+use crate::{ApiError, AppState, admin_token_presented};
+
+/// Largest message a client may send (a subscribe is ~100 bytes).
+const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// Socket buffers sized for many idle connections, not for bulk transfer.
+const READ_BUFFER: usize = 4 * 1024;
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
+
+pub(crate) fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/live", get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.limits.admin_token
+        && !admin_token_presented(&headers, expected)
+    {
+        return Err(ApiError::unauthorized("admin_token_required", "/live needs Authorization: Bearer <admin token>"));
+    }
+    Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| session(socket, state)))
+}
+
+/// One connection: client messages in, hub frames out, until either side ends.
+async fn session(mut socket: WebSocket, state: AppState) {
+    let (client, mut frames) = state.hub.connect().await;
+    metrics::gauge!("dash_live_connections").increment(1.0);
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(error) = handle(&state, client, &text).await
+                        && socket.send(Message::Text(error)).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {} // pings are answered by the library; binary is ignored
+            },
+            frame = frames.recv() => match frame {
+                Some(bytes) => {
+                    let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
+                    if socket.send(Message::Text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                None => break, // the hub let go of this client (too far behind, or stopping)
+            },
+        }
+    }
+    state.hub.leave(client).await;
+    metrics::gauge!("dash_live_connections").decrement(1.0);
+}
+
+/// Applies one client message; returns an error frame to send back, if any.
+async fn handle(state: &AppState, client: ClientId, text: &str) -> Option<Utf8Bytes> {
+    let error = |code: &str, message: String| {
+        let frame = ServerMessage::Error { code: code.into(), message }.to_bytes();
+        Utf8Bytes::try_from(frame).ok()
+    };
+    let message: ClientMessage = match serde_json::from_str(text) {
+        Ok(message) => message,
+        Err(err) => {
+            return error(
+                "invalid_message",
+                format!("expected {{\"type\":\"subscribe\",\"pipeline\":\"…\",\"after_seq\":N}}: {err}"),
+            );
+        }
+    };
+    match message {
+        // A fresh snapshot from the store: it is where a reconnecting client (`after_seq`)
+        // catches up from, whatever it missed.
+        ClientMessage::Subscribe { pipeline, after_seq: _ } => match state.store.find_pipeline(&pipeline).await {
+            Ok(Some(record)) => {
+                state.hub.subscribe(client, record.id, record.stats).await;
+                None
+            }
+            Ok(None) => error("pipeline_not_found", format!("no pipeline {pipeline:?}")),
+            Err(err) => {
+                tracing::warn!(error = %err, "live subscribe: store unavailable");
+                error("store_unavailable", "the database is not reachable right now; retry".into())
+            }
+        },
+        ClientMessage::Unsubscribe { pipeline } => {
+            state.hub.unsubscribe(client, pipeline).await;
+            None
+        }
+    }
+}
