@@ -5,6 +5,7 @@
 //! doing only the parse, so the ratio shows what Dash's own work costs.
 
 mod ceiling;
+mod live;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
 pub use ceiling::{postgres_ceiling, serve_plain, sqlite_ceiling};
+pub use live::{LiveOptions, run_live};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {

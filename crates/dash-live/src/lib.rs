@@ -52,9 +52,22 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    Snapshot { pipeline: String, seq: i64, stats: PipelineStats },
-    Update { pipeline: String, seq: i64, stats: PipelineStats },
-    Error { code: String, message: String },
+    Snapshot {
+        pipeline: String,
+        seq: i64,
+        stats: PipelineStats,
+    },
+    /// `at`: the batch's commit time (RFC 3339), so clients can see how fresh it is.
+    Update {
+        pipeline: String,
+        seq: i64,
+        stats: PipelineStats,
+        at: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
 }
 
 impl ServerMessage {
@@ -253,6 +266,7 @@ impl HubState {
                         pipeline: update.pipeline.clone(),
                         seq: update.seq,
                         stats: update.stats.clone(),
+                        at: update.at.clone(),
                     }
                     .to_bytes()
                 })

@@ -46,6 +46,8 @@ enum Command {
     },
     /// Load generator: POST signed events and report events/s and ack latency.
     Bench(dash_bench::LoadOptions),
+    /// Live fan-out benchmark: many /live subscribers while signed POSTs make updates.
+    BenchLive(dash_bench::LiveOptions),
     /// This machine's ceilings, to set Dash's numbers against.
     #[command(subcommand, hide = true)]
     Ceiling(commands::CeilingAction),
@@ -69,7 +71,7 @@ fn main() -> ExitCode {
         Command::Serve { role, listen } => Overrides { role: *role, listen: *listen, config_file: cli.config.clone() },
         _ => Overrides { config_file: cli.config.clone(), ..Default::default() },
     };
-    let needs_settings = !matches!(command, Command::Bench(_) | Command::Ceiling(_));
+    let needs_settings = !matches!(command, Command::Bench(_) | Command::BenchLive(_) | Command::Ceiling(_));
     let settings = if needs_settings {
         match dash_config::load(Path::new("config"), &overrides) {
             Ok(settings) => Some(settings),
@@ -108,6 +110,10 @@ async fn run(command: Command, settings: Option<Settings>) -> anyhow::Result<()>
         Command::Bench(options) => {
             let report = dash_bench::run_load(options).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::BenchLive(options) => {
+            println!("{}", dash_bench::run_live(options).await?);
             Ok(())
         }
         Command::Ceiling(action) => commands::ceiling(action).await,
