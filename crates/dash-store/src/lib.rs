@@ -258,6 +258,37 @@ impl Store {
     }
 }
 
+/// A pipeline's row as the batch's `UPDATE … RETURNING` left it.
+struct UpdatedPipeline {
+    seq: i64,
+    count: i64,
+    duplicates: i64,
+    last_event_at_ms: Option<i64>,
+}
+
+impl BatchOutcome {
+    /// Adds one pipeline's share of the batch; `updated` is `None` when the pipeline is gone.
+    fn record(&mut self, pipeline: &str, tally: &PipelineTally, updated: Option<UpdatedPipeline>, at: &str) {
+        self.inserted += tally.inserted as u64;
+        self.duplicates += (tally.received - tally.inserted) as u64;
+        let Some(row) = updated else {
+            tracing::warn!(pipeline, "batch for a pipeline that no longer exists");
+            return;
+        };
+        self.updates.push(PipelineUpdate {
+            pipeline: pipeline.to_owned(),
+            seq: row.seq,
+            stats: PipelineStats {
+                seq: row.seq,
+                count: row.count,
+                duplicates: row.duplicates,
+                last_event_at: row.last_event_at_ms.map(dash_domain::format_ms),
+            },
+            at: at.to_owned(),
+        });
+    }
+}
+
 /// Per-pipeline sums over one batch, shared by the backends.
 #[derive(Debug, Default)]
 struct PipelineTally {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dash_domain::{PipelineId, PipelineStats, PipelineUpdate, format_ms, now_ms};
+use dash_domain::{PipelineId, PipelineStats, format_ms, now_ms};
 use dash_signature::{BearerToken, SigningSecret};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::timescale;
 use crate::{
     BatchEvent, BatchOutcome, IssuedCredentials, MaintenanceReport, PipelineAuth, PipelineRecord, PipelineTally,
-    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent,
+    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, UpdatedPipeline,
 };
 
 /// Advisory lock key held while migrating or reshaping partitions ("dash" in ASCII).
@@ -79,6 +79,10 @@ rolled AS (
 
 const BATCH_RESULT: &str = "
 SELECT pipeline_id, count(*)::int8 AS inserted, max(received_at) AS newest FROM stored GROUP BY pipeline_id";
+
+/// The events table's columns, the same on both layouts. `json` keeps the payload as sent.
+pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
+    event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL";
 
 const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at";
 
@@ -293,24 +297,16 @@ impl PgStore {
             .bind(*pipeline)
             .fetch_optional(&mut *tx)
             .await?;
-            outcome.inserted += t.inserted as u64;
-            outcome.duplicates += (t.received - t.inserted) as u64;
-            let Some(row) = row else {
-                tracing::warn!(pipeline, "batch for a pipeline that no longer exists");
-                continue;
-            };
-            let seq: i64 = row.try_get(0)?;
-            outcome.updates.push(PipelineUpdate {
-                pipeline: (*pipeline).to_owned(),
-                seq,
-                stats: PipelineStats {
-                    seq,
+            let updated = match row {
+                Some(row) => Some(UpdatedPipeline {
+                    seq: row.try_get(0)?,
                     count: row.try_get(1)?,
                     duplicates: row.try_get(2)?,
-                    last_event_at: row.try_get::<Option<DateTime<Utc>>, _>(3)?.map(|t| format_ms(ts_ms(t))),
-                },
-                at: at.clone(),
-            });
+                    last_event_at_ms: row.try_get::<Option<DateTime<Utc>>, _>(3)?.map(ts_ms),
+                }),
+                None => None,
+            };
+            outcome.record(pipeline, t, updated, &at);
         }
         tx.commit().await?;
         Ok(outcome)
@@ -428,18 +424,12 @@ async fn ensure_layout(conn: &mut PgConnection) -> Result<Layout, StoreError> {
     };
     if layout == Layout::Partitioned {
         for statement in [
-            "CREATE TABLE IF NOT EXISTS events (
-                pipeline_id TEXT        NOT NULL,
-                event_id    TEXT        NOT NULL,
-                event_time  TIMESTAMPTZ NOT NULL,
-                received_at TIMESTAMPTZ NOT NULL,
-                payload     JSON        NOT NULL
-            ) PARTITION BY RANGE (event_time)",
+            &format!("CREATE TABLE IF NOT EXISTS events ({EVENTS_COLUMNS}) PARTITION BY RANGE (event_time)"),
             // Events far in the past or future, outside any day partition.
             "CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT",
             "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time DESC)",
         ] {
-            sqlx::query(statement).execute(&mut *conn).await?;
+            sqlx::query(AssertSqlSafe(statement)).execute(&mut *conn).await?;
         }
     }
     sqlx::query("INSERT INTO dash_meta (key, value) VALUES ('events_layout', $1) ON CONFLICT (key) DO NOTHING")

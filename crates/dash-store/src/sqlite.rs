@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use dash_domain::{PipelineId, PipelineStats, PipelineUpdate, format_ms, now_ms};
+use dash_domain::{PipelineId, PipelineStats, format_ms, now_ms};
 use dash_signature::{BearerToken, SigningSecret};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
     BatchEvent, BatchOutcome, IssuedCredentials, MaintenanceReport, PipelineAuth, PipelineRecord, PipelineTally,
-    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, minute_of,
+    ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, UpdatedPipeline, minute_of,
 };
 
 /// Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
@@ -240,23 +240,16 @@ impl SqliteStore {
             .bind(*pipeline)
             .fetch_optional(&mut *tx)
             .await?;
-            outcome.inserted += t.inserted as u64;
-            outcome.duplicates += (t.received - t.inserted) as u64;
-            let Some(row) = row else {
-                tracing::warn!(pipeline, "batch for a pipeline that no longer exists");
-                continue;
-            };
-            outcome.updates.push(PipelineUpdate {
-                pipeline: (*pipeline).to_owned(),
-                seq: row.try_get(0)?,
-                stats: PipelineStats {
+            let updated = match row {
+                Some(row) => Some(UpdatedPipeline {
                     seq: row.try_get(0)?,
                     count: row.try_get(1)?,
                     duplicates: row.try_get(2)?,
-                    last_event_at: row.try_get::<Option<i64>, _>(3)?.map(format_ms),
-                },
-                at: at.clone(),
-            });
+                    last_event_at_ms: row.try_get(3)?,
+                }),
+                None => None,
+            };
+            outcome.record(pipeline, t, updated, &at);
         }
         tx.commit().await?;
         Ok(outcome)

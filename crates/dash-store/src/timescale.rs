@@ -31,15 +31,10 @@ pub async fn create_events(conn: &mut PgConnection) -> Result<(), StoreError> {
     let retention = format!(
         "SELECT add_retention_policy('events', drop_after => INTERVAL '{RETENTION_DAYS} days', if_not_exists => TRUE)"
     );
+    let create_table = format!("CREATE TABLE IF NOT EXISTS events ({})", crate::postgres::EVENTS_COLUMNS);
     let statements: [&str; 7] = [
         "CREATE EXTENSION IF NOT EXISTS timescaledb",
-        "CREATE TABLE IF NOT EXISTS events (
-            pipeline_id TEXT        NOT NULL,
-            event_id    TEXT        NOT NULL,
-            event_time  TIMESTAMPTZ NOT NULL,
-            received_at TIMESTAMPTZ NOT NULL,
-            payload     JSON        NOT NULL
-        )",
+        &create_table,
         "SELECT create_hypertable('events', 'event_time', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE)",
         "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time DESC)",
         "CREATE MATERIALIZED VIEW IF NOT EXISTS event_rollup_minute_cagg
