@@ -60,9 +60,9 @@ pub async fn sqlite_ceiling(file: &Path, rows_per_tx: usize, duration: Duration)
 
     let started = Instant::now();
     let mut rows = 0u64;
-    let run = format!("{:x}", crate::now_ms());
+    let run = format!("{:x}", dash_domain::now_ms());
     while started.elapsed() < duration {
-        let now = crate::now_ms();
+        let now = dash_domain::now_ms();
         let batch: Vec<(String, String)> = (0..rows_per_tx)
             .map(|i| {
                 let id = format!("{run}-000-{:012}", rows + i as u64);
@@ -97,10 +97,10 @@ pub async fn postgres_ceiling(url: &str, rows_per_tx: usize, duration: Duration)
     let mut conn = PgConnection::connect(url).await?;
     let started = Instant::now();
     let mut rows = 0u64;
-    let run = format!("{:x}", crate::now_ms());
+    let run = format!("{:x}", dash_domain::now_ms());
     let mut buf = Vec::with_capacity(rows_per_tx * 300);
     while started.elapsed() < duration {
-        let now = crate::now_ms();
+        let now = dash_domain::now_ms();
         let now_pg = now * 1000 - PG_EPOCH_OFFSET_US;
         buf.clear();
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");

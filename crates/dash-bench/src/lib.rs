@@ -124,8 +124,18 @@ pub fn sample_event(id: &str, now_ms: i64) -> String {
     )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+/// Adds the Standard Webhooks headers for `body`, signed at `ts_secs`.
+fn signed(
+    request: reqwest::RequestBuilder,
+    secret: &SigningSecret,
+    msg_id: &str,
+    ts_secs: i64,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    request
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", ts_secs.to_string())
+        .header("webhook-signature", secret.sign(msg_id, ts_secs, body.as_bytes()))
 }
 
 pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
@@ -136,7 +146,7 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let url = webhook_url(&options);
-    let run_id = format!("{:x}", now_ms());
+    let run_id = format!("{:x}", dash_domain::now_ms());
     let report = Arc::new(Mutex::new(LoadReport {
         latency_us: Some(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         json: options.json,
@@ -164,7 +174,7 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                     tokio::time::sleep_until(next_send.into()).await;
                     next_send += interval;
                 }
-                let now = now_ms();
+                let now = dash_domain::now_ms();
                 let mut body = String::with_capacity(batch * 220);
                 for i in 0..batch {
                     let id = format!("{run_id}-{worker:03}-{:012}", n + i as u64);
@@ -176,11 +186,7 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                 let msg_id = format!("msg_{run_id}_{worker}_{n}");
                 let mut request = client.post(&url).header("content-type", content_type);
                 if let Some(secret) = &secret {
-                    let ts = now / 1000;
-                    request = request
-                        .header("webhook-id", &msg_id)
-                        .header("webhook-timestamp", ts.to_string())
-                        .header("webhook-signature", secret.sign(&msg_id, ts, body.as_bytes()));
+                    request = signed(request, secret, &msg_id, now / 1000, &body);
                 } else if let Some(token) = &token {
                     request = request.bearer_auth(token).header("idempotency-key", &msg_id);
                 }

@@ -112,18 +112,11 @@ pub async fn run_live(options: LiveOptions) -> anyhow::Result<String> {
     let every = Duration::from_secs_f64(1.0 / options.posts_per_sec);
     let mut n = 0u64;
     while load_started.elapsed() < options.duration {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+        let now_ms = dash_domain::now_ms();
         let id = format!("live-{}-{n}", load_started.elapsed().as_nanos());
-        let body = crate::sample_event(&id, now * 1000);
-        let _ = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", now.to_string())
-            .header("webhook-signature", secret.sign(&id, now, body.as_bytes()))
-            .body(body)
-            .send()
-            .await;
+        let body = crate::sample_event(&id, now_ms);
+        let request = client.post(&url).header("content-type", "application/json");
+        let _ = crate::signed(request, &secret, &id, now_ms / 1000, &body).body(body).send().await;
         n += 1;
         tokio::time::sleep(every).await;
     }

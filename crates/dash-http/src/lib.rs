@@ -94,15 +94,15 @@ pub fn router(state: AppState) -> Router {
     router.fallback(not_found).with_state(state)
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if the request has one.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
+}
+
 /// Whether the request carries `Authorization: Bearer <expected>` (constant-time compare).
 pub(crate) fn admin_token_presented(headers: &axum::http::HeaderMap, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())))
+    bearer_token(headers).is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())))
 }
 
 async fn not_found() -> ApiError {

@@ -275,7 +275,6 @@ impl Intake {
             })
             .collect();
 
-        let store_for_maintenance = store.clone();
         let intake = Intake {
             inner: Arc::new(IntakeInner {
                 partitions,
@@ -287,8 +286,7 @@ impl Intake {
         };
         intake.inner.directory.reload().await;
         let refresher = tokio::spawn(refresh_directory(intake.clone(), closing_rx.clone()));
-        let maintenance =
-            tokio::spawn(maintain_store(store_for_maintenance, intake.inner.settings.clone(), closing_rx));
+        let maintenance = tokio::spawn(maintain_store(store, intake.inner.settings.clone(), closing_rx));
         Ok((intake, IntakeTasks { writers, actors, refresher, maintenance, abort, closing }))
     }
 
@@ -329,16 +327,16 @@ impl Intake {
         let Some(appender) = partition.appender.read().expect("appender lock").clone() else {
             return Err(SubmitError::ShuttingDown);
         };
-        let payload = IntakeRecord { pipeline: pipeline.to_string(), events }.encode();
-        let frame_bytes = payload.len() as u64 + FRAME_HEADER;
-
         // Backlog bound: only while the store is up; while it is down the log absorbs events.
+        // Checked before encoding, so a refused request costs no encode.
         let n = count as i64;
         let before = partition.backlog.fetch_add(n, Ordering::AcqRel);
         if before > 0 && before + n > self.inner.settings.max_backlog as i64 && self.inner.health.is_up() {
             partition.backlog.fetch_sub(n, Ordering::AcqRel);
             return Err(SubmitError::Backlog { backlog: before });
         }
+        let payload = IntakeRecord { pipeline: pipeline.to_string(), events }.encode();
+        let frame_bytes = payload.len() as u64 + FRAME_HEADER;
         if !self.inner.spool.try_reserve(frame_bytes) {
             partition.backlog.fetch_sub(n, Ordering::AcqRel);
             return Err(SubmitError::SpoolFull);
