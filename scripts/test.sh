@@ -2,7 +2,8 @@
 # Runs Dash's whole test suite: formatting, lints, unit tests, and the integration suite twice:
 # on the embedded store (SQLite) and on PostgreSQL. Integration tests start the real dashd on
 # port 0; PostgreSQL tests create a database of their own per test and drop it after.
-# Anything the tests need that a fresh machine lacks is installed and started here.
+# The dashboard is also tested in headless Chromium. Anything the tests need that a fresh machine
+# lacks is installed and started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,18 @@ ensure_postgres() {
     export DASH_TEST_POSTGRES="$url"
 }
 
+# Headless Chromium for the dashboard's browser tests (Debian's package; no downloads at test time).
+ensure_chromium() {
+    if [ -n "${DASH_TEST_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then
+        return
+    fi
+    echo "== installing Chromium"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+}
+
 ensure_postgres
+ensure_chromium
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -26,15 +26,14 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/api/pipelines/{id}", get(get_pipeline))
         .route("/api/pipelines/{id}/series", get(series))
         .route("/api/pipelines/{id}/events", get(events))
+        .route("/api/cluster", get(cluster))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
         .route("/api/openapi.json", get(openapi))
 }
 
-/// With `DASH_ADMIN_TOKEN` set, the API needs `Authorization: Bearer <token>`.
+/// With `DASH_ADMIN_TOKEN` set, the API needs `Authorization: Bearer <token>` (or a session).
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.limits.admin_token
-        && !crate::admin_token_presented(request.headers(), expected)
-    {
+    if !crate::auth::authorized(request.headers(), &state.limits) {
         return Err(ApiError::unauthorized(
             "admin_token_required",
             "this API needs Authorization: Bearer <admin token>",
@@ -161,19 +160,8 @@ async fn series(
         return Err(ApiError::bad_request("invalid_query", format!("at most {MAX_POINTS} buckets per request")));
     }
     let points =
-        state.store.series(&record.id, from, to, bucket_ms).await.map_err(|e| ApiError::store_unavailable(&e))?;
-    // Every bucket appears, empty ones with 0, so charts need no gap logic.
-    let mut filled = Vec::new();
-    let mut stored = points.into_iter().peekable();
-    let mut t = from;
-    while t < to {
-        let count = match stored.peek() {
-            Some(p) if p.t == t => stored.next().map_or(0, |p| p.count),
-            _ => 0,
-        };
-        filled.push(json!({ "t": format_ms(t), "count": count }));
-        t += bucket_ms;
-    }
+        state.store.dense_series(&record.id, from, to, bucket_ms).await.map_err(|e| ApiError::store_unavailable(&e))?;
+    let filled: Vec<Value> = points.iter().map(|p| json!({ "t": format_ms(p.t), "count": p.count })).collect();
     Ok(Json(json!({
         "pipeline": record.id,
         "bucket": bucket_text,
@@ -201,6 +189,22 @@ async fn events(
     }
     let events = state.store.recent_events(&record.id, limit).await.map_err(|e| ApiError::store_unavailable(&e))?;
     Ok(Json(json!({ "pipeline": record.id, "events": events })))
+}
+
+/// The nodes this one knows of. Until cluster membership exists that is itself.
+async fn cluster(State(state): State<AppState>) -> Json<Value> {
+    let (_, report) = crate::ops::readiness(&state).await;
+    let node = &state.node;
+    Json(json!({ "nodes": [{
+        "node": node.node,
+        "role": node.role,
+        "region": node.region,
+        "version": node.version,
+        "status": "up",
+        "health": report["status"],
+        "last_seen": format_ms(dash_domain::now_ms()),
+        "this_node": true,
+    }]}))
 }
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {

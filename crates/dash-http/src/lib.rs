@@ -1,14 +1,16 @@
 //! Dash's HTTP surface. [`router`] mounts the routes a role serves on one axum `Router`:
 //! `/health`, `/ready`, `/metrics` and the JSON API everywhere; `POST /webhooks/{pipeline}` where
-//! the node runs intake.
+//! the node runs intake; the dashboard pages and `/live` where it serves browsers.
 //!
 //! **Architecture invariant:** this is the only crate that knows axum. Handlers translate HTTP
 //! to calls on [`Intake`], [`Store`] and [`Bus`], and their errors to [`ApiError`]s.
 
 mod api;
+mod auth;
 mod error;
 mod live;
 mod ops;
+mod pages;
 mod webhooks;
 
 use std::sync::Arc;
@@ -41,7 +43,7 @@ pub struct HttpLimits {
     pub max_body: usize,
     /// Request bodies being read or parsed at once, in bytes; past it, 429.
     pub inflight_body_bytes: usize,
-    /// When set, the API (and later the dashboard) needs it as a Bearer token.
+    /// When set, the API, the dashboard and `/live` need it (Bearer token or login session).
     pub admin_token: Option<String>,
 }
 
@@ -91,18 +93,10 @@ pub fn router(state: AppState) -> Router {
     if state.intake.is_some() {
         router = router.merge(webhooks::router());
     }
+    if state.node.role != "ingestor" {
+        router = router.merge(pages::router(state.clone()));
+    }
     router.fallback(not_found).with_state(state)
-}
-
-/// The token of an `Authorization: Bearer <token>` header, if the request has one.
-pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
-}
-
-/// Whether the request carries `Authorization: Bearer <expected>` (constant-time compare).
-pub(crate) fn admin_token_presented(headers: &axum::http::HeaderMap, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    bearer_token(headers).is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())))
 }
 
 async fn not_found() -> ApiError {

@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::routing::get;
 use dash_live::{ClientId, ClientMessage, ServerMessage};
 
-use crate::{ApiError, AppState, admin_token_presented};
+use crate::{ApiError, AppState};
 
 /// Largest message a client may send (a subscribe is ~100 bytes).
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
@@ -25,10 +25,11 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.limits.admin_token
-        && !admin_token_presented(&headers, expected)
-    {
-        return Err(ApiError::unauthorized("admin_token_required", "/live needs Authorization: Bearer <admin token>"));
+    if !crate::auth::authorized(&headers, &state.limits) {
+        return Err(ApiError::unauthorized(
+            "admin_token_required",
+            "/live needs a login session or Authorization: Bearer <admin token>",
+        ));
     }
     Ok(ws
         .read_buffer_size(READ_BUFFER)

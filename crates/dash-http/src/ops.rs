@@ -25,6 +25,12 @@ async fn health() -> Json<Value> {
 /// bus is failing (they wait in the intake log / dashboards go stale). unhealthy (503): this
 /// node cannot accept events.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let (code, body) = readiness(&state).await;
+    (code, Json(body))
+}
+
+/// The readiness report `/ready` answers with, and the status code that goes with it.
+pub(crate) async fn readiness(state: &AppState) -> (StatusCode, Value) {
     let (database_ok, database) = match state.store.ping(DATABASE_PROBE_DEADLINE).await {
         Ok(latency) => {
             let flushing = state.intake.as_ref().is_none_or(|i| i.store_health().is_up());
@@ -66,7 +72,7 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "uptime_secs": state.node.started_at.elapsed().as_secs(),
         "checks": checks,
     });
-    (code, Json(body))
+    (code, body)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -164,7 +164,7 @@ fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// A matching bearer token or a valid Standard Webhooks signature; either suffices.
 fn authenticate(auth: &PipelineAuth, headers: &HeaderMap, body: &[u8], now_secs: i64) -> Result<(), ApiError> {
-    let bearer = crate::bearer_token(headers);
+    let bearer = crate::auth::bearer_token(headers);
     let hashes: Vec<&str> = auth.token_hashes.iter().map(String::as_str).collect();
     if bearer.is_some_and(|token| token_matches(token, &hashes)) {
         return Ok(());

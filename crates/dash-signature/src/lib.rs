@@ -1,4 +1,5 @@
-//! Standard Webhooks verification (<https://www.standardwebhooks.com>) and pipeline tokens.
+//! Standard Webhooks verification (<https://www.standardwebhooks.com>), pipeline tokens and the
+//! dashboard's session cookies.
 //!
 //! Signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`, HMAC-SHA256 keyed with the
 //! base64-decoded part of a `whsec_…` secret. Every comparison runs in constant time.
@@ -6,7 +7,7 @@
 use std::fmt;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -169,9 +170,55 @@ pub fn token_matches(presented: &str, stored_hashes: &[&str]) -> bool {
     bool::from(matched)
 }
 
+/// The dashboard's login session: `<expiry unix secs>.<base64url HMAC-SHA256>`, keyed with the
+/// admin token. Nothing is stored server-side; changing the admin token ends every session.
+pub struct SessionKey<'a> {
+    admin_token: &'a str,
+}
+
+impl<'a> SessionKey<'a> {
+    pub fn new(admin_token: &'a str) -> Self {
+        Self { admin_token }
+    }
+
+    fn mac(&self, expires: i64) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(self.admin_token.as_bytes()).expect("hmac accepts keys of any length");
+        mac.update(b"dash-session.");
+        mac.update(expires.to_string().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A session value valid until `expires` (unix seconds).
+    pub fn issue(&self, expires: i64) -> String {
+        format!("{expires}.{}", URL_SAFE_NO_PAD.encode(self.mac(expires)))
+    }
+
+    /// Whether `value` was issued with this key and has not expired at `now_secs`.
+    pub fn verify(&self, value: &str, now_secs: i64) -> bool {
+        let Some((expires, tag)) = value.split_once('.') else { return false };
+        let Ok(expires) = expires.parse::<i64>() else { return false };
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else { return false };
+        expires > now_secs && bool::from(self.mac(expires).as_slice().ct_eq(&tag))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_verify_until_expiry_and_only_under_their_key() {
+        let key = SessionKey::new("admin-token");
+        let value = key.issue(1_000);
+        assert!(key.verify(&value, 999));
+        assert!(!key.verify(&value, 1_000), "expired");
+        assert!(!SessionKey::new("other-token").verify(&value, 999), "another admin token");
+        let forged = value.replacen("1000", "9000", 1);
+        assert!(!key.verify(&forged, 999), "expiry is covered by the tag");
+        for junk in ["", ".", "abc", "1000.", "1000.!!!", "x.y"] {
+            assert!(!key.verify(junk, 0), "{junk:?}");
+        }
+    }
 
     /// The vector of the Standard Webhooks repository, `libraries/testdata/signatures.json`.
     const SPEC_VECTOR: &str = r#"[{

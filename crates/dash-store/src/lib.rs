@@ -243,6 +243,28 @@ impl Store {
     }
 
     /// Newest events first (by event time).
+    /// [`Store::series`] with every bucket present, empty ones as 0, so charts need no gap logic.
+    pub async fn dense_series(
+        &self,
+        pipeline: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let mut stored = self.series(pipeline, from_ms, to_ms, bucket_ms).await?.into_iter().peekable();
+        let mut dense = Vec::with_capacity(((to_ms - from_ms) / bucket_ms.max(1)).max(0) as usize + 1);
+        let mut t = from_ms;
+        while t < to_ms {
+            let count = match stored.peek() {
+                Some(p) if p.t == t => stored.next().map_or(0, |p| p.count),
+                _ => 0,
+            };
+            dense.push(SeriesPoint { t, count });
+            t += bucket_ms;
+        }
+        Ok(dense)
+    }
+
     pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         match self {
             Self::Sqlite(s) => s.recent_events(pipeline, limit).await,

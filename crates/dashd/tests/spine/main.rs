@@ -1,6 +1,8 @@
 //! The spine's integration tests: the real `dashd` binary, real SQLite, on port 0.
 
+mod chromium;
 mod cli;
+mod dashboard;
 mod durability;
 mod flush;
 mod intake;

@@ -80,7 +80,7 @@ impl TestServer {
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             postgres,
         };
-        server.spawn();
+        server.spawn("127.0.0.1:0");
         server
     }
 
@@ -94,13 +94,13 @@ impl TestServer {
         env
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self, listen: &str) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("dashd.log")).unwrap();
         let mut child = dashd()
             .current_dir(self.dir.path())
             .envs(self.env())
-            .env("DASH_LISTEN", "127.0.0.1:0")
+            .env("DASH_LISTEN", listen)
             .env("DASH_LOG", "info,dash_ingest=debug")
             .args(["serve"])
             .stdout(Stdio::piped())
@@ -162,21 +162,32 @@ impl TestServer {
     /// Starts again on the same data dir (a new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
-        self.spawn();
+        self.spawn("127.0.0.1:0");
+    }
+
+    /// Starts again on the same data dir and the same address, as a browser expects after a
+    /// restart.
+    pub fn restart_same_port(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        let listen = self.base.trim_start_matches("http://").to_owned();
+        self.spawn(&listen);
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
+    /// `DASH_ADMIN_TOKEN` as this server was started with.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.env.iter().find(|(k, _)| k == "DASH_ADMIN_TOKEN").map(|(_, v)| v.as_str())
+    }
+
     pub async fn create_pipeline(&self, name: &str) -> Pipeline {
-        let response = self
-            .client
-            .post(self.url("/api/pipelines"))
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .unwrap();
+        let mut request = self.client.post(self.url("/api/pipelines")).json(&serde_json::json!({ "name": name }));
+        if let Some(token) = self.admin_token() {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), 201);
         let body: Value = response.json().await.unwrap();
         Pipeline {

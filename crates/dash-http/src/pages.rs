@@ -1,0 +1,363 @@
+//! The dashboard: pages and fragments rendered on the server (views in dash-web), the login
+//! form, and the two static assets. Handlers load data into dash-web's view models; they hold
+//! no markup of their own.
+
+use std::fmt::Display;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use dash_domain::now_ms;
+use dash_store::PipelineRecord;
+use dash_web::{
+    Chart, ChartRange, Chrome, EventRow, NodeStatus, PipelinePanel, PipelineSummary, SendInstructions, pages,
+};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::auth;
+
+/// Latest events on a pipeline page.
+const PAGE_EVENTS: u32 = 50;
+/// Only our own origin may load scripts, styles or open sockets; no framing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/", get(overview))
+        .route("/pipelines/{id}", get(pipeline))
+        .route("/pipelines/{id}/panel", get(panel))
+        .route("/pipelines/{id}/row", get(row))
+        .route("/cluster", get(cluster))
+        .route_layer(middleware::from_fn_with_state(state, require_session))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/assets/live.js", get(|| asset("text/javascript; charset=utf-8", dash_web::LIVE_JS)))
+        .route("/assets/dash.css", get(|| asset("text/css; charset=utf-8", dash_web::DASH_CSS)))
+}
+
+/// A whole page or fragment, never cached (it is live data), under the page's CSP.
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+}
+
+/// Pages need a session when the admin token is set: a browser is sent to the login form and
+/// comes back afterwards; a fragment request just gets 401.
+async fn require_session(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if auth::authorized(request.headers(), &state.limits) {
+        return next.run(request).await;
+    }
+    let path = request.uri().path();
+    if path.ends_with("/panel") || path.ends_with("/row") {
+        return html(StatusCode::UNAUTHORIZED, String::new());
+    }
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let query = serde_urlencoded::to_string([("next", target)]).unwrap_or_default();
+    Redirect::to(&format!("/login?{query}")).into_response()
+}
+
+fn chrome(state: &AppState, headers: &HeaderMap) -> Chrome {
+    Chrome {
+        node: state.node.node.clone(),
+        role: state.node.role.clone(),
+        region: state.node.region.clone(),
+        version: state.node.version.clone(),
+        signed_in: auth::has_session(headers, &state.limits),
+    }
+}
+
+/// Why a page could not be shown.
+enum PageError {
+    NotFound(String),
+    StoreDown,
+}
+
+impl PageError {
+    fn store(err: impl Display) -> Self {
+        tracing::warn!(error = %err, "store unavailable for a page");
+        Self::StoreDown
+    }
+
+    fn into_response(self, chrome: Option<Chrome>) -> Response {
+        match self {
+            Self::NotFound(id) => html(
+                StatusCode::NOT_FOUND,
+                pages::message(chrome, "Not found", &format!("There is no pipeline {id:?}.")),
+            ),
+            Self::StoreDown => {
+                let text = "The database is not reachable right now. Events are still being accepted; \
+                            this page will show them once it is back.";
+                let mut response =
+                    html(StatusCode::SERVICE_UNAVAILABLE, pages::message(chrome, "Database unavailable", text));
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                response
+            }
+        }
+    }
+}
+
+async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, PageError> {
+    match state.store.find_pipeline(id).await {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(PageError::NotFound(id.to_owned())),
+        Err(err) => Err(PageError::store(err)),
+    }
+}
+
+async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result<PipelineSummary, PageError> {
+    let (from, to) = ChartRange::Hour.window(now);
+    let series = state.store.dense_series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await;
+    let last_hour: Vec<i64> = series.map_err(PageError::store)?.iter().map(|p| p.count).collect();
+    Ok(PipelineSummary {
+        rate: dash_web::rate_per_second(&last_hour, now),
+        id: record.id,
+        name: record.name,
+        created_at: record.created_at,
+        stats: record.stats,
+        last_hour,
+    })
+}
+
+async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange) -> Result<PipelinePanel, PageError> {
+    let now = now_ms();
+    let (from, to) = range.window(now);
+    let bucket_ms = range.bucket_ms();
+    let (series, events, last_hour) = tokio::join!(
+        state.store.dense_series(&record.id, from, to, bucket_ms),
+        state.store.recent_events(&record.id, PAGE_EVENTS),
+        async {
+            let (from, to) = ChartRange::Hour.window(now);
+            state.store.dense_series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await
+        },
+    );
+    let last_hour: Vec<i64> = last_hour.map_err(PageError::store)?.iter().map(|p| p.count).collect();
+    Ok(PipelinePanel {
+        pipeline: record.id.clone(),
+        rate: dash_web::rate_per_second(&last_hour, now),
+        chart: Chart {
+            range,
+            from_ms: from,
+            bucket_ms,
+            counts: series.map_err(PageError::store)?.iter().map(|p| p.count).collect(),
+        },
+        events: events
+            .map_err(PageError::store)?
+            .into_iter()
+            .map(|e| EventRow { id: e.id, time: e.time, payload: e.payload.get().to_owned() })
+            .collect(),
+    })
+}
+
+async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let result = async {
+        let records = state.store.list_pipelines().await.map_err(PageError::store)?;
+        let now = now_ms();
+        let mut summaries = Vec::with_capacity(records.len());
+        for record in records {
+            summaries.push(summarize(&state, record, now).await?);
+        }
+        Ok::<_, PageError>(summaries)
+    }
+    .await;
+    match result {
+        Ok(summaries) => html(StatusCode::OK, pages::overview(chrome(&state, &headers), summaries)),
+        Err(err) => err.into_response(Some(chrome(&state, &headers))),
+    }
+}
+
+async fn row(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let result = async { summarize(&state, find(&state, &id).await?, now_ms()).await }.await;
+    match result {
+        Ok(summary) => html(StatusCode::OK, pages::overview_row(summary)),
+        Err(err) => err.into_response(None),
+    }
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    range: Option<String>,
+    reveal: Option<String>,
+}
+
+impl PageQuery {
+    /// An unknown range shows the default one rather than an error page.
+    fn range(&self) -> ChartRange {
+        self.range.as_deref().and_then(ChartRange::parse).unwrap_or_default()
+    }
+}
+
+/// The webhook URL as the visitor reached this node (web nodes are the public edge).
+fn webhook_url(headers: &HeaderMap, id: &str) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost:8080");
+    let scheme = match headers.get("x-forwarded-proto").and_then(|p| p.to_str().ok()) {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}/webhooks/{id}")
+}
+
+async fn pipeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let record = find(&state, &id).await?;
+        let secret = if query.reveal.as_deref() == Some("secret") {
+            let auths = state.store.pipeline_auths().await.map_err(PageError::store)?;
+            auths.into_iter().find(|a| a.id.as_str() == record.id).and_then(|a| a.secrets.first().map(|s| s.expose()))
+        } else {
+            None
+        };
+        let send = SendInstructions { url: webhook_url(&headers, &record.id), secret };
+        let panel = load_panel(&state, &record, query.range()).await?;
+        let summary = PipelineSummary {
+            rate: panel.rate,
+            id: record.id,
+            name: record.name,
+            created_at: record.created_at,
+            stats: record.stats,
+            last_hour: Vec::new(),
+        };
+        Ok::<_, PageError>((summary, panel, send))
+    }
+    .await;
+    match result {
+        Ok((summary, panel, send)) => {
+            html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, send))
+        }
+        Err(err) => err.into_response(Some(chrome(&state, &headers))),
+    }
+}
+
+async fn panel(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<PageQuery>) -> Response {
+    let result = async { load_panel(&state, &find(&state, &id).await?, query.range()).await }.await;
+    match result {
+        Ok(panel) => html(StatusCode::OK, pages::pipeline_panel(panel)),
+        Err(err) => err.into_response(None),
+    }
+}
+
+async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (_, report) = crate::ops::readiness(&state).await;
+    let checks = report["checks"]
+        .as_object()
+        .map(|checks| {
+            checks
+                .iter()
+                .map(|(name, check)| {
+                    let ok = check["ok"].as_bool().unwrap_or(false);
+                    let mut detail: Vec<String> = check
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(key, _)| *key != "ok")
+                        .map(|(key, value)| format!("{key}: {value}"))
+                        .collect();
+                    detail.sort();
+                    (name.clone(), ok, detail.join(", "))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let node = NodeStatus {
+        node: state.node.node.clone(),
+        role: state.node.role.clone(),
+        region: state.node.region.clone(),
+        version: state.node.version.clone(),
+        uptime_secs: state.node.started_at.elapsed().as_secs(),
+        status: report["status"].as_str().unwrap_or("unknown").to_owned(),
+        checks,
+    };
+    html(StatusCode::OK, pages::cluster(chrome(&state, &headers), node))
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a path on this site: never `//host` or an absolute URL (no open redirect).
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path,
+        _ => "/",
+    }
+}
+
+async fn login_form(State(state): State<AppState>, Query(query): Query<NextQuery>) -> Response {
+    let next = safe_next(query.next.as_deref());
+    if state.limits.admin_token.is_none() {
+        return Redirect::to(next).into_response();
+    }
+    html(StatusCode::OK, pages::login(next, None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let Some(expected) = state.limits.admin_token.as_deref() else {
+        return Redirect::to("/").into_response();
+    };
+    let Ok(Form(form)) = form else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::login("/", Some("The form was incomplete; enter the admin token.")),
+        );
+    };
+    let next = safe_next(form.next.as_deref());
+    if !auth::is_admin_token(form.token.trim(), expected) {
+        tracing::warn!("dashboard login with a wrong admin token");
+        return html(StatusCode::UNAUTHORIZED, pages::login(next, Some("That is not the admin token.")));
+    }
+    let mut response = Redirect::to(next).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, auth::start_session(expected, &headers));
+    response
+}
+
+async fn logout() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(header::SET_COOKIE, auth::end_session());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_only_redirects_within_the_site() {
+        assert_eq!(safe_next(Some("/pipelines/a?range=5m")), "/pipelines/a?range=5m");
+        for bad in ["//evil.example", "https://evil.example", "/\\evil", "evil", ""] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}

@@ -1,0 +1,203 @@
+//! Charts as SVG, drawn on the server: a sparkline for the overview and a bar chart with axis
+//! labels for the pipeline page. Each bar carries a `<title>`, so hovering shows its value
+//! without any script.
+
+use leptos::prelude::*;
+
+use crate::Chart;
+use crate::display::clock;
+
+/// The time ranges a pipeline chart offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChartRange {
+    FiveMinutes,
+    #[default]
+    Hour,
+    Day,
+}
+
+impl ChartRange {
+    pub const ALL: [ChartRange; 3] = [ChartRange::FiveMinutes, ChartRange::Hour, ChartRange::Day];
+
+    /// `5m`, `1h` or `24h`; anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "5m" => Some(Self::FiveMinutes),
+            "1h" => Some(Self::Hour),
+            "24h" => Some(Self::Day),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FiveMinutes => "5m",
+            Self::Hour => "1h",
+            Self::Day => "24h",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FiveMinutes => "5 min",
+            Self::Hour => "1 hour",
+            Self::Day => "24 hours",
+        }
+    }
+
+    /// Bucket width: per minute, except 10 minutes over a day (144 bars, not 1440).
+    pub fn bucket_ms(self) -> i64 {
+        match self {
+            Self::FiveMinutes | Self::Hour => 60_000,
+            Self::Day => 600_000,
+        }
+    }
+
+    /// The buckets to show ending with the one that holds `now_ms`: (first bucket start, end).
+    pub fn window(self, now_ms: i64) -> (i64, i64) {
+        let bucket = self.bucket_ms();
+        let buckets = match self {
+            Self::FiveMinutes => 5,
+            Self::Hour => 60,
+            Self::Day => 144,
+        };
+        let current = now_ms - now_ms.rem_euclid(bucket);
+        (current - (buckets - 1) * bucket, current + bucket)
+    }
+}
+
+/// Events per second over the minute before `now_ms`, from per-minute counts whose last bucket
+/// is the current (partial) minute: the current bucket plus the unexpired share of the previous.
+pub fn rate_per_second(per_minute: &[i64], now_ms: i64) -> f64 {
+    let elapsed = now_ms.rem_euclid(60_000) as f64 / 60_000.0;
+    let current = per_minute.last().copied().unwrap_or(0) as f64;
+    let previous = per_minute.len().checked_sub(2).map_or(0, |i| per_minute[i]) as f64;
+    (current + previous * (1.0 - elapsed)) / 60.0
+}
+
+const SPARK_W: f64 = 120.0;
+const SPARK_H: f64 = 28.0;
+
+/// A filled line of per-minute counts, scaled to its own maximum.
+#[component]
+pub fn Sparkline(counts: Vec<i64>) -> impl IntoView {
+    let max = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let step = if counts.len() > 1 { SPARK_W / (counts.len() - 1) as f64 } else { SPARK_W };
+    let mut line = String::new();
+    for (i, count) in counts.iter().enumerate() {
+        let x = i as f64 * step;
+        let y = SPARK_H - 1.0 - (*count as f64 / max) * (SPARK_H - 2.0);
+        line.push_str(&format!("{}{x:.1},{y:.1} ", if i == 0 { "M" } else { "L" }));
+    }
+    let area = format!("{line}L{SPARK_W:.1},{SPARK_H:.1} L0,{SPARK_H:.1} Z");
+    let total: i64 = counts.iter().sum();
+    view! {
+        <svg class="sparkline" viewBox=format!("0 0 {SPARK_W} {SPARK_H}") width="120" height="28"
+            preserveAspectRatio="none" role="img" aria-label=format!("{total} events in the last hour")>
+            <path class="area" d=area></path>
+            <path class="line" d=line.trim_end().to_string()></path>
+        </svg>
+    }
+}
+
+const CHART_W: f64 = 720.0;
+const CHART_H: f64 = 200.0;
+const AXIS: f64 = 20.0;
+
+/// Bars per bucket with the peak on the y axis and clock times under the first, middle and last.
+#[component]
+pub fn BarChart(chart: Chart) -> impl IntoView {
+    let max = chart.counts.iter().copied().max().unwrap_or(0);
+    let scale = (CHART_H - AXIS - 4.0) / max.max(1) as f64;
+    let slot = CHART_W / chart.counts.len().max(1) as f64;
+    let gap = if slot > 4.0 { 1.0 } else { 0.0 };
+    let bars = chart
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, count)| {
+            let start = chart.from_ms + i as i64 * chart.bucket_ms;
+            let height = (*count as f64 * scale).max(if *count > 0 { 1.0 } else { 0.0 });
+            let title = format!("{} · {count} events", clock(start));
+            view! {
+                <rect x=format!("{:.1}", i as f64 * slot) y=format!("{:.1}", CHART_H - AXIS - height)
+                    width=format!("{:.1}", (slot - gap).max(0.5)) height=format!("{height:.1}")>
+                    <title>{title}</title>
+                </rect>
+            }
+        })
+        .collect_view();
+    let last = chart.counts.len().saturating_sub(1);
+    let ticks = [0, last / 2, last]
+        .into_iter()
+        .map(|i| {
+            let x = i as f64 * slot + slot / 2.0;
+            let anchor = if i == 0 {
+                "start"
+            } else if i == last {
+                "end"
+            } else {
+                "middle"
+            };
+            let label = clock(chart.from_ms + i as i64 * chart.bucket_ms);
+            view! { <text class="tick" x=format!("{x:.1}") y=format!("{:.1}", CHART_H - 5.0) text-anchor=anchor>{label}</text> }
+        })
+        .collect_view();
+    let total: i64 = chart.counts.iter().sum();
+    view! {
+        <svg class="chart" viewBox=format!("0 0 {CHART_W} {CHART_H}") role="img"
+            aria-label=format!("{total} events over the last {}", chart.range.label())>
+            <line class="baseline" x1="0" x2=CHART_W.to_string() y1=(CHART_H - AXIS).to_string() y2=(CHART_H - AXIS).to_string()></line>
+            <text class="peak" x="4" y="14">{format!("peak {max}/bucket")}</text>
+            {bars}
+            {ticks}
+        </svg>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_end_with_the_current_bucket() {
+        for range in ChartRange::ALL {
+            assert_eq!(ChartRange::parse(range.as_str()), Some(range));
+        }
+        assert_eq!(ChartRange::parse("7d"), None);
+        let now = 1_700_000_123_456;
+        let (from, to) = ChartRange::Hour.window(now);
+        assert_eq!((to - from) / 60_000, 60);
+        assert!(from < now && now < to);
+        assert_eq!(from % 60_000, 0);
+        let (from, to) = ChartRange::Day.window(now);
+        assert_eq!((to - from) / 600_000, 144);
+    }
+
+    #[test]
+    fn rate_counts_the_current_minute_and_the_unexpired_part_of_the_previous() {
+        // 15 s into the minute: all of the current bucket, 3/4 of the previous one.
+        let now = 60_000 * 1000 + 15_000;
+        let rate = rate_per_second(&[0, 120, 60], now);
+        assert!((rate - (60.0 + 90.0) / 60.0).abs() < 1e-9, "{rate}");
+        assert_eq!(rate_per_second(&[], now), 0.0);
+    }
+
+    #[test]
+    fn bar_chart_draws_one_titled_bar_per_bucket() {
+        let chart =
+            Chart { range: ChartRange::FiveMinutes, from_ms: 0, bucket_ms: 60_000, counts: vec![0, 5, 10, 0, 1] };
+        let svg = BarChart(BarChartProps { chart }).to_html();
+        assert_eq!(svg.matches("<rect").count(), 5, "{svg}");
+        assert!(svg.contains("<title>00:02 · 10 events</title>"), "{svg}");
+        assert!(svg.contains("peak 10/bucket"), "{svg}");
+        assert!(svg.contains("16 events over the last 5 min"), "{svg}");
+    }
+
+    #[test]
+    fn sparkline_of_nothing_is_a_flat_line() {
+        let svg = Sparkline(SparklineProps { counts: vec![0; 60] }).to_html();
+        assert!(svg.contains("0 events in the last hour"), "{svg}");
+        assert!(svg.contains("M0.0,27.0"), "{svg}");
+    }
+}

@@ -1,0 +1,110 @@
+//! Dash's dashboard views: pages rendered on the server with Leptos, charts drawn as SVG, and
+//! the small browser script that keeps a page live over `/live`.
+//!
+//! Every page is complete HTML before any script runs: counters, charts and the latest events are
+//! all in the first response. The script (`assets/live.js`) then subscribes to what the page
+//! shows, applies `update` frames to the counters in place and re-fetches the server-rendered
+//! fragments (charts, event list) the update made stale.
+//!
+//! **Architecture invariant:** this crate does no I/O and knows no HTTP framework. The web
+//! handlers (dash-http) load the data into the view models below and call [`render`]; everything
+//! here is a pure function of them, tested by unit tests.
+//!
+//! Browser contract: an element with `data-pipeline` and `data-seq` asks the script to follow that
+//! pipeline; inside it, elements with `data-field="count" | "last_event_at" | "duplicates"` are
+//! set from each update; an element with `data-pipeline` and `data-refresh="<url>"` is replaced by
+//! the HTML at that URL (at most every [`REFRESH_MS`]) after its pipeline changed. The element with
+//! id `live-status` shows `static`, `connecting`, `live`, `reconnecting` or `stale`.
+
+mod charts;
+mod display;
+pub mod pages;
+
+use dash_domain::PipelineStats;
+
+pub use charts::{ChartRange, rate_per_second};
+
+/// The browser script, served as `/assets/live.js`.
+pub const LIVE_JS: &str = include_str!("../assets/live.js");
+/// The stylesheet, served as `/assets/dash.css`.
+pub const DASH_CSS: &str = include_str!("../assets/dash.css");
+/// Shortest time between two re-fetches of one fragment, in milliseconds (read by the script
+/// from the `data-refresh-ms` attribute of `<body>`).
+pub const REFRESH_MS: u64 = 2_000;
+
+/// What every page shows around its content.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    pub node: String,
+    pub role: String,
+    pub region: String,
+    pub version: String,
+    /// Show a sign-out button (the admin token is set and the visitor has a session).
+    pub signed_in: bool,
+}
+
+/// One pipeline as the overview and the pipeline page show it.
+#[derive(Debug, Clone)]
+pub struct PipelineSummary {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub stats: PipelineStats,
+    /// Events per minute over the last hour, oldest first; the last bucket is the current minute.
+    pub last_hour: Vec<i64>,
+    /// Events per second over the last minute.
+    pub rate: f64,
+}
+
+/// A per-bucket chart of one pipeline.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub range: ChartRange,
+    /// Start of the first bucket, unix ms.
+    pub from_ms: i64,
+    pub bucket_ms: i64,
+    /// One count per bucket, oldest first.
+    pub counts: Vec<i64>,
+}
+
+/// One of the latest events.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: String,
+    /// RFC 3339.
+    pub time: String,
+    /// The payload JSON as stored (the view shortens it).
+    pub payload: String,
+}
+
+/// How to send to a pipeline.
+#[derive(Debug, Clone)]
+pub struct SendInstructions {
+    /// Absolute webhook URL.
+    pub url: String,
+    /// The current signing secret, only when the visitor asked to see it.
+    pub secret: Option<String>,
+}
+
+/// The live part of a pipeline page, also served alone as a fragment.
+#[derive(Debug, Clone)]
+pub struct PipelinePanel {
+    pub pipeline: String,
+    pub rate: f64,
+    pub chart: Chart,
+    pub events: Vec<EventRow>,
+}
+
+/// This node as the cluster page shows it.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub node: String,
+    pub role: String,
+    pub region: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    /// `healthy`, `degraded` or `unhealthy`.
+    pub status: String,
+    /// (check, ok, detail)
+    pub checks: Vec<(String, bool, String)>,
+}

@@ -1,0 +1,384 @@
+//! The pages and the fragments the browser script re-fetches. Each function returns finished
+//! HTML: a whole document for pages, one element for fragments.
+
+use leptos::prelude::*;
+
+use crate::charts::{BarChart, Sparkline};
+use crate::display::{preview, rate, timestamp, uptime};
+use crate::{ChartRange, Chrome, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, SendInstructions};
+
+/// Characters of payload shown per event.
+const PREVIEW_CHARS: usize = 140;
+
+fn document(title: &str, chrome: Option<Chrome>, content: impl IntoView + 'static) -> String {
+    let title = format!("{title} · Dash");
+    let signed_in = chrome.as_ref().is_some_and(|c| c.signed_in);
+    let footer = chrome.map(|c| format!("node {} · {} · {} · dashd {}", c.node, c.role, c.region, c.version));
+    let page = view! {
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <title>{title}</title>
+                <link rel="stylesheet" href="/assets/dash.css" />
+                <script type="module" src="/assets/live.js"></script>
+                <noscript><meta http-equiv="refresh" content="30" /></noscript>
+            </head>
+            <body data-refresh-ms=REFRESH_MS.to_string()>
+                <header class="top">
+                    <a class="brand" href="/">"Dash"</a>
+                    <nav>
+                        <a href="/">"Pipelines"</a>
+                        <a href="/cluster">"Cluster"</a>
+                    </nav>
+                    <span id="live-status" class="status" data-state="static"
+                        title="static: this page shows the moment it was loaded">"static"</span>
+                    {signed_in.then(|| view! {
+                        <form class="signout" method="post" action="/logout"><button type="submit">"Sign out"</button></form>
+                    })}
+                </header>
+                <main>{content}</main>
+                {footer.map(|text| view! { <footer>{text}</footer> })}
+            </body>
+        </html>
+    };
+    format!("<!DOCTYPE html>{}", page.to_html())
+}
+
+/// `/`: every pipeline with its count, rate, last event and last hour.
+pub fn overview(chrome: Chrome, pipelines: Vec<PipelineSummary>) -> String {
+    let content = if pipelines.is_empty() {
+        view! {
+            <h1>"Pipelines"</h1>
+            <p class="empty">
+                "No pipelines yet. Create one with " <code>"dashd pipeline create NAME"</code> " or "
+                <code>"POST /api/pipelines"</code> "."
+            </p>
+        }
+        .into_any()
+    } else {
+        let rows = pipelines.into_iter().map(|p| view! { <OverviewRow summary=p /> }).collect_view();
+        view! {
+            <h1>"Pipelines"</h1>
+            <table class="pipelines">
+                <thead>
+                    <tr>
+                        <th>"Pipeline"</th>
+                        <th class="num">"Events"</th>
+                        <th class="num">"Events/s"</th>
+                        <th>"Last event (UTC)"</th>
+                        <th>"Last hour"</th>
+                    </tr>
+                </thead>
+                <tbody>{rows}</tbody>
+            </table>
+        }
+        .into_any()
+    };
+    document("Pipelines", Some(chrome), content)
+}
+
+/// One overview row; also the fragment at `/pipelines/{id}/row`.
+pub fn overview_row(summary: PipelineSummary) -> String {
+    view! { <OverviewRow summary=summary /> }.to_html()
+}
+
+#[component]
+fn OverviewRow(summary: PipelineSummary) -> impl IntoView {
+    let href = format!("/pipelines/{}", summary.id);
+    let refresh = format!("/pipelines/{}/row", summary.id);
+    let pipeline = summary.id.clone();
+    view! {
+        <tr data-pipeline=pipeline data-seq=summary.stats.seq.to_string() data-refresh=refresh>
+            <td>
+                <a href=href>{summary.name}</a>
+                <div class="sub">{summary.id}</div>
+            </td>
+            <td class="num" data-field="count">{summary.stats.count.to_string()}</td>
+            <td class="num">{rate(summary.rate)}</td>
+            <td>
+                <time data-field="last_event_at" datetime=summary.stats.last_event_at.clone().unwrap_or_default()>
+                    {timestamp(summary.stats.last_event_at.as_deref())}
+                </time>
+            </td>
+            <td><Sparkline counts=summary.last_hour /></td>
+        </tr>
+    }
+}
+
+/// `/pipelines/{id}`: live counters, the chart, the latest events and how to send.
+pub fn pipeline(chrome: Chrome, summary: PipelineSummary, panel: PipelinePanel, send: SendInstructions) -> String {
+    let title = summary.name.clone();
+    let range = panel.chart.range;
+    let stats = summary.stats;
+    let pipeline = summary.id.clone();
+    let content = view! {
+        <nav class="crumbs"><a href="/">"Pipelines"</a>" / "{summary.name.clone()}</nav>
+        <h1>{summary.name}" "<code class="id">{summary.id.clone()}</code></h1>
+        <section class="counters" data-pipeline=pipeline data-seq=stats.seq.to_string()>
+            <div class="counter">
+                <div class="label">"Events"</div>
+                <div class="value big" data-field="count">{stats.count.to_string()}</div>
+            </div>
+            <div class="counter">
+                <div class="label">"Last event (UTC)"</div>
+                <div class="value">
+                    <time data-field="last_event_at" datetime=stats.last_event_at.clone().unwrap_or_default()>
+                        {timestamp(stats.last_event_at.as_deref())}
+                    </time>
+                </div>
+            </div>
+            <div class="counter">
+                <div class="label">"Duplicates absorbed"</div>
+                <div class="value" data-field="duplicates">{stats.duplicates.to_string()}</div>
+            </div>
+        </section>
+        <Panel panel=panel />
+        <SendSection send=send range=range />
+    };
+    document(&title, Some(chrome), content)
+}
+
+/// The live panel alone: the fragment at `/pipelines/{id}/panel?range=…`.
+pub fn pipeline_panel(panel: PipelinePanel) -> String {
+    view! { <Panel panel=panel /> }.to_html()
+}
+
+#[component]
+fn Panel(panel: PipelinePanel) -> impl IntoView {
+    let range = panel.chart.range;
+    let refresh = format!("/pipelines/{}/panel?range={}", panel.pipeline, range.as_str());
+    let bucket = if range.bucket_ms() == 60_000 { "minute" } else { "10 minutes" };
+    let tabs = ChartRange::ALL
+        .into_iter()
+        .map(|r| {
+            let current = (r == range).then_some("page");
+            view! { <a href=format!("?range={}", r.as_str()) aria-current=current>{r.label()}</a> }
+        })
+        .collect_view();
+    let rows = panel
+        .events
+        .into_iter()
+        .map(|e| {
+            view! {
+                <tr>
+                    <td class="time">{timestamp(Some(&e.time))}</td>
+                    <td class="event-id"><code>{e.id}</code></td>
+                    <td class="payload"><code>{preview(&e.payload, PREVIEW_CHARS)}</code></td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <section class="panel" data-pipeline=panel.pipeline data-refresh=refresh>
+            <div class="counter rate">
+                <div class="label">"Events/s (last minute)"</div>
+                <div class="value">{rate(panel.rate)}</div>
+            </div>
+            <div class="chart-head">
+                <h2>{format!("Events per {bucket}, last {}", range.label())}</h2>
+                <nav class="ranges">{tabs}</nav>
+            </div>
+            <BarChart chart=panel.chart />
+            <h2>"Latest events"</h2>
+            <table class="events">
+                <thead><tr><th>"Time (UTC)"</th><th>"Id"</th><th>"Payload"</th></tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </section>
+    }
+}
+
+/// A shell snippet that signs one event the Standard Webhooks way and posts it.
+pub fn signed_curl(url: &str, secret: Option<&str>) -> String {
+    let secret = secret.unwrap_or("whsec_…your signing secret…");
+    format!(
+        r#"SECRET='{secret}'
+BODY='{{"type":"hello","value":1}}'
+ID="evt_$(date +%s%N)"; TS="$(date +%s)"
+KEY="$(printf %s "${{SECRET#whsec_}}" | base64 -d | od -An -vtx1 | tr -d ' \n')"
+SIG="$(printf %s "$ID.$TS.$BODY" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$KEY" -binary | base64)"
+curl -sS '{url}' -H 'content-type: application/json' \
+  -H "webhook-id: $ID" -H "webhook-timestamp: $TS" -H "webhook-signature: v1,$SIG" \
+  --data "$BODY""#
+    )
+}
+
+#[component]
+fn SendSection(send: SendInstructions, range: ChartRange) -> impl IntoView {
+    let snippet = signed_curl(&send.url, send.secret.as_deref());
+    let token_example = format!(
+        "curl -sS '{}' -H \"authorization: Bearer $DASH_PIPELINE_TOKEN\" \\\n  -H 'content-type: application/x-ndjson' --data-binary @events.ndjson",
+        send.url
+    );
+    let secret = match send.secret {
+        Some(secret) => view! {
+            <p class="secret">"Signing secret: "<code>{secret}</code>" "
+                <a href=format!("?range={}", range.as_str())>"hide"</a></p>
+        }
+        .into_any(),
+        None => view! {
+            <form class="reveal" method="get">
+                <input type="hidden" name="range" value=range.as_str() />
+                <input type="hidden" name="reveal" value="secret" />
+                <button type="submit">"Show signing secret"</button>
+            </form>
+        }
+        .into_any(),
+    };
+    view! {
+        <section class="send">
+            <h2>"Send events"</h2>
+            <p>"POST one JSON object, a JSON array or NDJSON to:"</p>
+            <pre><code class="webhook-url">{send.url}</code></pre>
+            <p>"Signed with the pipeline's secret (Standard Webhooks; needs openssl):"</p>
+            <pre><code class="signed-curl">{snippet}</code></pre>
+            {secret}
+            <p>"Or with the pipeline's bearer token, shown once when the pipeline was created or its credentials rotated:"</p>
+            <pre><code>{token_example}</code></pre>
+        </section>
+    }
+}
+
+/// `/cluster`: this node now.
+pub fn cluster(chrome: Chrome, node: NodeStatus) -> String {
+    let checks = node
+        .checks
+        .into_iter()
+        .map(|(name, ok, detail)| {
+            let state = if ok { "ok" } else { "failing" };
+            view! { <li class=state><strong>{name}</strong>" "{state}" "<span class="sub">{detail}</span></li> }
+        })
+        .collect_view();
+    let content = view! {
+        <h1>"Cluster"</h1>
+        <table class="nodes">
+            <thead>
+                <tr><th>"Node"</th><th>"Role"</th><th>"Region"</th><th>"Version"</th><th>"Uptime"</th><th>"Health"</th></tr>
+            </thead>
+            <tbody>
+                <tr>
+                    <td>{node.node}" "<span class="sub">"(this node)"</span></td>
+                    <td>{node.role}</td>
+                    <td>{node.region}</td>
+                    <td>{node.version}</td>
+                    <td>{uptime(node.uptime_secs)}</td>
+                    <td class=format!("health {}", node.status)>{node.status.clone()}</td>
+                </tr>
+            </tbody>
+        </table>
+        <h2>"Checks"</h2>
+        <ul class="checks">{checks}</ul>
+    };
+    document("Cluster", Some(chrome), content)
+}
+
+/// `/login`: the admin token form. `next` is where to go after signing in.
+pub fn login(next: &str, error: Option<&str>) -> String {
+    let content = view! {
+        <section class="login">
+            <h1>"Sign in"</h1>
+            <p>"This dashboard is protected by the admin token (DASH_ADMIN_TOKEN)."</p>
+            {error.map(|e| view! { <p class="error" role="alert">{e.to_owned()}</p> })}
+            <form method="post" action="/login">
+                <label>"Admin token "<input type="password" name="token" autocomplete="current-password" required autofocus /></label>
+                <input type="hidden" name="next" value=next.to_owned() />
+                <button type="submit">"Sign in"</button>
+            </form>
+        </section>
+    };
+    document("Sign in", None, content)
+}
+
+/// A page that only says something went wrong and where to go.
+pub fn message(chrome: Option<Chrome>, title: &str, text: &str) -> String {
+    let content = view! {
+        <h1>{title.to_owned()}</h1>
+        <p>{text.to_owned()}</p>
+        <p><a href="/">"Back to pipelines"</a></p>
+    };
+    document(title, chrome, content)
+}
+
+#[cfg(test)]
+mod tests {
+    use dash_domain::PipelineStats;
+
+    use super::*;
+    use crate::{Chart, EventRow};
+
+    fn chrome() -> Chrome {
+        Chrome {
+            node: "n1".into(),
+            role: "all".into(),
+            region: "local".into(),
+            version: "0.1.0".into(),
+            signed_in: true,
+        }
+    }
+
+    fn summary() -> PipelineSummary {
+        PipelineSummary {
+            id: "orders".into(),
+            name: "Orders <&>".into(),
+            created_at: "2026-11-23T10:00:00.000Z".into(),
+            stats: PipelineStats {
+                count: 42,
+                seq: 7,
+                duplicates: 3,
+                last_event_at: Some("2026-11-23T10:01:02.000Z".into()),
+            },
+            last_hour: vec![1; 60],
+            rate: 0.5,
+        }
+    }
+
+    fn panel() -> PipelinePanel {
+        PipelinePanel {
+            pipeline: "orders".into(),
+            rate: 0.5,
+            chart: Chart { range: ChartRange::Hour, from_ms: 0, bucket_ms: 60_000, counts: vec![0; 60] },
+            events: vec![EventRow {
+                id: "evt_1".into(),
+                time: "2026-11-23T10:01:02.000Z".into(),
+                payload: format!("{{\"script\":\"</code><script>alert(1)</script>\",\"pad\":\"{}\"}}", "x".repeat(500)),
+            }],
+        }
+    }
+
+    #[test]
+    fn overview_lists_pipelines_with_what_the_script_follows() {
+        let html = overview(chrome(), vec![summary()]);
+        assert!(html.starts_with("<!DOCTYPE html><html"), "{html}");
+        assert!(html.contains(r#"data-pipeline="orders" data-seq="7" data-refresh="/pipelines/orders/row""#), "{html}");
+        assert!(html.contains(r#"data-field="count" class="num">42<"#), "{html}");
+        assert!(html.contains("Orders &lt;&amp;&gt;"), "names are escaped: {html}");
+        assert!(html.contains("2026-11-23 10:01:02"), "{html}");
+        assert!(html.contains(r#"action="/logout""#), "signed in shows sign out");
+        let empty = overview(chrome(), vec![]);
+        assert!(empty.contains("No pipelines yet"), "{empty}");
+    }
+
+    #[test]
+    fn pipeline_page_escapes_payloads_and_hides_the_secret_until_asked() {
+        let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: None };
+        let html = pipeline(chrome(), summary(), panel(), send);
+        assert!(!html.contains("<script>alert"), "payload is escaped: {html}");
+        assert!(html.contains("…</code>"), "long payloads are cut");
+        assert!(html.contains(r#"data-refresh="/pipelines/orders/panel?range=1h""#), "{html}");
+        assert!(html.contains(r#"href="?range=1h" aria-current="page""#), "{html}");
+        assert!(html.contains("Show signing secret"), "{html}");
+        assert!(html.contains("whsec_…your signing secret…"), "{html}");
+        let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: Some("whsec_abc".into()) };
+        let html = pipeline(chrome(), summary(), panel(), send);
+        assert!(html.contains("SECRET=&#39;whsec_abc&#39;") || html.contains("SECRET='whsec_abc'"), "{html}");
+    }
+
+    #[test]
+    fn login_keeps_where_to_go_next() {
+        let html = login("/pipelines/orders", Some("wrong token"));
+        assert!(html.contains(r#"name="next" value="/pipelines/orders""#), "{html}");
+        assert!(html.contains("wrong token"), "{html}");
+        assert!(!html.contains("/logout"), "{html}");
+    }
+}
