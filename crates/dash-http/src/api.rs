@@ -160,7 +160,7 @@ async fn series(
         return Err(ApiError::bad_request("invalid_query", format!("at most {MAX_POINTS} buckets per request")));
     }
     let points =
-        state.store.dense_series(&record.id, from, to, bucket_ms).await.map_err(|e| ApiError::store_unavailable(&e))?;
+        state.store.series(&record.id, from, to, bucket_ms).await.map_err(|e| ApiError::store_unavailable(&e))?;
     let filled: Vec<Value> = points.iter().map(|p| json!({ "t": format_ms(p.t), "count": p.count })).collect();
     Ok(Json(json!({
         "pipeline": record.id,

@@ -124,7 +124,7 @@ async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, PageError> {
 
 async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result<PipelineSummary, PageError> {
     let (from, to) = ChartRange::Hour.window(now);
-    let series = state.store.dense_series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await;
+    let series = state.store.series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await;
     let last_hour: Vec<i64> = series.map_err(PageError::store)?.iter().map(|p| p.count).collect();
     Ok(PipelineSummary {
         rate: dash_web::rate_per_second(&last_hour, now),
@@ -141,11 +141,11 @@ async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange
     let (from, to) = range.window(now);
     let bucket_ms = range.bucket_ms();
     let (series, events, last_hour) = tokio::join!(
-        state.store.dense_series(&record.id, from, to, bucket_ms),
+        state.store.series(&record.id, from, to, bucket_ms),
         state.store.recent_events(&record.id, PAGE_EVENTS),
         async {
             let (from, to) = ChartRange::Hour.window(now);
-            state.store.dense_series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await
+            state.store.series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await
         },
     );
     let last_hour: Vec<i64> = last_hour.map_err(PageError::store)?.iter().map(|p| p.count).collect();

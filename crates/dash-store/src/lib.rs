@@ -229,6 +229,7 @@ impl Store {
     }
 
     /// Event counts per bucket in `[from_ms, to_ms)`; `bucket_ms` is a whole number of minutes.
+    /// Every bucket is present, empty ones as 0, so charts need no gap logic.
     pub async fn series(
         &self,
         pipeline: &str,
@@ -236,22 +237,11 @@ impl Store {
         to_ms: i64,
         bucket_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await,
-            Self::Postgres(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await,
-        }
-    }
-
-    /// Newest events first (by event time).
-    /// [`Store::series`] with every bucket present, empty ones as 0, so charts need no gap logic.
-    pub async fn dense_series(
-        &self,
-        pipeline: &str,
-        from_ms: i64,
-        to_ms: i64,
-        bucket_ms: i64,
-    ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let mut stored = self.series(pipeline, from_ms, to_ms, bucket_ms).await?.into_iter().peekable();
+        let stored = match self {
+            Self::Sqlite(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await?,
+            Self::Postgres(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await?,
+        };
+        let mut stored = stored.into_iter().peekable();
         let mut dense = Vec::with_capacity(((to_ms - from_ms) / bucket_ms.max(1)).max(0) as usize + 1);
         let mut t = from_ms;
         while t < to_ms {
@@ -265,6 +255,7 @@ impl Store {
         Ok(dense)
     }
 
+    /// Newest events first (by event time).
     pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         match self {
             Self::Sqlite(s) => s.recent_events(pipeline, limit).await,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use dash_bus::Bus;
 use dash_config::{Role, Settings};
 use dash_http::{AppState, HttpLimits, NodeInfo};
@@ -73,8 +74,7 @@ impl App {
         let state =
             AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub);
         let router = dash_http::router(state);
-        let listener =
-            TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+        let listener = listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         tracing::info!(
             role = %settings.role,
             store = store.backend(),
@@ -100,7 +100,7 @@ impl App {
         };
         let mut graceful_stop = stop_rx.clone();
         let server = tokio::spawn(
-            axum::serve(self.listener, self.router)
+            axum::serve(self.listener.tap_io(tune_connection), self.router)
                 .with_graceful_shutdown(async move {
                     let _ = graceful_stop.wait_for(|stopped| *stopped).await;
                 })
@@ -130,4 +130,30 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Kernel send buffer per connection (Linux doubles it). Left to autotuning, a client that stops
+/// reading can make the kernel hold up to `tcp_wmem`'s maximum (4 MiB here) for it; with this
+/// bound a stalled `/live` client fills its buffer quickly and the hub resyncs or drops it.
+const SEND_BUFFER: usize = 32 * 1024;
+
+/// Every accepted connection: no Nagle delay for small frames, and a bounded send buffer.
+fn tune_connection(tcp: &mut tokio::net::TcpStream) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %err, "TCP_NODELAY");
+    }
+    if let Err(err) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER) {
+        tracing::debug!(error = %err, "SO_SNDBUF");
+    }
+}
+
+/// Connections the kernel may hold waiting for `accept`. After a restart every open dashboard
+/// reconnects at once; a short queue would turn that into refused connections and retries.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -94,3 +94,103 @@ async fn live_needs_the_admin_token_when_one_is_set() {
     request.headers_mut().insert("authorization", "Bearer t0ken".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_ok());
 }
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: nix::unistd::Pid) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_neither_grows_the_server_nor_delays_another() {
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "5ms")]).await;
+    let p = server.create_pipeline("firehose").await;
+    let url = server.base.replacen("http://", "ws://", 1) + "/live";
+    let subscribe = json!({"type": "subscribe", "pipeline": p.id});
+
+    // The stalled client: a tiny receive window; it subscribes and then reads nothing.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(server.base.trim_start_matches("http://").parse().unwrap()).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut stalled, _) = tokio_tungstenite::client_async(url.as_str(), stream).await.unwrap();
+    send(&mut stalled, subscribe.clone()).await;
+
+    let mut reader = connect(&server).await;
+    send(&mut reader, subscribe.clone()).await;
+    assert_eq!(next(&mut reader).await["type"], "snapshot");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = rss_kib(server.pid());
+
+    // Four paced senders, one event per request, 5 ms flushes: a few hundred updates, more than
+    // the kernel's buffers plus the stalled client's queue hold.
+    const EVENTS: i64 = 2400;
+    let base = server.base.clone();
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            let (client, base, id, secret) = (server.client.clone(), base.clone(), p.id.clone(), p.secret.clone());
+            tokio::spawn(async move {
+                for i in 0..EVENTS / 4 {
+                    let (msg, ts, body) = (format!("f{s}-{i}"), crate::support::now_secs(), "{}");
+                    let response = client
+                        .post(format!("{base}/webhooks/{id}"))
+                        .header("content-type", "application/json")
+                        .header("webhook-id", &msg)
+                        .header("webhook-timestamp", ts.to_string())
+                        .header("webhook-signature", secret.sign(&msg, ts, body.as_bytes()))
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 202);
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                }
+            })
+        })
+        .collect();
+
+    // The reading client sees every update, in order, while the other one is stalled.
+    let mut last_seq = 0;
+    let mut count = 0;
+    let mut worst_delay = 0i64;
+    while count < EVENTS {
+        let frame = next(&mut reader).await;
+        assert_eq!(frame["type"], "update", "the reading client is never resynced: {frame}");
+        assert_eq!(frame["seq"].as_i64().unwrap(), last_seq + 1, "{frame}");
+        last_seq = frame["seq"].as_i64().unwrap();
+        count = frame["stats"]["count"].as_i64().unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(frame["at"].as_str().unwrap()).unwrap();
+        worst_delay = worst_delay.max(chrono::Utc::now().timestamp_millis() - at.timestamp_millis());
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    assert!(last_seq > 200, "enough updates to fill the stalled client's queue: {last_seq}");
+    assert!(worst_delay < 2_000, "an update reached the reading client {worst_delay} ms after its commit");
+    let grown = rss_kib(server.pid()) - rss_before;
+    assert!(grown < 32 * 1024, "server RSS grew {grown} KiB while a client was stalled");
+
+    // The stalled client reads again: snapshots where it missed updates, never a gap, and it
+    // reaches the latest figures with the next update.
+    assert_eq!(server.post_json(&p, "last", "{}").await.status(), 202);
+    let mut seen = -1;
+    let mut snapshots = 0;
+    loop {
+        let frame = next(&mut stalled).await;
+        let seq = frame["seq"].as_i64().unwrap();
+        match frame["type"].as_str() {
+            Some("snapshot") => snapshots += 1,
+            Some("update") => assert!(seen < 0 || seq == seen + 1, "a gap after {seen}: {frame}"),
+            _ => panic!("{frame}"),
+        }
+        seen = seq;
+        if frame["stats"]["count"] == EVENTS + 1 {
+            break;
+        }
+    }
+    assert!(
+        snapshots >= 2,
+        "the stalled client was resynced, not sent a gap ({snapshots} snapshots, {last_seq} updates)"
+    );
+}
