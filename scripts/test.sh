@@ -2,8 +2,8 @@
 # Runs Dash's whole test suite: formatting, lints, unit tests, and the integration suite twice:
 # on the embedded store (SQLite) and on PostgreSQL. Integration tests start the real dashd on
 # port 0; PostgreSQL tests create a database of their own per test and drop it after.
-# The dashboard is also tested in headless Chromium. Anything the tests need that a fresh machine
-# lacks is installed and started here.
+# The dashboard is also tested in headless Chromium, and roles apart over a private nats-server.
+# Anything the tests need that a fresh machine lacks is installed and started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,8 +52,19 @@ ensure_chromium() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
 }
 
+# nats-server for the tests that run roles apart; each such test starts its own on a free port.
+ensure_nats_server() {
+    if [ -n "${DASH_TEST_NATS_SERVER:-}" ] || command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then
+        return
+    fi
+    echo "== installing nats-server"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null
+}
+
 ensure_postgres
 ensure_chromium
+ensure_nats_server
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -62,4 +73,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (SQLite integration suite; store tests on both backends)"
 cargo test --workspace --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
 echo "== cargo test (integration suite on PostgreSQL)"
-DASH_TEST_BACKEND=postgres cargo test -p dashd --test spine --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
+# --workspace keeps the features of the run above, so nothing is rebuilt for this one.
+DASH_TEST_BACKEND=postgres cargo test --workspace --test spine --locked -- --test-threads "${DASH_TEST_THREADS:-4}"

@@ -1,15 +1,27 @@
 //! The bus carries [`PipelineUpdate`]s from the buffer actors that commit batches to whoever
-//! shows them (the live dashboard). The embedded default uses an in-process broadcast; NATS
-//! joins as a second variant of [`Bus`].
+//! shows them (the live dashboard). The embedded default uses an in-process broadcast; nodes in
+//! separate processes use NATS (`dash.pipeline.<id>.updated`).
 //!
-//! **Architecture invariant:** the bus is not in the durability path. A lost update is
-//! recovered by resyncing from the store, never by replaying the bus.
+//! **Architecture invariant:** the bus is not in the durability path. Publishing never waits on
+//! the broker (an update it cannot hand over at once is dropped and counted), and a lost update
+//! is recovered by resyncing from the store, never by replaying the bus. [`Bus::state`] says when
+//! to resync: after every reconnection.
+
+mod nats;
 
 use dash_domain::PipelineUpdate;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
+
+pub use nats::NatsOptions;
 
 /// Updates a slow subscriber may fall behind by before it is told it lagged.
 const IN_PROCESS_CAPACITY: usize = 4096;
+/// Subject of one pipeline's updates.
+pub fn update_subject(pipeline: &str) -> String {
+    format!("dash.pipeline.{pipeline}.updated")
+}
+/// Every pipeline's updates.
+pub const ALL_UPDATES: &str = "dash.pipeline.*.updated";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -17,49 +29,78 @@ pub enum BusError {
     Lagged(u64),
     #[error("bus closed")]
     Closed,
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+}
+
+/// Whether the bus is connected, and how many times it has (re)connected. A new `generation`
+/// means updates may have been missed while it was away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusState {
+    pub connected: bool,
+    pub generation: u64,
 }
 
 #[derive(Clone)]
 pub enum Bus {
-    InProcess(broadcast::Sender<PipelineUpdate>),
+    InProcess(broadcast::Sender<PipelineUpdate>, watch::Receiver<BusState>),
+    Nats(nats::NatsBus),
 }
 
 impl Bus {
     pub fn in_process() -> Self {
-        Self::InProcess(broadcast::channel(IN_PROCESS_CAPACITY).0)
+        let (_, state) = watch::channel(BusState { connected: true, generation: 1 });
+        Self::InProcess(broadcast::channel(IN_PROCESS_CAPACITY).0, state)
+    }
+
+    /// Connects to NATS. Returns at once even when NATS is down: the client keeps retrying in
+    /// the background, and [`Bus::state`] tells when it is connected.
+    pub async fn nats(options: &NatsOptions) -> Result<Self, BusError> {
+        nats::NatsBus::connect(options).await.map(Self::Nats)
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InProcess(_) => "in-process",
+            Self::InProcess(..) => "in-process",
+            Self::Nats(_) => "nats",
         }
     }
 
-    /// Publishes after a commit. Having no subscriber is not an error.
-    pub fn publish(&self, update: PipelineUpdate) {
+    /// Publishes after a commit. Having no subscriber, or no broker right now, is not an error.
+    pub async fn publish(&self, update: PipelineUpdate) {
         match self {
-            Self::InProcess(tx) => {
+            Self::InProcess(tx, _) => {
                 let _ = tx.send(update);
             }
+            Self::Nats(bus) => bus.publish(update).await,
         }
     }
 
-    pub fn subscribe(&self) -> Subscription {
+    /// All pipelines' updates, in the order each publisher sent them.
+    pub async fn subscribe(&self) -> Result<Subscription, BusError> {
         match self {
-            Self::InProcess(tx) => Subscription::InProcess(tx.subscribe()),
+            Self::InProcess(tx, _) => Ok(Subscription::InProcess(tx.subscribe())),
+            Self::Nats(bus) => bus.subscribe().await.map(Subscription::Nats),
+        }
+    }
+
+    /// Connection state; changes whenever the bus disconnects or (re)connects.
+    pub fn state(&self) -> watch::Receiver<BusState> {
+        match self {
+            Self::InProcess(_, state) => state.clone(),
+            Self::Nats(bus) => bus.state(),
         }
     }
 
     /// Whether updates are flowing; the in-process bus always is.
     pub fn is_healthy(&self) -> bool {
-        match self {
-            Self::InProcess(_) => true,
-        }
+        self.state().borrow().connected
     }
 }
 
 pub enum Subscription {
     InProcess(broadcast::Receiver<PipelineUpdate>),
+    Nats(nats::NatsSubscription),
 }
 
 impl Subscription {
@@ -70,6 +111,7 @@ impl Subscription {
                 broadcast::error::RecvError::Lagged(n) => BusError::Lagged(n),
                 broadcast::error::RecvError::Closed => BusError::Closed,
             }),
+            Self::Nats(sub) => sub.recv().await,
         }
     }
 }
@@ -87,14 +129,20 @@ mod tests {
     #[tokio::test]
     async fn subscribers_see_updates_in_order_and_learn_of_lag() {
         let bus = Bus::in_process();
-        let mut sub = bus.subscribe();
-        bus.publish(update(1));
-        bus.publish(update(2));
+        let mut sub = bus.subscribe().await.unwrap();
+        bus.publish(update(1)).await;
+        bus.publish(update(2)).await;
         assert_eq!(sub.recv().await.unwrap().seq, 1);
         assert_eq!(sub.recv().await.unwrap().seq, 2);
         for seq in 0..(IN_PROCESS_CAPACITY as i64 + 10) {
-            bus.publish(update(seq));
+            bus.publish(update(seq)).await;
         }
         assert!(matches!(sub.recv().await, Err(BusError::Lagged(10))));
+        assert!(bus.is_healthy());
+    }
+
+    #[test]
+    fn subjects_follow_the_contract() {
+        assert_eq!(update_subject("orders"), "dash.pipeline.orders.updated");
     }
 }

@@ -23,6 +23,12 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_LISTEN", "listen"),
     ("DATABASE_URL", "database_url"),
     ("NATS_URL", "nats_url"),
+    ("NATS_TOKEN", "nats_token"),
+    ("NATS_USER", "nats_user"),
+    ("NATS_PASSWORD", "nats_password"),
+    ("NATS_CREDS", "nats_creds"),
+    ("NATS_TLS_CA", "nats_tls_ca"),
+    ("NATS_TLS_REQUIRED", "nats_tls_required"),
     ("DNS_CLUSTER_QUERY", "dns_cluster_query"),
     ("DNS_CLUSTER_INTERVAL", "dns_cluster_interval"),
     ("DNS_INGESTOR_QUERY", "dns_ingestor_query"),
@@ -100,6 +106,14 @@ pub struct Settings {
     /// `None`: the SQLite file in `data_dir`.
     pub database_url: Option<Secret>,
     pub nats_url: Option<String>,
+    pub nats_token: Option<Secret>,
+    pub nats_user: Option<String>,
+    pub nats_password: Option<Secret>,
+    /// A NATS `.creds` file (JWT and nkey seed).
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the NATS server's TLS certificate.
+    pub nats_tls_ca: Option<PathBuf>,
+    pub nats_tls_required: bool,
     pub dns_cluster_query: Option<String>,
     #[serde(with = "humantime_serde")]
     pub dns_cluster_interval: Duration,
@@ -137,6 +151,12 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
             nats_url: None,
+            nats_token: None,
+            nats_user: None,
+            nats_password: None,
+            nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_required: false,
             dns_cluster_query: None,
             dns_cluster_interval: Duration::from_secs(5),
             dns_ingestor_query: None,
@@ -252,6 +272,15 @@ fn normalize(mut s: Settings) -> Settings {
     if blank(&s.nats_url) {
         s.nats_url = None;
     }
+    if blank(&s.nats_user) {
+        s.nats_user = None;
+    }
+    if s.nats_token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+        s.nats_token = None;
+    }
+    if s.nats_password.as_ref().is_some_and(|t| t.expose().is_empty()) {
+        s.nats_password = None;
+    }
     if blank(&s.dns_cluster_query) {
         s.dns_cluster_query = None;
     }
@@ -276,6 +305,9 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
             "nats_url",
             format!("role {} needs a bus between roles: set NATS_URL (only role all runs without one)", s.role),
         ));
+    }
+    if s.nats_user.is_some() != s.nats_password.is_some() {
+        return Err(invalid("nats_user", "NATS_USER and NATS_PASSWORD go together"));
     }
     if !(1..=100_000).contains(&s.max_batch) {
         return Err(invalid("max_batch", "must be between 1 and 100000"));

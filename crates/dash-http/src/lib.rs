@@ -26,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 pub use error::ApiError;
+pub use live::follow_bus;
 
 /// Who this node is, for `/ready` and the API.
 #[derive(Debug, Clone)]

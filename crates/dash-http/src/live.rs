@@ -6,7 +6,9 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
+use dash_domain::PipelineUpdate;
 use dash_live::{ClientId, ClientMessage, ServerMessage};
+use tokio::sync::watch;
 
 use crate::{ApiError, AppState};
 
@@ -104,6 +106,50 @@ async fn handle(state: &AppState, client: ClientId, text: &str) -> Option<Utf8By
         ClientMessage::Unsubscribe { pipeline } => {
             state.hub.unsubscribe(client, pipeline).await;
             None
+        }
+    }
+}
+
+/// Keeps `/live` clients right across bus outages: tells them when figures may be stale, and
+/// after every (re)connection reads each pipeline's stats from the store for the hub, so what the
+/// bus lost meanwhile reaches clients as snapshots. Runs until `stop` is set.
+pub async fn follow_bus(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut bus = state.bus.state();
+    let mut synced_generation = 0;
+    loop {
+        let current = *bus.borrow_and_update();
+        state.hub.bus_connected(current.connected).await;
+        if current.connected && current.generation != synced_generation {
+            tokio::select! {
+                synced = resync(&state) => if synced { synced_generation = current.generation },
+                _ = stop.changed() => return,
+            }
+        }
+        let retry = tokio::time::sleep(std::time::Duration::from_secs(1));
+        tokio::select! {
+            changed = bus.changed() => if changed.is_err() { return },
+            // A resync that failed (store down) is tried again.
+            () = retry, if current.connected && current.generation != synced_generation => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn resync(state: &AppState) -> bool {
+    match state.store.list_pipelines().await {
+        Ok(records) => {
+            let at = dash_domain::format_ms(dash_domain::now_ms());
+            let latest = records
+                .into_iter()
+                .map(|r| PipelineUpdate { pipeline: r.id, seq: r.stats.seq, stats: r.stats, at: at.clone() })
+                .collect::<Vec<_>>();
+            tracing::info!(pipelines = latest.len(), "bus (re)connected: live figures resynced from the store");
+            state.hub.resync(latest).await;
+            true
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "bus (re)connected but the store is unavailable; resync retried");
+            false
         }
     }
 }

@@ -219,7 +219,7 @@ impl BufferActor {
         let backlog = partition.backlog.fetch_sub(self.buffer_counted, Ordering::AcqRel) - self.buffer_counted;
         metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string()).set(backlog.max(0) as f64);
         for update in outcome.updates {
-            partition.bus.publish(update);
+            partition.bus.publish(update).await;
         }
         self.buffer.clear();
         self.buffer_counted = 0;

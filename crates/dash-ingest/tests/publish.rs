@@ -25,7 +25,7 @@ async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
     let a = PipelineId::parse(&store.create_pipeline("a").await.unwrap().record.id).unwrap();
     let b = PipelineId::parse(&store.create_pipeline("b").await.unwrap().record.id).unwrap();
     let bus = Bus::in_process();
-    let mut updates = bus.subscribe();
+    let mut updates = bus.subscribe().await.unwrap();
     let settings = IntakeSettings {
         data_dir: dir.path().to_path_buf(),
         partitions: 2,

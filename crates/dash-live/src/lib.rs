@@ -68,6 +68,10 @@ pub enum ServerMessage {
         code: String,
         message: String,
     },
+    /// `stale`: the node lost the bus, figures may be behind until it is back; `live`: back.
+    Status {
+        state: String,
+    },
 }
 
 impl ServerMessage {
@@ -83,6 +87,8 @@ enum Command {
     Subscribe { client: ClientId, pipeline: String, snapshot: PipelineStats },
     Unsubscribe { client: ClientId, pipeline: String },
     Leave { client: ClientId },
+    BusConnected(bool),
+    Resync(Vec<PipelineUpdate>),
 }
 
 /// Handle to the hub; cheap to clone.
@@ -107,11 +113,22 @@ impl HubTask {
 
 impl Hub {
     /// Starts the hub task on `bus`.
-    pub fn start(bus: &Bus) -> (Hub, HubTask) {
+    pub async fn start(bus: &Bus) -> Result<(Hub, HubTask), BusError> {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
-        let handle = tokio::spawn(run(bus.subscribe(), rx, stop_rx));
-        (Hub { commands, next_client: Arc::new(AtomicU64::new(1)) }, HubTask { handle, stop })
+        let handle = tokio::spawn(run(bus.subscribe().await?, rx, stop_rx));
+        Ok((Hub { commands, next_client: Arc::new(AtomicU64::new(1)) }, HubTask { handle, stop }))
+    }
+
+    /// Tells every client whether figures are live (`true`) or may be stale (the bus is away).
+    pub async fn bus_connected(&self, connected: bool) {
+        let _ = self.commands.send(Command::BusConnected(connected)).await;
+    }
+
+    /// Figures read from the store after the bus may have lost updates: each client that is
+    /// behind gets a snapshot (or the update, if it is exactly the next one).
+    pub async fn resync(&self, latest: Vec<PipelineUpdate>) {
+        let _ = self.commands.send(Command::Resync(latest)).await;
     }
 
     /// A new client: its id and the queue its frames arrive on. The queue ends when the hub
@@ -161,10 +178,20 @@ struct Client {
     following: Vec<String>,
 }
 
-#[derive(Default)]
 struct HubState {
     feeds: HashMap<String, PipelineFeed>,
     clients: HashMap<ClientId, Client>,
+    bus_connected: bool,
+}
+
+impl Default for HubState {
+    fn default() -> Self {
+        Self { feeds: HashMap::new(), clients: HashMap::new(), bus_connected: true }
+    }
+}
+
+fn status_frame(connected: bool) -> Bytes {
+    ServerMessage::Status { state: if connected { "live" } else { "stale" }.into() }.to_bytes()
 }
 
 async fn run(mut bus: dash_bus::Subscription, mut commands: mpsc::Receiver<Command>, mut stop: watch::Receiver<bool>) {
@@ -179,7 +206,7 @@ async fn run(mut bus: dash_bus::Subscription, mut commands: mpsc::Receiver<Comma
                     metrics::counter!("dash_live_bus_lagged_total").increment(missed);
                     tracing::warn!(missed, "live hub fell behind the bus; clients will get snapshots");
                 }
-                Err(BusError::Closed) => return,
+                Err(BusError::Closed | BusError::Connect(_)) => return,
             },
             command = commands.recv() => match command {
                 Some(command) => state.apply(command),
@@ -194,7 +221,24 @@ impl HubState {
     fn apply(&mut self, command: Command) {
         match command {
             Command::Join { client, tx } => {
+                if !self.bus_connected {
+                    let _ = tx.try_send(status_frame(false));
+                }
                 self.clients.insert(client, Client { tx, following: Vec::new() });
+            }
+            Command::BusConnected(connected) => {
+                if connected != self.bus_connected {
+                    self.bus_connected = connected;
+                    let frame = status_frame(connected);
+                    for client in self.clients.values() {
+                        let _ = client.tx.try_send(frame.clone());
+                    }
+                }
+            }
+            Command::Resync(latest) => {
+                for update in latest {
+                    self.publish(update);
+                }
             }
             Command::Subscribe { client, pipeline, snapshot } => {
                 let Some(entry) = self.clients.get_mut(&client) else { return };

@@ -27,21 +27,21 @@ async fn settle() {
 #[tokio::test]
 async fn snapshot_then_consecutive_updates_and_a_gap_becomes_a_snapshot() {
     let bus = Bus::in_process();
-    let (hub, task) = Hub::start(&bus);
+    let (hub, task) = Hub::start(&bus).await.unwrap();
     let (client, mut rx) = hub.connect().await;
     hub.subscribe(client, "p".into(), stats(4)).await;
     assert_eq!(next(&mut rx).await, ServerMessage::Snapshot { pipeline: "p".into(), seq: 4, stats: stats(4) });
 
     for seq in [3, 4, 5, 6] {
-        bus.publish(update("p", seq)); // 3 and 4 are not newer than the snapshot: skipped
+        bus.publish(update("p", seq)).await; // 3 and 4 are not newer than the snapshot: skipped
     }
-    bus.publish(update("other", 1));
+    bus.publish(update("other", 1)).await;
     assert!(matches!(next(&mut rx).await, ServerMessage::Update { seq: 5, .. }));
     assert!(matches!(next(&mut rx).await, ServerMessage::Update { seq: 6, .. }));
     // seq 7 was lost on the way: 8 cannot be shown as an update.
-    bus.publish(update("p", 8));
+    bus.publish(update("p", 8)).await;
     assert_eq!(next(&mut rx).await, ServerMessage::Snapshot { pipeline: "p".into(), seq: 8, stats: stats(8) });
-    bus.publish(update("p", 9));
+    bus.publish(update("p", 9)).await;
     assert!(matches!(next(&mut rx).await, ServerMessage::Update { seq: 9, .. }));
     task.shutdown().await;
 }
@@ -49,7 +49,7 @@ async fn snapshot_then_consecutive_updates_and_a_gap_becomes_a_snapshot() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_bounded_and_does_not_delay_others() {
     let bus = Bus::in_process();
-    let (hub, task) = Hub::start(&bus);
+    let (hub, task) = Hub::start(&bus).await.unwrap();
     let (slow, mut slow_rx) = hub.connect().await;
     let (fast, mut fast_rx) = hub.connect().await;
     hub.subscribe(slow, "p".into(), stats(0)).await;
@@ -68,7 +68,7 @@ async fn a_client_that_stops_reading_is_bounded_and_does_not_delay_others() {
         seqs
     });
     for seq in 1..=total {
-        bus.publish(update("p", seq));
+        bus.publish(update("p", seq)).await;
         if seq % 16 == 0 {
             settle().await;
         }
@@ -84,12 +84,12 @@ async fn a_client_that_stops_reading_is_bounded_and_does_not_delay_others() {
     }
     assert_eq!(queued.len(), CLIENT_QUEUE, "bounded queue");
     // Once it reads again, the next update reaches it as a snapshot: no gap is ever shown.
-    bus.publish(update("p", total + 1));
+    bus.publish(update("p", total + 1)).await;
     assert_eq!(
         next(&mut slow_rx).await,
         ServerMessage::Snapshot { pipeline: "p".into(), seq: total + 1, stats: stats(total + 1) }
     );
-    bus.publish(update("p", total + 2));
+    bus.publish(update("p", total + 2)).await;
     assert!(matches!(next(&mut slow_rx).await, ServerMessage::Update { .. }));
     task.shutdown().await;
 }
@@ -97,8 +97,8 @@ async fn a_client_that_stops_reading_is_bounded_and_does_not_delay_others() {
 #[tokio::test]
 async fn a_late_subscriber_starts_from_the_newer_of_store_and_hub() {
     let bus = Bus::in_process();
-    let (hub, task) = Hub::start(&bus);
-    bus.publish(update("p", 7));
+    let (hub, task) = Hub::start(&bus).await.unwrap();
+    bus.publish(update("p", 7)).await;
     settle().await;
     let (client, mut rx) = hub.connect().await;
     hub.subscribe(client, "p".into(), stats(5)).await; // the store read raced with seq 6 and 7

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use dash_bus::Bus;
-use dash_config::{Role, Settings};
+use dash_bus::{Bus, NatsOptions};
+use dash_config::Settings;
 use dash_http::{AppState, HttpLimits, NodeInfo};
 use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
 use dash_live::{Hub, HubTask};
@@ -24,6 +24,8 @@ pub struct App {
     store: Store,
     intake: Option<(Intake, IntakeTasks)>,
     hub: HubTask,
+    /// Resyncs live clients after bus outages; stopped before the hub.
+    bus_follower: (tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>),
     settings: Settings,
 }
 
@@ -31,16 +33,13 @@ impl App {
     /// Connects, migrates, replays the intake log and binds the listener. Serving starts with
     /// [`App::run_until_stopped`].
     pub async fn build(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<App> {
-        if settings.role != Role::All {
-            anyhow::bail!(
-                "role {} runs beside other roles over NATS, which this build does not provide yet; use --role all",
-                settings.role
-            );
-        }
         let database_url = settings.database_url();
         let store = Store::connect(&database_url).await.context("connecting to the database")?;
         store.migrate().await.context("migrating the database")?;
-        let bus = Bus::in_process();
+        let bus = match &settings.nats_url {
+            Some(url) => Bus::nats(&nats_options(&settings, url)).await.context("connecting to NATS")?,
+            None => Bus::in_process(),
+        };
 
         let intake = if settings.role.serves_intake() {
             let intake_settings = IntakeSettings {
@@ -70,9 +69,12 @@ impl App {
             inflight_body_bytes: INFLIGHT_BODY_BYTES,
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
         };
-        let (hub, hub_task) = Hub::start(&bus);
+        let bus_kind = bus.kind();
+        let (hub, hub_task) = Hub::start(&bus).await.context("subscribing to the bus")?;
         let state =
             AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub);
+        let (bus_stop, bus_stop_rx) = tokio::sync::watch::channel(false);
+        let bus_follower = tokio::spawn(dash_http::follow_bus(state.clone(), bus_stop_rx));
         let router = dash_http::router(state);
         let listener = listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         tracing::info!(
@@ -80,9 +82,10 @@ impl App {
             store = store.backend(),
             layout = store.layout(),
             partitions = settings.partitions,
+            bus = bus_kind,
             "dash ready"
         );
-        Ok(App { listener, router, store, intake, hub: hub_task, settings })
+        Ok(App { listener, router, store, intake, hub: hub_task, bus_follower: (bus_follower, bus_stop), settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -121,6 +124,9 @@ impl App {
             }
         }
         signal_task.abort();
+        let (follower, stop_follower) = self.bus_follower;
+        let _ = stop_follower.send(true);
+        let _ = follower.await;
         // Live sessions end when the hub lets go of their queues.
         self.hub.shutdown().await;
         if let Some((intake, tasks)) = self.intake {
@@ -129,6 +135,20 @@ impl App {
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// NATS connection settings from `NATS_*`; the client is named after the node.
+fn nats_options(settings: &Settings, url: &str) -> NatsOptions {
+    NatsOptions {
+        url: url.to_owned(),
+        name: format!("dashd-{}-{}", settings.role, settings.node_id()),
+        token: settings.nats_token.as_ref().map(|t| t.expose().to_owned()),
+        user: settings.nats_user.clone(),
+        password: settings.nats_password.as_ref().map(|p| p.expose().to_owned()),
+        creds_file: settings.nats_creds.clone(),
+        tls_ca: settings.nats_tls_ca.clone(),
+        require_tls: settings.nats_tls_required,
     }
 }
 

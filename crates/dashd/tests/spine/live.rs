@@ -8,18 +8,18 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::TestServer;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(server: &TestServer) -> Socket {
+pub(crate) async fn connect(server: &TestServer) -> Socket {
     let url = server.base.replacen("http://", "ws://", 1) + "/live";
     tokio_tungstenite::connect_async(url).await.unwrap().0
 }
 
-async fn send(socket: &mut Socket, message: Value) {
+pub(crate) async fn send(socket: &mut Socket, message: Value) {
     socket.send(Message::Text(message.to_string().into())).await.unwrap();
 }
 
-async fn next(socket: &mut Socket) -> Value {
+pub(crate) async fn next(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
         if let Message::Text(text) = message {

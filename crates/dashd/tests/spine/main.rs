@@ -8,4 +8,5 @@ mod flush;
 mod intake;
 mod live;
 mod proxy;
+mod roles;
 mod support;

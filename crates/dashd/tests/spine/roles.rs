@@ -1,0 +1,98 @@
+//! Roles apart: an ingestor and a web node as separate processes on one PostgreSQL database,
+//! with NATS between them (a nats-server of the test's own, killed and restarted under load).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::live::{connect, next, send};
+use crate::support::{NatsServer, TestServer, fresh_postgres, postgres_admin};
+
+async fn ready(server: &TestServer) -> Value {
+    server.client.get(server.url("/ready")).send().await.unwrap().json().await.unwrap()
+}
+
+async fn wait_for_bus(server: &TestServer, ok: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let report = ready(server).await;
+        if report["checks"]["bus"]["ok"] == ok {
+            assert_eq!(report["status"], if ok { "healthy" } else { "degraded" }, "{report}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "bus ok never became {ok}: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Frames until one satisfies `done`; every update on the way must follow the one before.
+async fn read_until(socket: &mut crate::live::Socket, seq: &mut i64, done: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let frame = next(socket).await;
+        match frame["type"].as_str() {
+            Some("update") => {
+                assert_eq!(frame["seq"].as_i64().unwrap(), *seq + 1, "updates are consecutive: {frame}");
+                *seq += 1;
+            }
+            Some("snapshot") => *seq = frame["seq"].as_i64().unwrap(),
+            _ => {}
+        }
+        if done(&frame) {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
+    if postgres_admin().is_some() {
+        return; // one run is enough: this test always uses PostgreSQL
+    }
+    let Some(admin) = dash_store::testing::admin_url() else {
+        eprintln!("skipped: needs DASH_TEST_POSTGRES (scripts/test.sh sets it)");
+        return;
+    };
+    let database = fresh_postgres(&admin).await;
+    let mut nats = NatsServer::start();
+    let common =
+        [("DATABASE_URL", database.as_str()), ("NATS_URL", nats.url.as_str()), ("DASH_FLUSH_INTERVAL", "50ms")];
+    let with = |extra: [(&'static str, &'static str); 2]| common.iter().copied().chain(extra).collect::<Vec<_>>();
+    let ingestor = TestServer::start(&with([("APP_ROLE", "ingestor"), ("DASH_NODE_ID", "ingestor-1")])).await;
+    let web = TestServer::start(&with([("APP_ROLE", "web"), ("DASH_NODE_ID", "web-1")])).await;
+    wait_for_bus(&ingestor, true).await;
+    wait_for_bus(&web, true).await;
+
+    let p = ingestor.create_pipeline("orders").await;
+    assert_eq!(web.client.get(web.url("/")).send().await.unwrap().status(), 200, "the web node serves pages");
+    assert_eq!(ingestor.client.get(ingestor.url("/")).send().await.unwrap().status(), 404, "the ingestor does not");
+    assert_eq!(web.get_json("/api/pipelines/orders").await["id"], "orders", "both read the same database");
+
+    let mut socket = connect(&web).await;
+    send(&mut socket, json!({"type": "subscribe", "pipeline": "orders"})).await;
+    let mut seq = -1;
+    read_until(&mut socket, &mut seq, |f| f["type"] == "snapshot").await;
+    for i in 0..3 {
+        assert_eq!(ingestor.post_json(&p, &format!("a{i}"), "{}").await.status(), 202);
+        read_until(&mut socket, &mut seq, |f| f["type"] == "update" && f["stats"]["count"] == i + 1).await;
+    }
+
+    // The broker dies: intake goes on, the web node says its figures may be stale.
+    nats.stop();
+    wait_for_bus(&web, false).await;
+    read_until(&mut socket, &mut seq, |f| f["type"] == "status" && f["state"] == "stale").await;
+    for i in 0..4 {
+        assert_eq!(ingestor.post_json(&p, &format!("b{i}"), "{}").await.status(), 202, "ingestion is unaffected");
+    }
+    ingestor.wait_for_count(&p, 7, Duration::from_secs(10)).await;
+
+    // Back: the web node resyncs from the database, and updates flow again, consecutively.
+    nats.restart();
+    wait_for_bus(&web, true).await;
+    read_until(&mut socket, &mut seq, |f| f["type"] == "status" && f["state"] == "live").await;
+    read_until(&mut socket, &mut seq, |f| f["stats"]["count"] == 7).await;
+    wait_for_bus(&ingestor, true).await;
+    assert_eq!(ingestor.post_json(&p, "c0", "{}").await.status(), 202);
+    let last = read_until(&mut socket, &mut seq, |f| f["stats"]["count"] == 8).await;
+    assert_eq!(last["type"], "update", "after the resync, plain updates again: {last}");
+    dash_store::testing::drop_database(&admin, &database).await.ok();
+}
