@@ -268,33 +268,22 @@ pub fn load(config_dir: &Path, overrides: &Overrides) -> Result<Settings, Config
 
 /// Empty strings (an env var set to "") mean "unset".
 fn normalize(mut s: Settings) -> Settings {
-    let blank = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim().is_empty());
-    if blank(&s.nats_url) {
-        s.nats_url = None;
+    fn blank(value: &mut Option<String>) {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            *value = None;
+        }
     }
-    if blank(&s.nats_user) {
-        s.nats_user = None;
+    fn empty_secret(value: &mut Option<Secret>) {
+        if value.as_ref().is_some_and(|v| v.expose().is_empty()) {
+            *value = None;
+        }
     }
-    if s.nats_token.as_ref().is_some_and(|t| t.expose().is_empty()) {
-        s.nats_token = None;
+    for text in [&mut s.nats_url, &mut s.nats_user, &mut s.dns_cluster_query, &mut s.dns_ingestor_query, &mut s.node_id]
+    {
+        blank(text);
     }
-    if s.nats_password.as_ref().is_some_and(|t| t.expose().is_empty()) {
-        s.nats_password = None;
-    }
-    if blank(&s.dns_cluster_query) {
-        s.dns_cluster_query = None;
-    }
-    if blank(&s.dns_ingestor_query) {
-        s.dns_ingestor_query = None;
-    }
-    if blank(&s.node_id) {
-        s.node_id = None;
-    }
-    if s.admin_token.as_ref().is_some_and(|t| t.expose().is_empty()) {
-        s.admin_token = None;
-    }
-    if s.database_url.as_ref().is_some_and(|t| t.expose().is_empty()) {
-        s.database_url = None;
+    for secret in [&mut s.nats_token, &mut s.nats_password, &mut s.admin_token, &mut s.database_url] {
+        empty_secret(secret);
     }
     s
 }
