@@ -9,7 +9,7 @@
 
 mod nats;
 
-use dash_domain::PipelineUpdate;
+use dash_domain::{NodeHeartbeat, PipelineUpdate};
 use tokio::sync::{broadcast, watch};
 
 pub use nats::NatsOptions;
@@ -22,6 +22,8 @@ pub fn update_subject(pipeline: &str) -> String {
 }
 /// Every pipeline's updates.
 pub const ALL_UPDATES: &str = "dash.pipeline.*.updated";
+/// Node heartbeats.
+pub const HEARTBEAT_SUBJECT: &str = "dash.node.heartbeat";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -43,14 +45,26 @@ pub struct BusState {
 
 #[derive(Clone)]
 pub enum Bus {
-    InProcess(broadcast::Sender<PipelineUpdate>, watch::Receiver<BusState>),
+    InProcess(InProcessBus),
     Nats(nats::NatsBus),
+}
+
+/// One process's bus: broadcast channels, always connected.
+#[derive(Clone)]
+pub struct InProcessBus {
+    updates: broadcast::Sender<PipelineUpdate>,
+    heartbeats: broadcast::Sender<NodeHeartbeat>,
+    state: watch::Receiver<BusState>,
 }
 
 impl Bus {
     pub fn in_process() -> Self {
         let (_, state) = watch::channel(BusState { connected: true, generation: 1 });
-        Self::InProcess(broadcast::channel(IN_PROCESS_CAPACITY).0, state)
+        Self::InProcess(InProcessBus {
+            updates: broadcast::channel(IN_PROCESS_CAPACITY).0,
+            heartbeats: broadcast::channel(64).0,
+            state,
+        })
     }
 
     /// Connects to NATS. Returns at once even when NATS is down: the client keeps retrying in
@@ -61,7 +75,7 @@ impl Bus {
 
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InProcess(..) => "in-process",
+            Self::InProcess(_) => "in-process",
             Self::Nats(_) => "nats",
         }
     }
@@ -69,17 +83,35 @@ impl Bus {
     /// Publishes after a commit. Having no subscriber, or no broker right now, is not an error.
     pub async fn publish(&self, update: PipelineUpdate) {
         match self {
-            Self::InProcess(tx, _) => {
-                let _ = tx.send(update);
+            Self::InProcess(bus) => {
+                let _ = bus.updates.send(update);
             }
             Self::Nats(bus) => bus.publish(update).await,
+        }
+    }
+
+    /// Publishes this node's heartbeat; like updates, never waits on the broker.
+    pub async fn publish_heartbeat(&self, heartbeat: &NodeHeartbeat) {
+        match self {
+            Self::InProcess(bus) => {
+                let _ = bus.heartbeats.send(heartbeat.clone());
+            }
+            Self::Nats(bus) => bus.publish_heartbeat(heartbeat).await,
+        }
+    }
+
+    /// Every node's heartbeats (this node's included).
+    pub async fn heartbeats(&self) -> Result<Heartbeats, BusError> {
+        match self {
+            Self::InProcess(bus) => Ok(Heartbeats::InProcess(bus.heartbeats.subscribe())),
+            Self::Nats(bus) => bus.heartbeats().await.map(Heartbeats::Nats),
         }
     }
 
     /// All pipelines' updates, in the order each publisher sent them.
     pub async fn subscribe(&self) -> Result<Subscription, BusError> {
         match self {
-            Self::InProcess(tx, _) => Ok(Subscription::InProcess(tx.subscribe())),
+            Self::InProcess(bus) => Ok(Subscription::InProcess(bus.updates.subscribe())),
             Self::Nats(bus) => bus.subscribe().await.map(Subscription::Nats),
         }
     }
@@ -87,7 +119,7 @@ impl Bus {
     /// Connection state; changes whenever the bus disconnects or (re)connects.
     pub fn state(&self) -> watch::Receiver<BusState> {
         match self {
-            Self::InProcess(_, state) => state.clone(),
+            Self::InProcess(bus) => bus.state.clone(),
             Self::Nats(bus) => bus.state(),
         }
     }
@@ -111,6 +143,28 @@ impl Subscription {
                 broadcast::error::RecvError::Lagged(n) => BusError::Lagged(n),
                 broadcast::error::RecvError::Closed => BusError::Closed,
             }),
+            Self::Nats(sub) => sub.recv().await,
+        }
+    }
+}
+
+pub enum Heartbeats {
+    InProcess(broadcast::Receiver<NodeHeartbeat>),
+    Nats(nats::NatsHeartbeats),
+}
+
+impl Heartbeats {
+    /// The next heartbeat; `Closed` when the bus is gone. Missed heartbeats are skipped over
+    /// (the next one tells the same).
+    pub async fn recv(&mut self) -> Result<NodeHeartbeat, BusError> {
+        match self {
+            Self::InProcess(rx) => loop {
+                match rx.recv().await {
+                    Ok(heartbeat) => return Ok(heartbeat),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return Err(BusError::Closed),
+                }
+            },
             Self::Nats(sub) => sub.recv().await,
         }
     }

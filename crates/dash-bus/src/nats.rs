@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event};
-use dash_domain::PipelineUpdate;
+use dash_domain::{NodeHeartbeat, PipelineUpdate};
 use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::{ALL_UPDATES, BusError, BusState, update_subject};
+use crate::{ALL_UPDATES, BusError, BusState, HEARTBEAT_SUBJECT, update_subject};
 
 /// Longest a publish may wait for room in the client's outgoing queue. Past it the update is
 /// dropped: the buffer actor that publishes must never stall on the broker.
@@ -93,21 +94,30 @@ impl NatsBus {
     }
 
     pub(crate) async fn publish(&self, update: PipelineUpdate) {
+        self.send(update_subject(&update.pipeline), &update).await;
+    }
+
+    pub(crate) async fn publish_heartbeat(&self, heartbeat: &NodeHeartbeat) {
+        self.send(HEARTBEAT_SUBJECT.to_owned(), heartbeat).await;
+    }
+
+    /// Publishes unless the broker is away or the client's queue stays full for
+    /// [`PUBLISH_WAIT`]; then the message is dropped and counted.
+    async fn send(&self, subject: String, message: &impl serde::Serialize) {
         if !self.state.borrow().connected {
             // Web nodes resync from the store when the bus is back; queueing would only
             // replay stale figures.
             metrics::counter!("dash_bus_publish_dropped_total").increment(1);
             return;
         }
-        let payload = match serde_json::to_vec(&update) {
+        let payload = match serde_json::to_vec(message) {
             Ok(payload) => payload,
             Err(err) => {
-                tracing::error!(error = %err, "bus: cannot encode an update");
+                tracing::error!(error = %err, "bus: cannot encode a message");
                 return;
             }
         };
-        let publish = self.client.publish(update_subject(&update.pipeline), payload.into());
-        match tokio::time::timeout(PUBLISH_WAIT, publish).await {
+        match tokio::time::timeout(PUBLISH_WAIT, self.client.publish(subject, payload.into())).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 metrics::counter!("dash_bus_publish_dropped_total").increment(1);
@@ -115,7 +125,7 @@ impl NatsBus {
             }
             Err(_) => {
                 metrics::counter!("dash_bus_publish_dropped_total").increment(1);
-                tracing::debug!("bus: publish queue full; update dropped");
+                tracing::debug!("bus: publish queue full; message dropped");
             }
         }
     }
@@ -124,6 +134,12 @@ impl NatsBus {
         let subscriber =
             self.client.subscribe(ALL_UPDATES).await.map_err(|e| BusError::Connect(format!("subscribe: {e}")))?;
         Ok(NatsSubscription { subscriber })
+    }
+
+    pub(crate) async fn heartbeats(&self) -> Result<NatsHeartbeats, BusError> {
+        let subscriber =
+            self.client.subscribe(HEARTBEAT_SUBJECT).await.map_err(|e| BusError::Connect(format!("subscribe: {e}")))?;
+        Ok(NatsHeartbeats { subscriber })
     }
 
     pub(crate) fn state(&self) -> watch::Receiver<BusState> {
@@ -138,14 +154,30 @@ pub struct NatsSubscription {
 
 impl NatsSubscription {
     pub(crate) async fn recv(&mut self) -> Result<PipelineUpdate, BusError> {
-        loop {
-            let message = self.subscriber.next().await.ok_or(BusError::Closed)?;
-            match serde_json::from_slice(&message.payload) {
-                Ok(update) => return Ok(update),
-                Err(err) => {
-                    metrics::counter!("dash_bus_bad_messages_total").increment(1);
-                    tracing::warn!(subject = %message.subject, error = %err, "bus: not a pipeline update; ignored");
-                }
+        next_message(&mut self.subscriber).await
+    }
+}
+
+/// Heartbeats of every node.
+pub struct NatsHeartbeats {
+    subscriber: async_nats::Subscriber,
+}
+
+impl NatsHeartbeats {
+    pub(crate) async fn recv(&mut self) -> Result<NodeHeartbeat, BusError> {
+        next_message(&mut self.subscriber).await
+    }
+}
+
+/// The next message that decodes as `T`; others are counted and skipped.
+async fn next_message<T: DeserializeOwned>(subscriber: &mut async_nats::Subscriber) -> Result<T, BusError> {
+    loop {
+        let message = subscriber.next().await.ok_or(BusError::Closed)?;
+        match serde_json::from_slice(&message.payload) {
+            Ok(decoded) => return Ok(decoded),
+            Err(err) => {
+                metrics::counter!("dash_bus_bad_messages_total").increment(1);
+                tracing::warn!(subject = %message.subject, error = %err, "bus: malformed message ignored");
             }
         }
     }

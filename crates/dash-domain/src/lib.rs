@@ -10,7 +10,7 @@ mod stats;
 
 pub use body::{BodyError, BodyFormat, RequestIdentity, parse_body};
 pub use ids::{EventId, InvalidId, PipelineId};
-pub use stats::{PipelineStats, PipelineUpdate};
+pub use stats::{NodeHeartbeat, PipelineStats, PipelineUpdate};
 
 use serde::{Deserialize, Serialize};
 

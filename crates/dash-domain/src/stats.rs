@@ -22,3 +22,16 @@ pub struct PipelineUpdate {
     /// Commit time, RFC 3339.
     pub at: String,
 }
+
+/// What every node publishes each second on `dash.node.heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    pub node: String,
+    pub role: String,
+    pub region: String,
+    /// Where the node listens (`IP:PORT`).
+    pub addr: String,
+    pub version: String,
+    /// RFC 3339.
+    pub started_at: String,
+}

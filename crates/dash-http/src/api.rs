@@ -191,20 +191,14 @@ async fn events(
     Ok(Json(json!({ "pipeline": record.id, "events": events })))
 }
 
-/// The nodes this one knows of. Until cluster membership exists that is itself.
+/// Every node heard from (heartbeats), with this node's health.
 async fn cluster(State(state): State<AppState>) -> Json<Value> {
     let (_, report) = crate::ops::readiness(&state).await;
-    let node = &state.node;
-    Json(json!({ "nodes": [{
-        "node": node.node,
-        "role": node.role,
-        "region": node.region,
-        "version": node.version,
-        "status": "up",
-        "health": report["status"],
-        "last_seen": format_ms(dash_domain::now_ms()),
-        "this_node": true,
-    }]}))
+    let mut nodes = serde_json::to_value(state.members()).unwrap_or_default();
+    if let Some(me) = nodes.as_array_mut().and_then(|n| n.iter_mut().find(|n| n["this_node"] == true)) {
+        me["health"] = report["status"].clone();
+    }
+    Json(json!({ "nodes": nodes }))
 }
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {

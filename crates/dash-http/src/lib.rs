@@ -19,6 +19,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::http::StatusCode;
 use dash_bus::Bus;
+use dash_cluster::{Member, Membership};
 use dash_ingest::Intake;
 use dash_live::Hub;
 use dash_store::Store;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Body-byte budget (1 permit = 1 KiB) shared by concurrent webhook requests.
     pub inflight: Arc<Semaphore>,
+    /// Who else is in the cluster, from heartbeats (absent: this node alone).
+    pub membership: Option<Membership>,
 }
 
 impl AppState {
@@ -84,6 +87,30 @@ impl AppState {
             metrics,
             hub,
             inflight: Arc::new(Semaphore::new(permits)),
+            membership: None,
+        }
+    }
+
+    pub fn with_membership(mut self, membership: Membership) -> Self {
+        self.membership = Some(membership);
+        self
+    }
+
+    /// Every node known, this one first; this node alone when there is no membership view.
+    pub(crate) fn members(&self) -> Vec<Member> {
+        match &self.membership {
+            Some(membership) => membership.members(),
+            None => vec![Member {
+                node: self.node.node.clone(),
+                role: self.node.role.clone(),
+                region: self.node.region.clone(),
+                addr: String::new(),
+                version: self.node.version.clone(),
+                started_at: String::new(),
+                status: "up",
+                last_seen: dash_domain::format_ms(dash_domain::now_ms()),
+                this_node: true,
+            }],
         }
     }
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use dash_domain::now_ms;
 use dash_store::PipelineRecord;
 use dash_web::{
-    Chart, ChartRange, Chrome, EventRow, NodeStatus, PipelinePanel, PipelineSummary, SendInstructions, pages,
+    Chart, ChartRange, Chrome, EventRow, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, SendInstructions, pages,
 };
 use serde::Deserialize;
 
@@ -33,6 +33,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/pipelines/{id}/panel", get(panel))
         .route("/pipelines/{id}/row", get(row))
         .route("/cluster", get(cluster))
+        .route("/cluster/nodes", get(cluster_nodes))
         .route_layer(middleware::from_fn_with_state(state, require_session))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -66,7 +67,7 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
         return next.run(request).await;
     }
     let path = request.uri().path();
-    if path.ends_with("/panel") || path.ends_with("/row") {
+    if path.ends_with("/panel") || path.ends_with("/row") || path == "/cluster/nodes" {
         return html(StatusCode::UNAUTHORIZED, String::new());
     }
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -288,7 +289,27 @@ async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Response 
         status: report["status"].as_str().unwrap_or("unknown").to_owned(),
         checks,
     };
-    html(StatusCode::OK, pages::cluster(chrome(&state, &headers), node))
+    html(StatusCode::OK, pages::cluster(chrome(&state, &headers), node, node_rows(&state)))
+}
+
+fn node_rows(state: &AppState) -> Vec<NodeRow> {
+    state
+        .members()
+        .into_iter()
+        .map(|m| NodeRow {
+            node: m.node,
+            role: m.role,
+            region: m.region,
+            version: m.version,
+            status: m.status.to_owned(),
+            last_seen: m.last_seen,
+            this_node: m.this_node,
+        })
+        .collect()
+}
+
+async fn cluster_nodes(State(state): State<AppState>) -> Response {
+    html(StatusCode::OK, pages::cluster_nodes(node_rows(&state)))
 }
 
 #[derive(Deserialize)]

@@ -96,7 +96,7 @@ async function refresh(url, pipeline, state) {
     if (!fresh || !current) return;
     current.replaceWith(fresh);
     // An update may have landed while the fragment was in flight: never show older figures.
-    const known = latest.get(pipeline);
+    const known = pipeline === null ? undefined : latest.get(pipeline);
     if (known && Number(fresh.dataset.seq ?? known.seq) < known.seq) apply(pipeline, known.seq, known.stats);
   } catch {
     // The next update or reconnect schedules another try.
@@ -182,5 +182,17 @@ function connect() {
 setInterval(() => {
   if (downSince !== null) setStatus(downState(), "connection lost; retrying");
 }, 1_000);
+
+// Fragments that change without pipeline updates (the cluster's node list) refresh on a period.
+for (const el of document.querySelectorAll("[data-refresh][data-refresh-every]")) {
+  const url = el.dataset.refresh;
+  const state = { timer: null, last: 0 };
+  refreshes.set(url, state);
+  setInterval(() => {
+    if (state.timer) return; // the last one is still in flight
+    state.timer = true;
+    refresh(url, null, state);
+  }, Math.max(500, Number(el.dataset.refreshEvery) || 2_000));
+}
 
 connect();

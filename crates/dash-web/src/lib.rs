@@ -14,6 +14,8 @@
 //! pipeline; inside it, elements with `data-field="count" | "last_event_at" | "duplicates"` are
 //! set from each update; an element with `data-pipeline` and `data-refresh="<url>"` is replaced by
 //! the HTML at that URL (at most every [`REFRESH_MS`]) after its pipeline changed. The element with
+//! An element with `data-refresh` and `data-refresh-every="<ms>"` is re-fetched on that period
+//! instead (the cluster page's node list). The element with
 //! id `live-status` shows `static`, `connecting`, `live`, `reconnecting` or `stale`.
 
 mod charts;
@@ -93,6 +95,20 @@ pub struct PipelinePanel {
     pub rate: f64,
     pub chart: Chart,
     pub events: Vec<EventRow>,
+}
+
+/// One node of the cluster, as heard from its heartbeats.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub node: String,
+    pub role: String,
+    pub region: String,
+    pub version: String,
+    /// `up` or `down`.
+    pub status: String,
+    /// RFC 3339.
+    pub last_seen: String,
+    pub this_node: bool,
 }
 
 /// This node as the cluster page shows it.

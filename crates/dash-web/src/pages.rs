@@ -5,7 +5,7 @@ use leptos::prelude::*;
 
 use crate::charts::{BarChart, Sparkline};
 use crate::display::{preview, rate, timestamp, uptime};
-use crate::{ChartRange, Chrome, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, SendInstructions};
+use crate::{ChartRange, Chrome, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, SendInstructions};
 
 /// Characters of payload shown per event.
 const PREVIEW_CHARS: usize = 140;
@@ -240,8 +240,11 @@ fn SendSection(send: SendInstructions, range: ChartRange) -> impl IntoView {
     }
 }
 
-/// `/cluster`: this node now.
-pub fn cluster(chrome: Chrome, node: NodeStatus) -> String {
+/// How often the cluster page re-fetches its node list, in milliseconds.
+const NODES_REFRESH_MS: u64 = 2_000;
+
+/// `/cluster`: every node heard from, and this node's health checks.
+pub fn cluster(chrome: Chrome, node: NodeStatus, nodes: Vec<NodeRow>) -> String {
     let checks = node
         .checks
         .into_iter()
@@ -252,25 +255,48 @@ pub fn cluster(chrome: Chrome, node: NodeStatus) -> String {
         .collect_view();
     let content = view! {
         <h1>"Cluster"</h1>
-        <table class="nodes">
-            <thead>
-                <tr><th>"Node"</th><th>"Role"</th><th>"Region"</th><th>"Version"</th><th>"Uptime"</th><th>"Health"</th></tr>
-            </thead>
-            <tbody>
-                <tr>
-                    <td>{node.node}" "<span class="sub">"(this node)"</span></td>
-                    <td>{node.role}</td>
-                    <td>{node.region}</td>
-                    <td>{node.version}</td>
-                    <td>{uptime(node.uptime_secs)}</td>
-                    <td class=format!("health {}", node.status)>{node.status.clone()}</td>
-                </tr>
-            </tbody>
-        </table>
-        <h2>"Checks"</h2>
+        <Nodes nodes=nodes />
+        <h2>{format!("This node: {} ({}, {}), up {}", node.node, node.role, node.region, uptime(node.uptime_secs))}</h2>
+        <p>"Health: "<strong class=format!("health {}", node.status)>{node.status.clone()}</strong>" · dashd "{node.version}</p>
         <ul class="checks">{checks}</ul>
     };
     document("Cluster", Some(chrome), content)
+}
+
+/// The node list alone: the fragment at `/cluster/nodes`.
+pub fn cluster_nodes(nodes: Vec<NodeRow>) -> String {
+    view! { <Nodes nodes=nodes /> }.to_html()
+}
+
+#[component]
+fn Nodes(nodes: Vec<NodeRow>) -> impl IntoView {
+    let rows = nodes
+        .into_iter()
+        .map(|n| {
+            let marker = n.this_node.then(|| view! { " "<span class="sub">"(this node)"</span> });
+            let id = n.node.clone();
+            view! {
+                <tr data-node=id>
+                    <td>{n.node}{marker}</td>
+                    <td>{n.role}</td>
+                    <td>{n.region}</td>
+                    <td>{n.version}</td>
+                    <td class=format!("node-status {}", n.status)>{n.status.clone()}</td>
+                    <td>{timestamp(Some(&n.last_seen))}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <section class="nodes" data-refresh="/cluster/nodes" data-refresh-every=NODES_REFRESH_MS.to_string()>
+            <table class="nodes">
+                <thead>
+                    <tr><th>"Node"</th><th>"Role"</th><th>"Region"</th><th>"Version"</th><th>"Status"</th><th>"Last seen (UTC)"</th></tr>
+                </thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </section>
+    }
 }
 
 /// `/login`: the admin token form. `next` is where to go after signing in.

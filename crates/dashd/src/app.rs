@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use dash_bus::{Bus, NatsOptions};
+use dash_cluster::MembershipTask;
 use dash_config::Settings;
+use dash_domain::NodeHeartbeat;
 use dash_http::{AppState, HttpLimits, NodeInfo};
 use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
 use dash_live::{Hub, HubTask};
@@ -26,6 +28,8 @@ pub struct App {
     hub: HubTask,
     /// Resyncs live clients after bus outages; stopped before the hub.
     bus_follower: (tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>),
+    /// Publishes this node's heartbeat and keeps the membership view.
+    membership: MembershipTask,
     settings: Settings,
 }
 
@@ -70,13 +74,24 @@ impl App {
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
         };
         let bus_kind = bus.kind();
+        let listener = listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
+        let heartbeat = NodeHeartbeat {
+            node: node.node.clone(),
+            role: node.role.clone(),
+            region: node.region.clone(),
+            addr: listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            version: node.version.clone(),
+            started_at: dash_domain::format_ms(dash_domain::now_ms()),
+        };
+        let (membership, membership_task) =
+            dash_cluster::start(&bus, heartbeat).await.context("subscribing to heartbeats")?;
         let (hub, hub_task) = Hub::start(&bus).await.context("subscribing to the bus")?;
         let state =
-            AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub);
+            AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub)
+                .with_membership(membership);
         let (bus_stop, bus_stop_rx) = tokio::sync::watch::channel(false);
         let bus_follower = tokio::spawn(dash_http::follow_bus(state.clone(), bus_stop_rx));
         let router = dash_http::router(state);
-        let listener = listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
         tracing::info!(
             role = %settings.role,
             store = store.backend(),
@@ -85,7 +100,16 @@ impl App {
             bus = bus_kind,
             "dash ready"
         );
-        Ok(App { listener, router, store, intake, hub: hub_task, bus_follower: (bus_follower, bus_stop), settings })
+        Ok(App {
+            listener,
+            router,
+            store,
+            intake,
+            hub: hub_task,
+            bus_follower: (bus_follower, bus_stop),
+            membership: membership_task,
+            settings,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -124,6 +148,7 @@ impl App {
             }
         }
         signal_task.abort();
+        self.membership.shutdown().await;
         let (follower, stop_follower) = self.bus_follower;
         let _ = stop_follower.send(true);
         let _ = follower.await;

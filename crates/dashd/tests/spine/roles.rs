@@ -25,6 +25,19 @@ async fn wait_for_bus(server: &TestServer, ok: bool) {
     }
 }
 
+async fn wait_for_node(server: &TestServer, node: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cluster = server.get_json("/api/cluster").await;
+        let found = cluster["nodes"].as_array().unwrap().iter().find(|n| n["node"] == node).cloned();
+        if found.as_ref().is_some_and(|n| n["status"] == status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{node} never {status}: {cluster}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Frames until one satisfies `done`; every update on the way must follow the one before.
 async fn read_until(socket: &mut crate::live::Socket, seq: &mut i64, done: impl Fn(&Value) -> bool) -> Value {
     loop {
@@ -57,7 +70,7 @@ async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
     let common =
         [("DATABASE_URL", database.as_str()), ("NATS_URL", nats.url.as_str()), ("DASH_FLUSH_INTERVAL", "50ms")];
     let with = |extra: [(&'static str, &'static str); 2]| common.iter().copied().chain(extra).collect::<Vec<_>>();
-    let ingestor = TestServer::start(&with([("APP_ROLE", "ingestor"), ("DASH_NODE_ID", "ingestor-1")])).await;
+    let mut ingestor = TestServer::start(&with([("APP_ROLE", "ingestor"), ("DASH_NODE_ID", "ingestor-1")])).await;
     let web = TestServer::start(&with([("APP_ROLE", "web"), ("DASH_NODE_ID", "web-1")])).await;
     wait_for_bus(&ingestor, true).await;
     wait_for_bus(&web, true).await;
@@ -94,5 +107,17 @@ async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
     assert_eq!(ingestor.post_json(&p, "c0", "{}").await.status(), 202);
     let last = read_until(&mut socket, &mut seq, |f| f["stats"]["count"] == 8).await;
     assert_eq!(last["type"], "update", "after the resync, plain updates again: {last}");
+
+    // Membership: the web node hears the ingestor's heartbeats; kill -9 shows it down within
+    // 3 s of silence (plus the sweep), a restart shows it up again.
+    wait_for_node(&web, "ingestor-1", "up").await;
+    let page = web.client.get(web.url("/cluster")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("ingestor-1") && page.contains("web-1"), "{page}");
+    ingestor.kill9();
+    let killed = Instant::now();
+    wait_for_node(&web, "ingestor-1", "down").await;
+    assert!(killed.elapsed() < Duration::from_millis(4_000), "down after {:?}", killed.elapsed());
+    ingestor.restart();
+    wait_for_node(&web, "ingestor-1", "up").await;
     dash_store::testing::drop_database(&admin, &database).await.ok();
 }

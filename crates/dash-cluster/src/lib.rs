@@ -1,0 +1,203 @@
+//! Cluster membership. Every node publishes a [`NodeHeartbeat`] on the bus each second and
+//! keeps a view of every node it hears: up while heartbeats arrive, down after [`DOWN_AFTER`] of
+//! silence. Transitions are logged as `node-up` / `node-down` events.
+//!
+//! **Architecture invariant:** membership is advisory. It feeds the cluster page and (later)
+//! the choice of peers; no write path waits on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dash_bus::{Bus, BusError, Heartbeats};
+use dash_domain::{NodeHeartbeat, format_ms, now_ms};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How often a node says it is alive.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Silence after which a node is down.
+pub const DOWN_AFTER: Duration = Duration::from_secs(3);
+/// How often silence is checked, so "down" shows at most this long after [`DOWN_AFTER`].
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// A node down this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// One node as the cluster page and `/api/cluster` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub node: String,
+    pub role: String,
+    pub region: String,
+    pub addr: String,
+    pub version: String,
+    pub started_at: String,
+    /// `up` or `down`.
+    pub status: &'static str,
+    /// RFC 3339.
+    pub last_seen: String,
+    pub this_node: bool,
+}
+
+struct Seen {
+    heartbeat: NodeHeartbeat,
+    at: Instant,
+    at_ms: i64,
+    up: bool,
+}
+
+/// The membership view; cheap to clone.
+#[derive(Clone)]
+pub struct Membership {
+    me: Arc<NodeHeartbeat>,
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+}
+
+impl Membership {
+    fn new(me: NodeHeartbeat) -> Self {
+        Self { me: Arc::new(me), seen: Arc::default() }
+    }
+
+    /// Every node heard from (this one first), then by role and name.
+    pub fn members(&self) -> Vec<Member> {
+        let seen = self.seen.lock().expect("membership lock");
+        let mut members: Vec<Member> = seen
+            .values()
+            .map(|s| Member {
+                node: s.heartbeat.node.clone(),
+                role: s.heartbeat.role.clone(),
+                region: s.heartbeat.region.clone(),
+                addr: s.heartbeat.addr.clone(),
+                version: s.heartbeat.version.clone(),
+                started_at: s.heartbeat.started_at.clone(),
+                status: if s.up { "up" } else { "down" },
+                last_seen: format_ms(s.at_ms),
+                this_node: s.heartbeat.node == self.me.node,
+            })
+            .collect();
+        members.sort_by(|a, b| (!a.this_node, &a.role, &a.node).cmp(&(!b.this_node, &b.role, &b.node)));
+        members
+    }
+
+    /// A heartbeat arrived (or this node's own tick).
+    fn observe(&self, heartbeat: NodeHeartbeat) {
+        let mut seen = self.seen.lock().expect("membership lock");
+        let now = (Instant::now(), now_ms());
+        match seen.get_mut(&heartbeat.node) {
+            Some(entry) => {
+                if !entry.up {
+                    tracing::info!(event = "node-up", node = %heartbeat.node, role = %heartbeat.role, region = %heartbeat.region, "node up again");
+                }
+                entry.heartbeat = heartbeat;
+                (entry.at, entry.at_ms, entry.up) = (now.0, now.1, true);
+            }
+            None => {
+                tracing::info!(event = "node-up", node = %heartbeat.node, role = %heartbeat.role, region = %heartbeat.region, "node joined");
+                seen.insert(heartbeat.node.clone(), Seen { heartbeat, at: now.0, at_ms: now.1, up: true });
+            }
+        }
+    }
+
+    /// Marks silent nodes down and forgets long-gone ones.
+    fn sweep(&self) {
+        let mut seen = self.seen.lock().expect("membership lock");
+        for entry in seen.values_mut() {
+            if entry.up && entry.at.elapsed() > DOWN_AFTER {
+                entry.up = false;
+                metrics::counter!("dash_cluster_node_down_total").increment(1);
+                tracing::warn!(event = "node-down", node = %entry.heartbeat.node, role = %entry.heartbeat.role, silent_ms = entry.at.elapsed().as_millis() as u64, "node down");
+            }
+        }
+        seen.retain(|_, s| s.up || s.at.elapsed() < FORGET_AFTER);
+        let up = seen.values().filter(|s| s.up).count();
+        metrics::gauge!("dash_cluster_nodes_up").set(up as f64);
+    }
+}
+
+/// The heartbeat task's handle; join it on shutdown.
+pub struct MembershipTask {
+    handle: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl MembershipTask {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.handle.await;
+    }
+}
+
+/// Starts publishing `me` every second and listening to everyone's heartbeats.
+pub async fn start(bus: &Bus, me: NodeHeartbeat) -> Result<(Membership, MembershipTask), BusError> {
+    let heartbeats = bus.heartbeats().await?;
+    let membership = Membership::new(me);
+    let (stop, stop_rx) = watch::channel(false);
+    let handle = tokio::spawn(run(bus.clone(), heartbeats, membership.clone(), stop_rx));
+    Ok((membership, MembershipTask { handle, stop }))
+}
+
+async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut stop: watch::Receiver<bool>) {
+    let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                // This node is up as long as it runs, whether or not the bus carries its beat.
+                membership.observe((*membership.me).clone());
+                bus.publish_heartbeat(&membership.me).await;
+            }
+            _ = sweep.tick() => membership.sweep(),
+            heartbeat = heartbeats.recv(), if listening => match heartbeat {
+                Ok(heartbeat) => membership.observe(heartbeat),
+                Err(err) => {
+                    tracing::warn!(error = %err, "heartbeats ended; membership shows this node only");
+                    listening = false;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(node: &str, role: &str) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node: node.into(),
+            role: role.into(),
+            region: "local".into(),
+            addr: "127.0.0.1:1".into(),
+            version: "0".into(),
+            started_at: format_ms(0),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nodes_go_down_after_three_silent_seconds_and_come_back() {
+        let bus = Bus::in_process();
+        let (membership, task) = start(&bus, heartbeat("web-1", "web")).await.unwrap();
+        bus.publish_heartbeat(&heartbeat("ing-1", "ingestor")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let members = membership.members();
+        assert_eq!(members.len(), 2);
+        assert!(members[0].this_node && members[0].node == "web-1", "{members:?}");
+        assert_eq!(members[1].status, "up");
+
+        // ing-1 falls silent; web-1 keeps beating.
+        tokio::time::sleep(Duration::from_millis(2_800)).await;
+        assert_eq!(membership.members()[1].status, "up", "not down before 3 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let members = membership.members();
+        assert_eq!((members[0].status, members[1].status), ("up", "down"), "{members:?}");
+
+        bus.publish_heartbeat(&heartbeat("ing-1", "ingestor")).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(membership.members()[1].status, "up");
+        task.shutdown().await;
+    }
+}
