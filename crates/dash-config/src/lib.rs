@@ -263,7 +263,7 @@ pub fn load(config_dir: &Path, overrides: &Overrides) -> Result<Settings, Config
             invalid(&key, message)
         }
     })?;
-    validate(normalize(settings))
+    validate(fly_defaults(normalize(settings), std::env::var("FLY_APP_NAME").ok().as_deref()))
 }
 
 /// Empty strings (an env var set to "") mean "unset".
@@ -284,6 +284,15 @@ fn normalize(mut s: Settings) -> Settings {
     }
     for secret in [&mut s.nats_token, &mut s.nats_password, &mut s.admin_token, &mut s.database_url] {
         empty_secret(secret);
+    }
+    s
+}
+
+/// On Fly.io (`FLY_APP_NAME` set) the peer queries default to the app's private DNS names.
+fn fly_defaults(mut s: Settings, fly_app: Option<&str>) -> Settings {
+    if let Some(app) = fly_app.filter(|a| !a.is_empty()) {
+        s.dns_cluster_query.get_or_insert_with(|| format!("{app}.internal"));
+        s.dns_ingestor_query.get_or_insert_with(|| format!("ingestor.process.{app}.internal"));
     }
     s
 }
@@ -346,6 +355,31 @@ mod tests {
             assert_eq!(s.flush_interval, Duration::from_secs(1));
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_shipped_config_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DASH_ENV", "production");
+            jail.set_env("APP_ROLE", "ingestor");
+            jail.set_env("NATS_URL", "nats://127.0.0.1:4222");
+            let s = load(&dir, &Overrides::default()).map_err(|e| figment::Error::from(e.to_string()))?;
+            assert_eq!(s.data_dir, PathBuf::from("/data"));
+            assert!(s.listen.ip().is_unspecified());
+            assert!(s.shutdown_timeout < Duration::from_secs(30), "below fly.toml's kill_timeout");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn on_fly_the_peer_queries_come_from_the_app_name() {
+        let s = fly_defaults(Settings::default(), Some("dash"));
+        assert_eq!(s.dns_cluster_query.as_deref(), Some("dash.internal"));
+        assert_eq!(s.dns_ingestor_query.as_deref(), Some("ingestor.process.dash.internal"));
+        let given = Settings { dns_cluster_query: Some("peers.example".into()), ..Settings::default() };
+        assert_eq!(fly_defaults(given, Some("dash")).dns_cluster_query.as_deref(), Some("peers.example"));
+        assert_eq!(fly_defaults(Settings::default(), None).dns_cluster_query, None);
     }
 
     #[test]

@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# dashd: one image for every role (APP_ROLE or `serve --role` picks it). Multi-stage, with the
+# dependencies built in a layer of their own by cargo-chef: the layer is keyed on the manifests
+# and Cargo.lock, so a source change rebuilds only Dash's own crates. No sqlx offline data is
+# needed: Dash checks its queries at run time (no `query!` macros).
+
+ARG RUST_VERSION=1.95
+FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+ENV SQLX_OFFLINE=true
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json -p dashd
+COPY . .
+RUN cargo build --release --locked -p dashd
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin dash \
+ && mkdir -p /app/config /data \
+ && chown dash:dash /data
+WORKDIR /app
+COPY --from=build /src/target/release/dashd /usr/local/bin/dashd
+COPY config/ /app/config/
+ENV DASH_ENV=production DASH_LOG_FORMAT=json
+USER dash
+EXPOSE 8080
+VOLUME ["/data"]
+# tini passes SIGTERM on to dashd, which stops accepting, drains its buffers and exits.
+ENTRYPOINT ["/usr/bin/tini", "--", "dashd"]
+CMD ["serve"]
