@@ -25,15 +25,12 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// A node down this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
-/// One node as the cluster page and `/api/cluster` show it.
+/// One node as the cluster page and `/api/cluster` show it: its last heartbeat, and what this
+/// node makes of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
-    pub node: String,
-    pub role: String,
-    pub region: String,
-    pub addr: String,
-    pub version: String,
-    pub started_at: String,
+    #[serde(flatten)]
+    pub heartbeat: NodeHeartbeat,
     /// `up` or `down`.
     pub status: &'static str,
     /// RFC 3339.
@@ -66,18 +63,19 @@ impl Membership {
         let mut members: Vec<Member> = seen
             .values()
             .map(|s| Member {
-                node: s.heartbeat.node.clone(),
-                role: s.heartbeat.role.clone(),
-                region: s.heartbeat.region.clone(),
-                addr: s.heartbeat.addr.clone(),
-                version: s.heartbeat.version.clone(),
-                started_at: s.heartbeat.started_at.clone(),
+                heartbeat: s.heartbeat.clone(),
                 status: if s.up { "up" } else { "down" },
                 last_seen: format_ms(s.at_ms),
                 this_node: s.heartbeat.node == self.me.node,
             })
             .collect();
-        members.sort_by(|a, b| (!a.this_node, &a.role, &a.node).cmp(&(!b.this_node, &b.role, &b.node)));
+        members.sort_by(|a, b| {
+            (!a.this_node, &a.heartbeat.role, &a.heartbeat.node).cmp(&(
+                !b.this_node,
+                &b.heartbeat.role,
+                &b.heartbeat.node,
+            ))
+        });
         members
     }
 
@@ -185,7 +183,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let members = membership.members();
         assert_eq!(members.len(), 2);
-        assert!(members[0].this_node && members[0].node == "web-1", "{members:?}");
+        assert!(members[0].this_node && members[0].heartbeat.node == "web-1", "{members:?}");
         assert_eq!(members[1].status, "up");
 
         // ing-1 falls silent; web-1 keeps beating.

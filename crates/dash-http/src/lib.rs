@@ -20,6 +20,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use dash_bus::Bus;
 use dash_cluster::{Member, Membership};
+use dash_domain::NodeHeartbeat;
 use dash_ingest::Intake;
 use dash_live::Hub;
 use dash_store::Store;
@@ -101,12 +102,14 @@ impl AppState {
         match &self.membership {
             Some(membership) => membership.members(),
             None => vec![Member {
-                node: self.node.node.clone(),
-                role: self.node.role.clone(),
-                region: self.node.region.clone(),
-                addr: String::new(),
-                version: self.node.version.clone(),
-                started_at: String::new(),
+                heartbeat: NodeHeartbeat {
+                    node: self.node.node.clone(),
+                    role: self.node.role.clone(),
+                    region: self.node.region.clone(),
+                    addr: String::new(),
+                    version: self.node.version.clone(),
+                    started_at: String::new(),
+                },
                 status: "up",
                 last_seen: dash_domain::format_ms(dash_domain::now_ms()),
                 this_node: true,

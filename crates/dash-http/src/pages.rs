@@ -141,24 +141,21 @@ async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange
     let now = now_ms();
     let (from, to) = range.window(now);
     let bucket_ms = range.bucket_ms();
-    let (series, events, last_hour) = tokio::join!(
+    let (series, events) = tokio::join!(
         state.store.series(&record.id, from, to, bucket_ms),
         state.store.recent_events(&record.id, PAGE_EVENTS),
-        async {
-            let (from, to) = ChartRange::Hour.window(now);
-            state.store.series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await
-        },
     );
-    let last_hour: Vec<i64> = last_hour.map_err(PageError::store)?.iter().map(|p| p.count).collect();
+    let counts: Vec<i64> = series.map_err(PageError::store)?.iter().map(|p| p.count).collect();
+    // The rate comes from the last hour's minutes: the chart's own when it shows that hour.
+    let rate = if range == ChartRange::Hour {
+        dash_web::rate_per_second(&counts, now)
+    } else {
+        summarize(state, record.clone(), now).await?.rate
+    };
     Ok(PipelinePanel {
         pipeline: record.id.clone(),
-        rate: dash_web::rate_per_second(&last_hour, now),
-        chart: Chart {
-            range,
-            from_ms: from,
-            bucket_ms,
-            counts: series.map_err(PageError::store)?.iter().map(|p| p.count).collect(),
-        },
+        rate,
+        chart: Chart { range, from_ms: from, bucket_ms, counts },
         events: events
             .map_err(PageError::store)?
             .into_iter()
@@ -297,10 +294,10 @@ fn node_rows(state: &AppState) -> Vec<NodeRow> {
         .members()
         .into_iter()
         .map(|m| NodeRow {
-            node: m.node,
-            role: m.role,
-            region: m.region,
-            version: m.version,
+            node: m.heartbeat.node,
+            role: m.heartbeat.role,
+            region: m.heartbeat.region,
+            version: m.heartbeat.version,
             status: m.status.to_owned(),
             last_seen: m.last_seen,
             this_node: m.this_node,
