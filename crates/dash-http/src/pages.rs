@@ -123,15 +123,19 @@ async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, PageError> {
     }
 }
 
-async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result<PipelineSummary, PageError> {
+/// Events per minute over the hour ending with the current minute.
+async fn last_hour(state: &AppState, pipeline: &str, now: i64) -> Result<Vec<i64>, PageError> {
     let (from, to) = ChartRange::Hour.window(now);
-    let series = state.store.series(&record.id, from, to, ChartRange::Hour.bucket_ms()).await;
-    let last_hour: Vec<i64> = series.map_err(PageError::store)?.iter().map(|p| p.count).collect();
+    let series = state.store.series(pipeline, from, to, ChartRange::Hour.bucket_ms()).await;
+    Ok(series.map_err(PageError::store)?.iter().map(|p| p.count).collect())
+}
+
+async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result<PipelineSummary, PageError> {
+    let last_hour = last_hour(state, &record.id, now).await?;
     Ok(PipelineSummary {
         rate: dash_web::rate_per_second(&last_hour, now),
         id: record.id,
         name: record.name,
-        created_at: record.created_at,
         stats: record.stats,
         last_hour,
     })
@@ -150,7 +154,7 @@ async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange
     let rate = if range == ChartRange::Hour {
         dash_web::rate_per_second(&counts, now)
     } else {
-        summarize(state, record.clone(), now).await?.rate
+        dash_web::rate_per_second(&last_hour(state, &record.id, now).await?, now)
     };
     Ok(PipelinePanel {
         pipeline: record.id.clone(),
@@ -232,7 +236,6 @@ async fn pipeline(
             rate: panel.rate,
             id: record.id,
             name: record.name,
-            created_at: record.created_at,
             stats: record.stats,
             last_hour: Vec::new(),
         };

@@ -50,7 +50,6 @@ pub struct Chrome {
 pub struct PipelineSummary {
     pub id: String,
     pub name: String,
-    pub created_at: String,
     pub stats: PipelineStats,
     /// Events per minute over the last hour, oldest first; the last bucket is the current minute.
     pub last_hour: Vec<i64>,

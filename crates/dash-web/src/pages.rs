@@ -347,7 +347,6 @@ mod tests {
         PipelineSummary {
             id: "orders".into(),
             name: "Orders <&>".into(),
-            created_at: "2026-11-23T10:00:00.000Z".into(),
             stats: PipelineStats {
                 count: 42,
                 seq: 7,
