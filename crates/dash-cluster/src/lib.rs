@@ -2,14 +2,20 @@
 //! keeps a view of every node it hears: up while heartbeats arrive, down after [`DOWN_AFTER`] of
 //! silence. Transitions are logged as `node-up` / `node-down` events.
 //!
-//! **Architecture invariant:** membership is advisory. It feeds the cluster page and (later)
-//! the choice of peers; no write path waits on it.
+//! Where `DNS_CLUSTER_QUERY` is set, the view is checked against DNS as well: a node that DNS
+//! lists but that never beats shows as `unreachable`, and a beating node that DNS does not list
+//! carries `in_dns: false`.
+//!
+//! **Architecture invariant:** membership is advisory. It feeds the cluster page and the web
+//! edge's choice of ingestor; no write path waits on it.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dash_bus::{Bus, BusError, Heartbeats};
+use dash_discovery::PeerSet;
 use dash_domain::{NodeHeartbeat, format_ms, now_ms};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -31,11 +37,26 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 pub struct Member {
     #[serde(flatten)]
     pub heartbeat: NodeHeartbeat,
-    /// `up` or `down`.
+    /// `up` or `down` from heartbeats; `unreachable` for an address DNS lists that never beat.
     pub status: &'static str,
-    /// RFC 3339.
+    /// RFC 3339; empty for a node never heard from.
     pub last_seen: String,
     pub this_node: bool,
+    /// Whether DNS lists this node's address; `None` without a cluster DNS query.
+    pub in_dns: Option<bool>,
+}
+
+/// What heartbeats say of the node at one address, for choosing peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHealth {
+    pub up: bool,
+    pub same_region: bool,
+}
+
+/// The IP a heartbeat's `addr` names, if it names a routable one.
+fn heartbeat_ip(heartbeat: &NodeHeartbeat) -> Option<IpAddr> {
+    let addr: SocketAddr = heartbeat.addr.parse().ok()?;
+    (!addr.ip().is_unspecified()).then_some(addr.ip())
 }
 
 struct Seen {
@@ -50,15 +71,19 @@ struct Seen {
 pub struct Membership {
     me: Arc<NodeHeartbeat>,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// The addresses `DNS_CLUSTER_QUERY` resolves to, when it is set.
+    dns: Option<watch::Receiver<PeerSet>>,
 }
 
 impl Membership {
-    fn new(me: NodeHeartbeat) -> Self {
-        Self { me: Arc::new(me), seen: Arc::default() }
+    fn new(me: NodeHeartbeat, dns: Option<watch::Receiver<PeerSet>>) -> Self {
+        Self { me: Arc::new(me), seen: Arc::default(), dns }
     }
 
-    /// Every node heard from (this one first), then by role and name.
+    /// Every node heard from (this one first), then by role and name; then the addresses DNS
+    /// lists that no heartbeat came from.
     pub fn members(&self) -> Vec<Member> {
+        let dns = self.dns.as_ref().map(|rx| rx.borrow().clone());
         let seen = self.seen.lock().expect("membership lock");
         let mut members: Vec<Member> = seen
             .values()
@@ -67,6 +92,27 @@ impl Membership {
                 status: if s.up { "up" } else { "down" },
                 last_seen: format_ms(s.at_ms),
                 this_node: s.heartbeat.node == self.me.node,
+                in_dns: dns.as_ref().map(|set| heartbeat_ip(&s.heartbeat).is_some_and(|ip| set.contains(ip))),
+            })
+            .collect();
+        drop(seen);
+        let silent: Vec<Member> = dns
+            .iter()
+            .flat_map(|set| set.addrs.iter())
+            .filter(|ip| !members.iter().any(|m| heartbeat_ip(&m.heartbeat) == Some(**ip)))
+            .map(|ip| Member {
+                heartbeat: NodeHeartbeat {
+                    node: ip.to_string(),
+                    role: "unknown".into(),
+                    region: String::new(),
+                    addr: ip.to_string(),
+                    version: String::new(),
+                    started_at: String::new(),
+                },
+                status: "unreachable",
+                last_seen: String::new(),
+                this_node: false,
+                in_dns: Some(true),
             })
             .collect();
         members.sort_by(|a, b| {
@@ -76,7 +122,38 @@ impl Membership {
                 &b.heartbeat.node,
             ))
         });
+        members.extend(silent);
         members
+    }
+
+    /// What heartbeats say of the `role` node at `ip`; `None` when none came from there.
+    pub fn peer(&self, ip: IpAddr, role: &str) -> Option<PeerHealth> {
+        let seen = self.seen.lock().expect("membership lock");
+        seen.values().filter(|s| s.heartbeat.role == role && heartbeat_ip(&s.heartbeat) == Some(ip)).fold(
+            None,
+            |found: Option<PeerHealth>, s| {
+                let this = PeerHealth { up: s.up, same_region: s.heartbeat.region == self.me.region };
+                // A restarted node may linger under its old id: the live entry wins.
+                Some(match found {
+                    Some(other) if other.up && !this.up => other,
+                    _ => this,
+                })
+            },
+        )
+    }
+
+    /// The routable addresses of every `role` node heard from, up or down (a node is down to
+    /// membership while the bus is, too; choosing among them is the caller's business).
+    pub fn known_addrs(&self, role: &str) -> Vec<SocketAddr> {
+        let seen = self.seen.lock().expect("membership lock");
+        let mut addrs: Vec<SocketAddr> = seen
+            .values()
+            .filter(|s| s.heartbeat.role == role)
+            .filter_map(|s| s.heartbeat.addr.parse::<SocketAddr>().ok().filter(|a| !a.ip().is_unspecified()))
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     /// A heartbeat arrived (or this node's own tick).
@@ -127,10 +204,15 @@ impl MembershipTask {
     }
 }
 
-/// Starts publishing `me` every second and listening to everyone's heartbeats.
-pub async fn start(bus: &Bus, me: NodeHeartbeat) -> Result<(Membership, MembershipTask), BusError> {
+/// Starts publishing `me` every second and listening to everyone's heartbeats; `dns`, when
+/// given, is the cluster's DNS view to check heartbeats against.
+pub async fn start(
+    bus: &Bus,
+    me: NodeHeartbeat,
+    dns: Option<watch::Receiver<PeerSet>>,
+) -> Result<(Membership, MembershipTask), BusError> {
     let heartbeats = bus.heartbeats().await?;
-    let membership = Membership::new(me);
+    let membership = Membership::new(me, dns);
     let (stop, stop_rx) = watch::channel(false);
     let handle = tokio::spawn(run(bus.clone(), heartbeats, membership.clone(), stop_rx));
     Ok((membership, MembershipTask { handle, stop }))
@@ -165,11 +247,15 @@ mod tests {
     use super::*;
 
     fn heartbeat(node: &str, role: &str) -> NodeHeartbeat {
+        heartbeat_from(node, role, "127.0.0.1:1")
+    }
+
+    fn heartbeat_from(node: &str, role: &str, addr: &str) -> NodeHeartbeat {
         NodeHeartbeat {
             node: node.into(),
             role: role.into(),
             region: "local".into(),
-            addr: "127.0.0.1:1".into(),
+            addr: addr.into(),
             version: "0".into(),
             started_at: format_ms(0),
         }
@@ -178,7 +264,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nodes_go_down_after_three_silent_seconds_and_come_back() {
         let bus = Bus::in_process();
-        let (membership, task) = start(&bus, heartbeat("web-1", "web")).await.unwrap();
+        let (membership, task) = start(&bus, heartbeat("web-1", "web"), None).await.unwrap();
         bus.publish_heartbeat(&heartbeat("ing-1", "ingestor")).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let members = membership.members();
@@ -196,6 +282,33 @@ mod tests {
         bus.publish_heartbeat(&heartbeat("ing-1", "ingestor")).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(membership.members()[1].status, "up");
+        task.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dns_and_heartbeats_are_checked_against_each_other() {
+        let bus = Bus::in_process();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (dns_tx, dns_rx) =
+            watch::channel(PeerSet { addrs: vec![ip("127.0.0.2"), ip("127.0.0.3")], resolved: true, error: None });
+        let (membership, task) =
+            start(&bus, heartbeat_from("web-1", "web", "127.0.0.2:8080"), Some(dns_rx)).await.unwrap();
+        bus.publish_heartbeat(&heartbeat_from("ing-9", "ingestor", "127.0.0.9:8080")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let members = membership.members();
+        let by_node = |node: &str| members.iter().find(|m| m.heartbeat.node == node).cloned().unwrap();
+        assert_eq!((by_node("web-1").status, by_node("web-1").in_dns), ("up", Some(true)));
+        assert_eq!((by_node("ing-9").status, by_node("ing-9").in_dns), ("up", Some(false)), "beats, not in DNS");
+        assert_eq!((by_node("127.0.0.3").status, by_node("127.0.0.3").in_dns), ("unreachable", Some(true)));
+        assert_eq!(members.len(), 3);
+
+        assert_eq!(membership.peer(ip("127.0.0.9"), "ingestor"), Some(PeerHealth { up: true, same_region: true }));
+        assert_eq!(membership.peer(ip("127.0.0.9"), "web"), None);
+        assert_eq!(membership.known_addrs("ingestor"), vec!["127.0.0.9:8080".parse::<SocketAddr>().unwrap()]);
+
+        dns_tx.send_modify(|set| set.addrs.push(ip("127.0.0.9")));
+        assert_eq!(membership.members().iter().filter(|m| m.in_dns == Some(true)).count(), 3);
         task.shutdown().await;
     }
 }

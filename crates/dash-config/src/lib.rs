@@ -6,7 +6,7 @@
 //! keys are rejected, and every error names the key (and its environment name).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_NAMES: &[(&str, &str)] = &[
     ("FLY_MACHINE_ID", "node_id"),
     ("FLY_REGION", "region"),
+    ("FLY_PRIVATE_IP", "advertise_ip"),
     ("APP_ROLE", "role"),
     ("DASH_LISTEN", "listen"),
     ("DATABASE_URL", "database_url"),
@@ -34,6 +35,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DNS_INGESTOR_QUERY", "dns_ingestor_query"),
     ("DNS_RESOLVER", "dns_resolver"),
     ("DASH_INGESTOR_PORT", "ingestor_port"),
+    ("DASH_ADVERTISE_IP", "advertise_ip"),
     ("DASH_NODE_ID", "node_id"),
     ("DASH_REGION", "region"),
     ("DASH_ADMIN_TOKEN", "admin_token"),
@@ -120,6 +122,9 @@ pub struct Settings {
     pub dns_ingestor_query: Option<String>,
     pub dns_resolver: Option<SocketAddr>,
     pub ingestor_port: u16,
+    /// The address peers reach this node at, announced in heartbeats; needed when `listen` is
+    /// a wildcard (`[::]`). `None`: the listen address.
+    pub advertise_ip: Option<IpAddr>,
     /// `None`: the hostname.
     pub node_id: Option<String>,
     pub region: String,
@@ -162,6 +167,7 @@ impl Default for Settings {
             dns_ingestor_query: None,
             dns_resolver: None,
             ingestor_port: 8080,
+            advertise_ip: None,
             node_id: None,
             region: "local".into(),
             admin_token: None,
@@ -185,6 +191,15 @@ impl Settings {
         match &self.database_url {
             Some(url) => url.expose().to_owned(),
             None => format!("sqlite://{}", self.data_dir.join("dash.db").display()),
+        }
+    }
+
+    /// Where peers reach this node, given the address its listener is bound to: that address,
+    /// unless it is a wildcard and `advertise_ip` is set.
+    pub fn advertised_addr(&self, bound: SocketAddr) -> SocketAddr {
+        match self.advertise_ip {
+            Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
+            _ => bound,
         }
     }
 

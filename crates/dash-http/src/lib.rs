@@ -1,6 +1,6 @@
 //! Dash's HTTP surface. [`router`] mounts the routes a role serves on one axum `Router`:
 //! `/health`, `/ready`, `/metrics` and the JSON API everywhere; `POST /webhooks/{pipeline}` where
-//! the node runs intake; the dashboard pages and `/live` where it serves browsers.
+//! the node runs intake, or forwarded to an ingestor where it is a web edge; the dashboard pages and `/live` where it serves browsers.
 //!
 //! **Architecture invariant:** this is the only crate that knows axum. Handlers translate HTTP
 //! to calls on [`Intake`], [`Store`] and [`Bus`], and their errors to [`ApiError`]s.
@@ -21,6 +21,7 @@ use axum::http::StatusCode;
 use dash_bus::Bus;
 use dash_cluster::{Member, Membership};
 use dash_domain::NodeHeartbeat;
+use dash_edge::Forwarder;
 use dash_ingest::Intake;
 use dash_live::Hub;
 use dash_store::Store;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub inflight: Arc<Semaphore>,
     /// Who else is in the cluster, from heartbeats (absent: this node alone).
     pub membership: Option<Membership>,
+    /// On a web node without intake: hands webhooks to ingestors.
+    pub edge: Option<Forwarder>,
 }
 
 impl AppState {
@@ -89,7 +92,13 @@ impl AppState {
             hub,
             inflight: Arc::new(Semaphore::new(permits)),
             membership: None,
+            edge: None,
         }
+    }
+
+    pub fn with_edge(mut self, edge: Forwarder) -> Self {
+        self.edge = Some(edge);
+        self
     }
 
     pub fn with_membership(mut self, membership: Membership) -> Self {
@@ -113,6 +122,7 @@ impl AppState {
                 status: "up",
                 last_seen: dash_domain::format_ms(dash_domain::now_ms()),
                 this_node: true,
+                in_dns: None,
             }],
         }
     }
@@ -123,6 +133,8 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new().merge(ops::router()).merge(api::router(state.clone())).merge(live::router());
     if state.intake.is_some() {
         router = router.merge(webhooks::router());
+    } else if state.edge.is_some() {
+        router = router.merge(webhooks::edge_router());
     }
     if state.node.role != "ingestor" {
         router = router.merge(pages::router(state.clone()));

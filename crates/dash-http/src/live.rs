@@ -110,18 +110,26 @@ async fn handle(state: &AppState, client: ClientId, text: &str) -> Option<Utf8By
     }
 }
 
+/// How often the store is compared with what clients were sent, bus or no bus trouble. Core
+/// NATS may drop any message, and an update lost last shows no gap: without this a dashboard
+/// could stay behind until the pipeline's next event.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Keeps `/live` clients right across bus outages: tells them when figures may be stale, and
-/// after every (re)connection reads each pipeline's stats from the store for the hub, so what the
-/// bus lost meanwhile reaches clients as snapshots. Runs until `stop` is set.
+/// after every (re)connection, and every [`RECONCILE_EVERY`], reads each pipeline's stats from
+/// the store for the hub, so what the bus lost reaches clients as snapshots (the hub sends them
+/// only to clients that are behind). Runs until `stop` is set.
 pub async fn follow_bus(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut bus = state.bus.state();
     let mut synced_generation = 0;
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let current = *bus.borrow_and_update();
         state.hub.bus_connected(current.connected).await;
         if current.connected && current.generation != synced_generation {
             tokio::select! {
-                synced = resync(&state) => if synced { synced_generation = current.generation },
+                synced = resync(&state, true) => if synced { synced_generation = current.generation },
                 _ = stop.changed() => return,
             }
         }
@@ -130,12 +138,20 @@ pub async fn follow_bus(state: AppState, mut stop: watch::Receiver<bool>) {
             changed = bus.changed() => if changed.is_err() { return },
             // A resync that failed (store down) is tried again.
             () = retry, if current.connected && current.generation != synced_generation => {}
+            _ = reconcile.tick(), if current.connected => {
+                tokio::select! {
+                    _ = resync(&state, false) => {}
+                    _ = stop.changed() => return,
+                }
+            }
             _ = stop.changed() => return,
         }
     }
 }
 
-async fn resync(state: &AppState) -> bool {
+/// Hands the store's figures to the hub; false when the store could not be read. `reconnected`
+/// says why, for the log.
+async fn resync(state: &AppState, reconnected: bool) -> bool {
     match state.store.list_pipelines().await {
         Ok(records) => {
             let at = dash_domain::format_ms(dash_domain::now_ms());
@@ -143,12 +159,14 @@ async fn resync(state: &AppState) -> bool {
                 .into_iter()
                 .map(|r| PipelineUpdate { pipeline: r.id, seq: r.stats.seq, stats: r.stats, at: at.clone() })
                 .collect::<Vec<_>>();
-            tracing::info!(pipelines = latest.len(), "bus (re)connected: live figures resynced from the store");
+            if reconnected {
+                tracing::info!(pipelines = latest.len(), "bus (re)connected: live figures resynced from the store");
+            }
             state.hub.resync(latest).await;
             true
         }
         Err(err) => {
-            tracing::warn!(error = %err, "bus (re)connected but the store is unavailable; resync retried");
+            tracing::warn!(error = %err, reconnected, "live figures could not be read from the store; resync retried");
             false
         }
     }

@@ -22,7 +22,8 @@ async fn health() -> Json<Value> {
 }
 
 /// healthy: everything works. degraded: events are still accepted, but the database or the
-/// bus is failing (they wait in the intake log / dashboards go stale). unhealthy (503): this
+/// bus is failing (they wait in the intake log / dashboards go stale), or a web edge knows of no
+/// ingestor (its pages work; webhooks get 503). unhealthy (503): this
 /// node cannot accept events.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let (code, body) = readiness(&state).await;
@@ -58,7 +59,13 @@ pub(crate) async fn readiness(state: &AppState) -> (StatusCode, Value) {
             "backlog": intake.backlogs(),
         });
     }
-    let (status, code) = match (intake_ok, database_ok && bus_ok) {
+    let mut edge_ok = true;
+    if let Some(edge) = &state.edge {
+        let (known, up) = edge.known();
+        edge_ok = known > 0;
+        checks["ingestors"] = json!({ "ok": edge_ok, "known": known, "up": up });
+    }
+    let (status, code) = match (intake_ok, database_ok && bus_ok && edge_ok) {
         (true, true) => ("healthy", StatusCode::OK),
         (true, false) => ("degraded", StatusCode::OK),
         (false, _) => ("unhealthy", StatusCode::SERVICE_UNAVAILABLE),

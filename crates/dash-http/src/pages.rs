@@ -304,6 +304,7 @@ fn node_rows(state: &AppState) -> Vec<NodeRow> {
             status: m.status.to_owned(),
             last_seen: m.last_seen,
             this_node: m.this_node,
+            in_dns: m.in_dns,
         })
         .collect()
 }

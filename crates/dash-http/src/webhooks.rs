@@ -2,13 +2,18 @@
 //! its status: pipeline (404) → size (413) → credentials (401) → content type (415) → JSON
 //! (400) → events (422) → admission (429/503). Only then is the request appended to the intake
 //! log, and 202 is sent once it is fsync'd.
+//!
+//! On a web node without intake the same route forwards: the body is read under the same
+//! bounds, then handed to an ingestor by the [`Forwarder`](dash_edge::Forwarder), whose answer
+//! is relayed as it is. With no ingestor answering, 503 with `Retry-After`.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use dash_domain::{BodyError, BodyFormat, RequestIdentity, now_ms, parse_body};
 use dash_ingest::{Lookup, SubmitError};
@@ -28,8 +33,60 @@ const PARSE_INLINE_MAX: usize = 64 * 1024;
 /// Longest request id (`webhook-id` / `Idempotency-Key`) accepted.
 const REQUEST_ID_MAX: usize = 256;
 
+/// How long a sender is asked to wait when no ingestor answered.
+const NO_INGESTOR_RETRY_SECS: u64 = 5;
+
 pub(crate) fn router() -> axum::Router<AppState> {
     axum::Router::new().route("/webhooks/{pipeline}", post(receive))
+}
+
+/// The web edge's route: the same path, forwarded to an ingestor.
+pub(crate) fn edge_router() -> axum::Router<AppState> {
+    axum::Router::new().route("/webhooks/{pipeline}", post(forward))
+}
+
+async fn forward(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let edge = state.edge.as_ref().expect("edge routes are mounted only with a forwarder");
+    let (_permit, bytes) = admit_body(&state, &headers, body).await?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    match edge.forward(path, &headers, bytes).await {
+        Ok(answer) => Ok((answer.status, answer.headers, answer.body).into_response()),
+        Err(err) => {
+            // The detail names private addresses: it goes to the log, not to the sender.
+            tracing::warn!(error = %err, "webhook not forwarded");
+            Err(ApiError::unavailable(
+                "no_ingestor",
+                "no ingestor could take the request; nothing was stored; retry later",
+                NO_INGESTOR_RETRY_SECS,
+            ))
+        }
+    }
+}
+
+/// Reads a body within the size limit and the in-flight budget; the permit holds the budget
+/// until dropped.
+async fn admit_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, Bytes), ApiError> {
+    let max_body = state.limits.max_body;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(too_large(max_body));
+    }
+    let budget_kib = (declared.unwrap_or(max_body) / 1024 + 1) as u32;
+    let permit = state.inflight.clone().try_acquire_many_owned(budget_kib).map_err(|_| {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests in flight; retry later")
+            .retry_after(1)
+    })?;
+    Ok((permit, read_body(body, max_body).await?))
 }
 
 async fn receive(
@@ -64,18 +121,7 @@ async fn accept(state: &AppState, pipeline: &str, headers: &HeaderMap, body: Bod
         }
     };
 
-    let max_body = state.limits.max_body;
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > max_body) {
-        return Err(too_large(max_body));
-    }
-    let budget_kib = (declared.unwrap_or(max_body) / 1024 + 1) as u32;
-    let _permit = state.inflight.clone().try_acquire_many_owned(budget_kib).map_err(|_| {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests in flight; retry later")
-            .retry_after(1)
-    })?;
-    let bytes = read_body(body, max_body).await?;
+    let (_permit, bytes) = admit_body(state, headers, body).await?;
 
     authenticate(&auth, headers, &bytes, received_ms / 1000)?;
 

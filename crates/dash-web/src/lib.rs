@@ -103,11 +103,13 @@ pub struct NodeRow {
     pub role: String,
     pub region: String,
     pub version: String,
-    /// `up` or `down`.
+    /// `up` or `down`; `unreachable` when DNS lists it but it never beat.
     pub status: String,
-    /// RFC 3339.
+    /// RFC 3339; empty when never heard from.
     pub last_seen: String,
     pub this_node: bool,
+    /// Whether DNS lists it; `None` without DNS discovery.
+    pub in_dns: Option<bool>,
 }
 
 /// This node as the cluster page shows it.

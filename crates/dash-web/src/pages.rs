@@ -270,11 +270,16 @@ pub fn cluster_nodes(nodes: Vec<NodeRow>) -> String {
 
 #[component]
 fn Nodes(nodes: Vec<NodeRow>) -> impl IntoView {
+    let with_dns = nodes.iter().any(|n| n.in_dns.is_some());
     let rows = nodes
         .into_iter()
         .map(|n| {
             let marker = n.this_node.then(|| view! { " "<span class="sub">"(this node)"</span> });
             let id = n.node.clone();
+            let dns = with_dns.then(|| {
+                let listed = if n.in_dns == Some(true) { "listed" } else { "not listed" };
+                view! { <td class=format!("dns {}", listed.replace(' ', "-"))>{listed}</td> }
+            });
             view! {
                 <tr data-node=id>
                     <td>{n.node}{marker}</td>
@@ -283,6 +288,7 @@ fn Nodes(nodes: Vec<NodeRow>) -> impl IntoView {
                     <td>{n.version}</td>
                     <td class=format!("node-status {}", n.status)>{n.status.clone()}</td>
                     <td>{timestamp(Some(&n.last_seen))}</td>
+                    {dns}
                 </tr>
             }
         })
@@ -291,7 +297,10 @@ fn Nodes(nodes: Vec<NodeRow>) -> impl IntoView {
         <section class="nodes" data-refresh="/cluster/nodes" data-refresh-every=NODES_REFRESH_MS.to_string()>
             <table class="nodes">
                 <thead>
-                    <tr><th>"Node"</th><th>"Role"</th><th>"Region"</th><th>"Version"</th><th>"Status"</th><th>"Last seen (UTC)"</th></tr>
+                    <tr>
+                        <th>"Node"</th><th>"Role"</th><th>"Region"</th><th>"Version"</th><th>"Status"</th><th>"Last seen (UTC)"</th>
+                        {with_dns.then(|| view! { <th>"DNS"</th> })}
+                    </tr>
                 </thead>
                 <tbody>{rows}</tbody>
             </table>

@@ -8,8 +8,10 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use dash_bus::{Bus, NatsOptions};
 use dash_cluster::MembershipTask;
-use dash_config::Settings;
+use dash_config::{Role, Settings};
+use dash_discovery::{Discovery, DiscoveryTask};
 use dash_domain::NodeHeartbeat;
+use dash_edge::{EdgeSettings, Forwarder, Ingestors};
 use dash_http::{AppState, HttpLimits, NodeInfo};
 use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
 use dash_live::{Hub, HubTask};
@@ -30,6 +32,8 @@ pub struct App {
     bus_follower: (tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>),
     /// Publishes this node's heartbeat and keeps the membership view.
     membership: MembershipTask,
+    /// DNS refreshes (cluster peers, ingestors), when their queries are set.
+    discovery: Vec<DiscoveryTask>,
     settings: Settings,
 }
 
@@ -75,20 +79,43 @@ impl App {
         };
         let bus_kind = bus.kind();
         let listener = listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
+        let local_addr = listener.local_addr().context("listener address")?;
         let heartbeat = NodeHeartbeat {
             node: node.node.clone(),
             role: node.role.clone(),
             region: node.region.clone(),
-            addr: listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            addr: settings.advertised_addr(local_addr).to_string(),
             version: node.version.clone(),
             started_at: dash_domain::format_ms(dash_domain::now_ms()),
         };
+        let mut discovery = Vec::new();
+        let resolver = || Discovery::new(settings.dns_resolver).context("setting up the DNS resolver");
+        let cluster_dns = match &settings.dns_cluster_query {
+            Some(query) => {
+                let (peers, task) = resolver()?.watch(query.clone(), settings.dns_cluster_interval, "cluster");
+                discovery.push(task);
+                Some(peers)
+            }
+            None => None,
+        };
         let (membership, membership_task) =
-            dash_cluster::start(&bus, heartbeat).await.context("subscribing to heartbeats")?;
+            dash_cluster::start(&bus, heartbeat, cluster_dns).await.context("subscribing to heartbeats")?;
         let (hub, hub_task) = Hub::start(&bus).await.context("subscribing to the bus")?;
-        let state =
+        let mut state =
             AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub)
-                .with_membership(membership);
+                .with_membership(membership.clone());
+        if settings.role == Role::Web {
+            let ingestors = match &settings.dns_ingestor_query {
+                Some(query) => {
+                    let (peers, task) = resolver()?.watch(query.clone(), settings.dns_cluster_interval, "ingestors");
+                    discovery.push(task);
+                    Ingestors::Dns(peers)
+                }
+                None => Ingestors::Heartbeats,
+            };
+            let edge = EdgeSettings { ingestor_port: settings.ingestor_port, ..EdgeSettings::default() };
+            state = state.with_edge(Forwarder::new(edge, ingestors, membership).context("building the edge client")?);
+        }
         let (bus_stop, bus_stop_rx) = tokio::sync::watch::channel(false);
         let bus_follower = tokio::spawn(dash_http::follow_bus(state.clone(), bus_stop_rx));
         let router = dash_http::router(state);
@@ -108,6 +135,7 @@ impl App {
             hub: hub_task,
             bus_follower: (bus_follower, bus_stop),
             membership: membership_task,
+            discovery,
             settings,
         })
     }
@@ -149,6 +177,9 @@ impl App {
         }
         signal_task.abort();
         self.membership.shutdown().await;
+        for task in self.discovery {
+            task.shutdown().await;
+        }
         let (follower, stop_follower) = self.bus_follower;
         let _ = stop_follower.send(true);
         let _ = follower.await;

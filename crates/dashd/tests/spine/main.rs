@@ -2,6 +2,7 @@
 
 mod chromium;
 mod cli;
+mod cluster;
 mod dashboard;
 mod durability;
 mod flush;

@@ -58,6 +58,11 @@ pub fn run_dashd(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::proces
 
 impl TestServer {
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_at(env, "127.0.0.1:0").await
+    }
+
+    /// Starts listening on `listen` (e.g. `127.0.0.3:0`, or a fixed port shared with peers).
+    pub async fn start_at(env: &[(&str, &str)], listen: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut postgres = None;
@@ -80,7 +85,7 @@ impl TestServer {
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             postgres,
         };
-        server.spawn("127.0.0.1:0");
+        server.spawn(listen);
         server
     }
 
