@@ -5,6 +5,7 @@
 //! doing only the parse, so the ratio shows what Dash's own work costs.
 
 mod ceiling;
+mod e2e;
 mod live;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
 pub use ceiling::{postgres_ceiling, serve_plain, sqlite_ceiling};
+pub use e2e::{E2eOptions, run_e2e};
 pub use live::{LiveOptions, run_live};
 
 #[derive(Debug, Clone, clap::Args)]

@@ -48,6 +48,8 @@ enum Command {
     Bench(dash_bench::LoadOptions),
     /// Live fan-out benchmark: many /live subscribers while signed POSTs make updates.
     BenchLive(dash_bench::LiveOptions),
+    /// End-to-end latency: 202 from one node → the update on another node's /live.
+    BenchE2e(dash_bench::E2eOptions),
     /// This machine's ceilings, to set Dash's numbers against.
     #[command(subcommand, hide = true)]
     Ceiling(commands::CeilingAction),
@@ -71,7 +73,8 @@ fn main() -> ExitCode {
         Command::Serve { role, listen } => Overrides { role: *role, listen: *listen, config_file: cli.config.clone() },
         _ => Overrides { config_file: cli.config.clone(), ..Default::default() },
     };
-    let needs_settings = !matches!(command, Command::Bench(_) | Command::BenchLive(_) | Command::Ceiling(_));
+    let needs_settings =
+        !matches!(command, Command::Bench(_) | Command::BenchLive(_) | Command::BenchE2e(_) | Command::Ceiling(_));
     let settings = if needs_settings {
         match dash_config::load(Path::new("config"), &overrides) {
             Ok(settings) => Some(settings),
@@ -110,6 +113,10 @@ async fn run(command: Command, settings: Option<Settings>) -> anyhow::Result<()>
         Command::Bench(options) => {
             let report = dash_bench::run_load(options).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::BenchE2e(options) => {
+            println!("{}", dash_bench::run_e2e(options).await?);
             Ok(())
         }
         Command::BenchLive(options) => {
