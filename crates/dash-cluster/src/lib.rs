@@ -17,9 +17,9 @@ use std::time::Duration;
 use dash_bus::{Bus, BusError, Heartbeats};
 use dash_discovery::PeerSet;
 use dash_domain::{NodeHeartbeat, format_ms, now_ms};
+use dash_task::StoppableTask;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How often a node says it is alive.
@@ -192,17 +192,7 @@ impl Membership {
 }
 
 /// The heartbeat task's handle; join it on shutdown.
-pub struct MembershipTask {
-    handle: JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-impl MembershipTask {
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.handle.await;
-    }
-}
+pub type MembershipTask = StoppableTask;
 
 /// Starts publishing `me` every second and listening to everyone's heartbeats; `dns`, when
 /// given, is the cluster's DNS view to check heartbeats against.
@@ -213,9 +203,9 @@ pub async fn start(
 ) -> Result<(Membership, MembershipTask), BusError> {
     let heartbeats = bus.heartbeats().await?;
     let membership = Membership::new(me, dns);
-    let (stop, stop_rx) = watch::channel(false);
-    let handle = tokio::spawn(run(bus.clone(), heartbeats, membership.clone(), stop_rx));
-    Ok((membership, MembershipTask { handle, stop }))
+    let (bus, view) = (bus.clone(), membership.clone());
+    let task = StoppableTask::spawn(|stop| run(bus, heartbeats, view, stop));
+    Ok((membership, task))
 }
 
 async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut stop: watch::Receiver<bool>) {

@@ -10,11 +10,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use dash_task::StoppableTask;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -101,24 +101,14 @@ impl Discovery {
         what: &'static str,
     ) -> (watch::Receiver<PeerSet>, DiscoveryTask) {
         let (peers, peers_rx) = watch::channel(PeerSet::default());
-        let (stop, stop_rx) = watch::channel(false);
-        let handle = tokio::spawn(refresh(self.clone(), name, every, what, peers, stop_rx));
-        (peers_rx, DiscoveryTask { handle, stop })
+        let discovery = self.clone();
+        let task = StoppableTask::spawn(|stop| refresh(discovery, name, every, what, peers, stop));
+        (peers_rx, task)
     }
 }
 
 /// A refresh task's handle; join it on shutdown.
-pub struct DiscoveryTask {
-    handle: JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-impl DiscoveryTask {
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.handle.await;
-    }
-}
+pub type DiscoveryTask = StoppableTask;
 
 async fn refresh(
     discovery: Discovery,

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dash_bus::{Bus, BusError};
 use dash_domain::{PipelineStats, PipelineUpdate};
+use dash_task::StoppableTask;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 /// Frames a client may have queued before it counts as lagging.
 pub const CLIENT_QUEUE: usize = 64;
@@ -99,25 +99,15 @@ pub struct Hub {
 }
 
 /// The hub task's handle; join it on shutdown.
-pub struct HubTask {
-    handle: JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-impl HubTask {
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.handle.await;
-    }
-}
+pub type HubTask = StoppableTask;
 
 impl Hub {
     /// Starts the hub task on `bus`.
     pub async fn start(bus: &Bus) -> Result<(Hub, HubTask), BusError> {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
-        let (stop, stop_rx) = watch::channel(false);
-        let handle = tokio::spawn(run(bus.subscribe().await?, rx, stop_rx));
-        Ok((Hub { commands, next_client: Arc::new(AtomicU64::new(1)) }, HubTask { handle, stop }))
+        let subscription = bus.subscribe().await?;
+        let task = StoppableTask::spawn(|stop| run(subscription, rx, stop));
+        Ok((Hub { commands, next_client: Arc::new(AtomicU64::new(1)) }, task))
     }
 
     /// Tells every client whether figures are live (`true`) or may be stale (the bus is away).

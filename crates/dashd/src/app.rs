@@ -16,6 +16,7 @@ use dash_http::{AppState, HttpLimits, NodeInfo};
 use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
 use dash_live::{Hub, HubTask};
 use dash_store::Store;
+use dash_task::StoppableTask;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -29,7 +30,7 @@ pub struct App {
     intake: Option<(Intake, IntakeTasks)>,
     hub: HubTask,
     /// Resyncs live clients after bus outages; stopped before the hub.
-    bus_follower: (tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>),
+    bus_follower: StoppableTask,
     /// Publishes this node's heartbeat and keeps the membership view.
     membership: MembershipTask,
     /// DNS refreshes (cluster peers, ingestors), when their queries are set.
@@ -116,8 +117,8 @@ impl App {
             let edge = EdgeSettings { ingestor_port: settings.ingestor_port, ..EdgeSettings::default() };
             state = state.with_edge(Forwarder::new(edge, ingestors, membership).context("building the edge client")?);
         }
-        let (bus_stop, bus_stop_rx) = tokio::sync::watch::channel(false);
-        let bus_follower = tokio::spawn(dash_http::follow_bus(state.clone(), bus_stop_rx));
+        let follower_state = state.clone();
+        let bus_follower = StoppableTask::spawn(|stop| dash_http::follow_bus(follower_state, stop));
         let router = dash_http::router(state);
         tracing::info!(
             role = %settings.role,
@@ -133,7 +134,7 @@ impl App {
             store,
             intake,
             hub: hub_task,
-            bus_follower: (bus_follower, bus_stop),
+            bus_follower,
             membership: membership_task,
             discovery,
             settings,
@@ -180,9 +181,7 @@ impl App {
         for task in self.discovery {
             task.shutdown().await;
         }
-        let (follower, stop_follower) = self.bus_follower;
-        let _ = stop_follower.send(true);
-        let _ = follower.await;
+        self.bus_follower.shutdown().await;
         // Live sessions end when the hub lets go of their queues.
         self.hub.shutdown().await;
         if let Some((intake, tasks)) = self.intake {
