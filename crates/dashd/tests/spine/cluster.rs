@@ -247,6 +247,7 @@ async fn web_edges_forward_by_dns_and_lose_nothing_when_an_ingestor_is_killed() 
     };
     let streamed = (SENDERS * EVENTS_PER_SENDER) as i64;
     let (acked, down_after, _) = tokio::join!(send_all(webs, &pipeline), chaos, follow(&mut socket, streamed));
+    eprintln!("ingestor-a shown down {down_after:?} after kill -9");
     assert!(down_after < Duration::from_millis(4_000), "down after {down_after:?}");
     assert_eq!(acked.len() as i64, streamed);
     let mut failovers = 0.0;
