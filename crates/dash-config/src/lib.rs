@@ -5,6 +5,7 @@
 //! contract's (`APP_ROLE`, `DASH_LISTEN`, `DATABASE_URL`, …, see [`ENV_NAMES`]). Unknown file
 //! keys are rejected, and every error names the key (and its environment name).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
     ("DASH_RETENTION", "retention"),
     ("DASH_DEDUPE_WINDOW", "dedupe_window"),
+    ("DASH_JOB_CONCURRENCY", "job_concurrency"),
+    ("DASH_MAINTENANCE_EVERY", "maintenance_every"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +150,15 @@ pub struct Settings {
     /// How long a dedupe key is kept on PostgreSQL (SQLite keeps it as long as the event).
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
+    /// Background jobs (source polls, maintenance) one ingestor runs at once.
+    pub job_concurrency: usize,
+    /// How often store maintenance (retention, dedupe pruning, partitions ahead) runs.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_every: Duration,
+    /// Polling sources by pipeline name (`[sources.<name>]` tables): applied by ingestors at
+    /// start, creating the pipeline if needed. Checked there, against the admin API's rules.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for Settings {
@@ -181,6 +193,9 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(20),
             retention: Duration::from_secs(30 * 86_400),
             dedupe_window: Duration::from_secs(7 * 86_400),
+            job_concurrency: 4,
+            maintenance_every: Duration::from_secs(3600),
+            sources: BTreeMap::new(),
         }
     }
 }

@@ -129,6 +129,24 @@ fn parse_ndjson(body: &[u8], identity: &RequestIdentity<'_>) -> Result<Vec<Event
     Ok(events)
 }
 
+/// Events from the array a polled source returned. Each item must be an object; its id is its
+/// `id` field, else a digest of its text, so a poll that reads the same event again stores it once.
+pub fn parse_polled(items: &[&RawValue], received_ms: i64) -> Result<Vec<Event>, BodyError> {
+    items.iter().enumerate().map(|(index, raw)| event_from(raw, index, Identity::Content, received_ms)).collect()
+}
+
+/// `sha256:` and the first 128 bits of the text's SHA-256, in hex.
+fn content_id(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut id = String::with_capacity(7 + 32);
+    id.push_str("sha256:");
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
 fn unreadable(index: usize, err: &serde_json::Error) -> BodyError {
     BodyError::Invalid { index, reason: format!("unreadable event: {}", reason_of(err)) }
 }
@@ -140,6 +158,8 @@ enum Identity<'a> {
     Single(Option<&'a str>),
     /// One of many: `{request id}:{index}`.
     Indexed(Option<&'a str>),
+    /// Read by a poll: a digest of the event's text, the same every time it is read again.
+    Content,
 }
 
 fn event_from(raw: &RawValue, index: usize, identity: Identity<'_>, received_ms: i64) -> Result<Event, BodyError> {
@@ -169,6 +189,7 @@ fn event_with_fields(
         (Some(id), _) => id,
         (None, Identity::Single(Some(request_id))) => request_id.to_owned(),
         (None, Identity::Indexed(Some(request_id))) => format!("{request_id}:{index}"),
+        (None, Identity::Content) => content_id(text),
         (None, _) => EventId::generate().into_string(),
     };
     if id.is_empty() || id.len() > EVENT_ID_MAX + 21 {
@@ -245,6 +266,17 @@ mod tests {
         assert!(matches!(nul, BodyError::Invalid { index: 0, .. }), "{nul:?}");
         let numeric = parse_body(BodyFormat::Json, br#"{"id":42}"#, &ident(None)).unwrap();
         assert_eq!(numeric[0].id, "42");
+    }
+
+    #[test]
+    fn polled_items_without_id_get_a_content_digest() {
+        let items: Vec<&RawValue> = serde_json::from_str(r#"[{"a":1},{"id":"x"},{"a":1}]"#).unwrap();
+        let events = parse_polled(&items, 5).unwrap();
+        assert!(events[0].id.starts_with("sha256:") && events[0].id.len() == 39, "{}", events[0].id);
+        assert_eq!(events[1].id, "x");
+        assert_eq!(events[0].id, events[2].id, "the same text is the same event");
+        let bad: Vec<&RawValue> = serde_json::from_str("[1]").unwrap();
+        assert!(matches!(parse_polled(&bad, 5), Err(BodyError::Invalid { index: 0, .. })));
     }
 
     #[test]

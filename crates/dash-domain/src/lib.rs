@@ -8,7 +8,7 @@ mod body;
 mod ids;
 mod stats;
 
-pub use body::{BodyError, BodyFormat, RequestIdentity, parse_body};
+pub use body::{BodyError, BodyFormat, RequestIdentity, parse_body, parse_polled};
 pub use ids::{EventId, InvalidId, PipelineId};
 pub use stats::{NodeHeartbeat, PipelineStats, PipelineUpdate};
 

@@ -7,9 +7,10 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, put};
 use dash_domain::format_ms;
-use dash_store::{PipelineAuth, PipelineRecord, StoreError};
+use dash_jobs::{Source, SourceSpec};
+use dash_store::{PipelineAuth, PipelineRecord, SourceRecord, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -24,6 +25,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route("/api/pipelines", get(list_pipelines).post(create_pipeline))
         .route("/api/pipelines/{id}", get(get_pipeline))
+        .route("/api/pipelines/{id}/source", put(put_source).delete(delete_source))
         .route("/api/pipelines/{id}/series", get(series))
         .route("/api/pipelines/{id}/events", get(events))
         .route("/api/cluster", get(cluster))
@@ -70,12 +72,90 @@ async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, ApiError> {
 }
 
 async fn get_pipeline(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(pipeline_json(&find(&state, &id).await?)))
+    let record = find(&state, &id).await?;
+    pipeline_with_source(&state, &record).await.map(Json)
+}
+
+/// The pipeline, with its `source` (redacted, with the record of its polls) when it has one.
+async fn pipeline_with_source(state: &AppState, record: &PipelineRecord) -> Result<Value, ApiError> {
+    let mut body = pipeline_json(record);
+    let source = state.store.source(&record.id).await.map_err(|e| ApiError::store_unavailable(&e))?;
+    if let Some(source) = source {
+        body["source"] = source_json(&source, dash_domain::now_ms());
+    }
+    Ok(body)
+}
+
+/// A source as the API shows it: header and query values masked, plus what its polls did.
+pub fn source_json(record: &SourceRecord, now_ms: i64) -> Value {
+    let fmt = |ms: Option<i64>| ms.map(format_ms);
+    let mut body = match SourceSpec::from_stored(&record.spec) {
+        Ok(source) => {
+            let mut shown = serde_json::to_value(source.spec.redacted()).unwrap_or_default();
+            shown["next_run"] = json!(fmt(dash_jobs::next_poll(record, &source, now_ms)));
+            shown
+        }
+        Err(err) => json!({ "error": err.to_string() }),
+    };
+    body["last_run"] = json!(fmt(record.last_run_at));
+    body["last_ok"] = json!(fmt(record.last_ok_at));
+    body["last_error"] = json!(record.last_error);
+    body["last_events"] = json!(record.last_events);
+    body["runs"] = json!(record.runs);
+    body["failures"] = json!(record.failures);
+    body["consecutive_failures"] = json!(record.consecutive_failures);
+    body["events"] = json!(record.events_total);
+    body["cursor_saved"] = json!(record.cursor.is_some());
+    body
+}
+
+/// Reads and checks a `source` object: 422 with the reason when it does not hold.
+fn parse_source(value: Value) -> Result<(SourceSpec, Source), ApiError> {
+    let spec: SourceSpec =
+        serde_json::from_value(value).map_err(|e| ApiError::unprocessable("invalid_source", format!("source: {e}")))?;
+    let source = spec.validate().map_err(|e| ApiError::unprocessable("invalid_source", e.to_string()))?;
+    Ok((spec, source))
+}
+
+async fn store_source(state: &AppState, pipeline: &str, spec: &SourceSpec) -> Result<(), ApiError> {
+    let json = serde_json::to_string(spec).map_err(|e| ApiError::internal("encoding the source", &e))?;
+    state.store.set_source(pipeline, &json, dash_domain::now_ms()).await.map_err(|err| match err {
+        StoreError::NotFound(_) => ApiError::not_found("pipeline_not_found", format!("no pipeline {pipeline:?}")),
+        other => ApiError::store_unavailable(&other),
+    })
+}
+
+fn read_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))
+}
+
+/// `PUT /api/pipelines/{id}/source`: sets or replaces the source; the saved cursor stays.
+async fn put_source(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (spec, _) = parse_source(read_json(&body)?)?;
+    let record = find(&state, &id).await?;
+    store_source(&state, &record.id, &spec).await?;
+    pipeline_with_source(&state, &record).await.map(Json)
+}
+
+/// `DELETE /api/pipelines/{id}/source`: the pipeline stops polling (webhooks still work).
+async fn delete_source(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let record = find(&state, &id).await?;
+    match state.store.remove_source(&record.id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found("source_not_found", format!("pipeline {id:?} has no source"))),
+        Err(e) => Err(ApiError::store_unavailable(&e)),
+    }
 }
 
 #[derive(Deserialize)]
 struct CreatePipeline {
     name: String,
+    #[serde(default)]
+    source: Option<Value>,
 }
 
 async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -86,6 +166,8 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
             ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
         }
     })?;
+    // Checked before the pipeline exists, so a bad source creates nothing.
+    let source = request.source.map(parse_source).transpose()?;
     let issued = state.store.create_pipeline(&request.name).await.map_err(|err| match err {
         StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "pipeline_exists", err.to_string()),
         StoreError::InvalidName(_) => ApiError::unprocessable("invalid_name", err.to_string()),
@@ -101,7 +183,10 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
             token_hashes: vec![issued.token.hash()],
         });
     }
-    let mut body = pipeline_json(&issued.record);
+    if let Some((spec, _)) = &source {
+        store_source(&state, &issued.record.id, spec).await?;
+    }
+    let mut body = pipeline_with_source(&state, &issued.record).await?;
     body["secret"] = json!(issued.secret.expose());
     body["token"] = json!(issued.token.expose());
     Ok((StatusCode::CREATED, Json(body)))

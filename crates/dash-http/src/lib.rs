@@ -28,6 +28,7 @@ use dash_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
+pub use api::source_json;
 pub use error::ApiError;
 pub use live::follow_bus;
 

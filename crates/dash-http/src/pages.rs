@@ -216,6 +216,27 @@ fn webhook_url(headers: &HeaderMap, id: &str) -> String {
     format!("{scheme}://{host}/webhooks/{id}")
 }
 
+/// The page's view of a source: the same redacted fields the API shows.
+fn source_status(record: &dash_store::SourceRecord) -> dash_web::SourceStatus {
+    let shown = crate::api::source_json(record, now_ms());
+    let text = |key: &str| shown[key].as_str().map(str::to_owned);
+    let schedule = match (text("every"), text("cron")) {
+        (Some(every), _) => format!("every {every}"),
+        (None, Some(cron)) => format!("cron {cron} (UTC)"),
+        (None, None) => "unreadable source".to_owned(),
+    };
+    dash_web::SourceStatus {
+        url: text("url").unwrap_or_default(),
+        schedule,
+        last_run: text("last_run"),
+        next_run: text("next_run"),
+        last_error: text("last_error").or_else(|| text("error")),
+        runs: record.runs,
+        failures: record.failures,
+        events: record.events_total,
+    }
+}
+
 async fn pipeline(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -232,6 +253,7 @@ async fn pipeline(
         };
         let send = SendInstructions { url: webhook_url(&headers, &record.id), secret };
         let panel = load_panel(&state, &record, query.range()).await?;
+        let source = state.store.source(&record.id).await.map_err(PageError::store)?.map(|s| source_status(&s));
         let summary = PipelineSummary {
             rate: panel.rate,
             id: record.id,
@@ -239,12 +261,12 @@ async fn pipeline(
             stats: record.stats,
             last_hour: Vec::new(),
         };
-        Ok::<_, PageError>((summary, panel, send))
+        Ok::<_, PageError>((summary, panel, send, source))
     }
     .await;
     match result {
-        Ok((summary, panel, send)) => {
-            html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, send))
+        Ok((summary, panel, send, source)) => {
+            html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, send, source))
         }
         Err(err) => err.into_response(Some(chrome(&state, &headers))),
     }

@@ -34,8 +34,6 @@ use crate::record::IntakeRecord;
 
 /// How often the pipeline directory reloads from the store.
 const DIRECTORY_REFRESH: Duration = Duration::from_secs(5);
-/// How often store maintenance (partitions ahead, retention, dedupe pruning) runs.
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 /// Largest intake log segment.
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -50,9 +48,6 @@ pub struct IntakeSettings {
     pub max_backlog: usize,
     /// Unflushed intake log bytes (all partitions) above which requests get 503.
     pub spool_max: u64,
-    /// Store maintenance: how long events are kept, how long dedupe keys are kept.
-    pub retention: Duration,
-    pub dedupe_window: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +202,6 @@ pub struct IntakeTasks {
     writers: Vec<WriterThread>,
     actors: Vec<JoinHandle<()>>,
     refresher: JoinHandle<()>,
-    maintenance: JoinHandle<()>,
     /// Tells actors to stop retrying and leave the rest in the log.
     abort: watch::Sender<bool>,
     /// Tells the directory refresher to stop.
@@ -285,9 +279,8 @@ impl Intake {
             }),
         };
         intake.inner.directory.reload().await;
-        let refresher = tokio::spawn(refresh_directory(intake.clone(), closing_rx.clone()));
-        let maintenance = tokio::spawn(maintain_store(store, intake.inner.settings.clone(), closing_rx));
-        Ok((intake, IntakeTasks { writers, actors, refresher, maintenance, abort, closing }))
+        let refresher = tokio::spawn(refresh_directory(intake.clone(), closing_rx));
+        Ok((intake, IntakeTasks { writers, actors, refresher, abort, closing }))
     }
 
     pub fn directory(&self) -> &PipelineDirectory {
@@ -388,22 +381,6 @@ impl IntakeTasks {
         let writers = self.writers;
         let _ = tokio::task::spawn_blocking(move || writers.into_iter().for_each(WriterThread::join)).await;
         let _ = self.refresher.await;
-        let _ = self.maintenance.await;
-    }
-}
-
-/// Store maintenance now and then every [`MAINTENANCE_EVERY`]. On PostgreSQL one node at a
-/// time does the work (advisory lock); the others' passes return at once.
-async fn maintain_store(store: Store, settings: IntakeSettings, mut closing: watch::Receiver<bool>) {
-    loop {
-        match store.maintain(settings.retention, settings.dedupe_window).await {
-            Ok(report) => tracing::info!(?report, "store maintenance done"),
-            Err(err) => tracing::warn!(error = %err, "store maintenance failed; next pass will retry"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(MAINTENANCE_EVERY) => {}
-            _ = closing.changed() => return,
-        }
     }
 }
 

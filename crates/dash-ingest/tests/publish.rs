@@ -33,8 +33,6 @@ async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
         flush_interval: Duration::from_millis(50),
         max_backlog: 1000,
         spool_max: 1 << 20,
-        retention: Duration::from_secs(86_400),
-        dedupe_window: Duration::from_secs(3600),
     };
     let (intake, tasks) = Intake::start(settings, store.clone(), bus.clone()).await.unwrap();
 
@@ -74,8 +72,6 @@ async fn shutdown_drains_what_the_timer_has_not_flushed_yet() {
         flush_interval: Duration::from_secs(3600),
         max_backlog: 1000,
         spool_max: 1 << 20,
-        retention: Duration::from_secs(86_400),
-        dedupe_window: Duration::from_secs(3600),
     };
     let (intake, tasks) = Intake::start(settings.clone(), store.clone(), Bus::in_process()).await.unwrap();
     intake.submit(&p, events(&["x", "y"])).await.unwrap();

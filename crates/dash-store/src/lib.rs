@@ -8,6 +8,7 @@
 //! **Architecture invariant:** the store knows nothing of HTTP, the bus or the intake log.
 
 mod postgres;
+mod sources;
 mod sqlite;
 pub mod testing;
 mod timescale;
@@ -19,6 +20,7 @@ use dash_signature::{BearerToken, SigningSecret};
 use serde::Serialize;
 
 pub use postgres::{Layout, PgStore};
+pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
 
 /// How long a rotated-out secret and token keep working.

@@ -44,7 +44,7 @@ impl Layout {
 
 #[derive(Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
 }
 
@@ -114,8 +114,9 @@ impl PgStore {
         Ok(Self { pool, layout: Default::default() })
     }
 
-    #[cfg(test)]
-    pub(crate) fn pool(&self) -> &PgPool {
+    /// The connection pool, for components that keep their own tables in the same database
+    /// (the job queue).
+    pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 

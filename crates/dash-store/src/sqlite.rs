@@ -20,8 +20,8 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    readers: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) readers: SqlitePool,
 }
 
 const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at";

@@ -87,6 +87,22 @@ pub struct SendInstructions {
     pub secret: Option<String>,
 }
 
+/// A polling pipeline's source and what its polls did (values already redacted).
+#[derive(Debug, Clone, Default)]
+pub struct SourceStatus {
+    /// The URL with query values masked.
+    pub url: String,
+    /// `every 30s` or `cron */5 * * * *`.
+    pub schedule: String,
+    /// RFC 3339 times.
+    pub last_run: Option<String>,
+    pub next_run: Option<String>,
+    pub last_error: Option<String>,
+    pub runs: i64,
+    pub failures: i64,
+    pub events: i64,
+}
+
 /// The live part of a pipeline page, also served alone as a fragment.
 #[derive(Debug, Clone)]
 pub struct PipelinePanel {

@@ -5,7 +5,9 @@ use leptos::prelude::*;
 
 use crate::charts::{BarChart, Sparkline};
 use crate::display::{preview, rate, timestamp, uptime};
-use crate::{ChartRange, Chrome, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, SendInstructions};
+use crate::{
+    ChartRange, Chrome, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, SendInstructions, SourceStatus,
+};
 
 /// Characters of payload shown per event.
 const PREVIEW_CHARS: usize = 140;
@@ -107,7 +109,13 @@ fn OverviewRow(summary: PipelineSummary) -> impl IntoView {
 }
 
 /// `/pipelines/{id}`: live counters, the chart, the latest events and how to send.
-pub fn pipeline(chrome: Chrome, summary: PipelineSummary, panel: PipelinePanel, send: SendInstructions) -> String {
+pub fn pipeline(
+    chrome: Chrome,
+    summary: PipelineSummary,
+    panel: PipelinePanel,
+    send: SendInstructions,
+    source: Option<SourceStatus>,
+) -> String {
     let title = summary.name.clone();
     let range = panel.chart.range;
     let stats = summary.stats;
@@ -134,6 +142,7 @@ pub fn pipeline(chrome: Chrome, summary: PipelineSummary, panel: PipelinePanel, 
             </div>
         </section>
         <Panel panel=panel />
+        {source.map(|source| view! { <SourceSection source=source /> })}
         <SendSection send=send range=range />
     };
     document(&title, Some(chrome), content)
@@ -202,6 +211,26 @@ curl -sS '{url}' -H 'content-type: application/json' \
   -H "webhook-id: $ID" -H "webhook-timestamp: $TS" -H "webhook-signature: v1,$SIG" \
   --data "$BODY""#
     )
+}
+
+/// Where a polling pipeline's events come from, and how its polls went.
+#[component]
+fn SourceSection(source: SourceStatus) -> impl IntoView {
+    let failing = source.last_error.is_some();
+    view! {
+        <section class="source">
+            <h2>"Source"</h2>
+            <p><code>{source.url}</code>" · "{source.schedule}</p>
+            <dl class="source-status">
+                <dt>"Last poll (UTC)"</dt><dd>{timestamp(source.last_run.as_deref())}</dd>
+                <dt>"Next poll (UTC)"</dt><dd>{timestamp(source.next_run.as_deref())}</dd>
+                <dt>"Polls"</dt><dd>{source.runs.to_string()}" ("{source.failures.to_string()}" failed)"</dd>
+                <dt>"Events read"</dt><dd>{source.events.to_string()}</dd>
+                <dt>"Last error"</dt>
+                <dd class=if failing { "error" } else { "" }>{source.last_error.unwrap_or_else(|| "none".into())}</dd>
+            </dl>
+        </section>
+    }
 }
 
 #[component]
@@ -396,7 +425,7 @@ mod tests {
     #[test]
     fn pipeline_page_escapes_payloads_and_hides_the_secret_until_asked() {
         let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: None };
-        let html = pipeline(chrome(), summary(), panel(), send);
+        let html = pipeline(chrome(), summary(), panel(), send, None);
         assert!(!html.contains("<script>alert"), "payload is escaped: {html}");
         assert!(html.contains("…</code>"), "long payloads are cut");
         assert!(html.contains(r#"data-refresh="/pipelines/orders/panel?range=1h""#), "{html}");
@@ -404,7 +433,7 @@ mod tests {
         assert!(html.contains("Show signing secret"), "{html}");
         assert!(html.contains("whsec_…your signing secret…"), "{html}");
         let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: Some("whsec_abc".into()) };
-        let html = pipeline(chrome(), summary(), panel(), send);
+        let html = pipeline(chrome(), summary(), panel(), send, None);
         assert!(html.contains("SECRET=&#39;whsec_abc&#39;") || html.contains("SECRET='whsec_abc'"), "{html}");
     }
 

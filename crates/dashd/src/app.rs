@@ -28,6 +28,8 @@ pub struct App {
     router: axum::Router,
     store: Store,
     intake: Option<(Intake, IntakeTasks)>,
+    /// Source polls and maintenance (ingestors); stopped before intake, which they feed.
+    jobs: Option<dash_jobs::JobsTask>,
     hub: HubTask,
     /// Resyncs live clients after bus outages; stopped before the hub.
     bus_follower: StoppableTask,
@@ -58,12 +60,27 @@ impl App {
                 flush_interval: settings.flush_interval,
                 max_backlog: settings.max_backlog,
                 spool_max: settings.spool_max.as_u64(),
-                retention: settings.retention,
-                dedupe_window: settings.dedupe_window,
             };
             Some(Intake::start(intake_settings, store.clone(), bus.clone()).await?)
         } else {
             None
+        };
+
+        let jobs = match &intake {
+            Some((intake, _)) => {
+                apply_configured_sources(&settings, &store).await?;
+                let jobs = dash_jobs::JobSettings {
+                    node: settings.node_id(),
+                    data_dir: settings.data_dir.clone(),
+                    concurrency: settings.job_concurrency.max(1),
+                    maintenance_every: settings.maintenance_every,
+                    retention: settings.retention,
+                    dedupe_window: settings.dedupe_window,
+                    shutdown_timeout: settings.shutdown_timeout,
+                };
+                Some(dash_jobs::start(jobs, store.clone(), intake.clone()).await.context("starting background jobs")?)
+            }
+            None => None,
         };
 
         let node = NodeInfo {
@@ -133,6 +150,7 @@ impl App {
             router,
             store,
             intake,
+            jobs,
             hub: hub_task,
             bus_follower,
             membership: membership_task,
@@ -184,6 +202,9 @@ impl App {
         self.bus_follower.shutdown().await;
         // Live sessions end when the hub lets go of their queues.
         self.hub.shutdown().await;
+        if let Some(jobs) = self.jobs {
+            jobs.shutdown().await;
+        }
         if let Some((intake, tasks)) = self.intake {
             tasks.shutdown(intake, deadline).await;
         }
@@ -191,6 +212,35 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Applies `[sources.<pipeline>]` from the config: creates missing pipelines, and stores each
+/// source whose spec differs from the stored one (so a restart does not count as a change).
+async fn apply_configured_sources(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    for (name, value) in &settings.sources {
+        let spec: dash_jobs::SourceSpec =
+            serde_json::from_value(value.clone()).with_context(|| format!("sources.{name}"))?;
+        spec.validate().with_context(|| format!("sources.{name}"))?;
+        let pipeline = match store.find_pipeline(name).await? {
+            Some(found) => found,
+            None => match store.create_pipeline(name).await {
+                Ok(issued) => issued.record,
+                // Another node created it first.
+                Err(dash_store::StoreError::Conflict(_)) => {
+                    store.find_pipeline(name).await?.with_context(|| format!("pipeline {name}"))?
+                }
+                Err(err) => return Err(err).with_context(|| format!("creating pipeline {name}")),
+            },
+        };
+        let json = serde_json::to_string(&spec)?;
+        let stored =
+            store.source(&pipeline.id).await?.and_then(|r| serde_json::from_str::<dash_jobs::SourceSpec>(&r.spec).ok());
+        if stored.as_ref() != Some(&spec) {
+            store.set_source(&pipeline.id, &json, dash_domain::now_ms()).await?;
+            tracing::info!(pipeline = %pipeline.id, url = %dash_jobs::redact_url(&spec.url), "source from config applied");
+        }
+    }
+    Ok(())
 }
 
 /// NATS connection settings from `NATS_*`; the client is named after the node.

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Subcommand;
 use dash_config::Settings;
 use dash_store::{IssuedCredentials, Store};
@@ -27,6 +28,34 @@ pub enum PipelineAction {
         name: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Show, set or remove a pipeline's polling source (same rules as the admin API).
+    Source {
+        name: String,
+        /// URL to fetch; with `--every` or `--cron`, sets the source.
+        #[arg(long)]
+        url: Option<String>,
+        /// Interval, e.g. `30s`, `5m`.
+        #[arg(long)]
+        every: Option<String>,
+        /// Cron expression (UTC), e.g. `*/5 * * * *`.
+        #[arg(long)]
+        cron: Option<String>,
+        /// JSON pointer to the array of events in the response (`""`: the response itself).
+        #[arg(long, default_value = "")]
+        events: String,
+        /// Request header `Name: value` (repeatable); values are never shown.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Cursor: query parameter name, with `--cursor-from`.
+        #[arg(long, requires = "cursor_from")]
+        cursor_param: Option<String>,
+        /// Cursor: JSON pointer to the value in the response.
+        #[arg(long, requires = "cursor_param")]
+        cursor_from: Option<String>,
+        /// Stop polling: remove the source.
+        #[arg(long, conflicts_with = "url")]
+        remove: bool,
     },
 }
 
@@ -121,9 +150,64 @@ pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Re
                 }
             }
         }),
+        PipelineAction::Source { name, url, every, cron, events, headers, cursor_param, cursor_from, remove } => {
+            let spec = match url {
+                Some(url) => {
+                    let mut header_map = std::collections::BTreeMap::new();
+                    for header in headers {
+                        let (key, value) = header.split_once(':').context("--header takes \"Name: value\"")?;
+                        header_map.insert(key.trim().to_owned(), value.trim().to_owned());
+                    }
+                    let cursor =
+                        cursor_param.zip(cursor_from).map(|(param, from)| dash_jobs::CursorSpec { param, from });
+                    Some(dash_jobs::SourceSpec {
+                        url,
+                        method: "GET".into(),
+                        every,
+                        cron,
+                        events,
+                        headers: header_map,
+                        cursor,
+                        timeout: None,
+                    })
+                }
+                None => None,
+            };
+            let outcome = pipeline_source(&store, &name, spec, remove).await;
+            store.close().await;
+            return outcome;
+        }
     };
     store.close().await;
     Ok(result?)
+}
+
+/// `dashd pipeline source`: sets (when given a spec), removes, then shows the source.
+async fn pipeline_source(
+    store: &Store,
+    name: &str,
+    spec: Option<dash_jobs::SourceSpec>,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let record = store.find_pipeline(name).await?.with_context(|| format!("no pipeline {name:?}"))?;
+    if remove {
+        let removed = store.remove_source(&record.id).await?;
+        println!("{}", if removed { "source removed" } else { "the pipeline had no source" });
+        return Ok(());
+    }
+    if let Some(spec) = spec {
+        spec.validate()?;
+        store.set_source(&record.id, &serde_json::to_string(&spec)?, dash_domain::now_ms()).await?;
+        println!("source set");
+    }
+    match store.source(&record.id).await? {
+        Some(source) => {
+            let shown = dash_http::source_json(&source, dash_domain::now_ms());
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        None => println!("pipeline {name:?} has no source"),
+    }
+    Ok(())
 }
 
 pub async fn ceiling(action: CeilingAction) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ mod dashboard;
 mod durability;
 mod flush;
 mod intake;
+mod jobs;
 mod live;
 mod proxy;
 mod roles;

@@ -1,0 +1,385 @@
+//! Background jobs on ingestors: scheduled source polls and store maintenance, on apalis.
+//!
+//! Two tasks per node:
+//! - the **scheduler** computes, for every source and for maintenance, the latest tick of its
+//!   schedule (the same instant on every node) and enqueues a job keyed `(schedule, tick)`. The
+//!   queue's unique index on that key is the arbiter: however many ingestors run, each tick is
+//!   one job;
+//! - the **worker** (apalis) takes jobs with `FOR UPDATE SKIP LOCKED`, so one node runs each. It
+//!   beats every [`queue::HEARTBEAT`]; a worker silent for `HEARTBEAT × MISSED_HEARTBEATS` is
+//!   dead, and any live worker puts its jobs back in the queue, where another node takes them.
+//!   The worker is supervised: when apalis gives up (its database connection failed) a new
+//!   worker starts after a backoff.
+//!
+//! **Architecture invariant:** polled events enter through [`Intake::submit`], the webhook path;
+//! jobs never write events to the store themselves.
+
+pub mod poll;
+pub mod queue;
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
+use dash_ingest::Intake;
+use dash_store::{SourceRecord, Store};
+use dash_task::{StopSignal, StoppableTask};
+
+pub use poll::{Poller, TICK_HEADER};
+pub use queue::{Job, JobQueue};
+pub use source::{CursorSpec, Schedule, Source, SourceError, SourceSpec, redact_url};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job queue: {0}")]
+    Postgres(#[from] apalis_postgres::Error),
+    #[error("job queue: {0}")]
+    Sqlite(#[from] apalis_sqlite::Error),
+    #[error("job queue database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot prepare the job queue's location: {0}")]
+    Location(std::io::Error),
+    #[error("enqueue failed: {0}")]
+    Enqueue(String),
+    #[error("store: {0}")]
+    Store(#[from] dash_store::StoreError),
+    #[error("intake refused polled events: {0}")]
+    Intake(String),
+    #[error("bad pipeline id: {0}")]
+    Pipeline(String),
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// How often the scheduler looks for due ticks.
+const SCHEDULER_EVERY: Duration = Duration::from_millis(250);
+/// A tick older than this when first seen is skipped, not run late (the node was down, say).
+const LATE_LIMIT: Duration = Duration::from_secs(60);
+/// Finished jobs are kept this long; it must exceed [`LATE_LIMIT`] so a late enqueue of a tick
+/// still meets its key.
+const KEEP_FINISHED: Duration = Duration::from_secs(3600);
+/// Longest wait between polls of a failing source (or its period, if longer).
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Names this node's apalis workers.
+    pub node: String,
+    /// Where the SQLite job queue lives (embedded store only).
+    pub data_dir: PathBuf,
+    /// Jobs one node runs at once.
+    pub concurrency: usize,
+    pub maintenance_every: Duration,
+    pub retention: Duration,
+    pub dedupe_window: Duration,
+    /// How long shutdown waits for running jobs before leaving them to other nodes.
+    pub shutdown_timeout: Duration,
+}
+
+/// The scheduler and the worker; stop them with [`JobsTask::shutdown`] before intake closes.
+pub struct JobsTask {
+    scheduler: StoppableTask,
+    worker: StoppableTask,
+    shutdown_timeout: Duration,
+}
+
+impl JobsTask {
+    /// Stops scheduling, then lets running jobs finish for up to `shutdown_timeout`. A job
+    /// still running then is left to the queue: its worker stops beating and another node (or
+    /// this one, restarted) runs it again.
+    pub async fn shutdown(self) {
+        self.scheduler.shutdown().await;
+        if tokio::time::timeout(self.shutdown_timeout, self.worker.shutdown()).await.is_err() {
+            tracing::warn!("running jobs did not finish in time; the queue will run them again");
+        }
+    }
+}
+
+/// Opens the queue and starts this node's scheduler and worker.
+pub async fn start(settings: JobSettings, store: Store, intake: Intake) -> Result<JobsTask, JobError> {
+    let queue = JobQueue::open(&store, &settings.data_dir, settings.concurrency).await?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("dash/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let runner = Arc::new(Runner {
+        poller: Poller { store: store.clone(), intake, http },
+        queue: queue.clone(),
+        settings: settings.clone(),
+    });
+    let settings_timeout = settings.shutdown_timeout;
+    let scheduler_queue = queue.clone();
+    let scheduler_settings = settings.clone();
+    let scheduler = StoppableTask::spawn(|stop| schedule(scheduler_queue, store, scheduler_settings, stop));
+    let worker = StoppableTask::spawn(|stop| supervise_worker(queue, runner, settings, stop));
+    Ok(JobsTask { scheduler, worker, shutdown_timeout: settings_timeout })
+}
+
+/// What a job needs to run.
+struct Runner {
+    poller: Poller,
+    queue: JobQueue,
+    settings: JobSettings,
+}
+
+impl Runner {
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        match job {
+            Job::Poll { pipeline, tick_ms } => self.poller.run(pipeline, *tick_ms).await,
+            Job::Maintain { .. } => {
+                let report = self.poller.store.maintain(self.settings.retention, self.settings.dedupe_window).await?;
+                let vacuumed = self.queue.vacuum(KEEP_FINISHED).await?;
+                tracing::info!(?report, jobs_vacuumed = vacuumed, "store maintenance done");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The apalis handler: one job, timed and counted.
+async fn handle(job: Job, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
+    let started = Instant::now();
+    let result = runner.run(&job).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("dash_jobs_runs_total", "job" => job.kind(), "outcome" => outcome).increment(1);
+    metrics::histogram!("dash_jobs_run_seconds", "job" => job.kind()).record(started.elapsed().as_secs_f64());
+    if let Err(err) = &result {
+        tracing::warn!(job = job.kind(), key = %job.key(), error = %err, "job failed; the queue will retry it");
+    }
+    result.map_err(Into::into)
+}
+
+/// Runs apalis workers until stopped, starting a new one (with a new name, as apalis wants)
+/// after a backoff whenever one ends on an error.
+async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSettings, mut stop: StopSignal) {
+    let started_ms = dash_domain::now_ms();
+    let mut generation = 0u32;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        generation += 1;
+        let name = format!("{}-{started_ms}-{generation}", settings.node);
+        let signal = stopped(stop.clone());
+        let began = Instant::now();
+        let run = async {
+            match queue.clone() {
+                JobQueue::Postgres(storage) => {
+                    WorkerBuilder::new(name.as_str())
+                        .backend(storage)
+                        .concurrency(settings.concurrency)
+                        .data(runner.clone())
+                        .build(handle)
+                        .run_until(signal)
+                        .await
+                }
+                JobQueue::Sqlite(storage) => {
+                    WorkerBuilder::new(name.as_str())
+                        .backend(storage)
+                        .concurrency(settings.concurrency)
+                        .data(runner.clone())
+                        .build(handle)
+                        .run_until(signal)
+                        .await
+                }
+            }
+        };
+        let result = run.await;
+        if *stop.borrow() {
+            tracing::debug!(worker = %name, "job worker stopped");
+            return;
+        }
+        match result {
+            Ok(()) => tracing::warn!(worker = %name, "job worker ended; starting another"),
+            Err(err) => tracing::warn!(worker = %name, error = %err, "job worker failed; starting another"),
+        }
+        metrics::counter!("dash_jobs_worker_restarts_total").increment(1);
+        if began.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn stopped(mut stop: StopSignal) -> Result<(), std::io::Error> {
+    let _ = stop.wait_for(|s| *s).await;
+    Ok(())
+}
+
+/// Enqueues every due tick, once per tick per node; the queue keeps one job per tick overall.
+async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut stop: StopSignal) {
+    let maintenance = Schedule::Every(settings.maintenance_every);
+    let mut last_tick: HashMap<String, i64> = HashMap::new();
+    let mut failing = false;
+    loop {
+        let now = dash_domain::now_ms();
+        let due = match store.sources().await {
+            Ok(sources) => {
+                if failing {
+                    tracing::info!("job scheduler reads sources again");
+                    failing = false;
+                }
+                let mut due = due_polls(&sources, now, &mut last_tick);
+                if let Some(tick) = maintenance.latest(now)
+                    && fresh(tick, now, settings.maintenance_every)
+                    && last_tick.get("").is_none_or(|last| *last < tick)
+                {
+                    last_tick.insert(String::new(), tick);
+                    due.push(Job::Maintain { tick_ms: tick });
+                }
+                due
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::warn!(error = %err, "job scheduler cannot read sources; retrying");
+                    failing = true;
+                }
+                Vec::new()
+            }
+        };
+        for job in due {
+            match queue.enqueue(job.clone()).await {
+                Ok(created) => {
+                    let outcome = if created { "created" } else { "existed" };
+                    metrics::counter!("dash_jobs_enqueued_total", "job" => job.kind(), "outcome" => outcome)
+                        .increment(1);
+                }
+                Err(err) => {
+                    tracing::warn!(key = %job.key(), error = %err, "enqueue failed; retrying");
+                    // Forget the tick so the next pass tries again.
+                    let name = match &job {
+                        Job::Poll { pipeline, .. } => pipeline.clone(),
+                        Job::Maintain { .. } => String::new(),
+                    };
+                    last_tick.remove(&name);
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SCHEDULER_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The polls due now: each source's latest tick, if this node has not enqueued it yet, it is
+/// not older than the source itself, not too late, and not inside a failing source's backoff.
+fn due_polls(sources: &[SourceRecord], now: i64, last_tick: &mut HashMap<String, i64>) -> Vec<Job> {
+    let mut due = Vec::new();
+    for record in sources {
+        let Ok(source) = SourceSpec::from_stored(&record.spec) else { continue };
+        let Some(tick) = source.schedule.latest(now) else { continue };
+        if last_tick.get(&record.pipeline).is_some_and(|last| *last >= tick) {
+            continue;
+        }
+        last_tick.insert(record.pipeline.clone(), tick);
+        let period = source.schedule.period(tick);
+        if tick < record.updated_at || !fresh(tick, now, period) || in_backoff(record, tick, period) {
+            continue;
+        }
+        due.push(Job::Poll { pipeline: record.pipeline.clone(), tick_ms: tick });
+    }
+    due
+}
+
+/// Whether a tick is recent enough to run now rather than be skipped as missed.
+fn fresh(tick: i64, now: i64, period: Duration) -> bool {
+    let limit = period.min(LATE_LIMIT).as_millis() as i64;
+    now - tick < limit.max(1_000)
+}
+
+/// After `n ≥ 2` failed ticks in a row, the next poll waits `period × 2^(n-1)` (at most
+/// [`MAX_BACKOFF`], or the period if longer) from the last one; one failure does not wait.
+pub fn backoff_after(failures: i64, period: Duration) -> Duration {
+    if failures < 2 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (failures - 1).min(16) as u32;
+    period.saturating_mul(factor).min(MAX_BACKOFF.max(period))
+}
+
+fn in_backoff(record: &SourceRecord, tick: i64, period: Duration) -> bool {
+    let wait = backoff_after(record.consecutive_failures, period);
+    match record.last_run_at {
+        // Half a period of slack: ticks land on the schedule, runs a little after.
+        Some(last) if !wait.is_zero() => tick < last + wait.as_millis() as i64 - period.as_millis() as i64 / 2,
+        _ => false,
+    }
+}
+
+/// When the source will next be polled, as pages and the API show it.
+pub fn next_poll(record: &SourceRecord, source: &Source, now: i64) -> Option<i64> {
+    let mut tick = source.schedule.next(now)?;
+    for _ in 0..64 {
+        let period = source.schedule.period(tick);
+        if tick >= record.updated_at && !in_backoff(record, tick, period) {
+            return Some(tick);
+        }
+        tick = source.schedule.next(tick)?;
+    }
+    Some(tick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(spec: &str, failures: i64, last_run_at: Option<i64>) -> SourceRecord {
+        SourceRecord {
+            pipeline: "p".into(),
+            spec: spec.into(),
+            updated_at: 0,
+            cursor: None,
+            runs: 0,
+            failures,
+            consecutive_failures: failures,
+            events_total: 0,
+            last_tick: None,
+            last_run_at,
+            last_ok_at: None,
+            last_events: None,
+            last_error: None,
+        }
+    }
+
+    const EVERY_10S: &str = r#"{"url":"http://127.0.0.1:9/","every":"10s"}"#;
+
+    #[test]
+    fn each_tick_is_due_once_per_node() {
+        let sources = [record(EVERY_10S, 0, None)];
+        let mut seen = HashMap::new();
+        assert_eq!(due_polls(&sources, 100_500, &mut seen), [Job::Poll { pipeline: "p".into(), tick_ms: 100_000 }]);
+        assert!(due_polls(&sources, 101_000, &mut seen).is_empty());
+        assert_eq!(due_polls(&sources, 110_001, &mut seen).len(), 1);
+    }
+
+    #[test]
+    fn late_ticks_and_ticks_before_the_source_are_skipped() {
+        let mut late = record(EVERY_10S, 0, None);
+        late.updated_at = 0;
+        assert!(due_polls(&[late], 109_999 + 10_000, &mut HashMap::new()).len() == 1);
+        let mut newer = record(EVERY_10S, 0, None);
+        newer.updated_at = 100_200;
+        assert!(due_polls(&[newer], 100_500, &mut HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn failing_sources_back_off_exponentially() {
+        let period = Duration::from_secs(10);
+        assert_eq!(backoff_after(1, period), Duration::ZERO);
+        assert_eq!(backoff_after(2, period), Duration::from_secs(20));
+        assert_eq!(backoff_after(3, period), Duration::from_secs(40));
+        assert_eq!(backoff_after(40, period), MAX_BACKOFF);
+        // Three failures, last run at 100.2 s: waits 40 s, so 110..130 s are skipped.
+        let failing = record(EVERY_10S, 3, Some(100_200));
+        assert!(in_backoff(&failing, 130_000, period));
+        assert!(!in_backoff(&failing, 140_000, period));
+        let source = SourceSpec::from_stored(EVERY_10S).unwrap();
+        assert_eq!(next_poll(&failing, &source, 101_000), Some(140_000));
+    }
+}

@@ -1,0 +1,163 @@
+//! The job queue: apalis storage in the store's PostgreSQL database (schema `apalis`), or in a
+//! SQLite file of its own beside the embedded store.
+//!
+//! Enqueueing is idempotent: every job carries a key naming its schedule and tick, and apalis
+//! keeps a unique index on (queue, key). However many nodes enqueue the same tick, one job exists.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskSink, TaskSinkError};
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use dash_store::Store;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+use crate::JobError;
+
+/// The apalis queue (job type) Dash's jobs live in.
+pub const QUEUE: &str = "dash.jobs";
+
+/// Attempts a job gets, counting re-enqueues after its worker died. Source failures are retried
+/// inside the job and recorded, not returned, so attempts are spent on infrastructure only.
+pub const MAX_ATTEMPTS: usize = 5;
+
+/// One unit of background work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// Fetch a pipeline's source for one tick.
+    Poll { pipeline: String, tick_ms: i64 },
+    /// Retention, dedupe pruning, partitions ahead, old jobs.
+    Maintain { tick_ms: i64 },
+}
+
+impl Job {
+    /// The idempotency key: schedule and tick.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Poll { pipeline, tick_ms } => format!("poll:{pipeline}:{tick_ms}"),
+            Self::Maintain { tick_ms } => format!("maintain:{tick_ms}"),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Poll { .. } => "poll",
+            Self::Maintain { .. } => "maintain",
+        }
+    }
+}
+
+/// Worker liveness as apalis sees it: a worker silent for `HEARTBEAT × MISSED_HEARTBEATS` is dead
+/// and its jobs go back to the queue (whole seconds: apalis compares in seconds).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub const MISSED_HEARTBEATS: usize = 3;
+
+#[derive(Clone)]
+pub enum JobQueue {
+    Postgres(PostgresStorage<Job>),
+    Sqlite(SqliteStorage<Job>),
+}
+
+impl JobQueue {
+    /// Opens (and migrates) the queue next to the store: the same PostgreSQL database, or
+    /// `jobs.db` in `data_dir` for SQLite (apalis tunes its connection for speed over
+    /// durability, which the events file must not share; a lost job is re-enqueued at its tick).
+    pub async fn open(store: &Store, data_dir: &Path, batch: usize) -> Result<Self, JobError> {
+        match store {
+            Store::Postgres(pg) => {
+                let pool = pg.pool().clone();
+                PostgresStorage::setup(&pool).await?;
+                let config = apalis_postgres::Config::default()
+                    .queue(QUEUE)
+                    .heartbeat_interval(HEARTBEAT)
+                    .missed_heartbeats(MISSED_HEARTBEATS)
+                    .batch_size(batch);
+                Ok(Self::Postgres(PostgresStorage::new(&pool).with_config(config)))
+            }
+            Store::Sqlite(_) => {
+                std::fs::create_dir_all(data_dir).map_err(JobError::Location)?;
+                let url = format!("sqlite://{}", data_dir.join("jobs.db").display());
+                let options =
+                    SqliteConnectOptions::from_str(&url)?.create_if_missing(true).busy_timeout(Duration::from_secs(2));
+                let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await?;
+                SqliteStorage::setup(&pool).await?;
+                let config = apalis_sqlite::Config::default()
+                    .queue(QUEUE)
+                    .heartbeat_interval(HEARTBEAT)
+                    .missed_heartbeats(MISSED_HEARTBEATS)
+                    .batch_size(batch);
+                Ok(Self::Sqlite(SqliteStorage::new(&pool).with_config(config)))
+            }
+        }
+    }
+
+    /// Enqueues `job` unless a job with its key exists. `true` when this call created it.
+    pub async fn enqueue(&mut self, job: Job) -> Result<bool, JobError> {
+        let key = job.key();
+        let task = TaskBuilder::new(job).idempotency_key(&key).max_attempts(MAX_ATTEMPTS).build();
+        match self {
+            Self::Postgres(storage) => match storage.push_task(task).await {
+                Ok(()) => Ok(true),
+                Err(TaskSinkError::PushError(apalis_postgres::Error::Database(sqlx::Error::Database(db))))
+                    if db.is_unique_violation() =>
+                {
+                    Ok(false)
+                }
+                Err(err) => Err(JobError::Enqueue(err.to_string())),
+            },
+            // `ON CONFLICT DO NOTHING` on SQLite: a repeat is silently absorbed.
+            Self::Sqlite(storage) => {
+                storage.push_task(task).await.map_err(|e| JobError::Enqueue(e.to_string()))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Deletes finished jobs older than `older_than` and workers silent that long. Keys live as
+    /// long as their jobs, so `older_than` must exceed how late a tick may still be enqueued.
+    pub async fn vacuum(&self, older_than: Duration) -> Result<u64, JobError> {
+        let secs = older_than.as_secs() as i64;
+        let deleted = match self {
+            Self::Postgres(storage) => {
+                let pool = storage.pool();
+                let jobs = sqlx::query(
+                    "DELETE FROM apalis.jobs WHERE job_type = $1 AND status IN ('Done', 'Killed', 'Failed') \
+                     AND attempts >= CASE WHEN status = 'Failed' THEN max_attempts ELSE 0 END \
+                     AND COALESCE(done_at, run_at) < now() - make_interval(secs => $2)",
+                )
+                .bind(QUEUE)
+                .bind(secs as f64)
+                .execute(pool)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM apalis.workers w WHERE worker_type = $1 AND last_seen < now() - make_interval(secs => $2) \
+                     AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
+                )
+                .bind(QUEUE)
+                .bind(secs as f64)
+                .execute(pool)
+                .await?;
+                jobs.rows_affected()
+            }
+            Self::Sqlite(storage) => {
+                let pool = storage.pool();
+                let cutoff = chrono::Utc::now().timestamp() - secs;
+                let jobs = sqlx::query(
+                    "DELETE FROM Jobs WHERE job_type = ?1 AND status IN ('Done', 'Killed', 'Failed') \
+                     AND attempts >= CASE WHEN status = 'Failed' THEN max_attempts ELSE 0 END \
+                     AND COALESCE(done_at, run_at) < ?2",
+                )
+                .bind(QUEUE)
+                .bind(cutoff)
+                .execute(pool)
+                .await?;
+                jobs.rows_affected()
+            }
+        };
+        Ok(deleted)
+    }
+}
