@@ -155,10 +155,24 @@ pub struct Settings {
     /// How often store maintenance (retention, dedupe pruning, partitions ahead) runs.
     #[serde(with = "humantime_serde")]
     pub maintenance_every: Duration,
-    /// Polling sources by pipeline name (`[sources.<name>]` tables): applied by ingestors at
-    /// start, creating the pipeline if needed. Checked there, against the admin API's rules.
+    /// Pipelines by name (`[pipelines.<name>]` tables): applied by ingestors at start,
+    /// creating the pipeline if needed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sources: BTreeMap<String, serde_json::Value>,
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// One `[pipelines.<name>]` table. What it names is set at start; what it leaves out is left
+/// as the admin API or the CLI set it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// How long the pipeline keeps its events, instead of `retention`.
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Duration>,
+    /// A polling source, as the admin API's `source` object; checked by the ingestor against
+    /// the same rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
 }
 
 impl Default for Settings {
@@ -195,7 +209,7 @@ impl Default for Settings {
             dedupe_window: Duration::from_secs(7 * 86_400),
             job_concurrency: 4,
             maintenance_every: Duration::from_secs(3600),
-            sources: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
         }
     }
 }
@@ -364,6 +378,12 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     if s.region.trim().is_empty() {
         return Err(invalid("region", "must not be empty"));
     }
+    for (name, pipeline) in &s.pipelines {
+        if let Some(retention) = pipeline.retention {
+            dash_domain::check_retention(retention)
+                .map_err(|e| invalid(&format!("pipelines.{name}.retention"), e.to_string()))?;
+        }
+    }
     Ok(s)
 }
 
@@ -398,6 +418,35 @@ mod tests {
             assert_eq!(s.data_dir, PathBuf::from("/data"));
             assert!(s.listen.ip().is_unspecified());
             assert!(s.shutdown_timeout < Duration::from_secs(30), "below fly.toml's kill_timeout");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn pipelines_are_read_from_their_tables_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "default.toml",
+                "[pipelines.orders]\nretention = \"7days\"\n\
+                 [pipelines.releases.source]\nurl = \"http://127.0.0.1:1/r\"\nevery = \"5m\"\n",
+            )?;
+            let s = load(jail.directory(), &Overrides::default()).unwrap();
+            assert_eq!(s.pipelines["orders"].retention, Some(Duration::from_secs(7 * 86_400)));
+            assert_eq!(s.pipelines["orders"].source, None);
+            assert_eq!(s.pipelines["releases"].retention, None);
+            assert_eq!(s.pipelines["releases"].source.as_ref().unwrap()["every"], "5m");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("default.toml", "[pipelines.orders]\nretention = \"5m\"\n")?;
+            let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("pipelines.orders.retention") && err.contains("1h"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("default.toml", "[pipelines.orders]\nretain = \"7days\"\n")?;
+            let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("retain"), "{err}");
             Ok(())
         });
     }

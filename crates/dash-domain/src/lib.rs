@@ -6,10 +6,14 @@
 
 mod body;
 mod ids;
+mod retention;
 mod stats;
 
 pub use body::{BodyError, BodyFormat, RequestIdentity, parse_body, parse_polled};
 pub use ids::{EventId, InvalidId, PipelineId};
+pub use retention::{
+    InvalidRetention, MAX_RETENTION, MIN_RETENTION, check_retention, format_retention, parse_retention,
+};
 pub use stats::{NodeHeartbeat, PipelineStats, PipelineUpdate};
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,7 @@
 //! The JSON API: pipelines (admin create), stats, series and recent events, OpenAPI.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -24,7 +26,7 @@ const MAX_EVENTS: u32 = 1000;
 pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route("/api/pipelines", get(list_pipelines).post(create_pipeline))
-        .route("/api/pipelines/{id}", get(get_pipeline))
+        .route("/api/pipelines/{id}", get(get_pipeline).patch(patch_pipeline))
         .route("/api/pipelines/{id}/source", put(put_source).delete(delete_source))
         .route("/api/pipelines/{id}/series", get(series))
         .route("/api/pipelines/{id}/events", get(events))
@@ -55,6 +57,7 @@ fn pipeline_json(record: &PipelineRecord) -> Value {
         "seq": record.stats.seq,
         "last_event_at": record.stats.last_event_at,
         "stats": record.stats,
+        "retention": record.retention.map(dash_domain::format_retention),
     })
 }
 
@@ -73,6 +76,54 @@ async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, ApiError> {
 
 async fn get_pipeline(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let record = find(&state, &id).await?;
+    pipeline_with_source(&state, &record).await.map(Json)
+}
+
+/// A `retention` field: a duration such as `"7days"`, or `null` for the node default.
+fn parse_retention(value: &Value) -> Result<Option<Duration>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) => dash_domain::parse_retention(text)
+            .map(Some)
+            .map_err(|e| ApiError::unprocessable("invalid_retention", e.to_string())),
+        _ => Err(ApiError::unprocessable(
+            "invalid_retention",
+            "retention is a duration such as \"7days\", or null for the node default",
+        )),
+    }
+}
+
+/// `PATCH /api/pipelines/{id}`: changes a pipeline's settings. Only `retention` may change:
+/// `{"retention": "7days"}`, or `{"retention": null}` for the node default.
+async fn patch_pipeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Value::Object(fields) = read_json(&body)? else {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            "expected a JSON object such as {\"retention\": \"7days\"}",
+        ));
+    };
+    if let Some(unknown) = fields.keys().find(|k| k.as_str() != "retention") {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!("{unknown:?} cannot be changed here; only \"retention\" can (the source has its own route)"),
+        ));
+    }
+    let retention = fields.get("retention").map(parse_retention).transpose()?;
+    let record = find(&state, &id).await?;
+    let record = match retention {
+        Some(retention) => {
+            state.store.set_retention(&record.id, retention).await.map_err(|err| match err {
+                StoreError::NotFound(_) => ApiError::not_found("pipeline_not_found", format!("no pipeline {id:?}")),
+                other => ApiError::store_unavailable(&other),
+            })?;
+            find(&state, &record.id).await?
+        }
+        None => record,
+    };
     pipeline_with_source(&state, &record).await.map(Json)
 }
 
@@ -156,6 +207,8 @@ struct CreatePipeline {
     name: String,
     #[serde(default)]
     source: Option<Value>,
+    #[serde(default)]
+    retention: Option<Value>,
 }
 
 async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -168,6 +221,7 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
     })?;
     // Checked before the pipeline exists, so a bad source creates nothing.
     let source = request.source.map(parse_source).transpose()?;
+    let retention = request.retention.as_ref().map(parse_retention).transpose()?.flatten();
     let issued = state.store.create_pipeline(&request.name).await.map_err(|err| match err {
         StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "pipeline_exists", err.to_string()),
         StoreError::InvalidName(_) => ApiError::unprocessable("invalid_name", err.to_string()),
@@ -186,7 +240,12 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
     if let Some((spec, _)) = &source {
         store_source(&state, &issued.record.id, spec).await?;
     }
-    let mut body = pipeline_with_source(&state, &issued.record).await?;
+    let mut record = issued.record;
+    if let Some(retention) = retention {
+        state.store.set_retention(&record.id, Some(retention)).await.map_err(|e| ApiError::store_unavailable(&e))?;
+        record.retention = Some(retention);
+    }
+    let mut body = pipeline_with_source(&state, &record).await?;
     body["secret"] = json!(issued.secret.expose());
     body["token"] = json!(issued.token.expose());
     Ok((StatusCode::CREATED, Json(body)))

@@ -138,6 +138,7 @@ async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result
         name: record.name,
         stats: record.stats,
         last_hour,
+        retention: record.retention.map(dash_domain::format_retention),
     })
 }
 
@@ -256,6 +257,7 @@ async fn pipeline(
         let source = state.store.source(&record.id).await.map_err(PageError::store)?.map(|s| source_status(&s));
         let summary = PipelineSummary {
             rate: panel.rate,
+            retention: record.retention.map(dash_domain::format_retention),
             id: record.id,
             name: record.name,
             stats: record.stats,

@@ -7,7 +7,25 @@
 //!
 //! **Architecture invariant:** the store knows nothing of HTTP, the bus or the intake log.
 
+/// Runs one statement with the same binds on whichever backend the store is (on SQLite, on the
+/// named pool: `writer` or `readers`).
+macro_rules! on_backend {
+    ($store:expr, $sqlite_pool:ident, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite(s) => {
+                let $pool = &s.$sqlite_pool;
+                $body
+            }
+            Store::Postgres(s) => {
+                let $pool = &s.pool;
+                $body
+            }
+        }
+    };
+}
+
 mod postgres;
+mod retention;
 mod sources;
 mod sqlite;
 pub mod testing;
@@ -53,6 +71,17 @@ pub struct PipelineRecord {
     pub name: String,
     pub created_at: String,
     pub stats: PipelineStats,
+    /// How long its events are kept; `None`: the node default.
+    #[serde(serialize_with = "retention_text")]
+    pub retention: Option<Duration>,
+}
+
+/// A retention as people write it (`"7days"`), or null.
+fn retention_text<S: serde::Serializer>(retention: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match retention {
+        Some(d) => serializer.serialize_str(&dash_domain::format_retention(*d)),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// A pipeline just created or rotated: the only time its secret and token are shown.
@@ -148,8 +177,9 @@ impl Store {
         }
     }
 
-    /// Retention and housekeeping: drops events older than `retention`, prunes dedupe keys older
-    /// than `dedupe_window`, and (native partitioning) makes day partitions ahead.
+    /// Retention and housekeeping: drops each pipeline's events older than its own retention
+    /// (`retention` for pipelines without one), prunes dedupe keys older than `dedupe_window`,
+    /// and (native partitioning) makes day partitions ahead.
     pub async fn maintain(
         &self,
         retention: Duration,

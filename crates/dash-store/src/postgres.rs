@@ -12,6 +12,7 @@ use dash_signature::{BearerToken, SigningSecret};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::retention::{Cutoffs, RETENTIONS, retention_from};
 use crate::timescale;
 use crate::{
     BatchEvent, BatchOutcome, IssuedCredentials, MaintenanceReport, PipelineAuth, PipelineRecord, PipelineTally,
@@ -84,7 +85,7 @@ SELECT pipeline_id, count(*)::int8 AS inserted, max(received_at) AS newest FROM 
 pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
     event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL";
 
-const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at";
+const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms";
 
 fn ts_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -105,6 +106,7 @@ fn record_from(row: &PgRow) -> Result<PipelineRecord, sqlx::Error> {
             duplicates: row.try_get("duplicate_count")?,
             last_event_at: row.try_get::<Option<DateTime<Utc>>, _>("last_event_at")?.map(|t| format_ms(ts_ms(t))),
         },
+        retention: retention_from(row.try_get("retention_ms")?),
     })
 }
 
@@ -364,6 +366,10 @@ impl PgStore {
 
     /// Partitions ahead, retention, dedupe pruning. Runs on one node at a time (advisory
     /// try-lock); another node's concurrent call returns at once with nothing done.
+    ///
+    /// Retention is per pipeline (`retention` for pipelines without their own): whole day
+    /// partitions (or TimescaleDB chunks) go once no pipeline keeps anything in them; rows
+    /// a pipeline no longer keeps in the days that stay are deleted, as are its rollup minutes.
     pub async fn maintain(
         &self,
         retention: Duration,
@@ -384,10 +390,33 @@ impl PgStore {
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
-            if self.layout_or_default() == Layout::Partitioned {
-                report.partitions_created = ensure_partitions(&mut conn, now).await?;
-                report.partitions_dropped =
-                    drop_partitions_before(&mut conn, now - retention.as_millis() as i64).await?;
+            let pipelines: Vec<(String, Option<i64>)> = sqlx::query_as(RETENTIONS).fetch_all(&mut *conn).await?;
+            let cutoffs = Cutoffs::new(pipelines, retention, now);
+            let layout = self.layout_or_default();
+            match layout {
+                Layout::Partitioned => {
+                    report.partitions_created = ensure_partitions(&mut conn, now).await?;
+                    report.partitions_dropped = drop_partitions_before(&mut conn, cutoffs.everyone).await?;
+                }
+                Layout::Timescale => {
+                    report.partitions_dropped =
+                        timescale::drop_chunks_before(&mut conn, from_ms(cutoffs.everyone)).await?;
+                }
+            }
+            for (pipeline, cutoff) in &cutoffs.per_pipeline {
+                report.events_deleted += sqlx::query("DELETE FROM events WHERE pipeline_id = $1 AND event_time < $2")
+                    .bind(pipeline)
+                    .bind(from_ms(*cutoff))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                if layout == Layout::Partitioned {
+                    sqlx::query("DELETE FROM event_rollup_minute WHERE pipeline_id = $1 AND minute < $2")
+                        .bind(pipeline)
+                        .bind(from_ms(*cutoff))
+                        .execute(&mut *conn)
+                        .await?;
+                }
             }
             Ok::<_, StoreError>(report)
         }

@@ -3,17 +3,15 @@
 //! The store keeps the source as opaque JSON (`spec`); its meaning belongs to the job runner.
 //! Both backends share the SQL text: SQLite reads `$N` as the N-th parameter too.
 
-use serde::Serialize;
 use sqlx::Row;
 
 use crate::{Store, StoreError};
 
 /// A pipeline's source as stored, with the record of its polls.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRecord {
     pub pipeline: String,
     /// The source as configured (JSON text, secrets included: never show it as is).
-    #[serde(skip)]
     pub spec: String,
     /// Unix ms of the last change to `spec`.
     pub updated_at: i64,
@@ -79,23 +77,6 @@ macro_rules! source_from_row {
             last_error: row.try_get("last_error")?,
         })
     }};
-}
-
-/// Runs one statement with the same binds on whichever backend the store is (on SQLite, on the
-/// named pool: `writer` or `readers`).
-macro_rules! on_backend {
-    ($store:expr, $sqlite_pool:ident, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $pool = &s.$sqlite_pool;
-                $body
-            }
-            Store::Postgres(s) => {
-                let $pool = &s.pool;
-                $body
-            }
-        }
-    };
 }
 
 impl Store {

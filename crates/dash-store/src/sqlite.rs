@@ -10,6 +10,7 @@ use dash_signature::{BearerToken, SigningSecret};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
+use crate::retention::{Cutoffs, RETENTIONS, retention_from};
 use crate::{
     BatchEvent, BatchOutcome, IssuedCredentials, MaintenanceReport, PipelineAuth, PipelineRecord, PipelineTally,
     ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, UpdatedPipeline, minute_of,
@@ -24,7 +25,7 @@ pub struct SqliteStore {
     pub(crate) readers: SqlitePool,
 }
 
-const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at";
+const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms";
 
 fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Error> {
     Ok(PipelineRecord {
@@ -37,6 +38,7 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Er
             duplicates: row.try_get("duplicate_count")?,
             last_event_at: row.try_get::<Option<i64>, _>("last_event_at")?.map(format_ms),
         },
+        retention: retention_from(row.try_get("retention_ms")?),
     })
 }
 
@@ -298,13 +300,27 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Deletes events (and rollup minutes) older than `retention`. SQLite keeps the dedupe key
-    /// on the events themselves, so it lives exactly as long as they do.
+    /// Deletes each pipeline's events (and rollup minutes) older than its retention, or
+    /// `retention` for pipelines without their own. SQLite keeps the dedupe key on the events
+    /// themselves, so it lives exactly as long as they do.
     pub async fn maintain(&self, retention: Duration) -> Result<MaintenanceReport, StoreError> {
-        let cutoff = now_ms() - retention.as_millis() as i64;
-        let deleted = sqlx::query("DELETE FROM events WHERE event_time < ?").bind(cutoff).execute(&self.writer).await?;
-        sqlx::query("DELETE FROM event_rollup_minute WHERE minute < ?").bind(cutoff).execute(&self.writer).await?;
-        Ok(MaintenanceReport { events_deleted: deleted.rows_affected(), ..Default::default() })
+        let pipelines: Vec<(String, Option<i64>)> = sqlx::query_as(RETENTIONS).fetch_all(&self.readers).await?;
+        let cutoffs = Cutoffs::new(pipelines, retention, now_ms());
+        let mut report = MaintenanceReport::default();
+        for (pipeline, cutoff) in &cutoffs.per_pipeline {
+            report.events_deleted += sqlx::query("DELETE FROM events WHERE pipeline_id = ? AND event_time < ?")
+                .bind(pipeline)
+                .bind(cutoff)
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM event_rollup_minute WHERE pipeline_id = ? AND minute < ?")
+                .bind(pipeline)
+                .bind(cutoff)
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(report)
     }
 
     pub async fn close(&self) {

@@ -119,6 +119,55 @@ async fn batches_on(store: &Store) {
 }
 
 #[tokio::test]
+async fn each_pipeline_keeps_its_events_for_its_own_retention() {
+    for backend in backends().await {
+        retention_on(&backend.store).await;
+        backend.cleanup().await;
+    }
+}
+
+async fn retention_on(store: &Store) {
+    for name in ["short", "default", "long"] {
+        store.create_pipeline(name).await.unwrap();
+    }
+    const HOUR: i64 = 3_600_000;
+    store.set_retention("short", Some(Duration::from_secs(3600))).await.unwrap();
+    store.set_retention("long", Some(Duration::from_secs(90 * 86_400))).await.unwrap();
+    assert!(matches!(store.set_retention("nope", None).await, Err(StoreError::NotFound(_))));
+    let found = store.find_pipeline("long").await.unwrap().unwrap();
+    assert_eq!(found.retention, Some(Duration::from_secs(90 * 86_400)));
+    assert_eq!(store.find_pipeline("default").await.unwrap().unwrap().retention, None);
+
+    let now = dash_domain::now_ms();
+    let ages = [("new", 60_000), ("hours", 2 * HOUR), ("weeks", 40 * 24 * HOUR)];
+    let batch: Vec<BatchEvent> = ["short", "default", "long"]
+        .iter()
+        .flat_map(|p| ages.iter().map(move |(id, age)| event(p, id, now - age)))
+        .collect();
+    store.write_batch(&batch).await.unwrap();
+
+    let report = store.maintain(Duration::from_secs(30 * 86_400), Duration::from_secs(86_400)).await.unwrap();
+    assert_eq!(report.events_deleted, 3, "{report:?}");
+    let kept = |p: &'static str| async move {
+        let mut ids: Vec<String> = store.recent_events(p, 10).await.unwrap().into_iter().map(|e| e.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(kept("short").await, ["new"]);
+    assert_eq!(kept("default").await, ["hours", "new"]);
+    assert_eq!(kept("long").await, ["hours", "new", "weeks"]);
+    // The rollup forgets what the events table forgot.
+    let series = store.series("short", now - 50 * 24 * HOUR, now + HOUR, 3_600_000).await.unwrap();
+    assert_eq!(series.iter().map(|p| p.count).sum::<i64>(), 1, "{series:?}");
+
+    // Back to the default: the next pass applies it.
+    store.set_retention("long", None).await.unwrap();
+    let report = store.maintain(Duration::from_secs(30 * 86_400), Duration::from_secs(86_400)).await.unwrap();
+    assert_eq!(report.events_deleted, 1, "{report:?}");
+    assert_eq!(kept("long").await, ["hours", "new"]);
+}
+
+#[tokio::test]
 async fn postgres_migrates_once_under_concurrency_and_partitions_by_day() {
     let Some(admin) = testing::admin_url() else { return };
     let url = testing::create_database(&admin).await.unwrap();
@@ -148,14 +197,15 @@ async fn postgres_migrates_once_under_concurrency_and_partitions_by_day() {
         sqlx::query_scalar("SELECT count(*) FROM events_default").fetch_one(&pg_pool(pg)).await.unwrap();
     assert_eq!(in_default, 1);
 
-    // Retention of zero drops whole days that have ended (yesterday); dedupe keys are pruned.
+    // Retention of zero drops whole days that have ended (yesterday) and deletes the rest row
+    // by row, the default partition's too; dedupe keys are pruned.
     let report = a.maintain(Duration::ZERO, Duration::ZERO).await.unwrap();
     assert!(report.partitions_dropped >= 1, "{report:?}");
+    assert_eq!(report.events_deleted, 2, "today and 2001: {report:?}");
     assert_eq!(report.dedupe_pruned, 3, "{report:?}");
     let left: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id").fetch_all(&pg_pool(pg)).await.unwrap();
-    assert!(!left.contains(&"yesterday".to_owned()), "{left:?}");
-    assert!(left.contains(&"today".to_owned()), "{left:?}");
+    assert!(left.is_empty(), "{left:?}");
     // The next pass makes the missing days again.
     let report = a.maintain(Duration::from_secs(30 * 86_400), Duration::from_secs(86_400)).await.unwrap();
     assert!(report.partitions_created >= 1, "{report:?}");

@@ -7,16 +7,18 @@
 //! - the (pipeline, time desc) index the read API uses;
 //! - `event_rollup_minute_cagg`, a real-time continuous aggregate of events per minute, with a
 //!   refresh policy; the batch path then skips the app-maintained rollup table;
-//! - a retention policy dropping chunks older than [`RETENTION_DAYS`].
+//!
+//! Retention is per pipeline, so there is no TimescaleDB retention policy (it knows one age
+//! for the whole table): maintenance drops the chunks no pipeline keeps anything in and
+//! deletes the rest row by row.
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
 
 use crate::StoreError;
 
 /// The continuous aggregate the series query reads on this layout.
 pub const ROLLUP_VIEW: &str = "event_rollup_minute_cagg";
-/// Chunks older than this are dropped by TimescaleDB's retention policy.
-pub const RETENTION_DAYS: u32 = 30;
 
 /// Whether the server offers the extension at all (creating it may still fail, e.g. when it is
 /// not in `shared_preload_libraries` or the role may not create extensions).
@@ -26,13 +28,10 @@ pub async fn available(conn: &mut PgConnection) -> Result<bool, StoreError> {
         .await?)
 }
 
-/// Creates the extension, the hypertable, the aggregate and the policies. Idempotent.
+/// Creates the extension, the hypertable, the aggregate and its refresh policy. Idempotent.
 pub async fn create_events(conn: &mut PgConnection) -> Result<(), StoreError> {
-    let retention = format!(
-        "SELECT add_retention_policy('events', drop_after => INTERVAL '{RETENTION_DAYS} days', if_not_exists => TRUE)"
-    );
     let create_table = format!("CREATE TABLE IF NOT EXISTS events ({})", crate::postgres::EVENTS_COLUMNS);
-    let statements: [&str; 7] = [
+    let statements: [&str; 6] = [
         "CREATE EXTENSION IF NOT EXISTS timescaledb",
         &create_table,
         "SELECT create_hypertable('events', 'event_time', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE)",
@@ -45,10 +44,21 @@ pub async fn create_events(conn: &mut PgConnection) -> Result<(), StoreError> {
         "SELECT add_continuous_aggregate_policy('event_rollup_minute_cagg',
             start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 minute',
             schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE)",
-        &retention,
     ];
     for statement in statements {
         sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Drops the chunks that end before `before`; returns how many went.
+pub async fn drop_chunks_before(conn: &mut PgConnection, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    // Databases set up before retention was per pipeline had a table-wide policy, which would
+    // drop what a longer-lived pipeline keeps.
+    sqlx::query("SELECT remove_retention_policy('events', if_exists => TRUE)").execute(&mut *conn).await?;
+    let dropped: Vec<String> = sqlx::query_scalar("SELECT drop_chunks('events', older_than => $1)::text")
+        .bind(before)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(dropped.len() as u64)
 }

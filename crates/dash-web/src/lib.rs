@@ -55,6 +55,8 @@ pub struct PipelineSummary {
     pub last_hour: Vec<i64>,
     /// Events per second over the last minute.
     pub rate: f64,
+    /// How long the pipeline keeps its events, as shown (`"7days"`); `None`: the node default.
+    pub retention: Option<String>,
 }
 
 /// A per-bucket chart of one pipeline.

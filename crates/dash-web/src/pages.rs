@@ -120,6 +120,7 @@ pub fn pipeline(
     let range = panel.chart.range;
     let stats = summary.stats;
     let pipeline = summary.id.clone();
+    let retention = summary.retention.clone().unwrap_or_else(|| "the default".to_owned());
     let content = view! {
         <nav class="crumbs"><a href="/">"Pipelines"</a>" / "{summary.name.clone()}</nav>
         <h1>{summary.name}" "<code class="id">{summary.id.clone()}</code></h1>
@@ -139,6 +140,10 @@ pub fn pipeline(
             <div class="counter">
                 <div class="label">"Duplicates absorbed"</div>
                 <div class="value" data-field="duplicates">{stats.duplicates.to_string()}</div>
+            </div>
+            <div class="counter">
+                <div class="label">"Events kept for"</div>
+                <div class="value" data-field="retention">{retention}</div>
             </div>
         </section>
         <Panel panel=panel />
@@ -393,6 +398,7 @@ mod tests {
             },
             last_hour: vec![1; 60],
             rate: 0.5,
+            retention: Some("7days".into()),
         }
     }
 
@@ -432,6 +438,7 @@ mod tests {
         assert!(html.contains(r#"href="?range=1h" aria-current="page""#), "{html}");
         assert!(html.contains("Show signing secret"), "{html}");
         assert!(html.contains("whsec_…your signing secret…"), "{html}");
+        assert!(html.contains("Events kept for") && html.contains(">7days<"), "{html}");
         let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: Some("whsec_abc".into()) };
         let html = pipeline(chrome(), summary(), panel(), send, None);
         assert!(html.contains("SECRET=&#39;whsec_abc&#39;") || html.contains("SECRET='whsec_abc'"), "{html}");

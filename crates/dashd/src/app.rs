@@ -68,7 +68,7 @@ impl App {
 
         let jobs = match &intake {
             Some((intake, _)) => {
-                apply_configured_sources(&settings, &store).await?;
+                apply_configured_pipelines(&settings, &store).await?;
                 let jobs = dash_jobs::JobSettings {
                     node: settings.node_id(),
                     data_dir: settings.data_dir.clone(),
@@ -214,13 +214,20 @@ impl App {
     }
 }
 
-/// Applies `[sources.<pipeline>]` from the config: creates missing pipelines, and stores each
-/// source whose spec differs from the stored one (so a restart does not count as a change).
-async fn apply_configured_sources(settings: &Settings, store: &Store) -> anyhow::Result<()> {
-    for (name, value) in &settings.sources {
-        let spec: dash_jobs::SourceSpec =
-            serde_json::from_value(value.clone()).with_context(|| format!("sources.{name}"))?;
-        spec.validate().with_context(|| format!("sources.{name}"))?;
+/// Applies `[pipelines.<name>]` from the config: creates missing pipelines, then sets what each
+/// table names (retention, source) where the store holds something else. Every ingestor does
+/// this at start; the writes are idempotent.
+async fn apply_configured_pipelines(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    for (name, configured) in &settings.pipelines {
+        let source = match &configured.source {
+            Some(value) => {
+                let spec: dash_jobs::SourceSpec =
+                    serde_json::from_value(value.clone()).with_context(|| format!("pipelines.{name}.source"))?;
+                spec.validate().with_context(|| format!("pipelines.{name}.source"))?;
+                Some(spec)
+            }
+            None => None,
+        };
         let pipeline = match store.find_pipeline(name).await? {
             Some(found) => found,
             None => match store.create_pipeline(name).await {
@@ -232,12 +239,21 @@ async fn apply_configured_sources(settings: &Settings, store: &Store) -> anyhow:
                 Err(err) => return Err(err).with_context(|| format!("creating pipeline {name}")),
             },
         };
-        let json = serde_json::to_string(&spec)?;
-        let stored =
-            store.source(&pipeline.id).await?.and_then(|r| serde_json::from_str::<dash_jobs::SourceSpec>(&r.spec).ok());
-        if stored.as_ref() != Some(&spec) {
-            store.set_source(&pipeline.id, &json, dash_domain::now_ms()).await?;
-            tracing::info!(pipeline = %pipeline.id, url = %dash_jobs::redact_url(&spec.url), "source from config applied");
+        if let Some(retention) = configured.retention
+            && pipeline.retention != Some(retention)
+        {
+            store.set_retention(&pipeline.id, Some(retention)).await?;
+            tracing::info!(pipeline = %pipeline.id, retention = %dash_domain::format_retention(retention), "retention from config applied");
+        }
+        if let Some(spec) = source {
+            let stored = store
+                .source(&pipeline.id)
+                .await?
+                .and_then(|r| serde_json::from_str::<dash_jobs::SourceSpec>(&r.spec).ok());
+            if stored.as_ref() != Some(&spec) {
+                store.set_source(&pipeline.id, &serde_json::to_string(&spec)?, dash_domain::now_ms()).await?;
+                tracing::info!(pipeline = %pipeline.id, url = %dash_jobs::redact_url(&spec.url), "source from config applied");
+            }
         }
     }
     Ok(())

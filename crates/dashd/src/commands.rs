@@ -1,4 +1,4 @@
-//! The admin commands: migrate, pipeline create/list/rotate-secret, ceilings.
+//! The admin commands: migrate, pipeline create/list/rotate-secret/source/retention, ceilings.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,6 +56,15 @@ pub enum PipelineAction {
         /// Stop polling: remove the source.
         #[arg(long, conflicts_with = "url")]
         remove: bool,
+    },
+    /// Show or set how long a pipeline keeps its events.
+    Retention {
+        name: String,
+        /// A duration from 1h to 10 years, e.g. `7days`, `12h`; without it, shows the retention.
+        duration: Option<String>,
+        /// Go back to the node default (`DASH_RETENTION`).
+        #[arg(long, conflicts_with = "duration")]
+        default: bool,
     },
 }
 
@@ -177,9 +186,42 @@ pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Re
             store.close().await;
             return outcome;
         }
+        PipelineAction::Retention { name, duration, default } => {
+            let outcome = pipeline_retention(&store, settings, &name, duration.as_deref(), default).await;
+            store.close().await;
+            return outcome;
+        }
     };
     store.close().await;
     Ok(result?)
+}
+
+/// `dashd pipeline retention`: sets (a duration, or `--default`), then shows the retention.
+async fn pipeline_retention(
+    store: &Store,
+    settings: &Settings,
+    name: &str,
+    duration: Option<&str>,
+    default: bool,
+) -> anyhow::Result<()> {
+    let record = store.find_pipeline(name).await?.with_context(|| format!("no pipeline {name:?}"))?;
+    let retention = match duration {
+        Some(text) => Some(dash_domain::parse_retention(text)?),
+        None if default => None,
+        None => record.retention,
+    };
+    if duration.is_some() || default {
+        store.set_retention(&record.id, retention).await?;
+    }
+    match retention {
+        Some(own) => println!("{}: events kept {}", record.id, dash_domain::format_retention(own)),
+        None => println!(
+            "{}: events kept {} (the node default, DASH_RETENTION)",
+            record.id,
+            dash_domain::format_retention(settings.retention)
+        ),
+    }
+    Ok(())
 }
 
 /// `dashd pipeline source`: sets (when given a spec), removes, then shows the source.

@@ -426,3 +426,37 @@ fn the_cli_sets_shows_and_removes_a_source() {
     let (ok, text) = run(&["pipeline", "source", "feed", "--remove"]);
     assert!(ok && text.contains("source removed"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_creates_pipelines_with_their_retention_and_source() {
+    let source = SourceServer::start().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let toml = format!(
+        "[pipelines.kept]\nretention = \"2days\"\n\n\
+         [pipelines.polled.source]\nurl = \"{}\"\nevery = \"1s\"\nheaders = {{ Authorization = \"Bearer c0nfig\" }}\n",
+        source.url("/tick")
+    );
+    std::fs::write(config.path(), toml).unwrap();
+    let path = config.path().display().to_string();
+    let server = TestServer::start(&[("DASH_CONFIG", path.as_str()), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+
+    let kept = server.get_json("/api/pipelines/kept").await;
+    assert_eq!(kept["retention"], "2days", "{kept}");
+    assert!(kept.get("source").is_none(), "{kept}");
+    let polled = server.get_json("/api/pipelines/polled").await;
+    assert_eq!(polled["retention"], Value::Null, "{polled}");
+    assert_eq!(polled["source"]["every"], "1s", "{polled}");
+    assert!(!polled.to_string().contains("c0nfig"), "secrets shown: {polled}");
+    wait_for("a polled event", Duration::from_secs(15), async || {
+        server.get_json("/api/pipelines/polled").await["count"].as_i64() >= Some(1)
+    })
+    .await;
+    assert!(source.hits("/tick").iter().all(|h| h.authorization.as_deref() == Some("Bearer c0nfig")));
+
+    // A bad table stops the node at start, naming the key, with the configuration exit code.
+    std::fs::write(config.path(), "[pipelines.kept]\nretention = \"1s\"\n").unwrap();
+    let output = crate::support::run_dashd(server.dir.path(), &server.env(), &["migrate"]);
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("pipelines.kept.retention"), "{text}");
+}

@@ -10,5 +10,6 @@ mod intake;
 mod jobs;
 mod live;
 mod proxy;
+mod retention;
 mod roles;
 mod support;
