@@ -248,7 +248,12 @@ async fn failing_sources_are_retried_with_backoff_and_reported() {
     for hit in &hits {
         *per_tick.entry(hit.tick.clone()).or_default() += 1;
     }
-    assert!(per_tick.values().all(|n| *n == 3), "3 attempts per tick: {per_tick:?}");
+    // The newest tick may still be between its attempts.
+    let newest = per_tick.keys().max().cloned().unwrap_or_default();
+    assert!(
+        per_tick.iter().all(|(tick, n)| *n == 3 || (*tick == newest && *n < 3)),
+        "3 attempts per tick: {per_tick:?}"
+    );
     let elapsed = started.elapsed().as_secs() as usize;
     assert!(per_tick.len() + 3 <= elapsed, "{} ticks in {elapsed} s: no backoff", per_tick.len());
 
