@@ -95,6 +95,8 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// migrated at `url`), `rows_per_tx` rows per transaction: the most PostgreSQL takes here.
 pub async fn postgres_ceiling(url: &str, rows_per_tx: usize, duration: Duration) -> anyhow::Result<String> {
     let mut conn = PgConnection::connect(url).await?;
+    // As Dash's own pool does: without it, large messages stall on Nagle + delayed ACK.
+    dash_store::set_tcp_nodelay(&mut conn).await?;
     let started = Instant::now();
     let mut rows = 0u64;
     let run = format!("{:x}", dash_domain::now_ms());

@@ -24,6 +24,7 @@ macro_rules! on_backend {
     };
 }
 
+mod nodelay;
 mod postgres;
 mod retention;
 mod sources;
@@ -37,6 +38,7 @@ use dash_domain::{Event, InvalidId, PipelineId, PipelineStats, PipelineUpdate};
 use dash_signature::{BearerToken, SigningSecret};
 use serde::Serialize;
 
+pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;

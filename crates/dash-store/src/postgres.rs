@@ -112,7 +112,19 @@ fn record_from(row: &PgRow) -> Result<PipelineRecord, sqlx::Error> {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect(url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if !crate::nodelay::set_on(conn).await? {
+                        tracing::debug!("TCP_NODELAY not set on a PostgreSQL connection (socket not found)");
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
         Ok(Self { pool, layout: Default::default() })
     }
 
