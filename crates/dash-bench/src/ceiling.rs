@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
+use dash_store::BinaryCopy;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -88,9 +89,6 @@ pub async fn sqlite_ceiling(file: &Path, rows_per_tx: usize, duration: Duration)
     ))
 }
 
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
 /// Rows/s of raw binary `COPY` of the bench's events into Dash's `events` table (already
 /// migrated at `url`), `rows_per_tx` rows per transaction: the most PostgreSQL takes here.
 pub async fn postgres_ceiling(url: &str, rows_per_tx: usize, duration: Duration) -> anyhow::Result<String> {
@@ -100,30 +98,15 @@ pub async fn postgres_ceiling(url: &str, rows_per_tx: usize, duration: Duration)
     let started = Instant::now();
     let mut rows = 0u64;
     let run = format!("{:x}", dash_domain::now_ms());
-    let mut buf = Vec::with_capacity(rows_per_tx * 300);
     while started.elapsed() < duration {
         let now = dash_domain::now_ms();
-        let now_pg = now * 1000 - PG_EPOCH_OFFSET_US;
-        buf.clear();
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        let mut copy = BinaryCopy::with_capacity(rows_per_tx * 300);
         for i in 0..rows_per_tx {
             let id = format!("{run}-000-{:012}", rows + i as u64);
             let payload = sample_event(&id, now);
-            buf.extend_from_slice(&5i16.to_be_bytes());
-            for text in ["ceiling", id.as_str()] {
-                buf.extend_from_slice(&(text.len() as i32).to_be_bytes());
-                buf.extend_from_slice(text.as_bytes());
-            }
-            for _ in 0..2 {
-                buf.extend_from_slice(&8i32.to_be_bytes());
-                buf.extend_from_slice(&now_pg.to_be_bytes());
-            }
-            buf.extend_from_slice(&(payload.len() as i32).to_be_bytes());
-            buf.extend_from_slice(payload.as_bytes());
+            copy.row(5).text("ceiling").text(&id).timestamptz_ms(now).timestamptz_ms(now).text(&payload);
         }
-        buf.extend_from_slice(&(-1i16).to_be_bytes());
+        let buf = copy.finish();
         let mut tx = conn.begin().await?;
         let mut copy = tx
             .copy_in_raw(

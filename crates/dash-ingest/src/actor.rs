@@ -2,18 +2,23 @@
 //! `max_batch` events or `flush_interval` after the first, commits the batch to the store in one
 //! transaction, then checkpoints the log and publishes the pipelines' updates.
 //!
+//! Where the store allows it (PostgreSQL), several batches are written at once, each in a
+//! transaction of its own, and committed one after the other in log order: see [`InFlight`].
+//!
 //! It holds nothing that is not also in the log: a restart (after a panic, or a crash of the
 //! whole process) resumes from the last checkpoint and loses nothing.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dash_domain::Event;
 use dash_intake_log::{Checkpoint, LogError, LogReader};
-use dash_store::BatchEvent;
-use tokio::sync::watch;
+use dash_store::{BatchEvent, BatchOutcome, StoreError};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::Partition;
 use crate::record::IntakeRecord;
@@ -46,6 +51,14 @@ pub(crate) struct BufferActor {
     /// Where the log stands once `buffer` is committed.
     cursor: Checkpoint,
     first_buffered_at: Option<Instant>,
+    /// Batches being written or written and not yet committed, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// How many batches may be in flight (the store's answer; 1 on SQLite).
+    window: usize,
+    /// Resolves once the newest batch in flight has committed (true) or failed (false).
+    next_turn: Option<oneshot::Receiver<bool>>,
+    /// Hashes the keys of batches in flight, to keep them apart.
+    key_hasher: RandomState,
     abort: watch::Receiver<bool>,
 }
 
@@ -54,6 +67,7 @@ impl BufferActor {
     pub(crate) fn start(partition: Arc<Partition>, abort: watch::Receiver<bool>) -> Self {
         let committed = *partition.committed.lock().expect("checkpoint lock");
         let reader = partition.reader_template.at(committed.position);
+        let window = partition.store.batches_in_flight().max(1);
         Self {
             partition,
             reader: Some(reader),
@@ -62,6 +76,10 @@ impl BufferActor {
             buffer_counted: 0,
             cursor: committed,
             first_buffered_at: None,
+            in_flight: VecDeque::new(),
+            next_turn: None,
+            window,
+            key_hasher: RandomState::new(),
             abort,
         }
     }
@@ -74,24 +92,40 @@ impl BufferActor {
             self.fill(settings.max_batch).await;
             let caught_up = self.open.is_empty() && self.reader_caught_up();
             let due = self.first_buffered_at.is_some_and(|t| t.elapsed() >= settings.flush_interval);
-            if self.buffer.len() >= settings.max_batch || due || (writer_closed && caught_up && !self.buffer.is_empty())
-            {
-                if !self.flush().await {
-                    return; // aborted while the store was down: the log keeps the events
+            let ready = self.buffer.len() >= settings.max_batch
+                || due
+                || (writer_closed && caught_up && !self.buffer.is_empty());
+            if ready && self.in_flight.len() < self.window {
+                let batch = self.take_batch();
+                if self.in_flight.iter().all(|f| f.batch.as_ref().is_none_or(|b| b.keys.is_disjoint(&batch.keys))) {
+                    self.launch(batch);
+                    continue;
                 }
-                continue;
+                self.put_back(batch); // shares a key with a batch in flight: wait for it
             }
-            if writer_closed && caught_up {
-                tracing::debug!(partition = self.partition.index, "buffer actor drained");
-                return;
+            if self.in_flight.is_empty() {
+                if writer_closed && caught_up {
+                    tracing::debug!(partition = self.partition.index, "buffer actor drained");
+                    return;
+                }
+                if !caught_up {
+                    continue;
+                }
             }
-            if !caught_up {
-                continue;
-            }
-            let deadline = self.first_buffered_at.map(|t| tokio::time::Instant::from_std(t + settings.flush_interval));
+            let wants_log = !ready && caught_up && !writer_closed;
+            let deadline = match ready {
+                false => self.first_buffered_at.map(|t| tokio::time::Instant::from_std(t + settings.flush_interval)),
+                true => None,
+            };
+            let oldest = self.in_flight.front_mut().map(|f| &mut f.task);
             tokio::select! {
-                changed = durable.changed(), if !writer_closed => writer_closed = changed.is_err(),
-                () = sleep_until_opt(deadline) => {}
+                written = join_opt(oldest) => {
+                    if !self.complete_oldest(written).await {
+                        return; // aborted while the store was down: the log keeps the events
+                    }
+                }
+                changed = durable.changed(), if wants_log => writer_closed = changed.is_err(),
+                () = sleep_until_opt(deadline), if wants_log => {}
                 _ = self.abort.changed() => return,
             }
         }
@@ -187,49 +221,128 @@ impl BufferActor {
         any
     }
 
-    /// Commits the buffer, retrying while the store is down. False when aborted meanwhile.
-    async fn flush(&mut self) -> bool {
-        let partition = self.partition.clone();
-        let started = Instant::now();
+    /// Takes the buffer as a batch; the buffer starts empty again.
+    fn take_batch(&mut self) -> Batch {
+        let keys = match self.window {
+            1 => HashSet::new(),
+            _ => self.buffer.iter().map(|e| self.key_hasher.hash_one((&*e.pipeline, e.event.id.as_str()))).collect(),
+        };
+        Batch {
+            events: Arc::new(std::mem::take(&mut self.buffer)),
+            counted: std::mem::take(&mut self.buffer_counted),
+            cursor: self.cursor,
+            first_buffered_at: self.first_buffered_at.take(),
+            keys,
+        }
+    }
+
+    /// Undoes [`Self::take_batch`] (nothing was read meanwhile).
+    fn put_back(&mut self, batch: Batch) {
+        self.buffer = Arc::into_inner(batch.events).expect("batch not shared yet");
+        self.buffer_counted = batch.counted;
+        self.first_buffered_at = batch.first_buffered_at;
+    }
+
+    /// Starts writing `batch` in a task of its own, which commits once the batch before it has
+    /// committed; [`Self::complete_oldest`] joins it.
+    fn launch(&mut self, batch: Batch) {
+        let store = self.partition.store.clone();
+        let events = batch.events.clone();
+        let (committed, next_turn) = oneshot::channel();
+        let turn = self.next_turn.replace(next_turn);
+        let task = tokio::spawn(async move {
+            let staged = store.stage_batch(&events).await;
+            // Commit in log order, and never after a batch that failed.
+            let before_committed = match turn {
+                Some(turn) => turn.await.unwrap_or(false),
+                None => true,
+            };
+            let result = match (staged, before_committed) {
+                (Ok(staged), true) => staged.commit().await.map_err(Some),
+                (Ok(_rolled_back), false) => Err(None),
+                (Err(err), _) => Err(Some(err)),
+            };
+            let _ = committed.send(result.is_ok());
+            result
+        });
+        self.in_flight.push_back(InFlight { batch: Some(batch), task });
+    }
+
+    /// The oldest batch in flight is committed (or failed): checkpoint and publish. On an error
+    /// every batch in flight has been rolled back (none commits after a failed one); they are
+    /// written again one by one in log order, retrying while the store is down. False when
+    /// aborted meanwhile.
+    async fn complete_oldest(&mut self, written: Result<BatchOutcome, Option<StoreError>>) -> bool {
+        let mut oldest = self.in_flight.pop_front().expect("a batch in flight");
+        let error = match written {
+            Ok(outcome) => {
+                self.complete(oldest.batch(), outcome).await;
+                return true;
+            }
+            Err(err) => err,
+        };
+        let mut batches = vec![oldest.batch()];
+        if let Some(error) = error {
+            self.store_failed(&error, batches[0].events.len(), STORE_RETRY_FIRST);
+        }
+        while let Some(mut later) = self.in_flight.pop_front() {
+            later.task.abort();
+            let _ = (&mut later.task).await;
+            batches.push(later.batch());
+        }
+        self.next_turn = None;
+        for batch in batches {
+            let Some(outcome) = self.write_retrying(&batch).await else { return false };
+            self.complete(batch, outcome).await;
+        }
+        true
+    }
+
+    /// Writes `batch` whole, retrying with backoff while the store is down. None when aborted.
+    async fn write_retrying(&mut self, batch: &Batch) -> Option<BatchOutcome> {
         let mut delay = STORE_RETRY_FIRST;
-        let outcome = loop {
-            match partition.store.write_batch(&self.buffer).await {
-                Ok(outcome) => {
-                    partition.health.mark_up();
-                    break outcome;
-                }
+        loop {
+            match self.partition.store.write_batch(&batch.events).await {
+                Ok(outcome) => return Some(outcome),
                 Err(err) => {
-                    partition.health.mark_down(&err.to_string());
-                    metrics::counter!("dash_store_errors_total").increment(1);
-                    tracing::warn!(partition = partition.index, events = self.buffer.len(), error = %err, retry_in_ms = delay.as_millis() as u64, "flush failed; retrying");
+                    self.store_failed(&err, batch.events.len(), delay);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        _ = self.abort.changed() => return false,
+                        _ = self.abort.changed() => return None,
                     }
                     delay = (delay * 2).min(STORE_RETRY_MAX);
                 }
             }
-        };
-        metrics::histogram!("dash_flush_duration_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("dash_flush_batch_size").record(self.buffer.len() as f64);
+        }
+    }
+
+    fn store_failed(&self, err: &StoreError, events: usize, retry_in: Duration) {
+        self.partition.health.mark_down(&err.to_string());
+        metrics::counter!("dash_store_errors_total").increment(1);
+        tracing::warn!(partition = self.partition.index, events, error = %err, retry_in_ms = retry_in.as_millis() as u64, "flush failed; retrying");
+    }
+
+    /// After a batch's commit: checkpoint the log past it, release its backlog, publish.
+    async fn complete(&self, batch: Batch, outcome: BatchOutcome) {
+        let partition = &self.partition;
+        partition.health.mark_up();
+        if let Some(first) = batch.first_buffered_at {
+            metrics::histogram!("dash_flush_duration_seconds").record(first.elapsed().as_secs_f64());
+        }
+        metrics::histogram!("dash_flush_batch_size").record(batch.events.len() as f64);
         metrics::counter!("dash_events_stored_total").increment(outcome.inserted);
         metrics::counter!("dash_events_duplicate_total").increment(outcome.duplicates);
 
-        self.commit_checkpoint().await;
-        let backlog = partition.backlog.fetch_sub(self.buffer_counted, Ordering::AcqRel) - self.buffer_counted;
+        self.commit_checkpoint(batch.cursor).await;
+        let backlog = partition.backlog.fetch_sub(batch.counted, Ordering::AcqRel) - batch.counted;
         metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string()).set(backlog.max(0) as f64);
         for update in outcome.updates {
             partition.bus.publish(update).await;
         }
-        self.buffer.clear();
-        self.buffer_counted = 0;
-        self.first_buffered_at = None;
-        true
     }
 
-    async fn commit_checkpoint(&mut self) {
+    async fn commit_checkpoint(&self, cursor: Checkpoint) {
         let partition = self.partition.clone();
-        let cursor = self.cursor;
         let previous = {
             let mut committed = partition.committed.lock().expect("checkpoint lock");
             std::mem::replace(&mut *committed, cursor)
@@ -243,6 +356,51 @@ impl BufferActor {
             Ok(Err(err)) => tracing::warn!(error = %err, "intake log checkpoint not written"),
             Err(err) => tracing::warn!(error = %err, "intake log checkpoint task failed"),
         }
+    }
+}
+
+/// A batch taken from the buffer, with where the log stands once it is committed.
+struct Batch {
+    /// Shared with the task writing it.
+    events: Arc<Vec<BatchEvent>>,
+    /// Events counted in the partition's backlog.
+    counted: i64,
+    cursor: Checkpoint,
+    first_buffered_at: Option<Instant>,
+    /// Hashes of its `(pipeline, event id)` keys (empty when only one batch is in flight).
+    keys: HashSet<u64>,
+}
+
+/// A batch being written by a task of its own, or written and waiting for its turn to commit.
+///
+/// Two batches in flight never share a key, so neither's write waits on the other; commits go in
+/// log order, so `seq` and the checkpoint follow the log. Dropped, the task is aborted and its
+/// transaction rolled back.
+struct InFlight {
+    batch: Option<Batch>,
+    /// Ends with the batch committed, or failed (`None`: rolled back after an earlier one failed).
+    task: JoinHandle<Result<BatchOutcome, Option<StoreError>>>,
+}
+
+impl InFlight {
+    fn batch(&mut self) -> Batch {
+        self.batch.take().expect("batch taken once")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits for a batch's write task; never ready without one.
+async fn join_opt(
+    task: Option<&mut JoinHandle<Result<BatchOutcome, Option<StoreError>>>>,
+) -> Result<BatchOutcome, Option<StoreError>> {
+    match task {
+        Some(handle) => handle.await.unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic())),
+        None => std::future::pending().await,
     }
 }
 

@@ -24,6 +24,7 @@ macro_rules! on_backend {
     };
 }
 
+mod binary_copy;
 mod nodelay;
 mod postgres;
 mod retention;
@@ -38,8 +39,9 @@ use dash_domain::{Event, InvalidId, PipelineId, PipelineStats, PipelineUpdate};
 use dash_signature::{BearerToken, SigningSecret};
 use serde::Serialize;
 
+pub use binary_copy::BinaryCopy;
 pub use nodelay::set_on as set_tcp_nodelay;
-pub use postgres::{Layout, PgStore};
+pub use postgres::{Layout, PgStore, StagedPg};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
 
@@ -262,6 +264,26 @@ impl Store {
         }
     }
 
+    /// How many batches a buffer actor may have written and not yet committed at once: several
+    /// on PostgreSQL (each on its own connection, see [`StagedPg`]), one on SQLite (one writer).
+    pub fn batches_in_flight(&self) -> usize {
+        match self {
+            Self::Sqlite(_) => 1,
+            Self::Postgres(_) => postgres::BATCHES_IN_FLIGHT,
+        }
+    }
+
+    /// The first half of [`Store::write_batch`]: on PostgreSQL the events are written in a
+    /// transaction left open, and [`StagedBatch::commit`] assigns `seq` and commits, so a buffer
+    /// actor can stage its next batch while the previous one commits. SQLite (one writer) writes
+    /// and commits here; its `commit` only hands back the outcome.
+    pub async fn stage_batch(&self, events: &[BatchEvent]) -> Result<StagedBatch, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => StagedBatch::Committed(s.write_batch(events).await?),
+            Self::Postgres(s) => StagedBatch::Postgres(s.stage_batch(events).await?),
+        })
+    }
+
     /// Event counts per bucket in `[from_ms, to_ms)`; `bucket_ms` is a whole number of minutes.
     /// Every bucket is present, empty ones as 0, so charts need no gap logic.
     pub async fn series(
@@ -333,6 +355,21 @@ impl BatchOutcome {
             },
             at: at.to_owned(),
         });
+    }
+}
+
+/// A batch written but (on PostgreSQL) not yet committed; dropping it rolls it back.
+pub enum StagedBatch {
+    Committed(BatchOutcome),
+    Postgres(postgres::StagedPg),
+}
+
+impl StagedBatch {
+    pub async fn commit(self) -> Result<BatchOutcome, StoreError> {
+        match self {
+            Self::Committed(outcome) => Ok(outcome),
+            Self::Postgres(staged) => staged.commit().await,
+        }
     }
 }
 

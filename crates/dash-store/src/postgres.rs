@@ -4,6 +4,7 @@
 //! indexes must include the time column). Batches are one round trip of `UNNEST` arrays.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +13,7 @@ use dash_signature::{BearerToken, SigningSecret};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::binary_copy::BinaryCopy;
 use crate::retention::{Cutoffs, RETENTIONS, retention_from};
 use crate::timescale;
 use crate::{
@@ -19,6 +21,9 @@ use crate::{
     ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, UpdatedPipeline,
 };
 
+/// Batches a buffer actor keeps written but uncommitted at once (see [`StagedPg`]). Three keep
+/// both cores of a small server busy while one batch commits; the pool has room for them.
+pub(crate) const BATCHES_IN_FLIGHT: usize = 3;
 /// Advisory lock key held while migrating or reshaping partitions ("dash" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6461_7368;
 /// Day partitions kept ready ahead of today (and one behind, for late events).
@@ -49,37 +54,30 @@ pub struct PgStore {
     layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
 }
 
-/// The batch in one statement: input rows (unique keys: the caller drops repeats within the
-/// batch), new dedupe keys, the events for those keys, and per-pipeline sums of what was inserted.
-const BATCH_CTE: &str = "
-WITH input AS (
-    SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
-        AS t(pipeline_id, event_id, event_time, received_at, payload)
-),
-fresh AS (
-    INSERT INTO event_dedupe (pipeline_id, event_id, seen_at)
-    SELECT pipeline_id, event_id, received_at FROM input
-    ON CONFLICT DO NOTHING
-    RETURNING pipeline_id, event_id
-),
-stored AS (
-    INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload)
-    SELECT i.pipeline_id, i.event_id, i.event_time, i.received_at, i.payload::json
-    FROM input i JOIN fresh f USING (pipeline_id, event_id)
-    RETURNING pipeline_id, event_time, received_at
-)";
+/// A batch's dedupe keys in one `COPY`: the usual case, where every key is new. A key already
+/// there fails it (unique violation) and the batch is written again through [`DEDUPE_INSERT`].
+const DEDUPE_COPY: &str = "COPY event_dedupe (pipeline_id, event_id, seen_at) FROM STDIN (FORMAT binary)";
 
-/// Native layout only: the rollup rides in the same statement.
-const ROLLUP_CTE: &str = ",
-rolled AS (
-    INSERT INTO event_rollup_minute (pipeline_id, minute, event_count)
-    SELECT pipeline_id, date_trunc('minute', event_time), count(*) FROM stored GROUP BY 1, 2
-    ON CONFLICT (pipeline_id, minute) DO UPDATE
-        SET event_count = event_rollup_minute.event_count + excluded.event_count
-)";
+/// A batch's dedupe keys when some may be known: the new ones come back.
+const DEDUPE_INSERT: &str = "
+INSERT INTO event_dedupe (pipeline_id, event_id, seen_at)
+SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING pipeline_id, event_id";
 
-const BATCH_RESULT: &str = "
-SELECT pipeline_id, count(*)::int8 AS inserted, max(received_at) AS newest FROM stored GROUP BY pipeline_id";
+/// The events whose keys were new.
+const EVENTS_COPY: &str =
+    "COPY events (pipeline_id, event_id, event_time, received_at, payload) FROM STDIN (FORMAT binary)";
+
+/// A batch's transaction gives up waiting for a lock after a while: see [`StagedPg`].
+const BATCH_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '10s'";
+
+/// Native layout only: a committing batch's per-minute counts added to the rollup.
+const ROLLUP_UPSERT: &str = "
+INSERT INTO event_rollup_minute (pipeline_id, minute, event_count)
+SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[])
+ON CONFLICT (pipeline_id, minute) DO UPDATE
+    SET event_count = event_rollup_minute.event_count + excluded.event_count";
 
 /// The events table's columns, the same on both layouts. `json` keeps the payload as sent.
 pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
@@ -113,7 +111,8 @@ fn record_from(row: &PgRow) -> Result<PipelineRecord, sqlx::Error> {
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            // Room for every partition's batches in flight plus reads and jobs.
+            .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -257,74 +256,71 @@ impl PgStore {
         Ok(auths)
     }
 
-    pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
-        let mut tally: BTreeMap<&str, PipelineTally> = BTreeMap::new();
-        let mut pipelines = Vec::with_capacity(events.len());
-        let mut ids = Vec::with_capacity(events.len());
-        let mut times = Vec::with_capacity(events.len());
-        let mut received = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        // A key repeated within the batch is sent once; the repeats count as duplicates.
-        let mut keys = std::collections::HashSet::with_capacity(events.len());
+    /// Writes a batch's events and dedupe keys in a transaction left open: see [`StagedPg`].
+    /// Each key repeated within the batch is sent once; the repeats count as duplicates.
+    ///
+    /// Both go by binary `COPY`, the keys first. When a key is already stored the keys' `COPY`
+    /// fails as a whole; the batch then starts over in a new transaction, inserting its keys with
+    /// `ON CONFLICT DO NOTHING` to learn which are new, and copies only those events.
+    pub async fn stage_batch(&self, events: &[BatchEvent]) -> Result<StagedPg, StoreError> {
+        let mut tally: BTreeMap<Arc<str>, PipelineTally> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        let mut unique = Vec::with_capacity(events.len());
         for e in events {
-            tally.entry(&*e.pipeline).or_default().received += 1;
-            if !keys.insert((&*e.pipeline, e.event.id.as_str())) {
-                continue;
-            }
-            pipelines.push(&*e.pipeline);
-            ids.push(e.event.id.as_str());
-            times.push(from_ms(e.event.time_ms));
-            received.push(from_ms(e.event.received_ms));
-            payloads.push(e.event.payload.as_str());
-        }
-        let rollup = if self.layout_or_default() == Layout::Partitioned { ROLLUP_CTE } else { "" };
-        let statement = format!("{BATCH_CTE}{rollup}{BATCH_RESULT}");
-
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(AssertSqlSafe(statement))
-            .bind(&pipelines)
-            .bind(&ids)
-            .bind(&times)
-            .bind(&received)
-            .bind(&payloads)
-            .fetch_all(&mut *tx)
-            .await?;
-        for row in rows {
-            let pipeline: String = row.try_get("pipeline_id")?;
-            if let Some((&key, _)) = tally.get_key_value(pipeline.as_str()) {
-                let t = tally.get_mut(key).expect("key just found");
-                t.inserted = row.try_get("inserted")?;
-                t.newest_received_ms = row.try_get::<Option<DateTime<Utc>>, _>("newest")?.map(ts_ms);
+            tally.entry(e.pipeline.clone()).or_default().received += 1;
+            if seen.insert((&*e.pipeline, e.event.id.as_str())) {
+                unique.push(e);
             }
         }
 
-        let at = format_ms(now_ms());
-        let mut outcome = BatchOutcome::default();
-        for (pipeline, t) in &tally {
-            let row = sqlx::query(
-                "UPDATE pipelines SET seq = seq + 1, event_count = event_count + $1, \
-                 duplicate_count = duplicate_count + $2, last_event_at = GREATEST(last_event_at, $3) \
-                 WHERE id = $4 RETURNING seq, event_count, duplicate_count, last_event_at",
-            )
-            .bind(t.inserted)
-            .bind(t.received - t.inserted)
-            .bind(t.newest_received_ms.map(from_ms))
-            .bind(*pipeline)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let updated = match row {
-                Some(row) => Some(UpdatedPipeline {
-                    seq: row.try_get(0)?,
-                    count: row.try_get(1)?,
-                    duplicates: row.try_get(2)?,
-                    last_event_at_ms: row.try_get::<Option<DateTime<Utc>>, _>(3)?.map(ts_ms),
-                }),
-                None => None,
-            };
-            outcome.record(pipeline, t, updated, &at);
+        let mut keys = BinaryCopy::with_capacity(unique.len() * 64);
+        for e in &unique {
+            keys.row(3).text(&e.pipeline).text(&e.event.id).timestamptz_ms(e.event.received_ms);
         }
-        tx.commit().await?;
-        Ok(outcome)
+        let mut tx = self.pool.begin_with(BATCH_BEGIN).await?;
+        let fresh = match copy_in(&mut tx, DEDUPE_COPY, keys.finish()).await {
+            Ok(()) => unique,
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                tx.rollback().await?;
+                tx = self.pool.begin_with(BATCH_BEGIN).await?;
+                keep_new_keys(&mut tx, &mut unique).await?;
+                unique
+            }
+            Err(err) => return Err(err.into()),
+        };
+
+        let mut rows = BinaryCopy::with_capacity(fresh.iter().map(|e| e.event.payload.len() + 80).sum());
+        let mut per_minute: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        for e in &fresh {
+            rows.row(5)
+                .text(&e.pipeline)
+                .text(&e.event.id)
+                .timestamptz_ms(e.event.time_ms)
+                .timestamptz_ms(e.event.received_ms)
+                .text(&e.event.payload);
+            *per_minute.entry((&e.pipeline, e.event.time_ms - e.event.time_ms.rem_euclid(60_000))).or_default() += 1;
+            let t = tally.get_mut(&*e.pipeline).expect("tallied above");
+            t.inserted += 1;
+            t.newest_received_ms = t.newest_received_ms.max(Some(e.event.received_ms));
+        }
+        if !fresh.is_empty() {
+            copy_in(&mut tx, EVENTS_COPY, rows.finish()).await?;
+        }
+
+        let mut minutes = RollupMinutes::default();
+        if self.layout_or_default() == Layout::Partitioned {
+            // With TimescaleDB the continuous aggregate counts them.
+            for ((pipeline, minute), count) in per_minute {
+                minutes.pipelines.push(pipeline.to_owned());
+                minutes.minutes.push(from_ms(minute));
+                minutes.counts.push(count);
+            }
+        }
+        Ok(StagedPg { tx, tally, minutes })
+    }
+
+    pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
+        self.stage_batch(events).await?.commit().await
     }
 
     pub async fn series(
@@ -440,6 +436,93 @@ impl PgStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A batch written in an open transaction, not yet visible to anyone; dropping it rolls it back.
+///
+/// A buffer actor keeps several of these open at once, each on its own connection, and commits
+/// them in log order. That is safe because the write touches only the batch's own dedupe keys
+/// and events: a write waits on another open batch only for a key both hold, and the commit
+/// (the `pipelines` rows, then the rollup) waits only on other commits, never on a batch still
+/// being written. The actor keeps keys apart across its own open batches; a wait on another
+/// node's batch ends with that batch's commit, or with `lock_timeout` (a failed write, retried).
+pub struct StagedPg {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    tally: BTreeMap<Arc<str>, PipelineTally>,
+    minutes: RollupMinutes,
+}
+
+/// Per-pipeline, per-minute counts of a staged batch's new events, as `UNNEST` columns.
+#[derive(Default)]
+struct RollupMinutes {
+    pipelines: Vec<String>,
+    minutes: Vec<DateTime<Utc>>,
+    counts: Vec<i64>,
+}
+
+impl StagedPg {
+    /// Assigns each touched pipeline its next `seq` and adds to its totals (in id order, so two
+    /// commits lock `pipelines` rows in the same order), adds the rollup, then commits.
+    pub async fn commit(mut self) -> Result<BatchOutcome, StoreError> {
+        let at = format_ms(now_ms());
+        let mut outcome = BatchOutcome::default();
+        for (pipeline, t) in &self.tally {
+            let row = sqlx::query(
+                "UPDATE pipelines SET seq = seq + 1, event_count = event_count + $1, \
+                 duplicate_count = duplicate_count + $2, last_event_at = GREATEST(last_event_at, $3) \
+                 WHERE id = $4 RETURNING seq, event_count, duplicate_count, last_event_at",
+            )
+            .bind(t.inserted)
+            .bind(t.received - t.inserted)
+            .bind(t.newest_received_ms.map(from_ms))
+            .bind(&**pipeline)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            let updated = match row {
+                Some(row) => Some(UpdatedPipeline {
+                    seq: row.try_get(0)?,
+                    count: row.try_get(1)?,
+                    duplicates: row.try_get(2)?,
+                    last_event_at_ms: row.try_get::<Option<DateTime<Utc>>, _>(3)?.map(ts_ms),
+                }),
+                None => None,
+            };
+            outcome.record(pipeline, t, updated, &at);
+        }
+        if !self.minutes.counts.is_empty() {
+            sqlx::query(ROLLUP_UPSERT)
+                .bind(&self.minutes.pipelines)
+                .bind(&self.minutes.minutes)
+                .bind(&self.minutes.counts)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+/// Sends one binary `COPY … FROM STDIN` body.
+async fn copy_in(conn: &mut PgConnection, statement: &'static str, body: Vec<u8>) -> Result<(), sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(body).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// Inserts the keys not stored yet and keeps only their events in `events`.
+async fn keep_new_keys(conn: &mut PgConnection, events: &mut Vec<&BatchEvent>) -> Result<(), StoreError> {
+    let pipelines: Vec<&str> = events.iter().map(|e| &*e.pipeline).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
+    let seen: Vec<DateTime<Utc>> = events.iter().map(|e| from_ms(e.event.received_ms)).collect();
+    let rows = sqlx::query(DEDUPE_INSERT).bind(&pipelines).bind(&ids).bind(&seen).fetch_all(&mut *conn).await?;
+    let mut new_keys = std::collections::HashSet::with_capacity(rows.len());
+    for row in rows {
+        new_keys.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+    }
+    // Only batches holding a stored key come this way: the owned lookups cost nothing that counts.
+    events.retain(|e| new_keys.contains(&(e.pipeline.to_string(), e.event.id.clone())));
+    Ok(())
 }
 
 /// Reads the recorded layout, or chooses and builds one: TimescaleDB when the extension can be

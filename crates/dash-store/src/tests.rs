@@ -218,3 +218,47 @@ async fn postgres_migrates_once_under_concurrency_and_partitions_by_day() {
 fn pg_pool(store: &PgStore) -> sqlx::PgPool {
     store.pool().clone()
 }
+
+/// The buffer actor's batches in flight on PostgreSQL. Two batches written at once, on two
+/// connections, wait for each other neither while writing nor at the rollup: the second commits
+/// after the first and gets the next `seq`. A key shared with a batch still open waits for its
+/// commit and then counts as a duplicate. A staged batch dropped unseen leaves nothing behind,
+/// not even in the rollup.
+#[tokio::test]
+async fn batches_written_at_once_commit_in_order_and_keep_dedupe() {
+    let Some(admin) = testing::admin_url() else { return };
+    let backend = postgres(&admin).await;
+    let store = &backend.store;
+    store.create_pipeline("p").await.unwrap();
+    let now = dash_domain::now_ms();
+    let minute = now - now.rem_euclid(60_000);
+
+    let (first, second) = (
+        [event("p", "a", minute), event("p", "b", minute)],
+        [event("p", "c", minute), event("p", "d", minute + 60_000)],
+    );
+    let (first, second) = tokio::join!(store.stage_batch(&first), store.stage_batch(&second));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let first = first.commit().await.unwrap();
+    assert_eq!((first.updates[0].seq, first.inserted), (1, 2));
+    let second = second.commit().await.unwrap();
+    assert_eq!((second.updates[0].seq, second.inserted, second.updates[0].stats.count), (2, 2, 4));
+
+    let third = store.stage_batch(&[event("p", "e", minute), event("p", "f", minute)]).await.unwrap();
+    let fourth = [event("p", "f", minute), event("p", "g", minute)];
+    let (third, fourth) = tokio::join!(third.commit(), async { store.stage_batch(&fourth).await.unwrap() });
+    assert_eq!(third.unwrap().updates[0].seq, 3);
+    let fourth = fourth.commit().await.unwrap();
+    assert_eq!((fourth.updates[0].seq, fourth.inserted, fourth.duplicates), (4, 1, 1));
+
+    let dropped = store.stage_batch(&[event("p", "h", minute)]).await.unwrap();
+    drop(dropped);
+    let again = store.write_batch(&[event("p", "h", minute)]).await.unwrap();
+    assert_eq!((again.updates[0].seq, again.inserted), (5, 1), "the dropped batch was rolled back");
+    let record = store.find_pipeline("p").await.unwrap().unwrap();
+    assert_eq!((record.stats.count, record.stats.duplicates), (8, 1));
+    let series = store.series("p", minute, minute + 120_000, 60_000).await.unwrap();
+    let counts: Vec<i64> = series.iter().map(|p| p.count).collect();
+    assert_eq!(counts, vec![7, 1], "the rollup counts each stored event once");
+    backend.cleanup().await;
+}
