@@ -298,7 +298,7 @@ impl PgStore {
                 .timestamptz_ms(e.event.time_ms)
                 .timestamptz_ms(e.event.received_ms)
                 .text(&e.event.payload);
-            *per_minute.entry((&e.pipeline, e.event.time_ms - e.event.time_ms.rem_euclid(60_000))).or_default() += 1;
+            *per_minute.entry((&e.pipeline, crate::minute_of(e.event.time_ms))).or_default() += 1;
             let t = tally.get_mut(&*e.pipeline).expect("tallied above");
             t.inserted += 1;
             t.newest_received_ms = t.newest_received_ms.max(Some(e.event.received_ms));
