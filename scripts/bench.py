@@ -12,7 +12,7 @@ fresh data dir per Dash run), runs `dashd bench`, and reports the median of the 
   ndjson          Dash, 1000-event NDJSON POSTs, 4 connections
   half-rate       Dash, one event per POST paced at half the measured single rate: ack latency
   overload        Dash, 100-event NDJSON at 256 connections (~10x): RSS, 429/503, nothing lost
-  with --postgres ADMIN_URL:
+  with --postgres ADMIN_URL (plain TCP unless the URL sets sslmode; see fresh_pg):
   ceiling-pg      raw binary COPY of the same rows into Dash's events table, 1000-row transactions
   ndjson-pg       Dash on PostgreSQL, 1000-event NDJSON POSTs, 4 connections
 
@@ -118,9 +118,16 @@ def ceiling_http(duration):
 
 
 def fresh_pg(admin):
+    """A new database, and its URL for both the ceiling and Dash: the admin URL's query is kept;
+    without an sslmode in it, `sslmode=disable`. On loopback TLS protects nothing, and its cost
+    lands on Dash's side of the CPU (the client encrypts ~200 KB per batch) far more than on the
+    single-connection ceiling's; pass `?sslmode=require` to measure with it."""
     name = f"dash_bench_{int(time.time() * 1000)}"
     subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
-    return name, admin.rsplit("/", 1)[0] + "/" + name
+    base, _, query = admin.partition("?")
+    if "sslmode=" not in query:
+        query = "&".join(filter(None, [query, "sslmode=disable"]))
+    return name, base.rsplit("/", 1)[0] + "/" + name + "?" + query
 
 
 def drop_pg(admin, name):

@@ -98,8 +98,14 @@ fn parse_json(body: &[u8], identity: &RequestIdentity<'_>) -> Result<Vec<Event>,
 }
 
 fn parse_ndjson(body: &[u8], identity: &RequestIdentity<'_>) -> Result<Vec<Event>, BodyError> {
-    let mut events = Vec::new();
-    for (line_index, line) in body.split(|b| *b == b'\n').enumerate() {
+    let mut events = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
+    let mut start = 0;
+    let lines = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())).map(|end| {
+        let line = &body[start..end];
+        start = end + 1;
+        line
+    });
+    for (line_index, line) in lines.enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -208,7 +214,7 @@ fn event_with_fields(
 fn event_id_field(raw: &str) -> Result<String, String> {
     if raw.starts_with('"') {
         let id: String = serde_json::from_str(raw).map_err(|_| "field id is not a valid string".to_owned())?;
-        EventId::parse(&id).map_err(|e| format!("field id: {e}"))?;
+        EventId::check(&id).map_err(|e| format!("field id: {e}"))?;
         return Ok(id);
     }
     if raw.parse::<i64>().is_ok() {

@@ -76,14 +76,20 @@ pub struct EventId(String);
 
 impl EventId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        Self::check(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// What [`Self::parse`] checks, without taking a copy: the intake path keeps its own string.
+    pub fn check(raw: &str) -> Result<(), InvalidId> {
         if raw.is_empty() || raw.len() > EVENT_ID_MAX {
             return Err(InvalidId(format!("event id must be 1 to {EVENT_ID_MAX} bytes")));
         }
         // Control characters (NUL above all) cannot be stored as text by every backend.
-        if raw.chars().any(char::is_control) {
+        if has_control(raw) {
             return Err(InvalidId("event id must not contain control characters".into()));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(())
     }
 
     /// A fresh server-side id: UUIDv7, time-ordered so that index inserts stay local.
@@ -94,6 +100,15 @@ impl EventId {
     pub fn into_string(self) -> String {
         self.0
     }
+}
+
+/// Whether `text` holds a Unicode control character (`char::is_control`: U+0000..=U+001F and
+/// U+007F..=U+009F), scanning bytes: in UTF-8 the C1 range is 0xC2 followed by 0x80..=0x9F.
+fn has_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b < 0x20 || b == 0x7f || (b == 0xc2 && bytes.get(i + 1).is_some_and(|next| (0x80..=0x9f).contains(next)))
+    })
 }
 
 #[cfg(test)]
@@ -116,6 +131,16 @@ mod tests {
         assert!(EventId::parse(&"x".repeat(257)).is_err());
         assert!(EventId::parse("evt_1").is_ok());
         assert!(EventId::parse("evt\u{0}1").is_err());
+        assert!(EventId::check("evt\u{7f}").is_err());
+        assert!(EventId::check("evt\u{85}").is_err());
+        assert!(EventId::check("évt\u{a0}ü€").is_ok());
         assert_ne!(EventId::generate(), EventId::generate());
+    }
+
+    #[test]
+    fn control_scan_agrees_with_char_is_control() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            assert_eq!(has_control(&format!("a{c}b")), c.is_control(), "{:#x}", c as u32);
+        }
     }
 }

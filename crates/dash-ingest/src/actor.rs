@@ -9,7 +9,7 @@
 //! whole process) resumes from the last checkpoint and loses nothing.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ pub(crate) struct BufferActor {
     /// Resolves once the newest batch in flight has committed (true) or failed (false).
     next_turn: Option<oneshot::Receiver<bool>>,
     /// Hashes the keys of batches in flight, to keep them apart.
-    key_hasher: RandomState,
+    key_hasher: foldhash::fast::RandomState,
     abort: watch::Receiver<bool>,
 }
 
@@ -79,7 +79,7 @@ impl BufferActor {
             in_flight: VecDeque::new(),
             next_turn: None,
             window,
-            key_hasher: RandomState::new(),
+            key_hasher: Default::default(),
             abort,
         }
     }
@@ -224,7 +224,7 @@ impl BufferActor {
     /// Takes the buffer as a batch; the buffer starts empty again.
     fn take_batch(&mut self) -> Batch {
         let keys = match self.window {
-            1 => HashSet::new(),
+            1 => KeyHashes::default(),
             _ => self.buffer.iter().map(|e| self.key_hasher.hash_one((&*e.pipeline, e.event.id.as_str()))).collect(),
         };
         Batch {
@@ -368,8 +368,11 @@ struct Batch {
     cursor: Checkpoint,
     first_buffered_at: Option<Instant>,
     /// Hashes of its `(pipeline, event id)` keys (empty when only one batch is in flight).
-    keys: HashSet<u64>,
+    keys: KeyHashes,
 }
+
+/// Hashes of a batch's keys. They are hashes already, so the set hashes them cheaply again.
+type KeyHashes = HashSet<u64, foldhash::fast::RandomState>;
 
 /// A batch being written by a task of its own, or written and waiting for its turn to commit.
 ///

@@ -264,7 +264,8 @@ impl PgStore {
     /// `ON CONFLICT DO NOTHING` to learn which are new, and copies only those events.
     pub async fn stage_batch(&self, events: &[BatchEvent]) -> Result<StagedPg, StoreError> {
         let mut tally: BTreeMap<Arc<str>, PipelineTally> = BTreeMap::new();
-        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        let mut seen =
+            std::collections::HashSet::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
         let mut unique = Vec::with_capacity(events.len());
         for e in events {
             tally.entry(e.pipeline.clone()).or_default().received += 1;
