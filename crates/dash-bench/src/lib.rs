@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use dash_signature::SigningSecret;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -132,12 +133,12 @@ fn signed(
     secret: &SigningSecret,
     msg_id: &str,
     ts_secs: i64,
-    body: &str,
+    body: &[u8],
 ) -> reqwest::RequestBuilder {
     request
         .header("webhook-id", msg_id)
         .header("webhook-timestamp", ts_secs.to_string())
-        .header("webhook-signature", secret.sign(msg_id, ts_secs, body.as_bytes()))
+        .header("webhook-signature", secret.sign(msg_id, ts_secs, body))
 }
 
 pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
@@ -171,30 +172,38 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
             let mut rejected: BTreeMap<u16, u64> = BTreeMap::new();
             let mut next_send = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(worker as f64 / 64.0));
             let mut n: u64 = 0;
+            let mut retry: Option<(String, Bytes)> = None;
             while Instant::now() < deadline {
                 if let Some(interval) = interval {
                     tokio::time::sleep_until(next_send.into()).await;
                     next_send += interval;
                 }
-                let now = dash_domain::now_ms();
-                let mut body = String::with_capacity(batch * 220);
-                for i in 0..batch {
-                    let id = format!("{run_id}-{worker:03}-{:012}", n + i as u64);
-                    body.push_str(&sample_event(&id, now));
-                    body.push('\n');
-                }
-                n += batch as u64;
+                // A refused request is sent again as it was (same events, same id), as a
+                // sender retries; only its signature is made anew.
+                let (msg_id, body) = match retry.take() {
+                    Some(refused) => refused,
+                    None => {
+                        let now = dash_domain::now_ms();
+                        let mut body = String::with_capacity(batch * 220);
+                        for i in 0..batch {
+                            let id = format!("{run_id}-{worker:03}-{:012}", n + i as u64);
+                            body.push_str(&sample_event(&id, now));
+                            body.push('\n');
+                        }
+                        n += batch as u64;
+                        (format!("msg_{run_id}_{worker}_{n}"), Bytes::from(body))
+                    }
+                };
                 let content_type = if batch == 1 { "application/json" } else { "application/x-ndjson" };
-                let msg_id = format!("msg_{run_id}_{worker}_{n}");
                 let mut request = client.post(&url).header("content-type", content_type);
                 if let Some(secret) = &secret {
-                    request = signed(request, secret, &msg_id, now / 1000, &body);
+                    request = signed(request, secret, &msg_id, dash_domain::now_ms() / 1000, &body);
                 } else if let Some(token) = &token {
                     request = request.bearer_auth(token).header("idempotency-key", &msg_id);
                 }
                 let sent = Instant::now();
                 requests += 1;
-                match request.body(body).send().await {
+                match request.body(body.clone()).send().await {
                     Ok(response) if response.status().as_u16() == 202 => {
                         let _ = response.bytes().await;
                         let _ = local.record(sent.elapsed().as_micros() as u64);
@@ -206,11 +215,13 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                         *rejected.entry(status).or_default() += 1;
                         if status == 429 || status == 503 {
                             // Back off briefly rather than spin; the real client honours Retry-After.
+                            retry = Some((msg_id, body));
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
                     Err(_) => {
                         transport_errors += 1;
+                        retry = Some((msg_id, body));
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }

@@ -165,7 +165,7 @@ pub async fn run_live(options: LiveOptions) -> anyhow::Result<String> {
                 let id = format!("live-{}-{n}", load_started.elapsed().as_nanos());
                 let body = crate::sample_event(&id, now_ms);
                 let request = client.post(&url).header("content-type", "application/json");
-                let _ = crate::signed(request, &secret, &id, now_ms / 1000, &body).body(body).send().await;
+                let _ = crate::signed(request, &secret, &id, now_ms / 1000, body.as_bytes()).body(body).send().await;
                 n += 1;
             }
         });

@@ -1,7 +1,10 @@
 //! `POST /webhooks/{pipeline}`: the intake edge. Checks run in this order, each answering with
-//! its status: pipeline (404) → size (413) → credentials (401) → content type (415) → JSON
-//! (400) → events (422) → admission (429/503). Only then is the request appended to the intake
-//! log, and 202 is sent once it is fsync'd.
+//! its status: pipeline (404) → size (413) → credentials (401) → content type (415) → room
+//! (429/503) → JSON (400) → events (422) → admission (429/503). Room is asked before the parse,
+//! waiting up to [`ROOM_WAIT`] for a commit to make some: a sender pushing past the backlog
+//! bound costs no parse, and is slowed before it is sent away. Admission asks again with the
+//! request's event count. Only then is the request appended to the intake log, and 202 is sent
+//! once it is fsync'd.
 //!
 //! On a web node without intake the same route forwards: the body is read under the same
 //! bounds, then handed to an ingestor by the [`Forwarder`](dash_edge::Forwarder), whose answer
@@ -28,6 +31,8 @@ use crate::{ApiError, AppState};
 const BODY_READ_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a request may wait for its fsync before it is told to retry.
 const APPEND_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a request may wait for backlog room before it is told to retry (429).
+const ROOM_WAIT: Duration = Duration::from_millis(250);
 /// Bodies larger than this are parsed off the async runtime.
 const PARSE_INLINE_MAX: usize = 64 * 1024;
 /// Longest request id (`webhook-id` / `Idempotency-Key`) accepted.
@@ -137,6 +142,10 @@ async fn accept(state: &AppState, pipeline: &str, headers: &HeaderMap, body: Bod
         )
     })?;
 
+    let room_deadline = tokio::time::Instant::now() + ROOM_WAIT;
+    if !bytes.is_empty() {
+        intake.wait_for_room(&auth.id, room_deadline).await.map_err(refused)?;
+    }
     let request_id = request_id(headers)?;
     let events = if bytes.len() <= PARSE_INLINE_MAX {
         parse_body(format, &bytes, &RequestIdentity { request_id: request_id.as_deref(), received_ms })
@@ -152,21 +161,24 @@ async fn accept(state: &AppState, pipeline: &str, headers: &HeaderMap, body: Bod
         BodyError::Invalid { .. } => ApiError::unprocessable("invalid_event", err.to_string()),
     })?;
 
-    let submitted = tokio::time::timeout(APPEND_DEADLINE, intake.submit(&auth.id, events))
+    let submitted = tokio::time::timeout(APPEND_DEADLINE, intake.submit_within(&auth.id, events, room_deadline))
         .await
         .unwrap_or(Err(SubmitError::LogUnavailable));
-    submitted.map_err(|err| {
-        let retry = err.retry_after_secs();
-        match err {
-            SubmitError::Backlog { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "backlog_full", err.to_string()).retry_after(retry)
-            }
-            SubmitError::SpoolFull => ApiError::unavailable("intake_log_full", err.to_string(), retry),
-            SubmitError::LogUnavailable | SubmitError::ShuttingDown => {
-                ApiError::unavailable("intake_unavailable", err.to_string(), retry)
-            }
+    submitted.map_err(refused)
+}
+
+/// The answer to a request intake did not take.
+fn refused(err: SubmitError) -> ApiError {
+    let retry = err.retry_after_secs();
+    match err {
+        SubmitError::Backlog { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "backlog_full", err.to_string()).retry_after(retry)
         }
-    })
+        SubmitError::SpoolFull => ApiError::unavailable("intake_log_full", err.to_string(), retry),
+        SubmitError::LogUnavailable | SubmitError::ShuttingDown => {
+            ApiError::unavailable("intake_unavailable", err.to_string(), retry)
+        }
+    }
 }
 
 fn too_large(max_body: usize) -> ApiError {

@@ -335,6 +335,7 @@ impl BufferActor {
 
         self.commit_checkpoint(batch.cursor).await;
         let backlog = partition.backlog.fetch_sub(batch.counted, Ordering::AcqRel) - batch.counted;
+        partition.room.notify_waiters();
         metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string()).set(backlog.max(0) as f64);
         for update in outcome.updates {
             partition.bus.publish(update).await;

@@ -24,8 +24,9 @@ use dash_bus::Bus;
 use dash_domain::{Event, PipelineId};
 use dash_intake_log::{Appender, Checkpoint, CheckpointStore, FRAME_HEADER, LogOptions, LogReader, WriterThread};
 use dash_store::Store;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 pub use directory::{Lookup, PipelineDirectory};
 pub use supervisor::supervise;
@@ -77,6 +78,13 @@ impl SubmitError {
             Self::SpoolFull | Self::LogUnavailable | Self::ShuttingDown => 5,
         }
     }
+}
+
+/// Whether [`Intake::backlog_room`] only looks for room or takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Look,
+    Take,
 }
 
 /// Whether the last store operation of any buffer actor succeeded.
@@ -145,6 +153,16 @@ impl Spool {
         self.report();
     }
 
+    /// Whether no request, however small, would get room now.
+    fn is_full(&self) -> bool {
+        let used = self.used.load(Ordering::Acquire);
+        let full = used > 0 && used >= self.max;
+        if full {
+            self.refusing.store(true, Ordering::Release);
+        }
+        full
+    }
+
     /// Whether the log is full: the last request that wanted room was refused it.
     pub fn is_refusing(&self) -> bool {
         self.refusing.load(Ordering::Acquire)
@@ -177,6 +195,8 @@ struct Partition {
     replay_end: u64,
     /// Admitted events not yet committed to the store.
     backlog: AtomicI64,
+    /// Woken when a commit shrinks `backlog`: requests waiting for room look again.
+    room: Notify,
     spool: Arc<Spool>,
     health: Arc<StoreHealth>,
     store: Store,
@@ -250,6 +270,7 @@ impl Intake {
                 committed: Mutex::new(recovery.checkpoint),
                 replay_end: recovery.end,
                 backlog: AtomicI64::new(0),
+                room: Notify::new(),
                 spool: spool.clone(),
                 health: health.clone(),
                 store: store.clone(),
@@ -310,8 +331,32 @@ impl Intake {
         &self.inner.partitions[(hasher.finish() % self.inner.partitions.len() as u64) as usize]
     }
 
-    /// Makes `events` durable in the intake log (all or none) and returns how many.
+    /// Waits until `deadline` for a request for `pipeline` to have room, whatever its size: the
+    /// backlog under its bound (or the store down: the log absorbs events then), the log not
+    /// full. The edge asks before it parses a body, so a sender pushing past the bound costs a
+    /// wait, not a parse; [`Self::submit_within`] then takes the room with the real count. A
+    /// full log is answered at once: room there comes back with the database, not in moments.
+    pub async fn wait_for_room(&self, pipeline: &PipelineId, deadline: Instant) -> Result<(), SubmitError> {
+        let partition = self.partition_of(pipeline);
+        if self.inner.spool.is_full() {
+            return Err(SubmitError::SpoolFull);
+        }
+        self.backlog_room(partition, 1, deadline, Room::Look).await.map(drop)
+    }
+
+    /// Makes `events` durable in the intake log (all or none) and returns how many; refused at
+    /// once when there is no room.
     pub async fn submit(&self, pipeline: &PipelineId, events: Vec<Event>) -> Result<usize, SubmitError> {
+        self.submit_within(pipeline, events, Instant::now()).await
+    }
+
+    /// [`Self::submit`], waiting until `deadline` for backlog room: each commit makes some.
+    pub async fn submit_within(
+        &self,
+        pipeline: &PipelineId,
+        events: Vec<Event>,
+        deadline: Instant,
+    ) -> Result<usize, SubmitError> {
         let count = events.len();
         if count == 0 {
             return Ok(0);
@@ -320,14 +365,9 @@ impl Intake {
         let Some(appender) = partition.appender.read().expect("appender lock").clone() else {
             return Err(SubmitError::ShuttingDown);
         };
-        // Backlog bound: only while the store is up; while it is down the log absorbs events.
-        // Checked before encoding, so a refused request costs no encode.
+        // Taken before encoding, so a refused request costs no encode.
         let n = count as i64;
-        let before = partition.backlog.fetch_add(n, Ordering::AcqRel);
-        if before > 0 && before + n > self.inner.settings.max_backlog as i64 && self.inner.health.is_up() {
-            partition.backlog.fetch_sub(n, Ordering::AcqRel);
-            return Err(SubmitError::Backlog { backlog: before });
-        }
+        let before = self.backlog_room(partition, n, deadline, Room::Take).await?;
         let payload = IntakeRecord { pipeline: pipeline.to_string(), events }.encode();
         let frame_bytes = payload.len() as u64 + FRAME_HEADER;
         if !self.inner.spool.try_reserve(frame_bytes) {
@@ -345,6 +385,42 @@ impl Intake {
                 partition.backlog.fetch_sub(n, Ordering::AcqRel);
                 self.inner.spool.release(frame_bytes);
                 Err(SubmitError::LogUnavailable)
+            }
+        }
+    }
+
+    /// Waits until `deadline` for `n` more events to fit the partition's backlog bound, and
+    /// with [`Room::Take`] adds them. A request always fits an empty backlog; while the store is
+    /// down everything fits (the log absorbs it). Returns the backlog before.
+    async fn backlog_room(
+        &self,
+        partition: &Partition,
+        n: i64,
+        deadline: Instant,
+        room: Room,
+    ) -> Result<i64, SubmitError> {
+        let max = self.inner.settings.max_backlog as i64;
+        loop {
+            // Registered before the check, so a commit between the two is not missed.
+            let freed = partition.room.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let before = match room {
+                Room::Take => partition.backlog.fetch_add(n, Ordering::AcqRel),
+                Room::Look => partition.backlog.load(Ordering::Acquire),
+            };
+            if before <= 0 || before + n <= max || !self.inner.health.is_up() {
+                return Ok(before);
+            }
+            if room == Room::Take {
+                partition.backlog.fetch_sub(n, Ordering::AcqRel);
+            }
+            if Instant::now() >= deadline {
+                return Err(SubmitError::Backlog { backlog: before });
+            }
+            tokio::select! {
+                () = freed => {}
+                () = tokio::time::sleep_until(deadline) => {}
             }
         }
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dash_bus::Bus;
 use dash_domain::{Event, PipelineId, now_ms};
-use dash_ingest::{Intake, IntakeSettings};
+use dash_ingest::{Intake, IntakeSettings, SubmitError};
 use dash_store::Store;
 
 fn events(ids: &[&str]) -> Vec<Event> {
@@ -84,4 +84,35 @@ async fn shutdown_drains_what_the_timer_has_not_flushed_yet() {
     assert_eq!(intake.spool().used(), 0);
     tasks.shutdown(intake, Duration::from_secs(10)).await;
     assert_eq!(store.find_pipeline("p").await.unwrap().unwrap().stats.duplicates, 0);
+}
+
+#[tokio::test]
+async fn a_full_backlog_refuses_at_once_or_waits_for_the_commit_that_makes_room() {
+    let (dir, store) = fresh_store().await;
+    let p = PipelineId::parse(&store.create_pipeline("p").await.unwrap().record.id).unwrap();
+    let settings = IntakeSettings {
+        data_dir: dir.path().to_path_buf(),
+        partitions: 1,
+        max_batch: 1000,
+        flush_interval: Duration::from_millis(300),
+        max_backlog: 3,
+        spool_max: 1 << 20,
+    };
+    let (intake, tasks) = Intake::start(settings, store.clone(), Bus::in_process()).await.unwrap();
+    intake.submit(&p, events(&["1", "2", "3"])).await.unwrap();
+
+    // Full: without a wait the answer is at once, and nothing was taken.
+    let now = tokio::time::Instant::now();
+    assert!(matches!(intake.submit(&p, events(&["4"])).await, Err(SubmitError::Backlog { backlog: 3 })));
+    assert!(matches!(intake.wait_for_room(&p, now).await, Err(SubmitError::Backlog { .. })));
+    assert_eq!(intake.backlogs(), vec![3]);
+
+    // With time to wait, the flush of the first three makes room.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    intake.wait_for_room(&p, deadline).await.unwrap();
+    assert_eq!(intake.submit_within(&p, events(&["4", "5", "6"]), deadline).await.unwrap(), 3);
+    assert_eq!(intake.submit_within(&p, events(&["7"]), deadline).await.unwrap(), 1);
+
+    tasks.shutdown(intake, Duration::from_secs(10)).await;
+    assert_eq!(store.find_pipeline("p").await.unwrap().unwrap().stats.count, 7);
 }

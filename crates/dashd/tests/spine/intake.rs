@@ -142,6 +142,19 @@ async fn backlog_over_the_bound_gets_429_and_a_full_log_503() {
     let over = server.post_json(&p, "b5", "{}").await;
     assert_eq!(over.headers().get("retry-after").unwrap(), "1");
     assert_error(over, 429, "backlog_full").await;
+    // Room is asked before the body is parsed: past the bound even a malformed body costs no
+    // parse and gets the 429. Credentials still come first.
+    assert_error(server.post_json(&p, "b6", "{not json").await, 429, "backlog_full").await;
+    let forged = server
+        .client
+        .post(server.url(&format!("/webhooks/{}", p.id)))
+        .header("content-type", "application/json")
+        .bearer_auth("not-the-token")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
 
     // One large body still fits the log; past the spool bound the answer is 503.
     let other = TestServer::start(&[
