@@ -90,8 +90,15 @@ pub async fn sqlite_ceiling(file: &Path, rows_per_tx: usize, duration: Duration)
 }
 
 /// Rows/s of raw binary `COPY` of the bench's events into Dash's `events` table (already
-/// migrated at `url`), `rows_per_tx` rows per transaction: the most PostgreSQL takes here.
-pub async fn postgres_ceiling(url: &str, rows_per_tx: usize, duration: Duration) -> anyhow::Result<String> {
+/// migrated at `url`), `rows_per_tx` rows per transaction sent in statements of at most
+/// `rows_per_copy` rows: the most PostgreSQL takes here.
+pub async fn postgres_ceiling(
+    url: &str,
+    rows_per_tx: usize,
+    rows_per_copy: usize,
+    duration: Duration,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(rows_per_tx > 0 && rows_per_copy > 0, "rows per transaction and per COPY must be at least 1");
     let mut conn = PgConnection::connect(url).await?;
     // As Dash's own pool does: without it, large messages stall on Nagle + delayed ACK.
     dash_store::set_tcp_nodelay(&mut conn).await?;
@@ -100,27 +107,34 @@ pub async fn postgres_ceiling(url: &str, rows_per_tx: usize, duration: Duration)
     let run = format!("{:x}", dash_domain::now_ms());
     while started.elapsed() < duration {
         let now = dash_domain::now_ms();
-        let mut copy = BinaryCopy::with_capacity(rows_per_tx * 300);
-        for i in 0..rows_per_tx {
-            let id = format!("{run}-000-{:012}", rows + i as u64);
-            let payload = sample_event(&id, now);
-            copy.row(5).text("ceiling").text(&id).timestamptz_ms(now).timestamptz_ms(now).text(&payload);
+        let mut bodies = Vec::new();
+        for first in (0..rows_per_tx).step_by(rows_per_copy) {
+            let mut copy = BinaryCopy::with_capacity(rows_per_copy * 300);
+            for i in first..(first + rows_per_copy).min(rows_per_tx) {
+                let id = format!("{run}-000-{:012}", rows + i as u64);
+                let payload = sample_event(&id, now);
+                copy.row(5).text("ceiling").text(&id).timestamptz_ms(now).timestamptz_ms(now).text(&payload);
+            }
+            bodies.push(copy.finish());
         }
-        let buf = copy.finish();
         let mut tx = conn.begin().await?;
-        let mut copy = tx
-            .copy_in_raw(
-                "COPY events (pipeline_id, event_id, event_time, received_at, payload) FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        copy.send(buf.as_slice()).await?;
-        copy.finish().await?;
+        for body in bodies {
+            let mut copy = tx
+                .copy_in_raw(
+                    "COPY events (pipeline_id, event_id, event_time, received_at, payload) FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            copy.send(body.as_slice()).await?;
+            copy.finish().await?;
+        }
         tx.commit().await?;
         rows += rows_per_tx as u64;
     }
     let elapsed = started.elapsed().as_secs_f64();
     Ok(format!(
-        "postgres binary copy: {rows} rows in {elapsed:.1}s = {:.0} rows/s ({rows_per_tx} rows per transaction)",
-        rows as f64 / elapsed
+        "postgres binary copy: {rows} rows in {elapsed:.1}s = {:.0} rows/s ({rows_per_tx} rows per transaction, \
+         {} per COPY)",
+        rows as f64 / elapsed,
+        rows_per_copy.min(rows_per_tx)
     ))
 }

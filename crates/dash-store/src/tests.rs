@@ -116,6 +116,19 @@ async fn batches_on(store: &Store) {
     let record = store.find_pipeline("a").await.unwrap().unwrap();
     assert_eq!(record.stats.count, 3);
     assert!(record.stats.last_event_at.is_some());
+
+    // Batches larger than one COPY statement (PostgreSQL sends them in several), and a stored
+    // key in the last statement: the whole batch starts over and only that event is left out.
+    let big = 2 * crate::postgres::COPY_ROWS + 200;
+    let ids: Vec<String> = (0..2 * big).map(|i| format!("big-{i}")).collect();
+    let first_half: Vec<BatchEvent> = ids[..big].iter().map(|id| event("b", id, minute)).collect();
+    let written = store.write_batch(&first_half).await.unwrap();
+    assert_eq!((written.inserted, written.duplicates), (big as u64, 0));
+    let mut second_half: Vec<BatchEvent> = ids[big..].iter().map(|id| event("b", id, minute)).collect();
+    second_half.push(event("b", &ids[big - 1], minute));
+    let written = store.write_batch(&second_half).await.unwrap();
+    assert_eq!((written.inserted, written.duplicates), (big as u64, 1));
+    assert_eq!(store.find_pipeline("b").await.unwrap().unwrap().stats.count, 1 + 2 * big as i64);
 }
 
 #[tokio::test]

@@ -82,6 +82,9 @@ pub enum CeilingAction {
         url: String,
         #[arg(long, default_value_t = 1000)]
         rows_per_tx: usize,
+        /// Rows per COPY statement; a transaction sends as many statements as it needs.
+        #[arg(long, default_value_t = 1000)]
+        rows_per_copy: usize,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
@@ -255,11 +258,11 @@ async fn pipeline_source(
 pub async fn ceiling(action: CeilingAction) -> anyhow::Result<()> {
     match action {
         CeilingAction::Http { listen } => dash_bench::serve_plain(listen).await,
-        CeilingAction::Postgres { url, rows_per_tx, duration } => {
+        CeilingAction::Postgres { url, rows_per_tx, rows_per_copy, duration } => {
             let store = Store::connect(&url).await?;
             store.migrate().await?;
             store.close().await;
-            println!("{}", dash_bench::postgres_ceiling(&url, rows_per_tx, duration).await?);
+            println!("{}", dash_bench::postgres_ceiling(&url, rows_per_tx, rows_per_copy, duration).await?);
             Ok(())
         }
         CeilingAction::Sqlite { file, rows_per_tx, duration } => {
