@@ -19,6 +19,18 @@ async fn fresh_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// One partition, batches of 1000, a timer that never fires in a test; tests change what they need.
+fn settings(dir: &tempfile::TempDir) -> IntakeSettings {
+    IntakeSettings {
+        data_dir: dir.path().to_path_buf(),
+        partitions: 1,
+        max_batch: 1000,
+        flush_interval: Duration::from_secs(3600),
+        max_backlog: 1000,
+        spool_max: 1 << 20,
+    }
+}
+
 #[tokio::test]
 async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
     let (dir, store) = fresh_store().await;
@@ -26,14 +38,8 @@ async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
     let b = PipelineId::parse(&store.create_pipeline("b").await.unwrap().record.id).unwrap();
     let bus = Bus::in_process();
     let mut updates = bus.subscribe().await.unwrap();
-    let settings = IntakeSettings {
-        data_dir: dir.path().to_path_buf(),
-        partitions: 2,
-        max_batch: 3,
-        flush_interval: Duration::from_millis(50),
-        max_backlog: 1000,
-        spool_max: 1 << 20,
-    };
+    let settings =
+        IntakeSettings { partitions: 2, max_batch: 3, flush_interval: Duration::from_millis(50), ..settings(&dir) };
     let (intake, tasks) = Intake::start(settings, store.clone(), bus.clone()).await.unwrap();
 
     assert_eq!(intake.submit(&a, events(&["1", "2", "3", "4", "5"])).await.unwrap(), 5);
@@ -65,14 +71,7 @@ async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
 async fn shutdown_drains_what_the_timer_has_not_flushed_yet() {
     let (dir, store) = fresh_store().await;
     let p = PipelineId::parse(&store.create_pipeline("p").await.unwrap().record.id).unwrap();
-    let settings = IntakeSettings {
-        data_dir: dir.path().to_path_buf(),
-        partitions: 1,
-        max_batch: 1000,
-        flush_interval: Duration::from_secs(3600),
-        max_backlog: 1000,
-        spool_max: 1 << 20,
-    };
+    let settings = settings(&dir);
     let (intake, tasks) = Intake::start(settings.clone(), store.clone(), Bus::in_process()).await.unwrap();
     intake.submit(&p, events(&["x", "y"])).await.unwrap();
     assert_eq!(store.find_pipeline("p").await.unwrap().unwrap().stats.count, 0);
@@ -90,14 +89,7 @@ async fn shutdown_drains_what_the_timer_has_not_flushed_yet() {
 async fn a_full_backlog_refuses_at_once_or_waits_for_the_commit_that_makes_room() {
     let (dir, store) = fresh_store().await;
     let p = PipelineId::parse(&store.create_pipeline("p").await.unwrap().record.id).unwrap();
-    let settings = IntakeSettings {
-        data_dir: dir.path().to_path_buf(),
-        partitions: 1,
-        max_batch: 1000,
-        flush_interval: Duration::from_millis(300),
-        max_backlog: 3,
-        spool_max: 1 << 20,
-    };
+    let settings = IntakeSettings { flush_interval: Duration::from_millis(300), max_backlog: 3, ..settings(&dir) };
     let (intake, tasks) = Intake::start(settings, store.clone(), Bus::in_process()).await.unwrap();
     intake.submit(&p, events(&["1", "2", "3"])).await.unwrap();
 
