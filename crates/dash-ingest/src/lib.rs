@@ -133,9 +133,15 @@ impl Spool {
         Self { used: AtomicU64::new(0), max, refusing: AtomicBool::new(false) }
     }
 
+    /// Whether `bytes` more are refused with `used` already taken: one frame always fits an
+    /// empty log, however large.
+    fn refuses(&self, used: u64, bytes: u64) -> bool {
+        used > 0 && used + bytes > self.max
+    }
+
     fn try_reserve(&self, bytes: u64) -> bool {
         let before = self.used.fetch_add(bytes, Ordering::AcqRel);
-        if before > 0 && before + bytes > self.max {
+        if self.refuses(before, bytes) {
             self.used.fetch_sub(bytes, Ordering::AcqRel);
             self.refusing.store(true, Ordering::Release);
             return false;
@@ -153,10 +159,9 @@ impl Spool {
         self.report();
     }
 
-    /// Whether no request, however small, would get room now.
+    /// Whether no request, however small, would get room now; if so, recorded as refusing.
     fn is_full(&self) -> bool {
-        let used = self.used.load(Ordering::Acquire);
-        let full = used > 0 && used >= self.max;
+        let full = self.refuses(self.used.load(Ordering::Acquire), 1);
         if full {
             self.refusing.store(true, Ordering::Release);
         }
@@ -400,16 +405,13 @@ impl Intake {
         room: Room,
     ) -> Result<i64, SubmitError> {
         let max = self.inner.settings.max_backlog as i64;
+        let fits = |before: i64| before <= 0 || before + n <= max || !self.inner.health.is_up();
         loop {
-            // Registered before the check, so a commit between the two is not missed.
-            let freed = partition.room.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
             let before = match room {
                 Room::Take => partition.backlog.fetch_add(n, Ordering::AcqRel),
                 Room::Look => partition.backlog.load(Ordering::Acquire),
             };
-            if before <= 0 || before + n <= max || !self.inner.health.is_up() {
+            if fits(before) {
                 return Ok(before);
             }
             if room == Room::Take {
@@ -417,6 +419,14 @@ impl Intake {
             }
             if Instant::now() >= deadline {
                 return Err(SubmitError::Backlog { backlog: before });
+            }
+            // Only a request that must wait registers; then it looks once more, so a commit
+            // between the check above and the registration is not missed.
+            let freed = partition.room.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if fits(partition.backlog.load(Ordering::Acquire)) {
+                continue;
             }
             tokio::select! {
                 () = freed => {}
