@@ -1,5 +1,5 @@
 //! PostgreSQL's binary `COPY` format, for the columns Dash writes: text (and `json`, whose binary
-//! form is its text) and `timestamptz`. The batch write sends its rows this way.
+//! form is its text), `bytea` and `timestamptz`. The batch write sends its rows this way.
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -32,6 +32,16 @@ impl BinaryCopy {
         self
     }
 
+    /// A `bytea` field holding `parts` one after the other.
+    pub fn bytea_concat(&mut self, parts: &[&[u8]]) -> &mut Self {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.buf.extend_from_slice(&(len as i32).to_be_bytes());
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self
+    }
+
     /// A `timestamptz` field, from unix milliseconds.
     pub fn timestamptz_ms(&mut self, unix_ms: i64) -> &mut Self {
         self.buf.extend_from_slice(&8i32.to_be_bytes());
@@ -53,11 +63,12 @@ mod tests {
     #[test]
     fn a_row_is_framed_as_postgres_reads_it() {
         let mut copy = BinaryCopy::with_capacity(0);
-        copy.row(2).text("ab").timestamptz_ms(946_684_800_001);
+        copy.row(3).text("ab").timestamptz_ms(946_684_800_001).bytea_concat(&[b"c", b"\0", b"de"]);
         let body = copy.finish();
         let mut expected = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
-        expected.extend_from_slice(&[0, 2, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 8]);
+        expected.extend_from_slice(&[0, 3, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 8]);
         expected.extend_from_slice(&1000i64.to_be_bytes());
+        expected.extend_from_slice(&[0, 0, 0, 4, b'c', 0, b'd', b'e']);
         expected.extend_from_slice(&[0xff, 0xff]);
         assert_eq!(body, expected);
     }

@@ -1,7 +1,7 @@
 //! PostgreSQL: the production store. Events live in a TimescaleDB hypertable where the
 //! extension can be used, else in a table partitioned by day (partitions made ahead by the app).
 //! The dedupe key is a separate table written in the same transaction (a hypertable's unique
-//! indexes must include the time column). Batches are one round trip of `UNNEST` arrays.
+//! indexes must include the time column). A batch's keys and events go in by binary `COPY`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,14 +64,20 @@ pub struct PgStore {
 
 /// A batch's dedupe keys by `COPY`: the usual case, where every key is new. A key already there
 /// fails it (unique violation) and the batch is written again through [`DEDUPE_INSERT`].
-const DEDUPE_COPY: &str = "COPY event_dedupe (pipeline_id, event_id, seen_at) FROM STDIN (FORMAT binary)";
+const DEDUPE_COPY: &str = "COPY event_dedupe (key, seen_at) FROM STDIN (FORMAT binary)";
 
 /// A batch's dedupe keys when some may be known: the new ones come back.
 const DEDUPE_INSERT: &str = "
-INSERT INTO event_dedupe (pipeline_id, event_id, seen_at)
-SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[])
+INSERT INTO event_dedupe (key, seen_at)
+SELECT * FROM UNNEST($1::bytea[], $2::timestamptz[])
 ON CONFLICT DO NOTHING
-RETURNING pipeline_id, event_id";
+RETURNING key";
+
+/// An event's dedupe key, in parts: its pipeline id, a zero byte (which no pipeline id holds),
+/// its id. One `bytea` column, compared bytewise (migration 0005).
+fn dedupe_key<'a>(pipeline: &'a str, event_id: &'a str) -> [&'a [u8]; 3] {
+    [pipeline.as_bytes(), b"\0", event_id.as_bytes()]
+}
 
 /// The events whose keys were new.
 const EVENTS_COPY: &str =
@@ -288,7 +294,7 @@ impl PgStore {
             for part in unique.chunks(COPY_ROWS) {
                 let mut keys = BinaryCopy::with_capacity(part.len() * 64);
                 for e in part {
-                    keys.row(3).text(&e.pipeline).text(&e.event.id).timestamptz_ms(e.event.received_ms);
+                    keys.row(2).bytea_concat(&dedupe_key(&e.pipeline, &e.event.id)).timestamptz_ms(e.event.received_ms);
                 }
                 copy_in(&mut tx, DEDUPE_COPY, keys.finish()).await?;
             }
@@ -528,16 +534,12 @@ async fn copy_in(conn: &mut PgConnection, statement: &'static str, body: Vec<u8>
 
 /// Inserts the keys not stored yet and keeps only their events in `events`.
 async fn keep_new_keys(conn: &mut PgConnection, events: &mut Vec<&BatchEvent>) -> Result<(), StoreError> {
-    let pipelines: Vec<&str> = events.iter().map(|e| &*e.pipeline).collect();
-    let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
+    let keys: Vec<Vec<u8>> = events.iter().map(|e| dedupe_key(&e.pipeline, &e.event.id).concat()).collect();
     let seen: Vec<DateTime<Utc>> = events.iter().map(|e| from_ms(e.event.received_ms)).collect();
-    let rows = sqlx::query(DEDUPE_INSERT).bind(&pipelines).bind(&ids).bind(&seen).fetch_all(&mut *conn).await?;
-    let mut new_keys = std::collections::HashSet::with_capacity(rows.len());
-    for row in rows {
-        new_keys.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
-    }
-    // Only batches holding a stored key come this way: the owned lookups cost nothing that counts.
-    events.retain(|e| new_keys.contains(&(e.pipeline.to_string(), e.event.id.clone())));
+    let new_keys: std::collections::HashSet<Vec<u8>> =
+        sqlx::query_scalar(DEDUPE_INSERT).bind(&keys).bind(&seen).fetch_all(&mut *conn).await?.into_iter().collect();
+    let mut is_new = keys.iter().map(|key| new_keys.contains(key));
+    events.retain(|_| is_new.next().expect("one key per event"));
     Ok(())
 }
 
@@ -568,7 +570,8 @@ async fn ensure_layout(conn: &mut PgConnection) -> Result<Layout, StoreError> {
             &format!("CREATE TABLE IF NOT EXISTS events ({EVENTS_COLUMNS}) PARTITION BY RANGE (event_time)"),
             // Events far in the past or future, outside any day partition.
             "CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT",
-            "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time DESC)",
+            // Ascending: new events append at its right-hand end (see migration 0005).
+            "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time)",
         ] {
             sqlx::query(AssertSqlSafe(statement)).execute(&mut *conn).await?;
         }

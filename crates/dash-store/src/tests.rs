@@ -275,3 +275,46 @@ async fn batches_written_at_once_commit_in_order_and_keep_dedupe() {
     assert_eq!(counts, vec![7, 1], "the rollup counts each stored event once");
     backend.cleanup().await;
 }
+
+/// A database made before migration 0005 (the dedupe key in two text columns, the events index
+/// descending) keeps its keys through the upgrade: a stored event sent again is a duplicate,
+/// a pipeline id that is a prefix of another's does not collide with it, and the index ascends.
+#[tokio::test]
+async fn postgres_upgrade_keeps_stored_keys_in_one_column() {
+    let Some(admin) = testing::admin_url() else { return };
+    let url = testing::create_database(&admin).await.unwrap();
+    let store = PgStore::connect(&url).await.unwrap();
+    let mut before = sqlx::migrate!("../../migrations/postgres");
+    before.migrations = before.migrations.iter().filter(|m| m.version < 5).cloned().collect::<Vec<_>>().into();
+    before.run(store.pool()).await.unwrap();
+    for statement in [
+        &format!("CREATE TABLE events ({}) PARTITION BY RANGE (event_time)", postgres::EVENTS_COLUMNS),
+        "CREATE TABLE events_default PARTITION OF events DEFAULT",
+        "CREATE INDEX events_pipeline_time ON events (pipeline_id, event_time DESC)",
+        "INSERT INTO dash_meta (key, value) VALUES ('events_layout', 'partitioned')",
+        "INSERT INTO event_dedupe (pipeline_id, event_id, seen_at) VALUES ('p', 'sent-before', now())",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_string())).execute(store.pool()).await.unwrap();
+    }
+
+    store.migrate().await.unwrap();
+    let pipelines = Store::Postgres(store.clone());
+    pipelines.create_pipeline("p").await.unwrap();
+    pipelines.create_pipeline("p-2").await.unwrap();
+    let now = dash_domain::now_ms();
+    let outcome = store.write_batch(&[event("p", "sent-before", now), event("p", "new", now)]).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (1, 1), "the key stored before the upgrade holds");
+    let outcome = store.write_batch(&[event("p-2", "new", now)]).await.unwrap();
+    assert_eq!(outcome.inserted, 1, "another pipeline's id is another key");
+    let keys: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT key FROM event_dedupe ORDER BY key").fetch_all(store.pool()).await.unwrap();
+    assert_eq!(keys, [&b"p\0new"[..], b"p\0sent-before", b"p-2\0new"]);
+    let index: String = sqlx::query_scalar("SELECT pg_get_indexdef('events_pipeline_time'::regclass)")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(index.ends_with("(pipeline_id, event_time)"), "{index}");
+
+    store.close().await;
+    testing::drop_database(&admin, &url).await.unwrap();
+}

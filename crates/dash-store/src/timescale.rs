@@ -4,7 +4,7 @@
 //! What it sets up, once per database, outside any transaction (continuous aggregates cannot
 //! be created inside one):
 //! - `events` as a hypertable on `event_time`, one-day chunks;
-//! - the (pipeline, time desc) index the read API uses;
+//! - the (pipeline, time) index the read API scans backwards;
 //! - `event_rollup_minute_cagg`, a real-time continuous aggregate of events per minute, with a
 //!   refresh policy; the batch path then skips the app-maintained rollup table;
 //!
@@ -35,7 +35,7 @@ pub async fn create_events(conn: &mut PgConnection) -> Result<(), StoreError> {
         "CREATE EXTENSION IF NOT EXISTS timescaledb",
         &create_table,
         "SELECT create_hypertable('events', 'event_time', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE)",
-        "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time DESC)",
+        "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time)",
         "CREATE MATERIALIZED VIEW IF NOT EXISTS event_rollup_minute_cagg
             WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
             SELECT pipeline_id, time_bucket(INTERVAL '1 minute', event_time) AS minute, count(*) AS event_count
