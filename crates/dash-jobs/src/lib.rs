@@ -58,6 +58,8 @@ pub enum JobError {
 const SCHEDULER_EVERY: Duration = Duration::from_millis(250);
 /// A tick older than this when first seen is skipped, not run late (the node was down, say).
 const LATE_LIMIT: Duration = Duration::from_secs(60);
+/// What a tick may take beyond its attempts: waiting in the queue and for intake's backlog.
+const TICK_SLACK: Duration = Duration::from_secs(45);
 /// Finished jobs are kept this long; it must exceed [`LATE_LIMIT`] so a late enqueue of a tick
 /// still meets its key.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
@@ -214,7 +216,8 @@ async fn stopped(mut stop: StopSignal) -> Result<(), std::io::Error> {
 /// Enqueues every due tick, once per tick per node; the queue keeps one job per tick overall.
 async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut stop: StopSignal) {
     let maintenance = Schedule::Every(settings.maintenance_every);
-    let mut last_tick: HashMap<String, i64> = HashMap::new();
+    let mut ticks = PollTicks::default();
+    let mut last_maintenance: Option<i64> = None;
     let mut failing = false;
     loop {
         let now = dash_domain::now_ms();
@@ -224,12 +227,12 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
                     tracing::info!("job scheduler reads sources again");
                     failing = false;
                 }
-                let mut due = due_polls(&sources, now, &mut last_tick);
+                let mut due = ticks.due(&sources, now);
                 if let Some(tick) = maintenance.latest(now)
                     && fresh(tick, now, settings.maintenance_every)
-                    && last_tick.get("").is_none_or(|last| *last < tick)
+                    && last_maintenance.is_none_or(|last| last < tick)
                 {
-                    last_tick.insert(String::new(), tick);
+                    last_maintenance = Some(tick);
                     due.push(Job::Maintain { tick_ms: tick });
                 }
                 due
@@ -248,15 +251,17 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
                     let outcome = if created { "created" } else { "existed" };
                     metrics::counter!("dash_jobs_enqueued_total", "job" => job.kind(), "outcome" => outcome)
                         .increment(1);
+                    if let Job::Poll { pipeline, tick_ms } = &job {
+                        ticks.enqueued(pipeline, *tick_ms);
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(key = %job.key(), error = %err, "enqueue failed; retrying");
                     // Forget the tick so the next pass tries again.
-                    let name = match &job {
-                        Job::Poll { pipeline, .. } => pipeline.clone(),
-                        Job::Maintain { .. } => String::new(),
-                    };
-                    last_tick.remove(&name);
+                    match &job {
+                        Job::Poll { pipeline, .. } => ticks.forget(pipeline),
+                        Job::Maintain { .. } => last_maintenance = None,
+                    }
                 }
             }
         }
@@ -267,24 +272,68 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
     }
 }
 
-/// The polls due now: each source's latest tick, if this node has not enqueued it yet, it is
-/// not older than the source itself, not too late, and not inside a failing source's backoff.
-fn due_polls(sources: &[SourceRecord], now: i64, last_tick: &mut HashMap<String, i64>) -> Vec<Job> {
-    let mut due = Vec::new();
-    for record in sources {
-        let Ok(source) = SourceSpec::from_stored(&record.spec) else { continue };
-        let Some(tick) = source.schedule.latest(now) else { continue };
-        if last_tick.get(&record.pipeline).is_some_and(|last| *last >= tick) {
-            continue;
+/// What the scheduler remembers of each source's ticks on this node.
+#[derive(Default)]
+struct PollTicks {
+    /// The newest tick looked at, per pipeline: each tick is considered once.
+    seen: HashMap<String, i64>,
+    /// The newest tick enqueued, per pipeline (by this node or, for the same key, another).
+    enqueued: HashMap<String, i64>,
+}
+
+impl PollTicks {
+    /// The polls due now: each source's latest tick, if this node has not looked at it yet, it
+    /// is not older than the source itself, not too late, not inside a failing source's
+    /// backoff, and the source's previous tick has finished. A source is polled by one tick at
+    /// a time: a tick due while the previous one still runs (retrying a failing source, say) is
+    /// skipped, as a late one is.
+    fn due(&mut self, sources: &[SourceRecord], now: i64) -> Vec<Job> {
+        let mut due = Vec::new();
+        for record in sources {
+            let Ok(source) = SourceSpec::from_stored(&record.spec) else { continue };
+            let Some(tick) = source.schedule.latest(now) else { continue };
+            if self.seen.get(&record.pipeline).is_some_and(|last| *last >= tick) {
+                continue;
+            }
+            self.seen.insert(record.pipeline.clone(), tick);
+            let period = source.schedule.period(tick);
+            if tick < record.updated_at
+                || !fresh(tick, now, period)
+                || in_backoff(record, tick, period)
+                || self.previous_running(record, &source, now)
+            {
+                continue;
+            }
+            due.push(Job::Poll { pipeline: record.pipeline.clone(), tick_ms: tick });
         }
-        last_tick.insert(record.pipeline.clone(), tick);
-        let period = source.schedule.period(tick);
-        if tick < record.updated_at || !fresh(tick, now, period) || in_backoff(record, tick, period) {
-            continue;
-        }
-        due.push(Job::Poll { pipeline: record.pipeline.clone(), tick_ms: tick });
+        due
     }
-    due
+
+    /// Whether the last tick enqueued for `record`'s source has not recorded its outcome yet
+    /// and is young enough to still be running. An older one is taken as lost (its job gave
+    /// up), so a lost job does not stop the schedule.
+    fn previous_running(&self, record: &SourceRecord, source: &Source, now: i64) -> bool {
+        let Some(&previous) = self.enqueued.get(&record.pipeline) else { return false };
+        previous >= record.updated_at
+            && record.last_tick.is_none_or(|recorded| recorded < previous)
+            && now - previous < longest_tick(source).as_millis() as i64
+    }
+
+    fn enqueued(&mut self, pipeline: &str, tick: i64) {
+        self.enqueued.insert(pipeline.to_owned(), tick);
+    }
+
+    /// Forgets the tick looked at last, so the next pass considers it again.
+    fn forget(&mut self, pipeline: &str) {
+        self.seen.remove(pipeline);
+    }
+}
+
+/// The longest one tick of `source` can run: every attempt timing out, the waits between
+/// them, and room for the queue to start it and intake to take its events.
+fn longest_tick(source: &Source) -> Duration {
+    let waits = poll::FIRST_RETRY * ((1 << (poll::ATTEMPTS - 1)) - 1);
+    source.timeout * poll::ATTEMPTS + waits + TICK_SLACK
 }
 
 /// Whether a tick is recent enough to run now rather than be skipped as missed.
@@ -352,20 +401,43 @@ mod tests {
     #[test]
     fn each_tick_is_due_once_per_node() {
         let sources = [record(EVERY_10S, 0, None)];
-        let mut seen = HashMap::new();
-        assert_eq!(due_polls(&sources, 100_500, &mut seen), [Job::Poll { pipeline: "p".into(), tick_ms: 100_000 }]);
-        assert!(due_polls(&sources, 101_000, &mut seen).is_empty());
-        assert_eq!(due_polls(&sources, 110_001, &mut seen).len(), 1);
+        let mut ticks = PollTicks::default();
+        assert_eq!(ticks.due(&sources, 100_500), [Job::Poll { pipeline: "p".into(), tick_ms: 100_000 }]);
+        assert!(ticks.due(&sources, 101_000).is_empty());
+        assert_eq!(ticks.due(&sources, 110_001).len(), 1);
     }
 
     #[test]
     fn late_ticks_and_ticks_before_the_source_are_skipped() {
         let mut late = record(EVERY_10S, 0, None);
         late.updated_at = 0;
-        assert!(due_polls(&[late], 109_999 + 10_000, &mut HashMap::new()).len() == 1);
+        assert!(PollTicks::default().due(&[late], 109_999 + 10_000).len() == 1);
         let mut newer = record(EVERY_10S, 0, None);
         newer.updated_at = 100_200;
-        assert!(due_polls(&[newer], 100_500, &mut HashMap::new()).is_empty());
+        assert!(PollTicks::default().due(&[newer], 100_500).is_empty());
+    }
+
+    #[test]
+    fn a_source_runs_one_tick_at_a_time() {
+        let mut source = record(EVERY_10S, 0, None);
+        let mut ticks = PollTicks::default();
+        assert_eq!(ticks.due(std::slice::from_ref(&source), 100_100).len(), 1);
+        ticks.enqueued("p", 100_000);
+        // Tick 100 s has not recorded its outcome: 110 s is skipped, not run alongside it.
+        assert!(ticks.due(std::slice::from_ref(&source), 110_100).is_empty());
+        source.last_tick = Some(100_000);
+        assert_eq!(ticks.due(std::slice::from_ref(&source), 120_100).len(), 1);
+        ticks.enqueued("p", 120_000);
+        // A tick that never records anything is taken as lost once it is past its longest run.
+        source.last_tick = Some(100_000);
+        let spec = SourceSpec::from_stored(EVERY_10S).unwrap();
+        let lost_after = 120_000 + longest_tick(&spec).as_millis() as i64;
+        let next = (lost_after / 10_000 + 1) * 10_000;
+        assert_eq!(ticks.due(std::slice::from_ref(&source), next + 100).len(), 1);
+        // A replaced source does not wait for the old one's tick.
+        ticks.enqueued("p", next);
+        source.updated_at = next + 500;
+        assert_eq!(ticks.due(std::slice::from_ref(&source), next + 10_100).len(), 1);
     }
 
     #[test]

@@ -241,13 +241,19 @@ async fn failing_sources_are_retried_with_backoff_and_reported() {
         assert!(last_error.contains(error), "{id}: {shown}");
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
-    // Each tick tried 3 times, waits doubling; failing ticks then back off: far fewer ticks
-    // than seconds went by.
+    // Each tick tried 3 times, waits doubling; a tick due while one runs is skipped, and
+    // failing ticks then back off: far fewer ticks than seconds went by.
     let hits = source.hits("/fail");
     let mut per_tick: HashMap<String, usize> = HashMap::new();
     for hit in &hits {
         *per_tick.entry(hit.tick.clone()).or_default() += 1;
     }
+    // One tick at a time: a tick's attempts all come before the next tick's first.
+    assert!(
+        hits.windows(2).all(|w| w[0].tick <= w[1].tick),
+        "ticks overlap: {:?}",
+        hits.iter().map(|h| &h.tick).collect::<Vec<_>>()
+    );
     // The newest tick may still be between its attempts.
     let newest = per_tick.keys().max().cloned().unwrap_or_default();
     assert!(
