@@ -17,8 +17,12 @@ mod reader;
 mod segment;
 mod writer;
 
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use reader::{Frame, LogReader};
 pub use writer::{Appender, WriterThread};
@@ -79,9 +83,9 @@ pub struct OpenedLog {
 /// Opens (creating if needed) the log in `dir`, cuts a torn tail, and starts its writer thread.
 pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
     std::fs::create_dir_all(dir)?;
-    let checkpoints = CheckpointStore { dir: dir.to_path_buf() };
+    let segments: Segments = Arc::default();
+    let (checkpoints, stored) = CheckpointStore::open(dir, segments.clone())?;
     let mut bases = segment::list(dir)?;
-    let stored = checkpoints.load();
     if bases.is_empty() {
         let base = stored.map_or(0, |c| c.position);
         segment::create(dir, base)?;
@@ -105,7 +109,8 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
     };
 
     let (durable_tx, durable_rx) = watch::channel(end);
-    let (appender, writer) = writer::start(dir.to_path_buf(), last, scan.valid_len, options, durable_tx)?;
+    segments.lock().expect("segment list lock").extend(&bases);
+    let (appender, writer) = writer::start(dir.to_path_buf(), last, scan.valid_len, options, durable_tx, segments)?;
     let reader = LogReader::new(dir.to_path_buf(), checkpoint.position, durable_rx);
     Ok(OpenedLog {
         appender,
@@ -118,54 +123,126 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
 
 /// Persists the consumer's checkpoint and deletes segments wholly behind it.
 ///
-/// The checkpoint is replaced by rename without fsync: losing it to a power cut only means
-/// replaying a little more, which the store's dedupe index absorbs.
+/// The `checkpoint` file holds two slots, each `[generation u64][position u64][skip u32]
+/// [crc32c u32]` (little-endian); a commit overwrites the older slot in place and opening takes
+/// the valid slot of the higher generation, so a torn write leaves the other one standing.
+/// There is no fsync: losing a checkpoint to a power cut only means replaying a little more,
+/// which the store's dedupe index absorbs. The live segments are known from opening and from
+/// the writer's rolls, so a commit deletes segments without listing the directory.
 #[derive(Clone)]
 pub struct CheckpointStore {
-    dir: PathBuf,
+    inner: Arc<Mutex<CheckpointFile>>,
+    segments: Segments,
 }
 
-impl CheckpointStore {
-    fn path(&self) -> PathBuf {
-        self.dir.join("checkpoint")
-    }
+/// Bases of the segments on disk, oldest first: the writer adds, the checkpoint store removes.
+pub(crate) type Segments = Arc<Mutex<VecDeque<u64>>>;
 
-    fn load(&self) -> Option<Checkpoint> {
-        let bytes = std::fs::read(self.path()).ok()?;
-        if bytes.len() != 16 {
-            return None;
+struct CheckpointFile {
+    dir: PathBuf,
+    file: File,
+    /// Generation of the newest slot written.
+    generation: u64,
+}
+
+const SLOT: usize = 24;
+const CHECKPOINT_FILE: &str = "checkpoint";
+
+impl CheckpointStore {
+    /// Opens (creating, or rewriting from the earlier one-record format) the checkpoint file and
+    /// returns the checkpoint it holds.
+    fn open(dir: &Path, segments: Segments) -> Result<(Self, Option<Checkpoint>), LogError> {
+        let path = dir.join(CHECKPOINT_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(err.into()),
+        };
+        let (generation, stored) = match bytes.len() {
+            len if len == 2 * SLOT => {
+                let newest = bytes.chunks_exact(SLOT).filter_map(decode_slot).max_by_key(|(generation, _)| *generation);
+                newest.map_or((0, None), |(generation, checkpoint)| (generation, Some(checkpoint)))
+            }
+            16 => (0, decode_single(&bytes)),
+            _ => (0, None),
+        };
+        if bytes.len() != 2 * SLOT {
+            // First open, or the one-record file: lay out both slots once, atomically.
+            let mut fresh = vec![0u8; 2 * SLOT];
+            if let Some(checkpoint) = stored {
+                fresh[..SLOT].copy_from_slice(&encode_slot(generation, checkpoint));
+            }
+            let tmp = dir.join("checkpoint.tmp");
+            std::fs::write(&tmp, &fresh)?;
+            std::fs::rename(&tmp, &path)?;
         }
-        let crc = u32::from_le_bytes(bytes[12..16].try_into().ok()?);
-        if crc32c::crc32c(&bytes[..12]) != crc {
-            return None;
-        }
-        Some(Checkpoint {
-            position: u64::from_le_bytes(bytes[0..8].try_into().ok()?),
-            skip: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
-        })
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let inner = CheckpointFile { dir: dir.to_path_buf(), file, generation };
+        Ok((Self { inner: Arc::new(Mutex::new(inner)), segments }, stored))
     }
 
     /// Records `checkpoint`; returns the bytes of segments deleted.
     pub fn commit(&self, checkpoint: Checkpoint) -> Result<u64, LogError> {
-        let mut bytes = Vec::with_capacity(16);
-        bytes.extend_from_slice(&checkpoint.position.to_le_bytes());
-        bytes.extend_from_slice(&checkpoint.skip.to_le_bytes());
-        bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-        let tmp = self.dir.join("checkpoint.tmp");
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::rename(&tmp, self.path())?;
-
-        let bases = segment::list(&self.dir)?;
+        let dir = {
+            let mut inner = self.inner.lock().expect("checkpoint file lock");
+            inner.generation += 1;
+            let slot = encode_slot(inner.generation, checkpoint);
+            let offset = (inner.generation % 2) * SLOT as u64;
+            inner.file.write_all_at(&slot, offset)?;
+            inner.dir.clone()
+        };
         let mut freed = 0;
-        for pair in bases.windows(2) {
-            let (base, next_base) = (pair[0], pair[1]);
-            if next_base <= checkpoint.position {
-                freed += next_base - base;
-                std::fs::remove_file(segment::path(&self.dir, base))?;
+        loop {
+            let (base, next_base) = {
+                let segments = self.segments.lock().expect("segment list lock");
+                match (segments.front(), segments.get(1)) {
+                    (Some(&base), Some(&next_base)) if next_base <= checkpoint.position => (base, next_base),
+                    _ => break,
+                }
+            };
+            match std::fs::remove_file(segment::path(&dir, base)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err.into()),
             }
+            self.segments.lock().expect("segment list lock").pop_front();
+            freed += next_base - base;
         }
         Ok(freed)
     }
+}
+
+fn encode_slot(generation: u64, checkpoint: Checkpoint) -> [u8; SLOT] {
+    let mut slot = [0u8; SLOT];
+    slot[0..8].copy_from_slice(&generation.to_le_bytes());
+    slot[8..16].copy_from_slice(&checkpoint.position.to_le_bytes());
+    slot[16..20].copy_from_slice(&checkpoint.skip.to_le_bytes());
+    let crc = crc32c::crc32c(&slot[..20]);
+    slot[20..24].copy_from_slice(&crc.to_le_bytes());
+    slot
+}
+
+fn decode_slot(slot: &[u8]) -> Option<(u64, Checkpoint)> {
+    let crc = u32::from_le_bytes(slot[20..24].try_into().ok()?);
+    if crc32c::crc32c(&slot[..20]) != crc {
+        return None;
+    }
+    let generation = u64::from_le_bytes(slot[0..8].try_into().ok()?);
+    let position = u64::from_le_bytes(slot[8..16].try_into().ok()?);
+    let skip = u32::from_le_bytes(slot[16..20].try_into().ok()?);
+    Some((generation, Checkpoint { position, skip }))
+}
+
+/// The one-record file of earlier versions: `[position u64][skip u32][crc32c u32]`.
+fn decode_single(bytes: &[u8]) -> Option<Checkpoint> {
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().ok()?);
+    if crc32c::crc32c(&bytes[..12]) != crc {
+        return None;
+    }
+    Some(Checkpoint {
+        position: u64::from_le_bytes(bytes[0..8].try_into().ok()?),
+        skip: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
+    })
 }
 
 #[cfg(test)]

@@ -77,6 +77,68 @@ async fn checkpoint_resumes_and_deletes_consumed_segments() {
     assert_eq!(rest, (6..10u8).map(|i| vec![i; 40]).collect::<Vec<_>>());
 }
 
+#[tokio::test]
+async fn a_torn_checkpoint_slot_falls_back_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), options(1 << 20)).unwrap();
+    for i in 0..3u8 {
+        log.appender.append(vec![i; 10]).await.unwrap();
+    }
+    let (_, checkpoints) = close(log);
+    checkpoints.commit(Checkpoint { position: 18, skip: 0 }).unwrap();
+    checkpoints.commit(Checkpoint { position: 36, skip: 2 }).unwrap();
+    assert_eq!(open(dir.path(), options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 36, skip: 2 });
+
+    // The newest slot (generation 2: the first) half-written: the one before it stands.
+    let path = dir.path().join("checkpoint");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 48);
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let reopened = open(dir.path(), options(1 << 20)).unwrap();
+    assert_eq!(reopened.recovery.checkpoint, Checkpoint { position: 18, skip: 0 });
+    // And commits go on from there, to the slot that is not the survivor.
+    let (_, checkpoints) = close(reopened);
+    checkpoints.commit(Checkpoint { position: 54, skip: 0 }).unwrap();
+    assert_eq!(open(dir.path(), options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 54, skip: 0 });
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_the_one_record_format_is_read_and_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), options(1 << 20)).unwrap();
+    for i in 0..3u8 {
+        log.appender.append(vec![i; 10]).await.unwrap();
+    }
+    drop(close(log));
+    let mut record = Vec::new();
+    record.extend_from_slice(&36u64.to_le_bytes());
+    record.extend_from_slice(&1u32.to_le_bytes());
+    record.extend_from_slice(&crc32c::crc32c(&record).to_le_bytes());
+    std::fs::write(dir.path().join("checkpoint"), &record).unwrap();
+
+    let reopened = open(dir.path(), options(1 << 20)).unwrap();
+    assert_eq!(reopened.recovery.checkpoint, Checkpoint { position: 36, skip: 1 });
+    assert_eq!(std::fs::metadata(dir.path().join("checkpoint")).unwrap().len(), 48);
+    drop(close(reopened));
+    assert_eq!(open(dir.path(), options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 36, skip: 1 });
+}
+
+#[tokio::test]
+async fn segments_rolled_after_opening_are_deleted_once_behind_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), options(64)).unwrap();
+    let mut positions = Vec::new();
+    for i in 0..4u8 {
+        positions.push(log.appender.append(vec![i; 40]).await.unwrap());
+    }
+    // Committed while the writer still runs: the store knows the rolls without listing.
+    assert_eq!(log.checkpoints.commit(Checkpoint { position: positions[2], skip: 0 }).unwrap(), 2 * 48);
+    assert_eq!(log.checkpoints.commit(Checkpoint { position: positions[2], skip: 0 }).unwrap(), 0);
+    assert_eq!(segment::list(dir.path()).unwrap(), positions[2..]);
+    drop(close(log));
+}
+
 /// A log holding three 10-byte frames, closed.
 async fn closed_log_of_three_frames() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::segment::{self, frame_crc};
-use crate::{FRAME_HEADER, LogError, LogOptions, MAX_FRAME};
+use crate::{FRAME_HEADER, LogError, LogOptions, MAX_FRAME, Segments};
 
 /// Requests waiting for the writer; senders beyond it wait (and are themselves bounded upstream).
 const QUEUE_DEPTH: usize = 4096;
@@ -56,10 +56,11 @@ pub(crate) fn start(
     len: u64,
     options: LogOptions,
     durable: watch::Sender<u64>,
+    segments: Segments,
 ) -> Result<(Appender, WriterThread), LogError> {
     let file = std::fs::OpenOptions::new().append(true).open(segment::path(&dir, base))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let writer = Writer { dir, options, file, base, len, durable };
+    let writer = Writer { dir, options, file, base, len, durable, segments };
     let handle = std::thread::Builder::new().name("intake-log-writer".into()).spawn(move || writer.run(rx))?;
     Ok((Appender { tx }, WriterThread(handle)))
 }
@@ -73,6 +74,8 @@ struct Writer {
     /// Durable length of the current segment.
     len: u64,
     durable: watch::Sender<u64>,
+    /// Where the checkpoint store learns of new segments.
+    segments: Segments,
 }
 
 impl Writer {
@@ -145,6 +148,7 @@ impl Writer {
     fn roll(&mut self) -> io::Result<()> {
         let next_base = self.base + self.len;
         self.file = segment::create(&self.dir, next_base)?;
+        self.segments.lock().expect("segment list lock").push_back(next_base);
         self.base = next_base;
         self.len = 0;
         // Readers learn of the new segment through the durable end moving past the old one.

@@ -282,8 +282,11 @@ impl PgStore {
         let mut seen =
             std::collections::HashSet::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
         let mut unique = Vec::with_capacity(events.len());
+        // Events of a request are adjacent and share their pipeline: counted a run at a time.
+        for run in events.chunk_by(|a, b| a.pipeline == b.pipeline) {
+            tally.entry(run[0].pipeline.clone()).or_default().received += run.len() as i64;
+        }
         for e in events {
-            tally.entry(e.pipeline.clone()).or_default().received += 1;
             if seen.insert((&*e.pipeline, e.event.id.as_str())) {
                 unique.push(e);
             }
@@ -321,10 +324,18 @@ impl PgStore {
                     .timestamptz_ms(e.event.time_ms)
                     .timestamptz_ms(e.event.received_ms)
                     .text(&e.event.payload);
-                *per_minute.entry((&e.pipeline, crate::minute_of(e.event.time_ms))).or_default() += 1;
-                let t = tally.get_mut(&*e.pipeline).expect("tallied above");
-                t.inserted += 1;
-                t.newest_received_ms = t.newest_received_ms.max(Some(e.event.received_ms));
+            }
+            for run in part.chunk_by(|a, b| a.pipeline == b.pipeline) {
+                let t = tally.get_mut(&*run[0].pipeline).expect("tallied above");
+                t.inserted += run.len() as i64;
+                t.newest_received_ms = t.newest_received_ms.max(run.iter().map(|e| e.event.received_ms).max());
+                let same_minute = |a: &&BatchEvent, b: &&BatchEvent| {
+                    crate::minute_of(a.event.time_ms) == crate::minute_of(b.event.time_ms)
+                };
+                for minute in run.chunk_by(same_minute) {
+                    let key = (&*minute[0].pipeline, crate::minute_of(minute[0].event.time_ms));
+                    *per_minute.entry(key).or_default() += minute.len() as i64;
+                }
             }
             copy_in(&mut tx, EVENTS_COPY, rows.finish()).await?;
         }
