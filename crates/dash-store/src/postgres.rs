@@ -3,7 +3,7 @@
 //! The dedupe key is a separate table written in the same transaction (a hypertable's unique
 //! indexes must include the time column). A batch's keys and events go in by binary `COPY`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,12 +86,32 @@ const EVENTS_COPY: &str =
 /// A batch's transaction gives up waiting for a lock after a while: see [`StagedPg`].
 const BATCH_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '10s'";
 
-/// Native layout only: a committing batch's per-minute counts added to the rollup.
-const ROLLUP_UPSERT: &str = "
-INSERT INTO event_rollup_minute (pipeline_id, minute, event_count)
-SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[])
-ON CONFLICT (pipeline_id, minute) DO UPDATE
-    SET event_count = event_rollup_minute.event_count + excluded.event_count";
+/// A committing batch's totals, in one round trip: each touched pipeline gets its next `seq`
+/// and its counts ($1..$4, one element per pipeline), and the per-minute counts go into the
+/// rollup ($5..$7; empty with TimescaleDB, whose continuous aggregate counts them).
+///
+/// The `pipelines` rows are locked in id order first (`ORDER BY … FOR UPDATE` locks rows as the
+/// sort hands them out), so two nodes' commits touching the same pipelines never deadlock.
+const BATCH_TOTALS: &str = "
+WITH totals AS (
+    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[])
+        AS t(id, inserted, duplicates, newest)
+), locked AS MATERIALIZED (
+    SELECT id FROM pipelines WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+), rollup AS (
+    INSERT INTO event_rollup_minute (pipeline_id, minute, event_count)
+    SELECT * FROM UNNEST($5::text[], $6::timestamptz[], $7::int8[])
+    ON CONFLICT (pipeline_id, minute) DO UPDATE
+        SET event_count = event_rollup_minute.event_count + excluded.event_count
+)
+UPDATE pipelines p
+SET seq = p.seq + 1,
+    event_count = p.event_count + t.inserted,
+    duplicate_count = p.duplicate_count + t.duplicates,
+    last_event_at = GREATEST(p.last_event_at, t.newest)
+FROM locked JOIN totals t ON t.id = locked.id
+WHERE p.id = locked.id
+RETURNING p.id, p.seq, p.event_count, p.duplicate_count, p.last_event_at";
 
 /// The events table's columns, the same on both layouts. `json` keeps the payload as sent.
 pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
@@ -292,14 +312,14 @@ impl PgStore {
             }
         }
 
+        // Every COPY body is built before the transaction begins, so its connection never
+        // waits on this task between statements.
+        let key_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(key_rows).collect();
+        let mut event_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(event_rows).collect();
         let mut tx = self.pool.begin_with(BATCH_BEGIN).await?;
         let keys_copied = async {
-            for part in unique.chunks(COPY_ROWS) {
-                let mut keys = BinaryCopy::with_capacity(part.len() * 64);
-                for e in part {
-                    keys.row(2).bytea_concat(&dedupe_key(&e.pipeline, &e.event.id)).timestamptz_ms(e.event.received_ms);
-                }
-                copy_in(&mut tx, DEDUPE_COPY, keys.finish()).await?;
+            for body in key_bodies {
+                copy_in(&mut tx, DEDUPE_COPY, body).await?;
             }
             Ok(())
         };
@@ -309,35 +329,27 @@ impl PgStore {
                 tx.rollback().await?;
                 tx = self.pool.begin_with(BATCH_BEGIN).await?;
                 keep_new_keys(&mut tx, &mut unique).await?;
+                event_bodies = unique.chunks(COPY_ROWS).map(event_rows).collect();
                 unique
             }
             Err(err) => return Err(err.into()),
         };
+        for body in event_bodies {
+            copy_in(&mut tx, EVENTS_COPY, body).await?;
+        }
 
         let mut per_minute: BTreeMap<(&str, i64), i64> = BTreeMap::new();
-        for part in fresh.chunks(COPY_ROWS) {
-            let mut rows = BinaryCopy::with_capacity(part.iter().map(|e| e.event.payload.len() + 80).sum());
-            for e in part {
-                rows.row(5)
-                    .text(&e.pipeline)
-                    .text(&e.event.id)
-                    .timestamptz_ms(e.event.time_ms)
-                    .timestamptz_ms(e.event.received_ms)
-                    .text(&e.event.payload);
+        for run in fresh.chunk_by(|a, b| a.pipeline == b.pipeline) {
+            let t = tally.get_mut(&*run[0].pipeline).expect("tallied above");
+            t.inserted += run.len() as i64;
+            t.newest_received_ms = t.newest_received_ms.max(run.iter().map(|e| e.event.received_ms).max());
+            let same_minute = |a: &&BatchEvent, b: &&BatchEvent| {
+                crate::minute_of(a.event.time_ms) == crate::minute_of(b.event.time_ms)
+            };
+            for minute in run.chunk_by(same_minute) {
+                let key = (&*minute[0].pipeline, crate::minute_of(minute[0].event.time_ms));
+                *per_minute.entry(key).or_default() += minute.len() as i64;
             }
-            for run in part.chunk_by(|a, b| a.pipeline == b.pipeline) {
-                let t = tally.get_mut(&*run[0].pipeline).expect("tallied above");
-                t.inserted += run.len() as i64;
-                t.newest_received_ms = t.newest_received_ms.max(run.iter().map(|e| e.event.received_ms).max());
-                let same_minute = |a: &&BatchEvent, b: &&BatchEvent| {
-                    crate::minute_of(a.event.time_ms) == crate::minute_of(b.event.time_ms)
-                };
-                for minute in run.chunk_by(same_minute) {
-                    let key = (&*minute[0].pipeline, crate::minute_of(minute[0].event.time_ms));
-                    *per_minute.entry(key).or_default() += minute.len() as i64;
-                }
-            }
-            copy_in(&mut tx, EVENTS_COPY, rows.finish()).await?;
         }
 
         let mut minutes = RollupMinutes::default();
@@ -494,45 +506,71 @@ struct RollupMinutes {
 }
 
 impl StagedPg {
-    /// Assigns each touched pipeline its next `seq` and adds to its totals (in id order, so two
-    /// commits lock `pipelines` rows in the same order), adds the rollup, then commits.
+    /// Assigns each touched pipeline its next `seq` and adds to its totals, adds the rollup
+    /// (one statement, [`BATCH_TOTALS`]), then commits.
     pub async fn commit(mut self) -> Result<BatchOutcome, StoreError> {
         let at = format_ms(now_ms());
-        let mut outcome = BatchOutcome::default();
+        let mut ids = Vec::with_capacity(self.tally.len());
+        let mut inserted = Vec::with_capacity(self.tally.len());
+        let mut duplicates = Vec::with_capacity(self.tally.len());
+        let mut newest = Vec::with_capacity(self.tally.len());
         for (pipeline, t) in &self.tally {
-            let row = sqlx::query(
-                "UPDATE pipelines SET seq = seq + 1, event_count = event_count + $1, \
-                 duplicate_count = duplicate_count + $2, last_event_at = GREATEST(last_event_at, $3) \
-                 WHERE id = $4 RETURNING seq, event_count, duplicate_count, last_event_at",
-            )
-            .bind(t.inserted)
-            .bind(t.received - t.inserted)
-            .bind(t.newest_received_ms.map(from_ms))
-            .bind(&**pipeline)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-            let updated = match row {
-                Some(row) => Some(UpdatedPipeline {
-                    seq: row.try_get(0)?,
-                    count: row.try_get(1)?,
-                    duplicates: row.try_get(2)?,
-                    last_event_at_ms: row.try_get::<Option<DateTime<Utc>>, _>(3)?.map(ts_ms),
-                }),
-                None => None,
-            };
-            outcome.record(pipeline, t, updated, &at);
+            ids.push(&**pipeline);
+            inserted.push(t.inserted);
+            duplicates.push(t.received - t.inserted);
+            newest.push(t.newest_received_ms.map(from_ms));
         }
-        if !self.minutes.counts.is_empty() {
-            sqlx::query(ROLLUP_UPSERT)
-                .bind(&self.minutes.pipelines)
-                .bind(&self.minutes.minutes)
-                .bind(&self.minutes.counts)
-                .execute(&mut *self.tx)
-                .await?;
+        let rows = sqlx::query(BATCH_TOTALS)
+            .bind(&ids)
+            .bind(&inserted)
+            .bind(&duplicates)
+            .bind(&newest)
+            .bind(&self.minutes.pipelines)
+            .bind(&self.minutes.minutes)
+            .bind(&self.minutes.counts)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let mut updated = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let totals = UpdatedPipeline {
+                seq: row.try_get(1)?,
+                count: row.try_get(2)?,
+                duplicates: row.try_get(3)?,
+                last_event_at_ms: row.try_get::<Option<DateTime<Utc>>, _>(4)?.map(ts_ms),
+            };
+            updated.insert(id, totals);
         }
         self.tx.commit().await?;
+        let mut outcome = BatchOutcome::default();
+        for (pipeline, t) in &self.tally {
+            outcome.record(pipeline, t, updated.remove(&**pipeline), &at);
+        }
         Ok(outcome)
     }
+}
+
+/// One `COPY` body of dedupe keys.
+fn key_rows(events: &[&BatchEvent]) -> Vec<u8> {
+    let mut keys = BinaryCopy::with_capacity(events.len() * 64);
+    for e in events {
+        keys.row(2).bytea_concat(&dedupe_key(&e.pipeline, &e.event.id)).timestamptz_ms(e.event.received_ms);
+    }
+    keys.finish()
+}
+
+/// One `COPY` body of events.
+fn event_rows(events: &[&BatchEvent]) -> Vec<u8> {
+    let mut rows = BinaryCopy::with_capacity(events.iter().map(|e| e.event.payload.len() + 80).sum());
+    for e in events {
+        rows.row(5)
+            .text(&e.pipeline)
+            .text(&e.event.id)
+            .timestamptz_ms(e.event.time_ms)
+            .timestamptz_ms(e.event.received_ms)
+            .text(&e.event.payload);
+    }
+    rows.finish()
 }
 
 /// Sends one binary `COPY … FROM STDIN` body.
