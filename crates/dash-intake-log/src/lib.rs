@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use reader::{Frame, LogReader};
@@ -131,6 +131,7 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
 /// the writer's rolls, so a commit deletes segments without listing the directory.
 #[derive(Clone)]
 pub struct CheckpointStore {
+    dir: Arc<Path>,
     inner: Arc<Mutex<CheckpointFile>>,
     segments: Segments,
 }
@@ -139,7 +140,6 @@ pub struct CheckpointStore {
 pub(crate) type Segments = Arc<Mutex<VecDeque<u64>>>;
 
 struct CheckpointFile {
-    dir: PathBuf,
     file: File,
     /// Generation of the newest slot written.
     generation: u64,
@@ -177,20 +177,19 @@ impl CheckpointStore {
             std::fs::rename(&tmp, &path)?;
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let inner = CheckpointFile { dir: dir.to_path_buf(), file, generation };
-        Ok((Self { inner: Arc::new(Mutex::new(inner)), segments }, stored))
+        let inner = Arc::new(Mutex::new(CheckpointFile { file, generation }));
+        Ok((Self { dir: Arc::from(dir), inner, segments }, stored))
     }
 
     /// Records `checkpoint`; returns the bytes of segments deleted.
     pub fn commit(&self, checkpoint: Checkpoint) -> Result<u64, LogError> {
-        let dir = {
+        {
             let mut inner = self.inner.lock().expect("checkpoint file lock");
             inner.generation += 1;
             let slot = encode_slot(inner.generation, checkpoint);
             let offset = (inner.generation % 2) * SLOT as u64;
             inner.file.write_all_at(&slot, offset)?;
-            inner.dir.clone()
-        };
+        }
         let mut freed = 0;
         loop {
             let (base, next_base) = {
@@ -200,7 +199,7 @@ impl CheckpointStore {
                     _ => break,
                 }
             };
-            match std::fs::remove_file(segment::path(&dir, base)) {
+            match std::fs::remove_file(segment::path(&self.dir, base)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
                 Err(err) => return Err(err.into()),

@@ -79,12 +79,8 @@ async fn checkpoint_resumes_and_deletes_consumed_segments() {
 
 #[tokio::test]
 async fn a_torn_checkpoint_slot_falls_back_to_the_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), options(1 << 20)).unwrap();
-    for i in 0..3u8 {
-        log.appender.append(vec![i; 10]).await.unwrap();
-    }
-    let (_, checkpoints) = close(log);
+    let dir = closed_log_of_three_frames().await;
+    let (_, checkpoints) = close(open(dir.path(), options(1 << 20)).unwrap());
     checkpoints.commit(Checkpoint { position: 18, skip: 0 }).unwrap();
     checkpoints.commit(Checkpoint { position: 36, skip: 2 }).unwrap();
     assert_eq!(open(dir.path(), options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 36, skip: 2 });
@@ -105,12 +101,7 @@ async fn a_torn_checkpoint_slot_falls_back_to_the_other() {
 
 #[tokio::test]
 async fn a_checkpoint_of_the_one_record_format_is_read_and_rewritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), options(1 << 20)).unwrap();
-    for i in 0..3u8 {
-        log.appender.append(vec![i; 10]).await.unwrap();
-    }
-    drop(close(log));
+    let dir = closed_log_of_three_frames().await;
     let mut record = Vec::new();
     record.extend_from_slice(&36u64.to_le_bytes());
     record.extend_from_slice(&1u32.to_le_bytes());
