@@ -42,7 +42,7 @@ INGESTOR=$(start ingestor ingestor "127.0.0.2:$PORT")
 EDGE=$(start web-a web 127.0.0.3:0 DNS_INGESTOR_QUERY=127.0.0.2 DASH_INGESTOR_PORT="$PORT")
 LIVE=$(start web-b web 127.0.0.4:0)
 for _ in $(seq 1 100); do curl -s "$EDGE/ready" | grep -q '"known":1' && break; sleep 0.1; done
-SECRET=$(curl -s -X POST "$EDGE/api/pipelines" -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+SECRET=$(curl -s -X POST "$EDGE/api/pipelines" -H 'content-type: application/json' -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 echo "flush interval $FLUSH, $EVENTS events at $RATE/s, $RUNS runs"
 for run in $(seq 1 "$RUNS"); do
   echo "--- run $run"

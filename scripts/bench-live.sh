@@ -20,7 +20,7 @@ server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do grep -q listening out.log 2>/dev/null && break; sleep 0.1; done
 URL=$(grep -o 'http://[0-9.:]*' out.log)
-SECRET=$(curl -s -X POST "$URL/api/pipelines" -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+SECRET=$(curl -s -X POST "$URL/api/pipelines" -H 'content-type: application/json' -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 rss() { awk '/VmRSS/ {print $2}' "/proc/$server/status"; }
 before=$(rss)
 "${CLIENT_CPU[@]}" "$D" bench-live --url "$URL" --pipeline bench --secret "$SECRET" --sockets "$SOCKETS" --duration 10s --posts-per-sec "$POSTS" > live.txt 2>&1 &

@@ -62,9 +62,21 @@ ensure_nats_server() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null
 }
 
+# promtool (Debian's prometheus package) checks the /metrics exposition in a test.
+ensure_promtool() {
+    if [ -n "${DASH_TEST_PROMTOOL:-}" ] || command -v promtool >/dev/null 2>&1; then
+        return
+    fi
+    echo "== installing promtool (prometheus)"
+    as_root apt-get update -q
+    # The package's service is not started: only the promtool binary is used.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+}
+
 ensure_postgres
 ensure_chromium
 ensure_nats_server
+ensure_promtool
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -52,6 +52,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_DEDUPE_WINDOW", "dedupe_window"),
     ("DASH_JOB_CONCURRENCY", "job_concurrency"),
     ("DASH_MAINTENANCE_EVERY", "maintenance_every"),
+    ("DASH_MAX_CONNECTIONS", "max_connections"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +156,9 @@ pub struct Settings {
     /// How often store maintenance (retention, dedupe pruning, partitions ahead) runs.
     #[serde(with = "humantime_serde")]
     pub maintenance_every: Duration,
+    /// HTTP connections (and `/live` sessions) open at once; past it the longest-idle one is
+    /// closed, or the newcomer gets 503. 0: 10,000, or fewer if the open-file limit says so.
+    pub max_connections: usize,
     /// Pipelines by name (`[pipelines.<name>]` tables): applied by ingestors at start,
     /// creating the pipeline if needed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -209,6 +213,7 @@ impl Default for Settings {
             dedupe_window: Duration::from_secs(7 * 86_400),
             job_concurrency: 4,
             maintenance_every: Duration::from_secs(3600),
+            max_connections: 0,
             pipelines: BTreeMap::new(),
         }
     }
@@ -356,6 +361,9 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     }
     if s.max_backlog == 0 {
         return Err(invalid("max_backlog", "must be at least 1"));
+    }
+    if s.max_connections > 1_000_000 {
+        return Err(invalid("max_connections", "must be at most 1000000 (0: from the open-file limit)"));
     }
     if !(1..=256).contains(&s.partitions) {
         return Err(invalid("partitions", "must be between 1 and 256"));

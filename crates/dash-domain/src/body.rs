@@ -206,6 +206,7 @@ fn event_with_fields(
         None | Some("null") => received_ms,
         Some(raw_ts) => timestamp_field(raw_ts).map_err(invalid)?,
     };
+    crate::payload::check_payload(text).map_err(|reason| invalid(format!("{reason} (event id {id:?})")))?;
 
     Ok(Event { id, time_ms, received_ms, payload: text.to_owned() })
 }

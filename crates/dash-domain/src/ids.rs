@@ -97,6 +97,28 @@ impl EventId {
     }
 }
 
+/// Longest pipeline name, in bytes.
+pub const PIPELINE_NAME_MAX: usize = 200;
+
+/// Checks a pipeline's display name: 1 to [`PIPELINE_NAME_MAX`] bytes once trimmed, no control
+/// characters (which no store keeps the same way: PostgreSQL refuses NUL in text).
+pub fn check_pipeline_name(name: &str) -> Result<(), InvalidId> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > PIPELINE_NAME_MAX {
+        return Err(InvalidId(format!("pipeline name must be 1 to {PIPELINE_NAME_MAX} bytes")));
+    }
+    if has_control(name) {
+        return Err(InvalidId("pipeline name must not contain control characters".into()));
+    }
+    Ok(())
+}
+
+/// Whether `text` could name or identify a pipeline at all; lookups of anything else find
+/// nothing without asking a store (so NUL or a megabyte of text never reaches the database).
+pub fn is_lookup_key(text: &str) -> bool {
+    !text.is_empty() && text.len() <= PIPELINE_NAME_MAX && !has_control(text)
+}
+
 /// Whether `text` holds a Unicode control character (`char::is_control`: U+0000..=U+001F and
 /// U+007F..=U+009F), scanning bytes: in UTF-8 the C1 range is 0xC2 followed by 0x80..=0x9F.
 fn has_control(text: &str) -> bool {
@@ -118,6 +140,17 @@ mod tests {
         assert!(PipelineId::parse("Has.Dots").is_err());
         assert!(PipelineId::parse(&"a".repeat(64)).is_err());
         assert!(PipelineId::parse("-lead").is_err());
+    }
+
+    #[test]
+    fn pipeline_names_and_lookup_keys() {
+        assert!(check_pipeline_name(" Orders API ").is_ok());
+        assert!(check_pipeline_name("nul\u{0}name").is_err());
+        assert!(check_pipeline_name("tab\tname").is_err());
+        assert!(check_pipeline_name("   ").is_err());
+        assert!(check_pipeline_name(&"n".repeat(201)).is_err());
+        assert!(is_lookup_key("orders") && is_lookup_key("Orders API"));
+        assert!(!is_lookup_key("a\u{0}b") && !is_lookup_key("") && !is_lookup_key(&"a".repeat(201)));
     }
 
     #[test]

@@ -6,11 +6,13 @@
 
 mod body;
 mod ids;
+mod payload;
 mod retention;
 mod stats;
 
 pub use body::{BodyError, BodyFormat, RequestIdentity, parse_body, parse_polled};
-pub use ids::{EventId, InvalidId, PipelineId};
+pub use ids::{EventId, InvalidId, PipelineId, check_pipeline_name, is_lookup_key};
+pub use payload::MAX_DEPTH;
 pub use retention::{
     InvalidRetention, MAX_RETENTION, MIN_RETENTION, check_retention, format_retention, parse_retention,
 };

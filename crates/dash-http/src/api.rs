@@ -16,10 +16,11 @@ use dash_store::{PipelineAuth, PipelineRecord, SourceRecord, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::webhooks::Peer;
 use crate::{ApiError, AppState};
 
 /// Most buckets one series request may ask for.
-const MAX_POINTS: i64 = 10_000;
+pub(crate) const MAX_POINTS: i64 = 10_000;
 const DEFAULT_EVENTS: u32 = 50;
 const MAX_EVENTS: u32 = 1000;
 
@@ -31,17 +32,25 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/api/pipelines/{id}/series", get(series))
         .route("/api/pipelines/{id}/events", get(events))
         .route("/api/cluster", get(cluster))
+        .route_layer(middleware::from_fn(crate::origin::same_origin_writes))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
         .route("/api/openapi.json", get(openapi))
 }
 
 /// With `DASH_ADMIN_TOKEN` set, the API needs `Authorization: Bearer <token>` (or a session).
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_admin(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.limits.admin_token.is_some() {
+        state.throttle.admit(peer)?;
+    }
     if !crate::auth::authorized(request.headers(), &state.limits) {
-        return Err(ApiError::unauthorized(
-            "admin_token_required",
-            "this API needs Authorization: Bearer <admin token>",
-        ));
+        let refusal =
+            ApiError::unauthorized("admin_token_required", "this API needs Authorization: Bearer <admin token>");
+        return Err(state.throttle.failed(peer, refusal));
     }
     Ok(next.run(request).await)
 }
@@ -58,6 +67,7 @@ fn pipeline_json(record: &PipelineRecord) -> Value {
         "last_event_at": record.stats.last_event_at,
         "stats": record.stats,
         "retention": record.retention.map(dash_domain::format_retention),
+        "set_aside": record.set_aside,
     })
 }
 
@@ -262,14 +272,72 @@ fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_query", rejection.body_text())
 }
 
-/// RFC 3339 text or unix milliseconds.
+/// Earliest and latest instant a query may name: the same range as event times (1970 to 9999).
+const MIN_INSTANT_MS: i64 = 0;
+const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
+/// Widest bucket a series may ask for.
+const MAX_BUCKET_MS: i64 = 366 * 86_400_000;
+
+/// RFC 3339 text or unix milliseconds, within [`MIN_INSTANT_MS`]..=[`MAX_INSTANT_MS`].
 fn parse_instant(name: &str, raw: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = raw.parse::<i64>() {
-        return Ok(ms);
+    let ms = match raw.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(raw).map(|t| t.timestamp_millis()).map_err(|_| {
+            ApiError::bad_request("invalid_query", format!("{name} must be RFC 3339 or unix milliseconds"))
+        })?,
+    };
+    if !(MIN_INSTANT_MS..=MAX_INSTANT_MS).contains(&ms) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{name} must lie between 1970-01-01 and 9999-12-31 (0 to {MAX_INSTANT_MS} ms)"),
+        ));
     }
-    chrono::DateTime::parse_from_rfc3339(raw)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::bad_request("invalid_query", format!("{name} must be RFC 3339 or unix milliseconds")))
+    Ok(ms)
+}
+
+/// A series' time window and bucket, checked: whole minutes, `from < to`, at most
+/// [`MAX_POINTS`] buckets. Every step is checked arithmetic, so no input can wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeriesWindow {
+    pub from: i64,
+    pub to: i64,
+    pub bucket_ms: i64,
+}
+
+impl SeriesWindow {
+    pub(crate) fn parse(from: Option<&str>, to: Option<&str>, bucket: &str, now: i64) -> Result<Self, ApiError> {
+        let bucket_ms = humantime::parse_duration(bucket)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .filter(|ms| (60_000..=MAX_BUCKET_MS).contains(ms) && ms % 60_000 == 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    "bucket must be a whole number of minutes from 1m to 366days, e.g. 1m, 5m, 1h",
+                )
+            })?;
+        let to = match to {
+            Some(raw) => parse_instant("to", raw)?,
+            None => now.clamp(MIN_INSTANT_MS, MAX_INSTANT_MS),
+        };
+        let from = match from {
+            Some(raw) => parse_instant("from", raw)?,
+            None => to.saturating_sub(3_600_000).max(MIN_INSTANT_MS),
+        };
+        // Buckets align to whole minutes.
+        let from = from - from.rem_euclid(60_000);
+        if to <= from {
+            return Err(ApiError::bad_request("invalid_query", "to must be after from"));
+        }
+        let points = to.checked_sub(from).map(|span| span / bucket_ms + i64::from(span % bucket_ms != 0));
+        if points.is_none_or(|n| n > MAX_POINTS) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("at most {MAX_POINTS} buckets per request; widen the bucket or narrow from..to"),
+            ));
+        }
+        Ok(Self { from, to, bucket_ms })
+    }
 }
 
 async fn series(
@@ -278,31 +346,10 @@ async fn series(
     query: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    let record = find(&state, &id).await?;
     let bucket_text = query.bucket.unwrap_or_else(|| "1m".into());
-    let bucket_ms = humantime::parse_duration(&bucket_text)
-        .ok()
-        .map(|d| d.as_millis() as i64)
-        .filter(|ms| *ms >= 60_000 && ms % 60_000 == 0)
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_query", "bucket must be a whole number of minutes, e.g. 1m, 5m, 1h")
-        })?;
-    let to = match &query.to {
-        Some(raw) => parse_instant("to", raw)?,
-        None => dash_domain::now_ms(),
-    };
-    let from = match &query.from {
-        Some(raw) => parse_instant("from", raw)?,
-        None => to - 3_600_000,
-    };
-    // Buckets align to whole minutes.
-    let from = from - from.rem_euclid(60_000);
-    if to <= from {
-        return Err(ApiError::bad_request("invalid_query", "to must be after from"));
-    }
-    if (to - from) / bucket_ms > MAX_POINTS {
-        return Err(ApiError::bad_request("invalid_query", format!("at most {MAX_POINTS} buckets per request")));
-    }
+    let window = SeriesWindow::parse(query.from.as_deref(), query.to.as_deref(), &bucket_text, dash_domain::now_ms())?;
+    let record = find(&state, &id).await?;
+    let SeriesWindow { from, to, bucket_ms } = window;
     let points =
         state.store.series(&record.id, from, to, bucket_ms).await.map_err(|e| ApiError::store_unavailable(&e))?;
     let filled: Vec<Value> = points.iter().map(|p| json!({ "t": format_ms(p.t), "count": p.count })).collect();
@@ -324,7 +371,7 @@ async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecentEvents>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let record = find(&state, &id).await?;
     let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
@@ -332,12 +379,20 @@ async fn events(
         return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_EVENTS}")));
     }
     let events = state.store.recent_events(&record.id, limit).await.map_err(|e| ApiError::store_unavailable(&e))?;
-    Ok(Json(json!({ "pipeline": record.id, "events": events })))
+    // Serialized as they are: each payload is written out verbatim, never re-parsed into a
+    // `Value` (which would refuse deep nesting or numbers past a float).
+    Ok(Json(RecentEvents { pipeline: record.id, events }))
+}
+
+#[derive(serde::Serialize)]
+struct RecentEvents {
+    pipeline: String,
+    events: Vec<dash_store::StoredEvent>,
 }
 
 /// Every node heard from (heartbeats), with this node's health.
-async fn cluster(State(state): State<AppState>) -> Json<Value> {
-    let (_, report) = crate::ops::readiness(&state).await;
+async fn cluster(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Json<Value> {
+    let (_, report) = crate::ops::readiness(&state, crate::ops::Detail::for_caller(&state, &headers)).await;
     let mut nodes = serde_json::to_value(state.members()).unwrap_or_default();
     if let Some(me) = nodes.as_array_mut().and_then(|n| n.iter_mut().find(|n| n["this_node"] == true)) {
         me["health"] = report["status"].clone();

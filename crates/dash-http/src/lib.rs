@@ -7,10 +7,14 @@
 
 mod api;
 mod auth;
+mod budget;
 mod error;
 mod live;
 mod ops;
+mod origin;
 mod pages;
+mod serve;
+mod throttle;
 mod webhooks;
 
 use std::sync::Arc;
@@ -26,11 +30,11 @@ use dash_ingest::Intake;
 use dash_live::Hub;
 use dash_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Semaphore;
 
 pub use api::source_json;
 pub use error::ApiError;
 pub use live::follow_bus;
+pub use serve::{HEADER_READ_TIMEOUT, ServeLimits, serve};
 
 /// Who this node is, for `/ready` and the API.
 #[derive(Debug, Clone)]
@@ -64,8 +68,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Live fan-out to `/live` clients.
     pub hub: Hub,
-    /// Body-byte budget (1 permit = 1 KiB) shared by concurrent webhook requests.
-    pub inflight: Arc<Semaphore>,
+    /// Body-byte budget (in KiB) shared by concurrent webhook requests, half at most per peer.
+    pub(crate) inflight: Arc<budget::BodyBudget>,
+    /// Failed authentications per client address.
+    pub(crate) throttle: Arc<throttle::AuthThrottle>,
     /// Who else is in the cluster, from heartbeats (absent: this node alone).
     pub membership: Option<Membership>,
     /// On a web node without intake: hands webhooks to ingestors.
@@ -82,7 +88,10 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
         hub: Hub,
     ) -> Self {
-        let permits = (limits.inflight_body_bytes / 1024).max(1);
+        let permits = u32::try_from(limits.inflight_body_bytes / 1024).unwrap_or(u32::MAX);
+        let largest = u32::try_from(limits.max_body / 1024 + 1).unwrap_or(u32::MAX);
+        // Behind web edges every request comes from an edge's address: no split by address.
+        let per_peer = node.role != "ingestor";
         Self {
             intake,
             store,
@@ -91,7 +100,8 @@ impl AppState {
             limits: Arc::new(limits),
             metrics,
             hub,
-            inflight: Arc::new(Semaphore::new(permits)),
+            inflight: budget::BodyBudget::new(permits, largest, per_peer),
+            throttle: Default::default(),
             membership: None,
             edge: None,
         }
@@ -140,7 +150,11 @@ pub fn router(state: AppState) -> Router {
     if state.node.role != "ingestor" {
         router = router.merge(pages::router(state.clone()));
     }
-    router.fallback(not_found).with_state(state)
+    router
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
+        .with_state(state)
 }
 
 async fn not_found() -> ApiError {

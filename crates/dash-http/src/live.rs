@@ -10,6 +10,8 @@ use dash_domain::PipelineUpdate;
 use dash_live::{ClientId, ClientMessage, ServerMessage};
 use tokio::sync::watch;
 
+use crate::serve::ConnectionSlot;
+use crate::webhooks::Peer;
 use crate::{ApiError, AppState};
 
 /// Largest message a client may send (a subscribe is ~100 bytes).
@@ -24,14 +26,24 @@ pub(crate) fn router() -> axum::Router<AppState> {
 
 async fn upgrade(
     State(state): State<AppState>,
+    Peer(peer): Peer,
+    slot: Option<axum::Extension<ConnectionSlot>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // A page on another origin must not read live data through the user's browser.
+    if crate::origin::is_cross_origin(&headers) {
+        return Err(crate::origin::cross_origin_refused());
+    }
+    if state.limits.admin_token.is_some() {
+        state.throttle.admit(peer)?;
+    }
     if !crate::auth::authorized(&headers, &state.limits) {
-        return Err(ApiError::unauthorized(
+        let refusal = ApiError::unauthorized(
             "admin_token_required",
             "/live needs a login session or Authorization: Bearer <admin token>",
-        ));
+        );
+        return Err(state.throttle.failed(peer, refusal));
     }
     Ok(ws
         .read_buffer_size(READ_BUFFER)
@@ -39,7 +51,11 @@ async fn upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| session(socket, state)))
+        .on_upgrade(move |socket| async move {
+            // The connection's place under the server's cap stays taken while the session lasts.
+            let _slot = slot.and_then(|axum::Extension(slot)| slot.take());
+            session(socket, state).await
+        }))
 }
 
 /// One connection: client messages in, hub frames out, until either side ends.

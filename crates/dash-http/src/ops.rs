@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use crate::AppState;
 
 const DATABASE_PROBE_DEADLINE: Duration = Duration::from_secs(1);
+/// How long an event set aside keeps the node `degraded`.
+const SET_ASIDE_RECENT: Duration = Duration::from_secs(3600);
 
 pub(crate) fn router() -> axum::Router<AppState> {
     axum::Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
@@ -22,32 +24,74 @@ async fn health() -> Json<Value> {
 }
 
 /// healthy: everything works. degraded: events are still accepted, but the database or the
-/// bus is failing (they wait in the intake log / dashboards go stale), or a web edge knows of no
-/// ingestor (its pages work; webhooks get 503). unhealthy (503): this
-/// node cannot accept events.
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let (code, body) = readiness(&state).await;
+/// bus is failing (they wait in the intake log / dashboards go stale), a web edge knows of no
+/// ingestor (its pages work; webhooks get 503), or the store refused some events for their data
+/// within the last hour (`events_set_aside`: kept aside, counted per pipeline; the database
+/// itself is fine).
+/// unhealthy (503): this node cannot accept events.
+async fn ready(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let (code, body) = readiness(&state, Detail::for_caller(&state, &headers)).await;
     (code, Json(body))
 }
 
+/// How much of a failure's text a report shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// A stable code only (`unreachable`, `flush_failing`): the database's own error text can
+    /// name hosts, users and schemas, so an anonymous caller does not see it.
+    Code,
+    /// The code and the error text: for callers holding the admin token (or a session).
+    Text,
+}
+
+impl Detail {
+    pub(crate) fn for_caller(state: &AppState, headers: &HeaderMap) -> Self {
+        match state.limits.admin_token.is_some() && crate::auth::authorized(headers, &state.limits) {
+            true => Self::Text,
+            false => Self::Code,
+        }
+    }
+}
+
 /// The readiness report `/ready` answers with, and the status code that goes with it.
-pub(crate) async fn readiness(state: &AppState) -> (StatusCode, Value) {
+pub(crate) async fn readiness(state: &AppState, detail: Detail) -> (StatusCode, Value) {
     let (database_ok, database) = match state.store.ping(DATABASE_PROBE_DEADLINE).await {
         Ok(latency) => {
             let flushing = state.intake.as_ref().is_none_or(|i| i.store_health().is_up());
             let mut check = json!({ "ok": flushing, "latency_ms": (latency.as_secs_f64() * 1e6).round() / 1e3 });
             if let Some(err) = state.intake.as_ref().and_then(|i| i.store_health().last_error()).filter(|_| !flushing) {
-                check["error"] = json!(err);
+                check["code"] = json!("flush_failing");
+                if detail == Detail::Text {
+                    check["error"] = json!(err);
+                }
             }
             (flushing, check)
         }
-        Err(err) => (false, json!({ "ok": false, "error": err.to_string() })),
+        Err(err) => {
+            tracing::debug!(error = %err, "readiness: database unreachable");
+            let mut check = json!({ "ok": false, "code": "unreachable" });
+            if detail == Detail::Text {
+                check["error"] = json!(err.to_string());
+            }
+            (false, check)
+        }
     };
     let bus_ok = state.bus.is_healthy();
     let mut checks = json!({
         "database": database,
         "bus": { "ok": bus_ok, "kind": state.bus.kind() },
     });
+    // Apart from reachability: events the store refused for their data and kept aside. Recent
+    // ones (within SET_ASIDE_RECENT) make the node degraded; older ones stay counted.
+    let mut stored_ok = true;
+    if database_ok && let Ok((set_aside, latest)) = state.store.set_aside_summary().await {
+        stored_ok = latest.is_none_or(|at| dash_domain::now_ms() - at > SET_ASIDE_RECENT.as_millis() as i64);
+        checks["events_set_aside"] = json!({
+            "ok": stored_ok,
+            "events": set_aside,
+            "latest": latest.map(dash_domain::format_ms),
+        });
+    }
     let mut intake_ok = true;
     if let Some(intake) = &state.intake {
         let spool = intake.spool();
@@ -65,7 +109,7 @@ pub(crate) async fn readiness(state: &AppState) -> (StatusCode, Value) {
         edge_ok = known > 0;
         checks["ingestors"] = json!({ "ok": edge_ok, "known": known, "up": up });
     }
-    let (status, code) = match (intake_ok, database_ok && bus_ok && edge_ok) {
+    let (status, code) = match (intake_ok, database_ok && bus_ok && edge_ok && stored_ok) {
         (true, true) => ("healthy", StatusCode::OK),
         (true, false) => ("degraded", StatusCode::OK),
         (false, _) => ("unhealthy", StatusCode::SERVICE_UNAVAILABLE),

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth;
+use crate::webhooks::Peer;
 
 /// Latest events on a pipeline page.
 const PAGE_EVENTS: u32 = 50;
@@ -139,6 +140,7 @@ async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result
         stats: record.stats,
         last_hour,
         retention: record.retention.map(dash_domain::format_retention),
+        set_aside: record.set_aside,
     })
 }
 
@@ -208,8 +210,15 @@ impl PageQuery {
 }
 
 /// The webhook URL as the visitor reached this node (web nodes are the public edge).
+/// The `Host` header goes into a shell snippet: only a plain host name or address with a port
+/// is used (no quote, space or `$` can reach the shell), anything else shows `localhost:8080`.
 fn webhook_url(headers: &HeaderMap, id: &str) -> String {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost:8080");
+    let plain_host = |h: &&str| {
+        !h.is_empty()
+            && h.len() <= 255
+            && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(plain_host).unwrap_or("localhost:8080");
     let scheme = match headers.get("x-forwarded-proto").and_then(|p| p.to_str().ok()) {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
@@ -258,6 +267,7 @@ async fn pipeline(
         let summary = PipelineSummary {
             rate: panel.rate,
             retention: record.retention.map(dash_domain::format_retention),
+            set_aside: record.set_aside,
             id: record.id,
             name: record.name,
             stats: record.stats,
@@ -283,7 +293,7 @@ async fn panel(State(state): State<AppState>, Path(id): Path<String>, Query(quer
 }
 
 async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let (_, report) = crate::ops::readiness(&state).await;
+    let (_, report) = crate::ops::readiness(&state, crate::ops::Detail::for_caller(&state, &headers)).await;
     let checks = report["checks"]
         .as_object()
         .map(|checks| {
@@ -342,10 +352,21 @@ struct NextQuery {
     next: Option<String>,
 }
 
-/// Only a path on this site: never `//host` or an absolute URL (no open redirect).
+/// Only a path on this site (no open redirect), and only one that goes into a `Location`
+/// header as it is. A browser drops tabs and newlines from a URL and reads `\\` as `/`, so
+/// `/<TAB>/evil.example` would become `//evil.example`: the path must be `/` followed by
+/// anything but a second `/`, in visible ASCII without a backslash (percent-escapes stay
+/// escaped, within this site). Anything else goes to `/`.
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path,
+        Some(path)
+            if path.len() <= 2048
+                && path.starts_with('/')
+                && !path.starts_with("//")
+                && path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            path
+        }
         _ => "/",
     }
 }
@@ -366,9 +387,13 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return html(StatusCode::FORBIDDEN, pages::login("/", Some("Sign in from this site's own login page.")));
+    }
     let Some(expected) = state.limits.admin_token.as_deref() else {
         return Redirect::to("/").into_response();
     };
@@ -379,8 +404,16 @@ async fn login(
         );
     };
     let next = safe_next(form.next.as_deref());
+    if let Err(throttled) = state.throttle.admit(peer) {
+        return throttled.into_response();
+    }
     if !auth::is_admin_token(form.token.trim(), expected) {
         tracing::warn!("dashboard login with a wrong admin token");
+        let refusal = crate::ApiError::unauthorized("invalid_admin_token", "not the admin token");
+        let answer = state.throttle.failed(peer, refusal);
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            return answer.into_response();
+        }
         return html(StatusCode::UNAUTHORIZED, pages::login(next, Some("That is not the admin token.")));
     }
     let mut response = Redirect::to(next).into_response();
@@ -388,7 +421,10 @@ async fn login(
     response
 }
 
-async fn logout() -> Response {
+async fn logout(headers: HeaderMap) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(header::SET_COOKIE, auth::end_session());
     response
@@ -401,9 +437,41 @@ mod tests {
     #[test]
     fn login_only_redirects_within_the_site() {
         assert_eq!(safe_next(Some("/pipelines/a?range=5m")), "/pipelines/a?range=5m");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil", "evil", ""] {
+        let bad_ones = [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "\\/evil",
+            "evil",
+            "",
+            "/\t/evil.example/",
+            "/\r\n/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "/\u{0}",
+            "/\u{1}x",
+            "/\u{7f}",
+            "/é",
+            "/\u{3000}/evil.example",
+        ];
+        for bad in bad_ones {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");
+        assert_eq!(safe_next(Some("/%09/evil.example/")), "/%09/evil.example/", "escaped: a path on this site");
+    }
+
+    #[test]
+    fn the_host_header_never_reaches_the_shell_snippet_unquoted() {
+        let with_host = |host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            webhook_url(&headers, "orders")
+        };
+        assert_eq!(with_host("dash.example:8080"), "http://dash.example:8080/webhooks/orders");
+        assert_eq!(with_host("[::1]:80"), "http://[::1]:80/webhooks/orders");
+        for hostile in ["x'; rm -rf ~; '", "a b", "$(id)", "h`id`", "h\"x"] {
+            assert_eq!(with_host(hostile), "http://localhost:8080/webhooks/orders", "{hostile}");
+        }
     }
 }

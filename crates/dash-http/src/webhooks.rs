@@ -1,5 +1,7 @@
 //! `POST /webhooks/{pipeline}`: the intake edge. Checks run in this order, each answering with
-//! its status: pipeline (404) → size (413) → credentials (401) → content type (415) → room
+//! its status: pipeline (404) → credentials without the body (401: bearer token, or signature
+//! headers present and timestamp fresh) → size and in-flight budget (413, 429) → signature HMAC
+//! over the body (401) → content type (415) → room
 //! (429/503) → JSON (400) → events (422) → admission (429/503). Room is asked before the parse,
 //! waiting up to [`ROOM_WAIT`] for a commit to make some: a sender pushing past the backlog
 //! bound costs no parse, and is slowed before it is sent away. Admission asks again with the
@@ -14,7 +16,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -25,10 +30,11 @@ use dash_store::PipelineAuth;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
+use crate::budget::BodyPermit;
 use crate::{ApiError, AppState};
 
-/// How long a client may take to send its body.
-const BODY_READ_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a client may take to send its body (1 MiB at ~70 KiB/s).
+const BODY_READ_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a request may wait for its fsync before it is told to retry.
 const APPEND_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a request may wait for backlog room before it is told to retry (429).
@@ -52,12 +58,13 @@ pub(crate) fn edge_router() -> axum::Router<AppState> {
 
 async fn forward(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let edge = state.edge.as_ref().expect("edge routes are mounted only with a forwarder");
-    let (_permit, bytes) = admit_body(&state, &headers, body).await?;
+    let (_permit, bytes) = admit_body(&state, &headers, body, peer).await?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     match edge.forward(path, &headers, bytes).await {
         Ok(answer) => Ok((answer.status, answer.headers, answer.body).into_response()),
@@ -73,21 +80,38 @@ async fn forward(
     }
 }
 
-/// Reads a body within the size limit and the in-flight budget; the permit holds the budget
-/// until dropped.
+/// The client's address, as the server loop recorded it (absent when the router is driven
+/// without it, as in unit tests).
+pub(crate) struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())))
+    }
+}
+
+/// Reads a body within the size limit, the in-flight budget and the client's share of it; the
+/// permit holds the budget until dropped.
 async fn admit_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(tokio::sync::OwnedSemaphorePermit, Bytes), ApiError> {
+    peer: Option<IpAddr>,
+) -> Result<(BodyPermit, Bytes), ApiError> {
     let max_body = state.limits.max_body;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > max_body) {
+        // A client that waits for `100 Continue` has sent nothing yet: it gets the 413 at once.
+        if !headers.contains_key(header::EXPECT) {
+            drain(body).await;
+        }
         return Err(too_large(max_body));
     }
     let budget_kib = (declared.unwrap_or(max_body) / 1024 + 1) as u32;
-    let permit = state.inflight.clone().try_acquire_many_owned(budget_kib).map_err(|_| {
+    let permit = state.inflight.try_take(peer, budget_kib).ok_or_else(|| {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests in flight; retry later")
             .retry_after(1)
     })?;
@@ -96,11 +120,12 @@ async fn admit_body(
 
 async fn receive(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     Path(pipeline): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = accept(&state, &pipeline, &headers, body).await;
+    let outcome = accept(&state, &pipeline, &headers, body, peer).await;
     match &outcome {
         Ok(accepted) => metrics::counter!("dash_events_accepted_total").increment(*accepted as u64),
         Err(err) => metrics::counter!("dash_requests_rejected_total", "reason" => err.code).increment(1),
@@ -108,7 +133,13 @@ async fn receive(
     outcome.map(|accepted| (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }
 
-async fn accept(state: &AppState, pipeline: &str, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
+async fn accept(
+    state: &AppState,
+    pipeline: &str,
+    headers: &HeaderMap,
+    body: Body,
+    peer: Option<IpAddr>,
+) -> Result<usize, ApiError> {
     let intake = state.intake.as_ref().expect("webhook routes are mounted only with intake");
     let received_ms = now_ms();
 
@@ -126,9 +157,15 @@ async fn accept(state: &AppState, pipeline: &str, headers: &HeaderMap, body: Bod
         }
     };
 
-    let (_permit, bytes) = admit_body(state, headers, body).await?;
-
-    authenticate(&auth, headers, &bytes, received_ms / 1000)?;
+    // Everything about the credentials that needs no body is checked before it is read, so a
+    // client without them cannot hold any of the body budget.
+    state.throttle.admit(peer)?;
+    let credentials =
+        precheck_credentials(&auth, headers, received_ms / 1000).map_err(|e| state.throttle.failed(peer, e))?;
+    let (_permit, bytes) = admit_body(state, headers, body, peer).await?;
+    if credentials == Credentials::Signature {
+        verify_signature(&auth, headers, &bytes, received_ms / 1000).map_err(|e| state.throttle.failed(peer, e))?;
+    }
 
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
@@ -189,6 +226,17 @@ fn too_large(max_body: usize) -> ApiError {
     )
 }
 
+/// Most of a refused body read and thrown away, and for how long, before the refusal is sent:
+/// a client that writes its whole body before reading (most do) then gets the 413 rather than a
+/// connection reset.
+const DRAIN_MAX: usize = 8 * 1024 * 1024;
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+async fn drain(body: Body) {
+    let mut stream = Limited::new(body, DRAIN_MAX);
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, async { while let Some(Ok(_)) = stream.frame().await {} }).await;
+}
+
 async fn read_body(body: Body, max_body: usize) -> Result<Bytes, ApiError> {
     let collected =
         tokio::time::timeout(BODY_READ_DEADLINE, Limited::new(body, max_body).collect()).await.map_err(|_| {
@@ -207,7 +255,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// `webhook-id`, else `Idempotency-Key`.
 fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(id) = header_str(headers, "webhook-id").or_else(|| header_str(headers, "idempotency-key")) else {
+    let Some(id) = standard_header(headers, "id").or_else(|| header_str(headers, "idempotency-key")) else {
         return Ok(None);
     };
     let id = id.trim();
@@ -220,18 +268,48 @@ fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(id.to_owned()))
 }
 
-/// A matching bearer token or a valid Standard Webhooks signature; either suffices.
-fn authenticate(auth: &PipelineAuth, headers: &HeaderMap, body: &[u8], now_secs: i64) -> Result<(), ApiError> {
+/// How a request proves it may post to the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    /// A valid bearer token: nothing more to check.
+    Token,
+    /// Standard Webhooks headers that pass every check but the HMAC, which needs the body.
+    Signature,
+}
+
+/// A Standard Webhooks header: `webhook-{name}`, or Svix's `svix-{name}` alias (senders that go
+/// through Svix sign the same way under those names).
+fn standard_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    header_str(headers, &format!("webhook-{name}")).or_else(|| header_str(headers, &format!("svix-{name}")))
+}
+
+fn signed_request(headers: &HeaderMap) -> SignedRequest<'_> {
+    SignedRequest {
+        msg_id: standard_header(headers, "id"),
+        timestamp: standard_header(headers, "timestamp"),
+        signature: standard_header(headers, "signature"),
+    }
+}
+
+fn signature_refused(err: SignatureError) -> ApiError {
+    let code = match err {
+        SignatureError::MissingHeaders => "missing_signature_headers",
+        SignatureError::BadTimestamp => "invalid_timestamp",
+        SignatureError::StaleTimestamp => "stale_timestamp",
+        SignatureError::NoMatch | SignatureError::BadSecret => "invalid_signature",
+    };
+    ApiError::unauthorized(code, err.to_string())
+}
+
+/// A matching bearer token, or Standard Webhooks headers that are complete, fresh and carry a
+/// `v1` signature; either suffices. Checked before the body is read.
+fn precheck_credentials(auth: &PipelineAuth, headers: &HeaderMap, now_secs: i64) -> Result<Credentials, ApiError> {
     let bearer = crate::auth::bearer_token(headers);
     let hashes: Vec<&str> = auth.token_hashes.iter().map(String::as_str).collect();
     if bearer.is_some_and(|token| token_matches(token, &hashes)) {
-        return Ok(());
+        return Ok(Credentials::Token);
     }
-    let signed = SignedRequest {
-        msg_id: header_str(headers, "webhook-id"),
-        timestamp: header_str(headers, "webhook-timestamp"),
-        signature: header_str(headers, "webhook-signature"),
-    };
+    let signed = signed_request(headers);
     if !signed.is_present() {
         return Err(match bearer {
             Some(_) => ApiError::unauthorized("invalid_token", "the bearer token is not valid for this pipeline"),
@@ -241,14 +319,12 @@ fn authenticate(auth: &PipelineAuth, headers: &HeaderMap, body: &[u8], now_secs:
             ),
         });
     }
+    signed.precheck(now_secs).map_err(signature_refused)?;
+    Ok(Credentials::Signature)
+}
+
+/// The signature's HMAC over the body, under any of the pipeline's secrets.
+fn verify_signature(auth: &PipelineAuth, headers: &HeaderMap, body: &[u8], now_secs: i64) -> Result<(), ApiError> {
     let secrets: Vec<&_> = auth.secrets.iter().collect();
-    signed.verify(&secrets, body, now_secs).map_err(|err| {
-        let code = match err {
-            SignatureError::MissingHeaders => "missing_signature_headers",
-            SignatureError::BadTimestamp => "invalid_timestamp",
-            SignatureError::StaleTimestamp => "stale_timestamp",
-            SignatureError::NoMatch | SignatureError::BadSecret => "invalid_signature",
-        };
-        ApiError::unauthorized(code, err.to_string())
-    })
+    signed_request(headers).verify(&secrets, body, now_secs).map_err(signature_refused)
 }

@@ -282,8 +282,13 @@ impl BufferActor {
             Err(err) => err,
         };
         let mut batches = vec![oldest.batch()];
-        if let Some(error) = error {
-            self.store_failed(&error, batches[0].events.len(), STORE_RETRY_FIRST);
+        match error {
+            // Written again below, split until the events the store refuses stand alone.
+            Some(error) if error.is_data_error() => {
+                tracing::warn!(partition = self.partition.index, events = batches[0].events.len(), error = %error, "the store refused a batch for its data; finding the events it refuses");
+            }
+            Some(error) => self.store_failed(&error, batches[0].events.len(), STORE_RETRY_FIRST),
+            None => {}
         }
         while let Some(mut later) = self.in_flight.pop_front() {
             later.task.abort();
@@ -298,17 +303,87 @@ impl BufferActor {
         true
     }
 
-    /// Writes `batch` whole, retrying with backoff while the store is down. None when aborted.
+    /// Writes `batch`, retrying with backoff while the store is down. None when aborted.
+    ///
+    /// A batch the store refuses for what its events hold ([`StoreError::is_data_error`]) would
+    /// fail the same way forever: it is split in halves, each written on its own in log order,
+    /// until each refused event stands alone; those are set aside ([`Self::set_aside`]) and
+    /// everything else is stored. The parts commit one after the other, so the pipelines' `seq`
+    /// still follows the log; a crash meanwhile replays the whole batch, and the dedupe key (and
+    /// the set-aside table's) absorbs what was already written.
     async fn write_retrying(&mut self, batch: &Batch) -> Option<BatchOutcome> {
         let mut delay = STORE_RETRY_FIRST;
-        loop {
-            match self.partition.store.write_batch(&batch.events).await {
-                Ok(outcome) => return Some(outcome),
+        let mut outcome = BatchOutcome::default();
+        // Parts still to write, the next one last.
+        let mut parts: Vec<&[BatchEvent]> = vec![&batch.events];
+        while let Some(part) = parts.pop() {
+            match self.partition.store.write_batch(part).await {
+                Ok(written) => {
+                    outcome.absorb(written);
+                    delay = STORE_RETRY_FIRST;
+                }
+                Err(err) if err.is_data_error() && part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+                Err(err) if err.is_data_error() => {
+                    // Alone and refused: once more after a pause (a refusal that passes, such as
+                    // a race with maintenance, is not the event's fault), then set aside.
+                    tokio::select! {
+                        () = tokio::time::sleep(STORE_RETRY_FIRST) => {}
+                        _ = self.abort.changed() => return None,
+                    }
+                    match self.partition.store.write_batch(part).await {
+                        Ok(written) => outcome.absorb(written),
+                        Err(again) if again.is_data_error() => {
+                            if !self.set_aside(&part[0], &again).await {
+                                return None;
+                            }
+                        }
+                        Err(_) => parts.push(part),
+                    }
+                }
                 Err(err) => {
-                    self.store_failed(&err, batch.events.len(), delay);
+                    self.store_failed(&err, part.len(), delay);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = self.abort.changed() => return None,
+                    }
+                    delay = (delay * 2).min(STORE_RETRY_MAX);
+                    parts.push(part);
+                }
+            }
+        }
+        Some(outcome)
+    }
+
+    /// Keeps an event the store refused aside, with the store's error, retrying while the store
+    /// is down. False when aborted meanwhile.
+    async fn set_aside(&mut self, event: &BatchEvent, refusal: &StoreError) -> bool {
+        let mut delay = STORE_RETRY_FIRST;
+        loop {
+            match self.partition.store.set_aside(event, &refusal.to_string(), dash_domain::now_ms()).await {
+                Ok(new) => {
+                    self.partition.health.mark_up();
+                    if new {
+                        metrics::counter!("dash_events_set_aside_total").increment(1);
+                    }
+                    tracing::error!(
+                        partition = self.partition.index,
+                        pipeline = &*event.pipeline,
+                        event_id = event.event.id,
+                        bytes = event.event.payload.len(),
+                        error = %refusal,
+                        "the store refused an event for its data; it is set aside (events_set_aside) and the rest goes on"
+                    );
+                    return true;
+                }
+                Err(err) => {
+                    self.store_failed(&err, 1, delay);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = self.abort.changed() => return false,
                     }
                     delay = (delay * 2).min(STORE_RETRY_MAX);
                 }

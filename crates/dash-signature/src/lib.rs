@@ -99,16 +99,30 @@ impl SignedRequest<'_> {
         self.msg_id.is_some() || self.timestamp.is_some() || self.signature.is_some()
     }
 
-    /// Passes when any `v1,` entry of the signature header matches under any of `secrets`
-    /// (several secrets: a rotation's grace period) and the timestamp is within tolerance.
-    pub fn verify(&self, secrets: &[&SigningSecret], body: &[u8], now_secs: i64) -> Result<(), SignatureError> {
-        let (Some(msg_id), Some(timestamp), Some(signature)) = (self.msg_id, self.timestamp, self.signature) else {
+    /// What can be checked before the body is read: all three headers present, the timestamp
+    /// unix seconds within [`TOLERANCE_SECS`] of `now_secs`, and at least one `v1,` entry.
+    pub fn precheck(&self, now_secs: i64) -> Result<(), SignatureError> {
+        let (Some(_), Some(timestamp), Some(signature)) = (self.msg_id, self.timestamp, self.signature) else {
             return Err(SignatureError::MissingHeaders);
         };
         let sent_at: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
-        if (now_secs - sent_at).abs() > TOLERANCE_SECS {
+        // Checked: a timestamp near i64's ends must not wrap into the window.
+        if now_secs.checked_sub(sent_at).and_then(i64::checked_abs).is_none_or(|skew| skew > TOLERANCE_SECS) {
             return Err(SignatureError::StaleTimestamp);
         }
+        if !signature.split_whitespace().any(|entry| entry.starts_with("v1,")) {
+            return Err(SignatureError::NoMatch);
+        }
+        Ok(())
+    }
+
+    /// Passes when any `v1,` entry of the signature header matches under any of `secrets`
+    /// (several secrets: a rotation's grace period) and the timestamp is within tolerance.
+    pub fn verify(&self, secrets: &[&SigningSecret], body: &[u8], now_secs: i64) -> Result<(), SignatureError> {
+        self.precheck(now_secs)?;
+        let (Some(msg_id), Some(timestamp), Some(signature)) = (self.msg_id, self.timestamp, self.signature) else {
+            return Err(SignatureError::MissingHeaders);
+        };
         let candidates: Vec<Vec<u8>> = signature
             .split_whitespace()
             .filter_map(|entry| entry.strip_prefix("v1,"))
@@ -260,6 +274,12 @@ mod tests {
         assert_eq!(req.verify(&[&old], b"{}", 100), Err(SignatureError::NoMatch));
         let missing = SignedRequest { msg_id: Some("m"), timestamp: None, signature: Some(&header) };
         assert_eq!(missing.verify(&[&new], b"{}", 100), Err(SignatureError::MissingHeaders));
+        for far in [i64::MIN, i64::MIN + 1, 100i64.wrapping_sub(i64::MIN), i64::MAX] {
+            let text = far.to_string();
+            let signature = new.sign("m", far, b"{}");
+            let req = SignedRequest { msg_id: Some("m"), timestamp: Some(&text), signature: Some(&signature) };
+            assert_eq!(req.verify(&[&new], b"{}", 100), Err(SignatureError::StaleTimestamp), "{far}");
+        }
         let bad_ts = SignedRequest { msg_id: Some("m"), timestamp: Some("soon"), signature: Some(&header) };
         assert_eq!(bad_ts.verify(&[&new], b"{}", 100), Err(SignatureError::BadTimestamp));
     }

@@ -28,6 +28,7 @@ mod binary_copy;
 mod nodelay;
 mod postgres;
 mod retention;
+mod set_aside;
 mod sources;
 mod sqlite;
 pub mod testing;
@@ -44,6 +45,9 @@ pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, StagedPg};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
+
+/// Most buckets [`Store::series`] computes, whoever asks (the API allows fewer).
+pub const MAX_SERIES_POINTS: i64 = 100_000;
 
 /// How long a rotated-out secret and token keep working.
 pub const ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -64,6 +68,8 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("cannot prepare the database location: {0}")]
     Location(#[from] std::io::Error),
+    #[error("invalid range: {0}")]
+    InvalidRange(String),
     #[error("stored secret is unreadable")]
     BadSecret(#[from] dash_signature::SignatureError),
 }
@@ -78,6 +84,8 @@ pub struct PipelineRecord {
     /// How long its events are kept; `None`: the node default.
     #[serde(serialize_with = "retention_text")]
     pub retention: Option<Duration>,
+    /// Events the store refused for their data, kept aside (see [`Store::set_aside`]).
+    pub set_aside: i64,
 }
 
 /// A retention as people write it (`"7days"`), or null.
@@ -121,6 +129,20 @@ pub struct StoredEvent {
     pub time: String,
     pub received_at: String,
     pub payload: Box<serde_json::value::RawValue>,
+}
+
+/// A stored payload as JSON the read API can send: the stored text verbatim, or, should it not
+/// parse (stored by an older release that checked less), that text as a JSON string. Never an
+/// error: one odd event must not make every read of its pipeline fail.
+pub(crate) fn payload_as_stored(text: String) -> Box<serde_json::value::RawValue> {
+    use serde_json::value::RawValue;
+    match serde_json::from_str::<Box<RawValue>>(&text) {
+        Ok(raw) => raw,
+        Err(_) => {
+            tracing::warn!(bytes = text.len(), "a stored payload is not readable JSON; shown as a string");
+            serde_json::value::to_raw_value(&text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+        }
+    }
 }
 
 /// One bucket of a time series.
@@ -218,6 +240,7 @@ impl Store {
     }
 
     pub async fn create_pipeline(&self, name: &str) -> Result<IssuedCredentials, StoreError> {
+        dash_domain::check_pipeline_name(name)?;
         let id = PipelineId::from_name(name)?;
         let name = name.trim();
         match self {
@@ -228,6 +251,9 @@ impl Store {
 
     /// New secret and token; the old ones keep working for [`ROTATION_GRACE`].
     pub async fn rotate_credentials(&self, id_or_name: &str) -> Result<IssuedCredentials, StoreError> {
+        if !dash_domain::is_lookup_key(id_or_name) {
+            return Err(StoreError::NotFound(id_or_name.to_owned()));
+        }
         match self {
             Self::Sqlite(s) => s.rotate_credentials(id_or_name).await,
             Self::Postgres(s) => s.rotate_credentials(id_or_name).await,
@@ -242,7 +268,12 @@ impl Store {
     }
 
     /// By id, else by name.
+    /// Text that cannot name a pipeline (control characters, too long) finds nothing, on every
+    /// backend alike, without a query.
     pub async fn find_pipeline(&self, id_or_name: &str) -> Result<Option<PipelineRecord>, StoreError> {
+        if !dash_domain::is_lookup_key(id_or_name) {
+            return Ok(None);
+        }
         match self {
             Self::Sqlite(s) => s.find_pipeline(id_or_name).await,
             Self::Postgres(s) => s.find_pipeline(id_or_name).await,
@@ -293,6 +324,12 @@ impl Store {
         to_ms: i64,
         bucket_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let points = to_ms.checked_sub(from_ms).filter(|span| *span > 0 && bucket_ms > 0).map(|span| span / bucket_ms);
+        if points.is_none_or(|n| n > MAX_SERIES_POINTS) {
+            return Err(StoreError::InvalidRange(format!(
+                "a series is 1 to {MAX_SERIES_POINTS} buckets of a positive width (from {from_ms}, to {to_ms}, bucket {bucket_ms} ms)"
+            )));
+        }
         let stored = match self {
             Self::Sqlite(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await?,
             Self::Postgres(s) => s.series(pipeline, from_ms, to_ms, bucket_ms).await?,
@@ -306,7 +343,7 @@ impl Store {
                 _ => 0,
             };
             dense.push(SeriesPoint { t, count });
-            t += bucket_ms;
+            t = t.saturating_add(bucket_ms);
         }
         Ok(dense)
     }
@@ -336,6 +373,13 @@ struct UpdatedPipeline {
 }
 
 impl BatchOutcome {
+    /// Adds a later batch's outcome (written after this one, so its updates come after).
+    pub fn absorb(&mut self, later: BatchOutcome) {
+        self.updates.extend(later.updates);
+        self.inserted += later.inserted;
+        self.duplicates += later.duplicates;
+    }
+
     /// Adds one pipeline's share of the batch; `updated` is `None` when the pipeline is gone.
     fn record(&mut self, pipeline: &str, tally: &PipelineTally, updated: Option<UpdatedPipeline>, at: &str) {
         self.inserted += tally.inserted as u64;

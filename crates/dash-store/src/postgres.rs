@@ -117,7 +117,8 @@ RETURNING p.id, p.seq, p.event_count, p.duplicate_count, p.last_event_at";
 pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
     event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL";
 
-const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms";
+const PIPELINE_COLUMNS: &str =
+    "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count";
 
 fn ts_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -139,6 +140,7 @@ fn record_from(row: &PgRow) -> Result<PipelineRecord, sqlx::Error> {
             last_event_at: row.try_get::<Option<DateTime<Utc>>, _>("last_event_at")?.map(|t| format_ms(ts_ms(t))),
         },
         retention: retention_from(row.try_get("retention_ms")?),
+        set_aside: row.try_get("set_aside_count")?,
     })
 }
 
@@ -316,7 +318,7 @@ impl PgStore {
         // waits on this task between statements.
         let key_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(key_rows).collect();
         let mut event_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(event_rows).collect();
-        let mut tx = self.pool.begin_with(BATCH_BEGIN).await?;
+        let mut tx = BatchConn::begin(&self.pool).await?;
         let keys_copied = async {
             for body in key_bodies {
                 copy_in(&mut tx, DEDUPE_COPY, body).await?;
@@ -326,8 +328,8 @@ impl PgStore {
         let fresh = match keys_copied.await {
             Ok(()) => unique,
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                tx.rollback().await?;
-                tx = self.pool.begin_with(BATCH_BEGIN).await?;
+                // The COPY ended cleanly with its error: the same connection starts over.
+                tx.restart().await?;
                 keep_new_keys(&mut tx, &mut unique).await?;
                 event_bodies = unique.chunks(COPY_ROWS).map(event_rows).collect();
                 unique
@@ -410,8 +412,7 @@ impl PgStore {
                     id: r.try_get(0)?,
                     time: format_ms(ts_ms(r.try_get(1)?)),
                     received_at: format_ms(ts_ms(r.try_get(2)?)),
-                    payload: serde_json::value::RawValue::from_string(payload)
-                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    payload: crate::payload_as_stored(payload),
                 })
             })
             .collect()
@@ -492,7 +493,7 @@ impl PgStore {
 /// being written. The actor keeps keys apart across its own open batches; a wait on another
 /// node's batch ends with that batch's commit, or with `lock_timeout` (a failed write, retried).
 pub struct StagedPg {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    tx: BatchConn,
     tally: BTreeMap<Arc<str>, PipelineTally>,
     minutes: RollupMinutes,
 }
@@ -547,6 +548,58 @@ impl StagedPg {
             outcome.record(pipeline, t, updated.remove(&**pipeline), &at);
         }
         Ok(outcome)
+    }
+}
+
+/// A batch's connection, in its transaction. It goes back to the pool only after a `COMMIT`
+/// that succeeded: after any error, or if the task writing the batch is cancelled (in the middle
+/// of a `COPY`, say), it is closed instead, which also rolls the transaction back. A connection
+/// left mid-protocol is never handed to the next batch.
+struct BatchConn {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    clean: bool,
+}
+
+impl BatchConn {
+    async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let mut this = Self { conn: pool.acquire().await?, clean: false };
+        sqlx::raw_sql(BATCH_BEGIN).execute(&mut *this.conn).await?;
+        Ok(this)
+    }
+
+    /// Rolls back and begins again on the same connection (after an error the server reported
+    /// in full, such as a duplicate key ending a `COPY`).
+    async fn restart(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await?;
+        sqlx::raw_sql(BATCH_BEGIN).execute(&mut *self.conn).await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await?;
+        self.clean = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for BatchConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for BatchConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for BatchConn {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
+        }
     }
 }
 

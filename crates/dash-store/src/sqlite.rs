@@ -25,7 +25,8 @@ pub struct SqliteStore {
     pub(crate) readers: SqlitePool,
 }
 
-const PIPELINE_COLUMNS: &str = "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms";
+const PIPELINE_COLUMNS: &str =
+    "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count";
 
 fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Error> {
     Ok(PipelineRecord {
@@ -39,6 +40,7 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Er
             last_event_at: row.try_get::<Option<i64>, _>("last_event_at")?.map(format_ms),
         },
         retention: retention_from(row.try_get("retention_ms")?),
+        set_aside: row.try_get("set_aside_count")?,
     })
 }
 
@@ -293,8 +295,7 @@ impl SqliteStore {
                     id: r.try_get(0)?,
                     time: format_ms(r.try_get(1)?),
                     received_at: format_ms(r.try_get(2)?),
-                    payload: serde_json::value::RawValue::from_string(payload)
-                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    payload: crate::payload_as_stored(payload),
                 })
             })
             .collect()

@@ -57,6 +57,8 @@ pub struct PipelineSummary {
     pub rate: f64,
     /// How long the pipeline keeps its events, as shown (`"7days"`); `None`: the node default.
     pub retention: Option<String>,
+    /// Events the store refused for their data and kept aside.
+    pub set_aside: i64,
 }
 
 /// A per-bucket chart of one pipeline.

@@ -145,6 +145,12 @@ pub fn pipeline(
                 <div class="label">"Events kept for"</div>
                 <div class="value" data-field="retention">{retention}</div>
             </div>
+            {(summary.set_aside > 0).then(|| view! {
+                <div class="counter warn" title="The database refused these events for what they hold; they are kept aside in events_set_aside with its error.">
+                    <div class="label">"Set aside (refused by the store)"</div>
+                    <div class="value" data-field="set_aside">{summary.set_aside.to_string()}</div>
+                </div>
+            })}
         </section>
         <Panel panel=panel />
         {source.map(|source| view! { <SourceSection source=source /> })}
@@ -399,6 +405,7 @@ mod tests {
             last_hour: vec![1; 60],
             rate: 0.5,
             retention: Some("7days".into()),
+            set_aside: 0,
         }
     }
 

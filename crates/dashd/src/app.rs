@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use dash_bus::{Bus, NatsOptions};
 use dash_cluster::MembershipTask;
 use dash_config::{Role, Settings};
@@ -173,13 +172,15 @@ impl App {
             let _ = stop_tx.send(true);
         };
         let mut graceful_stop = stop_rx.clone();
-        let server = tokio::spawn(
-            axum::serve(self.listener.tap_io(tune_connection), self.router)
-                .with_graceful_shutdown(async move {
-                    let _ = graceful_stop.wait_for(|stopped| *stopped).await;
-                })
-                .into_future(),
+        let limits = dash_http::ServeLimits { max_connections: connection_cap(self.settings.max_connections) };
+        tracing::info!(
+            max_connections = limits.max_connections,
+            header_timeout_secs = dash_http::HEADER_READ_TIMEOUT.as_secs(),
+            "http limits"
         );
+        let server = tokio::spawn(dash_http::serve(self.listener, self.router, limits, tune_connection, async move {
+            let _ = graceful_stop.wait_for(|stopped| *stopped).await;
+        }));
         let signal_task = tokio::spawn(signalled);
 
         let deadline = self.settings.shutdown_timeout;
@@ -285,6 +286,36 @@ fn tune_connection(tcp: &mut tokio::net::TcpStream) {
     }
     if let Err(err) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER) {
         tracing::debug!(error = %err, "SO_SNDBUF");
+    }
+}
+
+/// File descriptors kept for everything but client connections: the database pool, the intake
+/// log's segments, NATS, DNS, forwarded requests, jobs.
+const FD_RESERVE: u64 = 256;
+/// Connections at once when the setting is 0 (and the open-file limit allows): each idle one
+/// costs a task and its buffers, so the cap stays well below what memory allows.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// HTTP connections allowed at once: the setting, or (0) what the open-file limit leaves after
+/// [`FD_RESERVE`], raised to its hard limit first. Never more than the limit leaves, so an
+/// attacker's sockets can never starve the node of descriptors.
+fn connection_cap(configured: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let mut soft = 1024;
+    if let Ok((current, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        soft = current;
+        if current < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            soft = hard;
+        }
+    }
+    let room = soft.saturating_sub(FD_RESERVE).clamp(16, 1_000_000) as usize;
+    match configured {
+        0 => room.min(DEFAULT_MAX_CONNECTIONS),
+        n if n > room => {
+            tracing::warn!(configured = n, allowed = room, "max_connections is above what the open-file limit allows");
+            room
+        }
+        n => n,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod app;
 mod commands;
+mod metrics_catalog;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,7 +157,10 @@ fn install_metrics() -> Option<PrometheusHandle> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dash_flush_batch_size".into()), &batch_sizes))
         .and_then(|b| b.install_recorder());
     match installed {
-        Ok(handle) => Some(handle),
+        Ok(handle) => {
+            metrics_catalog::describe();
+            Some(handle)
+        }
         Err(err) => {
             tracing::warn!(error = %err, "metrics recorder not installed; /metrics will be empty");
             None

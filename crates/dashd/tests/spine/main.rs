@@ -6,6 +6,8 @@ mod cluster;
 mod dashboard;
 mod durability;
 mod flush;
+mod fuzz;
+mod hostile;
 mod intake;
 mod jobs;
 mod live;

@@ -274,6 +274,11 @@ impl TestServer {
     pub fn is_postgres(&self) -> bool {
         self.postgres.is_some()
     }
+
+    /// The PostgreSQL database this server runs on; `None` on SQLite.
+    pub fn database_url(&self) -> Option<String> {
+        self.postgres.as_ref().map(|(_, url)| url.clone())
+    }
 }
 
 impl Drop for TestServer {

@@ -1,0 +1,69 @@
+//! Every metric Dash records, with the help text and unit `/metrics` shows for it. A metric
+//! recorded anywhere in the workspace is described here once; a test of the spine checks the
+//! exposition with `promtool check metrics`.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Registers the descriptions with the installed recorder.
+pub fn describe() {
+    // Intake.
+    describe_counter!("dash_events_accepted_total", Unit::Count, "Events acknowledged (202) to senders.");
+    describe_counter!(
+        "dash_requests_rejected_total",
+        Unit::Count,
+        "Webhook requests refused, by reason (the error code)."
+    );
+    describe_counter!("dash_events_stored_total", Unit::Count, "Events committed to the store (new, not duplicates).");
+    describe_counter!("dash_events_duplicate_total", Unit::Count, "Events whose id was already stored.");
+    describe_counter!(
+        "dash_events_set_aside_total",
+        Unit::Count,
+        "Events the store refused for their data, kept in events_set_aside."
+    );
+    describe_counter!("dash_store_errors_total", Unit::Count, "Failed batch writes (retried).");
+    describe_counter!("dash_actor_restarts_total", Unit::Count, "Buffer actors restarted after a panic.");
+    describe_counter!(
+        "dash_intake_log_corrupt_total",
+        Unit::Count,
+        "Intake log frames that failed their checksum or decoding."
+    );
+    describe_gauge!("dash_buffer_backlog", Unit::Count, "Unflushed events per partition.");
+    describe_gauge!("dash_intake_log_bytes", Unit::Bytes, "Unflushed intake log bytes across partitions.");
+    describe_histogram!("dash_flush_duration_seconds", Unit::Seconds, "From a batch's first event to its commit.");
+    describe_histogram!("dash_flush_batch_size", Unit::Count, "Events per committed batch.");
+    // HTTP.
+    describe_counter!("dash_http_accept_errors_total", Unit::Count, "Failed accepts (out of file descriptors, say).");
+    describe_counter!(
+        "dash_http_connections_evicted_total",
+        Unit::Count,
+        "Idle connections closed to make room for a new one at the connection cap."
+    );
+    describe_counter!(
+        "dash_http_connections_refused_total",
+        Unit::Count,
+        "Connections refused with 503 at the connection cap."
+    );
+    describe_counter!("dash_http_panics_total", Unit::Count, "Request handlers that panicked (answered 500).");
+    // Bus, live, cluster, edge.
+    describe_counter!("dash_bus_publish_dropped_total", Unit::Count, "Updates not published (broker away or slow).");
+    describe_counter!("dash_bus_bad_messages_total", Unit::Count, "Bus messages that could not be decoded.");
+    describe_counter!("dash_live_bus_lagged_total", Unit::Count, "Times the live hub fell behind the bus.");
+    describe_counter!("dash_live_frames_dropped_total", Unit::Count, "Live frames dropped for slow clients.");
+    describe_gauge!("dash_live_connections", Unit::Count, "Open /live WebSocket sessions.");
+    describe_counter!("dash_cluster_node_down_total", Unit::Count, "Nodes seen going down.");
+    describe_gauge!("dash_cluster_nodes_up", Unit::Count, "Nodes heard from recently.");
+    describe_counter!("dash_discovery_failures_total", Unit::Count, "Failed DNS lookups of peers.");
+    describe_gauge!("dash_discovery_peers", Unit::Count, "Peers the last DNS lookup found.");
+    describe_counter!("dash_edge_forwarded_total", Unit::Count, "Webhooks a web node forwarded, by outcome.");
+    describe_counter!("dash_edge_attempt_failures_total", Unit::Count, "Forwarding attempts that failed.");
+    describe_histogram!("dash_edge_forward_seconds", Unit::Seconds, "Time to forward a webhook to an ingestor.");
+    // Jobs and sources.
+    describe_counter!("dash_jobs_enqueued_total", Unit::Count, "Jobs enqueued.");
+    describe_counter!("dash_jobs_runs_total", Unit::Count, "Jobs run, by kind and outcome.");
+    describe_counter!("dash_jobs_worker_restarts_total", Unit::Count, "Job workers restarted.");
+    describe_histogram!("dash_jobs_run_seconds", Unit::Seconds, "Job run time.");
+    describe_counter!("dash_source_polls_total", Unit::Count, "Source polls, by outcome.");
+    describe_counter!("dash_source_attempt_failures_total", Unit::Count, "Failed attempts within source polls.");
+    describe_counter!("dash_source_events_total", Unit::Count, "Events read by source polls.");
+    describe_histogram!("dash_source_poll_seconds", Unit::Seconds, "Source poll time.");
+}
