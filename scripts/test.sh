@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs Dash's whole test suite: formatting, lints, unit tests, and the integration suite twice:
-# on the embedded store (SQLite) and on PostgreSQL. Integration tests start the real dashd on
+# Runs Dash's whole test suite: formatting, lints, unit tests, and the integration suite three
+# times: on the embedded store (SQLite), on PostgreSQL, and on TimescaleDB. Integration tests start the real dashd on
 # port 0; PostgreSQL tests create a database of their own per test and drop it after.
 # The dashboard is also tested in headless Chromium, and roles apart over a private nats-server.
 # Anything the tests need that a fresh machine lacks is installed and started here.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -73,10 +74,92 @@ ensure_promtool() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
 }
 
+# TimescaleDB, built from its unmodified source (the vendored tarball beside the checkout, or
+# DASH_TIMESCALEDB_SOURCE naming the folder that holds it) into a private copy of the PostgreSQL
+# installation, never system-wide: the shared server on 5432 stays plain. The build is cached
+# (DASH_TEST_CACHE) and reused while its .so is there. Three private clusters on free ports: one
+# preloading TimescaleDB (the suite's third pass runs on it), one Apache-only, one where the
+# extension is installed but not preloaded (both for the layout-choice tests).
+TS_VERSION=2.28.3
+TS_CLUSTERS=""
+ts_pg_major() { ls /usr/lib/postgresql | sort -V | tail -n 1; }
+# Builds TimescaleDB when it is not cached; false (the pass is skipped) only when there is neither
+# a cached build nor the source.
+ensure_timescaledb() {
+    local major root src=""
+    major=$(ts_pg_major)
+    root="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/timescaledb-$TS_VERSION-pg$major"
+    if ! ls "$root/usr/lib/postgresql/$major/lib"/timescaledb*.so >/dev/null 2>&1; then
+        for dir in "${DASH_TIMESCALEDB_SOURCE:-}" ../shared/vendor ../../shared/vendor; do
+            if [ -n "$dir" ] && [ -f "$dir/timescaledb-$TS_VERSION.tar.gz" ] && [ -f "$dir/build-timescaledb.sh" ]; then
+                src=$(cd "$dir" && pwd)
+                break
+            fi
+        done
+        if [ -z "$src" ]; then
+            echo "!!"
+            echo "!! TimescaleDB pass SKIPPED: no cached build in $root and no source"
+            echo "!! (timescaledb-$TS_VERSION.tar.gz and build-timescaledb.sh; set DASH_TIMESCALEDB_SOURCE)."
+            echo "!!"
+            return 1
+        fi
+        echo "== building TimescaleDB $TS_VERSION into $root (cached for later runs)"
+        (cd "$src" && sha256sum -c --ignore-missing --quiet SHA256SUMS) || { echo "TimescaleDB source: checksum mismatch" >&2; exit 1; }
+        PRIVATE_ROOT="$root" PG_MAJOR="$major" bash "$src/build-timescaledb.sh" "$src/timescaledb-$TS_VERSION.tar.gz" \
+            || { echo "TimescaleDB build failed" >&2; exit 1; }
+    fi
+    TS_BIN="$root/usr/lib/postgresql/$major/bin"
+}
+start_timescale_clusters() {
+    TS_RUN=$(mktemp -d /tmp/dash-ts.XXXXXX)
+    chmod 755 "$TS_RUN"
+    trap stop_timescale_clusters EXIT
+    DASH_TEST_TIMESCALE_FULL=$(start_ts_cluster full "shared_preload_libraries = 'timescaledb'")
+    DASH_TEST_TIMESCALE_APACHE=$(start_ts_cluster apache "shared_preload_libraries = 'timescaledb'" "timescaledb.license = 'apache'")
+    DASH_TEST_TIMESCALE_NOT_PRELOADED=$(start_ts_cluster notpreloaded)
+    export DASH_TEST_TIMESCALE_FULL DASH_TEST_TIMESCALE_APACHE DASH_TEST_TIMESCALE_NOT_PRELOADED
+    export DASH_TEST_REQUIRE_TIMESCALE=1
+}
+as_postgres_user() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$1"; else bash -c "$1"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# start_ts_cluster NAME [postgresql.conf lines...] → prints its admin URL
+start_ts_cluster() {
+    local name=$1 dir="$TS_RUN/$1" port
+    shift
+    port=$(free_port)
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    as_postgres_user "'$TS_BIN/initdb' -D '$dir/data' -A trust -U postgres >/dev/null"
+    {
+        echo "port = $port"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "unix_socket_directories = '$dir'"
+        echo "timescaledb.telemetry_level = off"
+        echo "fsync = off"
+        for line in "$@"; do echo "$line"; done
+    } >>"$dir/data/postgresql.conf"
+    as_postgres_user "'$TS_BIN/pg_ctl' -D '$dir/data' -l '$dir/log' -w -t 60 start >/dev/null"
+    TS_CLUSTERS="$TS_CLUSTERS $dir"
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
+}
+stop_timescale_clusters() {
+    for dir in $TS_CLUSTERS; do
+        as_postgres_user "'$TS_BIN/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1" || true
+    done
+    [ -n "${TS_RUN:-}" ] && rm -rf "$TS_RUN"
+}
+
 ensure_postgres
 ensure_chromium
 ensure_nats_server
 ensure_promtool
+# A PostgreSQL test that cannot find its server fails rather than passing silently.
+export DASH_TEST_REQUIRE_POSTGRES=1
+TIMESCALE=0
+if ensure_timescaledb; then
+    TIMESCALE=1
+    start_timescale_clusters
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -87,3 +170,10 @@ cargo test --workspace --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
 echo "== cargo test (integration suite on PostgreSQL)"
 # --workspace keeps the features of the run above, so nothing is rebuilt for this one.
 DASH_TEST_BACKEND=postgres cargo test --workspace --test spine --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
+if [ "$TIMESCALE" = 1 ]; then
+    echo "== cargo test (store tests and the integration suite on TimescaleDB $TS_VERSION, preloaded)"
+    DASH_TEST_BACKEND=postgres DASH_TEST_POSTGRES="$DASH_TEST_TIMESCALE_FULL" DASH_TEST_TIMESCALE=1 \
+        cargo test --workspace --lib --test spine --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
+else
+    echo "!! TimescaleDB pass SKIPPED (see above)"
+fi

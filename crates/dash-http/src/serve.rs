@@ -272,9 +272,10 @@ impl Server {
     }
 
     /// Tells the connection that has waited longest without a request in progress to close.
-    /// False when every connection is busy.
+    /// False when every connection is busy (none idle, none already closing).
     fn evict_one(&self) -> bool {
         let registry = self.registry.lock().expect("connection registry");
+        let closing = registry.open.values().any(|c| c.phase.load(Ordering::Acquire) == CLOSING);
         let mut idle: Vec<&Arc<Connection>> = registry.open.values().filter(|c| c.evictable()).collect();
         idle.sort_unstable_by_key(|c| c.since_ms.load(Ordering::Acquire));
         // The oldest that is still idle as it is claimed (a request may have just begun on it).
@@ -284,7 +285,8 @@ impl Server {
                 connection.close.notify_one();
                 true
             }
-            None => false,
+            // One told to close earlier is still on its way out: its slot is coming.
+            None => closing,
         }
     }
 }

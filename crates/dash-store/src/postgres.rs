@@ -41,7 +41,7 @@ const DAY_MS: i64 = 86_400_000;
 /// How the events table is laid out; chosen once per database and recorded in `dash_meta`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// TimescaleDB hypertable, retention policy, continuous aggregate for the rollup.
+    /// TimescaleDB hypertable (one-day chunks made ahead); rollup maintained in the batch.
     Timescale,
     /// Native declarative range partitioning by day; rollup maintained in the batch transaction.
     Partitioned,
@@ -60,6 +60,8 @@ impl Layout {
 pub struct PgStore {
     pub(crate) pool: PgPool,
     layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
+    /// TimescaleDB: the days (UTC, unix ms) known to have a chunk, so a batch never makes one.
+    chunk_days: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 /// A batch's dedupe keys by `COPY`: the usual case, where every key is new. A key already there
@@ -88,7 +90,7 @@ const BATCH_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '10s'";
 
 /// A committing batch's totals, in one round trip: each touched pipeline gets its next `seq`
 /// and its counts ($1..$4, one element per pipeline), and the per-minute counts go into the
-/// rollup ($5..$7; empty with TimescaleDB, whose continuous aggregate counts them).
+/// rollup ($5..$7), on both layouts.
 ///
 /// The `pipelines` rows are locked in id order first (`ORDER BY … FOR UPDATE` locks rows as the
 /// sort hands them out), so two nodes' commits touching the same pipelines never deadlock.
@@ -160,7 +162,7 @@ impl PgStore {
             })
             .connect(url)
             .await?;
-        Ok(Self { pool, layout: Default::default() })
+        Ok(Self { pool, layout: Default::default(), chunk_days: Default::default() })
     }
 
     /// The connection pool, for components that keep their own tables in the same database
@@ -182,8 +184,17 @@ impl PgStore {
         let result = async {
             sqlx::migrate!("../../migrations/postgres").run(&mut *conn).await?;
             let layout = ensure_layout(&mut conn).await?;
-            if layout == Layout::Partitioned {
-                ensure_partitions(&mut conn, now_ms()).await?;
+            match layout {
+                Layout::Partitioned => {
+                    ensure_partitions(&mut conn, now_ms()).await?;
+                }
+                Layout::Timescale => {
+                    if timescale::retire_continuous_aggregate(&mut conn).await? {
+                        tracing::info!(
+                            "timescaledb: the continuous aggregate is replaced by the rollup kept in each batch"
+                        );
+                    }
+                }
             }
             Ok::<_, StoreError>(layout)
         }
@@ -192,7 +203,33 @@ impl PgStore {
         let layout = result?;
         unlocked?;
         let _ = self.layout.set(layout);
+        if layout == Layout::Timescale {
+            self.ensure_chunks_for(&days_around(now_ms())).await?;
+        }
         tracing::info!(layout = layout.as_str(), "postgres events layout");
+        Ok(())
+    }
+
+    /// TimescaleDB: makes sure each of `days` has its chunk before a batch writes into it.
+    async fn ensure_chunks_for(&self, days: &[i64]) -> Result<(), StoreError> {
+        let missing: Vec<i64> = {
+            let known = self.chunk_days.lock().expect("chunk days");
+            days.iter().copied().filter(|d| !known.contains(d)).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let made = timescale::ensure_chunks(&mut conn, &missing).await?;
+        if made > 0 {
+            tracing::debug!(made, "timescaledb chunks made ahead of their batches");
+        }
+        let mut known = self.chunk_days.lock().expect("chunk days");
+        // A bound on memory for senders that spread events over many years.
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        known.extend(missing);
         Ok(())
     }
 
@@ -316,6 +353,13 @@ impl PgStore {
 
         // Every COPY body is built before the transaction begins, so its connection never
         // waits on this task between statements.
+        if self.layout_or_default() == Layout::Timescale {
+            let mut days: Vec<i64> =
+                unique.iter().map(|e| e.event.time_ms - e.event.time_ms.rem_euclid(DAY_MS)).collect();
+            days.sort_unstable();
+            days.dedup();
+            self.ensure_chunks_for(&days).await?;
+        }
         let key_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(key_rows).collect();
         let mut event_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(event_rows).collect();
         let mut tx = BatchConn::begin(&self.pool).await?;
@@ -354,14 +398,12 @@ impl PgStore {
             }
         }
 
+        // The rollup is kept in the batch on both layouts, so series are exact on both.
         let mut minutes = RollupMinutes::default();
-        if self.layout_or_default() == Layout::Partitioned {
-            // With TimescaleDB the continuous aggregate counts them.
-            for ((pipeline, minute), count) in per_minute {
-                minutes.pipelines.push(pipeline.to_owned());
-                minutes.minutes.push(from_ms(minute));
-                minutes.counts.push(count);
-            }
+        for ((pipeline, minute), count) in per_minute {
+            minutes.pipelines.push(pipeline.to_owned());
+            minutes.minutes.push(from_ms(minute));
+            minutes.counts.push(count);
         }
         Ok(StagedPg { tx, tally, minutes })
     }
@@ -377,16 +419,12 @@ impl PgStore {
         to_ms: i64,
         bucket_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let source = match self.layout_or_default() {
-            Layout::Partitioned => "event_rollup_minute",
-            Layout::Timescale => timescale::ROLLUP_VIEW,
-        };
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = sqlx::query(
             "SELECT (floor((extract(epoch FROM minute) * 1000 - $2) / $4) * $4 + $2)::int8 AS bucket, \
-             sum(event_count)::int8 FROM {source} \
+             sum(event_count)::int8 FROM event_rollup_minute \
              WHERE pipeline_id = $1 AND minute >= to_timestamp($2 / 1000.0) AND minute < to_timestamp($3 / 1000.0) \
-             GROUP BY bucket ORDER BY bucket"
-        )))
+             GROUP BY bucket ORDER BY bucket",
+        )
         .bind(pipeline)
         .bind(from_ms)
         .bind(to_ms)
@@ -455,6 +493,9 @@ impl PgStore {
                 Layout::Timescale => {
                     report.partitions_dropped =
                         timescale::drop_chunks_before(&mut conn, from_ms(cutoffs.everyone)).await?;
+                    // Dropped days are no longer known to have a chunk; days ahead get theirs.
+                    self.chunk_days.lock().expect("chunk days").retain(|day| *day + DAY_MS > cutoffs.everyone);
+                    report.partitions_created = timescale::ensure_chunks(&mut conn, &days_around(now)).await?;
                 }
             }
             for (pipeline, cutoff) in &cutoffs.per_pipeline {
@@ -464,13 +505,11 @@ impl PgStore {
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
-                if layout == Layout::Partitioned {
-                    sqlx::query("DELETE FROM event_rollup_minute WHERE pipeline_id = $1 AND minute < $2")
-                        .bind(pipeline)
-                        .bind(from_ms(*cutoff))
-                        .execute(&mut *conn)
-                        .await?;
-                }
+                sqlx::query("DELETE FROM event_rollup_minute WHERE pipeline_id = $1 AND minute < $2")
+                    .bind(pipeline)
+                    .bind(from_ms(*cutoff))
+                    .execute(&mut *conn)
+                    .await?;
             }
             Ok::<_, StoreError>(report)
         }
@@ -645,8 +684,10 @@ async fn keep_new_keys(conn: &mut PgConnection, events: &mut Vec<&BatchEvent>) -
     Ok(())
 }
 
-/// Reads the recorded layout, or chooses and builds one: TimescaleDB when the extension can be
-/// created, native partitioning otherwise.
+/// Reads the recorded layout, or chooses and builds one: a TimescaleDB hypertable when the
+/// extension is installed and preloaded (either license), native partitioning otherwise. The
+/// choice, its tables and its record are one transaction: a failure leaves nothing half made,
+/// and the next start chooses again. A database that has a layout keeps it.
 async fn ensure_layout(conn: &mut PgConnection) -> Result<Layout, StoreError> {
     let recorded: Option<String> = sqlx::query_scalar("SELECT value FROM dash_meta WHERE key = 'events_layout'")
         .fetch_optional(&mut *conn)
@@ -656,32 +697,46 @@ async fn ensure_layout(conn: &mut PgConnection) -> Result<Layout, StoreError> {
         Some("partitioned") => return Ok(Layout::Partitioned),
         _ => {}
     }
-    let layout = if timescale::available(conn).await? {
-        match timescale::create_events(conn).await {
-            Ok(()) => Layout::Timescale,
-            Err(err) => {
-                tracing::warn!(error = %err, "timescaledb is available but could not be used; using native partitioning");
-                Layout::Partitioned
-            }
+    let offer = timescale::offer(conn).await?;
+    if let Some(why) = offer.refusal() {
+        tracing::info!(reason = why, "events layout: native partitioning");
+        return build_layout(conn, Layout::Partitioned).await;
+    }
+    match build_layout(conn, Layout::Timescale).await {
+        Ok(layout) => {
+            let license = offer.license.as_deref().unwrap_or("unknown");
+            tracing::info!(license, "events layout: timescaledb hypertable");
+            Ok(layout)
         }
-    } else {
-        Layout::Partitioned
-    };
-    if layout == Layout::Partitioned {
-        for statement in [
-            &format!("CREATE TABLE IF NOT EXISTS events ({EVENTS_COLUMNS}) PARTITION BY RANGE (event_time)"),
-            // Events far in the past or future, outside any day partition.
-            "CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT",
-            // Ascending: new events append at its right-hand end (see migration 0005).
-            "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time)",
-        ] {
-            sqlx::query(AssertSqlSafe(statement)).execute(&mut *conn).await?;
+        Err(err) => {
+            tracing::warn!(error = %err, "timescaledb is preloaded but could not be used; events layout: native partitioning");
+            build_layout(conn, Layout::Partitioned).await
+        }
+    }
+}
+
+/// Builds `layout` and records it, in one transaction.
+async fn build_layout(conn: &mut PgConnection, layout: Layout) -> Result<Layout, StoreError> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    match layout {
+        Layout::Timescale => timescale::create_events(&mut tx).await?,
+        Layout::Partitioned => {
+            for statement in [
+                &format!("CREATE TABLE IF NOT EXISTS events ({EVENTS_COLUMNS}) PARTITION BY RANGE (event_time)"),
+                // Events far in the past or future, outside any day partition.
+                "CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT",
+                // Ascending: new events append at its right-hand end (see migration 0005).
+                "CREATE INDEX IF NOT EXISTS events_pipeline_time ON events (pipeline_id, event_time)",
+            ] {
+                sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await?;
+            }
         }
     }
     sqlx::query("INSERT INTO dash_meta (key, value) VALUES ('events_layout', $1) ON CONFLICT (key) DO NOTHING")
         .bind(layout.as_str())
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(layout)
 }
 
@@ -691,6 +746,13 @@ fn partition_name(day_start_ms: i64) -> String {
 
 /// Creates the day partitions from yesterday to [`PARTITIONS_AHEAD_DAYS`] ahead. Rows already
 /// in the default partition for a new day are moved into it. Returns how many were created.
+/// The days (UTC starts, unix ms) kept ready: yesterday (late events) to [`PARTITIONS_AHEAD_DAYS`]
+/// ahead.
+fn days_around(now: i64) -> Vec<i64> {
+    let today = now - now.rem_euclid(DAY_MS);
+    (-1..=PARTITIONS_AHEAD_DAYS).map(|offset| today + offset * DAY_MS).collect()
+}
+
 async fn ensure_partitions(conn: &mut PgConnection, now: i64) -> Result<u64, StoreError> {
     let today = now - now.rem_euclid(DAY_MS);
     let mut created = 0;

@@ -8,9 +8,27 @@ use sqlx::postgres::PgConnection;
 /// Environment variable naming a PostgreSQL server the tests may create databases on.
 pub const ADMIN_URL_VAR: &str = "DASH_TEST_POSTGRES";
 
-/// The admin URL, when PostgreSQL tests are enabled.
+/// Set (by scripts/test.sh) where PostgreSQL tests must run: then a missing
+/// [`ADMIN_URL_VAR`] fails them instead of skipping them.
+pub const REQUIRE_VAR: &str = "DASH_TEST_REQUIRE_POSTGRES";
+
+/// The admin URL, when PostgreSQL tests are enabled. Panics when they are required
+/// ([`REQUIRE_VAR`]) and no server is named: a test that cannot run must not pass.
 pub fn admin_url() -> Option<String> {
-    std::env::var(ADMIN_URL_VAR).ok().filter(|u| !u.is_empty())
+    let url = std::env::var(ADMIN_URL_VAR).ok().filter(|u| !u.is_empty());
+    if url.is_none() && std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
+        panic!("{REQUIRE_VAR}=1 but {ADMIN_URL_VAR} names no PostgreSQL server");
+    }
+    url
+}
+
+/// Set (by scripts/test.sh) when the suite runs on a TimescaleDB server: the store tests then
+/// check that the hypertable layout is the one in use.
+pub const TIMESCALE_VAR: &str = "DASH_TEST_TIMESCALE";
+
+/// Whether the PostgreSQL server under test is a preloaded TimescaleDB.
+pub fn on_timescale() -> bool {
+    std::env::var(TIMESCALE_VAR).is_ok_and(|v| v == "1")
 }
 
 /// Creates an empty database and returns its URL.

@@ -313,7 +313,7 @@ async fn idle_and_half_open_sockets_give_way_to_real_clients() {
         held.push(tcp);
     }
     // The attack's steady state: the cap is full of the attacker's idle sockets.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // Real clients still get through, each on a fresh connection.
     for i in 0..5 {
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();

@@ -15,3 +15,4 @@ mod proxy;
 mod retention;
 mod roles;
 mod support;
+mod timescale;

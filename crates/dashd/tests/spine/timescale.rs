@@ -1,0 +1,70 @@
+//! `dashd` on every kind of PostgreSQL server it may meet: plain, TimescaleDB preloaded,
+//! TimescaleDB Apache-only, and TimescaleDB installed but not preloaded. Each starts, chooses
+//! (and logs) its layout, stores events, and keeps its layout across a kill -9 and a restart.
+//!
+//! The servers are private clusters scripts/test.sh starts (`DASH_TEST_TIMESCALE_*`); without
+//! them the test is skipped with a note, unless `DASH_TEST_REQUIRE_TIMESCALE=1` says they must be
+//! there. It runs in the SQLite pass only (its servers are its own, whatever the pass).
+
+use std::time::Duration;
+
+use crate::support::TestServer;
+
+fn cluster(var: &str) -> Option<String> {
+    let url = std::env::var(var).ok().filter(|u| !u.is_empty());
+    if url.is_none() && std::env::var("DASH_TEST_REQUIRE_TIMESCALE").is_ok_and(|v| v == "1") {
+        panic!("DASH_TEST_REQUIRE_TIMESCALE=1 but {var} is not set");
+    }
+    url
+}
+
+#[tokio::test]
+async fn dashd_starts_on_every_kind_of_server_and_keeps_its_layout() {
+    if std::env::var("DASH_TEST_BACKEND").is_ok() {
+        return; // runs once, in the first pass
+    }
+    let kinds = [
+        ("plain", dash_store::testing::admin_url(), "partitioned"),
+        ("preloaded", cluster("DASH_TEST_TIMESCALE_FULL"), "timescale"),
+        ("apache-only", cluster("DASH_TEST_TIMESCALE_APACHE"), "timescale"),
+        ("installed, not preloaded", cluster("DASH_TEST_TIMESCALE_NOT_PRELOADED"), "partitioned"),
+    ];
+    for (kind, admin, layout) in kinds {
+        let Some(admin) = admin else {
+            eprintln!("note: no {kind} server; skipped");
+            continue;
+        };
+        let url = dash_store::testing::create_database(&admin).await.unwrap();
+        let mut server = TestServer::start(&[("DATABASE_URL", &url), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+        assert!(server.log().contains(&format!("layout=\"{layout}\"")), "{kind}: {}", server.log());
+        let p = server.create_pipeline("kinds").await;
+        for i in 0..5 {
+            assert_eq!(server.post_json(&p, &format!("a{i}"), "{}").await.status(), 202, "{kind}");
+        }
+        // A backfilled day and a day far ahead: no chunk or partition was made for either.
+        let old = r#"{"id":"old","timestamp":"2020-02-29T12:00:00Z"}"#;
+        let ahead = r#"{"id":"ahead","timestamp":"2031-01-01T00:00:00Z"}"#;
+        assert_eq!(server.post_json(&p, "old", old).await.status(), 202);
+        assert_eq!(server.post_json(&p, "ahead", ahead).await.status(), 202);
+        server.wait_for_count(&p, 7, Duration::from_secs(20)).await;
+
+        server.kill9();
+        server.restart();
+        let other = if layout == "timescale" { "partitioned" } else { "timescale" };
+        let log = server.log();
+        let says = |name: &str| log.contains(&format!("layout=\"{name}\""));
+        assert!(says(layout) && !says(other), "{kind}: {log}");
+        assert_eq!(server.post_json(&p, "after", "{}").await.status(), 202);
+        server.wait_for_count(&p, 8, Duration::from_secs(20)).await;
+        let series = server
+            .get_json(&format!(
+                "/api/pipelines/{}/series?from=2020-02-29T00:00:00Z&to=2020-03-01T00:00:00Z&bucket=1h",
+                p.id
+            ))
+            .await;
+        let total: i64 = series["points"].as_array().unwrap().iter().map(|p| p["count"].as_i64().unwrap()).sum();
+        assert_eq!(total, 1, "{kind}: the backfilled event is in its series at once: {series}");
+        drop(server);
+        dash_store::testing::drop_database(&admin, &url).await.unwrap();
+    }
+}
