@@ -81,7 +81,6 @@ ensure_promtool() {
 # preloading TimescaleDB (the suite's third pass runs on it), one Apache-only, one where the
 # extension is installed but not preloaded (both for the layout-choice tests).
 TS_VERSION=2.28.3
-TS_CLUSTERS=""
 ts_pg_major() { ls /usr/lib/postgresql | sort -V | tail -n 1; }
 # Builds TimescaleDB when it is not cached; false (the pass is skipped) only when there is neither
 # a cached build nor the source.
@@ -139,14 +138,14 @@ start_ts_cluster() {
         for line in "$@"; do echo "$line"; done
     } >>"$dir/data/postgresql.conf"
     as_postgres_user "'$TS_BIN/pg_ctl' -D '$dir/data' -l '$dir/log' -w -t 60 start >/dev/null"
-    TS_CLUSTERS="$TS_CLUSTERS $dir"
     echo "postgres://postgres@127.0.0.1:$port/postgres"
 }
 stop_timescale_clusters() {
-    for dir in $TS_CLUSTERS; do
-        as_postgres_user "'$TS_BIN/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1" || true
+    [ -n "${TS_RUN:-}" ] || return 0
+    for data in "$TS_RUN"/*/data; do
+        [ -d "$data" ] && as_postgres_user "'$TS_BIN/pg_ctl' -D '$data' -m immediate stop >/dev/null 2>&1" || true
     done
-    [ -n "${TS_RUN:-}" ] && rm -rf "$TS_RUN"
+    rm -rf "$TS_RUN"
 }
 
 ensure_postgres
