@@ -148,6 +148,34 @@ stop_timescale_clusters() {
     rm -rf "$TS_RUN"
 }
 
+# Schemathesis (PyPI), pinned, in a virtualenv of the test cache; it checks every operation of
+# /api/openapi.json against the real dashd (the debug build the tests just made) and fails on
+# any check it reports (scripts/schemathesis.toml says which checks are off where, and why).
+SCHEMATHESIS_VERSION=4.32.5
+run_schemathesis() {
+    local venv="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/schemathesis-$SCHEMATHESIS_VERSION"
+    if [ ! -x "$venv/bin/st" ]; then
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    local dir port pid status=0 dashd
+    dashd="$(pwd)/target/debug/dashd"
+    dir=$(mktemp -d /tmp/dash-st.XXXXXX)
+    port=$(free_port)
+    (cd "$dir" && exec env -i PATH="$PATH" DASH_LISTEN="127.0.0.1:$port" "$dashd" serve >"$dir/dashd.log" 2>&1) &
+    pid=$!
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    "$venv/bin/st" --config-file scripts/schemathesis.toml run "http://127.0.0.1:$port/api/openapi.json" \
+        --max-examples 20 --max-time 60 --request-timeout 10 --no-color \
+        --suppress-health-check=filter_too_much,too_slow >"$dir/st.log" 2>&1 || status=$?
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    if grep -q panicked "$dir/dashd.log"; then status=1; echo "dashd panicked under schemathesis:"; cat "$dir/dashd.log"; fi
+    tail -n 12 "$dir/st.log"
+    if [ "$status" != 0 ]; then cat "$dir/st.log"; rm -rf "$dir"; return 1; fi
+    rm -rf "$dir"
+}
+
 ensure_postgres
 ensure_chromium
 ensure_nats_server
@@ -166,6 +194,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (SQLite integration suite; store tests on both backends)"
 cargo test --workspace --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
+echo "== schemathesis (the OpenAPI document against the real server, 60 s)"
+run_schemathesis
+
 echo "== cargo test (integration suite on PostgreSQL)"
 # --workspace keeps the features of the run above, so nothing is rebuilt for this one.
 DASH_TEST_BACKEND=postgres cargo test --workspace --test spine --locked -- --test-threads "${DASH_TEST_THREADS:-4}"

@@ -97,15 +97,17 @@ impl EventId {
     }
 }
 
-/// Longest pipeline name, in bytes.
-pub const PIPELINE_NAME_MAX: usize = 200;
+/// Longest pipeline name, in characters (its id, a slug of it, is never longer).
+pub const PIPELINE_NAME_MAX: usize = PIPELINE_ID_MAX;
+/// Longest text a lookup by id or name may be, in bytes.
+const LOOKUP_KEY_MAX: usize = 4 * PIPELINE_NAME_MAX;
 
-/// Checks a pipeline's display name: 1 to [`PIPELINE_NAME_MAX`] bytes once trimmed, no control
-/// characters (which no store keeps the same way: PostgreSQL refuses NUL in text).
+/// Checks a pipeline's display name: 1 to [`PIPELINE_NAME_MAX`] characters once trimmed, no
+/// control characters (which no store keeps the same way: PostgreSQL refuses NUL in text).
 pub fn check_pipeline_name(name: &str) -> Result<(), InvalidId> {
     let name = name.trim();
-    if name.is_empty() || name.len() > PIPELINE_NAME_MAX {
-        return Err(InvalidId(format!("pipeline name must be 1 to {PIPELINE_NAME_MAX} bytes")));
+    if name.is_empty() || name.chars().count() > PIPELINE_NAME_MAX {
+        return Err(InvalidId(format!("pipeline name must be 1 to {PIPELINE_NAME_MAX} characters")));
     }
     if has_control(name) {
         return Err(InvalidId("pipeline name must not contain control characters".into()));
@@ -116,7 +118,7 @@ pub fn check_pipeline_name(name: &str) -> Result<(), InvalidId> {
 /// Whether `text` could name or identify a pipeline at all; lookups of anything else find
 /// nothing without asking a store (so NUL or a megabyte of text never reaches the database).
 pub fn is_lookup_key(text: &str) -> bool {
-    !text.is_empty() && text.len() <= PIPELINE_NAME_MAX && !has_control(text)
+    !text.is_empty() && text.len() <= LOOKUP_KEY_MAX && !has_control(text)
 }
 
 /// Whether `text` holds a Unicode control character (`char::is_control`: U+0000..=U+001F and
@@ -148,9 +150,10 @@ mod tests {
         assert!(check_pipeline_name("nul\u{0}name").is_err());
         assert!(check_pipeline_name("tab\tname").is_err());
         assert!(check_pipeline_name("   ").is_err());
-        assert!(check_pipeline_name(&"n".repeat(201)).is_err());
+        assert!(check_pipeline_name(&"n".repeat(64)).is_err());
+        assert!(check_pipeline_name(&"é".repeat(62)).is_ok(), "characters, not bytes");
         assert!(is_lookup_key("orders") && is_lookup_key("Orders API"));
-        assert!(!is_lookup_key("a\u{0}b") && !is_lookup_key("") && !is_lookup_key(&"a".repeat(201)));
+        assert!(!is_lookup_key("a\u{0}b") && !is_lookup_key("") && !is_lookup_key(&"a".repeat(253)));
     }
 
     #[test]
