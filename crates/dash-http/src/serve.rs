@@ -26,7 +26,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
@@ -56,6 +56,8 @@ const UPGRADED: u8 = 3;
 const CLOSING: u8 = 4;
 
 struct Connection {
+    /// Requests handed to the router on this connection (for [`JsonErrorsIo`]).
+    served: AtomicU64,
     phase: AtomicU8,
     /// Milliseconds since the server started, when `phase` last changed.
     since_ms: AtomicU64,
@@ -204,6 +206,7 @@ impl Drop for Registered {
 impl Server {
     fn spawn_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let connection = Arc::new(Connection {
+            served: AtomicU64::new(0),
             phase: AtomicU8::new(FRESH),
             since_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
             close: Notify::new(),
@@ -233,6 +236,7 @@ impl Server {
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(slot.clone());
             async move {
+                state.served.fetch_add(1, Ordering::AcqRel);
                 state.enter(BUSY, &clock);
                 let response =
                     router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
@@ -247,7 +251,10 @@ impl Server {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(
+                TokioIo::new(JsonErrorsIo { tcp, connection: me.clone(), heads: 0, pending: None }),
+                service,
+            )
             .with_upgrades();
         tokio::pin!(connection);
         let mut closing = false;
@@ -354,4 +361,132 @@ async fn refuse(mut tcp: TcpStream) {
         tcp.shutdown().await
     })
     .await;
+}
+
+/// The connection's socket, as hyper sees it. hyper answers some malformed requests itself,
+/// before any request reaches the router (431 for a head past its buffer, 400 for broken framing,
+/// 414): a bare status line and an empty body. Those answers are rewritten here into the
+/// contract's JSON error. They are told apart from Dash's own answers by counting: every answer
+/// of Dash's follows a request the router was handed, so a response head beyond that count is
+/// hyper's. hyper closes the connection after such an answer.
+struct JsonErrorsIo {
+    tcp: TcpStream,
+    connection: Arc<Connection>,
+    /// Final (non-1xx) response heads written so far.
+    heads: u64,
+    /// A rewritten answer not yet wholly written, and how much of it is.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+impl JsonErrorsIo {
+    fn poll_pending(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.pending {
+            if *written == bytes.len() {
+                self.pending = None;
+                break;
+            }
+            let n = std::task::ready!(std::pin::Pin::new(&mut self.tcp).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The status of a response head hyper is writing, if `buf` starts one.
+fn response_status(buf: &[u8]) -> Option<u16> {
+    std::str::from_utf8(buf.strip_prefix(b"HTTP/1.1 ")?.get(..3)?).ok()?.parse().ok()
+}
+
+/// hyper's own error answer (a 4xx with an empty body), as the contract's JSON.
+fn json_for_hyper_error(status: u16, head: &[u8]) -> Option<Vec<u8>> {
+    let empty = head.windows(19).any(|w| w.eq_ignore_ascii_case(b"content-length: 0\r\n"));
+    if !(400..500).contains(&status) || !empty {
+        return None;
+    }
+    let (code, message) = match status {
+        414 => ("uri_too_long", "the request target is too long"),
+        431 => ("headers_too_large", "the request's headers are too large"),
+        _ => ("bad_request", "the request could not be read as HTTP/1.1"),
+    };
+    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+    let reason = hyper::StatusCode::from_u16(status).ok()?.canonical_reason().unwrap_or("Error");
+    let answer = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Some(answer.into_bytes())
+}
+
+impl AsyncRead for JsonErrorsIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for JsonErrorsIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(status) = response_status(buf).filter(|s| *s >= 200) {
+            let ours = self.heads < self.connection.served.load(Ordering::Acquire);
+            self.heads += 1;
+            if !ours && let Some(json) = json_for_hyper_error(status, buf) {
+                // Taken whole; what the socket does not take now goes out on flush.
+                self.pending = Some((json, 0));
+                if let std::task::Poll::Ready(Err(err)) = self.poll_pending(cx) {
+                    return std::task::Poll::Ready(Err(err));
+                }
+                return std::task::Poll::Ready(Ok(buf.len()));
+            }
+        }
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hypers_empty_4xx_answers_are_rewritten() {
+        let hyper_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let json = String::from_utf8(json_for_hyper_error(431, hyper_431).unwrap()).unwrap();
+        assert!(json.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{json}");
+        assert!(
+            json.ends_with(r#"{"error":{"code":"headers_too_large","message":"the request's headers are too large"}}"#)
+        );
+        let body_len = json.split("\r\n\r\n").nth(1).unwrap().len();
+        assert!(json.contains(&format!("content-length: {body_len}\r\n")));
+        assert!(json_for_hyper_error(400, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\n\r\n").is_none());
+        assert!(json_for_hyper_error(200, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert_eq!(response_status(b"HTTP/1.1 414 URI Too Long\r\n"), Some(414));
+        assert_eq!(response_status(b"{\"a\":1}"), None);
+    }
 }

@@ -285,6 +285,25 @@ async fn errors_made_outside_the_handlers_are_json_too() {
     let raw = raw_request(&server, "GET /api/pipelines/%FF%FE HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 4"), "{raw}");
     assert!(raw.to_ascii_lowercase().contains("content-type: application/json"), "{raw}");
+    // What hyper answers before a request exists: too many headers, a head past its buffer,
+    // a request line that is not HTTP.
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge = format!("X-Big: {}\r\n", "a".repeat(600 * 1024));
+    for (request, status) in [
+        (format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}\r\n"), "431"),
+        (format!("GET /health HTTP/1.1\r\nHost: x\r\n{huge}\r\n"), "431"),
+        ("NOT HTTP AT ALL\r\n\r\n".to_owned(), "400"),
+    ] {
+        let raw = raw_request(&server, &request).await;
+        assert!(raw.starts_with(&format!("HTTP/1.1 {status}")), "{raw:.200}");
+        let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+        let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw:.300}"));
+        assert!(error["error"]["code"].is_string(), "{error}");
+    }
+    // A keep-alive connection's own 4xx answers stay Dash's (counted, never rewritten).
+    let two = "GET /api/pipelines/nope HTTP/1.1\r\nHost: x\r\n\r\nGET /api/pipelines/nope2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let raw = raw_request(&server, two).await;
+    assert_eq!(raw.matches("pipeline_not_found").count(), 2, "{raw}");
 }
 
 /// Sends `request` as raw bytes and reads the answer until the server closes.
