@@ -72,14 +72,10 @@ impl IntoResponse for ApiError {
 /// empty; they are rewritten here with a code named after the status. Pages (HTML) and answers
 /// that are JSON already pass as they are.
 pub(crate) async fn json_errors(response: Response) -> Response {
+    if !needs_json(&response) {
+        return response;
+    }
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type.starts_with("application/json") || content_type.starts_with("text/html") {
-        return response;
-    }
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
@@ -105,6 +101,16 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         }
     }
     rewritten
+}
+
+/// Whether `response` is an error answer that is not yet the contract's JSON (nor a page).
+pub(crate) fn needs_json(response: &Response) -> bool {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return false;
+    }
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    !(content_type.starts_with("application/json") || content_type.starts_with("text/html"))
 }
 
 /// A handler that panicked answers 500 with the contract's JSON (the panic is logged), and the

@@ -150,11 +150,9 @@ pub fn router(state: AppState) -> Router {
     if state.node.role != "ingestor" {
         router = router.merge(pages::router(state.clone()));
     }
-    router
-        .fallback(not_found)
-        .layer(axum::middleware::map_response(error::json_errors))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
-        .with_state(state)
+    // Error answers made outside the handlers are turned into JSON, and a panicking handler
+    // into a 500, by the server loop (`serve`), around the whole router.
+    router.fallback(not_found).with_state(state)
 }
 
 async fn not_found() -> ApiError {

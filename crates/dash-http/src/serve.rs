@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -238,8 +239,17 @@ impl Server {
             async move {
                 state.served.fetch_add(1, Ordering::AcqRel);
                 state.enter(BUSY, &clock);
-                let response =
-                    router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
+                // A handler that panics answers 500 and the connection goes on.
+                let handled = std::panic::AssertUnwindSafe(router.oneshot(request.map(Body::new))).catch_unwind().await;
+                let mut response = match handled {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(panic) => crate::error::panicked(panic),
+                };
+                // Every error answer is the contract's JSON, also those made outside the handlers.
+                if crate::error::needs_json(&response) {
+                    response = crate::error::json_errors(response).await;
+                }
                 if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                     state.enter(UPGRADED, &clock);
                     return Ok::<_, Infallible>(response);

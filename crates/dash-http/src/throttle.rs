@@ -30,13 +30,19 @@ type Keyed = RateLimiter<IpAddr, governor::state::keyed::HashMapStateStore<IpAdd
 pub struct AuthThrottle {
     limiter: Keyed,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
+    /// Whether any address was ever blocked: until then `admit` takes no lock.
+    any_blocked: std::sync::atomic::AtomicBool,
 }
 
 impl Default for AuthThrottle {
     fn default() -> Self {
         let quota = Quota::per_second(NonZeroU32::new(FAILURES_PER_SEC).expect("non-zero"))
             .allow_burst(NonZeroU32::new(FAILURES_BURST).expect("non-zero"));
-        Self { limiter: RateLimiter::hashmap(quota), blocked: Mutex::new(HashMap::new()) }
+        Self {
+            limiter: RateLimiter::hashmap(quota),
+            blocked: Mutex::new(HashMap::new()),
+            any_blocked: Default::default(),
+        }
     }
 }
 
@@ -44,6 +50,9 @@ impl AuthThrottle {
     /// Before credentials are checked: 429 while the address is blocked.
     pub(crate) fn admit(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
         let Some(ip) = peer else { return Ok(()) };
+        if !self.any_blocked.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let blocked = self.blocked.lock().expect("throttle lock");
         match blocked.get(&ip) {
             Some(until) if *until > Instant::now() => Err(too_many(*until - Instant::now())),
@@ -69,6 +78,7 @@ impl AuthThrottle {
                     blocked.retain(|_, until| *until > now);
                 }
                 blocked.insert(ip, Instant::now() + wait);
+                self.any_blocked.store(true, std::sync::atomic::Ordering::Release);
                 metrics::counter!("dash_auth_throttled_total").increment(1);
                 tracing::warn!(%ip, wait_ms = wait.as_millis() as u64, "too many failed authentications; throttled");
                 too_many(wait)
