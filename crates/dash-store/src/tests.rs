@@ -434,3 +434,42 @@ async fn concurrent_batches_on_a_day_without_a_chunk_all_commit_at_once() {
     assert_eq!(store.find_pipeline("ahead").await.unwrap().unwrap().stats.count, 600);
     backend.cleanup().await;
 }
+
+/// A database an earlier version set up on TimescaleDB had a continuous aggregate as its rollup
+/// (and no rollup rows): the next migration drops it and rebuilds the rollup from the events, so
+/// its series are exact from then on.
+#[tokio::test]
+async fn an_earlier_continuous_aggregate_is_replaced_by_the_rebuilt_rollup() {
+    let Some(admin) = testing::admin_url() else { return };
+    if !testing::on_timescale() {
+        return; // only a TimescaleDB server can hold the earlier layout
+    }
+    let backend = postgres(&admin).await;
+    let Store::Postgres(pg) = &backend.store else { unreachable!() };
+    let pool = pg_pool(pg);
+    backend.store.create_pipeline("old").await.unwrap();
+    let now = dash_domain::now_ms();
+    let batch: Vec<BatchEvent> = (0..30).map(|i| event("old", &format!("o{i}"), now - i * 7 * MINUTE_MS)).collect();
+    backend.store.write_batch(&batch).await.unwrap();
+    // As the earlier version left it: the aggregate, and no rollup rows of its own.
+    sqlx::raw_sql(
+        "DELETE FROM event_rollup_minute; \
+         CREATE MATERIALIZED VIEW event_rollup_minute_cagg WITH (timescaledb.continuous) AS \
+         SELECT pipeline_id, time_bucket(INTERVAL '1 minute', event_time) AS minute, count(*) AS event_count \
+         FROM events GROUP BY pipeline_id, minute WITH NO DATA",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    backend.store.migrate().await.unwrap();
+    let left: bool = sqlx::query_scalar("SELECT to_regclass('event_rollup_minute_cagg') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!left, "the aggregate is gone");
+    let (from, to) = (now - now.rem_euclid(HOUR_MS) - 5 * HOUR_MS, now - now.rem_euclid(HOUR_MS) + HOUR_MS);
+    let series = backend.store.series("old", from, to, HOUR_MS).await.unwrap();
+    assert_eq!(series, raw_counts(&backend.store, "old", from, to, HOUR_MS).await);
+    assert_eq!(series.iter().map(|p| p.count).sum::<i64>(), 30);
+    backend.cleanup().await;
+}

@@ -354,6 +354,17 @@ async fn idle_and_half_open_sockets_give_way_to_real_clients() {
     }
     server.wait_for_count(&p, 5, Duration::from_secs(10)).await;
 
+    // A keep-alive connection left idle after its request is closed once the deadline passes.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 512];
+    let n = idle.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(20), idle.read(&mut first)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "idle keep-alive closed: {closed:?}");
+    assert!(idle_since.elapsed() < Duration::from_secs(15), "{:?}", idle_since.elapsed());
+
     // A silent connection is closed once the header deadline passes.
     let mut silent = TcpStream::connect(&addr).await.unwrap();
     let started = Instant::now();
