@@ -83,12 +83,20 @@ ensure_promtool() {
 TS_VERSION=2.28.3
 ts_pg_major() { ls /usr/lib/postgresql | sort -V | tail -n 1; }
 # Builds TimescaleDB when it is not cached; false (the pass is skipped) only when there is neither
-# a cached build nor the source.
+# a cached build nor the source, and then only where a skip is allowed: with
+# DASH_REQUIRE_TIMESCALE=1 (.ci/run sets it) a skip fails the run. The build goes into a folder
+# of its own and is moved into place with a stamp once complete, under a lock, so an interrupted
+# or concurrent build is never taken for a finished one.
 ensure_timescaledb() {
-    local major root src=""
+    local major root src="" cache
     major=$(ts_pg_major)
-    root="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/timescaledb-$TS_VERSION-pg$major"
-    if ! ls "$root/usr/lib/postgresql/$major/lib"/timescaledb*.so >/dev/null 2>&1; then
+    cache="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}"
+    root="$cache/timescaledb-$TS_VERSION-pg$major"
+    mkdir -p "$cache"
+    chmod 755 "$cache"
+    exec 9>"$cache/timescaledb.lock"
+    flock 9
+    if [ ! -f "$root/.complete" ]; then
         for dir in "${DASH_TIMESCALEDB_SOURCE:-}" ../shared/vendor ../../shared/vendor; do
             if [ -n "$dir" ] && [ -f "$dir/timescaledb-$TS_VERSION.tar.gz" ] && [ -f "$dir/build-timescaledb.sh" ]; then
                 src=$(cd "$dir" && pwd)
@@ -100,13 +108,23 @@ ensure_timescaledb() {
             echo "!! TimescaleDB pass SKIPPED: no cached build in $root and no source"
             echo "!! (timescaledb-$TS_VERSION.tar.gz and build-timescaledb.sh; set DASH_TIMESCALEDB_SOURCE)."
             echo "!!"
+            flock -u 9
+            if [ "${DASH_REQUIRE_TIMESCALE:-0}" = 1 ]; then
+                echo "DASH_REQUIRE_TIMESCALE=1: the TimescaleDB pass must run here" >&2
+                exit 1
+            fi
             return 1
         fi
         echo "== building TimescaleDB $TS_VERSION into $root (cached for later runs)"
         (cd "$src" && sha256sum -c --ignore-missing --quiet SHA256SUMS) || { echo "TimescaleDB source: checksum mismatch" >&2; exit 1; }
-        PRIVATE_ROOT="$root" PG_MAJOR="$major" bash "$src/build-timescaledb.sh" "$src/timescaledb-$TS_VERSION.tar.gz" \
+        rm -rf "$root.building" "$root"
+        PRIVATE_ROOT="$root.building" PG_MAJOR="$major" bash "$src/build-timescaledb.sh" "$src/timescaledb-$TS_VERSION.tar.gz" \
             || { echo "TimescaleDB build failed" >&2; exit 1; }
+        ls "$root.building/usr/lib/postgresql/$major/lib"/timescaledb*.so >/dev/null
+        mv "$root.building" "$root"
+        touch "$root/.complete"
     fi
+    flock -u 9
     TS_BIN="$root/usr/lib/postgresql/$major/bin"
 }
 start_timescale_clusters() {
@@ -137,7 +155,8 @@ start_ts_cluster() {
         echo "fsync = off"
         for line in "$@"; do echo "$line"; done
     } >>"$dir/data/postgresql.conf"
-    as_postgres_user "'$TS_BIN/pg_ctl' -D '$dir/data' -l '$dir/log' -w -t 60 start >/dev/null"
+    as_postgres_user "'$TS_BIN/pg_ctl' -D '$dir/data' -l '$dir/log' -w -t 60 start >/dev/null" \
+        || { echo "TimescaleDB cluster $name did not start:" >&2; cat "$dir/log" >&2; exit 1; }
     echo "postgres://postgres@127.0.0.1:$port/postgres"
 }
 stop_timescale_clusters() {
@@ -158,16 +177,22 @@ run_schemathesis() {
         python3 -m venv "$venv"
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
     fi
-    local dir port pid status=0 dashd
+    local dir port pid status=0 dashd config up=0
     dashd="$(pwd)/target/debug/dashd"
+    config="$(pwd)/scripts/schemathesis.toml"
     dir=$(mktemp -d /tmp/dash-st.XXXXXX)
     port=$(free_port)
     (cd "$dir" && exec env -i PATH="$PATH" DASH_LISTEN="127.0.0.1:$port" "$dashd" serve >"$dir/dashd.log" 2>&1) &
     pid=$!
-    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
-    "$venv/bin/st" --config-file scripts/schemathesis.toml run "http://127.0.0.1:$port/api/openapi.json" \
+    for _ in $(seq 1 100); do
+        if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; then up=1; break; fi
+        sleep 0.1
+    done
+    if [ "$up" != 1 ]; then echo "dashd did not start for schemathesis:"; cat "$dir/dashd.log"; return 1; fi
+    # Run from its own folder: Schemathesis keeps a cache in the working directory.
+    (cd "$dir" && "$venv/bin/st" --config-file "$config" run "http://127.0.0.1:$port/api/openapi.json" \
         --max-examples 20 --max-time 60 --request-timeout 10 --no-color \
-        --suppress-health-check=filter_too_much,too_slow >"$dir/st.log" 2>&1 || status=$?
+        --suppress-health-check=filter_too_much,too_slow >"$dir/st.log" 2>&1) || status=$?
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     if grep -q panicked "$dir/dashd.log"; then status=1; echo "dashd panicked under schemathesis:"; cat "$dir/dashd.log"; fi
@@ -176,6 +201,18 @@ run_schemathesis() {
     rm -rf "$dir"
 }
 
+# python3 with venv (Schemathesis's virtualenv, free ports) and curl.
+ensure_python() {
+    if command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
+        && command -v curl >/dev/null 2>&1; then
+        return
+    fi
+    echo "== installing python3, python3-venv, curl"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv curl >/dev/null
+}
+
+ensure_python
 ensure_postgres
 ensure_chromium
 ensure_nats_server

@@ -69,7 +69,8 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
     }
     let path = request.uri().path();
     if path.ends_with("/panel") || path.ends_with("/row") || path == "/cluster/nodes" {
-        return html(StatusCode::UNAUTHORIZED, String::new());
+        // Never an empty 4xx: the server loop takes those for the HTTP library's own.
+        return html(StatusCode::UNAUTHORIZED, "<!-- sign in again -->".to_owned());
     }
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let query = serde_urlencoded::to_string([("next", target)]).unwrap_or_default();

@@ -277,8 +277,10 @@ impl Server {
                     return;
                 }
                 () = me.close.notified(), if !closing => {
-                    // Nothing in progress: close now (a half-sent head is not waited for).
-                    if me.phase.load(Ordering::Acquire) == CLOSING || me.claim_for_closing() {
+                    // Never served (silent, or a half-sent head): dropped at once. Served before:
+                    // closed gracefully, so the tail of its last answer still reaches the client.
+                    let idle = me.phase.load(Ordering::Acquire) == CLOSING || me.claim_for_closing();
+                    if idle && me.served.load(Ordering::Acquire) == 0 {
                         return;
                     }
                     connection.as_mut().graceful_shutdown();
@@ -382,7 +384,8 @@ async fn refuse(mut tcp: TcpStream) {
 struct JsonErrorsIo {
     tcp: TcpStream,
     connection: Arc<Connection>,
-    /// Final (non-1xx) response heads written so far.
+    /// Final (non-1xx) response heads written so far; `u64::MAX` once the connection is
+    /// upgraded (WebSocket frames follow, never looked at).
     heads: u64,
     /// A rewritten answer not yet wholly written, and how much of it is.
     pending: Option<(Vec<u8>, usize)>,
@@ -407,12 +410,15 @@ impl JsonErrorsIo {
 
 /// The status of a response head hyper is writing, if `buf` starts one.
 fn response_status(buf: &[u8]) -> Option<u16> {
-    std::str::from_utf8(buf.strip_prefix(b"HTTP/1.1 ")?.get(..3)?).ok()?.parse().ok()
+    let rest = buf.strip_prefix(b"HTTP/1.1 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
+    std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()
 }
 
-/// hyper's own error answer (a 4xx with an empty body), as the contract's JSON.
-fn json_for_hyper_error(status: u16, head: &[u8]) -> Option<Vec<u8>> {
-    let empty = head.windows(19).any(|w| w.eq_ignore_ascii_case(b"content-length: 0\r\n"));
+/// hyper's own error answer (a 4xx whose head says its body is empty), as the contract's JSON.
+/// Dash itself never sends an empty 4xx.
+fn json_for_hyper_error(status: u16, buf: &[u8]) -> Option<Vec<u8>> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |at| at + 2);
+    let empty = buf[..head_end].windows(19).any(|w| w.eq_ignore_ascii_case(b"content-length: 0\r\n"));
     if !(400..500).contains(&status) || !empty {
         return None;
     }
@@ -448,10 +454,14 @@ impl AsyncWrite for JsonErrorsIo {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::task::ready!(self.poll_pending(cx))?;
-        if let Some(status) = response_status(buf).filter(|s| *s >= 200) {
+        let status = match self.heads {
+            u64::MAX => None,
+            _ => response_status(buf).filter(|s| *s >= 200),
+        };
+        if let Some(status) = status {
             let ours = self.heads < self.connection.served.load(Ordering::Acquire);
-            self.heads += 1;
             if !ours && let Some(json) = json_for_hyper_error(status, buf) {
+                self.heads += 1;
                 // Taken whole; what the socket does not take now goes out on flush.
                 self.pending = Some((json, 0));
                 if let std::task::Poll::Ready(Err(err)) = self.poll_pending(cx) {
@@ -460,7 +470,12 @@ impl AsyncWrite for JsonErrorsIo {
                 return std::task::Poll::Ready(Ok(buf.len()));
             }
         }
-        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let written = std::task::ready!(std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf))?;
+        // Counted once written (a write that waits is offered again, the same bytes).
+        if let Some(status) = status.filter(|_| written > 0) {
+            self.heads = if status == 101 { u64::MAX } else { self.heads + 1 };
+        }
+        std::task::Poll::Ready(Ok(written))
     }
 
     fn poll_flush(
@@ -497,6 +512,9 @@ mod tests {
         assert!(json_for_hyper_error(400, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\n\r\n").is_none());
         assert!(json_for_hyper_error(200, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
         assert_eq!(response_status(b"HTTP/1.1 414 URI Too Long\r\n"), Some(414));
+        assert_eq!(response_status(b"HTTP/1.0 400 Bad Request\r\n"), Some(400));
+        let not_in_head = b"HTTP/1.1 404 Not Found\r\ncontent-length: 40\r\n\r\n{\"x\":\"content-length: 0\r\n\"}";
+        assert!(json_for_hyper_error(404, not_in_head).is_none(), "only the head is read");
         assert_eq!(response_status(b"{\"a\":1}"), None);
     }
 }

@@ -358,7 +358,11 @@ impl PgStore {
                 unique.iter().map(|e| e.event.time_ms - e.event.time_ms.rem_euclid(DAY_MS)).collect();
             days.sort_unstable();
             days.dedup();
-            self.ensure_chunks_for(&days).await?;
+            // Best effort: should it fail (a lock wait behind maintenance), the batch makes the
+            // chunk itself, as a plain insert would.
+            if let Err(err) = self.ensure_chunks_for(&days).await {
+                tracing::warn!(error = %err, "timescaledb: chunks not made ahead of a batch");
+            }
         }
         let key_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(key_rows).collect();
         let mut event_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(event_rows).collect();
@@ -708,10 +712,16 @@ async fn ensure_layout(conn: &mut PgConnection) -> Result<Layout, StoreError> {
             tracing::info!(license, "events layout: timescaledb hypertable");
             Ok(layout)
         }
-        Err(err) => {
-            tracing::warn!(error = %err, "timescaledb is preloaded but could not be used; events layout: native partitioning");
+        // The role may not create the extension, or the server will not do it: partitioned for
+        // good. Any other error (a lock, a dropped connection) fails this start; nothing was
+        // recorded, so the next start chooses again.
+        Err(StoreError::Database(sqlx::Error::Database(db)))
+            if matches!(db.code().as_deref(), Some("42501" | "0A000" | "58P01" | "42704" | "22023")) =>
+        {
+            tracing::warn!(error = %db, "timescaledb is preloaded but cannot be used here; events layout: native partitioning");
             build_layout(conn, Layout::Partitioned).await
         }
+        Err(err) => Err(err),
     }
 }
 

@@ -44,18 +44,19 @@ impl Offer {
 }
 
 /// Reads the server's offer without touching the extension (creating it when it is not
-/// preloaded ends the connection with a FATAL error).
+/// preloaded ends the connection with a FATAL error). Readable by any role:
+/// `shared_preload_libraries` itself is hidden from roles that are not superusers, but
+/// TimescaleDB's loader, once preloaded, defines its server-start settings in every session
+/// (`timescaledb.max_background_workers`, context `postmaster`), which is how "preloaded" is told.
 pub async fn offer(conn: &mut PgConnection) -> Result<Offer, StoreError> {
-    let (available, preload, license): (bool, Option<String>, Option<String>) = sqlx::query_as(
+    let (available, preloaded, license): (bool, bool, Option<String>) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'), \
-         current_setting('shared_preload_libraries', true), current_setting('timescaledb.license', true)",
+         EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_background_workers' \
+                 AND context = 'postmaster'), \
+         current_setting('timescaledb.license', true)",
     )
     .fetch_one(&mut *conn)
     .await?;
-    let preloaded = preload.unwrap_or_default().split(',').any(|lib| {
-        let lib = lib.trim().trim_matches('"');
-        lib == "timescaledb" || lib.starts_with("timescaledb-") || lib.ends_with("/timescaledb")
-    });
     Ok(Offer { available, preloaded, license: license.filter(|l| !l.is_empty()) })
 }
 
@@ -113,31 +114,23 @@ pub async fn ensure_chunks(conn: &mut PgConnection, days: &[i64]) -> Result<u64,
         if covered {
             continue;
         }
-        sqlx::raw_sql("BEGIN; SET LOCAL lock_timeout = '10s'").execute(&mut *conn).await?;
-        let placeholder = async {
-            sqlx::query(
-                "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) \
-                 VALUES ('', '', $1, $1, '{}')",
-            )
+        // sqlx's transaction: dropped unfinished (an error, a cancelled task), it is rolled back
+        // before the connection is used again, placeholder and all.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query("SET LOCAL lock_timeout = '10s'").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) \
+             VALUES ('', '', $1, $1, '{}')",
+        )
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM events WHERE pipeline_id = '' AND event_id = '' AND event_time = $1")
             .bind(at)
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM events WHERE pipeline_id = '' AND event_id = '' AND event_time = $1")
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            Ok::<_, sqlx::Error>(())
-        };
-        match placeholder.await {
-            Ok(()) => {
-                sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-                made += 1;
-            }
-            Err(err) => {
-                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-                return Err(err.into());
-            }
-        }
+        tx.commit().await?;
+        made += 1;
     }
     Ok(made)
 }
@@ -153,8 +146,12 @@ pub async fn drop_chunks_before(conn: &mut PgConnection, before: DateTime<Utc>) 
     )
     .fetch_one(&mut *conn)
     .await?;
-    if policy {
-        sqlx::query("SELECT remove_retention_policy('events', if_exists => TRUE)").execute(&mut *conn).await?;
+    if policy
+        && let Err(err) =
+            sqlx::query("SELECT remove_retention_policy('events', if_exists => TRUE)").execute(&mut *conn).await
+    {
+        // A server that has since gone Apache-only cannot remove it; drop_chunks still works.
+        tracing::warn!(error = %err, "timescaledb: an earlier retention policy could not be removed");
     }
     let dropped: Vec<String> = sqlx::query_scalar("SELECT drop_chunks('events', older_than => $1)::text")
         .bind(before)

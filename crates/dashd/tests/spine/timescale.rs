@@ -23,19 +23,35 @@ async fn dashd_starts_on_every_kind_of_server_and_keeps_its_layout() {
     if std::env::var("DASH_TEST_BACKEND").is_ok() {
         return; // runs once, in the first pass
     }
+    let plain = dash_store::testing::admin_url();
+    let preloaded = cluster("DASH_TEST_TIMESCALE_FULL");
+    // (kind, admin URL, the layout expected, whether dashd connects as a role that only owns its
+    // database: no superuser, so `shared_preload_libraries` is hidden from it)
     let kinds = [
-        ("plain", dash_store::testing::admin_url(), "partitioned"),
-        ("preloaded", cluster("DASH_TEST_TIMESCALE_FULL"), "timescale"),
-        ("apache-only", cluster("DASH_TEST_TIMESCALE_APACHE"), "timescale"),
-        ("installed, not preloaded", cluster("DASH_TEST_TIMESCALE_NOT_PRELOADED"), "partitioned"),
+        ("plain", plain.clone(), Some("partitioned"), false),
+        ("plain, as an owner role", plain, Some("partitioned"), true),
+        ("preloaded", preloaded.clone(), Some("timescale"), false),
+        ("preloaded, as an owner role", preloaded, None, true),
+        ("apache-only", cluster("DASH_TEST_TIMESCALE_APACHE"), Some("timescale"), false),
+        ("installed, not preloaded", cluster("DASH_TEST_TIMESCALE_NOT_PRELOADED"), Some("partitioned"), false),
     ];
-    for (kind, admin, layout) in kinds {
+    for (kind, admin, expected, as_owner) in kinds {
         let Some(admin) = admin else {
             eprintln!("note: no {kind} server; skipped");
             continue;
         };
         let url = dash_store::testing::create_database(&admin).await.unwrap();
-        let mut server = TestServer::start(&[("DATABASE_URL", &url), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+        let dash_url = match as_owner {
+            true => owner_url(&admin, &url).await,
+            false => url.clone(),
+        };
+        let mut server = TestServer::start(&[("DATABASE_URL", &dash_url), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+        // An owner role may not be allowed to create the extension: either layout is right then.
+        let layout = match expected {
+            Some(layout) => layout,
+            None if server.log().contains("layout=\"timescale\"") => "timescale",
+            None => "partitioned",
+        };
         assert!(server.log().contains(&format!("layout=\"{layout}\"")), "{kind}: {}", server.log());
         let p = server.create_pipeline("kinds").await;
         for i in 0..5 {
@@ -67,4 +83,27 @@ async fn dashd_starts_on_every_kind_of_server_and_keeps_its_layout() {
         drop(server);
         dash_store::testing::drop_database(&admin, &url).await.unwrap();
     }
+}
+
+/// A login role that owns the database at `url` and is nothing more (made once per server), and
+/// the URL to connect to that database as it.
+async fn owner_url(admin: &str, url: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect(admin).await.unwrap();
+    sqlx::raw_sql(
+        "DO $$ BEGIN CREATE ROLE dash_owner LOGIN PASSWORD 'dash_owner'; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let database = url.rsplit_once('/').unwrap().1;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE {database} OWNER TO dash_owner")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://dash_owner:dash_owner@{host}")
 }
