@@ -99,9 +99,34 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("dashd: {err:#}");
+            eprintln!("dashd: {:#}", explain_privileges(err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What the database role needs, named when the database refused Dash a privilege (SQLSTATE
+/// 42501) anywhere in the error's chain: migrations, the job queue's schema, an extension.
+fn explain_privileges(err: anyhow::Error) -> anyhow::Error {
+    let refused = err.chain().any(|cause| {
+        let db = match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => Some(db.code()),
+            _ => cause.downcast_ref::<sqlx::migrate::MigrateError>().and_then(|m| match m {
+                sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db))
+                | sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => Some(db.code()),
+                _ => None,
+            }),
+        };
+        db.flatten().is_some_and(|code| code == "42501")
+    });
+    match refused {
+        true => err.context(
+            "the database role lacks a privilege Dash needs: it must own its database (or have CREATE \
+             on it and on schema public), to create Dash's tables, the apalis schema of the job queue \
+             and the pgcrypto extension (and timescaledb, where preloaded); see docs/DEPLOY.md, \
+             \"Database privileges\"",
+        ),
+        false => err,
     }
 }
 

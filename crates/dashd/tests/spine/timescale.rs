@@ -107,3 +107,36 @@ async fn owner_url(admin: &str, url: &str) -> String {
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     format!("{scheme}://dash_owner:dash_owner@{host}")
 }
+
+#[tokio::test]
+async fn a_role_without_the_privileges_it_needs_is_told_which() {
+    if std::env::var("DASH_TEST_BACKEND").is_ok() {
+        return; // runs once, in the first pass
+    }
+    let Some(admin) = dash_store::testing::admin_url() else { return };
+    let url = dash_store::testing::create_database(&admin).await.unwrap();
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
+        sqlx::raw_sql(
+            "DO $$ BEGIN CREATE ROLE dash_guest LOGIN PASSWORD 'dash_guest'; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    // Connect only: the database belongs to someone else, and PostgreSQL 15 grants no CREATE on
+    // schema public to others.
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let guest = format!("{scheme}://dash_guest:dash_guest@{host}");
+    let dir = tempfile::tempdir().unwrap();
+    let output = crate::support::run_dashd(dir.path(), &[("DATABASE_URL", &guest)], &["migrate"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("lacks a privilege Dash needs") && stderr.contains("Database privileges"), "{stderr}");
+    assert!(stderr.contains("permission denied"), "the database's own words follow: {stderr}");
+    dash_store::testing::drop_database(&admin, &url).await.unwrap();
+}
