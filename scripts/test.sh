@@ -167,16 +167,24 @@ stop_timescale_clusters() {
     rm -rf "$TS_RUN"
 }
 
-# Schemathesis (PyPI), pinned, in a virtualenv of the test cache; it checks every operation of
-# /api/openapi.json against the real dashd (the debug build the tests just made) and fails on
-# any check it reports (scripts/schemathesis.toml says which checks are off where, and why).
+# Tools from PyPI, pinned, in a virtualenv of the test cache: Schemathesis checks every operation
+# of /api/openapi.json against the real dashd (the debug build the tests just made) and fails on
+# any check it reports (scripts/schemathesis.toml says which checks are off where, and why); the
+# svix library signs webhooks the way senders behind Svix do (DASH_TEST_PYTHON, for a spine test).
 SCHEMATHESIS_VERSION=4.32.5
-run_schemathesis() {
-    local venv="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/schemathesis-$SCHEMATHESIS_VERSION"
-    if [ ! -x "$venv/bin/st" ]; then
-        python3 -m venv "$venv"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+SVIX_VERSION=2.9.1
+TEST_VENV="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/venv-st$SCHEMATHESIS_VERSION-svix$SVIX_VERSION"
+ensure_test_venv() {
+    if [ ! -x "$TEST_VENV/bin/st" ] || ! "$TEST_VENV/bin/python" -c 'import svix' >/dev/null 2>&1; then
+        echo "== installing schemathesis $SCHEMATHESIS_VERSION and svix $SVIX_VERSION into $TEST_VENV"
+        python3 -m venv "$TEST_VENV"
+        "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "schemathesis==$SCHEMATHESIS_VERSION" "svix==$SVIX_VERSION"
     fi
+    export DASH_TEST_PYTHON="$TEST_VENV/bin/python"
+}
+run_schemathesis() {
+    local venv="$TEST_VENV"
     local dir port pid status=0 dashd config up=0
     dashd="$(pwd)/target/debug/dashd"
     config="$(pwd)/scripts/schemathesis.toml"
@@ -217,6 +225,7 @@ ensure_postgres
 ensure_chromium
 ensure_nats_server
 ensure_promtool
+ensure_test_venv
 # A PostgreSQL test that cannot find its server fails rather than passing silently.
 export DASH_TEST_REQUIRE_POSTGRES=1
 TIMESCALE=0
