@@ -35,7 +35,7 @@ use tower::ServiceExt;
 /// How long a connection may take to send a request head once it is ready for one.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a newcomer waits for an evicted connection to let go of its slot.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
+const EVICTION_WAIT: Duration = Duration::from_secs(5);
 /// Connections over the cap being handled at once (waiting for an evicted one's slot, or being
 /// refused); past it a newcomer is just closed.
 const OVERFLOW_AT_ONCE: usize = 64;
