@@ -255,7 +255,8 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// `webhook-id`, else `Idempotency-Key`.
 fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(id) = standard_header(headers, "id").or_else(|| header_str(headers, "idempotency-key")) else {
+    let Some(id) = standard_header(headers, StandardHeader::Id).or_else(|| header_str(headers, "idempotency-key"))
+    else {
         return Ok(None);
     };
     let id = id.trim();
@@ -279,15 +280,28 @@ enum Credentials {
 
 /// A Standard Webhooks header: `webhook-{name}`, or Svix's `svix-{name}` alias (senders that go
 /// through Svix sign the same way under those names).
-fn standard_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    header_str(headers, &format!("webhook-{name}")).or_else(|| header_str(headers, &format!("svix-{name}")))
+fn standard_header(headers: &HeaderMap, name: StandardHeader) -> Option<&str> {
+    let (standard, svix) = match name {
+        StandardHeader::Id => ("webhook-id", "svix-id"),
+        StandardHeader::Timestamp => ("webhook-timestamp", "svix-timestamp"),
+        StandardHeader::Signature => ("webhook-signature", "svix-signature"),
+    };
+    header_str(headers, standard).or_else(|| header_str(headers, svix))
+}
+
+/// The three Standard Webhooks headers, each under its two names.
+#[derive(Clone, Copy)]
+enum StandardHeader {
+    Id,
+    Timestamp,
+    Signature,
 }
 
 fn signed_request(headers: &HeaderMap) -> SignedRequest<'_> {
     SignedRequest {
-        msg_id: standard_header(headers, "id"),
-        timestamp: standard_header(headers, "timestamp"),
-        signature: standard_header(headers, "signature"),
+        msg_id: standard_header(headers, StandardHeader::Id),
+        timestamp: standard_header(headers, StandardHeader::Timestamp),
+        signature: standard_header(headers, StandardHeader::Signature),
     }
 }
 

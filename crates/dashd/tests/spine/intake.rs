@@ -42,18 +42,7 @@ async fn every_status_code_of_the_contract() {
         .await
         .unwrap();
     assert_error(forged, 401, "invalid_signature").await;
-    let old = now_secs() - 600;
-    let stale = server
-        .client
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("webhook-id", "m4")
-        .header("webhook-timestamp", old.to_string())
-        .header("webhook-signature", p.secret.sign("m4", old, b"{}"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let stale = server.post_signed_at(&p, "m4", now_secs() - 600, "application/json", "{}").await;
     assert_error(stale, 401, "stale_timestamp").await;
     let wrong_token = server
         .client

@@ -210,7 +210,18 @@ impl TestServer {
         content_type: &str,
         body: &str,
     ) -> reqwest::Response {
-        let ts = now_secs();
+        self.post_signed_at(pipeline, msg_id, now_secs(), content_type, body).await
+    }
+
+    /// A Standard Webhooks POST signed (correctly) with the timestamp `ts`, whatever it is.
+    pub async fn post_signed_at(
+        &self,
+        pipeline: &Pipeline,
+        msg_id: &str,
+        ts: i64,
+        content_type: &str,
+        body: &str,
+    ) -> reqwest::Response {
         self.client
             .post(self.url(&format!("/webhooks/{}", pipeline.id)))
             .header("content-type", content_type)

@@ -88,24 +88,31 @@ async fn dashd_starts_on_every_kind_of_server_and_keeps_its_layout() {
 /// A login role that owns the database at `url` and is nothing more (made once per server), and
 /// the URL to connect to that database as it.
 async fn owner_url(admin: &str, url: &str) -> String {
+    let database = url.rsplit_once('/').unwrap().1;
+    ensure_role(admin, "dash_owner", Some(&format!("ALTER DATABASE {database} OWNER TO dash_owner"))).await;
+    url_as(url, "dash_owner")
+}
+
+/// Makes the login role `role` (password: its name) on the server at `admin` if it is not there
+/// yet, then runs `then` (trusted test SQL) as the admin.
+async fn ensure_role(admin: &str, role: &str, then: Option<&str>) {
     use sqlx::Connection;
     let mut conn = sqlx::postgres::PgConnection::connect(admin).await.unwrap();
-    sqlx::raw_sql(
-        "DO $$ BEGIN CREATE ROLE dash_owner LOGIN PASSWORD 'dash_owner'; \
-         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    let database = url.rsplit_once('/').unwrap().1;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE {database} OWNER TO dash_owner")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let create = format!(
+        "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{role}'; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    );
+    for statement in std::iter::once(create.as_str()).chain(then) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned())).execute(&mut conn).await.unwrap();
+    }
     conn.close().await.unwrap();
+}
+
+/// `url` with `role` (and its password, its name) as the user.
+fn url_as(url: &str, role: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap();
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://dash_owner:dash_owner@{host}")
+    format!("{scheme}://{role}:{role}@{host}")
 }
 
 #[tokio::test]
@@ -115,23 +122,10 @@ async fn a_role_without_the_privileges_it_needs_is_told_which() {
     }
     let Some(admin) = dash_store::testing::admin_url() else { return };
     let url = dash_store::testing::create_database(&admin).await.unwrap();
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
-        sqlx::raw_sql(
-            "DO $$ BEGIN CREATE ROLE dash_guest LOGIN PASSWORD 'dash_guest'; \
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-        )
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-    }
+    ensure_role(&admin, "dash_guest", None).await;
     // Connect only: the database belongs to someone else, and PostgreSQL 15 grants no CREATE on
     // schema public to others.
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let guest = format!("{scheme}://dash_guest:dash_guest@{host}");
+    let guest = url_as(&url, "dash_guest");
     let dir = tempfile::tempdir().unwrap();
     let output = crate::support::run_dashd(dir.path(), &[("DATABASE_URL", &guest)], &["migrate"]);
     assert!(!output.status.success());
