@@ -330,9 +330,8 @@ impl BufferActor {
                 Err(err) if err.is_data_error() => {
                     // Alone and refused: once more after a pause (a refusal that passes, such as
                     // a race with maintenance, is not the event's fault), then set aside.
-                    tokio::select! {
-                        () = tokio::time::sleep(STORE_RETRY_FIRST) => {}
-                        _ = self.abort.changed() => return None,
+                    if !self.pause(STORE_RETRY_FIRST).await {
+                        return None;
                     }
                     match self.partition.store.write_batch(part).await {
                         Ok(written) => outcome.absorb(written),
@@ -346,9 +345,8 @@ impl BufferActor {
                 }
                 Err(err) => {
                     self.store_failed(&err, part.len(), delay);
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = self.abort.changed() => return None,
+                    if !self.pause(delay).await {
+                        return None;
                     }
                     delay = (delay * 2).min(STORE_RETRY_MAX);
                     parts.push(part);
@@ -381,13 +379,20 @@ impl BufferActor {
                 }
                 Err(err) => {
                     self.store_failed(&err, 1, delay);
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = self.abort.changed() => return false,
+                    if !self.pause(delay).await {
+                        return false;
                     }
                     delay = (delay * 2).min(STORE_RETRY_MAX);
                 }
             }
+        }
+    }
+
+    /// Waits `delay` before a retry; false when aborted meanwhile.
+    async fn pause(&mut self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            _ = self.abort.changed() => false,
         }
     }
 
