@@ -93,6 +93,7 @@ pub(crate) async fn readiness(state: &AppState, detail: Detail) -> (StatusCode, 
         });
     }
     let mut intake_ok = true;
+    let mut quarantine_ok = true;
     if let Some(intake) = &state.intake {
         let spool = intake.spool();
         intake_ok = !spool.is_refusing();
@@ -102,6 +103,23 @@ pub(crate) async fn readiness(state: &AppState, detail: Detail) -> (StatusCode, 
             "max_bytes": spool.max(),
             "backlog": intake.backlogs(),
         });
+        // Damaged acknowledged data kept aside: degraded until an operator removes the files.
+        let quarantine = intake.quarantine().summary().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "readiness: cannot list the intake log quarantine");
+            dash_ingest::QuarantineSummary { files: 1, bytes: 0 }
+        });
+        quarantine_ok = quarantine.files == 0;
+        checks["intake_log_quarantine"] = json!({
+            "ok": quarantine_ok,
+            "files": quarantine.files,
+            "bytes": quarantine.bytes,
+        });
+        if !quarantine_ok {
+            checks["intake_log_quarantine"]["code"] = json!("damaged_data_kept");
+            if detail == Detail::Text {
+                checks["intake_log_quarantine"]["path"] = json!(intake.quarantine().dir().display().to_string());
+            }
+        }
     }
     let mut edge_ok = true;
     if let Some(edge) = &state.edge {
@@ -109,7 +127,7 @@ pub(crate) async fn readiness(state: &AppState, detail: Detail) -> (StatusCode, 
         edge_ok = known > 0;
         checks["ingestors"] = json!({ "ok": edge_ok, "known": known, "up": up });
     }
-    let (status, code) = match (intake_ok, database_ok && bus_ok && edge_ok && stored_ok) {
+    let (status, code) = match (intake_ok, database_ok && bus_ok && edge_ok && stored_ok && quarantine_ok) {
         (true, true) => ("healthy", StatusCode::OK),
         (true, false) => ("degraded", StatusCode::OK),
         (false, _) => ("unhealthy", StatusCode::SERVICE_UNAVAILABLE),

@@ -170,16 +170,24 @@ impl BufferActor {
     async fn read_frames(&mut self, wanted: usize) -> bool {
         let mut reader = self.reader.take().expect("reader present");
         let skip_first = (self.cursor.skip as usize, self.cursor.position);
-        let replay_end = self.partition.replay_end;
+        let quarantine = self.partition.quarantine.clone();
+        let log = format!("p{}", self.partition.index);
+        let (index, partitions) = (self.partition.index, self.partition.settings.partitions);
         let (reader, frames) = tokio::task::spawn_blocking(move || {
             let mut frames = Vec::new();
             let mut events = 0;
             while events < wanted {
                 match reader.next_frame() {
                     Ok(Some(frame)) => match IntakeRecord::decode(&frame.payload) {
-                        Ok(record) => {
+                        Ok(mut record) => {
+                            if crate::partition_for(&record.pipeline, partitions) != index {
+                                // Left from another layout: copied to its partition at start
+                                // (before the layout file said this one), so passed over here.
+                                record.events.clear();
+                            }
                             let mut remaining: VecDeque<Event> = record.events.into();
-                            let taken = if frame.position == skip_first.1 { skip_first.0.min(remaining.len()) } else { 0 };
+                            let taken =
+                                if frame.position == skip_first.1 { skip_first.0.min(remaining.len()) } else { 0 };
                             remaining.drain(..taken);
                             events += remaining.len();
                             frames.push(OpenFrame {
@@ -188,23 +196,19 @@ impl BufferActor {
                                 pipeline: Arc::from(record.pipeline),
                                 remaining,
                                 taken,
-                                counted: frame.position >= replay_end,
+                                counted: frame.note.is_some(),
                             });
                         }
-                        Err(err) => {
-                            metrics::counter!("dash_intake_log_corrupt_total").increment(1);
-                            tracing::error!(position = frame.position, error = %err, "intake log frame undecodable; skipped");
-                        }
+                        Err(err) => crate::keep_unreadable(&quarantine, &log, frame.position, &frame.payload, &err),
                     },
                     Ok(None) => break,
-                    Err(LogError::Corrupt { position }) => {
-                        metrics::counter!("dash_intake_log_corrupt_total").increment(1);
-                        tracing::error!(position, "intake log frame fails its checksum; skipping the rest of its segment");
-                        if let Err(err) = reader.skip_segment() {
-                            tracing::error!(error = %err, "intake log: cannot skip segment");
+                    Err(LogError::Corrupt { .. }) => match reader.skip_damage() {
+                        Ok(damage) => crate::report_damage(&log, &damage),
+                        Err(err) => {
+                            tracing::error!(error = %err, "intake log: cannot skip damaged data");
                             break;
                         }
-                    }
+                    },
                     Err(err) => {
                         tracing::error!(error = %err, "intake log read failed");
                         break;

@@ -2,36 +2,40 @@
 //!
 //! [`Intake::submit`] admits a request (backlog and spool bounds), appends it as one frame to
 //! its partition's intake log and returns once the frame is fsync'd: that is what a 202
-//! promises. Pipelines hash onto partitions; each partition has its own log and one
-//! [`BufferActor`](actor::BufferActor) under a supervisor, which moves events from the log into
-//! the store and publishes each committed batch on the bus.
+//! promises. Pipelines hash onto partitions ([`partition_for`]); each partition has its own log
+//! and one [`BufferActor`](actor::BufferActor) under a supervisor, which moves events from the
+//! log into the store and publishes each committed batch on the bus. At start, requests left in
+//! logs of another layout are moved to their partitions first ([`layout`]).
 //!
 //! **Architecture invariant:** no request waits for the store. Requests wait only for their
 //! fsync; the store is the buffer actors' business.
 
 mod actor;
 mod directory;
+mod layout;
 mod record;
 mod supervisor;
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use dash_bus::Bus;
 use dash_domain::{Event, PipelineId};
-use dash_intake_log::{Appender, Checkpoint, CheckpointStore, FRAME_HEADER, LogOptions, LogReader, WriterThread};
+use dash_intake_log::{
+    Appender, Checkpoint, CheckpointStore, Damage, FRAME_HEADER, LogOptions, LogReader, OpenedLog, WriterThread,
+};
 use dash_store::Store;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use dash_intake_log::{Quarantine, QuarantineSummary};
 pub use directory::{Lookup, PipelineDirectory};
+pub use layout::partition_for;
+pub use record::{CURRENT_VERSION as RECORD_VERSION, IntakeRecord, RecordError};
 pub use supervisor::supervise;
-
-use crate::record::IntakeRecord;
 
 /// How often the pipeline directory reloads from the store.
 const DIRECTORY_REFRESH: Duration = Duration::from_secs(5);
@@ -55,6 +59,10 @@ pub struct IntakeSettings {
 pub enum IngestError {
     #[error("cannot open the intake log in {path}: {source}")]
     OpenLog { path: PathBuf, source: dash_intake_log::LogError },
+    #[error("cannot move the requests of intake log {log} to their partitions: {source}")]
+    Move { log: String, source: dash_intake_log::LogError },
+    #[error("intake directory {path}: {source}")]
+    Directory { path: PathBuf, source: std::io::Error },
 }
 
 /// Why a request was not admitted. Each maps to a status with `Retry-After`.
@@ -85,6 +93,16 @@ impl SubmitError {
 enum Room {
     Look,
     Take,
+}
+
+/// How a request was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    /// Counted in the backlog, which held `before` events.
+    Counted { before: i64 },
+    /// The store is down and the backlog full: the log absorbs the request, outside the count
+    /// (the spool bound still holds).
+    Spooled,
 }
 
 /// Whether the last store operation of any buffer actor succeeded.
@@ -196,13 +214,12 @@ struct Partition {
     checkpoints: CheckpointStore,
     /// The last checkpoint committed; a restarted actor resumes here.
     committed: Mutex<Checkpoint>,
-    /// Frames before this position were appended before this process started (not in backlog).
-    replay_end: u64,
     /// Admitted events not yet committed to the store.
     backlog: AtomicI64,
     /// Woken when a commit shrinks `backlog`: requests waiting for room look again.
     room: Notify,
     spool: Arc<Spool>,
+    quarantine: Quarantine,
     health: Arc<StoreHealth>,
     store: Store,
     bus: Bus,
@@ -220,6 +237,7 @@ struct IntakeInner {
     health: Arc<StoreHealth>,
     directory: PipelineDirectory,
     settings: IntakeSettings,
+    quarantine: Quarantine,
 }
 
 /// The tasks and threads intake owns; [`IntakeTasks::shutdown`] drains and joins them.
@@ -234,36 +252,73 @@ pub struct IntakeTasks {
 }
 
 impl Intake {
-    /// Opens every partition's log (cutting torn tails), and starts writers, actors and the
-    /// directory refresher. Replay of unflushed tails begins at once.
+    /// Opens every partition's log (cutting torn tails), moves requests left under another
+    /// layout to their partitions, and starts writers, actors and the directory refresher.
+    /// Replay of unflushed tails begins at once.
     pub async fn start(settings: IntakeSettings, store: Store, bus: Bus) -> Result<(Intake, IntakeTasks), IngestError> {
         let spool = Arc::new(Spool::new(settings.spool_max));
         let health = Arc::new(StoreHealth::new());
         let (abort, abort_rx) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
-        let segment_bytes = (settings.spool_max / 8).clamp(64 * 1024, MAX_SEGMENT_BYTES);
+        let intake_dir = settings.data_dir.join("intake");
+        let quarantine = Quarantine::new(intake_dir.join("quarantine"));
+        let options = LogOptions {
+            segment_bytes: (settings.spool_max / 8).clamp(64 * 1024, MAX_SEGMENT_BYTES),
+            quarantine: quarantine.clone(),
+        };
+        let directory_error = |source| IngestError::Directory { path: intake_dir.clone(), source };
+        let found = layout::existing_logs(&intake_dir).map_err(directory_error)?;
+
+        let mut current = Vec::new();
+        for index in 0..settings.partitions {
+            current.push(open_log(&intake_dir, index, &options).await?);
+        }
+        if !layout::is_current(&intake_dir, settings.partitions) {
+            for (index, log) in current.iter().enumerate() {
+                let moved = layout::move_requests(index, log, &current, &quarantine, false).await?;
+                if moved.requests > 0 {
+                    tracing::info!(
+                        partition = index,
+                        requests = moved.requests,
+                        events = moved.events,
+                        partitions = settings.partitions,
+                        "intake log: unflushed requests whose pipelines now belong to other partitions were appended to those (ahead of any new request)"
+                    );
+                }
+            }
+        }
+        for index in found.into_iter().filter(|i| *i >= settings.partitions) {
+            let log = open_log(&intake_dir, index, &options).await?;
+            let moved = layout::move_requests(index, &log, &current, &quarantine, true).await?;
+            let OpenedLog { appender, writer, .. } = log;
+            drop(appender);
+            let dir = layout::log_dir(&intake_dir, index);
+            tokio::task::spawn_blocking(move || {
+                writer.join();
+                layout::remove_log(&dir)
+            })
+            .await
+            .expect("log removal task")
+            .map_err(directory_error)?;
+            tracing::warn!(
+                log = format!("p{index}"),
+                partitions = settings.partitions,
+                requests = moved.requests,
+                events = moved.events,
+                damaged = moved.damaged,
+                "intake log beyond DASH_PARTITIONS: its unflushed requests were moved to the partitions they now belong to, and the log removed"
+            );
+        }
+        layout::record(&intake_dir, settings.partitions).map_err(directory_error)?;
 
         let mut partitions = Vec::new();
         let mut writers = Vec::new();
-        for index in 0..settings.partitions {
-            let path = settings.data_dir.join("intake").join(format!("p{index}"));
-            let opened = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || dash_intake_log::open(&path, LogOptions { segment_bytes })
-            })
-            .await
-            .expect("log open task")
-            .map_err(|source| IngestError::OpenLog { path: path.clone(), source })?;
-            let recovery = opened.recovery;
-            let unflushed = recovery.end - recovery.checkpoint.position;
+        for (index, opened) in current.into_iter().enumerate() {
+            let checkpoint = opened.recovery.checkpoint;
+            let unflushed = opened.reader.durable_end() - checkpoint.position;
             spool.used.fetch_add(unflushed, Ordering::AcqRel);
-            if unflushed > 0 || recovery.truncated_bytes > 0 {
-                tracing::info!(
-                    partition = index,
-                    replay_bytes = unflushed,
-                    cut_bytes = recovery.truncated_bytes,
-                    "intake log recovered"
-                );
+            if unflushed > 0 {
+                tracing::info!(partition = index, replay_bytes = unflushed, "intake log recovered");
             }
             writers.push(opened.writer);
             partitions.push(Arc::new(Partition {
@@ -272,11 +327,11 @@ impl Intake {
                 appender: RwLock::new(Some(opened.appender)),
                 reader_template: opened.reader,
                 checkpoints: opened.checkpoints,
-                committed: Mutex::new(recovery.checkpoint),
-                replay_end: recovery.end,
+                committed: Mutex::new(checkpoint),
                 backlog: AtomicI64::new(0),
                 room: Notify::new(),
                 spool: spool.clone(),
+                quarantine: quarantine.clone(),
                 health: health.clone(),
                 store: store.clone(),
                 bus: bus.clone(),
@@ -302,6 +357,7 @@ impl Intake {
                 health,
                 directory: PipelineDirectory::new(store.clone()),
                 settings,
+                quarantine,
             }),
         };
         intake.inner.directory.reload().await;
@@ -325,15 +381,18 @@ impl Intake {
         &self.inner.settings
     }
 
+    /// Where damaged intake log data is kept until an operator removes it.
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.inner.quarantine
+    }
+
     /// Unflushed events per partition (admitted by this process).
     pub fn backlogs(&self) -> Vec<i64> {
         self.inner.partitions.iter().map(|p| p.backlog.load(Ordering::Acquire).max(0)).collect()
     }
 
     fn partition_of(&self, pipeline: &PipelineId) -> &Arc<Partition> {
-        let mut hasher = DefaultHasher::new();
-        pipeline.as_str().hash(&mut hasher);
-        &self.inner.partitions[(hasher.finish() % self.inner.partitions.len() as u64) as usize]
+        &self.inner.partitions[partition_for(pipeline.as_str(), self.inner.partitions.len())]
     }
 
     /// Waits until `deadline` for a request for `pipeline` to have room, whatever its size: the
@@ -372,22 +431,36 @@ impl Intake {
         };
         // Taken before encoding, so a refused request costs no encode.
         let n = count as i64;
-        let before = self.backlog_room(partition, n, deadline, Room::Take).await?;
-        let payload = IntakeRecord { pipeline: pipeline.to_string(), events }.encode();
+        let admitted = self.backlog_room(partition, n, deadline, Room::Take).await?;
+        let give_back = || {
+            if let Admitted::Counted { .. } = admitted {
+                partition.backlog.fetch_sub(n, Ordering::AcqRel);
+                partition.room.notify_waiters();
+            }
+        };
+        let payload = IntakeRecord::encode_parts(pipeline.as_str(), &events);
+        drop(events);
         let frame_bytes = payload.len() as u64 + FRAME_HEADER;
         if !self.inner.spool.try_reserve(frame_bytes) {
-            partition.backlog.fetch_sub(n, Ordering::AcqRel);
+            give_back();
             return Err(SubmitError::SpoolFull);
         }
-        match appender.append(payload).await {
+        // A counted frame carries a note, so that its actor gives the count back once committed.
+        let appended = match admitted {
+            Admitted::Counted { .. } => appender.append_noted(payload, count as u32).await,
+            Admitted::Spooled => appender.append(payload).await,
+        };
+        match appended {
             Ok(_) => {
-                metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string())
-                    .set((before + n) as f64);
+                if let Admitted::Counted { before } = admitted {
+                    metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string())
+                        .set((before + n) as f64);
+                }
                 Ok(count)
             }
             Err(err) => {
                 tracing::error!(error = %err, "intake log append failed");
-                partition.backlog.fetch_sub(n, Ordering::AcqRel);
+                give_back();
                 self.inner.spool.release(frame_bytes);
                 Err(SubmitError::LogUnavailable)
             }
@@ -395,27 +468,31 @@ impl Intake {
     }
 
     /// Waits until `deadline` for `n` more events to fit the partition's backlog bound, and
-    /// with [`Room::Take`] adds them. A request always fits an empty backlog; while the store is
-    /// down everything fits (the log absorbs it). Returns the backlog before.
+    /// with [`Room::Take`] adds them. A request always fits an empty backlog, so the bound holds
+    /// within one request's events. While the store is down a request that does not fit is
+    /// admitted at once as [`Admitted::Spooled`]: the log absorbs it, outside the count.
     async fn backlog_room(
         &self,
         partition: &Partition,
         n: i64,
         deadline: Instant,
         room: Room,
-    ) -> Result<i64, SubmitError> {
+    ) -> Result<Admitted, SubmitError> {
         let max = self.inner.settings.max_backlog as i64;
-        let fits = |before: i64| before <= 0 || before + n <= max || !self.inner.health.is_up();
+        let fits = |before: i64| before <= 0 || before + n <= max;
         loop {
             let before = match room {
                 Room::Take => partition.backlog.fetch_add(n, Ordering::AcqRel),
                 Room::Look => partition.backlog.load(Ordering::Acquire),
             };
             if fits(before) {
-                return Ok(before);
+                return Ok(Admitted::Counted { before });
             }
             if room == Room::Take {
                 partition.backlog.fetch_sub(n, Ordering::AcqRel);
+            }
+            if !self.inner.health.is_up() {
+                return Ok(Admitted::Spooled);
             }
             if Instant::now() >= deadline {
                 return Err(SubmitError::Backlog { backlog: before });
@@ -476,5 +553,66 @@ async fn refresh_directory(intake: Intake, mut closing: watch::Receiver<bool>) {
             () = tokio::time::sleep(DIRECTORY_REFRESH) => { intake.directory().reload().await; }
             _ = closing.changed() => return,
         }
+    }
+}
+
+/// Opens partition log `index`, reporting what recovery found at its tail.
+async fn open_log(intake_dir: &Path, index: usize, options: &LogOptions) -> Result<OpenedLog, IngestError> {
+    let path = layout::log_dir(intake_dir, index);
+    let opened = tokio::task::spawn_blocking({
+        let (path, options) = (path.clone(), options.clone());
+        move || dash_intake_log::open(&path, options)
+    })
+    .await
+    .expect("log open task")
+    .map_err(|source| IngestError::OpenLog { path, source })?;
+    let recovery = &opened.recovery;
+    if recovery.torn_bytes > 0 {
+        metrics::counter!("dash_intake_log_torn_bytes_total").increment(recovery.torn_bytes);
+        tracing::warn!(
+            partition = index,
+            cut_bytes = recovery.torn_bytes,
+            "intake log: a write cut short by the last stop was cut from the tail (never acknowledged: a request is answered only after its frame is on disk)"
+        );
+    }
+    if let Some(damage) = &recovery.tail_damage {
+        report_damage(&format!("p{index}"), damage);
+    }
+    Ok(opened)
+}
+
+/// Says loudly that acknowledged log data was damaged and where it was kept.
+pub(crate) fn report_damage(log: &str, damage: &Damage) {
+    metrics::counter!("dash_intake_log_corrupt_total").increment(1);
+    metrics::counter!("dash_intake_log_damaged_bytes_total").increment(damage.bytes);
+    tracing::error!(
+        log,
+        position = damage.position,
+        damaged_bytes = damage.bytes,
+        kept_as = %damage.kept_as.display(),
+        "intake log: acknowledged data failed its checksum; the requests in these bytes cannot be stored. The segment is kept in the quarantine; /ready reports it until an operator removes it"
+    );
+}
+
+/// Keeps a frame whose record cannot be read aside, and says so loudly.
+pub(crate) fn keep_unreadable(quarantine: &Quarantine, log: &str, position: u64, payload: &[u8], err: &RecordError) {
+    metrics::counter!("dash_intake_log_unreadable_total").increment(1);
+    match quarantine.keep_frame(log, position, payload, &err.to_string()) {
+        Ok(kept_as) => tracing::error!(
+            log,
+            position,
+            bytes = payload.len(),
+            error = %err,
+            kept_as = %kept_as.display(),
+            "intake log: an acknowledged request cannot be read by this release; it is kept in the quarantine and /ready reports it until an operator removes it"
+        ),
+        Err(io) => tracing::error!(
+            log,
+            position,
+            bytes = payload.len(),
+            error = %err,
+            quarantine_error = %io,
+            "intake log: an acknowledged request cannot be read by this release, and could not be kept aside"
+        ),
     }
 }

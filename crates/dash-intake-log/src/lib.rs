@@ -8,22 +8,31 @@
 //!
 //! On disk: segment files `<base position, 20 digits>.log`, each a run of frames
 //! `[len u32 LE][crc32c(len ‖ payload) u32 LE][payload]`, and a `checkpoint` file. A frame is
-//! one request, so a torn write loses a whole unacknowledged request and never part of one. On
-//! open, the newest segment is scanned and cut at the first frame that fails its checksum.
+//! one request, so a torn write loses a whole unacknowledged request and never part of one.
+//!
+//! On open, the newest segment is scanned and cut after its last whole frame. What is cut is
+//! either a write cut short (a header promising more than was written, or zeros: never
+//! acknowledged, because a request is answered only after its frame is fsync'd), or damage to
+//! acknowledged frames (whole frames failing their checksum), which is copied to the
+//! [`Quarantine`] first and reported. Damage in the middle of a segment is found by the reader,
+//! which copies the segment to the quarantine and resumes at the next whole frame
+//! ([`LogReader::skip_damage`]). Nothing damaged is deleted unseen.
 //!
 //! **Architecture invariant:** the log knows nothing of events or pipelines; payloads are bytes.
 
+mod quarantine;
 mod reader;
 mod segment;
 mod writer;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+pub use quarantine::{Damage, Quarantine, QuarantineSummary};
 pub use reader::{Frame, LogReader};
 pub use writer::{Appender, WriterThread};
 
@@ -58,17 +67,30 @@ pub struct Checkpoint {
 pub struct LogOptions {
     /// A segment is closed and a new one begun past this size.
     pub segment_bytes: u64,
+    /// Where damaged segments are copied before the log moves past them.
+    pub quarantine: Quarantine,
 }
 
 /// What opening found.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Recovery {
     /// Where the consumer resumes.
     pub checkpoint: Checkpoint,
     /// End of the valid log: everything before it is durable.
     pub end: u64,
-    /// Bytes cut from a torn tail.
-    pub truncated_bytes: u64,
+    /// Bytes cut from a write cut short (never acknowledged).
+    pub torn_bytes: u64,
+    /// Whole frames at the tail that failed their checksum: acknowledged data, cut after a copy
+    /// was kept.
+    pub tail_damage: Option<Damage>,
+}
+
+/// Notes appenders gave frames in this process, by position; pruned behind the checkpoint.
+pub(crate) type Notes = Arc<Mutex<BTreeMap<u64, u32>>>;
+
+/// A log's name: its directory's last component.
+pub(crate) fn log_name(dir: &Path) -> String {
+    dir.file_name().and_then(|n| n.to_str()).unwrap_or("log").to_owned()
 }
 
 /// An opened partition log: the writer's handle, the consumer's reader and what recovery found.
@@ -84,7 +106,8 @@ pub struct OpenedLog {
 pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
     std::fs::create_dir_all(dir)?;
     let segments: Segments = Arc::default();
-    let (checkpoints, stored) = CheckpointStore::open(dir, segments.clone())?;
+    let notes: Notes = Arc::default();
+    let (checkpoints, stored) = CheckpointStore::open(dir, segments.clone(), notes.clone())?;
     let mut bases = segment::list(dir)?;
     if bases.is_empty() {
         let base = stored.map_or(0, |c| c.position);
@@ -92,11 +115,13 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
         bases.push(base);
     }
     let last = *bases.last().expect("at least one segment");
-    let scan = segment::scan_and_repair(dir, last)?;
+    let mut kept = None;
+    let scan = segment::scan_and_repair(dir, last, |segment| {
+        kept = Some(options.quarantine.keep_segment(&log_name(dir), segment, 0, 0)?.kept_as);
+        Ok(())
+    })?;
     let end = last + scan.valid_len;
-    if scan.truncated_bytes > 0 {
-        tracing::warn!(segment = last, cut_bytes = scan.truncated_bytes, "intake log: torn tail cut");
-    }
+    let tail_damage = kept.map(|kept_as| Damage { position: end, bytes: scan.damaged_bytes, kept_as });
 
     let first = bases[0];
     let checkpoint = match stored {
@@ -110,14 +135,16 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
 
     let (durable_tx, durable_rx) = watch::channel(end);
     segments.lock().expect("segment list lock").extend(&bases);
-    let (appender, writer) = writer::start(dir.to_path_buf(), last, scan.valid_len, options, durable_tx, segments)?;
-    let reader = LogReader::new(dir.to_path_buf(), checkpoint.position, durable_rx);
+    let quarantine = options.quarantine.clone();
+    let (appender, writer) =
+        writer::start(dir.to_path_buf(), last, scan.valid_len, options, durable_tx, segments, notes.clone())?;
+    let reader = LogReader::new(dir.to_path_buf(), checkpoint.position, durable_rx, notes, quarantine);
     Ok(OpenedLog {
         appender,
         writer,
         reader,
         checkpoints,
-        recovery: Recovery { checkpoint, end, truncated_bytes: scan.truncated_bytes },
+        recovery: Recovery { checkpoint, end, torn_bytes: scan.torn_bytes, tail_damage },
     })
 }
 
@@ -134,6 +161,7 @@ pub struct CheckpointStore {
     dir: Arc<Path>,
     inner: Arc<Mutex<CheckpointFile>>,
     segments: Segments,
+    notes: Notes,
 }
 
 /// Bases of the segments on disk, oldest first: the writer adds, the checkpoint store removes.
@@ -151,7 +179,7 @@ const CHECKPOINT_FILE: &str = "checkpoint";
 impl CheckpointStore {
     /// Opens (creating, or rewriting from the earlier one-record format) the checkpoint file and
     /// returns the checkpoint it holds.
-    fn open(dir: &Path, segments: Segments) -> Result<(Self, Option<Checkpoint>), LogError> {
+    fn open(dir: &Path, segments: Segments, notes: Notes) -> Result<(Self, Option<Checkpoint>), LogError> {
         let path = dir.join(CHECKPOINT_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -178,7 +206,7 @@ impl CheckpointStore {
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let inner = Arc::new(Mutex::new(CheckpointFile { file, generation }));
-        Ok((Self { dir: Arc::from(dir), inner, segments }, stored))
+        Ok((Self { dir: Arc::from(dir), inner, segments, notes }, stored))
     }
 
     /// Records `checkpoint`; returns the bytes of segments deleted.
@@ -189,6 +217,11 @@ impl CheckpointStore {
             let slot = encode_slot(inner.generation, checkpoint);
             let offset = (inner.generation % 2) * SLOT as u64;
             inner.file.write_all_at(&slot, offset)?;
+        }
+        {
+            let mut notes = self.notes.lock().expect("notes lock");
+            let ahead = notes.split_off(&checkpoint.position);
+            *notes = ahead;
         }
         let mut freed = 0;
         loop {

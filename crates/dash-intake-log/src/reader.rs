@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use tokio::sync::watch;
 
+use crate::quarantine::{Damage, Quarantine};
 use crate::segment::{self, frame_crc};
-use crate::{FRAME_HEADER, LogError, MAX_FRAME};
+use crate::{FRAME_HEADER, LogError, MAX_FRAME, Notes};
 
 /// One frame read back.
 #[derive(Debug, Clone)]
@@ -16,6 +17,9 @@ pub struct Frame {
     /// Position of the frame after this one.
     pub next: u64,
     pub payload: Vec<u8>,
+    /// The note its appender gave it in this process ([`crate::Appender::append_noted`]); none
+    /// for frames appended before this process opened the log.
+    pub note: Option<u32>,
 }
 
 /// Reads frames in order. Blocking: call it from a blocking context.
@@ -25,16 +29,24 @@ pub struct LogReader {
     position: u64,
     /// The open segment: its base and a reader positioned at `position`.
     open: Option<(u64, BufReader<File>)>,
+    notes: Notes,
+    quarantine: Quarantine,
 }
 
 impl LogReader {
-    pub(crate) fn new(dir: PathBuf, position: u64, durable: watch::Receiver<u64>) -> Self {
-        Self { dir, durable, position, open: None }
+    pub(crate) fn new(
+        dir: PathBuf,
+        position: u64,
+        durable: watch::Receiver<u64>,
+        notes: Notes,
+        quarantine: Quarantine,
+    ) -> Self {
+        Self { dir, durable, position, open: None, notes, quarantine }
     }
 
     /// A fresh reader over the same log, positioned at `position` (a restarted consumer's).
     pub fn at(&self, position: u64) -> LogReader {
-        LogReader::new(self.dir.clone(), position, self.durable.clone())
+        LogReader::new(self.dir.clone(), position, self.durable.clone(), self.notes.clone(), self.quarantine.clone())
     }
 
     /// A receiver that changes whenever more of the log is durable.
@@ -51,7 +63,13 @@ impl LogReader {
         *self.durable.borrow()
     }
 
-    /// Next frame, or `None` when the reader has caught up with the durable end.
+    /// The log's name: its directory's.
+    pub fn log_name(&self) -> String {
+        crate::log_name(&self.dir)
+    }
+
+    /// Next frame, or `None` when the reader has caught up with the durable end. After
+    /// [`LogError::Corrupt`], call [`Self::skip_damage`] to go on.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, LogError> {
         let end = self.durable_end();
         if self.position >= end {
@@ -61,40 +79,59 @@ impl LogReader {
         let reader = self.reader_at(position)?;
         let mut header = [0u8; FRAME_HEADER as usize];
         if let Err(err) = reader.read_exact(&mut header) {
+            self.open = None;
             // The segment ended exactly here: the frame is the first of the next segment.
             if err.kind() == io::ErrorKind::UnexpectedEof {
-                self.open = None;
                 if segment::path(&self.dir, position).exists() {
                     return self.next_frame();
                 }
+                return Err(LogError::Corrupt { position });
             }
             return Err(err.into());
         }
         let len_bytes: [u8; 4] = header[0..4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(len_bytes) as usize;
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        if len > MAX_FRAME {
+        let next = position + FRAME_HEADER + len as u64;
+        if len > MAX_FRAME || next > end {
             self.open = None;
             return Err(LogError::Corrupt { position });
         }
         let mut payload = vec![0u8; len];
-        reader.read_exact(&mut payload)?;
+        if let Err(err) = reader.read_exact(&mut payload) {
+            self.open = None;
+            return Err(match err.kind() {
+                io::ErrorKind::UnexpectedEof => LogError::Corrupt { position },
+                _ => err.into(),
+            });
+        }
         if frame_crc(&len_bytes, &payload) != crc {
             self.open = None;
             return Err(LogError::Corrupt { position });
         }
-        let next = position + FRAME_HEADER + len as u64;
         self.position = next;
-        Ok(Some(Frame { position, next, payload }))
+        let note = self.notes.lock().expect("notes lock").get(&position).copied();
+        Ok(Some(Frame { position, next, payload, note }))
     }
 
-    /// Skips the rest of the segment holding `position` (after a corrupt frame).
-    pub fn skip_segment(&mut self) -> Result<(), LogError> {
+    /// After [`LogError::Corrupt`] at the current position: copies the segment to the
+    /// quarantine, and moves on to the next whole frame of the segment, or to the next segment
+    /// when none follows. Returns what was skipped.
+    pub fn skip_damage(&mut self) -> Result<Damage, LogError> {
         self.open = None;
+        let position = self.position;
         let bases = segment::list(&self.dir)?;
-        let next = bases.iter().copied().find(|b| *b > self.position);
-        self.position = next.unwrap_or_else(|| self.durable_end());
-        Ok(())
+        let base = bases.iter().copied().rev().find(|b| *b <= position).ok_or(LogError::Corrupt { position })?;
+        let segment_end = bases.iter().copied().find(|b| *b > position).unwrap_or_else(|| self.durable_end());
+        let segment_path = segment::path(&self.dir, base);
+        let mut bytes = Vec::new();
+        File::open(&segment_path)?.read_to_end(&mut bytes)?;
+        bytes.truncate((segment_end - base) as usize);
+        let from = (position - base) as usize;
+        let resume = segment::next_whole_frame(&bytes, from + 1).map_or(segment_end, |offset| base + offset as u64);
+        let damage = self.quarantine.keep_segment(&self.log_name(), &segment_path, position, resume - position)?;
+        self.position = resume;
+        Ok(damage)
     }
 
     fn reader_at(&mut self, position: u64) -> Result<&mut BufReader<File>, LogError> {

@@ -3,7 +3,13 @@ use std::io::Write;
 use super::*;
 
 fn options(segment_bytes: u64) -> LogOptions {
-    LogOptions { segment_bytes }
+    // Each test's log sits in its own temporary directory; the quarantine beside it is per test.
+    let quarantine = std::env::temp_dir().join(format!("dash-quarantine-test-{}", std::process::id()));
+    LogOptions { segment_bytes, quarantine: Quarantine::new(quarantine) }
+}
+
+fn options_in(dir: &Path, segment_bytes: u64) -> LogOptions {
+    LogOptions { segment_bytes, quarantine: Quarantine::new(dir.join("quarantine")) }
 }
 
 fn read_all(reader: &mut LogReader) -> Vec<Vec<u8>> {
@@ -79,40 +85,42 @@ async fn checkpoint_resumes_and_deletes_consumed_segments() {
 
 #[tokio::test]
 async fn a_torn_checkpoint_slot_falls_back_to_the_other() {
-    let dir = closed_log_of_three_frames().await;
-    let (_, checkpoints) = close(open(dir.path(), options(1 << 20)).unwrap());
+    let tmp = closed_log_of_three_frames().await;
+    let dir = tmp.path().join("p0");
+    let (_, checkpoints) = close(open(&dir, options(1 << 20)).unwrap());
     checkpoints.commit(Checkpoint { position: 18, skip: 0 }).unwrap();
     checkpoints.commit(Checkpoint { position: 36, skip: 2 }).unwrap();
-    assert_eq!(open(dir.path(), options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 36, skip: 2 });
+    assert_eq!(open(&dir, options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 36, skip: 2 });
 
     // The newest slot (generation 2: the first) half-written: the one before it stands.
-    let path = dir.path().join("checkpoint");
+    let path = dir.join("checkpoint");
     let mut bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 48);
     bytes[10] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let reopened = open(dir.path(), options(1 << 20)).unwrap();
+    let reopened = open(&dir, options(1 << 20)).unwrap();
     assert_eq!(reopened.recovery.checkpoint, Checkpoint { position: 18, skip: 0 });
     // And commits go on from there, to the slot that is not the survivor.
     let (_, checkpoints) = close(reopened);
     checkpoints.commit(Checkpoint { position: 54, skip: 0 }).unwrap();
-    assert_eq!(open(dir.path(), options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 54, skip: 0 });
+    assert_eq!(open(&dir, options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 54, skip: 0 });
 }
 
 #[tokio::test]
 async fn a_checkpoint_of_the_one_record_format_is_read_and_rewritten() {
-    let dir = closed_log_of_three_frames().await;
+    let tmp = closed_log_of_three_frames().await;
+    let dir = tmp.path().join("p0");
     let mut record = Vec::new();
     record.extend_from_slice(&36u64.to_le_bytes());
     record.extend_from_slice(&1u32.to_le_bytes());
     record.extend_from_slice(&crc32c::crc32c(&record).to_le_bytes());
-    std::fs::write(dir.path().join("checkpoint"), &record).unwrap();
+    std::fs::write(dir.join("checkpoint"), &record).unwrap();
 
-    let reopened = open(dir.path(), options(1 << 20)).unwrap();
+    let reopened = open(&dir, options(1 << 20)).unwrap();
     assert_eq!(reopened.recovery.checkpoint, Checkpoint { position: 36, skip: 1 });
-    assert_eq!(std::fs::metadata(dir.path().join("checkpoint")).unwrap().len(), 48);
+    assert_eq!(std::fs::metadata(dir.join("checkpoint")).unwrap().len(), 48);
     drop(close(reopened));
-    assert_eq!(open(dir.path(), options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 36, skip: 1 });
+    assert_eq!(open(&dir, options(1 << 20)).unwrap().recovery.checkpoint, Checkpoint { position: 36, skip: 1 });
 }
 
 #[tokio::test]
@@ -133,7 +141,7 @@ async fn segments_rolled_after_opening_are_deleted_once_behind_the_checkpoint() 
 /// A log holding three 10-byte frames, closed.
 async fn closed_log_of_three_frames() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), options(1 << 20)).unwrap();
+    let log = open(&dir.path().join("p0"), options_in(dir.path(), 1 << 20)).unwrap();
     for i in 0..3u8 {
         log.appender.append(vec![i; 10]).await.unwrap();
     }
@@ -142,9 +150,10 @@ async fn closed_log_of_three_frames() -> tempfile::TempDir {
 }
 
 #[tokio::test]
-async fn torn_tail_is_cut_and_never_replayed() {
+async fn a_torn_tail_is_cut_and_never_replayed() {
     let dir = closed_log_of_three_frames().await;
-    let seg = segment::path(dir.path(), 0);
+    let log_dir = dir.path().join("p0");
+    let seg = segment::path(&log_dir, 0);
     let good_len = std::fs::metadata(&seg).unwrap().len();
     // A frame whose header promises more than was written (a crash mid-write) ...
     let mut file = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
@@ -152,10 +161,12 @@ async fn torn_tail_is_cut_and_never_replayed() {
     file.write_all(&[0xAB; 4 + 20]).unwrap();
     drop(file);
 
-    let reopened = open(dir.path(), options(1 << 20)).unwrap();
-    assert_eq!(reopened.recovery.truncated_bytes, 28);
+    let reopened = open(&log_dir, options_in(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(reopened.recovery.torn_bytes, 28);
+    assert!(reopened.recovery.tail_damage.is_none(), "a write cut short was never acknowledged");
     assert_eq!(reopened.recovery.end, good_len);
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+    assert!(!dir.path().join("quarantine").exists());
     // ... and appends after the cut continue cleanly.
     reopened.appender.append(vec![9; 5]).await.unwrap();
     let (mut reader, _) = close(reopened);
@@ -165,15 +176,94 @@ async fn torn_tail_is_cut_and_never_replayed() {
 }
 
 #[tokio::test]
-async fn corrupt_checksum_cuts_from_that_frame() {
+async fn a_zeroed_tail_is_torn_too() {
     let dir = closed_log_of_three_frames().await;
-    let seg = segment::path(dir.path(), 0);
+    let log_dir = dir.path().join("p0");
+    let seg = segment::path(&log_dir, 0);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    file.write_all(&[0; 4096]).unwrap();
+    drop(file);
+    let reopened = open(&log_dir, options_in(dir.path(), 1 << 20)).unwrap();
+    assert_eq!((reopened.recovery.torn_bytes, reopened.recovery.end), (4096, 54));
+    assert!(reopened.recovery.tail_damage.is_none());
+}
+
+#[tokio::test]
+async fn damage_mid_segment_is_quarantined_and_reading_resumes_after_it() {
+    let dir = closed_log_of_three_frames().await;
+    let log_dir = dir.path().join("p0");
+    let seg = segment::path(&log_dir, 0);
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[18 + 8 + 3] ^= 0xFF; // a payload byte of the second frame
     std::fs::write(&seg, &bytes).unwrap();
 
-    let reopened = open(dir.path(), options(1 << 20)).unwrap();
-    assert_eq!(reopened.recovery.end, 18);
+    // Opening keeps the whole frame after the damage: nothing is cut.
+    let reopened = open(&log_dir, options_in(dir.path(), 1 << 20)).unwrap();
+    assert_eq!((reopened.recovery.end, reopened.recovery.torn_bytes), (54, 0));
     let (mut reader, _) = close(reopened);
-    assert_eq!(read_all(&mut reader), vec![vec![0u8; 10]]);
+    assert_eq!(reader.next_frame().unwrap().unwrap().payload, vec![0u8; 10]);
+    assert!(matches!(reader.next_frame(), Err(LogError::Corrupt { position: 18 })));
+    let damage = reader.skip_damage().unwrap();
+    assert_eq!((damage.position, damage.bytes), (18, 18));
+    assert_eq!(damage.kept_as, dir.path().join("quarantine").join("p0-00000000000000000000.log"));
+    assert_eq!(std::fs::read(&damage.kept_as).unwrap(), bytes, "the segment is kept as it was found");
+    let note = std::fs::read_to_string(damage.kept_as.with_extension("damage")).unwrap();
+    assert!(note.starts_with("damaged position=18 bytes=18"), "{note}");
+    assert_eq!(read_all(&mut reader), vec![vec![2u8; 10]]);
+    let summary = Quarantine::new(dir.path().join("quarantine")).summary().unwrap();
+    assert_eq!(summary, QuarantineSummary { files: 1, bytes: 54 });
+}
+
+#[tokio::test]
+async fn a_damaged_length_is_skipped_like_a_damaged_payload() {
+    let dir = closed_log_of_three_frames().await;
+    let log_dir = dir.path().join("p0");
+    let seg = segment::path(&log_dir, 0);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[18..22].copy_from_slice(&1000u32.to_le_bytes()); // beyond the segment: looks torn
+    std::fs::write(&seg, &bytes).unwrap();
+    let reopened = open(&log_dir, options_in(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(reopened.recovery.end, 54, "a whole frame follows, so this is damage, not a tail");
+    let (mut reader, _) = close(reopened);
+    reader.next_frame().unwrap().unwrap();
+    assert!(reader.next_frame().is_err());
+    assert_eq!(reader.skip_damage().unwrap().bytes, 18);
+    assert_eq!(read_all(&mut reader), vec![vec![2u8; 10]]);
+}
+
+#[tokio::test]
+async fn whole_frames_failing_at_the_tail_are_kept_then_cut() {
+    let dir = closed_log_of_three_frames().await;
+    let log_dir = dir.path().join("p0");
+    let seg = segment::path(&log_dir, 0);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[36 + 8 + 3] ^= 0xFF; // the last frame, whole but failing its checksum
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let reopened = open(&log_dir, options_in(dir.path(), 1 << 20)).unwrap();
+    assert_eq!((reopened.recovery.end, reopened.recovery.torn_bytes), (36, 0));
+    let damage = reopened.recovery.tail_damage.clone().expect("acknowledged bytes damaged");
+    assert_eq!((damage.position, damage.bytes), (36, 18));
+    assert_eq!(std::fs::read(&damage.kept_as).unwrap(), bytes);
+    let (mut reader, _) = close(reopened);
+    assert_eq!(read_all(&mut reader).len(), 2);
+}
+
+#[tokio::test]
+async fn notes_reach_the_reader_and_are_pruned_behind_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), options(1 << 20)).unwrap();
+    let first = log.appender.append_noted(vec![1; 40], 7).await.unwrap();
+    let second = log.appender.append(vec![2; 40]).await.unwrap();
+    let third = log.appender.append_noted(vec![3; 40], 9).await.unwrap();
+    let mut reader = log.reader.at(first);
+    let notes: Vec<_> = std::iter::from_fn(|| reader.next_frame().unwrap()).map(|f| f.note).collect();
+    assert_eq!(notes, vec![Some(7), None, Some(9)]);
+    log.checkpoints.commit(Checkpoint { position: second, skip: 0 }).unwrap();
+    // A restarted consumer reading from the checkpoint still finds the later note.
+    let mut again = log.reader.at(second);
+    let notes: Vec<_> = std::iter::from_fn(|| again.next_frame().unwrap()).map(|f| (f.position, f.note)).collect();
+    assert_eq!(notes, vec![(second, None), (third, Some(9))]);
+    assert_eq!(log.reader.at(first).next_frame().unwrap().unwrap().note, None, "pruned");
+    drop(close(log));
 }

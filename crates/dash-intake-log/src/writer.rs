@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::segment::{self, frame_crc};
-use crate::{FRAME_HEADER, LogError, LogOptions, MAX_FRAME, Segments};
+use crate::{FRAME_HEADER, LogError, LogOptions, MAX_FRAME, Notes, Segments};
 
 /// Requests waiting for the writer; senders beyond it wait (and are themselves bounded upstream).
 const QUEUE_DEPTH: usize = 4096;
@@ -18,6 +18,7 @@ const GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 struct Append {
     payload: Vec<u8>,
+    note: Option<u32>,
     reply: oneshot::Sender<Result<u64, LogError>>,
 }
 
@@ -30,11 +31,21 @@ pub struct Appender {
 impl Appender {
     /// Appends one frame and resolves once it is fsync'd, with the frame's position.
     pub async fn append(&self, payload: Vec<u8>) -> Result<u64, LogError> {
+        self.send(payload, None).await
+    }
+
+    /// [`Self::append`], with a note the consumer of this process finds on the frame
+    /// ([`crate::Frame::note`]). Notes live in memory only, until the checkpoint passes the frame.
+    pub async fn append_noted(&self, payload: Vec<u8>, note: u32) -> Result<u64, LogError> {
+        self.send(payload, Some(note)).await
+    }
+
+    async fn send(&self, payload: Vec<u8>, note: Option<u32>) -> Result<u64, LogError> {
         if payload.len() > MAX_FRAME {
             return Err(LogError::TooLarge(payload.len()));
         }
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Append { payload, reply }).await.map_err(|_| LogError::Closed)?;
+        self.tx.send(Append { payload, note, reply }).await.map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
     }
 }
@@ -57,10 +68,11 @@ pub(crate) fn start(
     options: LogOptions,
     durable: watch::Sender<u64>,
     segments: Segments,
+    notes: Notes,
 ) -> Result<(Appender, WriterThread), LogError> {
     let file = std::fs::OpenOptions::new().append(true).open(segment::path(&dir, base))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let writer = Writer { dir, options, file, base, len, durable, segments };
+    let writer = Writer { dir, options, file, base, len, durable, segments, notes };
     let handle = std::thread::Builder::new().name("intake-log-writer".into()).spawn(move || writer.run(rx))?;
     Ok((Appender { tx }, WriterThread(handle)))
 }
@@ -76,6 +88,8 @@ struct Writer {
     durable: watch::Sender<u64>,
     /// Where the checkpoint store learns of new segments.
     segments: Segments,
+    /// Where frames' notes are left for the reader, before the frames become durable.
+    notes: Notes,
 }
 
 impl Writer {
@@ -94,6 +108,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let group_start = self.base + self.len;
             match self.write_group(&group, &mut buf) {
                 Ok(positions) => {
                     self.durable.send_replace(self.base + self.len);
@@ -103,6 +118,8 @@ impl Writer {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "intake log write failed; requests answered with an error");
+                    // Every request of the group is told it failed, so none of its frames counts.
+                    drop(self.notes.lock().expect("notes lock").split_off(&group_start));
                     for append in group.drain(..) {
                         let _ = append.reply.send(Err(LogError::Io(io::Error::new(err.kind(), err.to_string()))));
                     }
@@ -124,7 +141,12 @@ impl Writer {
                 self.flush(buf)?;
                 self.roll()?;
             }
-            positions.push(self.base + self.len + buf.len() as u64);
+            let position = self.base + self.len + buf.len() as u64;
+            if let Some(note) = append.note {
+                // Before the frame can be durable (a roll publishes what precedes it).
+                self.notes.lock().expect("notes lock").insert(position, note);
+            }
+            positions.push(position);
             let len_bytes = (append.payload.len() as u32).to_le_bytes();
             buf.extend_from_slice(&len_bytes);
             buf.extend_from_slice(&frame_crc(&len_bytes, &append.payload).to_le_bytes());

@@ -425,8 +425,10 @@ struct PipelineTally {
     newest_received_ms: Option<i64>,
 }
 
+/// The minute holding `ms` (saturating at the far past: an event that old is refused by the
+/// store, never a panic here).
 fn minute_of(ms: i64) -> i64 {
-    ms - ms.rem_euclid(60_000)
+    ms.saturating_sub(ms.rem_euclid(60_000))
 }
 
 #[cfg(test)]

@@ -473,3 +473,11 @@ async fn an_earlier_continuous_aggregate_is_replaced_by_the_rebuilt_rollup() {
     assert_eq!(series.iter().map(|p| p.count).sum::<i64>(), 30);
     backend.cleanup().await;
 }
+
+#[test]
+fn the_minute_of_any_time_is_found_without_overflow() {
+    assert_eq!(super::minute_of(61_000), 60_000);
+    assert_eq!(super::minute_of(-1), -60_000);
+    assert_eq!(super::minute_of(i64::MIN), i64::MIN);
+    assert_eq!(super::minute_of(i64::MAX), i64::MAX - i64::MAX.rem_euclid(60_000));
+}

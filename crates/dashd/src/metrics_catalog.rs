@@ -25,7 +25,22 @@ pub fn describe() {
     describe_counter!(
         "dash_intake_log_corrupt_total",
         Unit::Count,
-        "Intake log frames that failed their checksum or decoding."
+        "Damaged stretches of acknowledged intake log data found (each kept in the quarantine)."
+    );
+    describe_counter!(
+        "dash_intake_log_damaged_bytes_total",
+        Unit::Bytes,
+        "Acknowledged intake log bytes that failed their checksum and could not be stored."
+    );
+    describe_counter!(
+        "dash_intake_log_unreadable_total",
+        Unit::Count,
+        "Acknowledged requests in the intake log this release cannot read, kept in the quarantine."
+    );
+    describe_counter!(
+        "dash_intake_log_torn_bytes_total",
+        Unit::Bytes,
+        "Bytes of writes cut short by a stop, cut from a log tail at start (never acknowledged)."
     );
     describe_gauge!("dash_buffer_backlog", Unit::Count, "Unflushed events per partition.");
     describe_gauge!("dash_intake_log_bytes", Unit::Bytes, "Unflushed intake log bytes across partitions.");

@@ -1,0 +1,291 @@
+//! What operators do every month, with acknowledged events still in the intake log: change
+//! `DASH_PARTITIONS`, upgrade over a log the first releases wrote, find damaged log data.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::support::{Pipeline, TestServer};
+
+/// Each pipeline's event ids in the order they were committed (SQLite's rowid); `None` on
+/// PostgreSQL, whose events table keeps no commit order.
+async fn commit_order(server: &TestServer, pipeline: &str) -> Option<Vec<String>> {
+    if server.is_postgres() {
+        return None;
+    }
+    let url = format!("sqlite://{}/dash.db", server.data_dir().display());
+    let db = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let ids = sqlx::query_scalar("SELECT event_id FROM events WHERE pipeline_id = $1 ORDER BY rowid")
+        .bind(pipeline)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    Some(ids)
+}
+
+async fn post_round(server: &TestServer, pipelines: &[Pipeline], round: &str) {
+    for p in pipelines {
+        for k in 0..5 {
+            let response = server.post_json(p, &format!("{round}-{k}"), "{}").await;
+            assert_eq!(response.status(), 202, "{round}: {}", response.text().await.unwrap());
+        }
+    }
+}
+
+fn partition_logs(server: &TestServer) -> Vec<String> {
+    let mut logs: Vec<String> = std::fs::read_dir(server.data_dir().join("intake"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('p'))
+        .collect();
+    logs.sort();
+    logs
+}
+
+#[tokio::test]
+async fn lowering_then_raising_partitions_keeps_every_acknowledged_event_in_order() {
+    let mut server =
+        TestServer::start(&[("DASH_PARTITIONS", "8"), ("DASH_FLUSH_INTERVAL", "1h"), ("DASH_MAX_BATCH", "100000")])
+            .await;
+    let mut pipelines = Vec::new();
+    for i in 0..8 {
+        pipelines.push(server.create_pipeline(&format!("spread {i}")).await);
+    }
+    let partitions: HashSet<usize> = pipelines.iter().map(|p| dash_ingest::partition_for(&p.id, 8)).collect();
+    assert!(partitions.iter().any(|i| *i >= 2), "some pipelines live beyond partition 1: {partitions:?}");
+    post_round(&server, &pipelines, "old").await;
+    server.kill9();
+
+    // Lower to 2: the logs p2…p7 hold acknowledged events nothing else would ever read.
+    server.set_env("DASH_PARTITIONS", "2");
+    server.set_env("DASH_FLUSH_INTERVAL", "100ms");
+    server.restart();
+    post_round(&server, &pipelines, "mid").await;
+    for p in &pipelines {
+        server.wait_for_count(p, 10, Duration::from_secs(20)).await;
+    }
+    assert!(server.log().contains("intake log beyond DASH_PARTITIONS"), "the move is logged");
+    assert_eq!(partition_logs(&server), ["p0", "p1"], "emptied logs are removed");
+    let layout = std::fs::read_to_string(server.data_dir().join("intake/layout")).unwrap();
+    assert_eq!(layout, "partitions=2 hash=crc32c\n");
+
+    // Acknowledged under 2, unflushed; then raise to 8 and take new events at once.
+    server.kill9();
+    server.set_env("DASH_FLUSH_INTERVAL", "1h");
+    server.restart();
+    post_round(&server, &pipelines, "late").await;
+    server.kill9();
+    server.set_env("DASH_PARTITIONS", "8");
+    server.set_env("DASH_FLUSH_INTERVAL", "100ms");
+    server.restart();
+    post_round(&server, &pipelines, "new").await;
+    for p in &pipelines {
+        server.wait_for_count(p, 20, Duration::from_secs(20)).await;
+    }
+    assert!(server.sigterm().success());
+
+    for p in &pipelines {
+        let (ids, count) = server.stored_events(&p.id).await;
+        assert_eq!(count, 20);
+        assert!(ids.iter().all(|(_, copies)| *copies == 1), "{ids:?}");
+        if let Some(order) = commit_order(&server, &p.id).await {
+            let rounds: Vec<&str> = order.iter().map(|id| id.split('-').next().unwrap()).collect();
+            let expected: Vec<&str> = ["old", "mid", "late", "new"].iter().flat_map(|r| [*r; 5]).collect();
+            assert_eq!(rounds, expected, "{}: events committed in the order they were acknowledged", p.id);
+        }
+    }
+    server.restart();
+    for p in &pipelines {
+        let stats = &server.get_json(&format!("/api/pipelines/{}", p.id)).await["stats"];
+        assert_eq!((stats["count"].as_i64(), stats["duplicates"].as_i64()), (Some(20), Some(0)), "{stats}");
+    }
+}
+
+#[tokio::test]
+async fn requests_the_first_releases_wrote_are_stored_after_an_upgrade() {
+    let mut server = TestServer::start(&[("DASH_PARTITIONS", "2"), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    let orders = server.create_pipeline("orders").await;
+    let payments = server.create_pipeline("payments").await;
+    assert!(server.sigterm().success());
+
+    // What the first releases left behind: untagged records, in a log the layout file does not
+    // describe, placed where no pipeline of them belongs under the current hash.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dash-ingest/tests/fixtures/intake-v0.log");
+    let intake = server.data_dir().join("intake");
+    std::fs::remove_file(intake.join("layout")).unwrap();
+    std::fs::create_dir_all(intake.join("p5")).unwrap();
+    std::fs::copy(&fixture, intake.join("p5/00000000000000000000.log")).unwrap();
+    server.restart();
+    server.wait_for_count(&orders, 3, Duration::from_secs(20)).await;
+    server.wait_for_count(&payments, 1, Duration::from_secs(20)).await;
+    let events = server.get_json(&format!("/api/pipelines/{}/events?limit=10", payments.id)).await;
+    assert_eq!(events["events"][0]["id"], "zahlung-é-1", "{events}");
+    assert_eq!(partition_logs(&server), ["p0", "p1"]);
+    let ready = server.get_json("/ready").await;
+    assert_eq!(ready["checks"]["intake_log_quarantine"]["ok"], true, "{ready}");
+}
+
+/// The frames of a closed segment: (offset, whole frame length).
+fn frames_of(segment: &[u8]) -> Vec<(usize, usize)> {
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while offset + 8 <= segment.len() {
+        let len = u32::from_le_bytes(segment[offset..offset + 4].try_into().unwrap()) as usize;
+        frames.push((offset, 8 + len));
+        offset += 8 + len;
+    }
+    frames
+}
+
+#[tokio::test]
+async fn damaged_log_data_is_kept_aside_and_reported_and_the_rest_is_stored() {
+    let mut server =
+        TestServer::start(&[("DASH_FLUSH_INTERVAL", "1h"), ("DASH_MAX_BATCH", "100000"), ("DASH_PARTITIONS", "1")])
+            .await;
+    let p = server.create_pipeline("damaged").await;
+    for i in 0..10 {
+        assert_eq!(server.post_json(&p, &format!("d{i}"), "{}").await.status(), 202);
+    }
+    server.kill9();
+
+    // One frame damaged in the middle, the last one at the tail; then a frame of a record
+    // version this release does not know (written by a newer one, say).
+    let log_dir = server.data_dir().join("intake/p0");
+    let segment_path = log_dir.join("00000000000000000000.log");
+    let mut segment = std::fs::read(&segment_path).unwrap();
+    let frames = frames_of(&segment);
+    assert_eq!(frames.len(), 10);
+    let (mid, mid_len) = frames[4];
+    let (last, last_len) = frames[9];
+    segment[mid + 12] ^= 0x55;
+    segment[last + 12] ^= 0x55;
+    std::fs::write(&segment_path, &segment).unwrap();
+
+    server.set_env("DASH_FLUSH_INTERVAL", "100ms");
+    server.restart();
+    server.wait_for_count(&p, 8, Duration::from_secs(20)).await;
+    let log = server.log();
+    assert!(log.contains("acknowledged data failed its checksum"), "{log}");
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("dash_intake_log_damaged_bytes_total {}", mid_len + last_len)), "{metrics}");
+    assert!(metrics.contains("dash_intake_log_corrupt_total 2"), "{metrics}");
+    let (ids, _) = server.stored_events(&p.id).await;
+    let ids: HashSet<String> = ids.into_iter().map(|(id, _)| id).collect();
+    assert!(!ids.contains("d4") && !ids.contains("d9") && ids.len() == 8, "{ids:?}");
+
+    // Degraded until an operator has looked and removed what was kept.
+    let ready = server.get_json("/ready").await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["intake_log_quarantine"]["files"], 1, "{ready}");
+    let quarantine = server.data_dir().join("intake/quarantine");
+    let kept = std::fs::read(quarantine.join("p0-00000000000000000000.log")).unwrap();
+    assert_eq!(kept, segment, "the damaged segment is kept as found");
+    let note = std::fs::read_to_string(quarantine.join("p0-00000000000000000000.damage")).unwrap();
+    assert_eq!(note.lines().count(), 2, "{note}");
+    // A later write goes on as usual.
+    assert_eq!(server.post_json(&p, "after", "{}").await.status(), 202);
+    server.wait_for_count(&p, 9, Duration::from_secs(20)).await;
+    server.kill9();
+
+    // A frame whose checksum holds but whose record version is unknown: kept aside too.
+    let runtime_log = dash_intake_log::open(
+        &log_dir,
+        dash_intake_log::LogOptions {
+            segment_bytes: 64 << 20,
+            quarantine: dash_intake_log::Quarantine::new(&quarantine),
+        },
+    )
+    .unwrap();
+    runtime_log.appender.append(vec![0x00, 0x09, 1, 2, 3]).await.unwrap();
+    drop(runtime_log.appender);
+    tokio::task::spawn_blocking(move || runtime_log.writer.join()).await.unwrap();
+    std::fs::remove_dir_all(&quarantine).unwrap();
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = server.get_json("/ready").await;
+        if ready["checks"]["intake_log_quarantine"]["files"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the unreadable frame was not kept aside: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.log().contains("cannot be read by this release"));
+    std::fs::remove_dir_all(&quarantine).unwrap();
+    let ready = server.get_json("/ready").await;
+    assert_eq!(ready["checks"]["intake_log_quarantine"]["ok"], true, "cleared by the operator: {ready}");
+    assert_eq!(ready["status"], "healthy", "{ready}");
+}
+
+/// The events a 429 said were waiting.
+fn waiting_in(message: &str) -> i64 {
+    let after = message.split("backlog is full (").nth(1).unwrap_or_else(|| panic!("{message}"));
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_backlog_bound_holds_under_concurrent_large_requests() {
+    let server = TestServer::start(&[
+        ("DASH_FLUSH_INTERVAL", "1h"),
+        ("DASH_MAX_BATCH", "100000"),
+        ("DASH_PARTITIONS", "1"),
+        ("DASH_MAX_BACKLOG", "500"),
+    ])
+    .await;
+    let p = server.create_pipeline("bounded").await;
+    let body = |r: usize| {
+        let events: Vec<String> = (0..100).map(|i| format!(r#"{{"id":"r{r}-{i}"}}"#)).collect();
+        format!("[{}]", events.join(","))
+    };
+    let requests = (0..24).map(|r| {
+        let (server, body) = (&server, body(r));
+        let p = &p;
+        async move {
+            let response = server.post_json(p, &format!("req-{r}"), &body).await;
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
+    assert!(accepted >= 5, "{answers:?}");
+    assert!(accepted * 100 <= 500, "{accepted} requests of 100 events admitted past a bound of 500");
+    for (status, body) in answers.iter().filter(|(status, _)| *status != 202) {
+        assert_eq!(*status, 429, "{body}");
+        assert!(waiting_in(body) <= 500, "{body}");
+    }
+    let ready = server.get_json("/ready").await;
+    assert!(ready["checks"]["intake_log"]["backlog"][0].as_i64().unwrap() <= 500, "{ready}");
+}
+
+#[tokio::test]
+async fn while_the_store_is_down_the_log_absorbs_past_the_backlog_and_the_bound_still_holds() {
+    let server =
+        TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms"), ("DASH_PARTITIONS", "1"), ("DASH_MAX_BACKLOG", "50")])
+            .await;
+    if server.is_postgres() {
+        return; // the PostgreSQL outage is the cut-proxy tests' business
+    }
+    let p = server.create_pipeline("absorbing").await;
+    let url = format!("sqlite://{}/dash.db", server.data_dir().display());
+    let mut locker = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
+    assert_eq!(server.post_json(&p, "first", "{}").await.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().contains("flush failed; retrying") {
+        assert!(Instant::now() < deadline, "the store never looked down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in 0..10 {
+        let events: Vec<String> = (0..20).map(|i| format!(r#"{{"id":"s{r}-{i}"}}"#)).collect();
+        let response = server.post_json(&p, &format!("spool-{r}"), &format!("[{}]", events.join(","))).await;
+        assert_eq!(response.status(), 202, "the log absorbs while the store is down");
+    }
+    let ready = server.get_json("/ready").await;
+    let backlog = ready["checks"]["intake_log"]["backlog"][0].as_i64().unwrap();
+    assert!(backlog <= 50, "the backlog counts what will flush soon, within its bound: {ready}");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+    server.wait_for_count(&p, 201, Duration::from_secs(30)).await;
+    let ready = server.get_json("/ready").await;
+    assert_eq!(ready["checks"]["intake_log"]["backlog"][0], 0, "{ready}");
+}
