@@ -14,6 +14,8 @@
 //! absorbs a repeat (the one case: a peer that timed out after it had written).
 
 use std::collections::HashMap;
+
+use dash_log_throttle::LogThrottle;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,6 +106,8 @@ pub struct Forwarder {
     failed: Arc<Mutex<HashMap<IpAddr, Instant>>>,
     /// Spreads requests over equally good peers.
     turn: Arc<AtomicUsize>,
+    /// A dead peer fails every forward: one warning per period, with the count held back.
+    unanswered: Arc<LogThrottle>,
 }
 
 impl Forwarder {
@@ -124,6 +128,7 @@ impl Forwarder {
             membership,
             failed: Arc::default(),
             turn: Arc::default(),
+            unanswered: Arc::new(LogThrottle::per_period()),
         })
     }
 
@@ -161,7 +166,9 @@ impl Forwarder {
                 }
                 Err(err) => {
                     metrics::counter!("dash_edge_attempt_failures_total").increment(1);
-                    tracing::warn!(%peer, error = %err, "ingestor did not answer; trying the next");
+                    if let Some(held_back) = self.unanswered.admit() {
+                        tracing::warn!(%peer, error = %err, held_back, "ingestor did not answer; trying the next");
+                    }
                     self.failed.lock().expect("failed-peers lock").insert(peer.ip(), Instant::now());
                     last_error = format!("{peer}: {err}");
                 }

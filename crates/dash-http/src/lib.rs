@@ -17,6 +17,7 @@ mod serve;
 mod throttle;
 mod webhooks;
 
+use dash_log_throttle::LogThrottle;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,6 +77,9 @@ pub struct AppState {
     pub membership: Option<Membership>,
     /// On a web node without intake: hands webhooks to ingestors.
     pub edge: Option<Forwarder>,
+    /// Pages and live subscriptions fail on each view while the store is down: one warning per
+    /// period.
+    pub(crate) store_warnings: Arc<LogThrottle>,
 }
 
 impl AppState {
@@ -104,6 +108,7 @@ impl AppState {
             throttle: Default::default(),
             membership: None,
             edge: None,
+            store_warnings: Arc::new(LogThrottle::per_period()),
         }
     }
 

@@ -115,7 +115,9 @@ async fn handle(state: &AppState, client: ClientId, text: &str) -> Option<Utf8By
             }
             Ok(None) => error("pipeline_not_found", format!("no pipeline {pipeline:?}")),
             Err(err) => {
-                tracing::warn!(error = %err, "live subscribe: store unavailable");
+                if let Some(held_back) = state.store_warnings.admit() {
+                    tracing::warn!(error = %err, held_back, "live subscribe: store unavailable");
+                }
                 error("store_unavailable", "the database is not reachable right now; retry".into())
             }
         },

@@ -90,22 +90,24 @@ fn chrome(state: &AppState, headers: &HeaderMap) -> Chrome {
 /// Why a page could not be shown.
 enum PageError {
     NotFound(String),
-    StoreDown,
+    StoreDown(String),
 }
 
 impl PageError {
     fn store(err: impl Display) -> Self {
-        tracing::warn!(error = %err, "store unavailable for a page");
-        Self::StoreDown
+        Self::StoreDown(err.to_string())
     }
 
-    fn into_response(self, chrome: Option<Chrome>) -> Response {
+    fn into_response(self, state: &AppState, chrome: Option<Chrome>) -> Response {
         match self {
             Self::NotFound(id) => html(
                 StatusCode::NOT_FOUND,
                 pages::message(chrome, "Not found", &format!("There is no pipeline {id:?}.")),
             ),
-            Self::StoreDown => {
+            Self::StoreDown(err) => {
+                if let Some(held_back) = state.store_warnings.admit() {
+                    tracing::warn!(error = %err, held_back, "store unavailable for a page");
+                }
                 let text = "The database is not reachable right now. Events are still being accepted; \
                             this page will show them once it is back.";
                 let mut response =
@@ -185,7 +187,7 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
     .await;
     match result {
         Ok(summaries) => html(StatusCode::OK, pages::overview(chrome(&state, &headers), summaries)),
-        Err(err) => err.into_response(Some(chrome(&state, &headers))),
+        Err(err) => err.into_response(&state, Some(chrome(&state, &headers))),
     }
 }
 
@@ -193,7 +195,7 @@ async fn row(State(state): State<AppState>, Path(id): Path<String>) -> Response 
     let result = async { summarize(&state, find(&state, &id).await?, now_ms()).await }.await;
     match result {
         Ok(summary) => html(StatusCode::OK, pages::overview_row(summary)),
-        Err(err) => err.into_response(None),
+        Err(err) => err.into_response(&state, None),
     }
 }
 
@@ -281,7 +283,7 @@ async fn pipeline(
         Ok((summary, panel, send, source)) => {
             html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, send, source))
         }
-        Err(err) => err.into_response(Some(chrome(&state, &headers))),
+        Err(err) => err.into_response(&state, Some(chrome(&state, &headers))),
     }
 }
 
@@ -289,7 +291,7 @@ async fn panel(State(state): State<AppState>, Path(id): Path<String>, Query(quer
     let result = async { load_panel(&state, &find(&state, &id).await?, query.range()).await }.await;
     match result {
         Ok(panel) => html(StatusCode::OK, pages::pipeline_panel(panel)),
-        Err(err) => err.into_response(None),
+        Err(err) => err.into_response(&state, None),
     }
 }
 

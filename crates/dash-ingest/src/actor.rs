@@ -403,7 +403,9 @@ impl BufferActor {
     fn store_failed(&self, err: &StoreError, events: usize, retry_in: Duration) {
         self.partition.health.mark_down(&err.to_string());
         metrics::counter!("dash_store_errors_total").increment(1);
-        tracing::warn!(partition = self.partition.index, events, error = %err, retry_in_ms = retry_in.as_millis() as u64, "flush failed; retrying");
+        if let Some(held_back) = self.partition.flush_failures.admit() {
+            tracing::warn!(partition = self.partition.index, events, error = %err, retry_in_ms = retry_in.as_millis() as u64, held_back, "flush failed; retrying");
+        }
     }
 
     /// After a batch's commit: checkpoint the log past it, release its backlog, publish.

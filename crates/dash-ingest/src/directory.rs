@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use dash_log_throttle::LogThrottle;
 use dash_store::{PipelineAuth, Store};
 use tokio::sync::Mutex;
 
@@ -29,11 +30,18 @@ pub struct PipelineDirectory {
     entries: RwLock<Entries>,
     /// When the last refresh ran; also serializes refreshes.
     last_refresh: Mutex<Option<Instant>>,
+    /// Refreshes fail every few seconds while the store is down: one warning per period.
+    refresh_failures: LogThrottle,
 }
 
 impl PipelineDirectory {
     pub(crate) fn new(store: Store) -> Self {
-        Self { store, entries: RwLock::new(Entries::default()), last_refresh: Mutex::new(None) }
+        Self {
+            store,
+            entries: RwLock::new(Entries::default()),
+            last_refresh: Mutex::new(None),
+            refresh_failures: LogThrottle::per_period(),
+        }
     }
 
     fn cached(&self, id_or_name: &str) -> Option<Arc<PipelineAuth>> {
@@ -83,7 +91,9 @@ impl PipelineDirectory {
                 true
             }
             Err(err) => {
-                tracing::warn!(error = %err, "pipeline directory refresh failed; keeping the cached view");
+                if let Some(held_back) = self.refresh_failures.admit() {
+                    tracing::warn!(error = %err, held_back, "pipeline directory refresh failed; keeping the cached view");
+                }
                 false
             }
         }

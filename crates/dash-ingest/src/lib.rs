@@ -26,6 +26,7 @@ use dash_domain::{Event, PipelineId};
 use dash_intake_log::{
     Appender, Checkpoint, CheckpointStore, Damage, FRAME_HEADER, LogOptions, LogReader, OpenedLog, WriterThread,
 };
+use dash_log_throttle::LogThrottle;
 use dash_store::Store;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -221,6 +222,8 @@ struct Partition {
     spool: Arc<Spool>,
     quarantine: Quarantine,
     health: Arc<StoreHealth>,
+    /// One "flush failed" warning per period while the store is down (across actor restarts).
+    flush_failures: LogThrottle,
     store: Store,
     bus: Bus,
 }
@@ -333,6 +336,7 @@ impl Intake {
                 spool: spool.clone(),
                 quarantine: quarantine.clone(),
                 health: health.clone(),
+                flush_failures: LogThrottle::per_period(),
                 store: store.clone(),
                 bus: bus.clone(),
             }));

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use dash_ingest::Intake;
+use dash_log_throttle::LogThrottle;
 use dash_store::{SourceRecord, Store};
 use dash_task::{StopSignal, StoppableTask};
 
@@ -111,6 +112,7 @@ pub async fn start(settings: JobSettings, store: Store, intake: Intake) -> Resul
         poller: Poller { store: store.clone(), intake, http },
         queue: queue.clone(),
         settings: settings.clone(),
+        failures: LogThrottle::per_period(),
     });
     let settings_timeout = settings.shutdown_timeout;
     let scheduler_queue = queue.clone();
@@ -125,6 +127,8 @@ struct Runner {
     poller: Poller,
     queue: JobQueue,
     settings: JobSettings,
+    /// During a database outage every job fails: one warning per period.
+    failures: LogThrottle,
 }
 
 impl Runner {
@@ -148,8 +152,10 @@ async fn handle(job: Job, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> 
     let outcome = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("dash_jobs_runs_total", "job" => job.kind(), "outcome" => outcome).increment(1);
     metrics::histogram!("dash_jobs_run_seconds", "job" => job.kind()).record(started.elapsed().as_secs_f64());
-    if let Err(err) = &result {
-        tracing::warn!(job = job.kind(), key = %job.key(), error = %err, "job failed; the queue will retry it");
+    if let Err(err) = &result
+        && let Some(held_back) = runner.failures.admit()
+    {
+        tracing::warn!(job = job.kind(), key = %job.key(), error = %err, held_back, "job failed; the queue will retry it");
     }
     result.map_err(Into::into)
 }
@@ -160,6 +166,8 @@ async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSet
     let started_ms = dash_domain::now_ms();
     let mut generation = 0u32;
     let mut backoff = Duration::from_millis(500);
+    // While the database is down a worker fails at each backoff: one warning per period.
+    let restarts = LogThrottle::per_period();
     loop {
         generation += 1;
         let name = format!("{}-{started_ms}-{generation}", settings.node);
@@ -192,9 +200,13 @@ async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSet
             tracing::debug!(worker = %name, "job worker stopped");
             return;
         }
-        match result {
-            Ok(()) => tracing::warn!(worker = %name, "job worker ended; starting another"),
-            Err(err) => tracing::warn!(worker = %name, error = %err, "job worker failed; starting another"),
+        if let Some(held_back) = restarts.admit() {
+            match result {
+                Ok(()) => tracing::warn!(worker = %name, held_back, "job worker ended; starting another"),
+                Err(err) => {
+                    tracing::warn!(worker = %name, error = %err, held_back, "job worker failed; starting another")
+                }
+            }
         }
         metrics::counter!("dash_jobs_worker_restarts_total").increment(1);
         if began.elapsed() > Duration::from_secs(30) {
@@ -219,6 +231,7 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
     let mut ticks = PollTicks::default();
     let mut last_maintenance: Option<i64> = None;
     let mut failing = false;
+    let enqueue_failures = LogThrottle::per_period();
     loop {
         let now = dash_domain::now_ms();
         let due = match store.sources().await {
@@ -256,7 +269,9 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(key = %job.key(), error = %err, "enqueue failed; retrying");
+                    if let Some(held_back) = enqueue_failures.admit() {
+                        tracing::warn!(key = %job.key(), error = %err, held_back, "enqueue failed; retrying");
+                    }
                     // Forget the tick so the next pass tries again.
                     match &job {
                         Job::Poll { pipeline, .. } => ticks.forget(pipeline),

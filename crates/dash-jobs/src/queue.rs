@@ -69,7 +69,7 @@ impl JobQueue {
     pub async fn open(store: &Store, data_dir: &Path, batch: usize) -> Result<Self, JobError> {
         match store {
             Store::Postgres(pg) => {
-                let pool = pg.pool().clone();
+                let pool = pg.jobs_pool().clone();
                 PostgresStorage::setup(&pool).await?;
                 let config = apalis_postgres::Config::default()
                     .queue(QUEUE)

@@ -42,7 +42,7 @@ use serde::Serialize;
 
 pub use binary_copy::BinaryCopy;
 pub use nodelay::set_on as set_tcp_nodelay;
-pub use postgres::{Layout, PgStore, StagedPg};
+pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
 
@@ -177,15 +177,29 @@ pub enum Store {
 }
 
 impl Store {
-    /// Connects by URL scheme. Does not migrate.
+    /// Connects by URL scheme, with PostgreSQL pools of the default sizes. Does not migrate.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_sized(url, PoolSizes::default()).await
+    }
+
+    /// Connects with PostgreSQL pools of `sizes` (see [`PoolSizes::for_work`]; SQLite keeps one
+    /// writer). Does not migrate.
+    pub async fn connect_sized(url: &str, sizes: PoolSizes) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             return Ok(Self::Sqlite(SqliteStore::connect(url).await?));
         }
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            return Ok(Self::Postgres(PgStore::connect(url).await?));
+            return Ok(Self::Postgres(PgStore::connect(url, sizes).await?));
         }
         Err(StoreError::UnsupportedUrl)
+    }
+
+    /// The PostgreSQL pools' sizes; `None` on SQLite.
+    pub fn pool_sizes(&self) -> Option<PoolSizes> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(pg) => Some(pg.pool_sizes()),
+        }
     }
 
     pub fn backend(&self) -> &'static str {

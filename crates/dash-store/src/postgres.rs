@@ -58,7 +58,13 @@ impl Layout {
 
 #[derive(Clone)]
 pub struct PgStore {
+    /// Reads, readiness, maintenance, migrations.
     pub(crate) pool: PgPool,
+    /// Batch writes only.
+    writers: PgPool,
+    /// The job queue's.
+    jobs: PgPool,
+    sizes: PoolSizes,
     layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
     /// TimescaleDB: the days (UTC, unix ms) known to have a chunk, so a batch never makes one.
     chunk_days: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
@@ -146,29 +152,77 @@ fn record_from(row: &PgRow) -> Result<PipelineRecord, sqlx::Error> {
     })
 }
 
-impl PgStore {
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            // Room for every partition's batches in flight plus reads and jobs.
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    if !crate::nodelay::set_on(conn).await? {
-                        tracing::debug!("TCP_NODELAY not set on a PostgreSQL connection (socket not found)");
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
-        Ok(Self { pool, layout: Default::default(), chunk_days: Default::default() })
+/// How many connections each of the store's pools may open on PostgreSQL.
+///
+/// Batch writers, the job queue and everything else (page and API reads, readiness, maintenance,
+/// migrations) each get a pool of their own, so that writers busy on every partition cannot
+/// starve readiness or the job queue's heartbeats, and no pool is sized by guesswork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// Batch writes: every partition's batches in flight, plus one for chunks made ahead.
+    pub writers: u32,
+    /// Reads, readiness, maintenance and migrations.
+    pub service: u32,
+    /// The job queue (apalis): its workers' fetches, heartbeats and acknowledgements.
+    pub jobs: u32,
+}
+
+impl PoolSizes {
+    /// Sized from the work this node does: `partitions` buffer actors, `job_concurrency` jobs.
+    pub fn for_work(partitions: usize, job_concurrency: usize) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            writers: count(partitions.max(1) * BATCHES_IN_FLIGHT + 1),
+            service: 8,
+            jobs: count(job_concurrency.max(1) + 3),
+        }
     }
 
-    /// The connection pool, for components that keep their own tables in the same database
-    /// (the job queue).
+    /// Connections this node may open in all.
+    pub fn total(&self) -> u32 {
+        self.writers + self.service + self.jobs
+    }
+}
+
+impl Default for PoolSizes {
+    /// A node with the default four partitions and four concurrent jobs.
+    fn default() -> Self {
+        Self::for_work(4, 4)
+    }
+}
+
+fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(max.max(1)).acquire_timeout(Duration::from_secs(5)).after_connect(|conn, _| {
+        Box::pin(async move {
+            if !crate::nodelay::set_on(conn).await? {
+                tracing::debug!("TCP_NODELAY not set on a PostgreSQL connection (socket not found)");
+            }
+            Ok(())
+        })
+    })
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, sizes: PoolSizes) -> Result<Self, StoreError> {
+        let pool = pool_options(sizes.service).connect(url).await?;
+        // The others connect when first used (the URL is the one just proven).
+        let writers = pool_options(sizes.writers).connect_lazy(url)?;
+        let jobs = pool_options(sizes.jobs).connect_lazy(url)?;
+        Ok(Self { pool, writers, jobs, sizes, layout: Default::default(), chunk_days: Default::default() })
+    }
+
+    /// The job queue's own pool, for the tables it keeps in the same database.
+    pub fn jobs_pool(&self) -> &PgPool {
+        &self.jobs
+    }
+
+    /// The service pool (reads, readiness, maintenance), for tests that look inside.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn pool_sizes(&self) -> PoolSizes {
+        self.sizes
     }
 
     /// The layout in use (known after [`PgStore::migrate`]).
@@ -219,7 +273,7 @@ impl PgStore {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writers.acquire().await?;
         let made = timescale::ensure_chunks(&mut conn, &missing).await?;
         if made > 0 {
             tracing::debug!(made, "timescaledb chunks made ahead of their batches");
@@ -366,7 +420,7 @@ impl PgStore {
         }
         let key_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(key_rows).collect();
         let mut event_bodies: Vec<Vec<u8>> = unique.chunks(COPY_ROWS).map(event_rows).collect();
-        let mut tx = BatchConn::begin(&self.pool).await?;
+        let mut tx = BatchConn::begin(&self.writers).await?;
         let keys_copied = async {
             for body in key_bodies {
                 copy_in(&mut tx, DEDUPE_COPY, body).await?;
@@ -523,6 +577,8 @@ impl PgStore {
     }
 
     pub async fn close(&self) {
+        self.writers.close().await;
+        self.jobs.close().await;
         self.pool.close().await;
     }
 }

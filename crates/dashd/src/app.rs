@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -14,6 +15,7 @@ use dash_edge::{EdgeSettings, Forwarder, Ingestors};
 use dash_http::{AppState, HttpLimits, NodeInfo};
 use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
 use dash_live::{Hub, HubTask};
+use dash_log_throttle::TargetThrottle;
 use dash_store::Store;
 use dash_task::StoppableTask;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -36,15 +38,22 @@ pub struct App {
     membership: MembershipTask,
     /// DNS refreshes (cluster peers, ingestors), when their queries are set.
     discovery: Vec<DiscoveryTask>,
+    /// Logs how many repeated library warnings were held back; stopped last.
+    log_summary: StoppableTask,
     settings: Settings,
 }
 
 impl App {
     /// Connects, migrates, replays the intake log and binds the listener. Serving starts with
     /// [`App::run_until_stopped`].
-    pub async fn build(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<App> {
+    pub async fn build(
+        settings: Settings,
+        metrics: Option<PrometheusHandle>,
+        library_warnings: Arc<TargetThrottle>,
+    ) -> anyhow::Result<App> {
         let database_url = settings.database_url();
-        let store = Store::connect(&database_url).await.context("connecting to the database")?;
+        let pool_sizes = dash_store::PoolSizes::for_work(settings.partitions, settings.job_concurrency);
+        let store = Store::connect_sized(&database_url, pool_sizes).await.context("connecting to the database")?;
         store.migrate().await.context("migrating the database")?;
         let bus = match &settings.nats_url {
             Some(url) => Bus::nats(&nats_options(&settings, url)).await.context("connecting to NATS")?,
@@ -144,6 +153,15 @@ impl App {
             bus = bus_kind,
             "dash ready"
         );
+        if let Some(sizes) = store.pool_sizes() {
+            tracing::info!(
+                writers = sizes.writers,
+                service = sizes.service,
+                jobs = sizes.jobs,
+                total = sizes.total(),
+                "postgresql connections this node may open"
+            );
+        }
         Ok(App {
             listener,
             router,
@@ -154,6 +172,7 @@ impl App {
             bus_follower,
             membership: membership_task,
             discovery,
+            log_summary: StoppableTask::spawn(|stop| async move { library_warnings.summarise(stop).await }),
             settings,
         })
     }
@@ -210,6 +229,7 @@ impl App {
             tasks.shutdown(intake, deadline).await;
         }
         self.store.close().await;
+        self.log_summary.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }

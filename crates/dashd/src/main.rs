@@ -5,6 +5,9 @@ mod app;
 mod commands;
 mod metrics_catalog;
 
+use std::sync::Arc;
+
+use dash_log_throttle::{TargetThrottle, TargetThrottleLayer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -67,7 +70,7 @@ fn parse_role(raw: &str) -> Result<Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let library_warnings = init_tracing();
     let command = cli.command.unwrap_or(Command::Serve { role: None, listen: None });
 
     let overrides = match &command {
@@ -95,7 +98,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(command, settings));
+    let result = runtime.block_on(run(command, settings, library_warnings));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -130,10 +133,14 @@ fn explain_privileges(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-async fn run(command: Command, settings: Option<Settings>) -> anyhow::Result<()> {
+async fn run(
+    command: Command,
+    settings: Option<Settings>,
+    library_warnings: Arc<TargetThrottle>,
+) -> anyhow::Result<()> {
     let settings = || settings.clone().expect("settings loaded for this command");
     match command {
-        Command::Serve { .. } => serve(settings()).await,
+        Command::Serve { .. } => serve(settings(), library_warnings).await,
         Command::Migrate => commands::migrate(&settings()).await,
         Command::Pipeline { action } => commands::pipeline(&settings(), action).await,
         Command::Bench(options) => {
@@ -153,25 +160,34 @@ async fn run(command: Command, settings: Option<Settings>) -> anyhow::Result<()>
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, library_warnings: Arc<TargetThrottle>) -> anyhow::Result<()> {
     let metrics = install_metrics();
-    let app = app::App::build(settings, metrics).await?;
+    let app = app::App::build(settings, metrics, library_warnings).await?;
     // Scripts and tests read this line to learn the port when listening on port 0.
     println!("dashd listening on http://{}", app.local_addr());
     app.run_until_stopped(shutdown_signal()).await
 }
 
-fn init_tracing() {
+/// Libraries that log each failure of a retry loop on their own: their warnings pass once per
+/// period each, and a summary says how many were held back.
+const THROTTLED_LIBRARIES: &[&str] = &["apalis", "sqlx::pool"];
+
+fn init_tracing() -> Arc<TargetThrottle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("DASH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let json = std::env::var("DASH_LOG_FORMAT").is_ok_and(|f| f == "json");
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let throttle = Arc::new(TargetThrottle::new(THROTTLED_LIBRARIES, dash_log_throttle::PERIOD));
+    let registry = tracing_subscriber::registry().with(filter).with(TargetThrottleLayer(throttle.clone()));
+    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     if json {
-        builder.json().init();
+        registry.with(format.json()).init();
     } else {
-        builder.init();
+        registry.with(format).init();
     }
+    throttle
 }
 
 fn install_metrics() -> Option<PrometheusHandle> {

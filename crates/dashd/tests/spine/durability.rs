@@ -238,6 +238,11 @@ async fn a_cut_database_connection_delays_events_but_loses_none() {
         assert!(Instant::now() < deadline, "never degraded: {ready}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // An outage is a few lines in the log, not one per retry or poll (the metrics count those).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = server.log();
+    let noisy = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).count();
+    assert!(noisy <= 12, "{noisy} warnings in a short outage:\n{log}");
 
     proxy.restore();
     server.wait_for_count(&p, 21, Duration::from_secs(30)).await;

@@ -289,3 +289,115 @@ async fn while_the_store_is_down_the_log_absorbs_past_the_backlog_and_the_bound_
     let ready = server.get_json("/ready").await;
     assert_eq!(ready["checks"]["intake_log"]["backlog"][0], 0, "{ready}");
 }
+
+#[tokio::test]
+async fn a_dead_ingestor_costs_one_warning_per_period_not_one_per_request() {
+    let dns = dash_discovery::testing::DnsServer::start().await.unwrap();
+    // Listed, but nothing listens there: every forward fails.
+    dns.set("ingestor.dash.internal", vec!["127.0.0.1".parse().unwrap()]);
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let resolver = dns.addr().to_string();
+    let nats = crate::support::NatsServer::start();
+    let web = TestServer::start(&[
+        ("APP_ROLE", "web"),
+        ("NATS_URL", nats.url.as_str()),
+        ("DNS_RESOLVER", resolver.as_str()),
+        ("DNS_INGESTOR_QUERY", "ingestor.dash.internal"),
+        ("DASH_INGESTOR_PORT", dead_port.as_str()),
+    ])
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while web.get_json("/ready").await["checks"]["ingestors"]["known"] != 1 {
+        assert!(Instant::now() < deadline, "the listed ingestor was never known");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..40 {
+        let response = web
+            .client
+            .post(web.url("/webhooks/orders"))
+            .header("content-type", "application/json")
+            .header("webhook-id", format!("m{i}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+    }
+    let metrics = web.client.get(web.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dash_edge_attempt_failures_total "))
+        .map_or(0.0, |v| v.trim().parse().unwrap());
+    assert!(failures >= 40.0, "every failed forward is counted: {failures}");
+    let warned = web.log().matches("ingestor did not answer").count();
+    assert_eq!(warned, 1, "{}", web.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_busy_on_every_partition_starve_neither_readiness_nor_job_heartbeats() {
+    let Some(admin) = crate::support::postgres_admin() else { return };
+    let database = crate::support::fresh_postgres(&admin).await;
+    // Eight partitions want 24 writer connections: more than the single pool of 16 there was.
+    let server = TestServer::start(&[
+        ("DATABASE_URL", database.as_str()),
+        ("DASH_PARTITIONS", "8"),
+        ("DASH_FLUSH_INTERVAL", "20ms"),
+        ("DASH_MAX_BATCH", "5"),
+    ])
+    .await;
+    let mut pipelines = Vec::new();
+    for i in 0..24 {
+        pipelines.push(server.create_pipeline(&format!("busy {i}")).await);
+    }
+    let partitions: HashSet<usize> = pipelines.iter().map(|p| dash_ingest::partition_for(&p.id, 8)).collect();
+    assert_eq!(partitions.len(), 8, "every partition has work");
+
+    // Every batch's commit updates its pipeline's row: held here, each batch holds its
+    // connection (waiting for the lock, or written and waiting for its turn to commit), and
+    // every partition fills its window of batches in flight.
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&database).await.unwrap();
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE pipelines IN EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let sends = pipelines.iter().map(|p| async {
+        for k in 0..20 {
+            assert_eq!(server.post_json(p, &format!("b{k}"), "{}").await.status(), 202);
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND (wait_event_type = 'Lock' OR state = 'idle in transaction')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if waiting >= 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writers never all waited: {waiting}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Readiness answers at once, and the job worker keeps beating.
+    let started = Instant::now();
+    let ready = server.get_json("/ready").await;
+    assert!(started.elapsed() < Duration::from_secs(2), "readiness took {:?}", started.elapsed());
+    assert_eq!(ready["checks"]["database"]["ok"], true, "{ready}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let silent: f64 =
+        sqlx::query_scalar("SELECT extract(epoch FROM now() - max(last_seen))::float8 FROM apalis.workers")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(silent < 3.0, "the job worker's heartbeat stopped for {silent} s");
+
+    blocker.rollback().await.unwrap();
+    for p in &pipelines {
+        server.wait_for_count(p, 20, Duration::from_secs(30)).await;
+    }
+    db.close().await;
+    drop(server);
+    dash_store::testing::drop_database(&admin, &database).await.ok();
+}
