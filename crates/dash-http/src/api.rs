@@ -245,6 +245,7 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
             name: issued.record.name.clone(),
             secrets: vec![issued.secret.clone()],
             token_hashes: vec![issued.token.hash()],
+            previous_expires_ms: None,
         });
     }
     if let Some((spec, _)) = &source {

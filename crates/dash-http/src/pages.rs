@@ -109,9 +109,9 @@ impl PageError {
                     tracing::warn!(error = %err, held_back, "store unavailable for a page");
                 }
                 let text = "The database is not reachable right now. Events are still being accepted; \
-                            this page will show them once it is back.";
-                let mut response =
-                    html(StatusCode::SERVICE_UNAVAILABLE, pages::message(chrome, "Database unavailable", text));
+                            this page tries again every 5 seconds and shows them once it is back.";
+                let page = pages::message_retrying(chrome, "Database unavailable", text, 5);
+                let mut response = html(StatusCode::SERVICE_UNAVAILABLE, page);
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }

@@ -85,6 +85,9 @@ impl BufferActor {
     }
 
     pub(crate) async fn run(mut self) {
+        if !self.wait_for_migrated().await {
+            return;
+        }
         let settings = self.partition.settings.clone();
         let mut durable = self.reader.as_ref().expect("reader present").durable();
         let mut writer_closed = false;
@@ -129,6 +132,24 @@ impl BufferActor {
                 _ = self.abort.changed() => return,
             }
         }
+    }
+
+    /// Until the store is migrated (a start while the database was unreachable) nothing is
+    /// written: the events wait in the log. False when aborted (or shut down) meanwhile.
+    async fn wait_for_migrated(&mut self) -> bool {
+        let mut migrated = self.partition.migrated.clone();
+        if *migrated.borrow() {
+            return true;
+        }
+        self.partition.health.mark_down("the database has not been reached since this node started");
+        let reached = tokio::select! {
+            reached = migrated.wait_for(|m| *m) => reached.is_ok(),
+            _ = self.abort.changed() => false,
+        };
+        if reached {
+            self.partition.health.mark_up();
+        }
+        reached
     }
 
     fn reader_caught_up(&self) -> bool {

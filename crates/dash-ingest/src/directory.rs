@@ -1,12 +1,18 @@
 //! Which pipelines exist and how to authenticate them, cached so that intake does not ask the
-//! database per request and keeps working while the database is down.
+//! database per request and keeps working while the database is down, kept on local disk too
+//! ([`DirectoryFile`]) so that a node started while the database is unreachable still
+//! authenticates and accepts its pipelines' webhooks.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use dash_domain::PipelineId;
 use dash_log_throttle::LogThrottle;
+use dash_signature::SigningSecret;
 use dash_store::{PipelineAuth, Store};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 /// A miss refreshes from the store at most this often.
@@ -32,15 +38,48 @@ pub struct PipelineDirectory {
     last_refresh: Mutex<Option<Instant>>,
     /// Refreshes fail every few seconds while the store is down: one warning per period.
     refresh_failures: LogThrottle,
+    file: Arc<DirectoryFile>,
 }
 
 impl PipelineDirectory {
-    pub(crate) fn new(store: Store) -> Self {
-        Self {
+    /// A directory kept in `file` too; what the file holds is loaded at once.
+    pub(crate) fn new(store: Store, file: PathBuf) -> Self {
+        let file = Arc::new(DirectoryFile { path: file, last: Default::default() });
+        let directory = Self {
             store,
             entries: RwLock::new(Entries::default()),
             last_refresh: Mutex::new(None),
             refresh_failures: LogThrottle::per_period(),
+            file,
+        };
+        if let Some(auths) = directory.file.load(dash_domain::now_ms()) {
+            tracing::info!(pipelines = auths.len(), "pipeline directory loaded from its local copy");
+            directory.replace(auths);
+        }
+        directory
+    }
+
+    fn replace(&self, auths: Vec<PipelineAuth>) {
+        let mut fresh = Entries::default();
+        for auth in auths {
+            fresh.id_by_name.insert(auth.name.clone(), auth.id.to_string());
+            fresh.by_id.insert(auth.id.to_string(), Arc::new(auth));
+        }
+        *self.entries.write().expect("directory lock") = fresh;
+    }
+
+    /// Writes the local copy if it changed (off the async threads).
+    async fn persist(&self) {
+        let auths: Vec<Arc<PipelineAuth>> =
+            self.entries.read().expect("directory lock").by_id.values().cloned().collect();
+        let file = self.file.clone();
+        let written = tokio::task::spawn_blocking(move || file.store(DirectoryFile::encode(&auths))).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(path = %self.file.path.display(), error = %err, "pipeline directory: local copy not written")
+            }
+            Err(err) => tracing::warn!(error = %err, "pipeline directory: local copy task failed"),
         }
     }
 
@@ -71,7 +110,8 @@ impl PipelineDirectory {
         }
     }
 
-    /// Adds or replaces one pipeline (just created or rotated on this node).
+    /// Adds or replaces one pipeline (just created or rotated on this node); the local copy
+    /// follows at the next refresh.
     pub fn insert(&self, auth: PipelineAuth) {
         let mut entries = self.entries.write().expect("directory lock");
         entries.id_by_name.insert(auth.name.clone(), auth.id.to_string());
@@ -82,12 +122,8 @@ impl PipelineDirectory {
     pub async fn reload(&self) -> bool {
         match self.store.pipeline_auths().await {
             Ok(auths) => {
-                let mut fresh = Entries::default();
-                for auth in auths {
-                    fresh.id_by_name.insert(auth.name.clone(), auth.id.to_string());
-                    fresh.by_id.insert(auth.id.to_string(), Arc::new(auth));
-                }
-                *self.entries.write().expect("directory lock") = fresh;
+                self.replace(auths);
+                self.persist().await;
                 true
             }
             Err(err) => {
@@ -97,5 +133,121 @@ impl PipelineDirectory {
                 false
             }
         }
+    }
+}
+
+/// The directory's copy on local disk, for a start while the store cannot be asked.
+///
+/// JSON, rewritten whenever a refresh from the store changes it: a temporary file created with
+/// mode 0600 (it holds the pipelines' signing secrets, as the database does), fsync'd, then
+/// renamed over the old one, so a crash leaves the old copy or the new one, never half of one.
+#[derive(Debug)]
+struct DirectoryFile {
+    path: PathBuf,
+    /// What was last written (or read), to skip writing what is already there.
+    last: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileContents {
+    version: u32,
+    pipelines: Vec<FileEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileEntry {
+    id: String,
+    name: String,
+    /// Current first, then a rotated-out one while its grace lasts.
+    secrets: Vec<String>,
+    token_hashes: Vec<String>,
+    previous_expires_ms: Option<i64>,
+}
+
+const FILE_VERSION: u32 = 1;
+
+impl DirectoryFile {
+    fn encode(auths: &[Arc<PipelineAuth>]) -> Vec<u8> {
+        let mut pipelines: Vec<FileEntry> = auths
+            .iter()
+            .map(|a| FileEntry {
+                id: a.id.to_string(),
+                name: a.name.clone(),
+                secrets: a.secrets.iter().map(|s| s.expose()).collect(),
+                token_hashes: a.token_hashes.clone(),
+                previous_expires_ms: a.previous_expires_ms,
+            })
+            .collect();
+        pipelines.sort_by(|a, b| a.id.cmp(&b.id));
+        serde_json::to_vec_pretty(&FileContents { version: FILE_VERSION, pipelines }).expect("plain data encodes")
+    }
+
+    /// What the file holds, dropping rotated-out credentials whose grace has ended.
+    fn load(&self, now_ms: i64) -> Option<Vec<PipelineAuth>> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), error = %err, "pipeline directory file unreadable; ignored");
+                return None;
+            }
+        };
+        let contents = match serde_json::from_slice::<FileContents>(&bytes) {
+            Ok(contents) if contents.version == FILE_VERSION => contents,
+            Ok(contents) => {
+                tracing::warn!(version = contents.version, "pipeline directory file of an unknown version; ignored");
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), error = %err, "pipeline directory file malformed; ignored");
+                return None;
+            }
+        };
+        let mut auths = Vec::with_capacity(contents.pipelines.len());
+        for entry in contents.pipelines {
+            let parsed = (|| {
+                let mut secrets =
+                    entry.secrets.iter().map(|s| SigningSecret::parse(s)).collect::<Result<Vec<_>, _>>().ok()?;
+                let mut token_hashes = entry.token_hashes;
+                if entry.previous_expires_ms.is_none_or(|until| until <= now_ms) {
+                    secrets.truncate(1);
+                    token_hashes.truncate(1);
+                }
+                Some(PipelineAuth {
+                    id: PipelineId::parse(&entry.id).ok()?,
+                    name: entry.name,
+                    secrets,
+                    token_hashes,
+                    previous_expires_ms: entry.previous_expires_ms,
+                })
+            })();
+            match parsed {
+                Some(auth) => auths.push(auth),
+                None => tracing::warn!(pipeline = entry.id, "pipeline directory file entry malformed; skipped"),
+            }
+        }
+        *self.last.lock().expect("directory file lock") = Some(bytes);
+        Some(auths)
+    }
+
+    /// Writes `bytes` unless they are what the file already holds.
+    fn store(&self, bytes: Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut last = self.last.lock().expect("directory file lock");
+        if last.as_deref() == Some(&bytes[..]) {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *last = Some(bytes);
+        Ok(())
     }
 }

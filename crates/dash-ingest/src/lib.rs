@@ -40,6 +40,8 @@ pub use supervisor::supervise;
 
 /// How often the pipeline directory reloads from the store.
 const DIRECTORY_REFRESH: Duration = Duration::from_secs(5);
+/// The pipeline directory's local copy, in the data dir.
+pub const DIRECTORY_FILE: &str = "pipelines.json";
 /// Largest intake log segment.
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -224,6 +226,8 @@ struct Partition {
     health: Arc<StoreHealth>,
     /// One "flush failed" warning per period while the store is down (across actor restarts).
     flush_failures: LogThrottle,
+    /// True once the store is migrated: actors write nothing before.
+    migrated: watch::Receiver<bool>,
     store: Store,
     bus: Bus,
 }
@@ -258,7 +262,16 @@ impl Intake {
     /// Opens every partition's log (cutting torn tails), moves requests left under another
     /// layout to their partitions, and starts writers, actors and the directory refresher.
     /// Replay of unflushed tails begins at once.
-    pub async fn start(settings: IntakeSettings, store: Store, bus: Bus) -> Result<(Intake, IntakeTasks), IngestError> {
+    ///
+    /// `migrated` says when the store is migrated and may be written: until then (a start while
+    /// the database is unreachable) requests are accepted into the log, authenticated from the
+    /// directory's local copy, and the actors wait.
+    pub async fn start(
+        settings: IntakeSettings,
+        store: Store,
+        bus: Bus,
+        migrated: watch::Receiver<bool>,
+    ) -> Result<(Intake, IntakeTasks), IngestError> {
         let spool = Arc::new(Spool::new(settings.spool_max));
         let health = Arc::new(StoreHealth::new());
         let (abort, abort_rx) = watch::channel(false);
@@ -337,6 +350,7 @@ impl Intake {
                 quarantine: quarantine.clone(),
                 health: health.clone(),
                 flush_failures: LogThrottle::per_period(),
+                migrated: migrated.clone(),
                 store: store.clone(),
                 bus: bus.clone(),
             }));
@@ -359,12 +373,14 @@ impl Intake {
                 partitions,
                 spool,
                 health,
-                directory: PipelineDirectory::new(store.clone()),
+                directory: PipelineDirectory::new(store.clone(), settings.data_dir.join(DIRECTORY_FILE)),
                 settings,
                 quarantine,
             }),
         };
-        intake.inner.directory.reload().await;
+        if *migrated.borrow() {
+            intake.inner.directory.reload().await;
+        }
         let refresher = tokio::spawn(refresh_directory(intake.clone(), closing_rx));
         Ok((intake, IntakeTasks { writers, actors, refresher, abort, closing }))
     }

@@ -12,6 +12,11 @@ fn events(ids: &[&str]) -> Vec<Event> {
     ids.iter().map(|id| Event { id: (*id).to_owned(), time_ms: now, received_ms: now, payload: "{}".into() }).collect()
 }
 
+/// The store below is migrated before intake starts.
+fn migrated() -> tokio::sync::watch::Receiver<bool> {
+    tokio::sync::watch::channel(true).1
+}
+
 async fn fresh_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}/dash.db", dir.path().display())).await.unwrap();
@@ -40,7 +45,7 @@ async fn committed_batches_publish_consecutive_seqs_per_pipeline() {
     let mut updates = bus.subscribe().await.unwrap();
     let settings =
         IntakeSettings { partitions: 2, max_batch: 3, flush_interval: Duration::from_millis(50), ..settings(&dir) };
-    let (intake, tasks) = Intake::start(settings, store.clone(), bus.clone()).await.unwrap();
+    let (intake, tasks) = Intake::start(settings, store.clone(), bus.clone(), migrated()).await.unwrap();
 
     assert_eq!(intake.submit(&a, events(&["1", "2", "3", "4", "5"])).await.unwrap(), 5);
     assert_eq!(intake.submit(&b, events(&["1"])).await.unwrap(), 1);
@@ -72,14 +77,14 @@ async fn shutdown_drains_what_the_timer_has_not_flushed_yet() {
     let (dir, store) = fresh_store().await;
     let p = PipelineId::parse(&store.create_pipeline("p").await.unwrap().record.id).unwrap();
     let settings = settings(&dir);
-    let (intake, tasks) = Intake::start(settings.clone(), store.clone(), Bus::in_process()).await.unwrap();
+    let (intake, tasks) = Intake::start(settings.clone(), store.clone(), Bus::in_process(), migrated()).await.unwrap();
     intake.submit(&p, events(&["x", "y"])).await.unwrap();
     assert_eq!(store.find_pipeline("p").await.unwrap().unwrap().stats.count, 0);
     tasks.shutdown(intake, Duration::from_secs(10)).await;
     assert_eq!(store.find_pipeline("p").await.unwrap().unwrap().stats.count, 2);
 
     // A second start finds nothing left to replay.
-    let (intake, tasks) = Intake::start(settings, store.clone(), Bus::in_process()).await.unwrap();
+    let (intake, tasks) = Intake::start(settings, store.clone(), Bus::in_process(), migrated()).await.unwrap();
     assert_eq!(intake.spool().used(), 0);
     tasks.shutdown(intake, Duration::from_secs(10)).await;
     assert_eq!(store.find_pipeline("p").await.unwrap().unwrap().stats.duplicates, 0);
@@ -90,7 +95,7 @@ async fn a_full_backlog_refuses_at_once_or_waits_for_the_commit_that_makes_room(
     let (dir, store) = fresh_store().await;
     let p = PipelineId::parse(&store.create_pipeline("p").await.unwrap().record.id).unwrap();
     let settings = IntakeSettings { flush_interval: Duration::from_millis(300), max_backlog: 3, ..settings(&dir) };
-    let (intake, tasks) = Intake::start(settings, store.clone(), Bus::in_process()).await.unwrap();
+    let (intake, tasks) = Intake::start(settings, store.clone(), Bus::in_process(), migrated()).await.unwrap();
     intake.submit(&p, events(&["1", "2", "3"])).await.unwrap();
 
     // Full: without a wait the answer is at once, and nothing was taken.

@@ -118,7 +118,9 @@ pub async fn start(settings: JobSettings, store: Store, intake: Intake) -> Resul
     let scheduler_queue = queue.clone();
     let scheduler_settings = settings.clone();
     let scheduler = StoppableTask::spawn(|stop| schedule(scheduler_queue, store, scheduler_settings, stop));
+    let concurrency = settings.concurrency;
     let worker = StoppableTask::spawn(|stop| supervise_worker(queue, runner, settings, stop));
+    tracing::info!(concurrency, "background jobs started");
     Ok(JobsTask { scheduler, worker, shutdown_timeout: settings_timeout })
 }
 

@@ -16,12 +16,15 @@ async fn next(rx: &mut mpsc::Receiver<Bytes>) -> ServerMessage {
     parse(&tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap())
 }
 
-/// Lets the hub task drain its inputs.
-async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+/// A hub's state driven directly, without its task: what it sends is in the queues at once.
+fn joined(state: &mut HubState, client: ClientId, queue: usize) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(queue);
+    state.apply(Command::Join { client, tx });
+    rx
+}
+
+fn drain(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMessage> {
+    std::iter::from_fn(|| rx.try_recv().ok()).map(|frame| parse(&frame)).collect()
 }
 
 #[tokio::test]
@@ -46,67 +49,49 @@ async fn snapshot_then_consecutive_updates_and_a_gap_becomes_a_snapshot() {
     task.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_bounded_and_does_not_delay_others() {
-    let bus = Bus::in_process();
-    let (hub, task) = Hub::start(&bus).await.unwrap();
-    let (slow, mut slow_rx) = hub.connect().await;
-    let (fast, mut fast_rx) = hub.connect().await;
-    hub.subscribe(slow, "p".into(), stats(0)).await;
-    hub.subscribe(fast, "p".into(), stats(0)).await;
-    assert!(matches!(next(&mut fast_rx).await, ServerMessage::Snapshot { seq: 0, .. }));
+#[test]
+fn a_client_that_stops_reading_is_bounded_and_does_not_delay_others() {
+    let mut state = HubState::default();
+    let mut slow_rx = joined(&mut state, 1, CLIENT_QUEUE);
+    let mut fast_rx = joined(&mut state, 2, CLIENT_QUEUE);
+    state.apply(Command::Subscribe { client: 1, pipeline: "p".into(), snapshot: stats(0) });
+    state.apply(Command::Subscribe { client: 2, pipeline: "p".into(), snapshot: stats(0) });
+    assert!(matches!(drain(&mut fast_rx)[..], [ServerMessage::Snapshot { seq: 0, .. }]));
 
     let total = (CLIENT_QUEUE * 4) as i64;
-    let reader = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        while seqs.len() < total as usize {
-            match next(&mut fast_rx).await {
+    let mut seqs = Vec::new();
+    for seq in 1..=total {
+        state.publish(update("p", seq));
+        for message in drain(&mut fast_rx) {
+            match message {
                 ServerMessage::Update { seq, .. } => seqs.push(seq),
                 other => panic!("fast client got {other:?}"),
             }
         }
-        seqs
-    });
-    for seq in 1..=total {
-        bus.publish(update("p", seq)).await;
-        if seq % 16 == 0 {
-            settle().await;
-        }
     }
-    let seqs = reader.await.unwrap();
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "the fast client saw every update in order");
 
-    settle().await;
     // The slow client holds at most its queue; the rest was never buffered for it.
-    let mut queued = Vec::new();
-    while let Ok(frame) = slow_rx.try_recv() {
-        queued.push(parse(&frame));
-    }
-    assert_eq!(queued.len(), CLIENT_QUEUE, "bounded queue");
+    assert_eq!(drain(&mut slow_rx).len(), CLIENT_QUEUE, "bounded queue");
     // Once it reads again, the next update reaches it as a snapshot: no gap is ever shown.
-    bus.publish(update("p", total + 1)).await;
+    state.publish(update("p", total + 1));
     assert_eq!(
-        next(&mut slow_rx).await,
-        ServerMessage::Snapshot { pipeline: "p".into(), seq: total + 1, stats: stats(total + 1) }
+        drain(&mut slow_rx),
+        [ServerMessage::Snapshot { pipeline: "p".into(), seq: total + 1, stats: stats(total + 1) }]
     );
-    bus.publish(update("p", total + 2)).await;
-    assert!(matches!(next(&mut slow_rx).await, ServerMessage::Update { .. }));
-    task.shutdown().await;
+    state.publish(update("p", total + 2));
+    assert!(matches!(drain(&mut slow_rx)[..], [ServerMessage::Update { .. }]));
 }
 
-#[tokio::test]
-async fn a_late_subscriber_starts_from_the_newer_of_store_and_hub() {
-    let bus = Bus::in_process();
-    let (hub, task) = Hub::start(&bus).await.unwrap();
-    bus.publish(update("p", 7)).await;
-    settle().await;
-    let (client, mut rx) = hub.connect().await;
-    hub.subscribe(client, "p".into(), stats(5)).await; // the store read raced with seq 6 and 7
-    assert!(matches!(next(&mut rx).await, ServerMessage::Snapshot { seq: 7, .. }));
-    hub.leave(client).await;
-    settle().await;
-    assert!(rx.recv().await.is_none(), "leaving closes the client's queue");
-    task.shutdown().await;
+#[test]
+fn a_late_subscriber_starts_from_the_newer_of_store_and_hub() {
+    let mut state = HubState::default();
+    state.publish(update("p", 7));
+    let mut rx = joined(&mut state, 1, CLIENT_QUEUE);
+    state.apply(Command::Subscribe { client: 1, pipeline: "p".into(), snapshot: stats(5) }); // the store read raced with seq 6 and 7
+    assert!(matches!(drain(&mut rx)[..], [ServerMessage::Snapshot { seq: 7, .. }]));
+    state.apply(Command::Leave { client: 1 });
+    assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)), "leaving closes the client's queue");
 }
 
 #[test]

@@ -74,6 +74,35 @@ pub enum StoreError {
     BadSecret(#[from] dash_signature::SignatureError),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached or is not accepting work yet (refused, reset or
+    /// timed-out connections, a server starting or shutting down, too many connections): worth
+    /// retrying later, unlike a refusal of what was asked.
+    pub fn is_unavailable(&self) -> bool {
+        let sqlx_error = match self {
+            Self::Database(err) => err,
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(err))
+            | Self::Migrate(sqlx::migrate::MigrateError::ExecuteMigration(err, _)) => err,
+            Self::Migrate(_) => return false,
+            _ => return false,
+        };
+        match sqlx_error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // 08: connection exceptions; 57P01–57P03: shutting down or starting up;
+                // 53300: too many connections.
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// A pipeline as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineRecord {
@@ -112,6 +141,8 @@ pub struct PipelineAuth {
     /// Current secret first, then a rotated-out one still in its grace period.
     pub secrets: Vec<SigningSecret>,
     pub token_hashes: Vec<String>,
+    /// Until when the rotated-out secret and token (the second of each) are accepted.
+    pub previous_expires_ms: Option<i64>,
 }
 
 /// One event bound for a pipeline, as a buffer actor hands it to the store.
@@ -189,7 +220,7 @@ impl Store {
             return Ok(Self::Sqlite(SqliteStore::connect(url).await?));
         }
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            return Ok(Self::Postgres(PgStore::connect(url, sizes).await?));
+            return Ok(Self::Postgres(PgStore::connect(url, sizes)?));
         }
         Err(StoreError::UnsupportedUrl)
     }

@@ -65,7 +65,7 @@ mod tests {
         if !admin.contains("127.0.0.1") && !admin.contains("localhost") {
             return; // the ports only match without a proxy in between
         }
-        let store = crate::PgStore::connect(&admin, crate::PoolSizes::default()).await.unwrap();
+        let store = crate::PgStore::connect(&admin, crate::PoolSizes::default()).unwrap();
         let mut conn = store.pool().acquire().await.unwrap();
         let (client, server): (i32, i32) =
             sqlx::query_as("SELECT inet_client_port(), inet_server_port()").fetch_one(&mut *conn).await.unwrap();

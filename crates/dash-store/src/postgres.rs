@@ -203,9 +203,10 @@ fn pool_options(max: u32) -> PgPoolOptions {
 }
 
 impl PgStore {
-    pub async fn connect(url: &str, sizes: PoolSizes) -> Result<Self, StoreError> {
-        let pool = pool_options(sizes.service).connect(url).await?;
-        // The others connect when first used (the URL is the one just proven).
+    /// Builds the pools without connecting: each connects when first used, so a node starts
+    /// while the database is unreachable (see [`StoreError::is_unavailable`]).
+    pub fn connect(url: &str, sizes: PoolSizes) -> Result<Self, StoreError> {
+        let pool = pool_options(sizes.service).connect_lazy(url)?;
         let writers = pool_options(sizes.writers).connect_lazy(url)?;
         let jobs = pool_options(sizes.jobs).connect_lazy(url)?;
         Ok(Self { pool, writers, jobs, sizes, layout: Default::default(), chunk_days: Default::default() })
@@ -358,7 +359,9 @@ impl PgStore {
         let rows = sqlx::query(
             "SELECT id, name, secret, token_hash, \
              CASE WHEN previous_expires_at > now() THEN previous_secret END AS previous_secret, \
-             CASE WHEN previous_expires_at > now() THEN previous_token_hash END AS previous_token_hash \
+             CASE WHEN previous_expires_at > now() THEN previous_token_hash END AS previous_token_hash, \
+             CASE WHEN previous_expires_at > now() \
+                  THEN (extract(epoch FROM previous_expires_at) * 1000)::int8 END AS previous_expires_ms \
              FROM pipelines",
         )
         .fetch_all(&self.pool)
@@ -378,6 +381,7 @@ impl PgStore {
                 name: row.try_get("name")?,
                 secrets,
                 token_hashes,
+                previous_expires_ms: row.try_get("previous_expires_ms")?,
             });
         }
         Ok(auths)

@@ -172,7 +172,13 @@ impl SqliteStore {
                     token_hashes.push(previous);
                 }
             }
-            auths.push(PipelineAuth { id: PipelineId::parse(&id)?, name: row.try_get("name")?, secrets, token_hashes });
+            auths.push(PipelineAuth {
+                id: PipelineId::parse(&id)?,
+                name: row.try_get("name")?,
+                secrets,
+                token_hashes,
+                previous_expires_ms: if grace { row.try_get("previous_expires_at")? } else { None },
+            });
         }
         Ok(auths)
     }

@@ -304,7 +304,7 @@ async fn batches_written_at_once_commit_in_order_and_keep_dedupe() {
 async fn postgres_upgrade_keeps_stored_keys_in_one_column() {
     let Some(admin) = testing::admin_url() else { return };
     let url = testing::create_database(&admin).await.unwrap();
-    let store = PgStore::connect(&url, crate::PoolSizes::default()).await.unwrap();
+    let store = PgStore::connect(&url, crate::PoolSizes::default()).unwrap();
     let mut before = sqlx::migrate!("../../migrations/postgres");
     before.migrations = before.migrations.iter().filter(|m| m.version < 5).cloned().collect::<Vec<_>>().into();
     before.run(store.pool()).await.unwrap();

@@ -13,6 +13,17 @@ use crate::{
 const PREVIEW_CHARS: usize = 140;
 
 fn document(title: &str, chrome: Option<Chrome>, content: impl IntoView + 'static) -> String {
+    document_reloading(title, chrome, content, None)
+}
+
+/// [`document`], reloading itself every `reload_secs` when given (a page waiting for something
+/// to come back), with or without scripts.
+fn document_reloading(
+    title: &str,
+    chrome: Option<Chrome>,
+    content: impl IntoView + 'static,
+    reload_secs: Option<u32>,
+) -> String {
     let title = format!("{title} · Dash");
     let signed_in = chrome.as_ref().is_some_and(|c| c.signed_in);
     let footer = chrome.map(|c| format!("node {} · {} · {} · dashd {}", c.node, c.role, c.region, c.version));
@@ -24,7 +35,10 @@ fn document(title: &str, chrome: Option<Chrome>, content: impl IntoView + 'stati
                 <title>{title}</title>
                 <link rel="stylesheet" href="/assets/dash.css" />
                 <script type="module" src="/assets/live.js"></script>
-                <noscript><meta http-equiv="refresh" content="30" /></noscript>
+                {match reload_secs {
+                    Some(secs) => view! { <meta http-equiv="refresh" content=secs.to_string() /> }.into_any(),
+                    None => view! { <noscript><meta http-equiv="refresh" content="30" /></noscript> }.into_any(),
+                }}
             </head>
             <body data-refresh-ms=REFRESH_MS.to_string()>
                 <header class="top">
@@ -367,12 +381,21 @@ pub fn login(next: &str, error: Option<&str>) -> String {
 
 /// A page that only says something went wrong and where to go.
 pub fn message(chrome: Option<Chrome>, title: &str, text: &str) -> String {
-    let content = view! {
+    document(title, chrome, message_content(title, text))
+}
+
+/// A message for something that should pass (the database unreachable): the page tries again
+/// by itself every `retry_secs`.
+pub fn message_retrying(chrome: Option<Chrome>, title: &str, text: &str, retry_secs: u32) -> String {
+    document_reloading(title, chrome, message_content(title, text), Some(retry_secs))
+}
+
+fn message_content(title: &str, text: &str) -> impl IntoView + 'static {
+    view! {
         <h1>{title.to_owned()}</h1>
         <p>{text.to_owned()}</p>
         <p><a href="/">"Back to pipelines"</a></p>
-    };
-    document(title, chrome, content)
+    }
 }
 
 #[cfg(test)]

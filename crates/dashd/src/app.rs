@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+
+use crate::database;
 use dash_bus::{Bus, NatsOptions};
 use dash_cluster::MembershipTask;
 use dash_config::{Role, Settings};
@@ -29,8 +31,9 @@ pub struct App {
     router: axum::Router,
     store: Store,
     intake: Option<(Intake, IntakeTasks)>,
-    /// Source polls and maintenance (ingestors); stopped before intake, which they feed.
-    jobs: Option<dash_jobs::JobsTask>,
+    /// Migrations once the database answers, then configured pipelines and the jobs (source
+    /// polls and maintenance, on ingestors); stopped before intake, which the jobs feed.
+    database: database::DatabaseTask,
     hub: HubTask,
     /// Resyncs live clients after bus outages; stopped before the hub.
     bus_follower: StoppableTask,
@@ -52,9 +55,24 @@ impl App {
         library_warnings: Arc<TargetThrottle>,
     ) -> anyhow::Result<App> {
         let database_url = settings.database_url();
+        let mut configured = match settings.role.serves_intake() {
+            true => database::configured_pipelines(&settings)?,
+            false => Vec::new(),
+        };
         let pool_sizes = dash_store::PoolSizes::for_work(settings.partitions, settings.job_concurrency);
         let store = Store::connect_sized(&database_url, pool_sizes).await.context("connecting to the database")?;
-        store.migrate().await.context("migrating the database")?;
+        let reached = database::first_contact(&store).await?;
+        if reached {
+            // Applied before the node serves, as an operator expects; what fails here (the
+            // database gone again) the database task retries.
+            match database::apply_configured_pipelines(&store, &configured).await {
+                Ok(()) => configured.clear(),
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "configured pipelines not applied yet; retrying")
+                }
+            }
+        }
+        let (migrated, migrated_rx) = tokio::sync::watch::channel(reached);
         let bus = match &settings.nats_url {
             Some(url) => Bus::nats(&nats_options(&settings, url)).await.context("connecting to NATS")?,
             None => Bus::in_process(),
@@ -69,27 +87,23 @@ impl App {
                 max_backlog: settings.max_backlog,
                 spool_max: settings.spool_max.as_u64(),
             };
-            Some(Intake::start(intake_settings, store.clone(), bus.clone()).await?)
+            Some(Intake::start(intake_settings, store.clone(), bus.clone(), migrated_rx).await?)
         } else {
             None
         };
-
-        let jobs = match &intake {
-            Some((intake, _)) => {
-                apply_configured_pipelines(&settings, &store).await?;
-                let jobs = dash_jobs::JobSettings {
-                    node: settings.node_id(),
-                    data_dir: settings.data_dir.clone(),
-                    concurrency: settings.job_concurrency.max(1),
-                    maintenance_every: settings.maintenance_every,
-                    retention: settings.retention,
-                    dedupe_window: settings.dedupe_window,
-                    shutdown_timeout: settings.shutdown_timeout,
-                };
-                Some(dash_jobs::start(jobs, store.clone(), intake.clone()).await.context("starting background jobs")?)
-            }
-            None => None,
-        };
+        let jobs = intake.as_ref().map(|(intake, _)| {
+            let jobs = dash_jobs::JobSettings {
+                node: settings.node_id(),
+                data_dir: settings.data_dir.clone(),
+                concurrency: settings.job_concurrency.max(1),
+                maintenance_every: settings.maintenance_every,
+                retention: settings.retention,
+                dedupe_window: settings.dedupe_window,
+                shutdown_timeout: settings.shutdown_timeout,
+            };
+            (jobs, intake.clone())
+        });
+        let database = database::spawn(database::Arrival { store: store.clone(), migrated, configured, jobs });
 
         let node = NodeInfo {
             node: settings.node_id(),
@@ -167,7 +181,7 @@ impl App {
             router,
             store,
             intake,
-            jobs,
+            database,
             hub: hub_task,
             bus_follower,
             membership: membership_task,
@@ -222,9 +236,7 @@ impl App {
         self.bus_follower.shutdown().await;
         // Live sessions end when the hub lets go of their queues.
         self.hub.shutdown().await;
-        if let Some(jobs) = self.jobs {
-            jobs.shutdown().await;
-        }
+        self.database.shutdown().await;
         if let Some((intake, tasks)) = self.intake {
             tasks.shutdown(intake, deadline).await;
         }
@@ -233,51 +245,6 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Applies `[pipelines.<name>]` from the config: creates missing pipelines, then sets what each
-/// table names (retention, source) where the store holds something else. Every ingestor does
-/// this at start; the writes are idempotent.
-async fn apply_configured_pipelines(settings: &Settings, store: &Store) -> anyhow::Result<()> {
-    for (name, configured) in &settings.pipelines {
-        let source = match &configured.source {
-            Some(value) => {
-                let spec: dash_jobs::SourceSpec =
-                    serde_json::from_value(value.clone()).with_context(|| format!("pipelines.{name}.source"))?;
-                spec.validate().with_context(|| format!("pipelines.{name}.source"))?;
-                Some(spec)
-            }
-            None => None,
-        };
-        let pipeline = match store.find_pipeline(name).await? {
-            Some(found) => found,
-            None => match store.create_pipeline(name).await {
-                Ok(issued) => issued.record,
-                // Another node created it first.
-                Err(dash_store::StoreError::Conflict(_)) => {
-                    store.find_pipeline(name).await?.with_context(|| format!("pipeline {name}"))?
-                }
-                Err(err) => return Err(err).with_context(|| format!("creating pipeline {name}")),
-            },
-        };
-        if let Some(retention) = configured.retention
-            && pipeline.retention != Some(retention)
-        {
-            store.set_retention(&pipeline.id, Some(retention)).await?;
-            tracing::info!(pipeline = %pipeline.id, retention = %dash_domain::format_retention(retention), "retention from config applied");
-        }
-        if let Some(spec) = source {
-            let stored = store
-                .source(&pipeline.id)
-                .await?
-                .and_then(|r| serde_json::from_str::<dash_jobs::SourceSpec>(&r.spec).ok());
-            if stored.as_ref() != Some(&spec) {
-                store.set_source(&pipeline.id, &serde_json::to_string(&spec)?, dash_domain::now_ms()).await?;
-                tracing::info!(pipeline = %pipeline.id, url = %dash_jobs::redact_url(&spec.url), "source from config applied");
-            }
-        }
-    }
-    Ok(())
 }
 
 /// NATS connection settings from `NATS_*`; the client is named after the node.

@@ -3,6 +3,7 @@
 
 mod app;
 mod commands;
+mod database;
 mod metrics_catalog;
 
 use std::sync::Arc;

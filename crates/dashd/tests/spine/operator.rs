@@ -401,3 +401,101 @@ async fn writers_busy_on_every_partition_starve_neither_readiness_nor_job_heartb
     drop(server);
     dash_store::testing::drop_database(&admin, &database).await.ok();
 }
+
+/// A fresh database that dashd reaches only through a proxy this test cuts and restores.
+async fn proxied_database(admin: &str) -> (String, crate::proxy::TcpProxy) {
+    let direct = crate::support::fresh_postgres(admin).await;
+    let authority = direct.split_once("://").unwrap().1.split('/').next().unwrap();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let upstream: std::net::SocketAddr = tokio::net::lookup_host(host_port).await.unwrap().next().unwrap();
+    let proxy = crate::proxy::TcpProxy::start(upstream).await;
+    (direct.replacen(host_port, &proxy.addr.to_string(), 1), proxy)
+}
+
+async fn wait_for_status(server: &TestServer, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = server.get_json("/ready").await;
+        if ready["status"] == status {
+            return ready;
+        }
+        assert!(Instant::now() < deadline, "never {status}: {ready}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// Multi-threaded: the proxy must keep serving while the test blocks on dashd's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_start_works_without_the_database_and_catches_up_when_it_answers() {
+    let Some(admin) = crate::support::postgres_admin() else { return };
+    let (url, proxy) = proxied_database(&admin).await;
+
+    // The very first start, the database unreachable: the node serves, degraded.
+    proxy.cut();
+    let mut server = TestServer::start(&[("DATABASE_URL", url.as_str()), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    let ready = server.get_json("/ready").await;
+    assert_eq!((&ready["status"], &ready["checks"]["database"]["ok"]), (&"degraded".into(), &false.into()), "{ready}");
+    // It answers it cannot know an unknown pipeline yet, rather than 404 or a hang.
+    let unknown = server
+        .client
+        .post(server.url("/webhooks/nobody"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 503);
+    proxy.restore();
+    wait_for_status(&server, "healthy").await;
+    assert!(server.log().contains("database reached and migrated"), "{}", server.log());
+    let p = server.create_pipeline("cold start").await;
+    assert_eq!(server.post_json(&p, "first", "{}").await.status(), 202);
+    server.wait_for_count(&p, 1, Duration::from_secs(20)).await;
+
+    // The directory's local copy holds the secrets, for the owner only.
+    let copy = server.data_dir().join("pipelines.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&copy).is_ok_and(|text| text.contains(&p.id)) {
+        assert!(Instant::now() < deadline, "the directory's local copy never named the pipeline");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&copy).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A restart during an outage: webhooks are acknowledged from the local copy, pages say the
+    // database is unavailable and retry by themselves, nothing is lost.
+    server.kill9();
+    proxy.cut();
+    server.restart();
+    let mut acked = HashSet::from(["first".to_owned()]);
+    for i in 0..10 {
+        let response = server.post_json(&p, &format!("down-{i}"), "{}").await;
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+        acked.insert(format!("down-{i}"));
+    }
+    let page = server.client.get(server.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 503);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Database unavailable") && page.contains(r#"http-equiv="refresh""#), "{page}");
+    let ready = server.get_json("/ready").await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    let jobs_before = server.log().matches("background jobs started").count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.log().matches("background jobs started").count(), jobs_before, "no jobs without the database");
+
+    proxy.restore();
+    server.wait_for_count(&p, 11, Duration::from_secs(30)).await;
+    wait_for_status(&server, "healthy").await;
+    let (rows, count) = server.stored_events(&p.id).await;
+    assert_eq!(count, 11);
+    assert_eq!(rows.into_iter().map(|(id, copies)| (assert_eq!(copies, 1), id).1).collect::<HashSet<_>>(), acked);
+    let page = server.client.get(server.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    // The jobs started once the database answered, not before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.log().matches("background jobs started").count() < jobs_before + 1 {
+        assert!(Instant::now() < deadline, "jobs never started after the outage: {}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.sigterm().success());
+}

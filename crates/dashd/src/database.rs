@@ -1,0 +1,200 @@
+//! What waits for the database: migrations (when the database was unreachable at start), the
+//! pipelines the configuration names, and the background jobs.
+//!
+//! A node starts whether or not the database answers ([`first_contact`]): intake accepts into
+//! its log meanwhile, authenticating from the pipeline directory's local copy, and pages say the
+//! database is unavailable. [`DatabaseTask`] keeps trying; once the store is migrated it tells
+//! the buffer actors (which then flush), applies the configured pipelines and starts the jobs,
+//! which it owns and stops on shutdown.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use dash_ingest::Intake;
+use dash_jobs::{JobSettings, JobsTask, SourceSpec};
+use dash_log_throttle::LogThrottle;
+use dash_store::Store;
+use dash_task::{StopSignal, StoppableTask};
+use tokio::sync::watch;
+
+/// How long the first look for the database may take before the node starts without it.
+const FIRST_CONTACT: Duration = Duration::from_secs(5);
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A `[pipelines.<name>]` table of the configuration, checked.
+pub struct ConfiguredPipeline {
+    pub name: String,
+    pub retention: Option<Duration>,
+    pub source: Option<SourceSpec>,
+}
+
+/// Checks the configured pipelines without the database: a bad table stops the start.
+pub fn configured_pipelines(settings: &dash_config::Settings) -> anyhow::Result<Vec<ConfiguredPipeline>> {
+    let mut configured = Vec::new();
+    for (name, table) in &settings.pipelines {
+        let source = match &table.source {
+            Some(value) => {
+                let spec: SourceSpec =
+                    serde_json::from_value(value.clone()).with_context(|| format!("pipelines.{name}.source"))?;
+                spec.validate().with_context(|| format!("pipelines.{name}.source"))?;
+                Some(spec)
+            }
+            None => None,
+        };
+        configured.push(ConfiguredPipeline { name: name.clone(), retention: table.retention, source });
+    }
+    Ok(configured)
+}
+
+/// Tries the database once at start: `Ok(true)` when it is migrated, `Ok(false)` when it cannot
+/// be reached (the node starts degraded). Any other refusal (a missing privilege, a wrong
+/// password) stops the start: waiting would not mend it.
+pub async fn first_contact(store: &Store) -> anyhow::Result<bool> {
+    match store.ping(FIRST_CONTACT).await {
+        Ok(_) => {}
+        Err(err) if err.is_unavailable() => {
+            tracing::warn!(error = %err, "database unreachable at start: serving degraded (webhooks go to the intake log); migrating once it answers");
+            return Ok(false);
+        }
+        Err(err) => return Err(err).context("connecting to the database"),
+    }
+    match store.migrate().await {
+        Ok(()) => Ok(true),
+        Err(err) if err.is_unavailable() => {
+            tracing::warn!(error = %err, "database lost while migrating at start: serving degraded; retrying");
+            Ok(false)
+        }
+        Err(err) => Err(err).context("migrating the database"),
+    }
+}
+
+/// What the task does once the database answers.
+pub struct Arrival {
+    pub store: Store,
+    /// Set once migrated; buffer actors wait for it.
+    pub migrated: watch::Sender<bool>,
+    pub configured: Vec<ConfiguredPipeline>,
+    /// On roles that run intake: the jobs to start, and the intake they feed.
+    pub jobs: Option<(JobSettings, Intake)>,
+}
+
+/// Owns [`Arrival`]'s work and, once started, the jobs; [`StoppableTask::shutdown`] stops them.
+pub type DatabaseTask = StoppableTask;
+
+pub fn spawn(arrival: Arrival) -> DatabaseTask {
+    StoppableTask::spawn(|stop| run(arrival, stop))
+}
+
+async fn run(arrival: Arrival, mut stop: StopSignal) {
+    let Arrival { store, migrated, configured, jobs } = arrival;
+    let failures = LogThrottle::per_period();
+    let mut delay = RETRY_FIRST;
+    while !*migrated.borrow() {
+        match migrate(&store).await {
+            Ok(()) => {
+                migrated.send_replace(true);
+                tracing::info!(layout = store.layout(), "database reached and migrated: the intake log flushes now");
+            }
+            Err(err) => {
+                let err = crate::explain_privileges(err.into()).to_string();
+                retry(&failures, "database not migrated yet", &err, delay);
+                if pause(&mut stop, &mut delay).await {
+                    return;
+                }
+            }
+        }
+    }
+    if let Some((_, intake)) = &jobs {
+        intake.directory().reload().await;
+    }
+    let mut delay = RETRY_FIRST;
+    loop {
+        let applied = apply_configured_pipelines(&store, &configured).await.map_err(|err| format!("{err:#}"));
+        let Err(err) = applied else { break };
+        retry(&failures, "configured pipelines not applied", &err, delay);
+        if pause(&mut stop, &mut delay).await {
+            return;
+        }
+    }
+    let Some((settings, intake)) = jobs else {
+        let _ = stop.wait_for(|s| *s).await;
+        return;
+    };
+    let mut delay = RETRY_FIRST;
+    let running: JobsTask = loop {
+        match dash_jobs::start(settings.clone(), store.clone(), intake.clone()).await {
+            Ok(task) => break task,
+            Err(err) => {
+                retry(&failures, "background jobs not started", &err.to_string(), delay);
+                if pause(&mut stop, &mut delay).await {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = stop.wait_for(|s| *s).await;
+    running.shutdown().await;
+}
+
+/// Migrates from a blocking thread of the runtime's: sqlx's migrator future is not one the
+/// compiler can prove `Send` inside a spawned task (a higher-ranked `Acquire` bound), and a
+/// blocking thread may wait on any future.
+async fn migrate(store: &Store) -> Result<(), dash_store::StoreError> {
+    let (store, runtime) = (store.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || runtime.block_on(store.migrate()))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
+/// One warning per period for the loops above, with how many were held back.
+fn retry(failures: &LogThrottle, what: &str, err: &str, delay: Duration) {
+    if let Some(held_back) = failures.admit() {
+        tracing::warn!(error = err, held_back, retry_in_ms = delay.as_millis() as u64, "{what}; retrying");
+    }
+}
+
+/// Waits `delay` (then doubles it, up to the most); true when told to stop meanwhile.
+async fn pause(stop: &mut StopSignal, delay: &mut Duration) -> bool {
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(*delay) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    *delay = (*delay * 2).min(RETRY_MAX);
+    stopped
+}
+
+/// Applies `[pipelines.<name>]`: creates missing pipelines, then sets what each table names
+/// (retention, source) where the store holds something else. Every ingestor does this once the
+/// database answers; the writes are idempotent.
+pub async fn apply_configured_pipelines(store: &Store, configured: &[ConfiguredPipeline]) -> anyhow::Result<()> {
+    for configured in configured {
+        let name = &configured.name;
+        let pipeline = match store.find_pipeline(name).await? {
+            Some(found) => found,
+            None => match store.create_pipeline(name).await {
+                Ok(issued) => issued.record,
+                // Another node created it first.
+                Err(dash_store::StoreError::Conflict(_)) => {
+                    store.find_pipeline(name).await?.with_context(|| format!("pipeline {name}"))?
+                }
+                Err(err) => return Err(err).with_context(|| format!("creating pipeline {name}")),
+            },
+        };
+        if let Some(retention) = configured.retention
+            && pipeline.retention != Some(retention)
+        {
+            store.set_retention(&pipeline.id, Some(retention)).await?;
+            tracing::info!(pipeline = %pipeline.id, retention = %dash_domain::format_retention(retention), "retention from config applied");
+        }
+        if let Some(spec) = &configured.source {
+            let stored =
+                store.source(&pipeline.id).await?.and_then(|r| serde_json::from_str::<SourceSpec>(&r.spec).ok());
+            if stored.as_ref() != Some(spec) {
+                store.set_source(&pipeline.id, &serde_json::to_string(spec)?, dash_domain::now_ms()).await?;
+                tracing::info!(pipeline = %pipeline.id, url = %dash_jobs::redact_url(&spec.url), "source from config applied");
+            }
+        }
+    }
+    Ok(())
+}
