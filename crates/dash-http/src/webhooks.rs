@@ -179,9 +179,9 @@ async fn accept(
         )
     })?;
 
-    let room_deadline = tokio::time::Instant::now() + ROOM_WAIT;
+    let permit = intake.permit(&auth.id, tokio::time::Instant::now() + ROOM_WAIT);
     if !bytes.is_empty() {
-        intake.wait_for_room(&auth.id, room_deadline).await.map_err(refused)?;
+        permit.wait_for_room().await.map_err(refused)?;
     }
     let request_id = request_id(headers)?;
     let events = if bytes.len() <= PARSE_INLINE_MAX {
@@ -198,9 +198,8 @@ async fn accept(
         BodyError::Invalid { .. } => ApiError::unprocessable("invalid_event", err.to_string()),
     })?;
 
-    let submitted = tokio::time::timeout(APPEND_DEADLINE, intake.submit_within(&auth.id, events, room_deadline))
-        .await
-        .unwrap_or(Err(SubmitError::LogUnavailable));
+    let submitted =
+        tokio::time::timeout(APPEND_DEADLINE, permit.submit(events)).await.unwrap_or(Err(SubmitError::LogUnavailable));
     submitted.map_err(refused)
 }
 

@@ -11,7 +11,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dash_domain::Event;
@@ -94,12 +93,18 @@ impl BufferActor {
         loop {
             self.fill(settings.max_batch).await;
             let caught_up = self.open.is_empty() && self.reader_caught_up();
-            let due = self.first_buffered_at.is_some_and(|t| t.elapsed() >= settings.flush_interval);
-            let ready = self.buffer.len() >= settings.max_batch
-                || due
-                || (writer_closed && caught_up && !self.buffer.is_empty());
-            if ready && self.in_flight.len() < self.window {
-                let batch = self.take_batch();
+            let trigger = flush_trigger(
+                self.buffer.len(),
+                settings.max_batch,
+                self.first_buffered_at.map(|t| t.elapsed()),
+                settings.flush_interval,
+                writer_closed && caught_up,
+            );
+            let ready = trigger.is_some();
+            if let Some(trigger) = trigger
+                && self.in_flight.len() < self.window
+            {
+                let batch = self.take_batch(trigger);
                 if self.in_flight.iter().all(|f| f.batch.as_ref().is_none_or(|b| b.keys.is_disjoint(&batch.keys))) {
                     self.launch(batch);
                     continue;
@@ -141,13 +146,13 @@ impl BufferActor {
         if *migrated.borrow() {
             return true;
         }
-        self.partition.health.mark_down("the database has not been reached since this node started");
+        self.partition.admission.health.mark_down("the database has not been reached since this node started");
         let reached = tokio::select! {
             reached = migrated.wait_for(|m| *m) => reached.is_ok(),
             _ = self.abort.changed() => false,
         };
         if reached {
-            self.partition.health.mark_up();
+            self.partition.admission.health.mark_up();
         }
         reached
     }
@@ -247,7 +252,7 @@ impl BufferActor {
     }
 
     /// Takes the buffer as a batch; the buffer starts empty again.
-    fn take_batch(&mut self) -> Batch {
+    fn take_batch(&mut self, trigger: FlushTrigger) -> Batch {
         let keys = match self.window {
             1 => KeyHashes::default(),
             _ => self.buffer.iter().map(|e| self.key_hasher.hash_one((&*e.pipeline, e.event.id.as_str()))).collect(),
@@ -257,6 +262,7 @@ impl BufferActor {
             counted: std::mem::take(&mut self.buffer_counted),
             cursor: self.cursor,
             first_buffered_at: self.first_buffered_at.take(),
+            trigger,
             keys,
         }
     }
@@ -388,7 +394,7 @@ impl BufferActor {
         loop {
             match self.partition.store.set_aside(event, &refusal.to_string(), dash_domain::now_ms()).await {
                 Ok(new) => {
-                    self.partition.health.mark_up();
+                    self.partition.admission.health.mark_up();
                     if new {
                         metrics::counter!("dash_events_set_aside_total").increment(1);
                     }
@@ -422,7 +428,7 @@ impl BufferActor {
     }
 
     fn store_failed(&self, err: &StoreError, events: usize, retry_in: Duration) {
-        self.partition.health.mark_down(&err.to_string());
+        self.partition.admission.health.mark_down(&err.to_string());
         metrics::counter!("dash_store_errors_total").increment(1);
         if let Some(held_back) = self.partition.flush_failures.admit() {
             tracing::warn!(partition = self.partition.index, events, error = %err, retry_in_ms = retry_in.as_millis() as u64, held_back, "flush failed; retrying");
@@ -432,18 +438,18 @@ impl BufferActor {
     /// After a batch's commit: checkpoint the log past it, release its backlog, publish.
     async fn complete(&self, batch: Batch, outcome: BatchOutcome) {
         let partition = &self.partition;
-        partition.health.mark_up();
+        partition.admission.health.mark_up();
         if let Some(first) = batch.first_buffered_at {
-            metrics::histogram!("dash_flush_duration_seconds").record(first.elapsed().as_secs_f64());
+            metrics::histogram!("dash_flush_duration_seconds", "trigger" => batch.trigger.label())
+                .record(first.elapsed().as_secs_f64());
         }
-        metrics::histogram!("dash_flush_batch_size").record(batch.events.len() as f64);
+        metrics::histogram!("dash_flush_batch_size", "trigger" => batch.trigger.label())
+            .record(batch.events.len() as f64);
         metrics::counter!("dash_events_stored_total").increment(outcome.inserted);
         metrics::counter!("dash_events_duplicate_total").increment(outcome.duplicates);
 
         self.commit_checkpoint(batch.cursor).await;
-        let backlog = partition.backlog.fetch_sub(batch.counted, Ordering::AcqRel) - batch.counted;
-        partition.room.notify_waiters();
-        metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string()).set(backlog.max(0) as f64);
+        partition.admission.committed(batch.counted);
         for update in outcome.updates {
             partition.bus.publish(update).await;
         }
@@ -456,7 +462,7 @@ impl BufferActor {
             std::mem::replace(&mut *committed, cursor)
         };
         let freed_bytes = cursor.position.saturating_sub(previous.position);
-        partition.spool.release(freed_bytes);
+        partition.admission.spool.release(freed_bytes);
         let checkpoints = partition.checkpoints.clone();
         // The batch is committed either way; a stale checkpoint only means a little replay later.
         match tokio::task::spawn_blocking(move || checkpoints.commit(cursor)).await {
@@ -477,6 +483,50 @@ struct Batch {
     first_buffered_at: Option<Instant>,
     /// Hashes of its `(pipeline, event id)` keys (empty when only one batch is in flight).
     keys: KeyHashes,
+    /// Why it was taken.
+    trigger: FlushTrigger,
+}
+
+/// Why a batch is written now: a label on the flush metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushTrigger {
+    /// The buffer holds `max_batch` events.
+    Size,
+    /// `flush_interval` has passed since the buffer's first event.
+    Interval,
+    /// The log's writer has ended (shutdown) and the reader is at the log's end: what is
+    /// buffered goes now, whatever its size or age.
+    Drain,
+}
+
+impl FlushTrigger {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Size => "size",
+            Self::Interval => "interval",
+            Self::Drain => "drain",
+        }
+    }
+}
+
+/// Whether, and why, `buffered` events (the first buffered `waited` ago) are written now.
+pub(crate) fn flush_trigger(
+    buffered: usize,
+    max_batch: usize,
+    waited: Option<Duration>,
+    interval: Duration,
+    at_drained_log_end: bool,
+) -> Option<FlushTrigger> {
+    if buffered == 0 {
+        return None;
+    }
+    if buffered >= max_batch {
+        return Some(FlushTrigger::Size);
+    }
+    if waited.is_some_and(|w| w >= interval) {
+        return Some(FlushTrigger::Interval);
+    }
+    at_drained_log_end.then_some(FlushTrigger::Drain)
 }
 
 /// Hashes of a batch's keys. They are hashes already, so the set hashes them cheaply again.
@@ -519,5 +569,22 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_flush_has_its_trigger() {
+        let second = Duration::from_secs(1);
+        let young = Some(Duration::from_millis(10));
+        assert_eq!(flush_trigger(0, 1000, None, second, true), None, "nothing to write");
+        assert_eq!(flush_trigger(999, 1000, young, second, false), None, "neither full nor old");
+        assert_eq!(flush_trigger(1000, 1000, young, second, false), Some(FlushTrigger::Size));
+        assert_eq!(flush_trigger(1, 1000, Some(second), second, false), Some(FlushTrigger::Interval));
+        assert_eq!(flush_trigger(1, 1000, young, second, true), Some(FlushTrigger::Drain));
+        assert_eq!(flush_trigger(1000, 1000, Some(second), second, true), Some(FlushTrigger::Size), "size first");
     }
 }

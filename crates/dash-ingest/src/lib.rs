@@ -11,13 +11,13 @@
 //! fsync; the store is the buffer actors' business.
 
 mod actor;
+mod admission;
 mod directory;
 mod layout;
 mod record;
 mod supervisor;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -28,10 +28,12 @@ use dash_intake_log::{
 };
 use dash_log_throttle::LogThrottle;
 use dash_store::Store;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use admission::Admission;
+pub use admission::{Spool, StoreHealth};
 pub use dash_intake_log::{Quarantine, QuarantineSummary};
 pub use directory::{Lookup, PipelineDirectory};
 pub use layout::partition_for;
@@ -91,122 +93,6 @@ impl SubmitError {
     }
 }
 
-/// Whether [`Intake::backlog_room`] only looks for room or takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Room {
-    Look,
-    Take,
-}
-
-/// How a request was admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admitted {
-    /// Counted in the backlog, which held `before` events.
-    Counted { before: i64 },
-    /// The store is down and the backlog full: the log absorbs the request, outside the count
-    /// (the spool bound still holds).
-    Spooled,
-}
-
-/// Whether the last store operation of any buffer actor succeeded.
-#[derive(Debug)]
-pub struct StoreHealth {
-    up: AtomicBool,
-    last_error: Mutex<Option<String>>,
-}
-
-impl StoreHealth {
-    fn new() -> Self {
-        Self { up: AtomicBool::new(true), last_error: Mutex::new(None) }
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("health lock").clone()
-    }
-
-    pub fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!("store is back; flushing resumed");
-        }
-    }
-
-    pub fn mark_down(&self, error: &str) {
-        self.up.store(false, Ordering::Release);
-        *self.last_error.lock().expect("health lock") = Some(error.to_owned());
-    }
-}
-
-/// Bytes of intake log not yet flushed, across partitions, against the bound.
-#[derive(Debug)]
-pub struct Spool {
-    used: AtomicU64,
-    max: u64,
-    /// Set when a request was refused for room, cleared when room is made or found.
-    refusing: AtomicBool,
-}
-
-impl Spool {
-    fn new(max: u64) -> Self {
-        Self { used: AtomicU64::new(0), max, refusing: AtomicBool::new(false) }
-    }
-
-    /// Whether `bytes` more are refused with `used` already taken: one frame always fits an
-    /// empty log, however large.
-    fn refuses(&self, used: u64, bytes: u64) -> bool {
-        used > 0 && used + bytes > self.max
-    }
-
-    fn try_reserve(&self, bytes: u64) -> bool {
-        let before = self.used.fetch_add(bytes, Ordering::AcqRel);
-        if self.refuses(before, bytes) {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
-            self.refusing.store(true, Ordering::Release);
-            return false;
-        }
-        self.refusing.store(false, Ordering::Release);
-        self.report();
-        true
-    }
-
-    fn release(&self, bytes: u64) {
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bytes)));
-        if bytes > 0 {
-            self.refusing.store(false, Ordering::Release);
-        }
-        self.report();
-    }
-
-    /// Whether no request, however small, would get room now; if so, recorded as refusing.
-    fn is_full(&self) -> bool {
-        let full = self.refuses(self.used.load(Ordering::Acquire), 1);
-        if full {
-            self.refusing.store(true, Ordering::Release);
-        }
-        full
-    }
-
-    /// Whether the log is full: the last request that wanted room was refused it.
-    pub fn is_refusing(&self) -> bool {
-        self.refusing.load(Ordering::Acquire)
-    }
-
-    fn report(&self) {
-        metrics::gauge!("dash_intake_log_bytes").set(self.used() as f64);
-    }
-
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
-    }
-
-    pub fn max(&self) -> u64 {
-        self.max
-    }
-}
-
 /// One partition's shared state: what its actor needs to (re)start and what intake updates.
 struct Partition {
     index: usize,
@@ -217,13 +103,9 @@ struct Partition {
     checkpoints: CheckpointStore,
     /// The last checkpoint committed; a restarted actor resumes here.
     committed: Mutex<Checkpoint>,
-    /// Admitted events not yet committed to the store.
-    backlog: AtomicI64,
-    /// Woken when a commit shrinks `backlog`: requests waiting for room look again.
-    room: Notify,
-    spool: Arc<Spool>,
+    /// Backlog, spool and store health: what admits requests, and what commits give back.
+    admission: Admission,
     quarantine: Quarantine,
-    health: Arc<StoreHealth>,
     /// One "flush failed" warning per period while the store is down (across actor restarts).
     flush_failures: LogThrottle,
     /// True once the store is migrated: actors write nothing before.
@@ -245,6 +127,51 @@ struct IntakeInner {
     directory: PipelineDirectory,
     settings: IntakeSettings,
     quarantine: Quarantine,
+}
+
+/// One request's way into the log: see [`Intake::permit`].
+pub struct Permit<'a> {
+    partition: &'a Arc<Partition>,
+    pipeline: &'a PipelineId,
+    deadline: Instant,
+}
+
+impl Permit<'_> {
+    /// Waits until the permit's deadline for a request of any size to have room.
+    pub async fn wait_for_room(&self) -> Result<(), SubmitError> {
+        self.partition.admission.wait_for_room(self.deadline).await
+    }
+
+    /// Makes `events` durable in the intake log (all or none) and returns how many, waiting
+    /// until the permit's deadline for backlog room (each commit makes some).
+    pub async fn submit(self, events: Vec<Event>) -> Result<usize, SubmitError> {
+        let count = events.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        let Some(appender) = self.partition.appender.read().expect("appender lock").clone() else {
+            return Err(SubmitError::ShuttingDown);
+        };
+        // Taken before encoding, so a refused request costs no encode.
+        let mut reservation = self.partition.admission.take(count, self.deadline).await?;
+        let payload = IntakeRecord::encode_parts(self.pipeline.as_str(), &events);
+        drop(events);
+        reservation.spool(payload.len() as u64 + FRAME_HEADER)?;
+        let appended = match reservation.note() {
+            Some(note) => appender.append_noted(payload, note).await,
+            None => appender.append(payload).await,
+        };
+        match appended {
+            Ok(_) => {
+                reservation.appended();
+                Ok(count)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "intake log append failed");
+                Err(SubmitError::LogUnavailable)
+            }
+        }
+    }
 }
 
 /// The tasks and threads intake owns; [`IntakeTasks::shutdown`] drains and joins them.
@@ -332,7 +259,7 @@ impl Intake {
         for (index, opened) in current.into_iter().enumerate() {
             let checkpoint = opened.recovery.checkpoint;
             let unflushed = opened.reader.durable_end() - checkpoint.position;
-            spool.used.fetch_add(unflushed, Ordering::AcqRel);
+            spool.found(unflushed);
             if unflushed > 0 {
                 tracing::info!(partition = index, replay_bytes = unflushed, "intake log recovered");
             }
@@ -344,11 +271,8 @@ impl Intake {
                 reader_template: opened.reader,
                 checkpoints: opened.checkpoints,
                 committed: Mutex::new(checkpoint),
-                backlog: AtomicI64::new(0),
-                room: Notify::new(),
-                spool: spool.clone(),
+                admission: Admission::new(index, settings.max_backlog, spool.clone(), health.clone()),
                 quarantine: quarantine.clone(),
-                health: health.clone(),
                 flush_failures: LogThrottle::per_period(),
                 migrated: migrated.clone(),
                 store: store.clone(),
@@ -408,128 +332,24 @@ impl Intake {
 
     /// Unflushed events per partition (admitted by this process).
     pub fn backlogs(&self) -> Vec<i64> {
-        self.inner.partitions.iter().map(|p| p.backlog.load(Ordering::Acquire).max(0)).collect()
+        self.inner.partitions.iter().map(|p| p.admission.backlog()).collect()
     }
 
     fn partition_of(&self, pipeline: &PipelineId) -> &Arc<Partition> {
         &self.inner.partitions[partition_for(pipeline.as_str(), self.inner.partitions.len())]
     }
 
-    /// Waits until `deadline` for a request for `pipeline` to have room, whatever its size: the
-    /// backlog under its bound (or the store down: the log absorbs events then), the log not
-    /// full. The edge asks before it parses a body, so a sender pushing past the bound costs a
-    /// wait, not a parse; [`Self::submit_within`] then takes the room with the real count. A
-    /// full log is answered at once: room there comes back with the database, not in moments.
-    pub async fn wait_for_room(&self, pipeline: &PipelineId, deadline: Instant) -> Result<(), SubmitError> {
-        let partition = self.partition_of(pipeline);
-        if self.inner.spool.is_full() {
-            return Err(SubmitError::SpoolFull);
-        }
-        self.backlog_room(partition, 1, deadline, Room::Look).await.map(drop)
+    /// A permit to submit a request for `pipeline`, waiting for room until `deadline`: the
+    /// edge asks it for room before it parses a body ([`Permit::wait_for_room`]), so a sender
+    /// pushing past the bound costs a wait, not a parse, then submits the events with it.
+    pub fn permit<'a>(&'a self, pipeline: &'a PipelineId, deadline: Instant) -> Permit<'a> {
+        Permit { partition: self.partition_of(pipeline), pipeline, deadline }
     }
 
     /// Makes `events` durable in the intake log (all or none) and returns how many; refused at
     /// once when there is no room.
     pub async fn submit(&self, pipeline: &PipelineId, events: Vec<Event>) -> Result<usize, SubmitError> {
-        self.submit_within(pipeline, events, Instant::now()).await
-    }
-
-    /// [`Self::submit`], waiting until `deadline` for backlog room: each commit makes some.
-    pub async fn submit_within(
-        &self,
-        pipeline: &PipelineId,
-        events: Vec<Event>,
-        deadline: Instant,
-    ) -> Result<usize, SubmitError> {
-        let count = events.len();
-        if count == 0 {
-            return Ok(0);
-        }
-        let partition = self.partition_of(pipeline);
-        let Some(appender) = partition.appender.read().expect("appender lock").clone() else {
-            return Err(SubmitError::ShuttingDown);
-        };
-        // Taken before encoding, so a refused request costs no encode.
-        let n = count as i64;
-        let admitted = self.backlog_room(partition, n, deadline, Room::Take).await?;
-        let give_back = || {
-            if let Admitted::Counted { .. } = admitted {
-                partition.backlog.fetch_sub(n, Ordering::AcqRel);
-                partition.room.notify_waiters();
-            }
-        };
-        let payload = IntakeRecord::encode_parts(pipeline.as_str(), &events);
-        drop(events);
-        let frame_bytes = payload.len() as u64 + FRAME_HEADER;
-        if !self.inner.spool.try_reserve(frame_bytes) {
-            give_back();
-            return Err(SubmitError::SpoolFull);
-        }
-        // A counted frame carries a note, so that its actor gives the count back once committed.
-        let appended = match admitted {
-            Admitted::Counted { .. } => appender.append_noted(payload, count as u32).await,
-            Admitted::Spooled => appender.append(payload).await,
-        };
-        match appended {
-            Ok(_) => {
-                if let Admitted::Counted { before } = admitted {
-                    metrics::gauge!("dash_buffer_backlog", "partition" => partition.index.to_string())
-                        .set((before + n) as f64);
-                }
-                Ok(count)
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "intake log append failed");
-                give_back();
-                self.inner.spool.release(frame_bytes);
-                Err(SubmitError::LogUnavailable)
-            }
-        }
-    }
-
-    /// Waits until `deadline` for `n` more events to fit the partition's backlog bound, and
-    /// with [`Room::Take`] adds them. A request always fits an empty backlog, so the bound holds
-    /// within one request's events. While the store is down a request that does not fit is
-    /// admitted at once as [`Admitted::Spooled`]: the log absorbs it, outside the count.
-    async fn backlog_room(
-        &self,
-        partition: &Partition,
-        n: i64,
-        deadline: Instant,
-        room: Room,
-    ) -> Result<Admitted, SubmitError> {
-        let max = self.inner.settings.max_backlog as i64;
-        let fits = |before: i64| before <= 0 || before + n <= max;
-        loop {
-            let before = match room {
-                Room::Take => partition.backlog.fetch_add(n, Ordering::AcqRel),
-                Room::Look => partition.backlog.load(Ordering::Acquire),
-            };
-            if fits(before) {
-                return Ok(Admitted::Counted { before });
-            }
-            if room == Room::Take {
-                partition.backlog.fetch_sub(n, Ordering::AcqRel);
-            }
-            if !self.inner.health.is_up() {
-                return Ok(Admitted::Spooled);
-            }
-            if Instant::now() >= deadline {
-                return Err(SubmitError::Backlog { backlog: before });
-            }
-            // Only a request that must wait registers; then it looks once more, so a commit
-            // between the check above and the registration is not missed.
-            let freed = partition.room.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if fits(partition.backlog.load(Ordering::Acquire)) {
-                continue;
-            }
-            tokio::select! {
-                () = freed => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+        self.permit(pipeline, Instant::now()).submit(events).await
     }
 
     /// Stops admitting; once in-flight appends finish, the writers end and actors drain.

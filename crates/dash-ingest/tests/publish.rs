@@ -101,14 +101,15 @@ async fn a_full_backlog_refuses_at_once_or_waits_for_the_commit_that_makes_room(
     // Full: without a wait the answer is at once, and nothing was taken.
     let now = tokio::time::Instant::now();
     assert!(matches!(intake.submit(&p, events(&["4"])).await, Err(SubmitError::Backlog { backlog: 3 })));
-    assert!(matches!(intake.wait_for_room(&p, now).await, Err(SubmitError::Backlog { .. })));
+    assert!(matches!(intake.permit(&p, now).wait_for_room().await, Err(SubmitError::Backlog { .. })));
     assert_eq!(intake.backlogs(), vec![3]);
 
     // With time to wait, the flush of the first three makes room.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    intake.wait_for_room(&p, deadline).await.unwrap();
-    assert_eq!(intake.submit_within(&p, events(&["4", "5", "6"]), deadline).await.unwrap(), 3);
-    assert_eq!(intake.submit_within(&p, events(&["7"]), deadline).await.unwrap(), 1);
+    let permit = intake.permit(&p, deadline);
+    permit.wait_for_room().await.unwrap();
+    assert_eq!(permit.submit(events(&["4", "5", "6"])).await.unwrap(), 3);
+    assert_eq!(intake.permit(&p, deadline).submit(events(&["7"])).await.unwrap(), 1);
 
     tasks.shutdown(intake, Duration::from_secs(10)).await;
     assert_eq!(store.find_pipeline("p").await.unwrap().unwrap().stats.count, 7);
