@@ -207,12 +207,7 @@ async fn a_cut_database_connection_delays_events_but_loses_none() {
     // dashd reaches its own database through a proxy this test can cut.
     let direct = fresh_postgres(&admin).await;
     // Whatever server the suite runs on (the shared one, or a private TimescaleDB cluster).
-    let authority = direct.split_once("://").unwrap().1.split('/').next().unwrap();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    let upstream: std::net::SocketAddr = tokio::net::lookup_host(host_port).await.unwrap().next().unwrap();
-    let proxy = TcpProxy::start(upstream).await;
-    let proxied = direct.replacen(host_port, &proxy.addr.to_string(), 1);
-    assert_ne!(proxied, direct, "the database URL names a host and port: {direct}");
+    let (proxy, proxied) = TcpProxy::in_front_of(&direct).await;
     let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms"), ("DATABASE_URL", &proxied)]).await;
     let p = server.create_pipeline("cut").await;
     assert_eq!(server.post_json(&p, "before", "{}").await.status(), 202);

@@ -402,16 +402,6 @@ async fn writers_busy_on_every_partition_starve_neither_readiness_nor_job_heartb
     dash_store::testing::drop_database(&admin, &database).await.ok();
 }
 
-/// A fresh database that dashd reaches only through a proxy this test cuts and restores.
-async fn proxied_database(admin: &str) -> (String, crate::proxy::TcpProxy) {
-    let direct = crate::support::fresh_postgres(admin).await;
-    let authority = direct.split_once("://").unwrap().1.split('/').next().unwrap();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    let upstream: std::net::SocketAddr = tokio::net::lookup_host(host_port).await.unwrap().next().unwrap();
-    let proxy = crate::proxy::TcpProxy::start(upstream).await;
-    (direct.replacen(host_port, &proxy.addr.to_string(), 1), proxy)
-}
-
 async fn wait_for_status(server: &TestServer, status: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -428,7 +418,8 @@ async fn wait_for_status(server: &TestServer, status: &str) -> serde_json::Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_start_works_without_the_database_and_catches_up_when_it_answers() {
     let Some(admin) = crate::support::postgres_admin() else { return };
-    let (url, proxy) = proxied_database(&admin).await;
+    // A fresh database that dashd reaches only through a proxy this test cuts and restores.
+    let (proxy, url) = crate::proxy::TcpProxy::in_front_of(&crate::support::fresh_postgres(&admin).await).await;
 
     // The very first start, the database unreachable: the node serves, degraded.
     proxy.cut();

@@ -39,6 +39,17 @@ impl TcpProxy {
         Self { addr, cut, links, acceptor }
     }
 
+    /// A proxy in front of the server `url` names, and `url` rewritten to go through it.
+    pub async fn in_front_of(url: &str) -> (Self, String) {
+        let authority = url.split_once("://").unwrap().1.split('/').next().unwrap();
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let upstream: SocketAddr = tokio::net::lookup_host(host_port).await.unwrap().next().unwrap();
+        let proxy = Self::start(upstream).await;
+        let proxied = url.replacen(host_port, &proxy.addr.to_string(), 1);
+        assert_ne!(proxied, url, "the database URL names a host and port: {url}");
+        (proxy, proxied)
+    }
+
     /// Breaks every open connection and refuses new ones until [`TcpProxy::restore`].
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
