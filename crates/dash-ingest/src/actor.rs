@@ -151,6 +151,7 @@ impl BufferActor {
             reached = migrated.wait_for(|m| *m) => reached.is_ok(),
             _ = self.abort.changed() => false,
         };
+
         if reached {
             self.partition.admission.health.mark_up();
         }
@@ -199,6 +200,7 @@ impl BufferActor {
         let quarantine = self.partition.quarantine.clone();
         let log = format!("p{}", self.partition.index);
         let (index, partitions) = (self.partition.index, self.partition.settings.partitions);
+        let admission = self.partition.admission.clone();
         let (reader, frames) = tokio::task::spawn_blocking(move || {
             let mut frames = Vec::new();
             let mut events = 0;
@@ -225,11 +227,18 @@ impl BufferActor {
                                 counted: frame.note.is_some(),
                             });
                         }
-                        Err(err) => crate::keep_unreadable(&quarantine, &log, frame.position, &frame.payload, &err),
+                        Err(err) => {
+                            crate::keep_unreadable(&quarantine, &log, frame.position, &frame.payload, &err);
+                            // Kept aside, never committed: what it counted is given back here.
+                            admission.committed(frame.note.map_or(0, i64::from));
+                        }
                     },
                     Ok(None) => break,
                     Err(LogError::Corrupt { .. }) => match reader.skip_damage() {
-                        Ok(damage) => crate::report_damage(&log, &damage),
+                        Ok(damage) => {
+                            crate::report_damage(&log, &damage);
+                            admission.committed(damage.noted as i64);
+                        }
                         Err(err) => {
                             tracing::error!(error = %err, "intake log: cannot skip damaged data");
                             break;

@@ -6,8 +6,8 @@
 //! [`Reservation`], which gives it back unless the request's frame is appended; the buffer actor
 //! gives it back through [`Admission::committed`] once the frame's events are in the store.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -126,13 +126,13 @@ pub(crate) struct Admission {
     backlog: AtomicI64,
     /// Woken when a commit shrinks the backlog: requests waiting for room look again.
     room: Notify,
-    pub(crate) spool: std::sync::Arc<Spool>,
-    pub(crate) health: std::sync::Arc<StoreHealth>,
+    pub(crate) spool: Arc<Spool>,
+    pub(crate) health: Arc<StoreHealth>,
 }
 
 /// Room taken for one request, given back when dropped unless [`Reservation::appended`].
-pub(crate) struct Reservation<'a> {
-    admission: &'a Admission,
+pub(crate) struct Reservation {
+    admission: Arc<Admission>,
     events: i64,
     /// Counted in the backlog (else admitted outside it while the store is down).
     counted: Option<i64>,
@@ -141,12 +141,7 @@ pub(crate) struct Reservation<'a> {
 }
 
 impl Admission {
-    pub(crate) fn new(
-        index: usize,
-        max_backlog: usize,
-        spool: std::sync::Arc<Spool>,
-        health: std::sync::Arc<StoreHealth>,
-    ) -> Self {
+    pub(crate) fn new(index: usize, max_backlog: usize, spool: Arc<Spool>, health: Arc<StoreHealth>) -> Self {
         Self { index, max_backlog: max_backlog as i64, backlog: AtomicI64::new(0), room: Notify::new(), spool, health }
     }
 
@@ -165,10 +160,10 @@ impl Admission {
     }
 
     /// Takes room for `events` events, waiting until `deadline` for the backlog to have it.
-    pub(crate) async fn take(&self, events: usize, deadline: Instant) -> Result<Reservation<'_>, SubmitError> {
+    pub(crate) async fn take(self: &Arc<Self>, events: usize, deadline: Instant) -> Result<Reservation, SubmitError> {
         let events = events as i64;
         let counted = self.room_for(events, deadline, true).await?;
-        Ok(Reservation { admission: self, events, counted, bytes: 0, appended: false })
+        Ok(Reservation { admission: self.clone(), events, counted, bytes: 0, appended: false })
     }
 
     /// The actor's side: `events` counted events are committed.
@@ -222,7 +217,7 @@ impl Admission {
     }
 }
 
-impl Reservation<'_> {
+impl Reservation {
     /// Takes `bytes` of the spool for the request's frame.
     pub(crate) fn spool(&mut self, bytes: u64) -> Result<(), SubmitError> {
         if !self.admission.spool.try_reserve(bytes) {
@@ -246,7 +241,7 @@ impl Reservation<'_> {
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         if self.appended {
             return;

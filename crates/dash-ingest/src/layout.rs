@@ -137,6 +137,8 @@ pub(crate) async fn move_requests(
         if chunk.is_empty() {
             return Ok(moved);
         }
+        // Each target's frames in log order, appended together so that they share fsyncs.
+        let mut by_target: Vec<Vec<Vec<u8>>> = vec![Vec::new(); to.len()];
         for frame in chunk {
             let mut record = match IntakeRecord::decode(&frame.payload) {
                 Ok(record) => record,
@@ -158,13 +160,16 @@ pub(crate) async fn move_requests(
             if record.events.is_empty() {
                 continue;
             }
-            to[target]
-                .appender
-                .append(record.encode())
-                .await
-                .map_err(|source| IngestError::Move { log: format!("p{target}"), source })?;
             moved.requests += 1;
             moved.events += record.events.len() as u64;
+            by_target[target].push(record.encode());
+        }
+        for (target, payloads) in by_target.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            to[target]
+                .appender
+                .append_all(payloads)
+                .await
+                .map_err(|source| IngestError::Move { log: format!("p{target}"), source })?;
         }
     }
 }

@@ -104,7 +104,7 @@ struct Partition {
     /// The last checkpoint committed; a restarted actor resumes here.
     committed: Mutex<Checkpoint>,
     /// Backlog, spool and store health: what admits requests, and what commits give back.
-    admission: Admission,
+    admission: Arc<Admission>,
     quarantine: Quarantine,
     /// One "flush failed" warning per period while the store is down (across actor restarts).
     flush_failures: LogThrottle,
@@ -157,17 +157,30 @@ impl Permit<'_> {
         let payload = IntakeRecord::encode_parts(self.pipeline.as_str(), &events);
         drop(events);
         reservation.spool(payload.len() as u64 + FRAME_HEADER)?;
-        let appended = match reservation.note() {
-            Some(note) => appender.append_noted(payload, note).await,
-            None => appender.append(payload).await,
-        };
-        match appended {
-            Ok(_) => {
-                reservation.appended();
-                Ok(count)
+        // In a task of its own: once the frame is handed to the writer, the room stays taken or
+        // is given back by what the writer answers, not by a caller that stopped waiting (a
+        // timeout, a client gone); the actor gives it back once the frame is committed.
+        let append = tokio::spawn(async move {
+            let appended = match reservation.note() {
+                Some(note) => appender.append_noted(payload, note).await,
+                None => appender.append(payload).await,
+            };
+            match appended {
+                Ok(_) => {
+                    reservation.appended();
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
+        });
+        match append.await {
+            Ok(Ok(())) => Ok(count),
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "intake log append failed");
+                Err(SubmitError::LogUnavailable)
             }
             Err(err) => {
-                tracing::error!(error = %err, "intake log append failed");
+                tracing::error!(error = %err, "intake log append task failed");
                 Err(SubmitError::LogUnavailable)
             }
         }
@@ -271,7 +284,7 @@ impl Intake {
                 reader_template: opened.reader,
                 checkpoints: opened.checkpoints,
                 committed: Mutex::new(checkpoint),
-                admission: Admission::new(index, settings.max_backlog, spool.clone(), health.clone()),
+                admission: Arc::new(Admission::new(index, settings.max_backlog, spool.clone(), health.clone())),
                 quarantine: quarantine.clone(),
                 flush_failures: LogThrottle::per_period(),
                 migrated: migrated.clone(),
@@ -429,7 +442,7 @@ pub(crate) fn report_damage(log: &str, damage: &Damage) {
         log,
         position = damage.position,
         damaged_bytes = damage.bytes,
-        kept_as = %damage.kept_as.display(),
+        kept_as = %damage.kept_as.as_deref().map_or_else(|| "(not kept: see the error before)".into(), |p| p.display().to_string()),
         "intake log: acknowledged data failed its checksum; the requests in these bytes cannot be stored. The segment is kept in the quarantine; /ready reports it until an operator removes it"
     );
 }

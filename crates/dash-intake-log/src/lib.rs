@@ -116,12 +116,14 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
     }
     let last = *bases.last().expect("at least one segment");
     let mut kept = None;
-    let scan = segment::scan_and_repair(dir, last, |segment| {
-        kept = Some(options.quarantine.keep_segment(&log_name(dir), segment, 0, 0)?.kept_as);
+    let scan = segment::scan_and_repair(dir, last, |segment, offset, bytes| {
+        kept = Some(options.quarantine.keep_segment(&log_name(dir), segment, last + offset, bytes)?);
         Ok(())
     })?;
     let end = last + scan.valid_len;
-    let tail_damage = kept.map(|kept_as| Damage { position: end, bytes: scan.damaged_bytes, kept_as });
+    // Frames of a log just opened carry no notes.
+    let tail_damage =
+        kept.map(|kept_as| Damage { position: end, bytes: scan.damaged_bytes, kept_as: Some(kept_as), noted: 0 });
 
     let first = bases[0];
     let checkpoint = match stored {

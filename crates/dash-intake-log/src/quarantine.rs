@@ -17,8 +17,12 @@ pub struct Damage {
     pub position: u64,
     /// Damaged bytes skipped (they held acknowledged requests).
     pub bytes: u64,
-    /// Where the segment holding them was copied.
-    pub kept_as: PathBuf,
+    /// Where the segment holding them was copied; `None` when the copy failed (the error was
+    /// logged).
+    pub kept_as: Option<PathBuf>,
+    /// The sum of the notes of frames appended in this process that the stretch held (see
+    /// [`crate::Appender::append_noted`]), so that what they counted can be given back.
+    pub noted: u64,
 }
 
 /// The quarantine directory shared by the logs of one node.
@@ -45,18 +49,17 @@ impl Quarantine {
         &self.dir
     }
 
-    /// Copies a damaged segment of the log `log` (once) and records the damaged stretch.
-    pub(crate) fn keep_segment(&self, log: &str, segment: &Path, position: u64, bytes: u64) -> io::Result<Damage> {
+    /// Copies a damaged segment of the log `log` as it is now, under a name of its own (the
+    /// segment and the damaged position), and records the damaged stretch beside it.
+    pub(crate) fn keep_segment(&self, log: &str, segment: &Path, position: u64, bytes: u64) -> io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
-        let name = segment.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
-        let kept_as = self.dir.join(format!("{log}-{name}"));
-        if !kept_as.exists() {
-            let partial = kept_as.with_extension("partial");
-            std::fs::copy(segment, &partial)?;
-            std::fs::rename(&partial, &kept_as)?;
-        }
+        let stem = segment.file_stem().and_then(|n| n.to_str()).unwrap_or("segment");
+        let kept_as = self.dir.join(format!("{log}-{stem}-at-{position:020}.log"));
+        let partial = kept_as.with_extension("partial");
+        std::fs::copy(segment, &partial)?;
+        std::fs::rename(&partial, &kept_as)?;
         self.note(&kept_as, &format!("damaged position={position} bytes={bytes} found_ms={}\n", now_ms()))?;
-        Ok(Damage { position, bytes, kept_as })
+        Ok(kept_as)
     }
 
     /// Keeps one frame that passed its checksum but that the consumer cannot read (a record of

@@ -28,7 +28,7 @@ pub struct LogReader {
     durable: watch::Receiver<u64>,
     position: u64,
     /// The open segment: its base and a reader positioned at `position`.
-    open: Option<(u64, BufReader<File>)>,
+    open: Option<(u64, BufReader<Bounded>)>,
     notes: Notes,
     quarantine: Quarantine,
 }
@@ -76,7 +76,7 @@ impl LogReader {
             return Ok(None);
         }
         let position = self.position;
-        let reader = self.reader_at(position)?;
+        let reader = self.reader_at(position, end)?;
         let mut header = [0u8; FRAME_HEADER as usize];
         if let Err(err) = reader.read_exact(&mut header) {
             self.open = None;
@@ -114,9 +114,10 @@ impl LogReader {
         Ok(Some(Frame { position, next, payload, note }))
     }
 
-    /// After [`LogError::Corrupt`] at the current position: copies the segment to the
-    /// quarantine, and moves on to the next whole frame of the segment, or to the next segment
-    /// when none follows. Returns what was skipped.
+    /// After [`LogError::Corrupt`] at the current position: moves on to the next whole frame
+    /// of the segment, or to the next segment when none follows, and copies the segment to the
+    /// quarantine (a failed copy is logged; reading goes on either way). Returns what was
+    /// skipped.
     pub fn skip_damage(&mut self) -> Result<Damage, LogError> {
         self.open = None;
         let position = self.position;
@@ -129,20 +130,54 @@ impl LogReader {
         bytes.truncate((segment_end - base) as usize);
         let from = (position - base) as usize;
         let resume = segment::next_whole_frame(&bytes, from + 1).map_or(segment_end, |offset| base + offset as u64);
-        let damage = self.quarantine.keep_segment(&self.log_name(), &segment_path, position, resume - position)?;
         self.position = resume;
-        Ok(damage)
+        let noted = self.notes.lock().expect("notes lock").range(position..resume).map(|(_, n)| u64::from(*n)).sum();
+        let kept_as = match self.quarantine.keep_segment(&self.log_name(), &segment_path, position, resume - position) {
+            Ok(kept_as) => Some(kept_as),
+            Err(err) => {
+                tracing::error!(segment = %segment_path.display(), error = %err, "intake log: a damaged segment could not be copied to the quarantine");
+                None
+            }
+        };
+        Ok(Damage { position, bytes: resume - position, kept_as, noted })
     }
 
-    fn reader_at(&mut self, position: u64) -> Result<&mut BufReader<File>, LogError> {
+    /// The open segment's reader at `position`, reading no further than `end`.
+    fn reader_at(&mut self, position: u64, end: u64) -> Result<&mut BufReader<Bounded>, LogError> {
         let reusable = matches!(&self.open, Some((base, _)) if *base <= position);
         if !reusable {
             let bases = segment::list(&self.dir)?;
             let base = bases.iter().copied().rev().find(|b| *b <= position).ok_or(LogError::Corrupt { position })?;
             let mut file = File::open(segment::path(&self.dir, base))?;
             file.seek(SeekFrom::Start(position - base))?;
-            self.open = Some((base, BufReader::with_capacity(256 * 1024, file)));
+            let bounded = Bounded { file, offset: position - base, limit: 0 };
+            self.open = Some((base, BufReader::with_capacity(256 * 1024, bounded)));
         }
-        Ok(&mut self.open.as_mut().expect("opened above").1)
+        let (base, reader) = self.open.as_mut().expect("opened above");
+        reader.get_mut().limit = end - *base;
+        Ok(reader)
+    }
+}
+
+/// A segment file read no further than the log's durable end: bytes past it may be a write in
+/// progress, or one about to be cut after a failed fsync, and must never be buffered as frames.
+struct Bounded {
+    file: File,
+    /// The file offset the next read starts at.
+    offset: u64,
+    /// The file offset reads stop at.
+    limit: u64,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.limit.saturating_sub(self.offset);
+        let wanted = (buf.len() as u64).min(room) as usize;
+        if wanted == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read(&mut buf[..wanted])?;
+        self.offset += read as u64;
+        Ok(read)
     }
 }

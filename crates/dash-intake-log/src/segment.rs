@@ -85,11 +85,11 @@ pub(crate) struct Scan {
 
 /// Walks every frame of a segment and cuts the file after the last whole one. Damage in the
 /// middle (whole frames follow it) is left in place for the reader, which skips and reports it.
-/// `before_cut` runs before damaged bytes are cut, to keep a copy.
+/// `before_cut` runs before damaged bytes are cut (with their offset and length), to keep a copy.
 pub(crate) fn scan_and_repair(
     dir: &Path,
     base: u64,
-    before_cut: impl FnOnce(&Path) -> io::Result<()>,
+    before_cut: impl FnOnce(&Path, u64, u64) -> io::Result<()>,
 ) -> io::Result<Scan> {
     let segment_path = path(dir, base);
     let mut bytes = Vec::new();
@@ -113,7 +113,7 @@ pub(crate) fn scan_and_repair(
     let (torn_bytes, damaged_bytes) = if torn { (cut, 0) } else { (0, cut) };
     if cut > 0 {
         if damaged_bytes > 0 {
-            before_cut(&segment_path)?;
+            before_cut(&segment_path, offset as u64, damaged_bytes)?;
         }
         let file = OpenOptions::new().write(true).open(&segment_path)?;
         file.set_len(offset as u64)?;

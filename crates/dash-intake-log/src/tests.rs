@@ -205,9 +205,10 @@ async fn damage_mid_segment_is_quarantined_and_reading_resumes_after_it() {
     assert!(matches!(reader.next_frame(), Err(LogError::Corrupt { position: 18 })));
     let damage = reader.skip_damage().unwrap();
     assert_eq!((damage.position, damage.bytes), (18, 18));
-    assert_eq!(damage.kept_as, dir.path().join("quarantine").join("p0-00000000000000000000.log"));
-    assert_eq!(std::fs::read(&damage.kept_as).unwrap(), bytes, "the segment is kept as it was found");
-    let note = std::fs::read_to_string(damage.kept_as.with_extension("damage")).unwrap();
+    let kept_as = damage.kept_as.expect("kept");
+    assert_eq!(kept_as, dir.path().join("quarantine").join("p0-00000000000000000000-at-00000000000000000018.log"));
+    assert_eq!(std::fs::read(&kept_as).unwrap(), bytes, "the segment is kept as it was found");
+    let note = std::fs::read_to_string(kept_as.with_extension("damage")).unwrap();
     assert!(note.starts_with("damaged position=18 bytes=18"), "{note}");
     assert_eq!(read_all(&mut reader), vec![vec![2u8; 10]]);
     let summary = Quarantine::new(dir.path().join("quarantine")).summary().unwrap();
@@ -244,7 +245,10 @@ async fn whole_frames_failing_at_the_tail_are_kept_then_cut() {
     assert_eq!((reopened.recovery.end, reopened.recovery.torn_bytes), (36, 0));
     let damage = reopened.recovery.tail_damage.clone().expect("acknowledged bytes damaged");
     assert_eq!((damage.position, damage.bytes), (36, 18));
-    assert_eq!(std::fs::read(&damage.kept_as).unwrap(), bytes);
+    let kept_as = damage.kept_as.expect("kept");
+    assert_eq!(std::fs::read(&kept_as).unwrap(), bytes);
+    let note = std::fs::read_to_string(kept_as.with_extension("damage")).unwrap();
+    assert!(note.starts_with("damaged position=36 bytes=18"), "{note}");
     let (mut reader, _) = close(reopened);
     assert_eq!(read_all(&mut reader).len(), 2);
 }
@@ -265,5 +269,26 @@ async fn notes_reach_the_reader_and_are_pruned_behind_the_checkpoint() {
     let notes: Vec<_> = std::iter::from_fn(|| again.next_frame().unwrap()).map(|f| (f.position, f.note)).collect();
     assert_eq!(notes, vec![(second, None), (third, Some(9))]);
     assert_eq!(log.reader.at(first).next_frame().unwrap().unwrap().note, None, "pruned");
+    drop(close(log));
+}
+
+#[tokio::test]
+async fn bytes_past_the_durable_end_are_never_read_as_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), options(1 << 20)).unwrap();
+    log.appender.append(vec![1; 10]).await.unwrap();
+    log.appender.append(vec![2; 10]).await.unwrap();
+    // A write in progress when the reader fills its buffer, later cut (a failed fsync)...
+    let seg = segment::path(dir.path(), 0);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    file.write_all(&[0xEE; 64]).unwrap();
+    let mut reader = log.reader.at(0);
+    assert_eq!(reader.next_frame().unwrap().unwrap().payload, vec![1; 10]);
+    file.set_len(36).unwrap();
+    drop(file);
+    // ... and the offsets written again with an acknowledged frame.
+    log.appender.append(vec![3; 10]).await.unwrap();
+    let rest: Vec<Vec<u8>> = std::iter::from_fn(|| reader.next_frame().unwrap()).map(|f| f.payload).collect();
+    assert_eq!(rest, vec![vec![2; 10], vec![3; 10]]);
     drop(close(log));
 }

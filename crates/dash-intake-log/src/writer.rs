@@ -40,6 +40,25 @@ impl Appender {
         self.send(payload, Some(note)).await
     }
 
+    /// Appends frames in order, all handed to the writer before any answer is awaited, so that
+    /// they share fsyncs; resolves once all are on disk, with their positions.
+    pub async fn append_all(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<u64>, LogError> {
+        let mut answers = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            if payload.len() > MAX_FRAME {
+                return Err(LogError::TooLarge(payload.len()));
+            }
+            let (reply, answer) = oneshot::channel();
+            self.tx.send(Append { payload, note: None, reply }).await.map_err(|_| LogError::Closed)?;
+            answers.push(answer);
+        }
+        let mut positions = Vec::with_capacity(answers.len());
+        for answer in answers {
+            positions.push(answer.await.map_err(|_| LogError::Closed)??);
+        }
+        Ok(positions)
+    }
+
     async fn send(&self, payload: Vec<u8>, note: Option<u32>) -> Result<u64, LogError> {
         if payload.len() > MAX_FRAME {
             return Err(LogError::TooLarge(payload.len()));
@@ -77,6 +96,15 @@ pub(crate) fn start(
     Ok((Appender { tx }, WriterThread(handle)))
 }
 
+/// What writing a group did.
+struct GroupWritten {
+    /// Each frame's position, as far as the group got.
+    positions: Vec<u64>,
+    /// How many of the group's frames are on disk.
+    durable: usize,
+    error: Option<io::Error>,
+}
+
 struct Writer {
     dir: PathBuf,
     options: LogOptions,
@@ -108,52 +136,64 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let group_start = self.base + self.len;
-            match self.write_group(&group, &mut buf) {
-                Ok(positions) => {
-                    self.durable.send_replace(self.base + self.len);
-                    for (append, position) in group.drain(..).zip(positions) {
-                        let _ = append.reply.send(Ok(position));
-                    }
+            let written = self.write_group(&group, &mut buf);
+            if let Some(err) = &written.error {
+                tracing::error!(error = %err, "intake log write failed; the requests not yet on disk are answered with an error");
+                // Frames already flushed (before a segment roll) are on disk and answered as
+                // such; from the first one that is not, none counts, none is kept.
+                if let Some(&first_failed) = written.positions.get(written.durable) {
+                    drop(self.notes.lock().expect("notes lock").split_off(&first_failed));
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "intake log write failed; requests answered with an error");
-                    // Every request of the group is told it failed, so none of its frames counts.
-                    drop(self.notes.lock().expect("notes lock").split_off(&group_start));
-                    for append in group.drain(..) {
-                        let _ = append.reply.send(Err(LogError::Io(io::Error::new(err.kind(), err.to_string()))));
-                    }
-                    self.recover();
-                }
+                self.recover();
+            }
+            self.durable.send_replace(self.base + self.len);
+            for (i, append) in group.drain(..).enumerate() {
+                let answer = match (&written.error, written.positions.get(i)) {
+                    (_, Some(&position)) if i < written.durable => Ok(position),
+                    (Some(err), _) => Err(LogError::Io(io::Error::new(err.kind(), err.to_string()))),
+                    (None, _) => unreachable!("a group written whole has a position for each frame"),
+                };
+                let _ = append.reply.send(answer);
             }
         }
         tracing::debug!("intake log writer stopped");
     }
 
-    /// Writes the group (rolling segments as needed), fsyncs, and returns each frame's position.
-    fn write_group(&mut self, group: &[Append], buf: &mut Vec<u8>) -> io::Result<Vec<u64>> {
-        let mut positions = Vec::with_capacity(group.len());
+    /// Writes the group (rolling segments as needed) and fsyncs. On an error, the frames
+    /// flushed before it (a roll flushes what precedes it) are durable all the same.
+    fn write_group(&mut self, group: &[Append], buf: &mut Vec<u8>) -> GroupWritten {
+        let mut written = GroupWritten { positions: Vec::with_capacity(group.len()), durable: 0, error: None };
         buf.clear();
         for append in group {
             let frame_len = FRAME_HEADER + append.payload.len() as u64;
             let pending = buf.len() as u64;
             if self.len + pending > 0 && self.len + pending + frame_len > self.options.segment_bytes {
-                self.flush(buf)?;
-                self.roll()?;
+                if let Err(err) = self.flush(buf) {
+                    written.error = Some(err);
+                    return written;
+                }
+                written.durable = written.positions.len();
+                if let Err(err) = self.roll() {
+                    written.error = Some(err);
+                    return written;
+                }
             }
             let position = self.base + self.len + buf.len() as u64;
             if let Some(note) = append.note {
                 // Before the frame can be durable (a roll publishes what precedes it).
                 self.notes.lock().expect("notes lock").insert(position, note);
             }
-            positions.push(position);
+            written.positions.push(position);
             let len_bytes = (append.payload.len() as u32).to_le_bytes();
             buf.extend_from_slice(&len_bytes);
             buf.extend_from_slice(&frame_crc(&len_bytes, &append.payload).to_le_bytes());
             buf.extend_from_slice(&append.payload);
         }
-        self.flush(buf)?;
-        Ok(positions)
+        match self.flush(buf) {
+            Ok(()) => written.durable = written.positions.len(),
+            Err(err) => written.error = Some(err),
+        }
+        written
     }
 
     fn flush(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {

@@ -33,6 +33,9 @@ pub struct ConfiguredPipeline {
 pub fn configured_pipelines(settings: &dash_config::Settings) -> anyhow::Result<Vec<ConfiguredPipeline>> {
     let mut configured = Vec::new();
     for (name, table) in &settings.pipelines {
+        dash_domain::check_pipeline_name(name)
+            .and_then(|()| dash_domain::PipelineId::from_name(name))
+            .with_context(|| format!("pipelines.{name}"))?;
         let source = match &table.source {
             Some(value) => {
                 let spec: SourceSpec =
@@ -97,7 +100,7 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
                 tracing::info!(layout = store.layout(), "database reached and migrated: the intake log flushes now");
             }
             Err(err) => {
-                let err = crate::explain_privileges(err.into()).to_string();
+                let err = crate::explain_privileges(err).to_string();
                 retry(&failures, "database not migrated yet", &err, delay);
                 if pause(&mut stop, &mut delay).await {
                     return;
@@ -110,9 +113,16 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
     }
     let mut delay = RETRY_FIRST;
     loop {
-        let applied = apply_configured_pipelines(&store, &configured).await.map_err(|err| format!("{err:#}"));
-        let Err(err) = applied else { break };
-        retry(&failures, "configured pipelines not applied", &err, delay);
+        let Err(err) = apply_configured_pipelines(&store, &configured).await else { break };
+        let unavailable = err.chain().any(|cause| {
+            cause.downcast_ref::<dash_store::StoreError>().is_some_and(dash_store::StoreError::is_unavailable)
+        });
+        if !unavailable {
+            // Waiting would not mend it; the jobs must run regardless.
+            tracing::error!(error = format!("{err:#}"), "configured pipelines could not be applied");
+            break;
+        }
+        retry(&failures, "configured pipelines not applied", &format!("{err:#}"), delay);
         if pause(&mut stop, &mut delay).await {
             return;
         }
@@ -140,11 +150,15 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
 /// Migrates from a blocking thread of the runtime's: sqlx's migrator future is not one the
 /// compiler can prove `Send` inside a spawned task (a higher-ranked `Acquire` bound), and a
 /// blocking thread may wait on any future.
-async fn migrate(store: &Store) -> Result<(), dash_store::StoreError> {
+///
+/// A migration that panics is an error like any other here: the task goes on trying, since the
+/// buffer actors wait for it (ending would leave them waiting for good).
+async fn migrate(store: &Store) -> anyhow::Result<()> {
     let (store, runtime) = (store.clone(), tokio::runtime::Handle::current());
-    tokio::task::spawn_blocking(move || runtime.block_on(store.migrate()))
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+    match tokio::task::spawn_blocking(move || runtime.block_on(store.migrate())).await {
+        Ok(migrated) => Ok(migrated?),
+        Err(err) => Err(anyhow::anyhow!("the migration task failed: {err}")),
+    }
 }
 
 /// One warning per period for the loops above, with how many were held back.

@@ -176,12 +176,15 @@ async fn damaged_log_data_is_kept_aside_and_reported_and_the_rest_is_stored() {
     // Degraded until an operator has looked and removed what was kept.
     let ready = server.get_json("/ready").await;
     assert_eq!(ready["status"], "degraded", "{ready}");
-    assert_eq!(ready["checks"]["intake_log_quarantine"]["files"], 1, "{ready}");
+    assert_eq!(ready["checks"]["intake_log_quarantine"]["files"], 2, "{ready}");
     let quarantine = server.data_dir().join("intake/quarantine");
-    let kept = std::fs::read(quarantine.join("p0-00000000000000000000.log")).unwrap();
-    assert_eq!(kept, segment, "the damaged segment is kept as found");
-    let note = std::fs::read_to_string(quarantine.join("p0-00000000000000000000.damage")).unwrap();
-    assert_eq!(note.lines().count(), 2, "{note}");
+    // One copy per damaged stretch: the tail's, taken before the cut, is the segment as found.
+    let kept = |at: usize| quarantine.join(format!("p0-00000000000000000000-at-{at:020}.log"));
+    assert_eq!(std::fs::read(kept(last)).unwrap(), segment, "the damaged segment is kept as found");
+    assert_eq!(std::fs::read(kept(mid)).unwrap(), segment[..last], "and again when the middle is reached");
+    let note = std::fs::read_to_string(kept(mid).with_extension("damage")).unwrap();
+    assert_eq!(note.lines().count(), 1, "{note}");
+    assert!(note.starts_with(&format!("damaged position={mid} bytes={mid_len} ")), "{note}");
     // A later write goes on as usual.
     assert_eq!(server.post_json(&p, "after", "{}").await.status(), 202);
     server.wait_for_count(&p, 9, Duration::from_secs(20)).await;
