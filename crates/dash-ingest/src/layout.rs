@@ -86,14 +86,15 @@ pub(crate) fn record(intake_dir: &Path, partitions: usize) -> std::io::Result<()
 pub(crate) struct Moved {
     pub requests: u64,
     pub events: u64,
-    /// Damaged stretches skipped (kept in the quarantine), and their bytes.
+    /// Damaged stretches skipped and kept in the quarantine (each reported as it was found).
     pub damaged: u64,
-    pub damaged_bytes: u64,
 }
 
 /// Appends every unflushed request of log `from` whose pipeline now belongs to another
-/// partition to that partition's log (`to`, the logs of the current layout). With `all`, a
-/// request that cannot be decoded is kept in the quarantine (its log is about to go).
+/// partition to that partition's log (`to`, the logs of the current layout). With `all` (the
+/// log is about to go), damaged data and a request that cannot be decoded are kept in the
+/// quarantine and reported here; otherwise they are passed over, left for the log's own actor,
+/// which keeps and reports them when it reaches them (once).
 pub(crate) async fn move_requests(
     from: usize,
     source: &OpenedLog,
@@ -118,7 +119,12 @@ pub(crate) async fn move_requests(
                         chunk.push(frame);
                     }
                     Ok(None) => break,
-                    Err(LogError::Corrupt { .. }) => damage.push(taken.skip_damage()),
+                    Err(LogError::Corrupt { .. }) if all => damage.push(taken.skip_damage()),
+                    Err(LogError::Corrupt { .. }) => {
+                        if let Err(err) = taken.pass_damage() {
+                            return (taken, Err(err), damage);
+                        }
+                    }
                     Err(err) => return (taken, Err(err), damage),
                 }
             }
@@ -130,7 +136,6 @@ pub(crate) async fn move_requests(
         for found in damage {
             let found = found.map_err(|source| IngestError::Move { log: name.clone(), source })?;
             moved.damaged += 1;
-            moved.damaged_bytes += found.bytes;
             crate::report_damage(&name, &found);
         }
         let chunk = chunk.map_err(|source| IngestError::Move { log: name.clone(), source })?;

@@ -165,13 +165,7 @@ impl Permit<'_> {
                 Some(note) => appender.append_noted(payload, note).await,
                 None => appender.append(payload).await,
             };
-            match appended {
-                Ok(_) => {
-                    reservation.appended();
-                    Ok(())
-                }
-                Err(err) => Err(err),
-            }
+            appended.map(|_| reservation.appended())
         });
         match append.await {
             Ok(Ok(())) => Ok(count),

@@ -119,6 +119,23 @@ impl LogReader {
     /// quarantine (a failed copy is logged; reading goes on either way). Returns what was
     /// skipped.
     pub fn skip_damage(&mut self) -> Result<Damage, LogError> {
+        let (position, segment_path) = (self.position, self.pass_damage()?);
+        let resume = self.position;
+        let noted = self.notes.lock().expect("notes lock").range(position..resume).map(|(_, n)| u64::from(*n)).sum();
+        let kept_as = match self.quarantine.keep_segment(&self.log_name(), &segment_path, position, resume - position) {
+            Ok(kept_as) => Some(kept_as),
+            Err(err) => {
+                tracing::error!(segment = %segment_path.display(), error = %err, "intake log: a damaged segment could not be copied to the quarantine");
+                None
+            }
+        };
+        Ok(Damage { position, bytes: resume - position, kept_as, noted })
+    }
+
+    /// After [`LogError::Corrupt`] at the current position: only moves on, as
+    /// [`Self::skip_damage`] does, and returns the damaged segment's path. For a reader that
+    /// passes over a log whose own consumer will meet the damage and keep it.
+    pub fn pass_damage(&mut self) -> Result<std::path::PathBuf, LogError> {
         self.open = None;
         let position = self.position;
         let bases = segment::list(&self.dir)?;
@@ -129,17 +146,8 @@ impl LogReader {
         File::open(&segment_path)?.read_to_end(&mut bytes)?;
         bytes.truncate((segment_end - base) as usize);
         let from = (position - base) as usize;
-        let resume = segment::next_whole_frame(&bytes, from + 1).map_or(segment_end, |offset| base + offset as u64);
-        self.position = resume;
-        let noted = self.notes.lock().expect("notes lock").range(position..resume).map(|(_, n)| u64::from(*n)).sum();
-        let kept_as = match self.quarantine.keep_segment(&self.log_name(), &segment_path, position, resume - position) {
-            Ok(kept_as) => Some(kept_as),
-            Err(err) => {
-                tracing::error!(segment = %segment_path.display(), error = %err, "intake log: a damaged segment could not be copied to the quarantine");
-                None
-            }
-        };
-        Ok(Damage { position, bytes: resume - position, kept_as, noted })
+        self.position = segment::next_whole_frame(&bytes, from + 1).map_or(segment_end, |offset| base + offset as u64);
+        Ok(segment_path)
     }
 
     /// The open segment's reader at `position`, reading no further than `end`.
