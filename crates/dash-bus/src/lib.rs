@@ -177,7 +177,13 @@ mod tests {
     use super::*;
 
     fn update(seq: i64) -> PipelineUpdate {
-        PipelineUpdate { pipeline: "p".into(), seq, stats: PipelineStats::default(), at: String::new() }
+        PipelineUpdate {
+            pipeline: "p".into(),
+            seq,
+            stats: PipelineStats::default(),
+            at: String::new(),
+            views: Vec::new(),
+        }
     }
 
     #[tokio::test]

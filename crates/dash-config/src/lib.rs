@@ -177,6 +177,10 @@ pub struct PipelineConfig {
     /// the same rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<serde_json::Value>,
+    /// Views by name (`[pipelines.<name>.views.<view>]`), as the admin API's view objects;
+    /// checked by the ingestor against the same rules. Views made by the API are left alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub views: BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for Settings {

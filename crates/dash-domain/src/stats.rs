@@ -21,6 +21,17 @@ pub struct PipelineUpdate {
     pub stats: PipelineStats,
     /// Commit time, RFC 3339.
     pub at: String,
+    /// The views this batch changed, and the minutes it changed in each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewTouch>,
+}
+
+/// Which minutes of a view a batch changed: `[from, to)`, unix ms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewTouch {
+    pub view: String,
+    pub from: i64,
+    pub to: i64,
 }
 
 /// What every node publishes each second on `dash.node.heartbeat`.

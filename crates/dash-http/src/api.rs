@@ -32,6 +32,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/api/pipelines/{id}/series", get(series))
         .route("/api/pipelines/{id}/events", get(events))
         .route("/api/cluster", get(cluster))
+        .merge(crate::views::router())
         .route_layer(middleware::from_fn(crate::origin::same_origin_writes))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
         .route("/api/openapi.json", get(openapi))
@@ -76,7 +77,7 @@ async fn list_pipelines(State(state): State<AppState>) -> Result<Json<Value>, Ap
     Ok(Json(json!({ "pipelines": records.iter().map(pipeline_json).collect::<Vec<_>>() })))
 }
 
-async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, ApiError> {
+pub(crate) async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, ApiError> {
     match state.store.find_pipeline(id).await {
         Ok(Some(record)) => Ok(record),
         Ok(None) => Err(ApiError::not_found("pipeline_not_found", format!("no pipeline {id:?}"))),
@@ -186,7 +187,7 @@ async fn store_source(state: &AppState, pipeline: &str, spec: &SourceSpec) -> Re
     })
 }
 
-fn read_json(body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn read_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))
 }
 
@@ -269,7 +270,7 @@ struct SeriesQuery {
     bucket: Option<String>,
 }
 
-fn query_error(rejection: QueryRejection) -> ApiError {
+pub(crate) fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_query", rejection.body_text())
 }
 

@@ -15,6 +15,7 @@ mod origin;
 mod pages;
 mod serve;
 mod throttle;
+mod views;
 mod webhooks;
 
 use dash_log_throttle::LogThrottle;

@@ -175,7 +175,13 @@ async fn resync(state: &AppState, reconnected: bool) -> bool {
             let at = dash_domain::format_ms(dash_domain::now_ms());
             let latest = records
                 .into_iter()
-                .map(|r| PipelineUpdate { pipeline: r.id, seq: r.stats.seq, stats: r.stats, at: at.clone() })
+                .map(|r| PipelineUpdate {
+                    pipeline: r.id,
+                    seq: r.stats.seq,
+                    stats: r.stats,
+                    at: at.clone(),
+                    views: Vec::new(),
+                })
                 .collect::<Vec<_>>();
             if reconnected {
                 tracing::info!(pipelines = latest.len(), "bus (re)connected: live figures resynced from the store");

@@ -298,7 +298,7 @@ impl BufferActor {
                 None => true,
             };
             let result = match (staged, before_committed) {
-                (Ok(staged), true) => staged.commit().await.map_err(Some),
+                (Ok(staged), true) => staged.commit(&events).await.map_err(Some),
                 (Ok(_rolled_back), false) => Err(None),
                 (Err(err), _) => Err(Some(err)),
             };

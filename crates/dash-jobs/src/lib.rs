@@ -143,6 +143,39 @@ impl Runner {
                 tracing::info!(?report, jobs_vacuumed = vacuumed, "store maintenance done");
                 Ok(())
             }
+            Job::Backfill { pipeline, view, generation, .. } => self.backfill(pipeline, view, *generation).await,
+        }
+    }
+
+    /// Computes a view's history step by step (each step a transaction of its own, see
+    /// [`Store::backfill_step`]) until it is done or the view changes again.
+    async fn backfill(&self, pipeline: &str, view: &str, generation: i64) -> Result<(), JobError> {
+        let store = &self.poller.store;
+        let started = Instant::now();
+        let mut events = 0;
+        loop {
+            match store.backfill_step(pipeline, view, generation, dash_store::BACKFILL_STEP_EVENTS).await? {
+                None => {
+                    tracing::info!(pipeline, view, generation, "view changed or deleted; its backfill stops here");
+                    return Ok(());
+                }
+                Some(progress) => {
+                    let step = progress.events_done - events;
+                    events = progress.events_done;
+                    metrics::counter!("dash_view_backfill_events_total").increment(step.max(0) as u64);
+                    if progress.done {
+                        tracing::info!(
+                            pipeline,
+                            view,
+                            generation,
+                            events,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "view history computed"
+                        );
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 }
@@ -234,9 +267,10 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
     let mut last_maintenance: Option<i64> = None;
     let mut failing = false;
     let enqueue_failures = LogThrottle::per_period();
+    let mut last_backfill_check: Option<i64> = None;
     loop {
         let now = dash_domain::now_ms();
-        let due = match store.sources().await {
+        let mut due = match store.sources().await {
             Ok(sources) => {
                 if failing {
                     tracing::info!("job scheduler reads sources again");
@@ -260,6 +294,17 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
                 Vec::new()
             }
         };
+        if backfills_due(&mut last_backfill_check, now) {
+            match store.pending_backfills().await {
+                Ok(pending) => due.extend(pending.into_iter().map(|p| Job::Backfill {
+                    pipeline: p.pipeline,
+                    view: p.view,
+                    generation: p.generation,
+                    through: p.through,
+                })),
+                Err(err) => tracing::debug!(error = %err, "pending view backfills not read; next pass"),
+            }
+        }
         for job in due {
             match queue.enqueue(job.clone()).await {
                 Ok(created) => {
@@ -278,6 +323,7 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
                     match &job {
                         Job::Poll { pipeline, .. } => ticks.forget(pipeline),
                         Job::Maintain { .. } => last_maintenance = None,
+                        Job::Backfill { .. } => last_backfill_check = None,
                     }
                 }
             }
@@ -287,6 +333,18 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// How often the scheduler looks for views whose history is to be computed.
+const BACKFILL_CHECK_EVERY_MS: i64 = 1000;
+
+/// Whether to look for pending view backfills now (and note that it did).
+fn backfills_due(last: &mut Option<i64>, now: i64) -> bool {
+    if last.is_some_and(|l| now - l < BACKFILL_CHECK_EVERY_MS) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 /// What the scheduler remembers of each source's ticks on this node.

@@ -32,6 +32,8 @@ pub enum Job {
     Poll { pipeline: String, tick_ms: i64 },
     /// Retention, dedupe pruning, partitions ahead, old jobs.
     Maintain { tick_ms: i64 },
+    /// Compute a view's history, from where it stands (`through`, a minute; `None` at the start).
+    Backfill { pipeline: String, view: String, generation: i64, through: Option<i64> },
 }
 
 impl Job {
@@ -40,6 +42,10 @@ impl Job {
         match self {
             Self::Poll { pipeline, tick_ms } => format!("poll:{pipeline}:{tick_ms}"),
             Self::Maintain { tick_ms } => format!("maintain:{tick_ms}"),
+            // A job that stopped part way is followed by one keyed by where it stopped.
+            Self::Backfill { pipeline, view, generation, through } => {
+                format!("backfill:{pipeline}:{view}:{generation}:{}", through.map_or("start".into(), |t| t.to_string()))
+            }
         }
     }
 
@@ -47,6 +53,7 @@ impl Job {
         match self {
             Self::Poll { .. } => "poll",
             Self::Maintain { .. } => "maintain",
+            Self::Backfill { .. } => "backfill",
         }
     }
 }

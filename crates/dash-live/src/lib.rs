@@ -63,6 +63,9 @@ pub enum ServerMessage {
         seq: i64,
         stats: PipelineStats,
         at: String,
+        /// The views the batch changed (which minutes of each): a page redraws those.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        views: Vec<dash_domain::ViewTouch>,
     },
     Error {
         code: String,
@@ -301,6 +304,7 @@ impl HubState {
                         seq: update.seq,
                         stats: update.stats.clone(),
                         at: update.at.clone(),
+                        views: update.views.clone(),
                     }
                     .to_bytes()
                 })

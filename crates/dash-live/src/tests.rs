@@ -5,7 +5,7 @@ fn stats(seq: i64) -> PipelineStats {
 }
 
 fn update(pipeline: &str, seq: i64) -> PipelineUpdate {
-    PipelineUpdate { pipeline: pipeline.into(), seq, stats: stats(seq), at: String::new() }
+    PipelineUpdate { pipeline: pipeline.into(), seq, stats: stats(seq), at: String::new(), views: Vec::new() }
 }
 
 fn parse(frame: &Bytes) -> ServerMessage {

@@ -33,6 +33,7 @@ mod sources;
 mod sqlite;
 pub mod testing;
 mod timescale;
+mod views;
 
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
+pub use views::{
+    BACKFILL_STEP_EVENTS, BackfillProgress, PendingBackfill, PutMode, ViewRecord, ViewWrite, merge_by_minute,
+};
 
 /// Most buckets [`Store::series`] computes, whoever asks (the API allows fewer).
 pub const MAX_SERIES_POINTS: i64 = 100_000;
@@ -70,6 +74,10 @@ pub enum StoreError {
     Location(#[from] std::io::Error),
     #[error("invalid range: {0}")]
     InvalidRange(String),
+    #[error("invalid view: {0}")]
+    InvalidView(String),
+    #[error("a stored view is unreadable: {0}")]
+    UnreadableView(String),
     #[error("stored secret is unreadable")]
     BadSecret(#[from] dash_signature::SignatureError),
 }
@@ -199,6 +207,8 @@ pub struct MaintenanceReport {
     pub partitions_dropped: u64,
     pub events_deleted: u64,
     pub dedupe_pruned: u64,
+    /// View states older than their view keeps.
+    pub view_states_pruned: u64,
 }
 
 #[derive(Clone)]
@@ -256,10 +266,16 @@ impl Store {
         retention: Duration,
         dedupe_window: Duration,
     ) -> Result<MaintenanceReport, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.maintain(retention).await,
-            Self::Postgres(s) => s.maintain(retention, dedupe_window).await,
-        }
+        let mut report = match self {
+            Self::Sqlite(s) => s.maintain(retention).await?,
+            Self::Postgres(s) => s.maintain(retention, dedupe_window).await?,
+        };
+        let pipelines: Vec<(String, Option<i64>)> =
+            on_backend!(self, readers, |pool| sqlx::query_as(retention::RETENTIONS).fetch_all(pool).await?);
+        let now = dash_domain::now_ms();
+        let cutoffs = retention::Cutoffs::new(pipelines, retention, now);
+        report.view_states_pruned = self.prune_views(&cutoffs.per_pipeline, now).await?;
+        Ok(report)
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -415,6 +431,8 @@ struct UpdatedPipeline {
     count: i64,
     duplicates: i64,
     last_event_at_ms: Option<i64>,
+    /// Rises with every change of the pipeline's views (see `views.rs`).
+    views_version: i64,
 }
 
 impl BatchOutcome {
@@ -426,7 +444,14 @@ impl BatchOutcome {
     }
 
     /// Adds one pipeline's share of the batch; `updated` is `None` when the pipeline is gone.
-    fn record(&mut self, pipeline: &str, tally: &PipelineTally, updated: Option<UpdatedPipeline>, at: &str) {
+    fn record(
+        &mut self,
+        pipeline: &str,
+        tally: &PipelineTally,
+        updated: Option<UpdatedPipeline>,
+        at: &str,
+        views: Vec<dash_domain::ViewTouch>,
+    ) {
         self.inserted += tally.inserted as u64;
         self.duplicates += (tally.received - tally.inserted) as u64;
         let Some(row) = updated else {
@@ -443,6 +468,7 @@ impl BatchOutcome {
                 last_event_at: row.last_event_at_ms.map(dash_domain::format_ms),
             },
             at: at.to_owned(),
+            views,
         });
     }
 }
@@ -454,10 +480,11 @@ pub enum StagedBatch {
 }
 
 impl StagedBatch {
-    pub async fn commit(self) -> Result<BatchOutcome, StoreError> {
+    /// Commits; `events` must be the batch as it was staged (its views are counted from it).
+    pub async fn commit(self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
         match self {
             Self::Committed(outcome) => Ok(outcome),
-            Self::Postgres(staged) => staged.commit().await,
+            Self::Postgres(staged) => staged.commit(events).await,
         }
     }
 }
@@ -478,3 +505,5 @@ fn minute_of(ms: i64) -> i64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod view_tests;

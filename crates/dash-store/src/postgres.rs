@@ -68,6 +68,7 @@ pub struct PgStore {
     layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
     /// TimescaleDB: the days (UTC, unix ms) known to have a chunk, so a batch never makes one.
     chunk_days: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    views: crate::views::ViewCache,
 }
 
 /// A batch's dedupe keys by `COPY`: the usual case, where every key is new. A key already there
@@ -119,7 +120,7 @@ SET seq = p.seq + 1,
     last_event_at = GREATEST(p.last_event_at, t.newest)
 FROM locked JOIN totals t ON t.id = locked.id
 WHERE p.id = locked.id
-RETURNING p.id, p.seq, p.event_count, p.duplicate_count, p.last_event_at";
+RETURNING p.id, p.seq, p.event_count, p.duplicate_count, p.last_event_at, p.views_version";
 
 /// The events table's columns, the same on both layouts. `json` keeps the payload as sent.
 pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
@@ -209,7 +210,15 @@ impl PgStore {
         let pool = pool_options(sizes.service).connect_lazy(url)?;
         let writers = pool_options(sizes.writers).connect_lazy(url)?;
         let jobs = pool_options(sizes.jobs).connect_lazy(url)?;
-        Ok(Self { pool, writers, jobs, sizes, layout: Default::default(), chunk_days: Default::default() })
+        Ok(Self {
+            pool,
+            writers,
+            jobs,
+            sizes,
+            layout: Default::default(),
+            chunk_days: Default::default(),
+            views: Default::default(),
+        })
     }
 
     /// The job queue's own pool, for the tables it keeps in the same database.
@@ -446,6 +455,11 @@ impl PgStore {
             copy_in(&mut tx, EVENTS_COPY, body).await?;
         }
 
+        // Where each new event sits in the batch, for the views at commit.
+        let base = events.as_ptr() as usize;
+        let size = std::mem::size_of::<BatchEvent>().max(1);
+        let fresh_at: Vec<u32> =
+            fresh.iter().map(|e| ((*e as *const BatchEvent as usize - base) / size) as u32).collect();
         let mut per_minute: BTreeMap<(&str, i64), i64> = BTreeMap::new();
         for run in fresh.chunk_by(|a, b| a.pipeline == b.pipeline) {
             let t = tally.get_mut(&*run[0].pipeline).expect("tallied above");
@@ -467,11 +481,11 @@ impl PgStore {
             minutes.minutes.push(from_ms(minute));
             minutes.counts.push(count);
         }
-        Ok(StagedPg { tx, tally, minutes })
+        Ok(StagedPg { tx, tally, minutes, fresh: fresh_at, views: self.views.clone() })
     }
 
     pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
-        self.stage_batch(events).await?.commit().await
+        self.stage_batch(events).await?.commit(events).await
     }
 
     pub async fn series(
@@ -599,6 +613,9 @@ pub struct StagedPg {
     tx: BatchConn,
     tally: BTreeMap<Arc<str>, PipelineTally>,
     minutes: RollupMinutes,
+    /// Where the new events sit in the staged batch.
+    fresh: Vec<u32>,
+    views: crate::views::ViewCache,
 }
 
 /// Per-pipeline, per-minute counts of a staged batch's new events, as `UNNEST` columns.
@@ -611,8 +628,9 @@ struct RollupMinutes {
 
 impl StagedPg {
     /// Assigns each touched pipeline its next `seq` and adds to its totals, adds the rollup
-    /// (one statement, [`BATCH_TOTALS`]), then commits.
-    pub async fn commit(mut self) -> Result<BatchOutcome, StoreError> {
+    /// (one statement, [`BATCH_TOTALS`]), counts the new events into the pipelines' views, then
+    /// commits. `events`: the batch as staged.
+    pub async fn commit(mut self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
         let at = format_ms(now_ms());
         let mut ids = Vec::with_capacity(self.tally.len());
         let mut inserted = Vec::with_capacity(self.tally.len());
@@ -642,13 +660,22 @@ impl StagedPg {
                 count: row.try_get(2)?,
                 duplicates: row.try_get(3)?,
                 last_event_at_ms: row.try_get::<Option<DateTime<Utc>>, _>(4)?.map(ts_ms),
+                views_version: row.try_get(5)?,
             };
             updated.insert(id, totals);
         }
+        let versions: HashMap<String, i64> = updated
+            .iter()
+            .filter(|(id, _)| self.tally.get(id.as_str()).is_some_and(|t| t.inserted > 0))
+            .map(|(id, row)| (id.clone(), row.views_version))
+            .collect();
+        let mut touches =
+            crate::views::count_batch_pg(&mut self.tx, &self.views, &versions, events, &self.fresh).await?;
         self.tx.commit().await?;
         let mut outcome = BatchOutcome::default();
         for (pipeline, t) in &self.tally {
-            outcome.record(pipeline, t, updated.remove(&**pipeline), &at);
+            let views = touches.remove(&**pipeline).unwrap_or_default();
+            outcome.record(pipeline, t, updated.remove(&**pipeline), &at, views);
         }
         Ok(outcome)
     }

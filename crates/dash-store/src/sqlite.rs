@@ -1,6 +1,7 @@
 //! SQLite: the embedded default. One writer connection (SQLite serializes writers anyway, and
 //! queueing in-process is fairer than busy-waiting on the file lock), a small reader pool.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,7 @@ const ROWS_PER_STATEMENT: usize = 1000;
 pub struct SqliteStore {
     pub(crate) writer: SqlitePool,
     pub(crate) readers: SqlitePool,
+    views: crate::views::ViewCache,
 }
 
 const PIPELINE_COLUMNS: &str =
@@ -68,7 +70,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self { writer, readers, views: Default::default() })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -189,6 +191,8 @@ impl SqliteStore {
             tally.entry(&*e.pipeline).or_default().received += 1;
         }
         let mut minutes: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        // The new events (pipeline, time, payload), for the pipelines' views.
+        let mut fresh: Vec<(Cow<'_, str>, i64, Cow<'_, str>)> = Vec::with_capacity(events.len());
 
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
@@ -208,17 +212,21 @@ impl SqliteStore {
                 // No duplicates (the usual case): every row of the chunk counts.
                 for e in chunk {
                     tally_inserted(&mut tally, &mut minutes, &e.pipeline, e.event.time_ms, e.event.received_ms);
+                    fresh.push((Cow::Borrowed(&*e.pipeline), e.event.time_ms, Cow::Borrowed(&e.event.payload)));
                 }
             } else if inserted_rows > 0 {
                 // Under the write lock the inserted rows took consecutive rowids ending at the last one.
                 let first_rowid = result.last_insert_rowid() - inserted_rows as i64 + 1;
-                let rows = sqlx::query("SELECT pipeline_id, event_time, received_at FROM events WHERE rowid >= ?")
-                    .bind(first_rowid)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let rows =
+                    sqlx::query("SELECT pipeline_id, event_time, received_at, payload FROM events WHERE rowid >= ?")
+                        .bind(first_rowid)
+                        .fetch_all(&mut *tx)
+                        .await?;
                 for row in rows {
                     let pipeline: String = row.try_get(0)?;
-                    tally_inserted(&mut tally, &mut minutes, &pipeline, row.try_get(1)?, row.try_get(2)?);
+                    let time: i64 = row.try_get(1)?;
+                    tally_inserted(&mut tally, &mut minutes, &pipeline, time, row.try_get(2)?);
+                    fresh.push((Cow::Owned(pipeline), time, Cow::Owned(row.try_get(3)?)));
                 }
             }
         }
@@ -242,7 +250,7 @@ impl SqliteStore {
                 "UPDATE pipelines SET seq = seq + 1, event_count = event_count + ?1, \
                  duplicate_count = duplicate_count + ?2, \
                  last_event_at = COALESCE(MAX(last_event_at, ?3), last_event_at, ?3) \
-                 WHERE id = ?4 RETURNING seq, event_count, duplicate_count, last_event_at",
+                 WHERE id = ?4 RETURNING seq, event_count, duplicate_count, last_event_at, views_version",
             )
             .bind(t.inserted)
             .bind(t.received - t.inserted)
@@ -256,10 +264,22 @@ impl SqliteStore {
                     count: row.try_get(1)?,
                     duplicates: row.try_get(2)?,
                     last_event_at_ms: row.try_get(3)?,
+                    views_version: row.try_get(4)?,
                 }),
                 None => None,
             };
-            outcome.record(pipeline, t, updated, &at);
+            let touches = match &updated {
+                Some(row) if t.inserted > 0 => {
+                    let of_pipeline = fresh
+                        .iter()
+                        .filter(|(p, _, _)| p == pipeline)
+                        .map(|(_, time, payload)| (*time, payload.as_ref()));
+                    crate::views::count_batch_sqlite(&mut tx, &self.views, pipeline, row.views_version, of_pipeline)
+                        .await?
+                }
+                _ => Vec::new(),
+            };
+            outcome.record(pipeline, t, updated, &at, touches);
         }
         tx.commit().await?;
         Ok(outcome)

@@ -5,14 +5,14 @@ use dash_domain::Event;
 use super::*;
 
 /// A fresh, migrated store; remove it with [`Backend::cleanup`].
-struct Backend {
-    store: Store,
+pub(crate) struct Backend {
+    pub(crate) store: Store,
     _dir: Option<tempfile::TempDir>,
     postgres: Option<(String, String)>,
 }
 
 impl Backend {
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         self.store.close().await;
         if let Some((admin, url)) = self.postgres {
             testing::drop_database(&admin, &url).await.unwrap();
@@ -20,14 +20,14 @@ impl Backend {
     }
 }
 
-async fn sqlite() -> Backend {
+pub(crate) async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}/dash.db", dir.path().display())).await.unwrap();
     store.migrate().await.unwrap();
     Backend { store, _dir: Some(dir), postgres: None }
 }
 
-async fn postgres(admin: &str) -> Backend {
+pub(crate) async fn postgres(admin: &str) -> Backend {
     let url = testing::create_database(admin).await.unwrap();
     let store = Store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
@@ -273,16 +273,22 @@ async fn batches_written_at_once_commit_in_order_and_keep_dedupe() {
     );
     let (first, second) = tokio::join!(store.stage_batch(&first), store.stage_batch(&second));
     let (first, second) = (first.unwrap(), second.unwrap());
-    let first = first.commit().await.unwrap();
+    let (first_events, second_events) = (
+        [event("p", "a", minute), event("p", "b", minute)],
+        [event("p", "c", minute), event("p", "d", minute + 60_000)],
+    );
+    let first = first.commit(&first_events).await.unwrap();
     assert_eq!((first.updates[0].seq, first.inserted), (1, 2));
-    let second = second.commit().await.unwrap();
+    let second = second.commit(&second_events).await.unwrap();
     assert_eq!((second.updates[0].seq, second.inserted, second.updates[0].stats.count), (2, 2, 4));
 
-    let third = store.stage_batch(&[event("p", "e", minute), event("p", "f", minute)]).await.unwrap();
-    let fourth = [event("p", "f", minute), event("p", "g", minute)];
-    let (third, fourth) = tokio::join!(third.commit(), async { store.stage_batch(&fourth).await.unwrap() });
+    let third_events = [event("p", "e", minute), event("p", "f", minute)];
+    let third = store.stage_batch(&third_events).await.unwrap();
+    let fourth_events = [event("p", "f", minute), event("p", "g", minute)];
+    let (third, fourth) =
+        tokio::join!(third.commit(&third_events), async { store.stage_batch(&fourth_events).await.unwrap() });
     assert_eq!(third.unwrap().updates[0].seq, 3);
-    let fourth = fourth.commit().await.unwrap();
+    let fourth = fourth.commit(&fourth_events).await.unwrap();
     assert_eq!((fourth.updates[0].seq, fourth.inserted, fourth.duplicates), (4, 1, 1));
 
     let dropped = store.stage_batch(&[event("p", "h", minute)]).await.unwrap();
@@ -427,8 +433,8 @@ async fn concurrent_batches_on_a_day_without_a_chunk_all_commit_at_once() {
     let started = std::time::Instant::now();
     let staged =
         tokio::join!(store.stage_batch(&batches[0]), store.stage_batch(&batches[1]), store.stage_batch(&batches[2]));
-    for staged in [staged.0, staged.1, staged.2] {
-        staged.unwrap().commit().await.unwrap();
+    for (staged, events) in [staged.0, staged.1, staged.2].into_iter().zip(&batches) {
+        staged.unwrap().commit(events).await.unwrap();
     }
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     assert_eq!(store.find_pipeline("ahead").await.unwrap().unwrap().stats.count, 600);

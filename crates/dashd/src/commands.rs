@@ -134,6 +134,137 @@ fn print_credentials(heading: &str, issued: &IssuedCredentials, settings: &Setti
     println!("The secret and token are shown only now; keep them somewhere safe.");
 }
 
+#[derive(Subcommand)]
+pub enum ViewAction {
+    /// Create a view, or change it (`--replace`): its history is computed in the background.
+    Create {
+        pipeline: String,
+        view: String,
+        /// count, sum, avg, min, max, distinct, p50, p90, p95 or p99.
+        #[arg(long)]
+        aggregate: String,
+        /// JSON pointer of the value aggregated (required except for count), e.g. /amount.
+        #[arg(long)]
+        field: Option<String>,
+        /// JSON pointer whose value names the group, e.g. /currency.
+        #[arg(long)]
+        group_by: Option<String>,
+        /// Most groups kept (later values go to "(other)"); 50 unless given.
+        #[arg(long)]
+        max_groups: Option<u32>,
+        /// Equality condition POINTER=VALUE (VALUE is JSON, or else text); repeat for more.
+        #[arg(long = "filter", value_name = "POINTER=VALUE")]
+        filters: Vec<String>,
+        /// How long its per-minute results are kept, e.g. 365days.
+        #[arg(long)]
+        keep: Option<String>,
+        /// Show it next to the pipeline on the overview.
+        #[arg(long)]
+        pinned: bool,
+        /// Change the view if it exists.
+        #[arg(long)]
+        replace: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a pipeline's views with how far their history has been computed.
+    List {
+        pipeline: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a view and what it holds.
+    Delete { pipeline: String, view: String },
+}
+
+/// The view a `dashd view create` names, as the API would take it.
+#[allow(clippy::too_many_arguments)]
+fn view_spec(
+    aggregate: String,
+    field: Option<String>,
+    group_by: Option<String>,
+    max_groups: Option<u32>,
+    filters: Vec<String>,
+    keep: Option<String>,
+    pinned: bool,
+) -> anyhow::Result<dash_views::ViewSpec> {
+    let mut filter = serde_json::Map::new();
+    for condition in filters {
+        let (pointer, value) =
+            condition.split_once('=').with_context(|| format!("--filter {condition:?}: expected POINTER=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        filter.insert(pointer.to_owned(), value);
+    }
+    let mut object = json!({ "aggregate": aggregate, "pinned": pinned, "filter": filter });
+    for (key, value) in [("field", field), ("group_by", group_by), ("keep", keep)] {
+        if let Some(value) = value {
+            object[key] = json!(value);
+        }
+    }
+    if let Some(max_groups) = max_groups {
+        object["max_groups"] = json!(max_groups);
+    }
+    dash_views::ViewSpec::from_json(object).map_err(|e| anyhow::anyhow!("invalid view: {e}"))
+}
+
+pub async fn view(settings: &Settings, action: ViewAction) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    let result = async {
+        match action {
+            ViewAction::Create {
+                pipeline,
+                view,
+                aggregate,
+                field,
+                group_by,
+                max_groups,
+                filters,
+                keep,
+                pinned,
+                replace,
+                json,
+            } => {
+                let spec = view_spec(aggregate, field, group_by, max_groups, filters, keep, pinned)?;
+                let mode = if replace { dash_store::PutMode::Upsert } else { dash_store::PutMode::Create };
+                let (record, write) = store.put_view(&pipeline, &view, &spec, mode).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&record)?);
+                } else {
+                    println!("view {} on {}: {} ({write:?})", record.name, record.pipeline, record.describe);
+                }
+            }
+            ViewAction::List { pipeline, json } => {
+                let found =
+                    store.find_pipeline(&pipeline).await?.with_context(|| format!("no pipeline {pipeline:?}"))?;
+                let views = store.list_views(&found.id).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&views)?);
+                } else {
+                    println!("{:<24} {:<10} {:<48} history", "view", "aggregate", "definition");
+                    for v in views {
+                        let history = if v.backfill.done {
+                            "computed".to_owned()
+                        } else {
+                            format!("{:.0} %", v.backfill.fraction() * 100.0)
+                        };
+                        println!("{:<24} {:<10} {:<48} {history}", v.name, v.spec.aggregate.as_str(), v.describe);
+                    }
+                }
+            }
+            ViewAction::Delete { pipeline, view } => {
+                if !store.delete_view(&pipeline, &view).await? {
+                    anyhow::bail!("no view {view:?} on {pipeline:?}");
+                }
+                println!("view {view} deleted");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
 pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
     let result = match action {

@@ -27,6 +27,7 @@ pub struct ConfiguredPipeline {
     pub name: String,
     pub retention: Option<Duration>,
     pub source: Option<SourceSpec>,
+    pub views: Vec<(String, dash_views::ViewSpec)>,
 }
 
 /// Checks the configured pipelines without the database: a bad table stops the start.
@@ -45,7 +46,17 @@ pub fn configured_pipelines(settings: &dash_config::Settings) -> anyhow::Result<
             }
             None => None,
         };
-        configured.push(ConfiguredPipeline { name: name.clone(), retention: table.retention, source });
+        let mut views = Vec::new();
+        for (view, value) in &table.views {
+            let checked = dash_views::check_view_name(view)
+                .and_then(|()| dash_views::ViewSpec::from_json(value.clone()))
+                .with_context(|| format!("pipelines.{name}.views.{view}"))?;
+            views.push((view.clone(), checked));
+        }
+        if views.len() > dash_views::MAX_VIEWS_PER_PIPELINE {
+            anyhow::bail!("pipelines.{name}.views: at most {} views", dash_views::MAX_VIEWS_PER_PIPELINE);
+        }
+        configured.push(ConfiguredPipeline { name: name.clone(), retention: table.retention, source, views });
     }
     Ok(configured)
 }
@@ -207,6 +218,15 @@ pub async fn apply_configured_pipelines(store: &Store, configured: &[ConfiguredP
             if stored.as_ref() != Some(spec) {
                 store.set_source(&pipeline.id, &serde_json::to_string(spec)?, dash_domain::now_ms()).await?;
                 tracing::info!(pipeline = %pipeline.id, url = %dash_jobs::redact_url(&spec.url), "source from config applied");
+            }
+        }
+        for (view, spec) in &configured.views {
+            let (_, write) = store
+                .put_view(&pipeline.id, view, spec, dash_store::PutMode::Upsert)
+                .await
+                .with_context(|| format!("pipelines.{name}.views.{view}"))?;
+            if write != dash_store::ViewWrite::Unchanged {
+                tracing::info!(pipeline = %pipeline.id, view, change = ?write, "view from config applied");
             }
         }
     }

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         action: commands::PipelineAction,
     },
+    /// Create, list and delete views (aggregates of what is inside a pipeline's events).
+    View {
+        #[command(subcommand)]
+        action: commands::ViewAction,
+    },
     /// Load generator: POST signed events and report events/s and ack latency.
     Bench(dash_bench::LoadOptions),
     /// Live fan-out benchmark: many /live subscribers while signed POSTs make updates.
@@ -144,6 +149,7 @@ async fn run(
         Command::Serve { .. } => serve(settings(), library_warnings).await,
         Command::Migrate => commands::migrate(&settings()).await,
         Command::Pipeline { action } => commands::pipeline(&settings(), action).await,
+        Command::View { action } => commands::view(&settings(), action).await,
         Command::Bench(options) => {
             let report = dash_bench::run_load(options).await?;
             println!("{report}");

@@ -17,3 +17,4 @@ mod retention;
 mod roles;
 mod support;
 mod timescale;
+mod views;

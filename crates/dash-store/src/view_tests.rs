@@ -1,0 +1,295 @@
+//! Views against a computation from scratch: random events (missing fields, non-numbers,
+//! duplicates, replays, late events) and random views, made before, between and after batches
+//! and changed on the way, with their histories computed in small steps between batches. After
+//! every scenario each view's every minute and group equals what the stored events say.
+
+use std::collections::{BTreeMap, HashMap};
+
+use dash_domain::Event;
+use dash_views::{Aggregate, Cell, Groups, ViewChanges, ViewSpec};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{Value, json};
+
+use crate::tests::{postgres, sqlite};
+use crate::{BatchEvent, PutMode, Store, testing};
+
+#[derive(Debug, Clone)]
+struct GenEvent {
+    id: u8,
+    minute: u8,
+    kind: Option<u8>,
+    amount: Option<AmountGen>,
+    customer: Option<u8>,
+    latency: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+enum AmountGen {
+    Number(i32),
+    Text,
+    Null,
+}
+
+#[derive(Debug, Clone)]
+struct GenView {
+    aggregate: Aggregate,
+    field: Option<&'static str>,
+    group_by: Option<&'static str>,
+    filtered: bool,
+}
+
+/// When each view is made: before batch `at` (or after all of them), and whether it is
+/// changed (to another field) before batch `changed_at`.
+#[derive(Debug, Clone)]
+struct Scenario {
+    batches: Vec<Vec<GenEvent>>,
+    /// Batches sent again later (a replay after a crash).
+    replays: Vec<usize>,
+    views: Vec<(GenView, usize, Option<usize>)>,
+    step_events: i64,
+}
+
+fn gen_event() -> impl Strategy<Value = GenEvent> {
+    (
+        0u8..80,
+        0u8..8,
+        proptest::option::of(0u8..4),
+        proptest::option::weighted(
+            0.8,
+            prop_oneof![8 => (-500i32..5000).prop_map(AmountGen::Number), 1 => Just(AmountGen::Text), 1 => Just(AmountGen::Null)],
+        ),
+        proptest::option::of(0u8..30),
+        proptest::option::of(0u16..2000),
+    )
+        .prop_map(|(id, minute, kind, amount, customer, latency)| GenEvent { id, minute, kind, amount, customer, latency })
+}
+
+fn gen_view() -> impl Strategy<Value = GenView> {
+    (
+        proptest::sample::select(Aggregate::ALL.to_vec()),
+        proptest::option::of(proptest::sample::select(vec![
+            "/amount",
+            "/latency_ms",
+            "/customer",
+            "/type",
+            "/nowhere",
+        ])),
+        proptest::option::of(proptest::sample::select(vec!["/type", "/customer", "/nowhere"])),
+        any::<bool>(),
+    )
+        .prop_map(|(aggregate, field, group_by, filtered)| {
+            let field = if aggregate == Aggregate::Count { field } else { field.or(Some("/amount")) };
+            GenView { aggregate, field, group_by, filtered }
+        })
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (proptest::collection::vec(proptest::collection::vec(gen_event(), 1..25), 1..8), 1i64..40).prop_flat_map(
+        |(batches, step_events)| {
+            let n = batches.len();
+            (
+                Just(batches),
+                proptest::collection::vec(0..n, 0..3),
+                proptest::collection::vec((gen_view(), 0..=n, proptest::option::of(0..=n)), 1..5),
+                Just(step_events),
+            )
+                .prop_map(|(batches, replays, views, step_events)| Scenario {
+                    batches,
+                    replays,
+                    views,
+                    step_events,
+                })
+        },
+    )
+}
+
+fn spec_of(view: &GenView) -> ViewSpec {
+    let mut spec = ViewSpec::count();
+    spec.aggregate = view.aggregate;
+    spec.field = view.field.map(str::to_owned);
+    spec.group_by = view.group_by.map(str::to_owned);
+    if view.filtered {
+        spec.filter.insert("/type".into(), json!("t1"));
+    }
+    spec
+}
+
+/// The change made to a view on the way: another field (or, for `count`, none).
+fn changed(spec: &ViewSpec) -> ViewSpec {
+    let mut spec = spec.clone();
+    spec.field = match (spec.aggregate, spec.field.as_deref()) {
+        (Aggregate::Count, Some(_)) => None,
+        (_, Some("/latency_ms")) => Some("/amount".into()),
+        _ => Some("/latency_ms".into()),
+    };
+    spec
+}
+
+fn payload(e: &GenEvent) -> String {
+    let mut object = serde_json::Map::new();
+    if let Some(kind) = e.kind {
+        object.insert("type".into(), json!(format!("t{kind}")));
+    }
+    match &e.amount {
+        Some(AmountGen::Number(n)) => object.insert("amount".into(), json!(f64::from(*n) / 4.0)),
+        Some(AmountGen::Text) => object.insert("amount".into(), json!("12.5")),
+        Some(AmountGen::Null) => object.insert("amount".into(), Value::Null),
+        None => None,
+    };
+    if let Some(customer) = e.customer {
+        object.insert("customer".into(), json!(format!("c{customer}")));
+    }
+    if let Some(latency) = e.latency {
+        object.insert("latency_ms".into(), json!(latency));
+    }
+    Value::Object(object).to_string()
+}
+
+async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> Result<(), TestCaseError> {
+    store.create_pipeline(pipeline).await.unwrap();
+    let batches: Vec<Vec<BatchEvent>> = scenario
+        .batches
+        .iter()
+        .map(|batch| {
+            batch
+                .iter()
+                .map(|e| BatchEvent {
+                    pipeline: pipeline.into(),
+                    event: Event {
+                        id: format!("e{}", e.id),
+                        time_ms: base + i64::from(e.minute) * 60_000 + i64::from(e.id) * 100,
+                        received_ms: base,
+                        payload: payload(e),
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    let mut specs: BTreeMap<String, ViewSpec> = BTreeMap::new();
+    for step in 0..=batches.len() {
+        for (i, (view, at, change_at)) in scenario.views.iter().enumerate() {
+            let name = format!("v{i}");
+            if *at == step {
+                let spec = spec_of(view);
+                store.put_view(pipeline, &name, &spec, PutMode::Create).await.unwrap();
+                specs.insert(name.clone(), spec);
+            }
+            if *change_at == Some(step) && specs.contains_key(&name) {
+                let spec = changed(&specs[&name]);
+                store.put_view(pipeline, &name, &spec, PutMode::Replace).await.unwrap();
+                specs.insert(name, spec);
+            }
+        }
+        // One step of every pending history between batches.
+        for pending in store.pending_backfills().await.unwrap() {
+            if pending.pipeline == pipeline {
+                store.backfill_step(pipeline, &pending.view, pending.generation, scenario.step_events).await.unwrap();
+            }
+        }
+        if let Some(batch) = batches.get(step) {
+            store.write_batch(batch).await.unwrap();
+            for replay in scenario.replays.iter().filter(|r| **r == step) {
+                store.write_batch(&batches[*replay]).await.unwrap();
+            }
+        }
+    }
+    // The rest of every history.
+    loop {
+        let pending: Vec<_> =
+            store.pending_backfills().await.unwrap().into_iter().filter(|p| p.pipeline == pipeline).collect();
+        if pending.is_empty() {
+            break;
+        }
+        for p in pending {
+            store.backfill_step(pipeline, &p.view, p.generation, scenario.step_events).await.unwrap();
+        }
+    }
+
+    let stored = store.recent_events(pipeline, 10_000).await.unwrap();
+    for (name, spec) in &specs {
+        // From scratch: every stored event, once (no view here has more groups than its bound).
+        let mut expected = ViewChanges::default();
+        let mut groups = Groups::default();
+        for e in &stored {
+            let value: Value = serde_json::from_str(e.payload.get()).unwrap();
+            let time = chrono::DateTime::parse_from_rfc3339(&e.time).unwrap().timestamp_millis();
+            expected.add(spec, &mut groups, &value, time);
+        }
+        let got = store.view_minutes(pipeline, name, i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+        let got: HashMap<(i64, String), Cell> = got.into_iter().map(|(m, g, c)| ((m, g), c)).collect();
+        prop_assert_eq!(got.len(), expected.cells.len(), "view {} ({}): cells", name, spec.describe());
+        for (key, want) in &expected.cells {
+            let cell = got.get(key);
+            prop_assert!(cell.is_some(), "view {} ({}): no cell {:?}", name, spec.describe(), key);
+            let cell = cell.unwrap();
+            prop_assert_eq!((cell.n, cell.skipped), (want.n, want.skipped), "view {} {:?}", name, key);
+            let (a, b) = (cell.value(spec.aggregate), want.value(spec.aggregate));
+            let close = match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                (a, b) => a == b,
+            };
+            prop_assert!(close, "view {} ({}) {:?}: {:?} vs {:?}", name, spec.describe(), key, a, b);
+        }
+    }
+    Ok(())
+}
+
+fn run_cases(store: &Store, cases: u32) {
+    let handle = tokio::runtime::Handle::current();
+    let base = {
+        let now = dash_domain::now_ms();
+        now - now.rem_euclid(60_000) - 20 * 60_000
+    };
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&scenario(), |scenario| {
+        let pipeline = format!("prop-{}", counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        tokio::task::block_in_place(|| handle.block_on(run(store, &pipeline, &scenario, base)))
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_equal_a_computation_from_scratch_on_sqlite() {
+    let backend = sqlite().await;
+    run_cases(&backend.store, 40);
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_equal_a_computation_from_scratch_on_postgres() {
+    let Some(admin) = testing::admin_url() else {
+        eprintln!("note: {} unset; PostgreSQL view test skipped", testing::ADMIN_URL_VAR);
+        return;
+    };
+    let backend = postgres(&admin).await;
+    run_cases(&backend.store, 24);
+    backend.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_views_groups_are_bounded_and_the_rest_is_other() {
+    let backend = sqlite().await;
+    let store = &backend.store;
+    store.create_pipeline("many").await.unwrap();
+    let mut spec = ViewSpec::count();
+    spec.group_by = Some("/k".into());
+    spec.max_groups = 3;
+    store.put_view("many", "by-k", &spec, PutMode::Create).await.unwrap();
+    let now = dash_domain::now_ms();
+    let batch: Vec<BatchEvent> = (0..100)
+        .map(|i| BatchEvent {
+            pipeline: "many".into(),
+            event: Event { id: format!("{i}"), time_ms: now, received_ms: now, payload: format!(r#"{{"k":"v{i}"}}"#) },
+        })
+        .collect();
+    store.write_batch(&batch).await.unwrap();
+    let cells = store.view_minutes("many", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+    let groups: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
+    assert_eq!(groups.len(), 4, "{groups:?}");
+    assert_eq!(groups.get("(other)"), Some(&97));
+    backend.cleanup().await;
+}

@@ -1,0 +1,1131 @@
+//! Views in the store: their definitions, their per-minute states, and how both stay exact.
+//!
+//! - **Live.** A batch's transaction, once it holds its pipelines' rows (the lock every batch
+//!   commit and every change of views takes), reads the pipeline's `views_version`. A batch that
+//!   knows another version reads the definitions again, so a batch counts into exactly the views
+//!   that existed when it took the lock. Its new events (never duplicates) are merged into the
+//!   stored states of their view, group and minute before it commits.
+//! - **History.** Making or changing a view starts a backfill ([`Store::backfill_step`]): minute
+//!   by minute, in order, under the same lock, it replaces the view's states of a span with a
+//!   computation over the events stored in it. Live batches count into every minute meanwhile;
+//!   a recomputed span holds every event committed before the step, and batches after it add
+//!   theirs, so the cut-over neither misses nor counts twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use dash_domain::{ViewTouch, format_ms, now_ms};
+use dash_views::{Cell, Groups, ViewChanges, ViewSpec};
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
+
+use crate::{BatchEvent, Store, StoreError};
+
+/// Events one backfill step recomputes at most (whole minutes: a minute with more is done
+/// alone). The step holds its pipeline's lock meanwhile, so batches of that pipeline wait.
+pub const BACKFILL_STEP_EVENTS: i64 = 20_000;
+
+/// A view as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ViewRecord {
+    pub pipeline: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: ViewSpec,
+    /// Rises each time what the view holds changes (and its history is computed again).
+    pub generation: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub backfill: BackfillProgress,
+    /// A line people read: `sum of /amount by /currency`.
+    pub describe: String,
+}
+
+/// How far the computation of a view's history has come.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BackfillProgress {
+    pub done: bool,
+    /// Events recomputed so far.
+    pub events_done: i64,
+    /// Events to recompute, once known (when the backfill starts).
+    pub events_total: Option<i64>,
+}
+
+impl BackfillProgress {
+    /// From 0 to 1.
+    pub fn fraction(&self) -> f64 {
+        match (self.done, self.events_total) {
+            (true, _) => 1.0,
+            (false, Some(total)) if total > 0 => (self.events_done as f64 / total as f64).min(0.99),
+            _ => 0.0,
+        }
+    }
+}
+
+/// A view whose history is still to be computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBackfill {
+    pub pipeline: String,
+    pub view: String,
+    pub generation: i64,
+    /// Minutes before this are done; `None` before the first step.
+    pub through: Option<i64>,
+}
+
+/// A pipeline's views as a batch uses them.
+#[derive(Debug)]
+pub(crate) struct PipelineViews {
+    version: i64,
+    views: Vec<(String, ViewSpec)>,
+}
+
+/// The definitions each pipeline's batches count into, by `views_version`; shared by a store's
+/// clones. A stale entry costs one read: every batch checks the version under its lock.
+#[derive(Clone, Default)]
+pub(crate) struct ViewCache(Arc<Mutex<HashMap<String, Arc<PipelineViews>>>>);
+
+impl ViewCache {
+    fn get(&self, pipeline: &str, version: i64) -> Option<Arc<PipelineViews>> {
+        let cache = self.0.lock().expect("view cache");
+        cache.get(pipeline).filter(|v| v.version == version).cloned()
+    }
+
+    fn put(&self, pipeline: &str, views: PipelineViews) -> Arc<PipelineViews> {
+        let views = Arc::new(views);
+        let mut cache = self.0.lock().expect("view cache");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(pipeline.to_owned(), views.clone());
+        views
+    }
+}
+
+/// One state to write: view, minute, group, encoded cell.
+struct StateRows {
+    views: Vec<String>,
+    minutes: Vec<i64>,
+    groups: Vec<String>,
+    states: Vec<Vec<u8>>,
+}
+
+/// Changes of one pipeline's batch, per view, with the groups first seen.
+struct PipelineChanges {
+    per_view: Vec<(String, ViewChanges, Vec<String>)>,
+}
+
+impl PipelineChanges {
+    /// Counts `events` (time, payload) into every view; each payload is parsed once.
+    fn compute<'e>(
+        views: &[(String, ViewSpec)],
+        mut groups: HashMap<String, Groups>,
+        events: impl Iterator<Item = (i64, &'e str)>,
+    ) -> Self {
+        let mut changes: Vec<ViewChanges> = views.iter().map(|_| ViewChanges::default()).collect();
+        let mut view_groups: Vec<Groups> =
+            views.iter().map(|(name, _)| groups.remove(name).unwrap_or_default()).collect();
+        for (time_ms, payload) in events {
+            match dash_views::parse_payload(payload) {
+                Some(event) => {
+                    for (i, (_, spec)) in views.iter().enumerate() {
+                        changes[i].add(spec, &mut view_groups[i], &event, time_ms);
+                    }
+                }
+                None => {
+                    for (i, (_, spec)) in views.iter().enumerate() {
+                        changes[i].add_unreadable(spec, time_ms);
+                    }
+                }
+            }
+        }
+        let per_view = views
+            .iter()
+            .zip(changes)
+            .zip(view_groups)
+            .filter(|((_, c), _)| !c.is_empty())
+            .map(|(((name, _), c), g)| (name.clone(), c, g.added))
+            .collect();
+        Self { per_view }
+    }
+
+    fn touches(&self) -> Vec<ViewTouch> {
+        self.per_view
+            .iter()
+            .filter_map(|(view, changes, _)| {
+                changes.span().map(|(from, to)| ViewTouch { view: view.clone(), from, to })
+            })
+            .collect()
+    }
+
+    /// Merges the changes into `stored` (the states already there, by view, minute and group).
+    fn merged(self, mut stored: HashMap<(String, i64, String), Cell>) -> (StateRows, Vec<(String, String)>) {
+        let mut rows = StateRows { views: Vec::new(), minutes: Vec::new(), groups: Vec::new(), states: Vec::new() };
+        let mut new_groups = Vec::new();
+        for (view, changes, added) in self.per_view {
+            for ((minute, group), cell) in changes.cells {
+                let state = match stored.remove(&(view.clone(), minute, group.clone())) {
+                    Some(mut old) => {
+                        old.merge(&cell);
+                        old.encode()
+                    }
+                    None => cell.encode(),
+                };
+                rows.views.push(view.clone());
+                rows.minutes.push(minute);
+                rows.groups.push(group);
+                rows.states.push(state);
+            }
+            new_groups.extend(added.into_iter().map(|g| (view.clone(), g)));
+        }
+        (rows, new_groups)
+    }
+}
+
+fn decode_state(bytes: &[u8]) -> Result<Cell, StoreError> {
+    Cell::decode(bytes).map_err(|e| StoreError::UnreadableView(e.to_string()))
+}
+
+fn spec_from(text: &str) -> Result<ViewSpec, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::UnreadableView(e.to_string()))
+}
+
+const VIEW_COLUMNS: &str = "pipeline_id, view_id, spec, generation, created_at, updated_at, \
+    backfill_events, backfill_total, backfilled_at";
+
+fn view_from_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<ViewRecord, StoreError> {
+    let spec = spec_from(&row.try_get::<String, _>("spec")?)?;
+    Ok(ViewRecord {
+        pipeline: row.try_get("pipeline_id")?,
+        name: row.try_get("view_id")?,
+        describe: spec.describe(),
+        spec,
+        generation: row.try_get("generation")?,
+        created_at: format_ms(row.try_get("created_at")?),
+        updated_at: format_ms(row.try_get("updated_at")?),
+        backfill: BackfillProgress {
+            done: row.try_get::<Option<i64>, _>("backfilled_at")?.is_some(),
+            events_done: row.try_get("backfill_events")?,
+            events_total: row.try_get("backfill_total")?,
+        },
+    })
+}
+
+fn view_from_pg(row: &sqlx::postgres::PgRow) -> Result<ViewRecord, StoreError> {
+    let spec = spec_from(&row.try_get::<String, _>("spec")?)?;
+    Ok(ViewRecord {
+        pipeline: row.try_get("pipeline_id")?,
+        name: row.try_get("view_id")?,
+        describe: spec.describe(),
+        spec,
+        generation: row.try_get("generation")?,
+        created_at: format_ms(row.try_get("created_at")?),
+        updated_at: format_ms(row.try_get("updated_at")?),
+        backfill: BackfillProgress {
+            done: row.try_get::<Option<i64>, _>("backfilled_at")?.is_some(),
+            events_done: row.try_get("backfill_events")?,
+            events_total: row.try_get("backfill_total")?,
+        },
+    })
+}
+
+/// What [`Store::put_view`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewWrite {
+    Created,
+    /// What it holds changed: its history is computed again.
+    Recomputing,
+    /// Only how it is shown or kept changed.
+    Updated,
+    Unchanged,
+}
+
+impl Store {
+    /// Makes or replaces `name` on `pipeline`. `must_exist`: only replace (`PATCH`); `must_be_new`:
+    /// only make (`POST`, else [`StoreError::Conflict`]).
+    pub async fn put_view(
+        &self,
+        pipeline: &str,
+        name: &str,
+        spec: &ViewSpec,
+        mode: PutMode,
+    ) -> Result<(ViewRecord, ViewWrite), StoreError> {
+        dash_views::check_view_name(name).map_err(|e| StoreError::InvalidView(e.to_string()))?;
+        spec.check().map_err(|e| StoreError::InvalidView(e.to_string()))?;
+        let pipeline = self.find_pipeline(pipeline).await?.ok_or_else(|| StoreError::NotFound(pipeline.to_owned()))?.id;
+        let text = serde_json::to_string(spec).expect("a spec serializes");
+        let now = now_ms();
+        let write = match self {
+            Store::Sqlite(s) => {
+                let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
+                let existing: Option<(String, i64)> =
+                    sqlx::query_as("SELECT spec, generation FROM views WHERE pipeline_id = $1 AND view_id = $2")
+                        .bind(&pipeline)
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let count: i64 = sqlx::query_scalar("SELECT count(*) FROM views WHERE pipeline_id = $1")
+                    .bind(&pipeline)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let write = decide(existing.as_ref().map(|(t, _)| t.as_str()), spec, mode, count, name)?;
+                apply_sqlite(&mut tx, &pipeline, name, &text, write, now).await?;
+                tx.commit().await?;
+                write
+            }
+            Store::Postgres(s) => {
+                let mut tx = s.pool.begin().await?;
+                // The pipeline's row first: the lock every batch commit takes.
+                sqlx::query("SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE")
+                    .bind(&pipeline)
+                    .execute(&mut *tx)
+                    .await?;
+                let existing: Option<(String, i64)> =
+                    sqlx::query_as("SELECT spec, generation FROM views WHERE pipeline_id = $1 AND view_id = $2")
+                        .bind(&pipeline)
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let count: i64 = sqlx::query_scalar("SELECT count(*) FROM views WHERE pipeline_id = $1")
+                    .bind(&pipeline)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let write = decide(existing.as_ref().map(|(t, _)| t.as_str()), spec, mode, count, name)?;
+                apply_pg(&mut tx, &pipeline, name, &text, write, now).await?;
+                tx.commit().await?;
+                write
+            }
+        };
+        let record = self.find_view(&pipeline, name).await?.ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        Ok((record, write))
+    }
+
+    /// Deletes a view and everything it holds. False when there was none.
+    pub async fn delete_view(&self, pipeline: &str, name: &str) -> Result<bool, StoreError> {
+        let Some(pipeline) = self.find_pipeline(pipeline).await? else {
+            return Err(StoreError::NotFound(pipeline.to_owned()));
+        };
+        let pipeline = pipeline.id;
+        let deleted = match self {
+            Store::Sqlite(s) => {
+                let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
+                let deleted = delete_sqlite(&mut tx, &pipeline, name).await?;
+                tx.commit().await?;
+                deleted
+            }
+            Store::Postgres(s) => {
+                let mut tx = s.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE")
+                    .bind(&pipeline)
+                    .execute(&mut *tx)
+                    .await?;
+                let deleted = sqlx::query("DELETE FROM views WHERE pipeline_id = $1 AND view_id = $2")
+                    .bind(&pipeline)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
+                if deleted {
+                    for table in ["view_minutes", "view_groups"] {
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2"
+                        )))
+                        .bind(&pipeline)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
+                        .bind(&pipeline)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                deleted
+            }
+        };
+        Ok(deleted)
+    }
+
+    /// A pipeline's views, by name.
+    pub async fn list_views(&self, pipeline: &str) -> Result<Vec<ViewRecord>, StoreError> {
+        let sql = format!("SELECT {VIEW_COLUMNS} FROM views WHERE pipeline_id = $1 ORDER BY view_id");
+        match self {
+            Store::Sqlite(s) => {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).fetch_all(&s.readers).await?;
+                rows.iter().map(view_from_sqlite).collect()
+            }
+            Store::Postgres(s) => {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).fetch_all(&s.pool).await?;
+                rows.iter().map(view_from_pg).collect()
+            }
+        }
+    }
+
+    pub async fn find_view(&self, pipeline: &str, name: &str) -> Result<Option<ViewRecord>, StoreError> {
+        if dash_views::check_view_name(name).is_err() {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {VIEW_COLUMNS} FROM views WHERE pipeline_id = $1 AND view_id = $2");
+        match self {
+            Store::Sqlite(s) => {
+                // The writer: a view just written is read back at once.
+                let row =
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).bind(name).fetch_optional(&s.writer).await?;
+                row.as_ref().map(view_from_sqlite).transpose()
+            }
+            Store::Postgres(s) => {
+                let row =
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).bind(name).fetch_optional(&s.pool).await?;
+                row.as_ref().map(view_from_pg).transpose()
+            }
+        }
+    }
+
+    /// Views whose history is still to be computed.
+    pub async fn pending_backfills(&self) -> Result<Vec<PendingBackfill>, StoreError> {
+        const SQL: &str = "SELECT pipeline_id, view_id, generation, backfill_through FROM views \
+            WHERE backfilled_at IS NULL ORDER BY updated_at";
+        let rows: Vec<(String, String, i64, Option<i64>)> =
+            on_backend!(self, readers, |pool| sqlx::query_as(SQL).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(pipeline, view, generation, through)| PendingBackfill { pipeline, view, generation, through })
+            .collect())
+    }
+
+    /// Recomputes the next span of a view's history (at most `max_events` events, see
+    /// [`BACKFILL_STEP_EVENTS`];
+    /// whole minutes) from the stored events, under the pipeline's lock. `None` when the view is
+    /// gone or has moved to another generation (that generation's backfill takes over).
+    pub async fn backfill_step(
+        &self,
+        pipeline: &str,
+        view: &str,
+        generation: i64,
+        max_events: i64,
+    ) -> Result<Option<BackfillProgress>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
+                let progress = backfill_sqlite(&mut tx, pipeline, view, generation, max_events).await?;
+                tx.commit().await?;
+                Ok(progress)
+            }
+            Store::Postgres(s) => {
+                let mut tx = s.pool.begin().await?;
+                let progress = backfill_pg(&mut tx, pipeline, view, generation, max_events).await?;
+                tx.commit().await?;
+                Ok(progress)
+            }
+        }
+    }
+
+    /// A view's stored minutes in `[from, to)`: (minute, group, state), the first `limit` of
+    /// them; one group's only if `group` is given.
+    pub async fn view_minutes(
+        &self,
+        pipeline: &str,
+        view: &str,
+        from_ms: i64,
+        to_ms: i64,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, Cell)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        const SQL: &str = "SELECT minute, grp, state FROM view_minutes \
+            WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 AND ($5 IS NULL OR grp = $5) \
+            ORDER BY minute LIMIT $6";
+        let rows: Vec<(i64, String, Vec<u8>)> = match self {
+            Store::Sqlite(s) => {
+                sqlx::query_as(SQL)
+                    .bind(pipeline)
+                    .bind(view)
+                    .bind(from_ms)
+                    .bind(to_ms)
+                    .bind(group)
+                    .bind(limit)
+                    .fetch_all(&s.readers)
+                    .await?
+            }
+            Store::Postgres(s) => {
+                sqlx::query_as(
+                    "SELECT minute, grp, state FROM view_minutes \
+                     WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 \
+                     AND ($5::text IS NULL OR grp = $5) ORDER BY minute LIMIT $6",
+                )
+                .bind(pipeline)
+                .bind(view)
+                .bind(from_ms)
+                .bind(to_ms)
+                .bind(group)
+                .bind(limit)
+                .fetch_all(&s.pool)
+                .await?
+            }
+        };
+        rows.into_iter().map(|(minute, grp, state)| Ok((minute, grp, decode_state(&state)?))).collect()
+    }
+
+    /// Deletes view minutes older than each view's `keep` (or, without one, its pipeline's
+    /// retention cutoff, given per pipeline). Returns the states deleted.
+    pub(crate) async fn prune_views(&self, cutoffs: &[(String, i64)], now: i64) -> Result<u64, StoreError> {
+        let cutoff_of: HashMap<&str, i64> = cutoffs.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+        let views: Vec<(String, String, String)> = on_backend!(self, readers, |pool| {
+            sqlx::query_as("SELECT pipeline_id, view_id, spec FROM views").fetch_all(pool).await?
+        });
+        let mut deleted = 0;
+        for (pipeline, view, spec) in views {
+            let Ok(spec) = spec_from(&spec) else { continue };
+            let cutoff = match spec.keep {
+                Some(keep) => now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
+                None => match cutoff_of.get(pipeline.as_str()) {
+                    Some(cutoff) => *cutoff,
+                    None => continue,
+                },
+            };
+            deleted += on_backend!(self, writer, |pool| {
+                sqlx::query("DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute < $3")
+                    .bind(&pipeline)
+                    .bind(&view)
+                    .bind(cutoff)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            });
+        }
+        Ok(deleted)
+    }
+}
+
+/// How [`Store::put_view`] may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Make it; a view of that name is a conflict.
+    Create,
+    /// Change it; none of that name is "not found".
+    Replace,
+    /// Make or change (the config file).
+    Upsert,
+}
+
+fn decide(
+    existing: Option<&str>,
+    spec: &ViewSpec,
+    mode: PutMode,
+    count: i64,
+    name: &str,
+) -> Result<ViewWrite, StoreError> {
+    match (existing, mode) {
+        (Some(_), PutMode::Create) => Err(StoreError::Conflict(name.to_owned())),
+        (None, PutMode::Replace) => Err(StoreError::NotFound(name.to_owned())),
+        (None, _) if count >= dash_views::MAX_VIEWS_PER_PIPELINE as i64 => Err(StoreError::InvalidView(format!(
+            "name: a pipeline has at most {} views",
+            dash_views::MAX_VIEWS_PER_PIPELINE
+        ))),
+        (None, _) => Ok(ViewWrite::Created),
+        (Some(text), _) => match spec_from(text) {
+            Ok(old) if old == *spec => Ok(ViewWrite::Unchanged),
+            Ok(old) if old.same_results(spec) => Ok(ViewWrite::Updated),
+            _ => Ok(ViewWrite::Recomputing),
+        },
+    }
+}
+
+/// Writes a view change decided by [`decide`]: a new or recomputed view starts its backfill with
+/// nothing stored; the pipeline's `views_version` rises so batches read the definitions again.
+macro_rules! apply_view_write {
+    ($tx:expr, $pipeline:expr, $name:expr, $text:expr, $write:expr, $now:expr) => {{
+        match $write {
+            ViewWrite::Unchanged => return Ok(()),
+            ViewWrite::Created => {
+                sqlx::query(
+                    "INSERT INTO views (pipeline_id, view_id, spec, generation, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 1, $4, $4)",
+                )
+                .bind($pipeline)
+                .bind($name)
+                .bind($text)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+            }
+            ViewWrite::Updated => {
+                sqlx::query("UPDATE views SET spec = $3, updated_at = $4 WHERE pipeline_id = $1 AND view_id = $2")
+                    .bind($pipeline)
+                    .bind($name)
+                    .bind($text)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            ViewWrite::Recomputing => {
+                sqlx::query(
+                    "UPDATE views SET spec = $3, updated_at = $4, generation = generation + 1, backfill_until = NULL, \
+                     backfill_through = NULL, backfill_events = 0, backfill_total = NULL, backfilled_at = NULL \
+                     WHERE pipeline_id = $1 AND view_id = $2",
+                )
+                .bind($pipeline)
+                .bind($name)
+                .bind($text)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+                for table in ["view_minutes", "view_groups"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2"
+                    )))
+                    .bind($pipeline)
+                    .bind($name)
+                    .execute(&mut *$tx)
+                    .await?;
+                }
+            }
+        }
+        sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
+            .bind($pipeline)
+            .execute(&mut *$tx)
+            .await?;
+        Ok(())
+    }};
+}
+
+async fn apply_sqlite(
+    tx: &mut SqliteConnection,
+    pipeline: &str,
+    name: &str,
+    text: &str,
+    write: ViewWrite,
+    now: i64,
+) -> Result<(), StoreError> {
+    apply_view_write!(tx, pipeline, name, text, write, now)
+}
+
+async fn apply_pg(
+    tx: &mut PgConnection,
+    pipeline: &str,
+    name: &str,
+    text: &str,
+    write: ViewWrite,
+    now: i64,
+) -> Result<(), StoreError> {
+    apply_view_write!(tx, pipeline, name, text, write, now)
+}
+
+async fn delete_sqlite(tx: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<bool, StoreError> {
+    let deleted = sqlx::query("DELETE FROM views WHERE pipeline_id = $1 AND view_id = $2")
+        .bind(pipeline)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
+    if deleted {
+        for table in ["view_minutes", "view_groups"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2")))
+                .bind(pipeline)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
+            .bind(pipeline)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(deleted)
+}
+
+// ---- live: inside a batch's transaction, after its pipelines' rows are locked ----
+
+/// SQLite: counts a pipeline's new events of a batch into its views. `fresh`: (time, payload).
+pub(crate) async fn count_batch_sqlite<'e>(
+    tx: &mut SqliteConnection,
+    cache: &ViewCache,
+    pipeline: &str,
+    version: i64,
+    fresh: impl Iterator<Item = (i64, &'e str)>,
+) -> Result<Vec<ViewTouch>, StoreError> {
+    let views = match cache.get(pipeline, version) {
+        Some(views) => views,
+        None => {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT view_id, spec FROM views WHERE pipeline_id = $1 ORDER BY view_id")
+                    .bind(pipeline)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let views = rows.into_iter().map(|(n, s)| Ok((n, spec_from(&s)?))).collect::<Result<_, StoreError>>()?;
+            cache.put(pipeline, PipelineViews { version, views })
+        }
+    };
+    if views.views.is_empty() {
+        return Ok(Vec::new());
+    }
+    let groups = groups_sqlite(tx, pipeline).await?;
+    let changes = PipelineChanges::compute(&views.views, groups, fresh);
+    let touches = changes.touches();
+    let mut stored = HashMap::new();
+    for (view, c, _) in &changes.per_view {
+        for (minute, group) in c.cells.keys() {
+            let state: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT state FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute = $3 AND grp = $4",
+            )
+            .bind(pipeline)
+            .bind(view)
+            .bind(minute)
+            .bind(group)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(state) = state {
+                stored.insert((view.clone(), *minute, group.clone()), decode_state(&state)?);
+            }
+        }
+    }
+    let (rows, new_groups) = changes.merged(stored);
+    write_states_sqlite(tx, pipeline, rows, new_groups).await?;
+    Ok(touches)
+}
+
+async fn groups_sqlite(tx: &mut SqliteConnection, pipeline: &str) -> Result<HashMap<String, Groups>, StoreError> {
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT view_id, grp FROM view_groups WHERE pipeline_id = $1")
+        .bind(pipeline)
+        .fetch_all(&mut *tx)
+        .await?;
+    Ok(group_sets(rows))
+}
+
+fn group_sets(rows: Vec<(String, String)>) -> HashMap<String, Groups> {
+    let mut by_view: HashMap<String, Vec<String>> = HashMap::new();
+    for (view, group) in rows {
+        by_view.entry(view).or_default().push(group);
+    }
+    by_view.into_iter().map(|(view, groups)| (view, Groups::new(groups))).collect()
+}
+
+async fn write_states_sqlite(
+    tx: &mut SqliteConnection,
+    pipeline: &str,
+    rows: StateRows,
+    new_groups: Vec<(String, String)>,
+) -> Result<(), StoreError> {
+    for i in 0..rows.views.len() {
+        sqlx::query(
+            "INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state",
+        )
+        .bind(pipeline)
+        .bind(&rows.views[i])
+        .bind(rows.minutes[i])
+        .bind(&rows.groups[i])
+        .bind(&rows.states[i])
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (view, group) in new_groups {
+        sqlx::query("INSERT INTO view_groups (pipeline_id, view_id, grp) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(pipeline)
+            .bind(view)
+            .bind(group)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: counts each pipeline's new events of a committing batch into its views.
+/// `versions`: each locked pipeline's `views_version`; `events` and `fresh` as staged.
+pub(crate) async fn count_batch_pg(
+    tx: &mut PgConnection,
+    cache: &ViewCache,
+    versions: &HashMap<String, i64>,
+    events: &[BatchEvent],
+    fresh: &[u32],
+) -> Result<HashMap<String, Vec<ViewTouch>>, StoreError> {
+    let mut with_views: Vec<(&str, Arc<PipelineViews>)> = Vec::new();
+    let mut to_load: Vec<(&str, i64)> = Vec::new();
+    for (pipeline, version) in versions {
+        match cache.get(pipeline, *version) {
+            Some(views) if views.views.is_empty() => {}
+            Some(views) => with_views.push((pipeline, views)),
+            None => to_load.push((pipeline, *version)),
+        }
+    }
+    if !to_load.is_empty() {
+        let ids: Vec<&str> = to_load.iter().map(|(p, _)| *p).collect();
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT pipeline_id, view_id, spec FROM views WHERE pipeline_id = ANY($1) ORDER BY pipeline_id, view_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut loaded: HashMap<String, Vec<(String, ViewSpec)>> = HashMap::new();
+        for (pipeline, view, spec) in rows {
+            loaded.entry(pipeline).or_default().push((view, spec_from(&spec)?));
+        }
+        for (pipeline, version) in to_load {
+            let views =
+                cache.put(pipeline, PipelineViews { version, views: loaded.remove(pipeline).unwrap_or_default() });
+            if !views.views.is_empty() {
+                with_views.push((pipeline, views));
+            }
+        }
+    }
+    let mut touches = HashMap::new();
+    if with_views.is_empty() {
+        return Ok(touches);
+    }
+    let ids: Vec<&str> = with_views.iter().map(|(p, _)| *p).collect();
+    let group_rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT pipeline_id, view_id, grp FROM view_groups WHERE pipeline_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut groups_of: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (pipeline, view, group) in group_rows {
+        groups_of.entry(pipeline).or_default().push((view, group));
+    }
+    let mut all_changes = Vec::new();
+    for (pipeline, views) in &with_views {
+        let groups = group_sets(groups_of.remove(*pipeline).unwrap_or_default());
+        let events_of = fresh
+            .iter()
+            .map(|i| &events[*i as usize])
+            .filter(|e| &*e.pipeline == *pipeline)
+            .map(|e| (e.event.time_ms, e.event.payload.as_str()));
+        let changes = PipelineChanges::compute(&views.views, groups, events_of);
+        touches.insert((*pipeline).to_owned(), changes.touches());
+        all_changes.push((*pipeline, changes));
+    }
+    // The states already stored under the changed keys, in one round trip.
+    let (mut kp, mut kv, mut km, mut kg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (pipeline, changes) in &all_changes {
+        for (view, c, _) in &changes.per_view {
+            for (minute, group) in c.cells.keys() {
+                kp.push(*pipeline);
+                kv.push(view.as_str());
+                km.push(*minute);
+                kg.push(group.as_str());
+            }
+        }
+    }
+    let stored_rows: Vec<(String, String, i64, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT m.pipeline_id, m.view_id, m.minute, m.grp, m.state FROM view_minutes m \
+         JOIN UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]) AS k(p, v, mi, g) \
+         ON m.pipeline_id = k.p AND m.view_id = k.v AND m.minute = k.mi AND m.grp = k.g",
+    )
+    .bind(&kp)
+    .bind(&kv)
+    .bind(&km)
+    .bind(&kg)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut stored: HashMap<String, HashMap<(String, i64, String), Cell>> = HashMap::new();
+    for (pipeline, view, minute, group, state) in stored_rows {
+        stored.entry(pipeline).or_default().insert((view, minute, group), decode_state(&state)?);
+    }
+    let (mut wp, mut wv, mut wm, mut wg, mut ws) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gp, mut gv, mut gg) = (Vec::new(), Vec::new(), Vec::new());
+    for (pipeline, changes) in all_changes {
+        let (rows, new_groups) = changes.merged(stored.remove(pipeline).unwrap_or_default());
+        wp.extend(std::iter::repeat_n(pipeline, rows.views.len()));
+        wv.extend(rows.views);
+        wm.extend(rows.minutes);
+        wg.extend(rows.groups);
+        ws.extend(rows.states);
+        for (view, group) in new_groups {
+            gp.push(pipeline);
+            gv.push(view);
+            gg.push(group);
+        }
+    }
+    sqlx::query(
+        "WITH new_groups AS ( \
+             INSERT INTO view_groups (pipeline_id, view_id, grp) \
+             SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[]) ON CONFLICT DO NOTHING \
+         ) \
+         INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[]) \
+         ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state",
+    )
+    .bind(&wp)
+    .bind(&wv)
+    .bind(&wm)
+    .bind(&wg)
+    .bind(&ws)
+    .bind(&gp)
+    .bind(&gv)
+    .bind(&gg)
+    .execute(&mut *tx)
+    .await?;
+    Ok(touches)
+}
+
+// ---- history ----
+
+/// A view's backfill row as read: spec, generation, until, through, done at.
+type BackfillColumns = (String, i64, Option<i64>, Option<i64>, Option<i64>);
+
+/// The state of a view's backfill, read under the pipeline's lock.
+struct BackfillRow {
+    spec: String,
+    generation: i64,
+    until: Option<i64>,
+    through: Option<i64>,
+    done_at: Option<i64>,
+}
+
+const BACKFILL_ROW: &str = "SELECT spec, generation, backfill_until, backfill_through, backfilled_at \
+    FROM views WHERE pipeline_id = $1 AND view_id = $2";
+
+const BACKFILL_SAVE: &str = "UPDATE views SET backfill_until = $3, backfill_through = $4, \
+    backfill_events = backfill_events + $5, backfill_total = COALESCE(backfill_total, $6), backfilled_at = $7 \
+    WHERE pipeline_id = $1 AND view_id = $2";
+
+/// Picks the span of the next step from the pipeline's minutes with events (from `through` on,
+/// up to `until`): whole minutes adding up to at most `max_events` events (at least one minute).
+fn next_span(minutes: &[(i64, i64)], until: i64, max_events: i64) -> Option<(i64, i64, i64)> {
+    let mut events = 0;
+    let mut end = None;
+    for (minute, count) in minutes {
+        if *minute > until || (end.is_some() && events + count > max_events) {
+            break;
+        }
+        events += count;
+        end = Some(minute + 60_000);
+    }
+    end.map(|end| (minutes[0].0, end, events))
+}
+
+async fn backfill_sqlite(
+    tx: &mut SqliteConnection,
+    pipeline: &str,
+    view: &str,
+    generation: i64,
+    max_events: i64,
+) -> Result<Option<BackfillProgress>, StoreError> {
+    let row: Option<BackfillColumns> =
+        sqlx::query_as(BACKFILL_ROW).bind(pipeline).bind(view).fetch_optional(&mut *tx).await?;
+    let Some((spec, current, until, through, done_at)) = row else { return Ok(None) };
+    let row = BackfillRow { spec, generation: current, until, through, done_at };
+    if row.generation != generation {
+        return Ok(None);
+    }
+    if row.done_at.is_some() {
+        return Ok(Some(progress_sqlite(tx, pipeline, view).await?));
+    }
+    let spec = spec_from(&row.spec)?;
+    let (until, total) = match row.until {
+        Some(until) => (until, None),
+        None => {
+            let (until, total): (Option<i64>, Option<i64>) =
+                sqlx::query_as("SELECT max(minute), sum(event_count) FROM event_rollup_minute WHERE pipeline_id = $1")
+                    .bind(pipeline)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            (until.unwrap_or(i64::MIN), Some(total.unwrap_or(0)))
+        }
+    };
+    let through = row.through.unwrap_or(i64::MIN);
+    let minutes: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT minute, event_count FROM event_rollup_minute WHERE pipeline_id = $1 AND minute >= $2 AND minute <= $3 \
+         ORDER BY minute LIMIT 2000",
+    )
+    .bind(pipeline)
+    .bind(through)
+    .bind(until)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (next_through, counted, finished) = match next_span(&minutes, until, max_events) {
+        None => (through, 0, true),
+        Some((start, end, _)) => {
+            sqlx::query(
+                "DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4",
+            )
+            .bind(pipeline)
+            .bind(view)
+            .bind(start)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+            let events: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT event_time, payload FROM events WHERE pipeline_id = $1 AND event_time >= $2 AND event_time < $3 \
+                 ORDER BY rowid",
+            )
+            .bind(pipeline)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut groups = groups_sqlite(tx, pipeline).await?;
+            let views = vec![(view.to_owned(), spec)];
+            let mut only = HashMap::new();
+            if let Some(g) = groups.remove(view) {
+                only.insert(view.to_owned(), g);
+            }
+            let changes = PipelineChanges::compute(&views, only, events.iter().map(|(t, p)| (*t, p.as_str())));
+            let (rows, new_groups) = changes.merged(HashMap::new());
+            write_states_sqlite(tx, pipeline, rows, new_groups).await?;
+            (end, events.len() as i64, end > until)
+        }
+    };
+    sqlx::query(BACKFILL_SAVE)
+        .bind(pipeline)
+        .bind(view)
+        .bind(until)
+        .bind(next_through)
+        .bind(counted)
+        .bind(total)
+        .bind(finished.then(now_ms))
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(progress_sqlite(tx, pipeline, view).await?))
+}
+
+async fn progress_sqlite(
+    tx: &mut SqliteConnection,
+    pipeline: &str,
+    view: &str,
+) -> Result<BackfillProgress, StoreError> {
+    let (events_done, events_total, done_at): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT backfill_events, backfill_total, backfilled_at FROM views WHERE pipeline_id = $1 AND view_id = $2",
+    )
+    .bind(pipeline)
+    .bind(view)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(BackfillProgress { done: done_at.is_some(), events_done, events_total })
+}
+
+async fn backfill_pg(
+    tx: &mut PgConnection,
+    pipeline: &str,
+    view: &str,
+    generation: i64,
+    max_events: i64,
+) -> Result<Option<BackfillProgress>, StoreError> {
+    // The lock every batch commit takes: no batch of this pipeline commits during the step, and
+    // every batch committed before it is seen by the statements below.
+    sqlx::query("SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE").bind(pipeline).execute(&mut *tx).await?;
+    let row: Option<BackfillColumns> =
+        sqlx::query_as(BACKFILL_ROW).bind(pipeline).bind(view).fetch_optional(&mut *tx).await?;
+    let Some((spec, current, until, through, done_at)) = row else { return Ok(None) };
+    let row = BackfillRow { spec, generation: current, until, through, done_at };
+    if row.generation != generation {
+        return Ok(None);
+    }
+    if row.done_at.is_some() {
+        return Ok(Some(progress_pg(tx, pipeline, view).await?));
+    }
+    let spec = spec_from(&row.spec)?;
+    let (until, total) = match row.until {
+        Some(until) => (until, None),
+        None => {
+            let (until, total): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT (extract(epoch FROM max(minute)) * 1000)::int8, sum(event_count)::int8 \
+                 FROM event_rollup_minute WHERE pipeline_id = $1",
+            )
+            .bind(pipeline)
+            .fetch_one(&mut *tx)
+            .await?;
+            (until.unwrap_or(i64::MIN), Some(total.unwrap_or(0)))
+        }
+    };
+    let through = row.through.unwrap_or(i64::MIN);
+    let minutes: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT (extract(epoch FROM minute) * 1000)::int8, event_count FROM event_rollup_minute \
+         WHERE pipeline_id = $1 AND minute >= to_timestamp($2 / 1000.0) AND minute <= to_timestamp($3 / 1000.0) \
+         ORDER BY minute LIMIT 2000",
+    )
+    .bind(pipeline)
+    .bind(through.max(-62_135_596_800_000))
+    .bind(until.max(-62_135_596_800_000))
+    .fetch_all(&mut *tx)
+    .await?;
+    let (next_through, counted, finished) = match next_span(&minutes, until, max_events) {
+        None => (through, 0, true),
+        Some((start, end, _)) => {
+            sqlx::query(
+                "DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4",
+            )
+            .bind(pipeline)
+            .bind(view)
+            .bind(start)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+            let events: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT (extract(epoch FROM event_time) * 1000)::int8, payload::text FROM events \
+                 WHERE pipeline_id = $1 AND event_time >= to_timestamp($2 / 1000.0) AND event_time < to_timestamp($3 / 1000.0) \
+                 ORDER BY event_time, received_at",
+            )
+            .bind(pipeline)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut *tx)
+            .await?;
+            let group_rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT view_id, grp FROM view_groups WHERE pipeline_id = $1 AND view_id = $2")
+                    .bind(pipeline)
+                    .bind(view)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let views = vec![(view.to_owned(), spec)];
+            let changes =
+                PipelineChanges::compute(&views, group_sets(group_rows), events.iter().map(|(t, p)| (*t, p.as_str())));
+            let (rows, new_groups) = changes.merged(HashMap::new());
+            let (gv, gg): (Vec<String>, Vec<String>) = new_groups.into_iter().unzip();
+            sqlx::query(
+                "WITH new_groups AS ( \
+                     INSERT INTO view_groups (pipeline_id, view_id, grp) \
+                     SELECT $1, * FROM UNNEST($6::text[], $7::text[]) ON CONFLICT DO NOTHING \
+                 ) \
+                 INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::bytea[]) \
+                 ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state",
+            )
+            .bind(pipeline)
+            .bind(&rows.views)
+            .bind(&rows.minutes)
+            .bind(&rows.groups)
+            .bind(&rows.states)
+            .bind(&gv)
+            .bind(&gg)
+            .execute(&mut *tx)
+            .await?;
+            (end, events.len() as i64, end > until)
+        }
+    };
+    sqlx::query(BACKFILL_SAVE)
+        .bind(pipeline)
+        .bind(view)
+        .bind(until)
+        .bind(next_through)
+        .bind(counted)
+        .bind(total)
+        .bind(finished.then(now_ms))
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(progress_pg(tx, pipeline, view).await?))
+}
+
+async fn progress_pg(tx: &mut PgConnection, pipeline: &str, view: &str) -> Result<BackfillProgress, StoreError> {
+    let (events_done, events_total, done_at): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT backfill_events, backfill_total, backfilled_at FROM views WHERE pipeline_id = $1 AND view_id = $2",
+    )
+    .bind(pipeline)
+    .bind(view)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(BackfillProgress { done: done_at.is_some(), events_done, events_total })
+}
+
+/// Rows of a view series: every bucket merged over groups (or of one group).
+pub fn merge_by_minute(rows: Vec<(i64, String, Cell)>, aggregate: dash_views::Aggregate) -> Vec<(i64, Cell)> {
+    let mut by_minute: BTreeMap<i64, Cell> = BTreeMap::new();
+    for (minute, _, cell) in rows {
+        by_minute.entry(minute).or_insert_with(|| Cell::empty(aggregate)).merge(&cell);
+    }
+    by_minute.into_iter().collect()
+}

@@ -1,0 +1,258 @@
+//! Views end to end on the real binary: made over stored history by the API, the config file
+//! and the CLI, kept live through a kill -9 and the replays that follow it, and equal to a
+//! computation over the raw events the store holds.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use dash_views::{Cell, Groups, ViewChanges, ViewSpec};
+use serde_json::{Value, json};
+
+use crate::live::{connect, next, send};
+use crate::support::{TestServer, assert_error, run_dashd};
+
+async fn post_view(server: &TestServer, pipeline: &str, body: Value) -> reqwest::Response {
+    server.client.post(server.url(&format!("/api/pipelines/{pipeline}/views"))).json(&body).send().await.unwrap()
+}
+
+/// An order event; some leave fields out or send them as text, as real senders do.
+fn order(i: u32) -> Value {
+    let kind = ["order", "refund", "order", "trial"][i as usize % 4];
+    let currency = ["EUR", "USD", "GBP"][i as usize % 3];
+    let mut event = json!({
+        "id": format!("o{i}"),
+        "type": kind,
+        "currency": currency,
+        "customer": format!("c{}", i % 17),
+        "latency_ms": (i * 37) % 500,
+    });
+    match i % 10 {
+        0 => {}
+        1 => event["amount"] = json!("12.50"),
+        _ => event["amount"] = json!(f64::from(i) * 1.25),
+    }
+    if i.is_multiple_of(7) {
+        event.as_object_mut().unwrap().remove("currency");
+    }
+    event
+}
+
+async fn post_orders(server: &TestServer, pipeline: &crate::support::Pipeline, range: std::ops::Range<u32>) {
+    for chunk in range.collect::<Vec<_>>().chunks(10) {
+        let body = Value::Array(chunk.iter().map(|i| order(*i)).collect()).to_string();
+        let response = server.post_json(pipeline, &format!("msg-{}", chunk[0]), &body).await;
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+}
+
+/// Waits until every view of `pipeline` has its history computed.
+async fn wait_for_history(server: &TestServer, pipeline: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views = server.get_json(&format!("/api/pipelines/{pipeline}/views")).await;
+        if views["views"].as_array().unwrap().iter().all(|v| v["backfill"]["done"] == true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "histories not computed: {views}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every group of `view` as the API says, against the same view computed from the stored events.
+async fn assert_equals_raw(server: &TestServer, pipeline: &str, view: &str) {
+    let record = server.get_json(&format!("/api/pipelines/{pipeline}/views/{view}")).await;
+    let mut spec_json = record.clone();
+    for key in ["pipeline", "name", "generation", "created_at", "updated_at", "backfill", "describe"] {
+        spec_json.as_object_mut().unwrap().remove(key);
+    }
+    let spec = ViewSpec::from_json(spec_json).unwrap();
+    let events = server.get_json(&format!("/api/pipelines/{pipeline}/events?limit=1000")).await;
+    let mut expected: HashMap<String, Cell> = HashMap::new();
+    let mut groups = Groups::default();
+    let mut changes = ViewChanges::default();
+    for e in events["events"].as_array().unwrap() {
+        changes.add(&spec, &mut groups, &e["payload"], 0);
+    }
+    for ((_, group), cell) in changes.cells {
+        expected.insert(group, cell);
+    }
+    let now = dash_domain::now_ms();
+    let got = server
+        .get_json(&format!(
+            "/api/pipelines/{pipeline}/views/{view}/groups?from={}&to={}",
+            now - 3_600_000,
+            now + 60_000
+        ))
+        .await;
+    let got_groups = got["groups"].as_array().unwrap_or_else(|| panic!("{got}"));
+    assert_eq!(got_groups.len(), expected.len(), "{view}: {got}");
+    for group in got_groups {
+        let name = group["group"].as_str().unwrap();
+        let want = &expected[name];
+        assert_eq!(group["n"].as_u64(), Some(want.n), "{view} {name}: {got}");
+        assert_eq!(group["skipped"].as_u64(), Some(want.skipped), "{view} {name}: {got}");
+        let (value, want) = (group["value"].as_f64(), want.value(spec.aggregate));
+        match (value, want) {
+            (Some(v), Some(w)) => assert!((v - w).abs() <= 1e-9 * w.abs().max(1.0), "{view} {name}: {v} vs {w}"),
+            (v, w) => assert_eq!(v, w, "{view} {name}"),
+        }
+    }
+}
+
+const VIEWS: [(&str, &str); 5] = [
+    ("by-type", r#"{"aggregate": "count", "group_by": "/type"}"#),
+    ("revenue", r#"{"aggregate": "sum", "field": "/amount", "group_by": "/currency"}"#),
+    ("latency", r#"{"aggregate": "p95", "field": "/latency_ms"}"#),
+    ("customers", r#"{"aggregate": "distinct", "field": "/customer"}"#),
+    ("refunds", r#"{"aggregate": "count", "filter": {"/type": "refund"}, "pinned": true}"#),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_over_history_and_live_equal_the_raw_events_through_a_kill() {
+    let mut server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    let orders = server.create_pipeline("orders").await;
+    // History first: the views are made over 120 stored events (and a retried request).
+    post_orders(&server, &orders, 0..120).await;
+    post_orders(&server, &orders, 0..10).await;
+    server.wait_for_count(&orders, 120, Duration::from_secs(10)).await;
+
+    // Refusals name the field at fault.
+    for (body, field) in [
+        (json!({"name": "x", "aggregate": "sum"}), "field"),
+        (json!({"name": "x", "aggregate": "median", "field": "/a"}), "aggregate"),
+        (json!({"name": "x", "aggregate": "count", "group_by": "type"}), "group_by"),
+        (json!({"name": "x", "aggregate": "count", "max_groups": 100000}), "max_groups"),
+        (json!({"name": "x", "aggregate": "count", "keep": "1s"}), "keep"),
+        (json!({"name": "Bad Name", "aggregate": "count"}), "name"),
+        (json!({"aggregate": "count"}), "name"),
+    ] {
+        let error = assert_error(post_view(&server, &orders.id, body.clone()).await, 422, "invalid_view").await;
+        assert_eq!(error["error"]["field"], field, "{body}: {error}");
+    }
+    assert_error(
+        post_view(&server, "nope", json!({"name": "x", "aggregate": "count"})).await,
+        404,
+        "pipeline_not_found",
+    )
+    .await;
+
+    for (name, definition) in VIEWS {
+        let mut body: Value = serde_json::from_str(definition).unwrap();
+        body["name"] = json!(name);
+        let response = post_view(&server, &orders.id, body.clone()).await;
+        assert_eq!(response.status(), 201, "{name}");
+        assert_error(post_view(&server, &orders.id, body).await, 409, "view_exists").await;
+    }
+    wait_for_history(&server, &orders.id).await;
+    for (name, _) in VIEWS {
+        assert_equals_raw(&server, &orders.id, name).await;
+    }
+
+    // Live: a subscriber hears which views a batch changed.
+    let mut socket = connect(&server).await;
+    send(&mut socket, json!({"type": "subscribe", "pipeline": orders.id})).await;
+    assert_eq!(next(&mut socket).await["type"], "snapshot");
+    post_orders(&server, &orders, 120..130).await;
+    let update = next(&mut socket).await;
+    assert_eq!(update["type"], "update", "{update}");
+    let touched: Vec<&str> = update["views"].as_array().unwrap().iter().map(|v| v["view"].as_str().unwrap()).collect();
+    assert_eq!(touched, ["by-type", "customers", "latency", "refunds", "revenue"], "{update}");
+
+    // Acknowledged, then killed before (or while) they are flushed; the sender retries them all.
+    post_orders(&server, &orders, 130..200).await;
+    server.kill9();
+    server.restart();
+    post_orders(&server, &orders, 130..200).await;
+    server.wait_for_count(&orders, 200, Duration::from_secs(15)).await;
+    for (name, _) in VIEWS {
+        assert_equals_raw(&server, &orders.id, name).await;
+    }
+
+    // A change of what a view holds computes it again; one of how it is shown does not.
+    let patch = |view: &str, body: Value| {
+        server.client.patch(server.url(&format!("/api/pipelines/{}/views/{view}", orders.id))).json(&body).send()
+    };
+    let changed: Value = patch("latency", json!({"aggregate": "p50"})).await.unwrap().json().await.unwrap();
+    assert_eq!(changed["generation"], 2, "{changed}");
+    let pinned: Value = patch("revenue", json!({"pinned": true})).await.unwrap().json().await.unwrap();
+    assert_eq!((pinned["generation"].as_i64(), pinned["backfill"]["done"].as_bool()), (Some(1), Some(true)));
+    assert_error(patch("revenue", json!({"field": "amount"})).await.unwrap(), 422, "invalid_view").await;
+    wait_for_history(&server, &orders.id).await;
+    assert_equals_raw(&server, &orders.id, "latency").await;
+
+    // Series: every bucket, the total of the groups (or one group's).
+    let now = dash_domain::now_ms();
+    let range = format!("from={}&to={}&bucket=1h", now - 3_600_000, now + 60_000);
+    let series = server.get_json(&format!("/api/pipelines/{}/views/by-type/series?{range}", orders.id)).await;
+    let total: f64 = series["points"].as_array().unwrap().iter().filter_map(|p| p["value"].as_f64()).sum();
+    assert_eq!(total, 200.0, "{series}");
+    let one = server.get_json(&format!("/api/pipelines/{}/views/by-type/series?{range}&group=refund", orders.id)).await;
+    let refunds: f64 = one["points"].as_array().unwrap().iter().filter_map(|p| p["value"].as_f64()).sum();
+    assert_eq!(refunds, 50.0, "{one}");
+    assert_error(
+        server
+            .client
+            .get(server.url(&format!("/api/pipelines/{}/views/by-type/series?bucket=7s", orders.id)))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_query",
+    )
+    .await;
+
+    let response =
+        server.client.delete(server.url(&format!("/api/pipelines/{}/views/refunds", orders.id))).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_error(
+        server.client.get(server.url(&format!("/api/pipelines/{}/views/refunds", orders.id))).send().await.unwrap(),
+        404,
+        "view_not_found",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_come_from_the_config_file_and_the_cli() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[pipelines.shop.views.by-type]\naggregate = \"count\"\ngroup_by = \"/type\"\n\n\
+         [pipelines.shop.views.revenue]\naggregate = \"sum\"\nfield = \"/amount\"\nkeep = \"365days\"\n",
+    )
+    .unwrap();
+    let path = config.path().display().to_string();
+    let server = TestServer::start(&[("DASH_CONFIG", path.as_str()), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    let views = server.get_json("/api/pipelines/shop/views").await;
+    let names: Vec<&str> = views["views"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["by-type", "revenue"], "{views}");
+    let keep = humantime::parse_duration(views["views"][1]["keep"].as_str().unwrap()).unwrap();
+    assert_eq!(keep, Duration::from_secs(365 * 86_400), "{views}");
+
+    // The CLI, on the same data directory (SQLite) or database.
+    let env = server.env();
+    let out = run_dashd(
+        server.dir.path(),
+        &env,
+        &["view", "create", "shop", "big-orders", "--aggregate", "count", "--filter", "/type=order", "--json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["filter"], json!({"/type": "order"}));
+    let out = run_dashd(server.dir.path(), &env, &["view", "create", "shop", "bad", "--aggregate", "sum"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("field"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_dashd(server.dir.path(), &env, &["view", "list", "shop"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("big-orders") && listed.contains("count of events where /type = \"order\""), "{listed}");
+    let out = run_dashd(server.dir.path(), &env, &["view", "delete", "shop", "big-orders"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let views = server.get_json("/api/pipelines/shop/views").await;
+    assert_eq!(views["views"].as_array().unwrap().len(), 2, "{views}");
+
+    // A bad view in the config file stops the start, naming it.
+    std::fs::write(config.path(), "[pipelines.shop.views.broken]\naggregate = \"p95\"\n").unwrap();
+    let out = run_dashd(server.dir.path(), &[("DASH_CONFIG", path.as_str())], &["serve", "--listen", "127.0.0.1:0"]);
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("pipelines.shop.views.broken"), "{text}");
+}
