@@ -195,10 +195,10 @@ async fn series(
     query: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    if query.group.as_ref().is_some_and(|g| g.chars().count() > dash_views::MAX_GROUP_LEN) {
+    if query.group.as_ref().is_some_and(|g| g.chars().count() > dash_views::MAX_GROUP_LEN || g.contains('\0')) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("group: a group name has at most {} characters", dash_views::MAX_GROUP_LEN),
+            format!("group: a group name has at most {} characters and no NUL", dash_views::MAX_GROUP_LEN),
         ));
     }
     let bucket_text = query.bucket.unwrap_or_else(|| "1m".into());

@@ -300,7 +300,7 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
                     pipeline: p.pipeline,
                     view: p.view,
                     generation: p.generation,
-                    through: p.through,
+                    made_ms: p.made_ms,
                 })),
                 Err(err) => tracing::debug!(error = %err, "pending view backfills not read; next pass"),
             }

@@ -32,8 +32,9 @@ pub enum Job {
     Poll { pipeline: String, tick_ms: i64 },
     /// Retention, dedupe pruning, partitions ahead, old jobs.
     Maintain { tick_ms: i64 },
-    /// Compute a view's history, from where it stands (`through`, a minute; `None` at the start).
-    Backfill { pipeline: String, view: String, generation: i64, through: Option<i64> },
+    /// Compute a view's history. `made_ms` (when the view was made) tells a view deleted and made
+    /// again apart from the one before it, whose generations start at 1 too.
+    Backfill { pipeline: String, view: String, generation: i64, made_ms: i64 },
 }
 
 impl Job {
@@ -42,9 +43,10 @@ impl Job {
         match self {
             Self::Poll { pipeline, tick_ms } => format!("poll:{pipeline}:{tick_ms}"),
             Self::Maintain { tick_ms } => format!("maintain:{tick_ms}"),
-            // A job that stopped part way is followed by one keyed by where it stopped.
-            Self::Backfill { pipeline, view, generation, through } => {
-                format!("backfill:{pipeline}:{view}:{generation}:{}", through.map_or("start".into(), |t| t.to_string()))
+            // One job per view and generation: a job that dies part way is run again by the
+            // queue, and goes on from where the view stands.
+            Self::Backfill { pipeline, view, generation, made_ms } => {
+                format!("backfill:{pipeline}:{view}:{made_ms}:{generation}")
             }
         }
     }

@@ -70,8 +70,8 @@ pub struct PendingBackfill {
     pub pipeline: String,
     pub view: String,
     pub generation: i64,
-    /// Minutes before this are done; `None` before the first step.
-    pub through: Option<i64>,
+    /// When the view was made (unix ms).
+    pub made_ms: i64,
 }
 
 /// A pipeline's views as a batch uses them.
@@ -303,6 +303,9 @@ impl Store {
 
     /// Deletes a view and everything it holds. False when there was none.
     pub async fn delete_view(&self, pipeline: &str, name: &str) -> Result<bool, StoreError> {
+        if dash_views::check_view_name(name).is_err() {
+            return Ok(false);
+        }
         let Some(pipeline) = self.find_pipeline(pipeline).await? else {
             return Err(StoreError::NotFound(pipeline.to_owned()));
         };
@@ -386,13 +389,13 @@ impl Store {
 
     /// Views whose history is still to be computed.
     pub async fn pending_backfills(&self) -> Result<Vec<PendingBackfill>, StoreError> {
-        const SQL: &str = "SELECT pipeline_id, view_id, generation, backfill_through FROM views \
+        const SQL: &str = "SELECT pipeline_id, view_id, generation, created_at FROM views \
             WHERE backfilled_at IS NULL ORDER BY updated_at";
-        let rows: Vec<(String, String, i64, Option<i64>)> =
+        let rows: Vec<(String, String, i64, i64)> =
             on_backend!(self, readers, |pool| sqlx::query_as(SQL).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
-            .map(|(pipeline, view, generation, through)| PendingBackfill { pipeline, view, generation, through })
+            .map(|(pipeline, view, generation, made_ms)| PendingBackfill { pipeline, view, generation, made_ms })
             .collect())
     }
 

@@ -210,6 +210,19 @@ async fn views_over_history_and_live_equal_the_raw_events_through_a_kill() {
         "view_not_found",
     )
     .await;
+    // Hostile names get a 4xx, never a 5xx.
+    let nul =
+        server.client.delete(server.url(&format!("/api/pipelines/{}/views/%00", orders.id))).send().await.unwrap();
+    assert_error(nul, 404, "view_not_found").await;
+    let nul_group = server.url(&format!("/api/pipelines/{}/views/by-type/series?group=%00", orders.id));
+    assert_error(server.client.get(nul_group).send().await.unwrap(), 400, "invalid_query").await;
+
+    // Made again under the same name, its history is computed again (a new backfill job).
+    let again =
+        post_view(&server, &orders.id, json!({"name": "refunds", "aggregate": "count", "filter": {"/type": "refund"}}));
+    assert_eq!(again.await.status(), 201);
+    wait_for_history(&server, &orders.id).await;
+    assert_equals_raw(&server, &orders.id, "refunds").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
