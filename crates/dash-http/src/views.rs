@@ -173,18 +173,20 @@ pub(crate) async fn read_minutes(
         | dash_views::Aggregate::Max => MAX_STATES_READ,
         _ => MAX_SKETCH_STATES_READ,
     };
-    let minutes = state
-        .store
-        .view_minutes(&record.pipeline, &record.name, from, to, group, bound + 1)
-        .await
-        .map_err(|e| ApiError::store_unavailable(&e))?;
-    if minutes.len() > bound {
-        return Err(ApiError::unprocessable(
+    match state.store.view_minutes(&record.pipeline, &record.name, from, to, group, bound).await {
+        Ok(minutes) => Ok(minutes),
+        Err(StoreError::ReadTooLarge) => Err(ApiError::unprocessable(
             "range_too_large",
-            format!("the range holds more than {bound} view states; narrow from..to or pick a group"),
-        ));
+            format!(
+                "the range holds more than {bound} view states (or {} MiB of them); narrow from..to or pick a group",
+                dash_store::MAX_VIEW_READ_BYTES >> 20
+            ),
+        )),
+        Err(err @ StoreError::UnreadableView(_)) => {
+            Err(ApiError::internal("a view's stored state is unreadable", &err))
+        }
+        Err(err) => Err(ApiError::store_unavailable(&err)),
     }
-    Ok(minutes)
 }
 
 /// `GET …/views/{view}/series?from=&to=&bucket=&group=`: every bucket, the view's value over all

@@ -47,7 +47,8 @@ pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
 pub use views::{
-    BACKFILL_STEP_EVENTS, BackfillProgress, PendingBackfill, PutMode, ViewRecord, ViewWrite, merge_by_minute,
+    BACKFILL_STEP_EVENTS, BackfillProgress, MAX_VIEW_READ_BYTES, PendingBackfill, PutMode, ViewRecord, ViewWrite,
+    merge_by_minute,
 };
 
 /// Most buckets [`Store::series`] computes, whoever asks (the API allows fewer).
@@ -76,6 +77,8 @@ pub enum StoreError {
     InvalidRange(String),
     #[error("invalid view: {0}")]
     InvalidView(String),
+    #[error("the read would take in too many view states; narrow the range or pick a group")]
+    ReadTooLarge,
     #[error("a stored view is unreadable: {0}")]
     UnreadableView(String),
     #[error("stored secret is unreadable")]

@@ -293,3 +293,51 @@ async fn a_views_groups_are_bounded_and_the_rest_is_other() {
     assert_eq!(groups.get("(other)"), Some(&97));
     backend.cleanup().await;
 }
+
+/// A stored state that cannot be read (damage, a newer release's format) never stops a
+/// pipeline's batches: the view is computed again from the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_state_has_its_view_computed_again() {
+    let mut backends = vec![sqlite().await];
+    if let Some(admin) = testing::admin_url() {
+        backends.push(postgres(&admin).await);
+    }
+    for backend in backends {
+        let store = &backend.store;
+        store.create_pipeline("hurt").await.unwrap();
+        let mut spec = ViewSpec::count();
+        spec.group_by = Some("/k".into());
+        store.put_view("hurt", "by-k", &spec, PutMode::Create).await.unwrap();
+        let now = dash_domain::now_ms();
+        let batch = |from: u32| -> Vec<BatchEvent> {
+            (from..from + 10)
+                .map(|i| BatchEvent {
+                    pipeline: "hurt".into(),
+                    event: Event {
+                        id: format!("{i}"),
+                        time_ms: now,
+                        received_ms: now,
+                        payload: format!(r#"{{"k":"v{}"}}"#, i % 2),
+                    },
+                })
+                .collect()
+        };
+        store.write_batch(&batch(0)).await.unwrap();
+        let damage = "UPDATE view_minutes SET state = $1 WHERE pipeline_id = 'hurt'";
+        let bytes: Vec<u8> = vec![0xff, 0x01, 0x02];
+        match store {
+            Store::Sqlite(s) => sqlx::query(damage).bind(&bytes).execute(&s.writer).await.map(|_| ()).unwrap(),
+            Store::Postgres(s) => sqlx::query(damage).bind(&bytes).execute(s.pool()).await.map(|_| ()).unwrap(),
+        }
+        store.write_batch(&batch(10)).await.expect("the batch is stored whatever the view holds");
+        assert_eq!(store.find_pipeline("hurt").await.unwrap().unwrap().stats.count, 20);
+        let pending = store.pending_backfills().await.unwrap();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!(pending[0].generation, 2);
+        while !store.backfill_step("hurt", "by-k", 2, 100).await.unwrap().unwrap().done {}
+        let cells = store.view_minutes("hurt", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+        let counts: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
+        assert_eq!(counts, BTreeMap::from([("v0".to_owned(), 10), ("v1".to_owned(), 10)]));
+        backend.cleanup().await;
+    }
+}

@@ -27,6 +27,9 @@ use crate::{BatchEvent, Store, StoreError};
 /// alone). The step holds its pipeline's lock meanwhile, so batches of that pipeline wait.
 pub const BACKFILL_STEP_EVENTS: i64 = 20_000;
 
+/// Most bytes of stored states one read of a view takes in.
+pub const MAX_VIEW_READ_BYTES: usize = 64 << 20;
+
 /// A view as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ViewRecord {
@@ -116,38 +119,70 @@ struct PipelineChanges {
     per_view: Vec<(String, ViewChanges, Vec<String>)>,
 }
 
-impl PipelineChanges {
-    /// Counts `events` (time, payload) into every view; each payload is parsed once.
-    fn compute<'e>(
-        views: &[(String, ViewSpec)],
-        mut groups: HashMap<String, Groups>,
-        events: impl Iterator<Item = (i64, &'e str)>,
-    ) -> Self {
-        let mut changes: Vec<ViewChanges> = views.iter().map(|_| ViewChanges::default()).collect();
-        let mut view_groups: Vec<Groups> =
-            views.iter().map(|(name, _)| groups.remove(name).unwrap_or_default()).collect();
-        for (time_ms, payload) in events {
-            match dash_views::parse_payload(payload) {
-                Some(event) => {
-                    for (i, (_, spec)) in views.iter().enumerate() {
-                        changes[i].add(spec, &mut view_groups[i], &event, time_ms);
-                    }
+/// [`PipelineChanges`] being counted, an event at a time (memory grows with the cells touched,
+/// not with the events).
+struct Counting<'v> {
+    views: &'v [(String, ViewSpec)],
+    changes: Vec<ViewChanges>,
+    groups: Vec<Groups>,
+}
+
+impl<'v> Counting<'v> {
+    fn new(views: &'v [(String, ViewSpec)], mut groups: HashMap<String, Groups>) -> Self {
+        Self {
+            views,
+            changes: views.iter().map(|_| ViewChanges::default()).collect(),
+            groups: views.iter().map(|(name, _)| groups.remove(name).unwrap_or_default()).collect(),
+        }
+    }
+
+    /// Counts one event into every view; its payload is parsed once.
+    fn add(&mut self, time_ms: i64, payload: &str) {
+        match dash_views::parse_payload(payload) {
+            Some(event) => {
+                for (i, (_, spec)) in self.views.iter().enumerate() {
+                    self.changes[i].add(spec, &mut self.groups[i], &event, time_ms);
                 }
-                None => {
-                    for (i, (_, spec)) in views.iter().enumerate() {
-                        changes[i].add_unreadable(spec, time_ms);
-                    }
+            }
+            None => {
+                for (i, (_, spec)) in self.views.iter().enumerate() {
+                    self.changes[i].add_unreadable(spec, time_ms);
                 }
             }
         }
-        let per_view = views
+    }
+
+    fn finish(self) -> PipelineChanges {
+        let per_view = self
+            .views
             .iter()
-            .zip(changes)
-            .zip(view_groups)
+            .zip(self.changes)
+            .zip(self.groups)
             .filter(|((_, c), _)| !c.is_empty())
             .map(|(((name, _), c), g)| (name.clone(), c, g.added))
             .collect();
-        Self { per_view }
+        PipelineChanges { per_view }
+    }
+}
+
+impl PipelineChanges {
+    /// Counts `events` (time, payload) into every view.
+    fn compute<'e>(
+        views: &[(String, ViewSpec)],
+        groups: HashMap<String, Groups>,
+        events: impl Iterator<Item = (i64, &'e str)>,
+    ) -> Self {
+        let mut counting = Counting::new(views, groups);
+        for (time_ms, payload) in events {
+            counting.add(time_ms, payload);
+        }
+        counting.finish()
+    }
+
+    /// Leaves out the views in `broken` (their stored states could not be read).
+    fn without(mut self, broken: &std::collections::HashSet<String>) -> Self {
+        self.per_view.retain(|(view, _, _)| !broken.contains(view));
+        self
     }
 
     fn touches(&self) -> Vec<ViewTouch> {
@@ -426,8 +461,9 @@ impl Store {
         }
     }
 
-    /// A view's stored minutes in `[from, to)`: (minute, group, state), the first `limit` of
-    /// them; one group's only if `group` is given.
+    /// A view's stored minutes in `[from, to)`: (minute, group, state); one group's only if
+    /// `group` is given. Read as a stream and refused ([`StoreError::ReadTooLarge`]) past
+    /// `limit` states or [`MAX_VIEW_READ_BYTES`] of them.
     pub async fn view_minutes(
         &self,
         pipeline: &str,
@@ -437,39 +473,50 @@ impl Store {
         group: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(i64, String, Cell)>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        const SQL: &str = "SELECT minute, grp, state FROM view_minutes \
+        use futures_util::TryStreamExt;
+        const SQLITE: &str = "SELECT minute, grp, state FROM view_minutes \
             WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 AND ($5 IS NULL OR grp = $5) \
-            ORDER BY minute LIMIT $6";
-        let rows: Vec<(i64, String, Vec<u8>)> = match self {
+            ORDER BY minute";
+        const POSTGRES: &str = "SELECT minute, grp, state FROM view_minutes \
+            WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 \
+            AND ($5::text IS NULL OR grp = $5) ORDER BY minute";
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut keep = |(minute, grp, state): (i64, String, Vec<u8>)| -> Result<(), StoreError> {
+            bytes += state.len() + grp.len();
+            if out.len() >= limit || bytes > MAX_VIEW_READ_BYTES {
+                return Err(StoreError::ReadTooLarge);
+            }
+            out.push((minute, grp, decode_state(&state)?));
+            Ok(())
+        };
+        match self {
             Store::Sqlite(s) => {
-                sqlx::query_as(SQL)
+                let mut rows = sqlx::query_as(SQLITE)
                     .bind(pipeline)
                     .bind(view)
                     .bind(from_ms)
                     .bind(to_ms)
                     .bind(group)
-                    .bind(limit)
-                    .fetch_all(&s.readers)
-                    .await?
+                    .fetch(&s.readers);
+                while let Some(row) = rows.try_next().await? {
+                    keep(row)?;
+                }
             }
             Store::Postgres(s) => {
-                sqlx::query_as(
-                    "SELECT minute, grp, state FROM view_minutes \
-                     WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 \
-                     AND ($5::text IS NULL OR grp = $5) ORDER BY minute LIMIT $6",
-                )
-                .bind(pipeline)
-                .bind(view)
-                .bind(from_ms)
-                .bind(to_ms)
-                .bind(group)
-                .bind(limit)
-                .fetch_all(&s.pool)
-                .await?
+                let mut rows = sqlx::query_as(POSTGRES)
+                    .bind(pipeline)
+                    .bind(view)
+                    .bind(from_ms)
+                    .bind(to_ms)
+                    .bind(group)
+                    .fetch(&s.pool);
+                while let Some(row) = rows.try_next().await? {
+                    keep(row)?;
+                }
             }
-        };
-        rows.into_iter().map(|(minute, grp, state)| Ok((minute, grp, decode_state(&state)?))).collect()
+        }
+        Ok(out)
     }
 
     /// Deletes view minutes older than each view's `keep` (or, without one, its pipeline's
@@ -643,6 +690,27 @@ async fn delete_sqlite(tx: &mut SqliteConnection, pipeline: &str, name: &str) ->
 
 // ---- live: inside a batch's transaction, after its pipelines' rows are locked ----
 
+/// A view whose stored states cannot be read is computed again from the events (a new
+/// generation, its backfill pending); run with its pipeline's row locked, its states deleted
+/// after.
+const RESTART_VIEW: &str = "UPDATE views SET generation = generation + 1, updated_at = $3, backfill_until = NULL, \
+    backfill_through = NULL, backfill_events = 0, backfill_total = NULL, backfilled_at = NULL \
+    WHERE pipeline_id = $1 AND view_id = $2";
+
+/// The definitions that read; one that does not (written by a newer release, say) is left out
+/// of counting, with an error logged, rather than stopping the pipeline's batches.
+fn readable_views(pipeline: &str, rows: Vec<(String, String)>) -> Vec<(String, ViewSpec)> {
+    rows.into_iter()
+        .filter_map(|(view, spec)| match spec_from(&spec) {
+            Ok(spec) => Some((view, spec)),
+            Err(err) => {
+                tracing::error!(pipeline, view, error = %err, "a view's definition is unreadable; it is not counted");
+                None
+            }
+        })
+        .collect()
+}
+
 /// SQLite: counts a pipeline's new events of a batch into its views. `fresh`: (time, payload).
 pub(crate) async fn count_batch_sqlite<'e>(
     tx: &mut SqliteConnection,
@@ -659,7 +727,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
                     .bind(pipeline)
                     .fetch_all(&mut *tx)
                     .await?;
-            let views = rows.into_iter().map(|(n, s)| Ok((n, spec_from(&s)?))).collect::<Result<_, StoreError>>()?;
+            let views = readable_views(pipeline, rows);
             cache.put(pipeline, PipelineViews { version, views })
         }
     };
@@ -670,6 +738,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
     let changes = PipelineChanges::compute(&views.views, groups, fresh);
     let touches = changes.touches();
     let mut stored = HashMap::new();
+    let mut broken = std::collections::HashSet::new();
     for (view, c, _) in &changes.per_view {
         for (minute, group) in c.cells.keys() {
             let state: Option<Vec<u8>> = sqlx::query_scalar(
@@ -682,8 +751,27 @@ pub(crate) async fn count_batch_sqlite<'e>(
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(state) = state {
-                stored.insert((view.clone(), *minute, group.clone()), decode_state(&state)?);
+                match decode_state(&state) {
+                    Ok(cell) => {
+                        stored.insert((view.clone(), *minute, group.clone()), cell);
+                    }
+                    Err(err) => {
+                        broken.insert(view.clone());
+                        tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
+                    }
+                }
             }
+        }
+    }
+    let changes = changes.without(&broken);
+    for view in &broken {
+        sqlx::query(RESTART_VIEW).bind(pipeline).bind(view).bind(now_ms()).execute(&mut *tx).await?;
+        for table in ["view_minutes", "view_groups"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2")))
+                .bind(pipeline)
+                .bind(view)
+                .execute(&mut *tx)
+                .await?;
         }
     }
     let (rows, new_groups) = changes.merged(stored);
@@ -764,8 +852,13 @@ pub(crate) async fn count_batch_pg(
         .fetch_all(&mut *tx)
         .await?;
         let mut loaded: HashMap<String, Vec<(String, ViewSpec)>> = HashMap::new();
+        let mut specs: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for (pipeline, view, spec) in rows {
-            loaded.entry(pipeline).or_default().push((view, spec_from(&spec)?));
+            specs.entry(pipeline).or_default().push((view, spec));
+        }
+        for (pipeline, rows) in specs {
+            let views = readable_views(&pipeline, rows);
+            loaded.insert(pipeline, views);
         }
         for (pipeline, version) in to_load {
             let views =
@@ -825,12 +918,39 @@ pub(crate) async fn count_batch_pg(
     .fetch_all(&mut *tx)
     .await?;
     let mut stored: HashMap<String, HashMap<(String, i64, String), Cell>> = HashMap::new();
+    let mut broken: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
     for (pipeline, view, minute, group, state) in stored_rows {
-        stored.entry(pipeline).or_default().insert((view, minute, group), decode_state(&state)?);
+        match decode_state(&state) {
+            Ok(cell) => {
+                stored.entry(pipeline).or_default().insert((view, minute, group), cell);
+            }
+            Err(err) => {
+                tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
+                broken.entry(pipeline).or_default().insert(view);
+            }
+        }
+    }
+    for (pipeline, views) in &broken {
+        for view in views {
+            sqlx::query(RESTART_VIEW).bind(pipeline).bind(view).bind(now_ms()).execute(&mut *tx).await?;
+            for table in ["view_minutes", "view_groups"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2"
+                )))
+                .bind(pipeline)
+                .bind(view)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
     }
     let (mut wp, mut wv, mut wm, mut wg, mut ws) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut gp, mut gv, mut gg) = (Vec::new(), Vec::new(), Vec::new());
     for (pipeline, changes) in all_changes {
+        let changes = match broken.get(pipeline) {
+            Some(views) => changes.without(views),
+            None => changes,
+        };
         let (rows, new_groups) = changes.merged(stored.remove(pipeline).unwrap_or_default());
         wp.extend(std::iter::repeat_n(pipeline, rows.views.len()));
         wv.extend(rows.views);
@@ -952,25 +1072,34 @@ async fn backfill_sqlite(
             .bind(end)
             .execute(&mut *tx)
             .await?;
-            let events: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT event_time, payload FROM events WHERE pipeline_id = $1 AND event_time >= $2 AND event_time < $3 \
-                 ORDER BY rowid",
-            )
-            .bind(pipeline)
-            .bind(start)
-            .bind(end)
-            .fetch_all(&mut *tx)
-            .await?;
             let mut groups = groups_sqlite(tx, pipeline).await?;
             let views = vec![(view.to_owned(), spec)];
             let mut only = HashMap::new();
             if let Some(g) = groups.remove(view) {
                 only.insert(view.to_owned(), g);
             }
-            let changes = PipelineChanges::compute(&views, only, events.iter().map(|(t, p)| (*t, p.as_str())));
+            // Streamed: memory grows with the view's cells, not with the span's events.
+            let mut counting = Counting::new(&views, only);
+            let mut read = 0i64;
+            {
+                use futures_util::TryStreamExt;
+                let mut events = sqlx::query_as::<_, (i64, String)>(
+                    "SELECT event_time, payload FROM events WHERE pipeline_id = $1 AND event_time >= $2 AND event_time < $3 \
+                     ORDER BY rowid",
+                )
+                .bind(pipeline)
+                .bind(start)
+                .bind(end)
+                .fetch(&mut *tx);
+                while let Some((time, payload)) = events.try_next().await? {
+                    counting.add(time, &payload);
+                    read += 1;
+                }
+            }
+            let changes = counting.finish();
             let (rows, new_groups) = changes.merged(HashMap::new());
             write_states_sqlite(tx, pipeline, rows, new_groups).await?;
-            (end, events.len() as i64, end > until)
+            (end, read, end > until)
         }
     };
     sqlx::query(BACKFILL_SAVE)
@@ -1058,16 +1187,6 @@ async fn backfill_pg(
             .bind(end)
             .execute(&mut *tx)
             .await?;
-            let events: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT (extract(epoch FROM event_time) * 1000)::int8, payload::text FROM events \
-                 WHERE pipeline_id = $1 AND event_time >= to_timestamp($2 / 1000.0) AND event_time < to_timestamp($3 / 1000.0) \
-                 ORDER BY event_time, received_at",
-            )
-            .bind(pipeline)
-            .bind(start)
-            .bind(end)
-            .fetch_all(&mut *tx)
-            .await?;
             let group_rows: Vec<(String, String)> =
                 sqlx::query_as("SELECT view_id, grp FROM view_groups WHERE pipeline_id = $1 AND view_id = $2")
                     .bind(pipeline)
@@ -1075,8 +1194,26 @@ async fn backfill_pg(
                     .fetch_all(&mut *tx)
                     .await?;
             let views = vec![(view.to_owned(), spec)];
-            let changes =
-                PipelineChanges::compute(&views, group_sets(group_rows), events.iter().map(|(t, p)| (*t, p.as_str())));
+            // Streamed: memory grows with the view's cells, not with the span's events.
+            let mut counting = Counting::new(&views, group_sets(group_rows));
+            let mut read = 0i64;
+            {
+                use futures_util::TryStreamExt;
+                let mut events = sqlx::query_as::<_, (i64, String)>(
+                    "SELECT (extract(epoch FROM event_time) * 1000)::int8, payload::text FROM events \
+                     WHERE pipeline_id = $1 AND event_time >= to_timestamp($2 / 1000.0) \
+                     AND event_time < to_timestamp($3 / 1000.0) ORDER BY event_time, received_at",
+                )
+                .bind(pipeline)
+                .bind(start)
+                .bind(end)
+                .fetch(&mut *tx);
+                while let Some((time, payload)) = events.try_next().await? {
+                    counting.add(time, &payload);
+                    read += 1;
+                }
+            }
+            let changes = counting.finish();
             let (rows, new_groups) = changes.merged(HashMap::new());
             let (gv, gg): (Vec<String>, Vec<String>) = new_groups.into_iter().unzip();
             sqlx::query(
@@ -1097,7 +1234,7 @@ async fn backfill_pg(
             .bind(&gg)
             .execute(&mut *tx)
             .await?;
-            (end, events.len() as i64, end > until)
+            (end, read, end > until)
         }
     };
     sqlx::query(BACKFILL_SAVE)
