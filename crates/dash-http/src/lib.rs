@@ -15,6 +15,7 @@ mod origin;
 mod pages;
 mod serve;
 mod throttle;
+mod view_pages;
 mod views;
 mod webhooks;
 

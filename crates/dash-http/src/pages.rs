@@ -35,6 +35,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/pipelines/{id}/row", get(row))
         .route("/cluster", get(cluster))
         .route("/cluster/nodes", get(cluster_nodes))
+        .merge(crate::view_pages::router())
         .route_layer(middleware::from_fn_with_state(state, require_session))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -43,7 +44,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
 }
 
 /// A whole page or fragment, never cached (it is live data), under the page's CSP.
-fn html(status: StatusCode, body: String) -> Response {
+pub(crate) fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -68,7 +69,7 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
         return next.run(request).await;
     }
     let path = request.uri().path();
-    if path.ends_with("/panel") || path.ends_with("/row") || path == "/cluster/nodes" {
+    if path.ends_with("/panel") || path.ends_with("/row") || path.ends_with("/card") || path == "/cluster/nodes" {
         // Never an empty 4xx: the server loop takes those for the HTTP library's own.
         return html(StatusCode::UNAUTHORIZED, "<!-- sign in again -->".to_owned());
     }
@@ -77,7 +78,7 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
     Redirect::to(&format!("/login?{query}")).into_response()
 }
 
-fn chrome(state: &AppState, headers: &HeaderMap) -> Chrome {
+pub(crate) fn chrome(state: &AppState, headers: &HeaderMap) -> Chrome {
     Chrome {
         node: state.node.node.clone(),
         role: state.node.role.clone(),
@@ -88,17 +89,17 @@ fn chrome(state: &AppState, headers: &HeaderMap) -> Chrome {
 }
 
 /// Why a page could not be shown.
-enum PageError {
+pub(crate) enum PageError {
     NotFound(String),
     StoreDown(String),
 }
 
 impl PageError {
-    fn store(err: impl Display) -> Self {
+    pub(crate) fn store(err: impl Display) -> Self {
         Self::StoreDown(err.to_string())
     }
 
-    fn into_response(self, state: &AppState, chrome: Option<Chrome>) -> Response {
+    pub(crate) fn into_response(self, state: &AppState, chrome: Option<Chrome>) -> Response {
         match self {
             Self::NotFound(id) => html(
                 StatusCode::NOT_FOUND,
@@ -119,7 +120,7 @@ impl PageError {
     }
 }
 
-async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, PageError> {
+pub(crate) async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, PageError> {
     match state.store.find_pipeline(id).await {
         Ok(Some(record)) => Ok(record),
         Ok(None) => Err(PageError::NotFound(id.to_owned())),
@@ -136,7 +137,13 @@ async fn last_hour(state: &AppState, pipeline: &str, now: i64) -> Result<Vec<i64
 
 async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result<PipelineSummary, PageError> {
     let last_hour = last_hour(state, &record.id, now).await?;
+    let mut pinned = Vec::new();
+    for view in state.store.list_views(&record.id).await.map_err(PageError::store)?.iter().filter(|v| v.spec.pinned) {
+        let card = crate::view_pages::load_card(state, view, ChartRange::Hour).await?;
+        pinned.push((card.name, card.aggregate, dash_web::views::number(card.total)));
+    }
     Ok(PipelineSummary {
+        pinned,
         rate: dash_web::rate_per_second(&last_hour, now),
         id: record.id,
         name: record.name,
@@ -200,14 +207,14 @@ async fn row(State(state): State<AppState>, Path(id): Path<String>) -> Response 
 }
 
 #[derive(Deserialize)]
-struct PageQuery {
+pub(crate) struct PageQuery {
     range: Option<String>,
     reveal: Option<String>,
 }
 
 impl PageQuery {
     /// An unknown range shows the default one rather than an error page.
-    fn range(&self) -> ChartRange {
+    pub(crate) fn range(&self) -> ChartRange {
         self.range.as_deref().and_then(ChartRange::parse).unwrap_or_default()
     }
 }
@@ -267,6 +274,8 @@ async fn pipeline(
         let send = SendInstructions { url: webhook_url(&headers, &record.id), secret };
         let panel = load_panel(&state, &record, query.range()).await?;
         let source = state.store.source(&record.id).await.map_err(PageError::store)?.map(|s| source_status(&s));
+        let payloads: Vec<&str> = panel.events.iter().map(|e| e.payload.as_str()).collect();
+        let views = crate::view_pages::load_views(&state, &record.id, query.range(), &payloads).await?;
         let summary = PipelineSummary {
             rate: panel.rate,
             retention: record.retention.map(dash_domain::format_retention),
@@ -275,13 +284,14 @@ async fn pipeline(
             name: record.name,
             stats: record.stats,
             last_hour: Vec::new(),
+            pinned: Vec::new(),
         };
-        Ok::<_, PageError>((summary, panel, send, source))
+        Ok::<_, PageError>((summary, panel, send, source, views))
     }
     .await;
     match result {
-        Ok((summary, panel, send, source)) => {
-            html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, send, source))
+        Ok((summary, panel, send, source, views)) => {
+            html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, send, source, views))
         }
         Err(err) => err.into_response(&state, Some(chrome(&state, &headers))),
     }

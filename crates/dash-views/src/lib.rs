@@ -11,6 +11,7 @@
 //! scratch over the raw events.
 
 mod compute;
+mod explore;
 mod read;
 mod spec;
 mod state;
@@ -18,6 +19,7 @@ mod state;
 pub use compute::{
     GROUP_ALL, GROUP_NONE, GROUP_OTHER, Groups, MAX_GROUP_LEN, ViewChanges, extract, minute_of, parse_payload,
 };
+pub use explore::{FieldStat, explore};
 pub use read::{GroupTotal, ViewPoint, bucket, rank_groups};
 pub use spec::{
     Aggregate, DEFAULT_MAX_GROUPS, InvalidView, MAX_GROUPS_LIMIT, MAX_VIEWS_PER_PIPELINE, ViewSpec, check_view_name,

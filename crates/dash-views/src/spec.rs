@@ -12,7 +12,7 @@ pub const DEFAULT_MAX_GROUPS: u32 = 50;
 /// Most groups a view may ask for: a view's size is bounded whatever senders send.
 pub const MAX_GROUPS_LIMIT: u32 = 1000;
 /// Longest JSON pointer a view may name.
-pub const MAX_POINTER_LEN: usize = 256;
+pub(crate) const MAX_POINTER_LEN: usize = 256;
 /// Most filter conditions.
 pub const MAX_FILTERS: usize = 16;
 /// Most views per pipeline.
@@ -244,6 +244,38 @@ impl ViewSpec {
         let spec: Self = serde_json::from_value(value).map_err(|e| invalid(field_of(&e.to_string()), e.to_string()))?;
         spec.check()?;
         Ok(spec)
+    }
+
+    /// A definition from text fields, as a form or the CLI gives them: empty ones are left out,
+    /// `filters` are `POINTER=VALUE` (VALUE as JSON, or else as text).
+    pub fn from_parts(
+        aggregate: &str,
+        field: Option<&str>,
+        group_by: Option<&str>,
+        max_groups: Option<u32>,
+        filters: &[&str],
+        keep: Option<&str>,
+        pinned: bool,
+    ) -> Result<Self, InvalidView> {
+        let mut filter = serde_json::Map::new();
+        for condition in filters.iter().map(|c| c.trim()).filter(|c| !c.is_empty()) {
+            let Some((pointer, value)) = condition.split_once('=') else {
+                return Err(invalid("filter", format!("{condition:?}: expected POINTER=VALUE")));
+            };
+            let value = serde_json::from_str(value.trim())
+                .unwrap_or_else(|_| serde_json::Value::String(value.trim().to_owned()));
+            filter.insert(pointer.trim().to_owned(), value);
+        }
+        let mut object = serde_json::json!({ "aggregate": aggregate.trim(), "pinned": pinned, "filter": filter });
+        for (key, value) in [("field", field), ("group_by", group_by), ("keep", keep)] {
+            if let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) {
+                object[key] = serde_json::json!(value);
+            }
+        }
+        if let Some(max_groups) = max_groups {
+            object["max_groups"] = serde_json::json!(max_groups);
+        }
+        Self::from_json(object)
     }
 
     /// Whether changing from `self` to `other` changes what the view holds (then it is computed

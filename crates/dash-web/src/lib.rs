@@ -21,6 +21,7 @@
 mod charts;
 mod display;
 pub mod pages;
+pub mod views;
 
 use dash_domain::PipelineStats;
 
@@ -59,6 +60,8 @@ pub struct PipelineSummary {
     pub retention: Option<String>,
     /// Events the store refused for their data and kept aside.
     pub set_aside: i64,
+    /// Its pinned views with their value over the last hour: (name, aggregate, value as shown).
+    pub pinned: Vec<(String, String, String)>,
 }
 
 /// A per-bucket chart of one pipeline.

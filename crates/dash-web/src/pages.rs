@@ -12,7 +12,7 @@ use crate::{
 /// Characters of payload shown per event.
 const PREVIEW_CHARS: usize = 140;
 
-fn document(title: &str, chrome: Option<Chrome>, content: impl IntoView + 'static) -> String {
+pub(crate) fn document(title: &str, chrome: Option<Chrome>, content: impl IntoView + 'static) -> String {
     document_reloading(title, chrome, content, None)
 }
 
@@ -109,6 +109,9 @@ fn OverviewRow(summary: PipelineSummary) -> impl IntoView {
             <td>
                 <a href=href>{summary.name}</a>
                 <div class="sub">{summary.id}</div>
+                {summary.pinned.into_iter().map(|(name, aggregate, value)| view! {
+                    <div class="pinned" data-view=name.clone()>{format!("{name} ({aggregate}, last hour): ")}<strong>{value}</strong></div>
+                }).collect_view()}
             </td>
             <td class="num" data-field="count">{summary.stats.count.to_string()}</td>
             <td class="num">{rate(summary.rate)}</td>
@@ -129,11 +132,13 @@ pub fn pipeline(
     panel: PipelinePanel,
     send: SendInstructions,
     source: Option<SourceStatus>,
+    views: crate::views::ViewsPart,
 ) -> String {
     let title = summary.name.clone();
     let range = panel.chart.range;
     let stats = summary.stats;
     let pipeline = summary.id.clone();
+    let pipeline_id = summary.id.clone();
     let retention = summary.retention.clone().unwrap_or_else(|| "the default".to_owned());
     let content = view! {
         <nav class="crumbs"><a href="/">"Pipelines"</a>" / "{summary.name.clone()}</nav>
@@ -167,6 +172,8 @@ pub fn pipeline(
             })}
         </section>
         <Panel panel=panel />
+        <crate::views::ViewsSection pipeline=pipeline_id cards=views.cards fields=views.fields
+            events_looked_at=views.events_looked_at can_edit=views.can_edit />
         {source.map(|source| view! { <SourceSection source=source /> })}
         <SendSection send=send range=range />
     };
@@ -429,6 +436,7 @@ mod tests {
             rate: 0.5,
             retention: Some("7days".into()),
             set_aside: 0,
+            pinned: Vec::new(),
         }
     }
 
@@ -461,7 +469,7 @@ mod tests {
     #[test]
     fn pipeline_page_escapes_payloads_and_hides_the_secret_until_asked() {
         let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: None };
-        let html = pipeline(chrome(), summary(), panel(), send, None);
+        let html = pipeline(chrome(), summary(), panel(), send, None, Default::default());
         assert!(!html.contains("<script>alert"), "payload is escaped: {html}");
         assert!(html.contains("…</code>"), "long payloads are cut");
         assert!(html.contains(r#"data-refresh="/pipelines/orders/panel?range=1h""#), "{html}");
@@ -470,7 +478,7 @@ mod tests {
         assert!(html.contains("whsec_…your signing secret…"), "{html}");
         assert!(html.contains("Events kept for") && html.contains(">7days<"), "{html}");
         let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: Some("whsec_abc".into()) };
-        let html = pipeline(chrome(), summary(), panel(), send, None);
+        let html = pipeline(chrome(), summary(), panel(), send, None, Default::default());
         assert!(html.contains("SECRET=&#39;whsec_abc&#39;") || html.contains("SECRET='whsec_abc'"), "{html}");
     }
 

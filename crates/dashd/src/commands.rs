@@ -177,36 +177,6 @@ pub enum ViewAction {
     Delete { pipeline: String, view: String },
 }
 
-/// The view a `dashd view create` names, as the API would take it.
-#[allow(clippy::too_many_arguments)]
-fn view_spec(
-    aggregate: String,
-    field: Option<String>,
-    group_by: Option<String>,
-    max_groups: Option<u32>,
-    filters: Vec<String>,
-    keep: Option<String>,
-    pinned: bool,
-) -> anyhow::Result<dash_views::ViewSpec> {
-    let mut filter = serde_json::Map::new();
-    for condition in filters {
-        let (pointer, value) =
-            condition.split_once('=').with_context(|| format!("--filter {condition:?}: expected POINTER=VALUE"))?;
-        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-        filter.insert(pointer.to_owned(), value);
-    }
-    let mut object = json!({ "aggregate": aggregate, "pinned": pinned, "filter": filter });
-    for (key, value) in [("field", field), ("group_by", group_by), ("keep", keep)] {
-        if let Some(value) = value {
-            object[key] = json!(value);
-        }
-    }
-    if let Some(max_groups) = max_groups {
-        object["max_groups"] = json!(max_groups);
-    }
-    dash_views::ViewSpec::from_json(object).map_err(|e| anyhow::anyhow!("invalid view: {e}"))
-}
-
 pub async fn view(settings: &Settings, action: ViewAction) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
     let result = async {
@@ -224,7 +194,17 @@ pub async fn view(settings: &Settings, action: ViewAction) -> anyhow::Result<()>
                 replace,
                 json,
             } => {
-                let spec = view_spec(aggregate, field, group_by, max_groups, filters, keep, pinned)?;
+                let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+                let spec = dash_views::ViewSpec::from_parts(
+                    &aggregate,
+                    field.as_deref(),
+                    group_by.as_deref(),
+                    max_groups,
+                    &filters,
+                    keep.as_deref(),
+                    pinned,
+                )
+                .map_err(|e| anyhow::anyhow!("invalid view: {e}"))?;
                 let mode = if replace { dash_store::PutMode::Upsert } else { dash_store::PutMode::Create };
                 let (record, write) = store.put_view(&pipeline, &view, &spec, mode).await?;
                 if json {

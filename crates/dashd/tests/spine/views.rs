@@ -269,3 +269,56 @@ async fn views_come_from_the_config_file_and_the_cli() {
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("pipelines.shop.views.broken"), "{text}");
 }
+
+/// As a person does it: open a pipeline, pick `/type` in the field explorer, make the view in the
+/// form, and watch its breakdown move as webhooks arrive, without reloading.
+#[tokio::test]
+async fn a_person_makes_a_view_from_the_field_explorer_and_watches_it_move() {
+    if crate::support::postgres_admin().is_some() {
+        return;
+    }
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    let orders = server.create_pipeline("shop").await;
+    post_orders(&server, &orders, 0..8).await;
+    server.wait_for_count(&orders, 8, Duration::from_secs(10)).await;
+
+    // Without scripts, the page lists the fields of the latest events.
+    let html = server.client.get(server.url("/pipelines/shop")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains(r#"<tr data-pointer="/type">"#) && html.contains("/latency_ms"), "{html}");
+
+    let mut browser = crate::chromium::Browser::launch().await;
+    browser.open(&server.url("/pipelines/shop")).await;
+    browser.wait_for("document.getElementById('live-status').dataset.state === 'live'", Duration::from_secs(20)).await;
+    // Click one: "count by" /type …
+    browser.eval("document.querySelector('tr[data-pointer=\"/type\"] a.count-by').click()").await;
+    browser
+        .wait_for(
+            "location.pathname.endsWith('/views/new') && document.readyState === 'complete'",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(browser.eval("document.querySelector('input[name=name]').value").await, "by-type");
+    // … click two: create.
+    browser.eval("document.querySelector('form.view-form').submit()").await;
+    browser
+        .wait_for(
+            "location.pathname === '/pipelines/shop' && document.querySelector('.view-card[data-view=\"by-type\"]') !== null",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.wait_for("document.getElementById('live-status').dataset.state === 'live'", Duration::from_secs(20)).await;
+    const VALUE: &str =
+        "document.querySelector('.view-card[data-view=\"by-type\"] [data-field=view-value]').textContent";
+    browser.wait_for(&format!("{VALUE} === '8'"), Duration::from_secs(15)).await;
+    browser.eval("window.sameDocument = true").await;
+
+    // Webhooks arrive: the card's total and its table follow, on the same document.
+    post_orders(&server, &orders, 8..20).await;
+    browser.wait_for(&format!("{VALUE} === '20'"), Duration::from_secs(15)).await;
+    let rows = "Array.from(document.querySelectorAll('.view-card[data-view=\"by-type\"] table.groups tbody tr')).map(r => r.cells[0].textContent.trim() + '=' + r.cells[1].textContent).join(',')";
+    browser.wait_for(&format!("{rows} === 'order=10,refund=5,trial=5'"), Duration::from_secs(15)).await;
+    assert_eq!(browser.eval("window.sameDocument === true").await, true, "moved without a reload");
+    browser.eval("document.querySelector('.view-card').scrollIntoView()").await;
+    browser.screenshot("view-from-explorer").await;
+    assert_equals_raw(&server, &orders.id, "by-type").await;
+}

@@ -1,0 +1,300 @@
+//! The views on the dashboard: each view's card (also a fragment the script re-fetches), the
+//! field explorer's rows, and the form that makes a view and the button that deletes one.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use dash_store::{PutMode, StoreError, ViewRecord};
+use dash_views::{Aggregate, Cell};
+use dash_web::ChartRange;
+use dash_web::views::{DRAWN_GROUPS, FieldLine, GroupLine, ViewCard, ViewForm, ViewsPart};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::pages::{PageError, PageQuery, chrome, find, html};
+
+/// Groups listed in a card's table.
+const LISTED_GROUPS: usize = 10;
+
+pub(crate) fn router() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/pipelines/{id}/views", post(create))
+        .route("/pipelines/{id}/views/new", get(new_form))
+        .route("/pipelines/{id}/views/{view}/card", get(card))
+        .route("/pipelines/{id}/views/{view}/delete", post(delete))
+}
+
+/// A view's card over `range`: its value, a bucket per bar (stacked by its top groups for
+/// `count` and `sum`), its groups ranked.
+pub(crate) async fn load_card(state: &AppState, record: &ViewRecord, range: ChartRange) -> Result<ViewCard, PageError> {
+    let (from, to) = range.window(dash_domain::now_ms());
+    let bucket_ms = range.bucket_ms();
+    let aggregate = record.spec.aggregate;
+    let minutes = state
+        .store
+        .view_minutes(&record.pipeline, &record.name, from, to, None, crate::views::MAX_SKETCH_STATES_READ)
+        .await
+        .map_err(PageError::store)?;
+    let mut total = Cell::empty(aggregate);
+    let mut by_group: HashMap<String, Cell> = HashMap::new();
+    for (_, group, cell) in &minutes {
+        total.merge(cell);
+        by_group.entry(group.clone()).or_insert_with(|| Cell::empty(aggregate)).merge(cell);
+    }
+    let ranked = dash_views::rank_groups(aggregate, by_group);
+    let stacked = aggregate.additive() && record.spec.group_by.is_some();
+    let series = if stacked {
+        ranked
+            .iter()
+            .take(DRAWN_GROUPS)
+            .map(|g| {
+                let of_group: Vec<(i64, Cell)> =
+                    minutes.iter().filter(|(_, name, _)| *name == g.group).map(|(m, _, c)| (*m, c.clone())).collect();
+                let points = dash_views::bucket(aggregate, from, to, bucket_ms, &of_group);
+                (g.group.clone(), points.into_iter().map(|p| p.value).collect())
+            })
+            .collect()
+    } else {
+        let merged = dash_store::merge_by_minute(minutes, aggregate);
+        let points = dash_views::bucket(aggregate, from, to, bucket_ms, &merged);
+        vec![(String::new(), points.into_iter().map(|p| p.value).collect())]
+    };
+    let groups = if record.spec.group_by.is_some() {
+        ranked
+            .into_iter()
+            .take(LISTED_GROUPS)
+            .map(|g| GroupLine { group: g.group, value: g.value, n: g.n, share: g.share })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(ViewCard {
+        pipeline: record.pipeline.clone(),
+        name: record.name.clone(),
+        describe: record.describe.clone(),
+        aggregate: aggregate.as_str().to_owned(),
+        range,
+        computing: (!record.backfill.done).then(|| record.backfill.fraction()),
+        total: total.value(aggregate),
+        n: total.n,
+        skipped: total.skipped,
+        from_ms: from,
+        bucket_ms,
+        series,
+        stacked,
+        groups,
+        can_edit: true,
+    })
+}
+
+/// Every card of a pipeline and the field explorer over the page's latest events.
+pub(crate) async fn load_views(
+    state: &AppState,
+    pipeline: &str,
+    range: ChartRange,
+    payloads: &[&str],
+) -> Result<ViewsPart, PageError> {
+    let records = state.store.list_views(pipeline).await.map_err(PageError::store)?;
+    let mut cards = Vec::with_capacity(records.len());
+    for record in &records {
+        cards.push(load_card(state, record, range).await?);
+    }
+    let (events, stats) = dash_views::explore(payloads.iter().copied());
+    let fields = stats
+        .into_iter()
+        .map(|f| FieldLine {
+            seen_pct: (f.seen * 100).checked_div(events).unwrap_or(0) as u32,
+            kinds: f.kinds.join(", "),
+            numeric: f.numeric(),
+            samples: f.samples,
+            pointer: f.pointer,
+        })
+        .collect();
+    Ok(ViewsPart { cards, fields, events_looked_at: events, can_edit: true })
+}
+
+async fn find_view(state: &AppState, id: &str, view: &str) -> Result<ViewRecord, PageError> {
+    let pipeline = find(state, id).await?;
+    match state.store.find_view(&pipeline.id, view).await.map_err(PageError::store)? {
+        Some(record) => Ok(record),
+        None => Err(PageError::NotFound(format!("{id}/views/{view}"))),
+    }
+}
+
+async fn card(
+    State(state): State<AppState>,
+    Path((id, view)): Path<(String, String)>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let result = async { load_card(&state, &find_view(&state, &id, &view).await?, query.range()).await }.await;
+    match result {
+        Ok(card) => html(StatusCode::OK, dash_web::views::view_card(card)),
+        Err(err) => err.into_response(&state, None),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct NewQuery {
+    aggregate: Option<String>,
+    field: Option<String>,
+    group_by: Option<String>,
+}
+
+/// A name people would give the view: `by-type`, `amount-sum`.
+fn suggested_name(aggregate: &str, field: Option<&str>, group_by: Option<&str>) -> String {
+    let last = |pointer: &str| {
+        pointer
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .collect::<String>()
+    };
+    let name = match (field, group_by) {
+        (_, Some(group)) if aggregate == "count" => format!("by-{}", last(group)),
+        (Some(field), Some(group)) => format!("{}-{aggregate}-by-{}", last(field), last(group)),
+        (Some(field), None) => format!("{}-{aggregate}", last(field)),
+        (None, _) => aggregate.to_owned(),
+    };
+    let name: String = name.trim_start_matches(['-', '_']).chars().take(64).collect();
+    if name.is_empty() { "view".to_owned() } else { name }
+}
+
+async fn new_form(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<NewQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let pipeline = match find(&state, &id).await {
+        Ok(p) => p,
+        Err(err) => return err.into_response(&state, Some(chrome(&state, &headers))),
+    };
+    let aggregate = query.aggregate.as_deref().and_then(Aggregate::parse).map_or("count", Aggregate::as_str).to_owned();
+    let form = ViewForm {
+        name: suggested_name(&aggregate, query.field.as_deref(), query.group_by.as_deref()),
+        aggregate,
+        field: query.field.unwrap_or_default(),
+        group_by: query.group_by.unwrap_or_default(),
+        ..ViewForm::default()
+    };
+    html(StatusCode::OK, dash_web::views::view_form(chrome(&state, &headers), &pipeline.id, &pipeline.name, form, None))
+}
+
+#[derive(Deserialize)]
+struct ViewFormInput {
+    name: String,
+    aggregate: String,
+    #[serde(default)]
+    field: String,
+    #[serde(default)]
+    group_by: String,
+    #[serde(default)]
+    filter: String,
+    #[serde(default)]
+    keep: String,
+    pinned: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<ViewFormInput>, FormRejection>,
+) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
+    let pipeline = match find(&state, &id).await {
+        Ok(p) => p,
+        Err(err) => return err.into_response(&state, Some(chrome(&state, &headers))),
+    };
+    let Ok(Form(input)) = form else {
+        let page = dash_web::views::view_form(
+            chrome(&state, &headers),
+            &pipeline.id,
+            &pipeline.name,
+            ViewForm::default(),
+            Some("The form was incomplete.".into()),
+        );
+        return html(StatusCode::BAD_REQUEST, page);
+    };
+    let filters: Vec<&str> = input.filter.lines().collect();
+    let spec = dash_views::check_view_name(input.name.trim()).and_then(|()| {
+        dash_views::ViewSpec::from_parts(
+            &input.aggregate,
+            Some(&input.field),
+            Some(&input.group_by),
+            None,
+            &filters,
+            Some(&input.keep),
+            input.pinned.is_some(),
+        )
+    });
+    let refused = |message: String| {
+        let form = ViewForm {
+            name: input.name.clone(),
+            aggregate: input.aggregate.clone(),
+            field: input.field.clone(),
+            group_by: input.group_by.clone(),
+            filter: input.filter.clone(),
+            keep: input.keep.clone(),
+            pinned: input.pinned.is_some(),
+        };
+        let page =
+            dash_web::views::view_form(chrome(&state, &headers), &pipeline.id, &pipeline.name, form, Some(message));
+        html(StatusCode::UNPROCESSABLE_ENTITY, page)
+    };
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(err) => return refused(err.to_string()),
+    };
+    match state.store.put_view(&pipeline.id, input.name.trim(), &spec, PutMode::Create).await {
+        Ok(_) => Redirect::to(&format!("/pipelines/{}", pipeline.id)).into_response(),
+        Err(StoreError::Conflict(name)) => refused(format!("name: a view {name:?} exists")),
+        Err(StoreError::InvalidView(message)) => refused(message),
+        Err(err) => PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
+    }
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path((id, view)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
+    let result = async {
+        let pipeline = find(&state, &id).await?;
+        state.store.delete_view(&pipeline.id, &view).await.map_err(PageError::store)?;
+        Ok::<_, PageError>(pipeline.id)
+    }
+    .await;
+    match result {
+        Ok(pipeline) => Redirect::to(&format!("/pipelines/{pipeline}")).into_response(),
+        Err(err) => err.into_response(&state, Some(chrome(&state, &headers))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggested_names_are_valid_view_names() {
+        assert_eq!(suggested_name("count", None, Some("/type")), "by-type");
+        assert_eq!(suggested_name("sum", Some("/amount"), Some("/currency")), "amount-sum-by-currency");
+        assert_eq!(suggested_name("p95", Some("/latency_ms"), None), "latency_ms-p95");
+        for name in [suggested_name("count", None, Some("/Ünï cödé/~1")), suggested_name("count", None, None)] {
+            assert!(dash_views::check_view_name(&name).is_ok(), "{name}");
+        }
+    }
+}
