@@ -139,6 +139,8 @@ async fn card(
 
 #[derive(Deserialize, Default)]
 struct NewQuery {
+    /// A view to change instead.
+    edit: Option<String>,
     aggregate: Option<String>,
     field: Option<String>,
     group_by: Option<String>,
@@ -177,6 +179,25 @@ async fn new_form(
         Ok(p) => p,
         Err(err) => return err.into_response(&state, Some(chrome(&state, &headers))),
     };
+    if let Some(name) = &query.edit {
+        let record = match find_view(&state, &pipeline.id, name).await {
+            Ok(record) => record,
+            Err(err) => return err.into_response(&state, Some(chrome(&state, &headers))),
+        };
+        let spec = &record.spec;
+        let form = ViewForm {
+            name: record.name.clone(),
+            aggregate: spec.aggregate.as_str().to_owned(),
+            field: spec.field.clone().unwrap_or_default(),
+            group_by: spec.group_by.clone().unwrap_or_default(),
+            filter: spec.filter.iter().map(|(p, v)| format!("{p}={v}")).collect::<Vec<_>>().join("\n"),
+            keep: spec.keep.map(|k| humantime::format_duration(k).to_string()).unwrap_or_default(),
+            pinned: spec.pinned,
+            editing: true,
+        };
+        let page = dash_web::views::view_form(chrome(&state, &headers), &pipeline.id, &pipeline.name, form, None);
+        return html(StatusCode::OK, page);
+    }
     let aggregate = query.aggregate.as_deref().and_then(Aggregate::parse).map_or("count", Aggregate::as_str).to_owned();
     let form = ViewForm {
         name: suggested_name(&aggregate, query.field.as_deref(), query.group_by.as_deref()),
@@ -201,6 +222,8 @@ struct ViewFormInput {
     #[serde(default)]
     keep: String,
     pinned: Option<String>,
+    /// Change the view of that name (the edit form).
+    replace: Option<String>,
 }
 
 async fn create(
@@ -247,6 +270,7 @@ async fn create(
             filter: input.filter.clone(),
             keep: input.keep.clone(),
             pinned: input.pinned.is_some(),
+            editing: input.replace.is_some(),
         };
         let page =
             dash_web::views::view_form(chrome(&state, &headers), &pipeline.id, &pipeline.name, form, Some(message));
@@ -256,10 +280,12 @@ async fn create(
         Ok(spec) => spec,
         Err(err) => return refused(err.to_string()),
     };
-    match state.store.put_view(&pipeline.id, input.name.trim(), &spec, PutMode::Create).await {
+    let mode = if input.replace.is_some() { PutMode::Replace } else { PutMode::Create };
+    match state.store.put_view(&pipeline.id, input.name.trim(), &spec, mode).await {
         Ok(_) => Redirect::to(&format!("/pipelines/{}", pipeline.id)).into_response(),
         Err(StoreError::Conflict(name)) => refused(format!("name: a view {name:?} exists")),
         Err(StoreError::InvalidView(message)) => refused(message),
+        Err(StoreError::NotFound(name)) => refused(format!("name: there is no view {name:?} to change")),
         Err(err) => PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
     }
 }

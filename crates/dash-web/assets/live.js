@@ -72,10 +72,13 @@ function apply(pipeline, seq, stats) {
   }
 }
 
-function scheduleRefresh(pipeline) {
+/** Re-fetches the pipeline's fragments; a view's card only when `views` (the views the batch
+ * changed) names it, or when `views` is null (a snapshot: what changed is unknown). */
+function scheduleRefresh(pipeline, views) {
   for (const el of scopesOf(pipeline)) {
     const url = el.dataset.refresh;
     if (!url) continue;
+    if (el.dataset.view !== undefined && views !== null && !views.includes(el.dataset.view)) continue;
     let state = refreshes.get(url);
     if (!state) refreshes.set(url, (state = { timer: null, last: 0 }));
     if (state.timer) continue;
@@ -105,11 +108,11 @@ async function refresh(url, pipeline, state) {
   }
 }
 
-function accept(pipeline, seq, stats) {
+function accept(pipeline, seq, stats, views) {
   const changed = latest.get(pipeline)?.seq !== seq;
   latest.set(pipeline, { seq, stats });
   apply(pipeline, seq, stats);
-  if (changed) scheduleRefresh(pipeline);
+  if (changed) scheduleRefresh(pipeline, views);
 }
 
 function subscribe(ws, pipeline, afterSeq) {
@@ -121,7 +124,7 @@ function subscribe(ws, pipeline, afterSeq) {
 function handle(ws, message) {
   switch (message.type) {
     case "snapshot":
-      accept(message.pipeline, message.seq, message.stats);
+      accept(message.pipeline, message.seq, message.stats, null);
       break;
     case "update": {
       const known = latest.get(message.pipeline)?.seq;
@@ -130,7 +133,7 @@ function handle(ws, message) {
         subscribe(ws, message.pipeline, known); // a gap: the server answers with a snapshot
         return;
       }
-      accept(message.pipeline, message.seq, message.stats);
+      accept(message.pipeline, message.seq, message.stats, (message.views ?? []).map((v) => v.view));
       break;
     }
     case "status":

@@ -65,6 +65,8 @@ pub struct ViewForm {
     pub filter: String,
     pub keep: String,
     pub pinned: bool,
+    /// Changing an existing view (its name stays).
+    pub editing: bool,
 }
 
 /// The views part of a pipeline page.
@@ -174,8 +176,10 @@ fn Card(card: ViewCard) -> impl IntoView {
     let skipped = (card.skipped > 0).then(|| {
         view! { <span class="skipped" title="events whose field was missing or not a number">{format!(" · {} skipped", card.skipped)}</span> }
     });
+    let edit = format!("/pipelines/{}/views/new?edit={}", card.pipeline, card.name);
     let controls = card.can_edit.then(|| {
         view! {
+            <a href=edit class="edit">"Edit"</a>
             <form method="post" action=delete class="inline">
                 <button type="submit" class="link">"Delete"</button>
             </form>
@@ -289,17 +293,19 @@ pub fn view_form(
         .collect_view();
     let content = view! {
         <nav class="crumbs"><a href="/">"Pipelines"</a>" / "<a href=back>{pipeline_name.to_owned()}</a>" / new view"</nav>
-        <h1>"New view"</h1>
+        <h1>{if form.editing { "Edit view" } else { "New view" }}</h1>
         {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
         <form method="post" action=action class="view-form">
-            <label>"Name "<input name="name" required value=form.name pattern="[a-z0-9][a-z0-9_-]*" maxlength="64" /></label>
+            <label>"Name "<input name="name" required value=form.name pattern="[a-z0-9][a-z0-9_-]*" maxlength="64"
+                readonly=form.editing /></label>
+            {form.editing.then(|| view! { <input type="hidden" name="replace" value="true" /> })}
             <label>"Aggregate "<select name="aggregate">{options}</select></label>
             <label>"Field (JSON pointer) "<input name="field" value=form.field placeholder="/amount" /></label>
             <label>"Group by (JSON pointer) "<input name="group_by" value=form.group_by placeholder="/currency" /></label>
             <label>"Filter (pointer=value, one per line) "<textarea name="filter" rows="2">{form.filter}</textarea></label>
             <label>"Keep "<input name="keep" value=form.keep placeholder="as long as the events" /></label>
             <label><input type="checkbox" name="pinned" value="true" checked=form.pinned />" Show on the overview"</label>
-            <button type="submit">"Create view"</button>
+            <button type="submit">{if form.editing { "Save view" } else { "Create view" }}</button>
         </form>
     };
     crate::pages::document("New view", Some(chrome), content)

@@ -45,7 +45,14 @@ async fn dashd_starts_on_every_kind_of_server_and_keeps_its_layout() {
             true => owner_url(&admin, &url).await,
             false => url.clone(),
         };
-        let mut server = TestServer::start(&[("DATABASE_URL", &dash_url), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+        // Retention long enough for the 2020 event below: a maintenance tick falling during the
+        // test (one runs on the hour) must not take it away.
+        let mut server = TestServer::start(&[
+            ("DATABASE_URL", &dash_url),
+            ("DASH_FLUSH_INTERVAL", "100ms"),
+            ("DASH_RETENTION", "3650days"),
+        ])
+        .await;
         // An owner role may not be allowed to create the extension: either layout is right then.
         let layout = match expected {
             Some(layout) => layout,

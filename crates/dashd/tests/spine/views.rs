@@ -321,4 +321,28 @@ async fn a_person_makes_a_view_from_the_field_explorer_and_watches_it_move() {
     browser.eval("document.querySelector('.view-card').scrollIntoView()").await;
     browser.screenshot("view-from-explorer").await;
     assert_equals_raw(&server, &orders.id, "by-type").await;
+
+    // Edit: the form comes prefilled with the name fixed; saving computes the view again.
+    let form = server.client.get(server.url("/pipelines/shop/views/new?edit=by-type")).send().await.unwrap();
+    let form = form.text().await.unwrap();
+    assert!(form.contains("Edit view") && form.contains("readonly") && form.contains(r#"value="/type""#), "{form}");
+    let saved = server
+        .client
+        .post(server.url("/pipelines/shop/views"))
+        .form(&[("name", "by-type"), ("aggregate", "count"), ("group_by", "/currency"), ("replace", "true")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 200, "redirected back to the pipeline page");
+    let view = server.get_json("/api/pipelines/shop/views/by-type").await;
+    assert_eq!((view["group_by"].as_str(), view["generation"].as_i64()), (Some("/currency"), Some(2)), "{view}");
+    let refused = server
+        .client
+        .post(server.url("/pipelines/shop/views"))
+        .form(&[("name", "latency"), ("aggregate", "p95")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.unwrap().contains("field: p95 needs a field"));
 }
