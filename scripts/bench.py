@@ -17,6 +17,8 @@ fresh data dir per Dash run), runs `dashd bench`, and reports the median of the 
                   one 1000-row COPY each, and again as two 500-row COPYs (the statement size Dash
                   uses); Dash is compared with the faster of the two
   ndjson-pg       Dash on PostgreSQL, 1000-event NDJSON POSTs, 4 connections
+  with --views: only NDJSON on SQLite (and PostgreSQL with --postgres), each run once without
+  views and once with the five VIEWS below defined, next to the ceilings
 
 "Sustained" is 202 -> stored: accepted events divided by the time until the last one is
 counted in the store. Loopback only; every run is bounded in time.
@@ -78,6 +80,17 @@ class Server:
         shutil.rmtree(self.cwd, ignore_errors=True)
 
 
+# Five views over the bench's events: a breakdown, a sum by group, a percentile, a distinct count
+# and a filtered count.
+VIEWS = [
+    {"name": "by-type", "aggregate": "count", "group_by": "/type"},
+    {"name": "revenue", "aggregate": "sum", "field": "/data/amount", "group_by": "/data/currency"},
+    {"name": "items-p95", "aggregate": "p95", "field": "/data/items"},
+    {"name": "customers", "aggregate": "distinct", "field": "/data/customer"},
+    {"name": "web-orders", "aggregate": "count", "filter": {"/data/channel": "web"}},
+]
+
+
 def load(base, secret, concurrency, duration, batch=1, rate=None):
     args = [
         DASHD, "bench", "--url", base, "--pipeline", "bench", "--secret", secret,
@@ -89,10 +102,12 @@ def load(base, secret, concurrency, duration, batch=1, rate=None):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def dash_run(duration, concurrency, batch, rate=None, env=None):
+def dash_run(duration, concurrency, batch, rate=None, env=None, views=()):
     server = Server(["serve", "--listen", "127.0.0.1:0"], env={"DASH_DATA_DIR": "data", **(env or {})})
     try:
         secret = http_json("POST", server.base + "/api/pipelines", {"name": "bench"})["secret"]
+        for view in views:
+            http_json("POST", server.base + "/api/pipelines/bench/views", view)
         report = load(server.base, secret, concurrency, duration, batch, rate)
         # Sustained = 202 -> stored: what the store holds when the load stops, over the run's
         # length; then how long the rest takes to land (it must land, all of it).
@@ -149,10 +164,10 @@ def ceiling_pg(admin, duration, rows_per_copy=1000):
         drop_pg(admin, name)
 
 
-def ndjson_pg(admin, duration):
+def ndjson_pg(admin, duration, views=()):
     name, url = fresh_pg(admin)
     try:
-        return dash_run(duration, 4, 1000, env={"DATABASE_URL": url})
+        return dash_run(duration, 4, 1000, env={"DATABASE_URL": url}, views=views)
     finally:
         drop_pg(admin, name)
 
@@ -180,11 +195,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 run of 3s each, to check the script")
     parser.add_argument("--postgres", metavar="ADMIN_URL", help="also measure on PostgreSQL (creates databases)")
     parser.add_argument("--only-postgres", action="store_true", help="with --postgres: skip the SQLite runs")
+    parser.add_argument("--views", action="store_true", help="only NDJSON without and with five views")
     opts = parser.parse_args()
     if opts.quick:
         opts.runs, opts.duration = 1, "3s"
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "dashd"], cwd=ROOT, check=True)
+    if opts.views:
+        return views_bench(opts)
     results = {name: [] for name in ["ceiling-http", "ceiling-sqlite", "single", "ndjson", "half-rate", "overload"]}
     if opts.postgres:
         results["ceiling-pg"], results["ceiling-pg-500"], results["ndjson-pg"] = [], [], []
@@ -244,6 +262,39 @@ def main():
     ]
     print("\n".join(lines))
     print(json.dumps(results), file=open(os.path.join(tempfile.gettempdir(), "dash-bench-last.json"), "w"))
+
+
+def views_bench(opts):
+    """NDJSON intake without views and with VIEWS, alternating run by run, on SQLite (and
+    PostgreSQL), with the store's ceiling measured in the same runs."""
+    res = {k: [] for k in ["ceiling-sqlite", "ndjson", "ndjson-views", "ceiling-pg", "ndjson-pg", "ndjson-pg-views"]}
+    for run in range(opts.runs):
+        print(f"views run {run + 1}/{opts.runs}", file=sys.stderr)
+        res["ceiling-sqlite"].append(ceiling_sqlite(opts.duration))
+        res["ndjson"].append(dash_run(opts.duration, 4, 1000))
+        res["ndjson-views"].append(dash_run(opts.duration, 4, 1000, views=VIEWS))
+        if opts.postgres:
+            res["ceiling-pg"].append(ceiling_pg(opts.postgres, opts.duration, rows_per_copy=500))
+            res["ndjson-pg"].append(ndjson_pg(opts.postgres, opts.duration))
+            res["ndjson-pg-views"].append(ndjson_pg(opts.postgres, opts.duration, views=VIEWS))
+    lines = [f"runs: {opts.runs} x {opts.duration}, medians; machine: {os.cpu_count()} cores"]
+    backends = [("SQLite", "ceiling-sqlite", "ndjson", "ndjson-views")]
+    if opts.postgres:
+        backends.append(("PostgreSQL", "ceiling-pg", "ndjson-pg", "ndjson-pg-views"))
+    for label, ceiling_key, plain_key, views_key in backends:
+        ceiling = median(res[ceiling_key], "rows_per_sec")
+        plain = median(res[plain_key], "sustained_per_sec")
+        with_views = median(res[views_key], "sustained_per_sec")
+        lines.append(
+            f"{label}: ceiling {ceiling:,.0f} rows/s; NDJSON without views {plain:,.0f} events/s "
+            f"({100 * plain / ceiling:.0f}% of it), with five views {with_views:,.0f} events/s "
+            f"({100 * with_views / ceiling:.0f}%) = {100 * with_views / plain:.0f}% of the intake without views; "
+            f"peak RSS {median(res[plain_key], 'peak_rss_mb'):.0f} / {median(res[views_key], 'peak_rss_mb'):.0f} MB "
+            f"(runs without {[round(r['sustained_per_sec']) for r in res[plain_key]]}, "
+            f"with {[round(r['sustained_per_sec']) for r in res[views_key]]})"
+        )
+    print("\n".join(lines))
+    print(json.dumps(res), file=open(os.path.join(tempfile.gettempdir(), "dash-bench-views.json"), "w"))
 
 
 if __name__ == "__main__":
