@@ -1,7 +1,7 @@
 //! The field explorer: which JSON pointers recent events hold, of which types, how often, and a
 //! few sample values, so a person can pick a field for a view without knowing the payloads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
@@ -48,28 +48,35 @@ fn segment(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
+/// Most distinct pointers looked at, whatever the payloads hold (a hostile one may hold a
+/// hundred thousand keys): past it, only pointers already known are counted.
+const MAX_TRACKED: usize = 10 * MAX_FIELDS;
+
 fn walk(
     value: &Value,
     pointer: &mut String,
     depth: usize,
     seen: &mut BTreeMap<String, FieldStat>,
-    once: &mut Vec<String>,
+    once: &mut HashSet<String>,
 ) {
     let Value::Object(map) = value else { return };
     for (key, child) in map {
         let len = pointer.len();
         pointer.push('/');
         pointer.push_str(&segment(key));
-        if pointer.len() <= crate::spec::MAX_POINTER_LEN && !pointer.chars().any(char::is_control) {
+        let known = seen.contains_key(pointer.as_str());
+        if (known || seen.len() < MAX_TRACKED)
+            && pointer.len() <= crate::spec::MAX_POINTER_LEN
+            && !pointer.chars().any(char::is_control)
+        {
             let stat = seen.entry(pointer.clone()).or_insert_with(|| FieldStat {
                 pointer: pointer.clone(),
                 seen: 0,
                 kinds: Vec::new(),
                 samples: Vec::new(),
             });
-            if !once.contains(pointer) {
+            if once.insert(pointer.clone()) {
                 stat.seen += 1;
-                once.push(pointer.clone());
             }
             let k = kind(child);
             if !stat.kinds.contains(&k) {
@@ -99,11 +106,8 @@ pub fn explore<'a>(payloads: impl IntoIterator<Item = &'a str>) -> (usize, Vec<F
     for payload in payloads {
         let Ok(value) = serde_json::from_str::<Value>(payload) else { continue };
         events += 1;
-        let mut once = Vec::new();
+        let mut once = HashSet::new();
         walk(&value, &mut String::new(), 0, &mut seen, &mut once);
-        if seen.len() > 10 * MAX_FIELDS {
-            break;
-        }
     }
     let mut fields: Vec<FieldStat> = seen.into_values().collect();
     fields.sort_by(|a, b| b.seen.cmp(&a.seen).then_with(|| a.pointer.cmp(&b.pointer)));
@@ -133,5 +137,16 @@ mod tests {
         assert!(by["/amount"].numeric());
         assert_eq!(by["/customer/id"].seen, 1);
         assert!(by.contains_key("/a~1b"), "{fields:?}");
+    }
+
+    #[test]
+    fn a_payload_of_many_keys_is_looked_at_in_bounded_time_and_memory() {
+        let many: serde_json::Map<String, Value> = (0..200_000).map(|i| (format!("k{i}"), Value::from(i))).collect();
+        let payload = Value::Object(many).to_string();
+        let started = std::time::Instant::now();
+        let (events, fields) = explore([payload.as_str(), r#"{"k1": 2}"#]);
+        assert_eq!(events, 2);
+        assert_eq!(fields.len(), MAX_FIELDS);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
     }
 }
