@@ -262,23 +262,18 @@ impl Store {
     }
 
     /// Retention and housekeeping: drops each pipeline's events older than its own retention
-    /// (`retention` for pipelines without one), prunes dedupe keys older than `dedupe_window`,
+    /// (`retention` for pipelines without one) and view minutes older than each view keeps,
+    /// prunes dedupe keys older than `dedupe_window`,
     /// and (native partitioning) makes day partitions ahead.
     pub async fn maintain(
         &self,
         retention: Duration,
         dedupe_window: Duration,
     ) -> Result<MaintenanceReport, StoreError> {
-        let mut report = match self {
-            Self::Sqlite(s) => s.maintain(retention).await?,
-            Self::Postgres(s) => s.maintain(retention, dedupe_window).await?,
-        };
-        let pipelines: Vec<(String, Option<i64>)> =
-            on_backend!(self, readers, |pool| sqlx::query_as(retention::RETENTIONS).fetch_all(pool).await?);
-        let now = dash_domain::now_ms();
-        let cutoffs = retention::Cutoffs::new(pipelines, retention, now);
-        report.view_states_pruned = self.prune_views(&cutoffs.per_pipeline, now).await?;
-        Ok(report)
+        match self {
+            Self::Sqlite(s) => s.maintain(retention).await,
+            Self::Postgres(s) => s.maintain(retention, dedupe_window).await,
+        }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

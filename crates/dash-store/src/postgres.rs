@@ -587,6 +587,16 @@ impl PgStore {
                     .execute(&mut *conn)
                     .await?;
             }
+            let views = sqlx::query_as(crate::views::VIEWS_KEPT).fetch_all(&mut *conn).await?;
+            for (pipeline, view, cutoff) in crate::views::view_cutoffs(views, &cutoffs.per_pipeline, now) {
+                report.view_states_pruned += sqlx::query(crate::views::PRUNE_STATES)
+                    .bind(pipeline)
+                    .bind(view)
+                    .bind(cutoff)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+            }
             Ok::<_, StoreError>(report)
         }
         .await;

@@ -332,7 +332,8 @@ impl SqliteStore {
     /// themselves, so it lives exactly as long as they do.
     pub async fn maintain(&self, retention: Duration) -> Result<MaintenanceReport, StoreError> {
         let pipelines: Vec<(String, Option<i64>)> = sqlx::query_as(RETENTIONS).fetch_all(&self.readers).await?;
-        let cutoffs = Cutoffs::new(pipelines, retention, now_ms());
+        let now = now_ms();
+        let cutoffs = Cutoffs::new(pipelines, retention, now);
         let mut report = MaintenanceReport::default();
         for (pipeline, cutoff) in &cutoffs.per_pipeline {
             report.events_deleted += sqlx::query("DELETE FROM events WHERE pipeline_id = ? AND event_time < ?")
@@ -346,6 +347,16 @@ impl SqliteStore {
                 .bind(cutoff)
                 .execute(&self.writer)
                 .await?;
+        }
+        let views = sqlx::query_as(crate::views::VIEWS_KEPT).fetch_all(&self.readers).await?;
+        for (pipeline, view, cutoff) in crate::views::view_cutoffs(views, &cutoffs.per_pipeline, now) {
+            report.view_states_pruned += sqlx::query(crate::views::PRUNE_STATES)
+                .bind(pipeline)
+                .bind(view)
+                .bind(cutoff)
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
         }
         Ok(report)
     }

@@ -341,3 +341,19 @@ async fn an_unreadable_state_has_its_view_computed_again() {
         backend.cleanup().await;
     }
 }
+
+#[test]
+fn a_view_keeps_its_minutes_for_its_keep_else_as_long_as_its_pipeline_keeps_events() {
+    let mut kept = ViewSpec::count();
+    kept.keep = Some(std::time::Duration::from_secs(3600));
+    let plain = serde_json::to_string(&ViewSpec::count()).unwrap();
+    let views = vec![
+        ("p".to_owned(), "kept".to_owned(), serde_json::to_string(&kept).unwrap()),
+        ("p".to_owned(), "plain".to_owned(), plain.clone()),
+        ("gone".to_owned(), "orphan".to_owned(), plain),
+        ("p".to_owned(), "unreadable".to_owned(), "{".to_owned()),
+    ];
+    let now = 10_000_000;
+    let cutoffs = crate::views::view_cutoffs(views, &[("p".to_owned(), 42)], now);
+    assert_eq!(cutoffs, [("p".into(), "kept".into(), now - 3_600_000), ("p".into(), "plain".into(), 42)]);
+}

@@ -229,25 +229,14 @@ fn spec_from(text: &str) -> Result<ViewSpec, StoreError> {
 const VIEW_COLUMNS: &str = "pipeline_id, view_id, spec, generation, created_at, updated_at, \
     backfill_events, backfill_total, backfilled_at";
 
-fn view_from_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<ViewRecord, StoreError> {
-    let spec = spec_from(&row.try_get::<String, _>("spec")?)?;
-    Ok(ViewRecord {
-        pipeline: row.try_get("pipeline_id")?,
-        name: row.try_get("view_id")?,
-        describe: spec.describe(),
-        spec,
-        generation: row.try_get("generation")?,
-        created_at: format_ms(row.try_get("created_at")?),
-        updated_at: format_ms(row.try_get("updated_at")?),
-        backfill: BackfillProgress {
-            done: row.try_get::<Option<i64>, _>("backfilled_at")?.is_some(),
-            events_done: row.try_get("backfill_events")?,
-            events_total: row.try_get("backfill_total")?,
-        },
-    })
-}
-
-fn view_from_pg(row: &sqlx::postgres::PgRow) -> Result<ViewRecord, StoreError> {
+/// A `views` row (of [`VIEW_COLUMNS`]) as the API shows it, from either backend.
+fn view_from<R: Row>(row: &R) -> Result<ViewRecord, StoreError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let spec = spec_from(&row.try_get::<String, _>("spec")?)?;
     Ok(ViewRecord {
         pipeline: row.try_get("pipeline_id")?,
@@ -358,28 +347,7 @@ impl Store {
                     .bind(&pipeline)
                     .execute(&mut *tx)
                     .await?;
-                let deleted = sqlx::query("DELETE FROM views WHERE pipeline_id = $1 AND view_id = $2")
-                    .bind(&pipeline)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    > 0;
-                if deleted {
-                    for table in ["view_minutes", "view_groups"] {
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2"
-                        )))
-                        .bind(&pipeline)
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
-                        .bind(&pipeline)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                let deleted = delete_pg(&mut tx, &pipeline, name).await?;
                 tx.commit().await?;
                 deleted
             }
@@ -393,11 +361,11 @@ impl Store {
         match self {
             Store::Sqlite(s) => {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).fetch_all(&s.readers).await?;
-                rows.iter().map(view_from_sqlite).collect()
+                rows.iter().map(view_from).collect()
             }
             Store::Postgres(s) => {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).fetch_all(&s.pool).await?;
-                rows.iter().map(view_from_pg).collect()
+                rows.iter().map(view_from).collect()
             }
         }
     }
@@ -412,12 +380,12 @@ impl Store {
                 // The writer: a view just written is read back at once.
                 let row =
                     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).bind(name).fetch_optional(&s.writer).await?;
-                row.as_ref().map(view_from_sqlite).transpose()
+                row.as_ref().map(view_from).transpose()
             }
             Store::Postgres(s) => {
                 let row =
                     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pipeline).bind(name).fetch_optional(&s.pool).await?;
-                row.as_ref().map(view_from_pg).transpose()
+                row.as_ref().map(view_from).transpose()
             }
         }
     }
@@ -518,36 +486,33 @@ impl Store {
         }
         Ok(out)
     }
+}
 
-    /// Deletes view minutes older than each view's `keep` (or, without one, its pipeline's
-    /// retention cutoff, given per pipeline). Returns the states deleted.
-    pub(crate) async fn prune_views(&self, cutoffs: &[(String, i64)], now: i64) -> Result<u64, StoreError> {
-        let cutoff_of: HashMap<&str, i64> = cutoffs.iter().map(|(p, c)| (p.as_str(), *c)).collect();
-        let views: Vec<(String, String, String)> = on_backend!(self, readers, |pool| {
-            sqlx::query_as("SELECT pipeline_id, view_id, spec FROM views").fetch_all(pool).await?
-        });
-        let mut deleted = 0;
-        for (pipeline, view, spec) in views {
-            let Ok(spec) = spec_from(&spec) else { continue };
+/// Every view, for [`view_cutoffs`].
+pub(crate) const VIEWS_KEPT: &str = "SELECT pipeline_id, view_id, spec FROM views";
+/// A view's minutes before a cutoff go: ($1 pipeline, $2 view, $3 cutoff).
+pub(crate) const PRUNE_STATES: &str =
+    "DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute < $3";
+
+/// Each view (rows of [`VIEWS_KEPT`]) with the time before which its minutes go: its `keep`, or
+/// without one its pipeline's retention cutoff (`cutoffs`, as maintenance worked it out).
+pub(crate) fn view_cutoffs(
+    views: Vec<(String, String, String)>,
+    cutoffs: &[(String, i64)],
+    now: i64,
+) -> Vec<(String, String, i64)> {
+    let cutoff_of: HashMap<&str, i64> = cutoffs.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    views
+        .into_iter()
+        .filter_map(|(pipeline, view, spec)| {
+            let spec = spec_from(&spec).ok()?;
             let cutoff = match spec.keep {
                 Some(keep) => now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
-                None => match cutoff_of.get(pipeline.as_str()) {
-                    Some(cutoff) => *cutoff,
-                    None => continue,
-                },
+                None => *cutoff_of.get(pipeline.as_str())?,
             };
-            deleted += on_backend!(self, writer, |pool| {
-                sqlx::query("DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute < $3")
-                    .bind(&pipeline)
-                    .bind(&view)
-                    .bind(cutoff)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            });
-        }
-        Ok(deleted)
-    }
+            Some((pipeline, view, cutoff))
+        })
+        .collect()
 }
 
 /// How [`Store::put_view`] may write.
@@ -584,6 +549,39 @@ fn decide(
     }
 }
 
+/// Deletes a view's states and groups (with its pipeline's row locked).
+macro_rules! forget_states {
+    ($tx:expr, $pipeline:expr, $name:expr) => {
+        for table in ["view_minutes", "view_groups"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2")))
+                .bind($pipeline)
+                .bind($name)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
+/// Starts a view over (a new generation, its states gone, its backfill pending), with a new
+/// definition or (`None`) the one it has: a change of what it holds, or states that cannot be
+/// read. Run with its pipeline's row locked.
+macro_rules! restart_view {
+    ($tx:expr, $pipeline:expr, $name:expr, $spec:expr, $now:expr) => {{
+        sqlx::query(
+            "UPDATE views SET spec = COALESCE($3, spec), updated_at = $4, generation = generation + 1, \
+             backfill_until = NULL, backfill_through = NULL, backfill_events = 0, backfill_total = NULL, \
+             backfilled_at = NULL WHERE pipeline_id = $1 AND view_id = $2",
+        )
+        .bind($pipeline)
+        .bind($name)
+        .bind($spec)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+        forget_states!($tx, $pipeline, $name);
+    }};
+}
+
 /// Writes a view change decided by [`decide`]: a new or recomputed view starts its backfill with
 /// nothing stored; the pipeline's `views_version` rises so batches read the definitions again.
 macro_rules! apply_view_write {
@@ -611,28 +609,7 @@ macro_rules! apply_view_write {
                     .execute(&mut *$tx)
                     .await?;
             }
-            ViewWrite::Recomputing => {
-                sqlx::query(
-                    "UPDATE views SET spec = $3, updated_at = $4, generation = generation + 1, backfill_until = NULL, \
-                     backfill_through = NULL, backfill_events = 0, backfill_total = NULL, backfilled_at = NULL \
-                     WHERE pipeline_id = $1 AND view_id = $2",
-                )
-                .bind($pipeline)
-                .bind($name)
-                .bind($text)
-                .bind($now)
-                .execute(&mut *$tx)
-                .await?;
-                for table in ["view_minutes", "view_groups"] {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2"
-                    )))
-                    .bind($pipeline)
-                    .bind($name)
-                    .execute(&mut *$tx)
-                    .await?;
-                }
-            }
+            ViewWrite::Recomputing => restart_view!($tx, $pipeline, $name, Some($text), $now),
         }
         sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
             .bind($pipeline)
@@ -664,38 +641,37 @@ async fn apply_pg(
     apply_view_write!(tx, pipeline, name, text, write, now)
 }
 
-async fn delete_sqlite(tx: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<bool, StoreError> {
-    let deleted = sqlx::query("DELETE FROM views WHERE pipeline_id = $1 AND view_id = $2")
-        .bind(pipeline)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        > 0;
-    if deleted {
-        for table in ["view_minutes", "view_groups"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2")))
-                .bind(pipeline)
-                .bind(name)
-                .execute(&mut *tx)
+/// Deletes a view, its states and groups, and raises its pipeline's `views_version`; true when
+/// there was one.
+macro_rules! delete_view_rows {
+    ($tx:expr, $pipeline:expr, $name:expr) => {{
+        let deleted = sqlx::query("DELETE FROM views WHERE pipeline_id = $1 AND view_id = $2")
+            .bind($pipeline)
+            .bind($name)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if deleted {
+            forget_states!($tx, $pipeline, $name);
+            sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
+                .bind($pipeline)
+                .execute(&mut *$tx)
                 .await?;
         }
-        sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
-            .bind(pipeline)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(deleted)
+        Ok(deleted)
+    }};
+}
+
+async fn delete_sqlite(tx: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<bool, StoreError> {
+    delete_view_rows!(tx, pipeline, name)
+}
+
+async fn delete_pg(tx: &mut PgConnection, pipeline: &str, name: &str) -> Result<bool, StoreError> {
+    delete_view_rows!(tx, pipeline, name)
 }
 
 // ---- live: inside a batch's transaction, after its pipelines' rows are locked ----
-
-/// A view whose stored states cannot be read is computed again from the events (a new
-/// generation, its backfill pending); run with its pipeline's row locked, its states deleted
-/// after.
-const RESTART_VIEW: &str = "UPDATE views SET generation = generation + 1, updated_at = $3, backfill_until = NULL, \
-    backfill_through = NULL, backfill_events = 0, backfill_total = NULL, backfilled_at = NULL \
-    WHERE pipeline_id = $1 AND view_id = $2";
 
 /// The definitions that read; one that does not (written by a newer release, say) is left out
 /// of counting, with an error logged, rather than stopping the pipeline's batches.
@@ -765,14 +741,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
     }
     let changes = changes.without(&broken);
     for view in &broken {
-        sqlx::query(RESTART_VIEW).bind(pipeline).bind(view).bind(now_ms()).execute(&mut *tx).await?;
-        for table in ["view_minutes", "view_groups"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2")))
-                .bind(pipeline)
-                .bind(view)
-                .execute(&mut *tx)
-                .await?;
-        }
+        restart_view!(tx, pipeline, view, None::<&str>, now_ms());
     }
     let (rows, new_groups) = changes.merged(stored);
     write_states_sqlite(tx, pipeline, rows, new_groups).await?;
@@ -932,16 +901,7 @@ pub(crate) async fn count_batch_pg(
     }
     for (pipeline, views) in &broken {
         for view in views {
-            sqlx::query(RESTART_VIEW).bind(pipeline).bind(view).bind(now_ms()).execute(&mut *tx).await?;
-            for table in ["view_minutes", "view_groups"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2"
-                )))
-                .bind(pipeline)
-                .bind(view)
-                .execute(&mut *tx)
-                .await?;
-            }
+            restart_view!(tx, pipeline, view, None::<&str>, now_ms());
         }
     }
     let (mut wp, mut wv, mut wm, mut wg, mut ws) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1115,19 +1075,26 @@ async fn backfill_sqlite(
     Ok(Some(progress_sqlite(tx, pipeline, view).await?))
 }
 
+/// A view's backfill progress, read in the step's transaction.
+macro_rules! read_progress {
+    ($tx:expr, $pipeline:expr, $view:expr) => {{
+        let (events_done, events_total, done_at): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT backfill_events, backfill_total, backfilled_at FROM views WHERE pipeline_id = $1 AND view_id = $2",
+        )
+        .bind($pipeline)
+        .bind($view)
+        .fetch_one(&mut *$tx)
+        .await?;
+        Ok(BackfillProgress { done: done_at.is_some(), events_done, events_total })
+    }};
+}
+
 async fn progress_sqlite(
     tx: &mut SqliteConnection,
     pipeline: &str,
     view: &str,
 ) -> Result<BackfillProgress, StoreError> {
-    let (events_done, events_total, done_at): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT backfill_events, backfill_total, backfilled_at FROM views WHERE pipeline_id = $1 AND view_id = $2",
-    )
-    .bind(pipeline)
-    .bind(view)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(BackfillProgress { done: done_at.is_some(), events_done, events_total })
+    read_progress!(tx, pipeline, view)
 }
 
 async fn backfill_pg(
@@ -1251,14 +1218,7 @@ async fn backfill_pg(
 }
 
 async fn progress_pg(tx: &mut PgConnection, pipeline: &str, view: &str) -> Result<BackfillProgress, StoreError> {
-    let (events_done, events_total, done_at): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT backfill_events, backfill_total, backfilled_at FROM views WHERE pipeline_id = $1 AND view_id = $2",
-    )
-    .bind(pipeline)
-    .bind(view)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(BackfillProgress { done: done_at.is_some(), events_done, events_total })
+    read_progress!(tx, pipeline, view)
 }
 
 /// Rows of a view series: every bucket merged over groups (or of one group).
