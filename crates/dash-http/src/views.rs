@@ -241,11 +241,9 @@ async fn groups(
     query: Result<Query<GroupsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    // The range as a series of one bucket wide enough for it would be; only from..to count here.
-    let window =
-        SeriesWindow::parse(query.from.as_deref(), query.to.as_deref(), "1m", dash_domain::now_ms()).or_else(|_| {
-            SeriesWindow::parse(query.from.as_deref(), query.to.as_deref(), "366days", dash_domain::now_ms())
-        })?;
+    // The range checked as a series' is; only from..to count here, so the widest bucket (no
+    // range between 1970 and 9999 holds more buckets of it than a series may have).
+    let window = SeriesWindow::parse(query.from.as_deref(), query.to.as_deref(), "366days", dash_domain::now_ms())?;
     let record = find_view(&state, &id, &view).await?;
     let minutes = read_minutes(&state, &record, window.from, window.to, None).await?;
     let aggregate = record.spec.aggregate;
