@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use dash_domain::{ViewTouch, format_ms, now_ms};
-use dash_views::{Cell, Groups, ViewChanges, ViewSpec};
+use dash_views::{BatchCounter, Cell, CountedView, Groups, ViewSpec};
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -116,53 +116,7 @@ struct StateRows {
 
 /// Changes of one pipeline's batch, per view, with the groups first seen.
 struct PipelineChanges {
-    per_view: Vec<(String, ViewChanges, Vec<String>)>,
-}
-
-/// [`PipelineChanges`] being counted, an event at a time (memory grows with the cells touched,
-/// not with the events).
-struct Counting<'v> {
-    views: &'v [(String, ViewSpec)],
-    changes: Vec<ViewChanges>,
-    groups: Vec<Groups>,
-}
-
-impl<'v> Counting<'v> {
-    fn new(views: &'v [(String, ViewSpec)], mut groups: HashMap<String, Groups>) -> Self {
-        Self {
-            views,
-            changes: views.iter().map(|_| ViewChanges::default()).collect(),
-            groups: views.iter().map(|(name, _)| groups.remove(name).unwrap_or_default()).collect(),
-        }
-    }
-
-    /// Counts one event into every view; its payload is parsed once.
-    fn add(&mut self, time_ms: i64, payload: &str) {
-        match dash_views::parse_payload(payload) {
-            Some(event) => {
-                for (i, (_, spec)) in self.views.iter().enumerate() {
-                    self.changes[i].add(spec, &mut self.groups[i], &event, time_ms);
-                }
-            }
-            None => {
-                for (i, (_, spec)) in self.views.iter().enumerate() {
-                    self.changes[i].add_unreadable(spec, time_ms);
-                }
-            }
-        }
-    }
-
-    fn finish(self) -> PipelineChanges {
-        let per_view = self
-            .views
-            .iter()
-            .zip(self.changes)
-            .zip(self.groups)
-            .filter(|((_, c), _)| !c.is_empty())
-            .map(|(((name, _), c), g)| (name.clone(), c, g.added))
-            .collect();
-        PipelineChanges { per_view }
-    }
+    per_view: Vec<CountedView>,
 }
 
 impl PipelineChanges {
@@ -172,24 +126,24 @@ impl PipelineChanges {
         groups: HashMap<String, Groups>,
         events: impl Iterator<Item = (i64, &'e str)>,
     ) -> Self {
-        let mut counting = Counting::new(views, groups);
+        let mut counter = BatchCounter::new(views, groups);
         for (time_ms, payload) in events {
-            counting.add(time_ms, payload);
+            counter.add(time_ms, payload);
         }
-        counting.finish()
+        Self { per_view: counter.finish() }
     }
 
     /// Leaves out the views in `broken` (their stored states could not be read).
     fn without(mut self, broken: &std::collections::HashSet<String>) -> Self {
-        self.per_view.retain(|(view, _, _)| !broken.contains(view));
+        self.per_view.retain(|counted| !broken.contains(&counted.view));
         self
     }
 
     fn touches(&self) -> Vec<ViewTouch> {
         self.per_view
             .iter()
-            .filter_map(|(view, changes, _)| {
-                changes.span().map(|(from, to)| ViewTouch { view: view.clone(), from, to })
+            .filter_map(|counted| {
+                counted.changes.span().map(|(from, to)| ViewTouch { view: counted.view.clone(), from, to })
             })
             .collect()
     }
@@ -198,8 +152,8 @@ impl PipelineChanges {
     fn merged(self, mut stored: HashMap<(String, i64, String), Cell>) -> (StateRows, Vec<(String, String)>) {
         let mut rows = StateRows { views: Vec::new(), minutes: Vec::new(), groups: Vec::new(), states: Vec::new() };
         let mut new_groups = Vec::new();
-        for (view, changes, added) in self.per_view {
-            for ((minute, group), cell) in changes.cells {
+        for CountedView { view, changes, new_groups: added } in self.per_view {
+            for ((minute, group), cell) in changes.into_cells() {
                 let state = match stored.remove(&(view.clone(), minute, group.clone())) {
                     Some(mut old) => {
                         old.merge(&cell);
@@ -715,8 +669,8 @@ pub(crate) async fn count_batch_sqlite<'e>(
     let touches = changes.touches();
     let mut stored = HashMap::new();
     let mut broken = std::collections::HashSet::new();
-    for (view, c, _) in &changes.per_view {
-        for (minute, group) in c.cells.keys() {
+    for CountedView { view, changes: c, .. } in &changes.per_view {
+        for (minute, group) in c.keys() {
             let state: Option<Vec<u8>> = sqlx::query_scalar(
                 "SELECT state FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute = $3 AND grp = $4",
             )
@@ -729,7 +683,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
             if let Some(state) = state {
                 match decode_state(&state) {
                     Ok(cell) => {
-                        stored.insert((view.clone(), *minute, group.clone()), cell);
+                        stored.insert((view.clone(), minute, group.to_owned()), cell);
                     }
                     Err(err) => {
                         broken.insert(view.clone());
@@ -866,12 +820,12 @@ pub(crate) async fn count_batch_pg(
     // The states already stored under the changed keys, in one round trip.
     let (mut kp, mut kv, mut km, mut kg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (pipeline, changes) in &all_changes {
-        for (view, c, _) in &changes.per_view {
-            for (minute, group) in c.cells.keys() {
+        for CountedView { view, changes: c, .. } in &changes.per_view {
+            for (minute, group) in c.keys() {
                 kp.push(*pipeline);
                 kv.push(view.as_str());
-                km.push(*minute);
-                kg.push(group.as_str());
+                km.push(minute);
+                kg.push(group);
             }
         }
     }
@@ -1039,7 +993,7 @@ async fn backfill_sqlite(
                 only.insert(view.to_owned(), g);
             }
             // Streamed: memory grows with the view's cells, not with the span's events.
-            let mut counting = Counting::new(&views, only);
+            let mut counting = BatchCounter::new(&views, only);
             let mut read = 0i64;
             {
                 use futures_util::TryStreamExt;
@@ -1056,7 +1010,7 @@ async fn backfill_sqlite(
                     read += 1;
                 }
             }
-            let changes = counting.finish();
+            let changes = PipelineChanges { per_view: counting.finish() };
             let (rows, new_groups) = changes.merged(HashMap::new());
             write_states_sqlite(tx, pipeline, rows, new_groups).await?;
             (end, read, end > until)
@@ -1162,7 +1116,7 @@ async fn backfill_pg(
                     .await?;
             let views = vec![(view.to_owned(), spec)];
             // Streamed: memory grows with the view's cells, not with the span's events.
-            let mut counting = Counting::new(&views, group_sets(group_rows));
+            let mut counting = BatchCounter::new(&views, group_sets(group_rows));
             let mut read = 0i64;
             {
                 use futures_util::TryStreamExt;
@@ -1180,7 +1134,7 @@ async fn backfill_pg(
                     read += 1;
                 }
             }
-            let changes = counting.finish();
+            let changes = PipelineChanges { per_view: counting.finish() };
             let (rows, new_groups) = changes.merged(HashMap::new());
             let (gv, gg): (Vec<String>, Vec<String>) = new_groups.into_iter().unzip();
             sqlx::query(

@@ -2,10 +2,11 @@
 //! batch, per view, group and minute, with each view's groups bounded.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
+use crate::sparse::{Found, Wanted};
 use crate::spec::{Aggregate, ViewSpec};
 use crate::state::{Cell, Input};
 
@@ -23,25 +24,92 @@ pub fn minute_of(ms: i64) -> i64 {
     ms.saturating_sub(ms.rem_euclid(60_000))
 }
 
+/// A JSON pointer (RFC 6901) split into its reference tokens once, so that looking it up in
+/// each event allocates nothing (`Value::pointer` unescapes every token on every call). It finds
+/// what `Value::pointer` finds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pointer {
+    /// `None`: not a pointer (text that neither is empty nor starts with '/'); finds nothing.
+    tokens: Option<Vec<Token>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Token {
+    key: String,
+    /// The array index the token names, where it names one ("0", "17"; not "+1" or "01").
+    index: Option<usize>,
+}
+
+impl Pointer {
+    pub fn parse(text: &str) -> Self {
+        if text.is_empty() {
+            return Self { tokens: Some(Vec::new()) };
+        }
+        let Some(rest) = text.strip_prefix('/') else { return Self { tokens: None } };
+        let tokens = rest
+            .split('/')
+            .map(|raw| {
+                let key = raw.replace("~1", "/").replace("~0", "~");
+                let index = if key.starts_with('+') || (key.starts_with('0') && key.len() != 1) {
+                    None
+                } else {
+                    key.parse().ok()
+                };
+                Token { key, index }
+            })
+            .collect();
+        Self { tokens: Some(tokens) }
+    }
+
+    /// Its tokens with the array index each names; `None` for text that is not a pointer.
+    pub(crate) fn tokens(&self) -> Option<impl Iterator<Item = (&str, Option<usize>)>> {
+        Some(self.tokens.as_ref()?.iter().map(|token| (token.key.as_str(), token.index)))
+    }
+
+    /// The value the pointer names in `value`.
+    pub fn lookup<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+        let mut at = value;
+        for token in self.tokens.as_ref()? {
+            at = match at {
+                Value::Object(map) => map.get(&token.key)?,
+                Value::Array(items) => items.get(token.index?)?,
+                _ => return None,
+            };
+        }
+        Some(at)
+    }
+}
+
 /// What `view` reads from one event: `None` when its filter leaves the event out, else the
-/// event's group (before bounding) and its input.
+/// event's group (before bounding) and its input. The reference reading, with `Value::pointer`;
+/// a [`BatchCounter`] reads the same with its views' pointers parsed once.
 pub fn extract<'a>(view: &ViewSpec, event: &'a Value) -> Option<(Cow<'a, str>, Input<'a>)> {
     for (pointer, wanted) in &view.filter {
         if event.pointer(pointer) != Some(wanted) {
             return None;
         }
     }
-    let group = match &view.group_by {
+    let group = view.group_by.as_ref().map(|pointer| event.pointer(pointer));
+    let field = view.field.as_ref().map(|pointer| event.pointer(pointer));
+    Some(reading(view.aggregate, group, field))
+}
+
+/// An event's group (before bounding) and input, from the values its view's pointers found:
+/// `None` where the view names no such pointer, `Some(None)` where the event lacks the value.
+fn reading<'a>(
+    aggregate: Aggregate,
+    group: Option<Option<&'a Value>>,
+    field: Option<Option<&'a Value>>,
+) -> (Cow<'a, str>, Input<'a>) {
+    let group = match group {
         None => Cow::Borrowed(GROUP_ALL),
-        Some(pointer) => match event.pointer(pointer) {
-            None => Cow::Borrowed(GROUP_NONE),
-            Some(Value::String(s)) => cut(Cow::Borrowed(s.as_str())),
-            Some(other) => cut(Cow::Owned(other.to_string())),
-        },
+        Some(None) => Cow::Borrowed(GROUP_NONE),
+        Some(Some(Value::String(s))) => cut(Cow::Borrowed(s.as_str())),
+        Some(Some(other)) => cut(Cow::Owned(other.to_string())),
     };
-    let input = match (&view.field, view.aggregate) {
-        (None, _) => Input::Present,
-        (Some(pointer), aggregate) => match (event.pointer(pointer), aggregate) {
+    let input = match field {
+        None => Input::Present,
+        Some(value) => match (value, aggregate) {
             (None, _) => Input::Skipped,
             (Some(_), Aggregate::Count) => Input::Present,
             (Some(Value::String(s)), Aggregate::Distinct) => Input::Text(Cow::Borrowed(s.as_str())),
@@ -50,7 +118,7 @@ pub fn extract<'a>(view: &ViewSpec, event: &'a Value) -> Option<(Cow<'a, str>, I
             (Some(_), _) => Input::Skipped,
         },
     };
-    Some((group, input))
+    (group, input)
 }
 
 /// A group name of at most [`MAX_GROUP_LEN`] bytes.
@@ -67,29 +135,43 @@ fn cut(name: Cow<'_, str>) -> Cow<'_, str> {
 
 /// A view's groups so far: values beyond `max_groups` go to [`GROUP_OTHER`]. The reserved
 /// groups ([`GROUP_NONE`], [`GROUP_OTHER`], [`GROUP_ALL`]) do not count towards the bound.
+/// Each group has a slot, which is how [`ViewChanges`] finds its cells.
 #[derive(Debug, Clone, Default)]
 pub struct Groups {
-    known: HashSet<String>,
+    /// Each known group's slot (after the reserved groups' slots).
+    known: HashMap<String, usize>,
     /// Groups first seen since this was loaded: to be recorded with the view's states.
     pub added: Vec<String>,
 }
 
+/// The slots of the reserved groups.
+const RESERVED: [&str; 3] = [GROUP_ALL, GROUP_NONE, GROUP_OTHER];
+
 impl Groups {
     pub fn new(known: impl IntoIterator<Item = String>) -> Self {
-        Self { known: known.into_iter().collect(), added: Vec::new() }
+        let mut groups = Self::default();
+        for name in known {
+            let slot = RESERVED.len() + groups.known.len();
+            groups.known.entry(name).or_insert(slot);
+        }
+        groups
     }
 
-    /// The group `raw` is counted in.
-    pub fn assign<'a>(&mut self, raw: &'a str, max_groups: u32) -> &'a str {
-        if raw == GROUP_NONE || raw == GROUP_ALL || raw == GROUP_OTHER || self.known.contains(raw) {
-            return raw;
+    /// The group `raw` is counted in, and its slot.
+    pub fn assign<'a>(&mut self, raw: &'a str, max_groups: u32) -> (usize, &'a str) {
+        if let Some(slot) = self.known.get(raw) {
+            return (*slot, raw);
+        }
+        if let Some(slot) = RESERVED.iter().position(|reserved| *reserved == raw) {
+            return (slot, raw);
         }
         if self.known.len() < max_groups as usize {
-            self.known.insert(raw.to_owned());
+            let slot = RESERVED.len() + self.known.len();
+            self.known.insert(raw.to_owned(), slot);
             self.added.push(raw.to_owned());
-            raw
+            (slot, raw)
         } else {
-            GROUP_OTHER
+            (RESERVED.len() - 1, GROUP_OTHER)
         }
     }
 
@@ -102,19 +184,21 @@ impl Groups {
     }
 }
 
-/// One view's changes from a set of events: a cell per (minute, group).
+/// One view's changes from a set of events: a cell per (minute, group). Kept by group slot
+/// ([`Groups`]), then by minute, so counting an event into a group it already has allocates
+/// nothing and compares no names.
 #[derive(Debug, Clone, Default)]
 pub struct ViewChanges {
-    pub cells: BTreeMap<(i64, String), Cell>,
+    by_slot: Vec<Option<(String, BTreeMap<i64, Cell>)>>,
 }
 
 impl ViewChanges {
-    /// Counts one event (already parsed) at `time_ms` into the changes.
+    /// Counts one event (already parsed) at `time_ms` into the changes: the reference path,
+    /// reading the event with [`extract`].
     pub fn add(&mut self, view: &ViewSpec, groups: &mut Groups, event: &Value, time_ms: i64) {
         let Some((raw, input)) = extract(view, event) else { return };
         let group = groups.assign(&raw, view.max_groups);
-        let key = (minute_of(time_ms), group.to_owned());
-        self.cells.entry(key).or_insert_with(|| Cell::empty(view.aggregate)).add(&input);
+        self.count(view.aggregate, group, time_ms, &input);
     }
 
     /// Counts an event that is not a JSON object (or not JSON): every view skips it, in the
@@ -123,27 +207,153 @@ impl ViewChanges {
         if !view.filter.is_empty() {
             return;
         }
-        let group = if view.group_by.is_some() { GROUP_NONE } else { GROUP_ALL };
+        let group = if view.group_by.is_some() { (1, GROUP_NONE) } else { (0, GROUP_ALL) };
         let input = if view.field.is_none() { Input::Present } else { Input::Skipped };
-        let key = (minute_of(time_ms), group.to_owned());
-        self.cells.entry(key).or_insert_with(|| Cell::empty(view.aggregate)).add(&input);
+        self.count(view.aggregate, group, time_ms, &input);
+    }
+
+    /// Counts `input` into the cell of `group` (slot, name) and the minute holding `time_ms`.
+    fn count(&mut self, aggregate: Aggregate, (slot, name): (usize, &str), time_ms: i64, input: &Input<'_>) {
+        if slot >= self.by_slot.len() {
+            self.by_slot.resize_with(slot + 1, || None);
+        }
+        let (_, minutes) = self.by_slot[slot].get_or_insert_with(|| (name.to_owned(), BTreeMap::new()));
+        minutes.entry(minute_of(time_ms)).or_insert_with(|| Cell::empty(aggregate)).add(input);
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &(String, BTreeMap<i64, Cell>)> {
+        self.by_slot.iter().flatten()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.groups().next().is_none()
+    }
+
+    /// How many cells (minute, group) changed.
+    pub fn len(&self) -> usize {
+        self.groups().map(|(_, minutes)| minutes.len()).sum()
+    }
+
+    /// The changed cells' keys, by minute then group.
+    pub fn keys(&self) -> Vec<(i64, &str)> {
+        let mut keys: Vec<(i64, &str)> = self
+            .groups()
+            .flat_map(|(group, minutes)| minutes.keys().map(move |minute| (*minute, group.as_str())))
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The changed cells, by minute then group.
+    pub fn into_cells(self) -> Vec<((i64, String), Cell)> {
+        let mut cells: Vec<((i64, String), Cell)> = self
+            .by_slot
+            .into_iter()
+            .flatten()
+            .flat_map(|(group, minutes)| minutes.into_iter().map(move |(minute, cell)| ((minute, group.clone()), cell)))
+            .collect();
+        cells.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        cells
     }
 
     /// The span of minutes changed: `[first, last + 1 minute)`.
     pub fn span(&self) -> Option<(i64, i64)> {
-        let first = self.cells.keys().next()?.0;
-        let last = self.cells.keys().map(|(m, _)| *m).max()?;
-        Some((first, last.saturating_add(60_000)))
+        let first = self.groups().filter_map(|(_, m)| m.keys().next()).min()?;
+        let last = self.groups().filter_map(|(_, m)| m.keys().next_back()).max()?;
+        Some((*first, last.saturating_add(60_000)))
     }
 }
 
-/// A pipeline's events parsed once for all its views: `None` for a payload that is not JSON.
+/// An event parsed whole: `None` for a payload that is not JSON. The reference reading; a
+/// [`BatchCounter`] parses only the members its views read, so it also reads an event whose
+/// other members nest deeper than the 128 levels a whole parse allows.
 pub fn parse_payload(payload: &str) -> Option<Value> {
     serde_json::from_str(payload).ok()
+}
+
+/// One view being counted: the slots of its pointers, its changes and its groups.
+struct ViewCounter {
+    name: String,
+    spec: ViewSpec,
+    filter: Vec<(usize, Value)>,
+    group_by: Option<usize>,
+    field: Option<usize>,
+    changes: ViewChanges,
+    groups: Groups,
+}
+
+impl ViewCounter {
+    fn add(&mut self, found: &Found, time_ms: i64) {
+        if !self.filter.iter().all(|(slot, wanted)| found[*slot].as_ref() == Some(wanted)) {
+            return;
+        }
+        let group = self.group_by.map(|slot| found[slot].as_ref());
+        let field = self.field.map(|slot| found[slot].as_ref());
+        let (raw, input) = reading(self.spec.aggregate, group, field);
+        let group = self.groups.assign(&raw, self.spec.max_groups);
+        self.changes.count(self.spec.aggregate, group, time_ms, &input);
+    }
+}
+
+/// What one view's share of a batch came to.
+#[derive(Debug)]
+pub struct CountedView {
+    pub view: String,
+    pub changes: ViewChanges,
+    /// Groups first seen in these events: to be recorded with the view's states.
+    pub new_groups: Vec<String>,
+}
+
+/// A pipeline's views counting a batch of its events, an event at a time: each payload is read
+/// once for all views (only the members they name, see [`crate::sparse`]), and memory grows
+/// with the cells touched, not with the events.
+pub struct BatchCounter {
+    views: Vec<ViewCounter>,
+    /// Every member the views read, and the values of the event being counted.
+    wanted: Wanted,
+    found: Found,
+}
+
+impl BatchCounter {
+    /// `groups`: each view's groups as stored (views without an entry have none yet).
+    pub fn new(views: &[(String, ViewSpec)], mut groups: HashMap<String, Groups>) -> Self {
+        let wanted = Wanted::of(
+            views
+                .iter()
+                .flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field).map(String::as_str)),
+        );
+        let views = views
+            .iter()
+            .map(|(name, spec)| ViewCounter {
+                name: name.clone(),
+                spec: spec.clone(),
+                filter: spec.filter.iter().map(|(pointer, value)| (wanted.slot_of(pointer), value.clone())).collect(),
+                group_by: spec.group_by.as_deref().map(|pointer| wanted.slot_of(pointer)),
+                field: spec.field.as_deref().map(|pointer| wanted.slot_of(pointer)),
+                changes: ViewChanges::default(),
+                groups: groups.remove(name).unwrap_or_default(),
+            })
+            .collect();
+        Self { views, wanted, found: Found::new() }
+    }
+
+    /// Counts one event (its time and payload) into every view.
+    pub fn add(&mut self, time_ms: i64, payload: &str) {
+        if self.wanted.parse(payload, &mut self.found) {
+            self.views.iter_mut().for_each(|view| view.add(&self.found, time_ms));
+        } else {
+            self.views.iter_mut().for_each(|view| view.changes.add_unreadable(&view.spec, time_ms));
+        }
+    }
+
+    /// Each view that changed, with its changes and its new groups.
+    pub fn finish(self) -> Vec<CountedView> {
+        self.views
+            .into_iter()
+            .filter(|view| !view.changes.is_empty())
+            .map(|view| CountedView { view: view.name, changes: view.changes, new_groups: view.groups.added })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +392,82 @@ mod tests {
     }
 
     #[test]
+    fn a_parsed_pointer_finds_what_value_pointer_finds() {
+        let doc = json!({
+            "a": {"b": [10, {"c": "deep"}], "": "empty key", "x/y": 1, "m~n": 2, "01": "zero-one"},
+            "list": ["first", "second"],
+            "n": null
+        });
+        for text in [
+            "",
+            "/",
+            "/a",
+            "/a/b",
+            "/a/b/0",
+            "/a/b/1/c",
+            "/a/b/2",
+            "/a/b/01",
+            "/a/b/+1",
+            "/a/b/-",
+            "/a/",
+            "/a/x~1y",
+            "/a/m~0n",
+            "/a/01",
+            "/list/1",
+            "/list/0/x",
+            "/n",
+            "/n/x",
+            "/missing",
+            "a",
+            "/a/b/1/c/d",
+            "/list/18446744073709551616",
+        ] {
+            assert_eq!(Pointer::parse(text).lookup(&doc), doc.pointer(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_counter_counts_what_the_reference_counts() {
+        let views: Vec<(String, ViewSpec)> = [
+            json!({"aggregate": "count", "group_by": "/type", "max_groups": 2}),
+            json!({"aggregate": "sum", "field": "/data/amount", "group_by": "/data/currency"}),
+            json!({"aggregate": "p95", "field": "/data/items", "filter": {"/data/channel": "web"}}),
+            json!({"aggregate": "distinct", "field": "/data/customer"}),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| (format!("v{i}"), view(spec)))
+        .collect();
+        let payloads = [
+            r#"{"type":"a","data":{"amount":5,"currency":"EUR","items":3,"channel":"web","customer":"c1"}}"#,
+            r#"{"type":"b","data":{"amount":"5","currency":978,"items":1,"channel":"app","customer":7}}"#,
+            r#"{"type":"c","data":{"channel":"web"}}"#,
+            r#"{"type":{"nested":true},"data":[]}"#,
+            r#"[1,2]"#,
+            r#"not json"#,
+            r#"{"type":"a","data":{"amount":1e308,"items":-2,"channel":"web","customer":"c1"}}"#,
+        ];
+        let mut counter = BatchCounter::new(&views, HashMap::new());
+        let mut reference: Vec<(ViewChanges, Groups)> = views.iter().map(|_| Default::default()).collect();
+        for (i, payload) in payloads.iter().enumerate() {
+            let time = i as i64 * 40_000;
+            counter.add(time, payload);
+            for ((_, spec), (changes, groups)) in views.iter().zip(&mut reference) {
+                match parse_payload(payload) {
+                    Some(event) => changes.add(spec, groups, &event, time),
+                    None => changes.add_unreadable(spec, time),
+                }
+            }
+        }
+        let counted = counter.finish();
+        assert_eq!(counted.len(), views.len());
+        for (got, (want, groups)) in counted.into_iter().zip(reference) {
+            assert_eq!(got.new_groups, groups.added, "{}", got.view);
+            assert_eq!(got.changes.into_cells(), want.into_cells(), "{}", got.view);
+        }
+    }
+
+    #[test]
     fn groups_are_bounded() {
         let v = view(json!({"aggregate": "count", "group_by": "/k", "max_groups": 2}));
         let mut groups = Groups::default();
@@ -190,7 +476,8 @@ mod tests {
             changes.add(&v, &mut groups, &json!({ "k": k }), 0);
         }
         changes.add(&v, &mut groups, &json!({}), 0);
-        let counts: Vec<(&str, u64)> = changes.cells.iter().map(|((_, g), c)| (g.as_str(), c.n)).collect();
+        let cells = changes.into_cells();
+        let counts: Vec<(&str, u64)> = cells.iter().map(|((_, g), c)| (g.as_str(), c.n)).collect();
         assert_eq!(counts, [("(none)", 1), ("(other)", 2), ("a", 2), ("b", 1)]);
         assert_eq!(groups.added, ["a", "b"]);
     }

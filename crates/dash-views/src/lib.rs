@@ -13,11 +13,13 @@
 mod compute;
 mod explore;
 mod read;
+mod sparse;
 mod spec;
 mod state;
 
 pub use compute::{
-    GROUP_ALL, GROUP_NONE, GROUP_OTHER, Groups, MAX_GROUP_LEN, ViewChanges, extract, minute_of, parse_payload,
+    BatchCounter, CountedView, GROUP_ALL, GROUP_NONE, GROUP_OTHER, Groups, MAX_GROUP_LEN, Pointer, ViewChanges,
+    extract, minute_of, parse_payload,
 };
 pub use explore::{FieldStat, explore};
 pub use read::{GroupTotal, ViewPoint, bucket, rank_groups};

@@ -84,6 +84,14 @@ impl Browser {
 
     /// One protocol command; events arriving meanwhile are skipped.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(reply) => panic!("{method} failed: {reply}"),
+        }
+    }
+
+    /// One protocol command; the protocol's error reply as `Err`.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let command = json!({ "id": id, "method": method, "params": params });
@@ -97,8 +105,10 @@ impl Browser {
             let Message::Text(text) = message else { continue };
             let reply: Value = serde_json::from_str(&text).unwrap();
             if reply["id"] == id {
-                assert!(reply.get("error").is_none(), "{method} failed: {reply}");
-                return reply["result"].clone();
+                return match reply.get("error") {
+                    Some(_) => Err(reply),
+                    None => Ok(reply["result"].clone()),
+                };
             }
         }
     }
@@ -120,11 +130,15 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Polls `expression` until it is `true`; panics with `describe`'s value after `within`.
+    /// Polls `expression` until it is `true`; panics with what the page shows after `within`.
+    /// A page that navigates while it is asked (its context goes away under the question) is
+    /// asked again: that is what waiting across a click or a submit looks like.
     pub async fn wait_for(&mut self, expression: &str, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if self.eval(expression).await == Value::Bool(true) {
+            let params = json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+            let answered = self.try_call("Runtime.evaluate", params).await;
+            if answered.is_ok_and(|result| result["result"]["value"] == Value::Bool(true)) {
                 return;
             }
             if Instant::now() > deadline {

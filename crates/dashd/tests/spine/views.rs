@@ -73,7 +73,7 @@ async fn assert_equals_raw(server: &TestServer, pipeline: &str, view: &str) {
     for e in events["events"].as_array().unwrap() {
         changes.add(&spec, &mut groups, &e["payload"], 0);
     }
-    for ((_, group), cell) in changes.cells {
+    for ((_, group), cell) in changes.into_cells() {
         expected.insert(group, cell);
     }
     let now = dash_domain::now_ms();
