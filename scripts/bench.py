@@ -19,6 +19,8 @@ fresh data dir per Dash run), runs `dashd bench`, and reports the median of the 
   ndjson-pg       Dash on PostgreSQL, 1000-event NDJSON POSTs, 4 connections
   with --views: only NDJSON on SQLite (and PostgreSQL with --postgres), each run once without
   views and once with the five VIEWS below defined, next to the ceilings
+  with --views-scale: NDJSON with times over the last 24 h, each event from a customer of its
+  own, without and with SCALE_VIEWS; then series reads over the 24 h at 1-minute buckets
 
 "Sustained" is 202 -> stored: accepted events divided by the time until the last one is
 counted in the store. Loopback only; every run is bounded in time.
@@ -91,10 +93,10 @@ VIEWS = [
 ]
 
 
-def load(base, secret, concurrency, duration, batch=1, rate=None):
+def load(base, secret, concurrency, duration, batch=1, rate=None, extra=()):
     args = [
         DASHD, "bench", "--url", base, "--pipeline", "bench", "--secret", secret,
-        "--concurrency", str(concurrency), "--duration", duration, "--batch", str(batch), "--json",
+        "--concurrency", str(concurrency), "--duration", duration, "--batch", str(batch), "--json", *extra,
     ]
     if rate:
         args += ["--rate", str(rate)]
@@ -102,13 +104,15 @@ def load(base, secret, concurrency, duration, batch=1, rate=None):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def dash_run(duration, concurrency, batch, rate=None, env=None, views=()):
+def dash_run(duration, concurrency, batch, rate=None, env=None, views=(), extra=(), after=None):
+    """One Dash run; `after(server)` (if given) runs once everything is stored, before the stop,
+    and its result is the report's "after"."""
     server = Server(["serve", "--listen", "127.0.0.1:0"], env={"DASH_DATA_DIR": "data", **(env or {})})
     try:
         secret = http_json("POST", server.base + "/api/pipelines", {"name": "bench"})["secret"]
         for view in views:
             http_json("POST", server.base + "/api/pipelines/bench/views", view)
-        report = load(server.base, secret, concurrency, duration, batch, rate)
+        report = load(server.base, secret, concurrency, duration, batch, rate, extra)
         # Sustained = 202 -> stored: what the store holds when the load stops, over the run's
         # length; then how long the rest takes to land (it must land, all of it).
         load_stopped = time.monotonic()
@@ -121,6 +125,8 @@ def dash_run(duration, concurrency, batch, rate=None, env=None, views=()):
         report["drain_secs"] = time.monotonic() - load_stopped
         report["sustained_per_sec"] = min(stored_at_stop, report["events_accepted"]) / report["elapsed_secs"]
         report["peak_rss_mb"] = server.peak_rss_mb()
+        if after:
+            report["after"] = after(server)
         return report
     finally:
         server.stop()
@@ -196,6 +202,10 @@ def main():
     parser.add_argument("--postgres", metavar="ADMIN_URL", help="also measure on PostgreSQL (creates databases)")
     parser.add_argument("--only-postgres", action="store_true", help="with --postgres: skip the SQLite runs")
     parser.add_argument("--views", action="store_true", help="only NDJSON without and with five views")
+    parser.add_argument(
+        "--views-scale", action="store_true", help="only a day of history with distinct customers, and view reads"
+    )
+    parser.add_argument("--scale-duration", default="60s", help="with --views-scale: how long the load runs")
     opts = parser.parse_args()
     if opts.quick:
         opts.runs, opts.duration = 1, "3s"
@@ -203,6 +213,8 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "dashd"], cwd=ROOT, check=True)
     if opts.views:
         return views_bench(opts)
+    if opts.views_scale:
+        return views_scale_bench(opts)
     results = {name: [] for name in ["ceiling-http", "ceiling-sqlite", "single", "ndjson", "half-rate", "overload"]}
     if opts.postgres:
         results["ceiling-pg"], results["ceiling-pg-500"], results["ndjson-pg"] = [], [], []
@@ -295,6 +307,68 @@ def views_bench(opts):
         )
     print("\n".join(lines))
     print(json.dumps(res), file=open(os.path.join(tempfile.gettempdir(), "dash-bench-views.json"), "w"))
+
+
+# The five views and one grouped by a value every event has its own of.
+SCALE_VIEWS = VIEWS + [{"name": "by-customer", "aggregate": "count", "group_by": "/data/customer", "max_groups": 1000}]
+
+
+def timed_reads(server):
+    """Median milliseconds of five reads of each view's series over the last 24 h at 1-minute
+    buckets, and of by-customer's groups over the same range."""
+    minute = int(time.time() * 1000) // 60_000 * 60_000
+    window = f"from={minute - 86_400_000}&to={minute + 60_000}"
+    reads = {}
+    for view in SCALE_VIEWS:
+        path = f"/api/pipelines/bench/views/{view['name']}/series?{window}&bucket=1m"
+        reads[view["name"]] = timed_get(server.base + path)
+    reads["by-customer groups"] = timed_get(server.base + f"/api/pipelines/bench/views/by-customer/groups?{window}")
+    return reads
+
+
+def timed_get(url, times=5):
+    took = []
+    for _ in range(times):
+        started = time.monotonic()
+        http_json("GET", url)
+        took.append((time.monotonic() - started) * 1000)
+    return statistics.median(took)
+
+
+def views_scale_bench(opts):
+    """A day of history and a group_by of high cardinality: NDJSON for opts.scale_duration with
+    event times spread over the last 24 h and every event from a customer of its own, once
+    without views and once with SCALE_VIEWS; then each view's series over the 24 h at 1-minute
+    buckets, timed. On SQLite (and PostgreSQL with --postgres)."""
+    extra = ["--spread", "24h", "--distinct-customers"]
+    lines = [f"scale: {opts.scale_duration} of NDJSON, times over 24 h, distinct customers; {os.cpu_count()} cores"]
+    backends = [("SQLite", {})]
+    if opts.postgres:
+        backends.append(("PostgreSQL", None))
+    for label, env in backends:
+        runs = {}
+        for name, views in [("without", ()), ("with", SCALE_VIEWS)]:
+            if env is None:
+                db, url = fresh_pg(opts.postgres)
+                try:
+                    runs[name] = dash_run(
+                        opts.scale_duration, 4, 1000, env={"DATABASE_URL": url}, views=views, extra=extra,
+                        after=timed_reads if views else None,
+                    )
+                finally:
+                    drop_pg(opts.postgres, db)
+            else:
+                runs[name] = dash_run(
+                    opts.scale_duration, 4, 1000, env=env, views=views, extra=extra, after=timed_reads if views else None
+                )
+        with_views = runs["with"]
+        reads = ", ".join(f"{view} {ms:.0f} ms" for view, ms in with_views["after"].items())
+        lines.append(
+            f"{label}: {with_views['stored']:,} events stored with views ({runs['without']['stored']:,} without); "
+            f"peak RSS {runs['without']['peak_rss_mb']:.0f} MB without views, {with_views['peak_rss_mb']:.0f} MB with; "
+            f"24 h series at 1 m (median of 5): {reads}"
+        )
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

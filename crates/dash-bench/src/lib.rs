@@ -51,6 +51,13 @@ pub struct LoadOptions {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Event times spread over this much of the recent past (for reads over a day of history),
+    /// instead of all being now.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub spread: Option<Duration>,
+    /// Every event from a customer of its own (for views grouped by a value of high cardinality).
+    #[arg(long)]
+    pub distinct_customers: bool,
 }
 
 /// What a load run measured.
@@ -122,8 +129,13 @@ fn webhook_url(options: &LoadOptions) -> String {
 
 /// One event of the kind the bench sends: ~200 bytes, with a unique, time-ordered id.
 pub fn sample_event(id: &str, now_ms: i64) -> String {
+    sample_event_of(id, now_ms, "cus_8f2b1c")
+}
+
+/// [`sample_event`] at `time_ms`, from `customer`.
+fn sample_event_of(id: &str, time_ms: i64, customer: &str) -> String {
     format!(
-        r#"{{"id":"{id}","type":"order.created","timestamp":{now_ms},"data":{{"amount":4200,"currency":"EUR","customer":"cus_8f2b1c","items":3,"channel":"web"}}}}"#
+        r#"{{"id":"{id}","type":"order.created","timestamp":{time_ms},"data":{{"amount":4200,"currency":"EUR","customer":"{customer}","items":3,"channel":"web"}}}}"#
     )
 }
 
@@ -166,6 +178,8 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
         let (client, url, secret, token, report, run_id) =
             (client.clone(), url.clone(), secret.clone(), options.token.clone(), report.clone(), run_id.clone());
         let batch = options.batch;
+        let spread_ms = options.spread.map(|spread| (spread.as_millis() as i64).max(1));
+        let distinct_customers = options.distinct_customers;
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut requests, mut accepted, mut transport_errors) = (0u64, 0u64, 0u64);
@@ -186,8 +200,15 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                         let now = dash_domain::now_ms();
                         let mut body = String::with_capacity(batch * 220);
                         for i in 0..batch {
-                            let id = format!("{run_id}-{worker:03}-{:012}", n + i as u64);
-                            body.push_str(&sample_event(&id, now));
+                            let seq = n + i as u64;
+                            let id = format!("{run_id}-{worker:03}-{seq:012}");
+                            // Spread: a time in the last `spread`, scattered so every minute gets events.
+                            let time = match spread_ms {
+                                Some(spread) => now - (seq.wrapping_mul(7919) ^ worker as u64) as i64 % spread,
+                                None => now,
+                            };
+                            let customer = if distinct_customers { id.as_str() } else { "cus_8f2b1c" };
+                            body.push_str(&sample_event_of(&id, time, customer));
                             body.push('\n');
                         }
                         n += batch as u64;

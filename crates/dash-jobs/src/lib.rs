@@ -53,6 +53,8 @@ pub enum JobError {
     Pipeline(String),
     #[error("building the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("TLS for the HTTP client: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// How often the scheduler looks for due ticks.
@@ -101,10 +103,24 @@ impl JobsTask {
     }
 }
 
+/// TLS for polled sources: the system's roots, and ring as the one crypto provider of the build
+/// (sqlx and async-nats use it already), named here rather than installed as a process default.
+fn tls_config() -> Result<rustls::ClientConfig, JobError> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Opens the queue and starts this node's scheduler and worker.
 pub async fn start(settings: JobSettings, store: Store, intake: Intake) -> Result<JobsTask, JobError> {
     let queue = JobQueue::open(&store, &settings.data_dir, settings.concurrency).await?;
     let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config()?)
         .user_agent(concat!("dash/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
         .build()?;
@@ -528,5 +544,14 @@ mod tests {
         assert!(!in_backoff(&failing, 140_000, period));
         let source = SourceSpec::from_stored(EVERY_10S).unwrap();
         assert_eq!(next_poll(&failing, &source, 101_000), Some(140_000));
+    }
+
+    #[test]
+    fn the_poll_client_names_its_tls_provider() {
+        // No process-wide provider is installed here: the client must not need one.
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+        let config = tls_config().unwrap();
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        reqwest::Client::builder().tls_backend_preconfigured(config).build().unwrap();
     }
 }

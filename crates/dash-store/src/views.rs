@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use dash_domain::{ViewTouch, format_ms, now_ms};
-use dash_views::{BatchCounter, Cell, CountedView, Groups, ViewSpec};
+use dash_views::{BatchCounter, Cell, CountedView, Groups, ReadEvent, ViewReader, ViewSpec};
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -77,11 +77,59 @@ pub struct PendingBackfill {
     pub made_ms: i64,
 }
 
-/// A pipeline's views as a batch uses them.
+/// A pipeline's views as a batch uses them, with what they read from events.
 #[derive(Debug)]
 pub(crate) struct PipelineViews {
     version: i64,
     views: Vec<(String, ViewSpec)>,
+    reader: ViewReader,
+}
+
+impl PipelineViews {
+    fn new(version: i64, views: Vec<(String, ViewSpec)>) -> Self {
+        let reader = ViewReader::new(&views);
+        Self { version, views, reader }
+    }
+}
+
+/// A batch's events as their pipelines' views read them before the batch takes its locks: the
+/// parse is most of what views cost, and under the lock (SQLite's one writer) it would hold
+/// back every other batch. Read with the views cached at the time; what was read counts only if
+/// the batch, under its lock, finds the same views ([`ReadAhead::for_views`]).
+#[derive(Default)]
+pub(crate) struct ReadAhead<'e> {
+    views: HashMap<&'e str, Arc<PipelineViews>>,
+    /// By the event's place in the batch; `None` for events of pipelines without views.
+    read: Vec<Option<ReadEvent>>,
+}
+
+impl<'e> ReadAhead<'e> {
+    pub(crate) fn of(cache: &ViewCache, events: &'e [BatchEvent]) -> Self {
+        let mut ahead = Self { views: HashMap::new(), read: Vec::with_capacity(events.len()) };
+        let mut without: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for e in events {
+            let pipeline = &*e.pipeline;
+            let views = match ahead.views.get(pipeline) {
+                Some(views) => Some(views),
+                None if without.contains(pipeline) => None,
+                None => match cache.latest(pipeline).filter(|v| !v.views.is_empty()) {
+                    Some(views) => Some(&*ahead.views.entry(pipeline).or_insert(views)),
+                    None => {
+                        without.insert(pipeline);
+                        None
+                    }
+                },
+            };
+            ahead.read.push(views.map(|views| views.reader.read(&e.event.payload)));
+        }
+        ahead
+    }
+
+    /// The events read for `views` (when the pipeline's views read ahead were these), by place.
+    fn for_views(&self, pipeline: &str, views: &Arc<PipelineViews>) -> Option<&[Option<ReadEvent>]> {
+        let read_with = self.views.get(pipeline)?;
+        Arc::ptr_eq(read_with, views).then_some(self.read.as_slice())
+    }
 }
 
 /// The definitions each pipeline's batches count into, by `views_version`; shared by a store's
@@ -91,8 +139,13 @@ pub(crate) struct ViewCache(Arc<Mutex<HashMap<String, Arc<PipelineViews>>>>);
 
 impl ViewCache {
     fn get(&self, pipeline: &str, version: i64) -> Option<Arc<PipelineViews>> {
+        self.latest(pipeline).filter(|v| v.version == version)
+    }
+
+    /// The views last cached for `pipeline`, whatever their version.
+    fn latest(&self, pipeline: &str) -> Option<Arc<PipelineViews>> {
         let cache = self.0.lock().expect("view cache");
-        cache.get(pipeline).filter(|v| v.version == version).cloned()
+        cache.get(pipeline).cloned()
     }
 
     fn put(&self, pipeline: &str, views: PipelineViews) -> Arc<PipelineViews> {
@@ -120,15 +173,19 @@ struct PipelineChanges {
 }
 
 impl PipelineChanges {
-    /// Counts `events` (time, payload) into every view.
+    /// Counts `events` (time, payload, and the event as read ahead for these views, if it was)
+    /// into every view.
     fn compute<'e>(
-        views: &[(String, ViewSpec)],
+        views: &PipelineViews,
         groups: HashMap<String, Groups>,
-        events: impl Iterator<Item = (i64, &'e str)>,
+        events: impl Iterator<Item = (i64, &'e str, Option<&'e ReadEvent>)>,
     ) -> Self {
-        let mut counter = BatchCounter::new(views, groups);
-        for (time_ms, payload) in events {
-            counter.add(time_ms, payload);
+        let mut counter = BatchCounter::with_reader(&views.views, views.reader.clone(), groups);
+        for (time_ms, payload, read) in events {
+            match read {
+                Some(read) => counter.add_read(time_ms, read),
+                None => counter.add(time_ms, payload),
+            }
         }
         Self { per_view: counter.finish() }
     }
@@ -647,7 +704,8 @@ pub(crate) async fn count_batch_sqlite<'e>(
     cache: &ViewCache,
     pipeline: &str,
     version: i64,
-    fresh: impl Iterator<Item = (i64, &'e str)>,
+    fresh: impl Iterator<Item = (i64, &'e str, Option<usize>)>,
+    ahead: &'e ReadAhead<'_>,
 ) -> Result<Vec<ViewTouch>, StoreError> {
     let views = match cache.get(pipeline, version) {
         Some(views) => views,
@@ -658,14 +716,16 @@ pub(crate) async fn count_batch_sqlite<'e>(
                     .fetch_all(&mut *tx)
                     .await?;
             let views = readable_views(pipeline, rows);
-            cache.put(pipeline, PipelineViews { version, views })
+            cache.put(pipeline, PipelineViews::new(version, views))
         }
     };
     if views.views.is_empty() {
         return Ok(Vec::new());
     }
     let groups = groups_sqlite(tx, pipeline).await?;
-    let changes = PipelineChanges::compute(&views.views, groups, fresh);
+    let read = ahead.for_views(pipeline, &views);
+    let fresh = fresh.map(|(time, payload, place)| (time, payload, read.zip(place).and_then(|(r, i)| r[i].as_ref())));
+    let changes = PipelineChanges::compute(&views, groups, fresh);
     let touches = changes.touches();
     let mut stored = HashMap::new();
     let mut broken = std::collections::HashSet::new();
@@ -784,8 +844,7 @@ pub(crate) async fn count_batch_pg(
             loaded.insert(pipeline, views);
         }
         for (pipeline, version) in to_load {
-            let views =
-                cache.put(pipeline, PipelineViews { version, views: loaded.remove(pipeline).unwrap_or_default() });
+            let views = cache.put(pipeline, PipelineViews::new(version, loaded.remove(pipeline).unwrap_or_default()));
             if !views.views.is_empty() {
                 with_views.push((pipeline, views));
             }
@@ -812,8 +871,8 @@ pub(crate) async fn count_batch_pg(
             .iter()
             .map(|i| &events[*i as usize])
             .filter(|e| &*e.pipeline == *pipeline)
-            .map(|e| (e.event.time_ms, e.event.payload.as_str()));
-        let changes = PipelineChanges::compute(&views.views, groups, events_of);
+            .map(|e| (e.event.time_ms, e.event.payload.as_str(), None));
+        let changes = PipelineChanges::compute(views, groups, events_of);
         touches.insert((*pipeline).to_owned(), changes.touches());
         all_changes.push((*pipeline, changes));
     }

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -265,8 +266,8 @@ impl ViewChanges {
 }
 
 /// An event parsed whole: `None` for a payload that is not JSON. The reference reading; a
-/// [`BatchCounter`] parses only the members its views read, so it also reads an event whose
-/// other members nest deeper than the 128 levels a whole parse allows.
+/// [`BatchCounter`] reads only the members its views name ([`crate::sparse`]), to the same
+/// result (intake bounds nesting at 64 levels, well within a whole parse's 128).
 pub fn parse_payload(payload: &str) -> Option<Value> {
     serde_json::from_str(payload).ok()
 }
@@ -304,24 +305,54 @@ pub struct CountedView {
     pub new_groups: Vec<String>,
 }
 
+/// What a pipeline's views read from events: the members their pointers name. Made once per
+/// set of views; it reads events ahead of the batch that counts them ([`ViewReader::read`]),
+/// or a [`BatchCounter`] uses it as it counts.
+#[derive(Debug, Clone)]
+pub struct ViewReader {
+    wanted: Arc<Wanted>,
+}
+
+/// An event as a [`ViewReader`] read it: the values its views name, or that it is not JSON.
+#[derive(Debug, Clone)]
+pub struct ReadEvent {
+    found: Option<Found>,
+}
+
+impl ViewReader {
+    pub fn new(views: &[(String, ViewSpec)]) -> Self {
+        let pointers = views
+            .iter()
+            .flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field).map(String::as_str));
+        Self { wanted: Arc::new(Wanted::of(pointers)) }
+    }
+
+    pub fn read(&self, payload: &str) -> ReadEvent {
+        let mut found = Found::new();
+        ReadEvent { found: self.wanted.parse(payload, &mut found).then_some(found) }
+    }
+}
+
 /// A pipeline's views counting a batch of its events, an event at a time: each payload is read
 /// once for all views (only the members they name, see [`crate::sparse`]), and memory grows
 /// with the cells touched, not with the events.
 pub struct BatchCounter {
     views: Vec<ViewCounter>,
     /// Every member the views read, and the values of the event being counted.
-    wanted: Wanted,
+    reader: ViewReader,
     found: Found,
 }
 
 impl BatchCounter {
     /// `groups`: each view's groups as stored (views without an entry have none yet).
-    pub fn new(views: &[(String, ViewSpec)], mut groups: HashMap<String, Groups>) -> Self {
-        let wanted = Wanted::of(
-            views
-                .iter()
-                .flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field).map(String::as_str)),
-        );
+    pub fn new(views: &[(String, ViewSpec)], groups: HashMap<String, Groups>) -> Self {
+        Self::with_reader(views, ViewReader::new(views), groups)
+    }
+
+    /// A counter reading with `reader`, which must have been made of the same `views`: then
+    /// the events it read ahead count here ([`BatchCounter::add_read`]).
+    pub fn with_reader(views: &[(String, ViewSpec)], reader: ViewReader, mut groups: HashMap<String, Groups>) -> Self {
+        let wanted = &reader.wanted;
         let views = views
             .iter()
             .map(|(name, spec)| ViewCounter {
@@ -334,15 +365,24 @@ impl BatchCounter {
                 groups: groups.remove(name).unwrap_or_default(),
             })
             .collect();
-        Self { views, wanted, found: Found::new() }
+        Self { views, reader, found: Found::new() }
     }
 
     /// Counts one event (its time and payload) into every view.
     pub fn add(&mut self, time_ms: i64, payload: &str) {
-        if self.wanted.parse(payload, &mut self.found) {
-            self.views.iter_mut().for_each(|view| view.add(&self.found, time_ms));
-        } else {
-            self.views.iter_mut().for_each(|view| view.changes.add_unreadable(&view.spec, time_ms));
+        let readable = self.reader.wanted.parse(payload, &mut self.found);
+        Self::count(&mut self.views, readable.then_some(&self.found), time_ms);
+    }
+
+    /// Counts one event read ahead by this counter's reader.
+    pub fn add_read(&mut self, time_ms: i64, event: &ReadEvent) {
+        Self::count(&mut self.views, event.found.as_ref(), time_ms);
+    }
+
+    fn count(views: &mut [ViewCounter], found: Option<&Found>, time_ms: i64) {
+        match found {
+            Some(found) => views.iter_mut().for_each(|view| view.add(found, time_ms)),
+            None => views.iter_mut().for_each(|view| view.changes.add_unreadable(&view.spec, time_ms)),
         }
     }
 
@@ -448,10 +488,14 @@ mod tests {
             r#"{"type":"a","data":{"amount":1e308,"items":-2,"channel":"web","customer":"c1"}}"#,
         ];
         let mut counter = BatchCounter::new(&views, HashMap::new());
+        // Read ahead, then counted: the same.
+        let reader = ViewReader::new(&views);
+        let mut ahead = BatchCounter::with_reader(&views, reader.clone(), HashMap::new());
         let mut reference: Vec<(ViewChanges, Groups)> = views.iter().map(|_| Default::default()).collect();
         for (i, payload) in payloads.iter().enumerate() {
             let time = i as i64 * 40_000;
             counter.add(time, payload);
+            ahead.add_read(time, &reader.read(payload));
             for ((_, spec), (changes, groups)) in views.iter().zip(&mut reference) {
                 match parse_payload(payload) {
                     Some(event) => changes.add(spec, groups, &event, time),
@@ -461,6 +505,10 @@ mod tests {
         }
         let counted = counter.finish();
         assert_eq!(counted.len(), views.len());
+        for (a, b) in ahead.finish().into_iter().zip(&counted) {
+            assert_eq!((&a.view, &a.new_groups), (&b.view, &b.new_groups));
+            assert_eq!(a.changes.into_cells(), b.changes.clone().into_cells(), "{}", a.view);
+        }
         for (got, (want, groups)) in counted.into_iter().zip(reference) {
             assert_eq!(got.new_groups, groups.added, "{}", got.view);
             assert_eq!(got.changes.into_cells(), want.into_cells(), "{}", got.view);

@@ -271,6 +271,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const DOC: &str = r#"{"a": {"b": [10, {"c": "deep", "skip": [1, {"x": null}]}], "": "empty key", "x/y": 1,
@@ -323,6 +325,67 @@ mod tests {
             assert_eq!(found_by(&[text], DOC).unwrap(), std::slice::from_ref(want), "{text:?} alone");
         }
         assert_eq!(found_by(&texts, DOC).unwrap(), want, "all together");
+    }
+
+    /// A JSON text as a sender may write it: members may repeat.
+    #[derive(Debug, Clone)]
+    enum Text {
+        Scalar(&'static str),
+        Array(Vec<Text>),
+        Object(Vec<(&'static str, Text)>),
+    }
+
+    impl Text {
+        fn render(&self) -> String {
+            match self {
+                Text::Scalar(s) => (*s).to_owned(),
+                Text::Array(items) => format!("[{}]", items.iter().map(Text::render).collect::<Vec<_>>().join(",")),
+                Text::Object(members) => format!(
+                    "{{{}}}",
+                    members
+                        .iter()
+                        .map(|(k, v)| format!("{}:{}", Value::from(*k), v.render()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            }
+        }
+    }
+
+    const KEYS: [&str; 7] = ["a", "b", "0", "1", "x/y", "m~n", ""];
+    const TOKENS: [&str; 9] = ["a", "b", "0", "1", "x~1y", "m~0n", "", "01", "2"];
+
+    fn text() -> impl Strategy<Value = Text> {
+        let scalar =
+            proptest::sample::select(vec!["1", "-2.5", "\"s\"", "null", "true", "\"a\\\"b\""]).prop_map(Text::Scalar);
+        scalar.prop_recursive(4, 40, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Text::Array),
+                proptest::collection::vec((proptest::sample::select(KEYS.to_vec()), inner), 0..5)
+                    .prop_map(Text::Object),
+            ]
+        })
+    }
+
+    fn pointer() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(TOKENS.to_vec()), 0..4)
+            .prop_map(|tokens| tokens.iter().map(|t| format!("/{t}")).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn slots_equal_pointers_into_the_whole_document(
+            doc in text(),
+            pointers in proptest::collection::vec(pointer(), 1..6),
+        ) {
+            let payload = doc.render();
+            let whole: Value = serde_json::from_str(&payload).unwrap();
+            let texts: Vec<&str> = pointers.iter().map(String::as_str).collect();
+            let found = found_by(&texts, &payload).unwrap();
+            for (text, got) in texts.iter().zip(found) {
+                prop_assert_eq!(got.as_ref(), whole.pointer(text), "{} in {}", text, payload);
+            }
+        }
     }
 
     #[test]

@@ -75,6 +75,9 @@ fn parse_role(raw: &str) -> Result<Role, String> {
 }
 
 fn main() -> ExitCode {
+    // The build's one TLS crypto provider (sqlx, async-nats and reqwest all run on ring), for
+    // the HTTP clients that do not name it themselves.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let library_warnings = init_tracing();
     let command = cli.command.unwrap_or(Command::Serve { role: None, listen: None });

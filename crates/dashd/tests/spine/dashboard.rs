@@ -97,7 +97,7 @@ async fn the_signed_curl_example_on_the_page_is_accepted() {
 async fn with_an_admin_token_pages_need_a_session_from_the_login_form() {
     let server = TestServer::start(&[("DASH_ADMIN_TOKEN", "letmein")]).await;
     server.create_pipeline("Private").await;
-    let client = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+    let client = crate::support::http_client().redirect(Policy::none()).build().unwrap();
 
     let response = client.get(server.url("/pipelines/private?range=5m")).send().await.unwrap();
     assert_eq!(response.status(), 303);

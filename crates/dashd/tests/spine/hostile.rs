@@ -217,7 +217,7 @@ async fn a_signed_timestamp_at_the_ends_of_i64_is_stale() {
 #[tokio::test]
 async fn login_never_redirects_off_site_nor_fails_on_control_characters() {
     let server = TestServer::start(&[("DASH_ADMIN_TOKEN", "letmein")]).await;
-    let client = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+    let client = crate::support::http_client().redirect(Policy::none()).build().unwrap();
     let hostile = [
         "/\t/evil.example/",
         "/\r\n/evil.example/",
@@ -325,7 +325,7 @@ async fn idle_and_half_open_sockets_give_way_to_real_clients() {
     // Real clients still get through, each on a fresh connection (a client told 503 with
     // Retry-After may try once more, as real clients do; it must then get through).
     for i in 0..5 {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let client = crate::support::http_client().pool_max_idle_per_host(0).build().unwrap();
         let mut health = client.get(server.url("/health")).send().await.unwrap();
         if health.status() == 503 {
             let wait = health.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
@@ -428,7 +428,7 @@ async fn pages_on_other_origins_can_change_nothing_nor_read_live() {
 async fn failed_authentication_is_throttled_per_address_and_correct_senders_go_on() {
     let server = TestServer::start(&[("DASH_ADMIN_TOKEN", "letmein")]).await;
     let p = server.create_pipeline("guarded").await;
-    let guesser = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build();
+    let guesser = crate::support::http_client().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build();
     let guesser = guesser.unwrap();
     let url = server.url(&format!("/webhooks/{}", p.id));
     let mut statuses = Vec::new();

@@ -10,6 +10,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// A builder of the tests' HTTP clients. The build has one TLS crypto provider (ring), which
+/// reqwest is told about rather than choosing its own: installed here as dashd installs it.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 pub struct Pipeline {
     pub id: String,
     pub secret: SigningSecret,
@@ -82,7 +89,7 @@ impl TestServer {
             base: String::new(),
             dir,
             env,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            client: http_client().timeout(Duration::from_secs(30)).build().unwrap(),
             postgres,
         };
         server.spawn(listen);
