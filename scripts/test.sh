@@ -236,6 +236,8 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== unused dependencies"
+python3 scripts/unused-deps.py
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (SQLite integration suite; store tests on both backends)"
