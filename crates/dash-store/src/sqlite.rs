@@ -46,10 +46,6 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Er
     })
 }
 
-/// A new event of a batch, for its pipeline's views: pipeline, time, payload, and its place in
-/// the batch (`None` when it was read back from the table).
-type FreshEvent<'e> = (Cow<'e, str>, i64, Cow<'e, str>, Option<usize>);
-
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -195,12 +191,11 @@ impl SqliteStore {
             tally.entry(&*e.pipeline).or_default().received += 1;
         }
         let mut minutes: BTreeMap<(&str, i64), i64> = BTreeMap::new();
-        let mut fresh: Vec<FreshEvent<'_>> = Vec::with_capacity(events.len());
-        // Read before the write lock, which one writer holds at a time.
-        let ahead = crate::views::ReadAhead::of(&self.views, events);
+        // The new events (pipeline, time, payload), for the pipelines' views.
+        let mut fresh: Vec<(Cow<'_, str>, i64, Cow<'_, str>)> = Vec::with_capacity(events.len());
 
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for (chunk_index, chunk) in events.chunks(ROWS_PER_STATEMENT).enumerate() {
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut insert: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ");
             insert.push_values(chunk, |mut row, e| {
@@ -215,15 +210,9 @@ impl SqliteStore {
             let inserted_rows = result.rows_affected();
             if inserted_rows == chunk.len() as u64 {
                 // No duplicates (the usual case): every row of the chunk counts.
-                for (i, e) in chunk.iter().enumerate() {
+                for e in chunk {
                     tally_inserted(&mut tally, &mut minutes, &e.pipeline, e.event.time_ms, e.event.received_ms);
-                    let place = chunk_index * ROWS_PER_STATEMENT + i;
-                    fresh.push((
-                        Cow::Borrowed(&*e.pipeline),
-                        e.event.time_ms,
-                        Cow::Borrowed(&e.event.payload),
-                        Some(place),
-                    ));
+                    fresh.push((Cow::Borrowed(&*e.pipeline), e.event.time_ms, Cow::Borrowed(&e.event.payload)));
                 }
             } else if inserted_rows > 0 {
                 // Under the write lock the inserted rows took consecutive rowids ending at the last one.
@@ -237,7 +226,7 @@ impl SqliteStore {
                     let pipeline: String = row.try_get(0)?;
                     let time: i64 = row.try_get(1)?;
                     tally_inserted(&mut tally, &mut minutes, &pipeline, time, row.try_get(2)?);
-                    fresh.push((Cow::Owned(pipeline), time, Cow::Owned(row.try_get(3)?), None));
+                    fresh.push((Cow::Owned(pipeline), time, Cow::Owned(row.try_get(3)?)));
                 }
             }
         }
@@ -283,17 +272,10 @@ impl SqliteStore {
                 Some(row) if t.inserted > 0 => {
                     let of_pipeline = fresh
                         .iter()
-                        .filter(|(p, _, _, _)| p == pipeline)
-                        .map(|(_, time, payload, place)| (*time, payload.as_ref(), *place));
-                    crate::views::count_batch_sqlite(
-                        &mut tx,
-                        &self.views,
-                        pipeline,
-                        row.views_version,
-                        of_pipeline,
-                        &ahead,
-                    )
-                    .await?
+                        .filter(|(p, _, _)| p == pipeline)
+                        .map(|(_, time, payload)| (*time, payload.as_ref()));
+                    crate::views::count_batch_sqlite(&mut tx, &self.views, pipeline, row.views_version, of_pipeline)
+                        .await?
                 }
                 _ => Vec::new(),
             };

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use dash_domain::{ViewTouch, format_ms, now_ms};
-use dash_views::{BatchCounter, Cell, CountedView, Groups, ReadEvent, ViewReader, ViewSpec};
+use dash_views::{BatchCounter, Cell, CountedView, Groups, ViewReader, ViewSpec};
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -77,7 +77,8 @@ pub struct PendingBackfill {
     pub made_ms: i64,
 }
 
-/// A pipeline's views as a batch uses them, with what they read from events.
+/// A pipeline's views as a batch uses them, with what they read from events (made once per
+/// version, not per batch).
 #[derive(Debug)]
 pub(crate) struct PipelineViews {
     version: i64,
@@ -92,46 +93,6 @@ impl PipelineViews {
     }
 }
 
-/// A batch's events as their pipelines' views read them before the batch takes its locks: the
-/// parse is most of what views cost, and under the lock (SQLite's one writer) it would hold
-/// back every other batch. Read with the views cached at the time; what was read counts only if
-/// the batch, under its lock, finds the same views ([`ReadAhead::for_views`]).
-#[derive(Default)]
-pub(crate) struct ReadAhead<'e> {
-    views: HashMap<&'e str, Arc<PipelineViews>>,
-    /// By the event's place in the batch; `None` for events of pipelines without views.
-    read: Vec<Option<ReadEvent>>,
-}
-
-impl<'e> ReadAhead<'e> {
-    pub(crate) fn of(cache: &ViewCache, events: &'e [BatchEvent]) -> Self {
-        let mut ahead = Self { views: HashMap::new(), read: Vec::with_capacity(events.len()) };
-        let mut without: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for e in events {
-            let pipeline = &*e.pipeline;
-            let views = match ahead.views.get(pipeline) {
-                Some(views) => Some(views),
-                None if without.contains(pipeline) => None,
-                None => match cache.latest(pipeline).filter(|v| !v.views.is_empty()) {
-                    Some(views) => Some(&*ahead.views.entry(pipeline).or_insert(views)),
-                    None => {
-                        without.insert(pipeline);
-                        None
-                    }
-                },
-            };
-            ahead.read.push(views.map(|views| views.reader.read(&e.event.payload)));
-        }
-        ahead
-    }
-
-    /// The events read for `views` (when the pipeline's views read ahead were these), by place.
-    fn for_views(&self, pipeline: &str, views: &Arc<PipelineViews>) -> Option<&[Option<ReadEvent>]> {
-        let read_with = self.views.get(pipeline)?;
-        Arc::ptr_eq(read_with, views).then_some(self.read.as_slice())
-    }
-}
-
 /// The definitions each pipeline's batches count into, by `views_version`; shared by a store's
 /// clones. A stale entry costs one read: every batch checks the version under its lock.
 #[derive(Clone, Default)]
@@ -139,13 +100,8 @@ pub(crate) struct ViewCache(Arc<Mutex<HashMap<String, Arc<PipelineViews>>>>);
 
 impl ViewCache {
     fn get(&self, pipeline: &str, version: i64) -> Option<Arc<PipelineViews>> {
-        self.latest(pipeline).filter(|v| v.version == version)
-    }
-
-    /// The views last cached for `pipeline`, whatever their version.
-    fn latest(&self, pipeline: &str) -> Option<Arc<PipelineViews>> {
         let cache = self.0.lock().expect("view cache");
-        cache.get(pipeline).cloned()
+        cache.get(pipeline).filter(|v| v.version == version).cloned()
     }
 
     fn put(&self, pipeline: &str, views: PipelineViews) -> Arc<PipelineViews> {
@@ -173,19 +129,15 @@ struct PipelineChanges {
 }
 
 impl PipelineChanges {
-    /// Counts `events` (time, payload, and the event as read ahead for these views, if it was)
-    /// into every view.
+    /// Counts `events` (time, payload) into every view.
     fn compute<'e>(
         views: &PipelineViews,
         groups: HashMap<String, Groups>,
-        events: impl Iterator<Item = (i64, &'e str, Option<&'e ReadEvent>)>,
+        events: impl Iterator<Item = (i64, &'e str)>,
     ) -> Self {
         let mut counter = BatchCounter::with_reader(&views.views, views.reader.clone(), groups);
-        for (time_ms, payload, read) in events {
-            match read {
-                Some(read) => counter.add_read(time_ms, read),
-                None => counter.add(time_ms, payload),
-            }
+        for (time_ms, payload) in events {
+            counter.add(time_ms, payload);
         }
         Self { per_view: counter.finish() }
     }
@@ -704,8 +656,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
     cache: &ViewCache,
     pipeline: &str,
     version: i64,
-    fresh: impl Iterator<Item = (i64, &'e str, Option<usize>)>,
-    ahead: &'e ReadAhead<'_>,
+    fresh: impl Iterator<Item = (i64, &'e str)>,
 ) -> Result<Vec<ViewTouch>, StoreError> {
     let views = match cache.get(pipeline, version) {
         Some(views) => views,
@@ -723,8 +674,6 @@ pub(crate) async fn count_batch_sqlite<'e>(
         return Ok(Vec::new());
     }
     let groups = groups_sqlite(tx, pipeline).await?;
-    let read = ahead.for_views(pipeline, &views);
-    let fresh = fresh.map(|(time, payload, place)| (time, payload, read.zip(place).and_then(|(r, i)| r[i].as_ref())));
     let changes = PipelineChanges::compute(&views, groups, fresh);
     let touches = changes.touches();
     let mut stored = HashMap::new();
@@ -871,7 +820,7 @@ pub(crate) async fn count_batch_pg(
             .iter()
             .map(|i| &events[*i as usize])
             .filter(|e| &*e.pipeline == *pipeline)
-            .map(|e| (e.event.time_ms, e.event.payload.as_str(), None));
+            .map(|e| (e.event.time_ms, e.event.payload.as_str()));
         let changes = PipelineChanges::compute(views, groups, events_of);
         touches.insert((*pipeline).to_owned(), changes.touches());
         all_changes.push((*pipeline, changes));

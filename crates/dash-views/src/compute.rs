@@ -306,17 +306,10 @@ pub struct CountedView {
 }
 
 /// What a pipeline's views read from events: the members their pointers name. Made once per
-/// set of views; it reads events ahead of the batch that counts them ([`ViewReader::read`]),
-/// or a [`BatchCounter`] uses it as it counts.
+/// set of views, so batches counting into them do not make it again ([`BatchCounter::with_reader`]).
 #[derive(Debug, Clone)]
 pub struct ViewReader {
     wanted: Arc<Wanted>,
-}
-
-/// An event as a [`ViewReader`] read it: the values its views name, or that it is not JSON.
-#[derive(Debug, Clone)]
-pub struct ReadEvent {
-    found: Option<Found>,
 }
 
 impl ViewReader {
@@ -325,11 +318,6 @@ impl ViewReader {
             .iter()
             .flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field).map(String::as_str));
         Self { wanted: Arc::new(Wanted::of(pointers)) }
-    }
-
-    pub fn read(&self, payload: &str) -> ReadEvent {
-        let mut found = Found::new();
-        ReadEvent { found: self.wanted.parse(payload, &mut found).then_some(found) }
     }
 }
 
@@ -349,8 +337,7 @@ impl BatchCounter {
         Self::with_reader(views, ViewReader::new(views), groups)
     }
 
-    /// A counter reading with `reader`, which must have been made of the same `views`: then
-    /// the events it read ahead count here ([`BatchCounter::add_read`]).
+    /// A counter reading with `reader`, which must have been made of the same `views`.
     pub fn with_reader(views: &[(String, ViewSpec)], reader: ViewReader, mut groups: HashMap<String, Groups>) -> Self {
         let wanted = &reader.wanted;
         let views = views
@@ -370,19 +357,10 @@ impl BatchCounter {
 
     /// Counts one event (its time and payload) into every view.
     pub fn add(&mut self, time_ms: i64, payload: &str) {
-        let readable = self.reader.wanted.parse(payload, &mut self.found);
-        Self::count(&mut self.views, readable.then_some(&self.found), time_ms);
-    }
-
-    /// Counts one event read ahead by this counter's reader.
-    pub fn add_read(&mut self, time_ms: i64, event: &ReadEvent) {
-        Self::count(&mut self.views, event.found.as_ref(), time_ms);
-    }
-
-    fn count(views: &mut [ViewCounter], found: Option<&Found>, time_ms: i64) {
-        match found {
-            Some(found) => views.iter_mut().for_each(|view| view.add(found, time_ms)),
-            None => views.iter_mut().for_each(|view| view.changes.add_unreadable(&view.spec, time_ms)),
+        if self.reader.wanted.parse(payload, &mut self.found) {
+            self.views.iter_mut().for_each(|view| view.add(&self.found, time_ms));
+        } else {
+            self.views.iter_mut().for_each(|view| view.changes.add_unreadable(&view.spec, time_ms));
         }
     }
 
@@ -488,14 +466,10 @@ mod tests {
             r#"{"type":"a","data":{"amount":1e308,"items":-2,"channel":"web","customer":"c1"}}"#,
         ];
         let mut counter = BatchCounter::new(&views, HashMap::new());
-        // Read ahead, then counted: the same.
-        let reader = ViewReader::new(&views);
-        let mut ahead = BatchCounter::with_reader(&views, reader.clone(), HashMap::new());
         let mut reference: Vec<(ViewChanges, Groups)> = views.iter().map(|_| Default::default()).collect();
         for (i, payload) in payloads.iter().enumerate() {
             let time = i as i64 * 40_000;
             counter.add(time, payload);
-            ahead.add_read(time, &reader.read(payload));
             for ((_, spec), (changes, groups)) in views.iter().zip(&mut reference) {
                 match parse_payload(payload) {
                     Some(event) => changes.add(spec, groups, &event, time),
@@ -505,10 +479,6 @@ mod tests {
         }
         let counted = counter.finish();
         assert_eq!(counted.len(), views.len());
-        for (a, b) in ahead.finish().into_iter().zip(&counted) {
-            assert_eq!((&a.view, &a.new_groups), (&b.view, &b.new_groups));
-            assert_eq!(a.changes.into_cells(), b.changes.clone().into_cells(), "{}", a.view);
-        }
         for (got, (want, groups)) in counted.into_iter().zip(reference) {
             assert_eq!(got.new_groups, groups.added, "{}", got.view);
             assert_eq!(got.changes.into_cells(), want.into_cells(), "{}", got.view);

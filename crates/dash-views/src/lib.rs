@@ -18,8 +18,8 @@ mod spec;
 mod state;
 
 pub use compute::{
-    BatchCounter, CountedView, GROUP_ALL, GROUP_NONE, GROUP_OTHER, Groups, MAX_GROUP_LEN, Pointer, ReadEvent,
-    ViewChanges, ViewReader, extract, minute_of, parse_payload,
+    BatchCounter, CountedView, GROUP_ALL, GROUP_NONE, GROUP_OTHER, Groups, MAX_GROUP_LEN, Pointer, ViewChanges,
+    ViewReader, extract, minute_of, parse_payload,
 };
 pub use explore::{FieldStat, explore};
 pub use read::{GroupTotal, ViewPoint, bucket, rank_groups};
