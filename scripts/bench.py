@@ -112,6 +112,15 @@ def dash_run(duration, concurrency, batch, rate=None, env=None, views=(), extra=
         secret = http_json("POST", server.base + "/api/pipelines", {"name": "bench"})["secret"]
         for view in views:
             http_json("POST", server.base + "/api/pipelines/bench/views", view)
+        # A view made while events arrive computes its history over them (a job that holds the
+        # pipeline's lock while it replaces the minutes it covers): wait for it to finish first,
+        # so the run measures intake with views, not the history's computation.
+        deadline = time.monotonic() + 30
+        while views and time.monotonic() < deadline:
+            listed = http_json("GET", server.base + "/api/pipelines/bench/views")["views"]
+            if all(v["backfill"]["done"] for v in listed):
+                break
+            time.sleep(0.1)
         report = load(server.base, secret, concurrency, duration, batch, rate, extra)
         # Sustained = 202 -> stored: what the store holds when the load stops, over the run's
         # length; then how long the rest takes to land (it must land, all of it).

@@ -9,6 +9,10 @@
 //! **Architecture invariant:** membership is advisory. It feeds the cluster page and the web
 //! edge's choice of ingestor; no write path waits on it.
 
+mod limits;
+
+pub use limits::NodeLimits;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -212,16 +216,29 @@ async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut s
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut listening = true;
+    // This node's own heartbeat, timed from its publication until it comes back through NATS:
+    // the pub/sub latency the node sees, on one clock (no skew between machines enters it).
+    let timed = bus.kind() == "nats";
+    let mut echo: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = beat.tick() => {
                 // This node is up as long as it runs, whether or not the bus carries its beat.
                 membership.observe((*membership.me).clone());
+                echo = timed.then(Instant::now);
                 bus.publish_heartbeat(&membership.me).await;
             }
             _ = sweep.tick() => membership.sweep(),
             heartbeat = heartbeats.recv(), if listening => match heartbeat {
-                Ok(heartbeat) => membership.observe(heartbeat),
+                Ok(heartbeat) => {
+                    if heartbeat.node == membership.me.node
+                        && heartbeat.started_at == membership.me.started_at
+                        && let Some(sent) = echo.take()
+                    {
+                        metrics::histogram!("dash_bus_round_trip_seconds").record(sent.elapsed().as_secs_f64());
+                    }
+                    membership.observe(heartbeat)
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "heartbeats ended; membership shows this node only");
                     listening = false;

@@ -13,6 +13,7 @@ mod live;
 mod ops;
 mod origin;
 mod pages;
+mod request_metrics;
 mod serve;
 mod throttle;
 mod view_pages;
@@ -159,7 +160,7 @@ pub fn router(state: AppState) -> Router {
     }
     // Error answers made outside the handlers are turned into JSON, and a panicking handler
     // into a 500, by the server loop (`serve`), around the whole router.
-    router.fallback(not_found).with_state(state)
+    router.fallback(not_found).layer(axum::middleware::from_fn(request_metrics::record)).with_state(state)
 }
 
 async fn not_found() -> ApiError {

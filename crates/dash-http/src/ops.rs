@@ -145,6 +145,28 @@ pub(crate) async fn readiness(state: &AppState, detail: Detail) -> (StatusCode, 
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if state.metrics.is_some() {
+        record_scrape_figures(&state);
+    }
     let text = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Figures read when scraped rather than kept up to date: the process's memory, CPU and file
+/// descriptors, the limits the node runs under, whether batches reach the store, the intake
+/// log's bound, whether NATS is connected.
+fn record_scrape_figures(state: &AppState) {
+    metrics_process::Collector::default().collect();
+    let limits = dash_cluster::NodeLimits::read();
+    if let Some(bytes) = limits.memory_bytes {
+        metrics::gauge!("dash_memory_limit_bytes").set(bytes as f64);
+    }
+    metrics::gauge!("dash_cpu_limit_cores").set(limits.cpu_cores);
+    if let Some(intake) = &state.intake {
+        metrics::gauge!("dash_store_up").set(f64::from(u8::from(intake.store_health().is_up())));
+        metrics::gauge!("dash_intake_spool_limit_bytes").set(intake.spool().max() as f64);
+    }
+    if state.bus.kind() == "nats" {
+        metrics::gauge!("dash_bus_connected").set(f64::from(u8::from(state.bus.is_healthy())));
+    }
 }

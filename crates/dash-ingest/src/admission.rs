@@ -113,6 +113,7 @@ impl Spool {
         self.used.load(Ordering::Acquire)
     }
 
+    /// The log's bound (`DASH_SPOOL_MAX`).
     pub fn max(&self) -> u64 {
         self.max
     }

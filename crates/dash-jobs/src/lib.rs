@@ -284,8 +284,19 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
     let mut failing = false;
     let enqueue_failures = LogThrottle::per_period();
     let mut last_backfill_check: Option<i64> = None;
+    let mut last_depth: Option<i64> = None;
     loop {
         let now = dash_domain::now_ms();
+        if last_depth.is_none_or(|last| now - last >= QUEUE_DEPTH_EVERY_MS) {
+            last_depth = Some(now);
+            match queue.depth().await {
+                Ok((pending, running)) => {
+                    metrics::gauge!("dash_jobs_queue_depth", "state" => "pending").set(pending as f64);
+                    metrics::gauge!("dash_jobs_queue_depth", "state" => "running").set(running as f64);
+                }
+                Err(err) => tracing::debug!(error = %err, "job queue depth not read; next pass"),
+            }
+        }
         let mut due = match store.sources().await {
             Ok(sources) => {
                 if failing {
@@ -350,6 +361,9 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
         }
     }
 }
+
+/// How often the scheduler reads the queue's depth (`dash_jobs_queue_depth`).
+const QUEUE_DEPTH_EVERY_MS: i64 = 5000;
 
 /// How often the scheduler looks for views whose history is to be computed.
 const BACKFILL_CHECK_EVERY_MS: i64 = 1000;

@@ -126,6 +126,31 @@ impl JobQueue {
         }
     }
 
+    /// Jobs waiting to run (pending or queued) and jobs running now, across the cluster.
+    pub async fn depth(&self) -> Result<(i64, i64), JobError> {
+        let depth = match self {
+            Self::Postgres(storage) => {
+                sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE status IN ('Pending', 'Queued')), \
+                     count(*) FILTER (WHERE status = 'Running') FROM apalis.jobs WHERE job_type = $1",
+                )
+                .bind(QUEUE)
+                .fetch_one(storage.pool())
+                .await?
+            }
+            Self::Sqlite(storage) => {
+                sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE status IN ('Pending', 'Queued')), \
+                     count(*) FILTER (WHERE status = 'Running') FROM Jobs WHERE job_type = ?1",
+                )
+                .bind(QUEUE)
+                .fetch_one(storage.pool())
+                .await?
+            }
+        };
+        Ok(depth)
+    }
+
     /// Deletes finished jobs older than `older_than` and workers silent that long. Keys live as
     /// long as their jobs, so `older_than` must exceed how late a tick may still be enqueued.
     pub async fn vacuum(&self, older_than: Duration) -> Result<u64, JobError> {

@@ -112,6 +112,14 @@ impl App {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: Instant::now(),
         };
+        // Alert rules join on it to tell web nodes from ingestors (deploy/prometheus/alerts.yml).
+        metrics::gauge!(
+            "dash_node_info",
+            "role" => node.role.clone(),
+            "region" => node.region.clone(),
+            "node" => node.node.clone()
+        )
+        .set(1.0);
         let limits = HttpLimits {
             max_body: settings.max_body.as_u64() as usize,
             inflight_body_bytes: INFLIGHT_BODY_BYTES,

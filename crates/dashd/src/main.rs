@@ -203,9 +203,17 @@ fn init_tracing() -> Arc<TargetThrottle> {
 fn install_metrics() -> Option<PrometheusHandle> {
     let flush_seconds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
     let batch_sizes = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0];
+    let request_seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let round_trip_seconds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
     let installed = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("dash_flush_duration_seconds".into()), &flush_seconds)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dash_flush_batch_size".into()), &batch_sizes))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("dash_http_request_duration_seconds".into()), &request_seconds)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("dash_bus_round_trip_seconds".into()), &round_trip_seconds)
+        })
         .and_then(|b| b.install_recorder());
     match installed {
         Ok(handle) => {

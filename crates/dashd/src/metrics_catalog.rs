@@ -81,4 +81,32 @@ pub fn describe() {
     describe_counter!("dash_source_attempt_failures_total", Unit::Count, "Failed attempts within source polls.");
     describe_counter!("dash_source_events_total", Unit::Count, "Events read by source polls.");
     describe_histogram!("dash_source_poll_seconds", Unit::Seconds, "Source poll time.");
+    describe_gauge!("dash_jobs_queue_depth", Unit::Count, "Jobs pending and running across the cluster, by state.");
+
+    describe_gauge!("dash_node_info", "This node's role, region and id (always 1).");
+    describe_gauge!(
+        "dash_memory_limit_bytes",
+        Unit::Bytes,
+        "Memory this node may use (its cgroup's limit, else the machine's)."
+    );
+    describe_gauge!("dash_cpu_limit_cores", Unit::Count, "CPU cores this node may use (its cgroup's quota counts).");
+    describe_gauge!("dash_store_up", "1 while batches reach the store, 0 while they fail.");
+    describe_gauge!("dash_intake_spool_limit_bytes", Unit::Bytes, "The intake log's bound (DASH_SPOOL_MAX).");
+    describe_gauge!("dash_bus_connected", "1 while NATS is connected (nodes on NATS only).");
+    describe_histogram!(
+        "dash_bus_round_trip_seconds",
+        Unit::Seconds,
+        "This node's heartbeat from publication until it comes back through NATS."
+    );
+    describe_counter!(
+        "dash_http_requests_total",
+        Unit::Count,
+        "HTTP requests answered, by route pattern, method and status."
+    );
+    describe_histogram!(
+        "dash_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request time until the answer's head, by route pattern."
+    );
+    metrics_process::Collector::default().describe();
 }

@@ -11,6 +11,7 @@ mod hostile;
 mod intake;
 mod jobs;
 mod live;
+mod monitoring;
 mod operator;
 mod proxy;
 mod retention;

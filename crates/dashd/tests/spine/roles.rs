@@ -74,6 +74,19 @@ async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
     let web = TestServer::start(&with([("APP_ROLE", "web"), ("DASH_NODE_ID", "web-1")])).await;
     wait_for_bus(&ingestor, true).await;
     wait_for_bus(&web, true).await;
+    // Each node times its own heartbeat's way through NATS, and says it is connected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = crate::monitoring::metrics_text(&web).await;
+        let round_trips = crate::monitoring::sample(&text, "dash_bus_round_trip_seconds_count").unwrap_or(0.0);
+        if round_trips >= 2.0 {
+            assert_eq!(crate::monitoring::sample(&text, "dash_bus_connected"), Some(1.0), "{text}");
+            assert!(crate::monitoring::sample(&text, "dash_bus_round_trip_seconds_sum").is_some_and(|s| s < 1.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no NATS round trips timed:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let p = ingestor.create_pipeline("orders").await;
     assert_eq!(web.client.get(web.url("/")).send().await.unwrap().status(), 200, "the web node serves pages");
@@ -92,6 +105,8 @@ async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
     // The broker dies: intake goes on, the web node says its figures may be stale.
     nats.stop();
     wait_for_bus(&web, false).await;
+    let text = crate::monitoring::metrics_text(&web).await;
+    assert_eq!(crate::monitoring::sample(&text, "dash_bus_connected"), Some(0.0), "{text}");
     read_until(&mut socket, &mut seq, |f| f["type"] == "status" && f["state"] == "stale").await;
     for i in 0..3 {
         assert_eq!(ingestor.post_json(&p, &format!("b{i}"), "{}").await.status(), 202, "ingestion is unaffected");
