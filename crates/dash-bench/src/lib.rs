@@ -51,8 +51,8 @@ pub struct LoadOptions {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Event times spread over this much of the recent past (for reads over a day of history),
-    /// instead of all being now.
+    /// Event times over this much of the recent past, replayed in order over the run (for reads
+    /// over a day of history), instead of all being now.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub spread: Option<Duration>,
     /// Every event from a customer of its own (for views grouped by a value of high cardinality).
@@ -179,6 +179,7 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
             (client.clone(), url.clone(), secret.clone(), options.token.clone(), report.clone(), run_id.clone());
         let batch = options.batch;
         let spread_ms = options.spread.map(|spread| (spread.as_millis() as i64).max(1));
+        let run_secs = options.duration.as_secs_f64().max(0.001);
         let distinct_customers = options.distinct_customers;
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -202,9 +203,14 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                         for i in 0..batch {
                             let seq = n + i as u64;
                             let id = format!("{run_id}-{worker:03}-{seq:012}");
-                            // Spread: a time in the last `spread`, scattered so every minute gets events.
+                            // Spread: the run replays the last `spread` in order, from its start
+                            // at the run's start to now at the run's end (as a day of traffic
+                            // sent again would be), so each batch's times are close together.
                             let time = match spread_ms {
-                                Some(spread) => now - (seq.wrapping_mul(7919) ^ worker as u64) as i64 % spread,
+                                Some(spread) => {
+                                    let through = started.elapsed().as_secs_f64() / run_secs;
+                                    now - spread + (spread as f64 * through.min(1.0)) as i64
+                                }
                                 None => now,
                             };
                             let customer = if distinct_customers { id.as_str() } else { "cus_8f2b1c" };

@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use dash_domain::{ViewTouch, format_ms, now_ms};
 use dash_views::{BatchCounter, Cell, CountedView, Groups, ViewReader, ViewSpec};
 use serde::Serialize;
-use sqlx::Row;
 use sqlx::postgres::PgConnection;
+use sqlx::sqlite::Sqlite;
 use sqlx::sqlite::SqliteConnection;
+use sqlx::{QueryBuilder, Row};
 
 use crate::{BatchEvent, Store, StoreError};
 
@@ -676,28 +677,36 @@ pub(crate) async fn count_batch_sqlite<'e>(
     let groups = groups_sqlite(tx, pipeline).await?;
     let changes = PipelineChanges::compute(&views, groups, fresh);
     let touches = changes.touches();
+    // The states already stored under the changed keys, a few statements for the whole batch.
+    let keys: Vec<(&str, i64, &str)> = changes
+        .per_view
+        .iter()
+        .flat_map(|CountedView { view, changes: c, .. }| c.keys().into_iter().map(move |(m, g)| (view.as_str(), m, g)))
+        .collect();
     let mut stored = HashMap::new();
     let mut broken = std::collections::HashSet::new();
-    for CountedView { view, changes: c, .. } in &changes.per_view {
-        for (minute, group) in c.keys() {
-            let state: Option<Vec<u8>> = sqlx::query_scalar(
-                "SELECT state FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute = $3 AND grp = $4",
-            )
-            .bind(pipeline)
-            .bind(view)
-            .bind(minute)
-            .bind(group)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(state) = state {
-                match decode_state(&state) {
-                    Ok(cell) => {
-                        stored.insert((view.clone(), minute, group.to_owned()), cell);
-                    }
-                    Err(err) => {
-                        broken.insert(view.clone());
-                        tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
-                    }
+    for chunk in keys.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        let mut select: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT view_id, minute, grp, state FROM view_minutes WHERE pipeline_id = ");
+        select.push_bind(pipeline).push(" AND (view_id, minute, grp) IN (VALUES ");
+        let mut row = select.separated(", ");
+        for (view, minute, group) in chunk {
+            row.push("(").push_bind_unseparated(*view).push_unseparated(", ");
+            row.push_bind_unseparated(*minute)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*group)
+                .push_unseparated(")");
+        }
+        select.push(")");
+        let rows: Vec<(String, i64, String, Vec<u8>)> = select.build_query_as().fetch_all(&mut *tx).await?;
+        for (view, minute, group, state) in rows {
+            match decode_state(&state) {
+                Ok(cell) => {
+                    stored.insert((view, minute, group), cell);
+                }
+                Err(err) => {
+                    tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
+                    broken.insert(view);
                 }
             }
         }
@@ -733,29 +742,35 @@ async fn write_states_sqlite(
     rows: StateRows,
     new_groups: Vec<(String, String)>,
 ) -> Result<(), StoreError> {
-    for i in 0..rows.views.len() {
-        sqlx::query(
-            "INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state",
-        )
-        .bind(pipeline)
-        .bind(&rows.views[i])
-        .bind(rows.minutes[i])
-        .bind(&rows.groups[i])
-        .bind(&rows.states[i])
-        .execute(&mut *tx)
-        .await?;
+    let all: Vec<usize> = (0..rows.views.len()).collect();
+    for chunk in all.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        let mut insert: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) ");
+        insert.push_values(chunk, |mut row, i| {
+            row.push_bind(pipeline)
+                .push_bind(&rows.views[*i])
+                .push_bind(rows.minutes[*i])
+                .push_bind(&rows.groups[*i])
+                .push_bind(&rows.states[*i]);
+        });
+        insert.push(" ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state");
+        insert.build().execute(&mut *tx).await?;
     }
-    for (view, group) in new_groups {
-        sqlx::query("INSERT INTO view_groups (pipeline_id, view_id, grp) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(pipeline)
-            .bind(view)
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
+    for chunk in new_groups.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        let mut insert: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO view_groups (pipeline_id, view_id, grp) ");
+        insert.push_values(chunk, |mut row, (view, group)| {
+            row.push_bind(pipeline).push_bind(view).push_bind(group);
+        });
+        insert.push(" ON CONFLICT DO NOTHING");
+        insert.build().execute(&mut *tx).await?;
     }
     Ok(())
 }
+
+/// Rows per statement when SQLite reads or writes view states (five parameters a row at most,
+/// well within SQLite's bound on parameters).
+const SQLITE_ROWS_PER_STATEMENT: usize = 500;
 
 /// PostgreSQL: counts each pipeline's new events of a committing batch into its views.
 /// `versions`: each locked pipeline's `views_version`; `events` and `fresh` as staged.
