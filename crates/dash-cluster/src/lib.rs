@@ -216,26 +216,22 @@ async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut s
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut listening = true;
-    // This node's own heartbeat, timed from its publication until it comes back through NATS:
+    // This node's own heartbeats, timed from publication until each comes back through NATS:
     // the pub/sub latency the node sees, on one clock (no skew between machines enters it).
-    let timed = bus.kind() == "nats";
-    let mut echo: Option<Instant> = None;
+    let mut echoes = Echoes::new(bus.kind() == "nats");
     loop {
         tokio::select! {
             _ = beat.tick() => {
                 // This node is up as long as it runs, whether or not the bus carries its beat.
                 membership.observe((*membership.me).clone());
-                echo = timed.then(Instant::now);
+                echoes.sent(bus.is_healthy());
                 bus.publish_heartbeat(&membership.me).await;
             }
             _ = sweep.tick() => membership.sweep(),
             heartbeat = heartbeats.recv(), if listening => match heartbeat {
                 Ok(heartbeat) => {
-                    if heartbeat.node == membership.me.node
-                        && heartbeat.started_at == membership.me.started_at
-                        && let Some(sent) = echo.take()
-                    {
-                        metrics::histogram!("dash_bus_round_trip_seconds").record(sent.elapsed().as_secs_f64());
+                    if heartbeat.node == membership.me.node && heartbeat.started_at == membership.me.started_at {
+                        echoes.came_back();
                     }
                     membership.observe(heartbeat)
                 }
@@ -246,6 +242,53 @@ async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut s
             },
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// This node's heartbeats on their way through the broker, oldest first. A publisher's messages
+/// reach a subscriber in the order sent, so each one that comes back is the oldest awaited.
+struct Echoes {
+    timed: bool,
+    awaited: std::collections::VecDeque<Instant>,
+}
+
+/// Beats awaited at most; past it the oldest is given up and recorded as the time it waited, so
+/// a broker slower than the beat shows as slow rather than not at all.
+const ECHOES_AWAITED: usize = 8;
+
+impl Echoes {
+    fn new(timed: bool) -> Self {
+        Self { timed, awaited: std::collections::VecDeque::new() }
+    }
+
+    /// A beat is published; while the bus is down nothing goes out, and what was on its way when
+    /// it went down may never come back, so the queue starts again. Returns the wait of a beat
+    /// given up, which is also recorded.
+    fn sent(&mut self, connected: bool) -> Option<Duration> {
+        if !self.timed {
+            return None;
+        }
+        if !connected {
+            self.awaited.clear();
+            return None;
+        }
+        let given_up = match self.awaited.len() {
+            ECHOES_AWAITED => self.awaited.pop_front().map(Self::record),
+            _ => None,
+        };
+        self.awaited.push_back(Instant::now());
+        given_up
+    }
+
+    /// One of this node's beats came back: its round trip, also recorded.
+    fn came_back(&mut self) -> Option<Duration> {
+        self.awaited.pop_front().map(Self::record)
+    }
+
+    fn record(sent: Instant) -> Duration {
+        let waited = sent.elapsed();
+        metrics::histogram!("dash_bus_round_trip_seconds").record(waited.as_secs_f64());
+        waited
     }
 }
 
@@ -266,6 +309,30 @@ mod tests {
             version: "0".into(),
             started_at: format_ms(0),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_echo_is_timed_from_its_own_beat_and_a_slow_broker_shows_slow() {
+        let mut echoes = Echoes::new(true);
+        // A broker 2.5 s behind: each echo arrives after two more beats went out.
+        for _ in 0..3 {
+            assert_eq!(echoes.sent(true), None);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(echoes.came_back(), Some(Duration::from_millis(3_500)), "timed from the first beat, not the last");
+        assert_eq!(echoes.came_back(), Some(Duration::from_millis(2_500)));
+        // Echoes that never come: past the bound the oldest is given up as the time it waited.
+        let mut echoes = Echoes::new(true);
+        for _ in 0..ECHOES_AWAITED {
+            echoes.sent(true);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(echoes.sent(true), Some(Duration::from_secs(8)));
+        // The bus goes down: what was on its way is forgotten.
+        assert_eq!(echoes.sent(false), None);
+        assert_eq!(echoes.came_back(), None);
+        assert_eq!(Echoes::new(false).sent(true), None, "the embedded bus is not timed");
     }
 
     #[tokio::test(start_paused = true)]
