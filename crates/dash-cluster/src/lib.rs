@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use dash_bus::{Bus, BusError, Heartbeats};
 use dash_discovery::PeerSet;
-use dash_domain::{NodeHeartbeat, format_ms, now_ms};
+use dash_domain::{NodeHeartbeat, NodeLoad, format_ms, now_ms};
 use dash_task::StoppableTask;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -37,7 +37,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// One node as the cluster page and `/api/cluster` show it: its last heartbeat, and what this
 /// node makes of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Member {
     #[serde(flatten)]
     pub heartbeat: NodeHeartbeat,
@@ -112,6 +112,7 @@ impl Membership {
                     addr: ip.to_string(),
                     version: String::new(),
                     started_at: String::new(),
+                    load: None,
                 },
                 status: "unreachable",
                 last_seen: String::new(),
@@ -204,15 +205,26 @@ pub async fn start(
     bus: &Bus,
     me: NodeHeartbeat,
     dns: Option<watch::Receiver<PeerSet>>,
+    load: LoadSource,
 ) -> Result<(Membership, MembershipTask), BusError> {
     let heartbeats = bus.heartbeats().await?;
     let membership = Membership::new(me, dns);
     let (bus, view) = (bus.clone(), membership.clone());
-    let task = StoppableTask::spawn(|stop| run(bus, heartbeats, view, stop));
+    let task = StoppableTask::spawn(|stop| run(bus, heartbeats, view, load, stop));
     Ok((membership, task))
 }
 
-async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut stop: watch::Receiver<bool>) {
+/// What this node's heartbeat says of its load, read at each beat (the round trip through the
+/// bus is filled in by the heartbeat loop itself).
+pub type LoadSource = Arc<dyn Fn() -> NodeLoad + Send + Sync>;
+
+async fn run(
+    bus: Bus,
+    mut heartbeats: Heartbeats,
+    membership: Membership,
+    load: LoadSource,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut listening = true;
@@ -222,10 +234,14 @@ async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut s
     loop {
         tokio::select! {
             _ = beat.tick() => {
+                let mut beat = (*membership.me).clone();
+                let mut figures = load();
+                figures.bus_round_trip_ms = echoes.last.map(|d| d.as_secs_f64() * 1000.0);
+                beat.load = Some(figures);
                 // This node is up as long as it runs, whether or not the bus carries its beat.
-                membership.observe((*membership.me).clone());
+                membership.observe(beat.clone());
                 echoes.sent(bus.is_healthy());
-                bus.publish_heartbeat(&membership.me).await;
+                bus.publish_heartbeat(&beat).await;
             }
             _ = sweep.tick() => membership.sweep(),
             heartbeat = heartbeats.recv(), if listening => match heartbeat {
@@ -250,6 +266,8 @@ async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, mut s
 struct Echoes {
     timed: bool,
     awaited: std::collections::VecDeque<Instant>,
+    /// The last round trip (or wait given up).
+    last: Option<Duration>,
 }
 
 /// Beats awaited at most; past it the oldest is given up and recorded as the time it waited, so
@@ -258,7 +276,7 @@ const ECHOES_AWAITED: usize = 8;
 
 impl Echoes {
     fn new(timed: bool) -> Self {
-        Self { timed, awaited: std::collections::VecDeque::new() }
+        Self { timed, awaited: std::collections::VecDeque::new(), last: None }
     }
 
     /// A beat is published; while the bus is down nothing goes out, and what was on its way when
@@ -277,12 +295,15 @@ impl Echoes {
             _ => None,
         };
         self.awaited.push_back(Instant::now());
+        self.last = given_up.or(self.last);
         given_up
     }
 
     /// One of this node's beats came back: its round trip, also recorded.
     fn came_back(&mut self) -> Option<Duration> {
-        self.awaited.pop_front().map(Self::record)
+        let waited = self.awaited.pop_front().map(Self::record);
+        self.last = waited.or(self.last);
+        waited
     }
 
     fn record(sent: Instant) -> Duration {
@@ -296,6 +317,10 @@ impl Echoes {
 mod tests {
     use super::*;
 
+    fn no_load() -> LoadSource {
+        Arc::new(NodeLoad::default)
+    }
+
     fn heartbeat(node: &str, role: &str) -> NodeHeartbeat {
         heartbeat_from(node, role, "127.0.0.1:1")
     }
@@ -308,6 +333,7 @@ mod tests {
             addr: addr.into(),
             version: "0".into(),
             started_at: format_ms(0),
+            load: None,
         }
     }
 
@@ -338,7 +364,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nodes_go_down_after_three_silent_seconds_and_come_back() {
         let bus = Bus::in_process();
-        let (membership, task) = start(&bus, heartbeat("web-1", "web"), None).await.unwrap();
+        let (membership, task) = start(&bus, heartbeat("web-1", "web"), None, no_load()).await.unwrap();
         bus.publish_heartbeat(&heartbeat("ing-1", "ingestor")).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let members = membership.members();
@@ -366,7 +392,7 @@ mod tests {
         let (dns_tx, dns_rx) =
             watch::channel(PeerSet { addrs: vec![ip("127.0.0.2"), ip("127.0.0.3")], resolved: true, error: None });
         let (membership, task) =
-            start(&bus, heartbeat_from("web-1", "web", "127.0.0.2:8080"), Some(dns_rx)).await.unwrap();
+            start(&bus, heartbeat_from("web-1", "web", "127.0.0.2:8080"), Some(dns_rx), no_load()).await.unwrap();
         bus.publish_heartbeat(&heartbeat_from("ing-9", "ingestor", "127.0.0.9:8080")).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
 

@@ -16,7 +16,7 @@ pub use payload::MAX_DEPTH;
 pub use retention::{
     InvalidRetention, MAX_RETENTION, MIN_RETENTION, check_retention, format_retention, parse_retention,
 };
-pub use stats::{NodeHeartbeat, PipelineStats, PipelineUpdate, ViewTouch};
+pub use stats::{NodeHeartbeat, NodeLoad, PipelineStats, PipelineUpdate, ViewTouch};
 
 use serde::{Deserialize, Serialize};
 

@@ -35,7 +35,7 @@ pub struct ViewTouch {
 }
 
 /// What every node publishes each second on `dash.node.heartbeat`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeHeartbeat {
     pub node: String,
     pub role: String,
@@ -45,4 +45,34 @@ pub struct NodeHeartbeat {
     pub version: String,
     /// RFC 3339.
     pub started_at: String,
+    /// The node's load when it beat; absent from nodes of releases before it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<NodeLoad>,
+}
+
+/// A node's load as its heartbeat carries it (the figures docs/OPERATIONS.md sets thresholds
+/// for). A figure is absent where the node's role has no such thing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeLoad {
+    /// Resident memory.
+    pub memory_bytes: Option<u64>,
+    /// What the node may use: its cgroup's limit, else the machine's memory.
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU used since the last beat, as a share of the cores the node may use (0–100).
+    pub cpu_percent: Option<f64>,
+    /// Open `/live` sockets (nodes that serve pages).
+    pub live_sockets: Option<u64>,
+    /// Jobs waiting and running across the cluster, as this node's scheduler last read them.
+    pub jobs_pending: Option<u64>,
+    pub jobs_running: Option<u64>,
+    /// Events acknowledged and not yet stored, per partition (ingestors).
+    pub backlog: Option<Vec<i64>>,
+    /// The intake log's use and bound.
+    pub spool_bytes: Option<u64>,
+    pub spool_limit_bytes: Option<u64>,
+    /// Whether batches reach the store.
+    pub store_up: Option<bool>,
+    /// This node's last heartbeat round trip through NATS.
+    pub bus_round_trip_ms: Option<f64>,
 }

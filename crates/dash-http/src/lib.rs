@@ -137,6 +137,7 @@ impl AppState {
                     addr: String::new(),
                     version: self.node.version.clone(),
                     started_at: String::new(),
+                    load: None,
                 },
                 status: "up",
                 last_seen: dash_domain::format_ms(dash_domain::now_ms()),

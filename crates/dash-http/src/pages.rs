@@ -352,6 +352,7 @@ fn node_rows(state: &AppState) -> Vec<NodeRow> {
             last_seen: m.last_seen,
             this_node: m.this_node,
             in_dns: m.in_dns,
+            load: m.heartbeat.load,
         })
         .collect()
 }

@@ -82,6 +82,22 @@ pub struct JobSettings {
     pub dedupe_window: Duration,
     /// How long shutdown waits for running jobs before leaving them to other nodes.
     pub shutdown_timeout: Duration,
+    /// Where the scheduler leaves the queue's depth for this node's heartbeat.
+    pub depth: QueueDepth,
+}
+
+/// The job queue's depth as the scheduler last read it (every 5 s): jobs waiting, jobs running.
+#[derive(Debug, Clone, Default)]
+pub struct QueueDepth(Arc<std::sync::Mutex<Option<(u64, u64)>>>);
+
+impl QueueDepth {
+    pub fn get(&self) -> Option<(u64, u64)> {
+        *self.0.lock().expect("queue depth")
+    }
+
+    fn set(&self, depth: Option<(u64, u64)>) {
+        *self.0.lock().expect("queue depth") = depth;
+    }
 }
 
 /// The scheduler and the worker; stop them with [`JobsTask::shutdown`] before intake closes.
@@ -293,8 +309,12 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
                 Ok((pending, running)) => {
                     metrics::gauge!("dash_jobs_queue_depth", "state" => "pending").set(pending as f64);
                     metrics::gauge!("dash_jobs_queue_depth", "state" => "running").set(running as f64);
+                    settings.depth.set(Some((pending.max(0) as u64, running.max(0) as u64)));
                 }
-                Err(err) => tracing::debug!(error = %err, "job queue depth not read; next pass"),
+                Err(err) => {
+                    tracing::debug!(error = %err, "job queue depth not read; next pass");
+                    settings.depth.set(None);
+                }
             }
         }
         let mut due = match store.sources().await {

@@ -99,6 +99,8 @@ enum Command {
 pub struct Hub {
     commands: mpsc::Sender<Command>,
     next_client: Arc<AtomicU64>,
+    /// Clients connected and not yet gone.
+    clients: Arc<AtomicU64>,
 }
 
 /// The hub task's handle; join it on shutdown.
@@ -110,7 +112,7 @@ impl Hub {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let subscription = bus.subscribe().await?;
         let task = StoppableTask::spawn(|stop| run(subscription, rx, stop));
-        Ok((Hub { commands, next_client: Arc::new(AtomicU64::new(1)) }, task))
+        Ok((Hub { commands, next_client: Arc::new(AtomicU64::new(1)), clients: Arc::default() }, task))
     }
 
     /// Tells every client whether figures are live (`true`) or may be stale (the bus is away).
@@ -129,6 +131,7 @@ impl Hub {
     pub async fn connect(&self) -> (ClientId, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         let client = self.next_client.fetch_add(1, Ordering::Relaxed);
+        self.clients.fetch_add(1, Ordering::Relaxed);
         let _ = self.commands.send(Command::Join { client, tx }).await;
         (client, rx)
     }
@@ -143,8 +146,15 @@ impl Hub {
         let _ = self.commands.send(Command::Unsubscribe { client, pipeline }).await;
     }
 
+    /// The client is gone (each connected client leaves once, whoever ended it).
     pub async fn leave(&self, client: ClientId) {
+        let _ = self.clients.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
         let _ = self.commands.send(Command::Leave { client }).await;
+    }
+
+    /// Clients connected now (the `/live` sockets open on this node).
+    pub fn clients(&self) -> u64 {
+        self.clients.load(Ordering::Relaxed)
     }
 }
 

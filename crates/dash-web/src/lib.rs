@@ -20,6 +20,7 @@
 
 mod charts;
 mod display;
+mod load;
 pub mod pages;
 pub mod views;
 
@@ -133,6 +134,8 @@ pub struct NodeRow {
     pub this_node: bool,
     /// Whether DNS lists it; `None` without DNS discovery.
     pub in_dns: Option<bool>,
+    /// Its load, from its last heartbeat (none from nodes of earlier releases).
+    pub load: Option<dash_domain::NodeLoad>,
 }
 
 /// This node as the cluster page shows it.

@@ -341,6 +341,21 @@ fn Nodes(nodes: Vec<NodeRow>) -> impl IntoView {
                 let listed = if n.in_dns == Some(true) { "listed" } else { "not listed" };
                 view! { <td class=format!("dns {}", listed.replace(' ', "-"))>{listed}</td> }
             });
+            // A down node's last figures are stale: shown, but not coloured against thresholds.
+            let figures = n.load.as_ref().map(|load| crate::load::figures(&n.role, load)).unwrap_or_default();
+            let live = n.status == "up";
+            let actions: Vec<&'static str> =
+                figures.iter().flatten().filter(|_| live).filter_map(|f| f.action).collect();
+            let cells = figures
+                .into_iter()
+                .map(|figure| match figure {
+                    Some(f) => {
+                        let class = if live { format!("fig {}", f.standing.class()) } else { "fig stale".to_owned() };
+                        view! { <td class=class data-figure=f.name>{f.text}</td> }.into_any()
+                    }
+                    None => view! { <td class="fig none">"–"</td> }.into_any(),
+                })
+                .collect_view();
             view! {
                 <tr data-node=id>
                     <td>{n.node}{marker}</td>
@@ -350,6 +365,8 @@ fn Nodes(nodes: Vec<NodeRow>) -> impl IntoView {
                     <td class=format!("node-status {}", n.status)>{n.status.clone()}</td>
                     <td>{timestamp(Some(&n.last_seen))}</td>
                     {dns}
+                    {cells}
+                    <td class="actions">{actions.join("; ")}</td>
                 </tr>
             }
         })
@@ -361,6 +378,7 @@ fn Nodes(nodes: Vec<NodeRow>) -> impl IntoView {
                     <tr>
                         <th>"Node"</th><th>"Role"</th><th>"Region"</th><th>"Version"</th><th>"Status"</th><th>"Last seen (UTC)"</th>
                         {with_dns.then(|| view! { <th>"DNS"</th> })}
+                        <th>"Memory"</th><th>"CPU"</th><th>"Sockets"</th><th>"Jobs"</th><th>"Backlog"</th><th>"Intake"</th><th>"NATS"</th><th>"Act"</th>
                     </tr>
                 </thead>
                 <tbody>{rows}</tbody>

@@ -91,6 +91,7 @@ impl App {
         } else {
             None
         };
+        let job_depth = intake.as_ref().map(|_| dash_jobs::QueueDepth::default());
         let jobs = intake.as_ref().map(|(intake, _)| {
             let jobs = dash_jobs::JobSettings {
                 node: settings.node_id(),
@@ -100,6 +101,7 @@ impl App {
                 retention: settings.retention,
                 dedupe_window: settings.dedupe_window,
                 shutdown_timeout: settings.shutdown_timeout,
+                depth: job_depth.clone().unwrap_or_default(),
             };
             (jobs, intake.clone())
         });
@@ -135,6 +137,7 @@ impl App {
             addr: settings.advertised_addr(local_addr).to_string(),
             version: node.version.clone(),
             started_at: dash_domain::format_ms(dash_domain::now_ms()),
+            load: None,
         };
         let mut discovery = Vec::new();
         let resolver = || Discovery::new(settings.dns_resolver).context("setting up the DNS resolver");
@@ -146,9 +149,14 @@ impl App {
             }
             None => None,
         };
-        let (membership, membership_task) =
-            dash_cluster::start(&bus, heartbeat, cluster_dns).await.context("subscribing to heartbeats")?;
         let (hub, hub_task) = Hub::start(&bus).await.context("subscribing to the bus")?;
+        let load = crate::load::source(crate::load::LoadParts {
+            intake: intake.as_ref().map(|(i, _)| i.clone()),
+            hub: Some(hub.clone()),
+            jobs: job_depth,
+        });
+        let (membership, membership_task) =
+            dash_cluster::start(&bus, heartbeat, cluster_dns, load).await.context("subscribing to heartbeats")?;
         let mut state =
             AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub)
                 .with_membership(membership.clone());

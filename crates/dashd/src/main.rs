@@ -4,6 +4,7 @@
 mod app;
 mod commands;
 mod database;
+mod load;
 mod metrics_catalog;
 
 use std::sync::Arc;

@@ -97,6 +97,37 @@ async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
     send(&mut socket, json!({"type": "subscribe", "pipeline": "orders"})).await;
     let mut seq = -1;
     read_until(&mut socket, &mut seq, |f| f["type"] == "snapshot").await;
+
+    // Each node's heartbeat carries its load: the ingestor sees the web node's open socket, the
+    // web node the ingestor's intake, on /api/cluster and on the operator's page.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen_by_ingestor = ingestor.get_json("/api/cluster").await;
+        let seen_by_web = web.get_json("/api/cluster").await;
+        let node = |report: &Value, id: &str| {
+            report["nodes"].as_array().unwrap().iter().find(|n| n["node"] == id).cloned().unwrap_or_default()
+        };
+        let (web_load, ingestor_load) =
+            (node(&seen_by_ingestor, "web-1")["load"].clone(), node(&seen_by_web, "ingestor-1")["load"].clone());
+        if web_load["live_sockets"].as_u64() >= Some(1) && ingestor_load["spool_limit_bytes"].as_u64() > Some(0) {
+            assert!(
+                web_load["memory_bytes"].as_u64() > Some(0) && web_load["memory_limit_bytes"].as_u64() > Some(0),
+                "{web_load}"
+            );
+            assert!(web_load["backlog"].is_null(), "a web node has no intake: {web_load}");
+            assert_eq!(ingestor_load["store_up"], true, "{ingestor_load}");
+            assert!(ingestor_load["backlog"].as_array().is_some_and(|b| !b.is_empty()), "{ingestor_load}");
+            assert!(ingestor_load["jobs_pending"].is_u64(), "{ingestor_load}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no load in heartbeats: {seen_by_ingestor} / {seen_by_web}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let page = web.client.get(web.url("/cluster/nodes")).send().await.unwrap().text().await.unwrap();
+    let row = page.split(r#"<tr data-node="ingestor-1">"#).nth(1).unwrap_or_default();
+    assert!(row.contains(r#"data-figure="memory""#) && row.contains(r#"data-figure="intake""#), "{page}");
+    // Memory is far from its limit here (CPU may not be, on a busy test machine).
+    assert!(row.contains(r#"<td data-figure="memory" class="fig ok">"#), "{page}");
     for i in 0..3 {
         assert_eq!(ingestor.post_json(&p, &format!("a{i}"), "{}").await.status(), 202);
         read_until(&mut socket, &mut seq, |f| f["type"] == "update" && f["stats"]["count"] == i + 1).await;
