@@ -357,19 +357,18 @@ def views_scale_bench(opts):
     for label, env in backends:
         runs = {}
         for name, views in [("without", ()), ("with", SCALE_VIEWS)]:
+            db, run_env = None, env
             if env is None:
                 db, url = fresh_pg(opts.postgres)
-                try:
-                    runs[name] = dash_run(
-                        opts.scale_duration, 4, 1000, env={"DATABASE_URL": url}, views=views, extra=extra,
-                        after=timed_reads if views else None,
-                    )
-                finally:
-                    drop_pg(opts.postgres, db)
-            else:
+                run_env = {"DATABASE_URL": url}
+            try:
                 runs[name] = dash_run(
-                    opts.scale_duration, 4, 1000, env=env, views=views, extra=extra, after=timed_reads if views else None
+                    opts.scale_duration, 4, 1000, env=run_env, views=views, extra=extra,
+                    after=timed_reads if views else None,
                 )
+            finally:
+                if db:
+                    drop_pg(opts.postgres, db)
         with_views = runs["with"]
         reads = ", ".join(f"{view} {ms:.0f} ms" for view, ms in with_views["after"].items())
         lines.append(

@@ -61,7 +61,6 @@ async fn upgrade(
 /// One connection: client messages in, hub frames out, until either side ends.
 async fn session(mut socket: WebSocket, state: AppState) {
     let (client, mut frames) = state.hub.connect().await;
-    metrics::gauge!("dash_live_connections").increment(1.0);
     loop {
         tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -87,7 +86,6 @@ async fn session(mut socket: WebSocket, state: AppState) {
         }
     }
     state.hub.leave(client).await;
-    metrics::gauge!("dash_live_connections").decrement(1.0);
 }
 
 /// Applies one client message; returns an error frame to send back, if any.

@@ -153,10 +153,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Figures read when scraped rather than kept up to date: the process's memory, CPU and file
-/// descriptors, the limits the node runs under, whether batches reach the store, the intake
-/// log's bound, whether NATS is connected.
+/// descriptors, the limits the node runs under, open `/live` sockets (the hub's count, which
+/// heartbeats carry too), whether batches reach the store, the intake log's bound, whether NATS
+/// is connected.
 fn record_scrape_figures(state: &AppState) {
     metrics_process::Collector::default().collect();
+    metrics::gauge!("dash_live_connections").set(state.hub.clients() as f64);
     let limits = dash_cluster::NodeLimits::read();
     if let Some(bytes) = limits.memory_bytes {
         metrics::gauge!("dash_memory_limit_bytes").set(bytes as f64);

@@ -742,16 +742,16 @@ async fn write_states_sqlite(
     rows: StateRows,
     new_groups: Vec<(String, String)>,
 ) -> Result<(), StoreError> {
-    let all: Vec<usize> = (0..rows.views.len()).collect();
-    for chunk in all.chunks(SQLITE_ROWS_PER_STATEMENT) {
+    for start in (0..rows.views.len()).step_by(SQLITE_ROWS_PER_STATEMENT) {
+        let chunk = start..(start + SQLITE_ROWS_PER_STATEMENT).min(rows.views.len());
         let mut insert: QueryBuilder<Sqlite> =
             QueryBuilder::new("INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) ");
         insert.push_values(chunk, |mut row, i| {
             row.push_bind(pipeline)
-                .push_bind(&rows.views[*i])
-                .push_bind(rows.minutes[*i])
-                .push_bind(&rows.groups[*i])
-                .push_bind(&rows.states[*i]);
+                .push_bind(&rows.views[i])
+                .push_bind(rows.minutes[i])
+                .push_bind(&rows.groups[i])
+                .push_bind(&rows.states[i]);
         });
         insert.push(" ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state");
         insert.build().execute(&mut *tx).await?;

@@ -62,6 +62,11 @@ impl Pointer {
         Self { tokens: Some(tokens) }
     }
 
+    /// The pointer from `depth` tokens down: what is left of its way below a value it passes.
+    pub(crate) fn below(&self, depth: usize) -> Self {
+        Self { tokens: self.tokens.as_ref().map(|tokens| tokens[depth.min(tokens.len())..].to_vec()) }
+    }
+
     /// Its tokens with the array index each names; `None` for text that is not a pointer.
     pub(crate) fn tokens(&self) -> Option<impl Iterator<Item = (&str, Option<usize>)>> {
         Some(self.tokens.as_ref()?.iter().map(|token| (token.key.as_str(), token.index)))
@@ -145,7 +150,10 @@ pub struct Groups {
     pub added: Vec<String>,
 }
 
-/// The slots of the reserved groups.
+/// The reserved groups' slots, and the reserved groups by slot.
+const SLOT_ALL: usize = 0;
+const SLOT_NONE: usize = 1;
+const SLOT_OTHER: usize = 2;
 const RESERVED: [&str; 3] = [GROUP_ALL, GROUP_NONE, GROUP_OTHER];
 
 impl Groups {
@@ -172,7 +180,7 @@ impl Groups {
             self.added.push(raw.to_owned());
             (slot, raw)
         } else {
-            (RESERVED.len() - 1, GROUP_OTHER)
+            (SLOT_OTHER, GROUP_OTHER)
         }
     }
 
@@ -208,7 +216,7 @@ impl ViewChanges {
         if !view.filter.is_empty() {
             return;
         }
-        let group = if view.group_by.is_some() { (1, GROUP_NONE) } else { (0, GROUP_ALL) };
+        let group = if view.group_by.is_some() { (SLOT_NONE, GROUP_NONE) } else { (SLOT_ALL, GROUP_ALL) };
         let input = if view.field.is_none() { Input::Present } else { Input::Skipped };
         self.count(view.aggregate, group, time_ms, &input);
     }

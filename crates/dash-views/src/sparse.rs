@@ -48,7 +48,7 @@ impl Wanted {
         }
         // The tree first, each end marked with the text's position; then slots depth first.
         let mut root = Node::default();
-        let mut ends: Vec<(Vec<String>, usize)> = Vec::new();
+        let mut ends: Vec<(Vec<String>, Pointer, usize)> = Vec::new();
         for (position, text) in texts.iter().enumerate() {
             let pointer = Pointer::parse(text);
             let Some(tokens) = pointer.tokens().map(|t| t.collect::<Vec<_>>()) else { continue };
@@ -64,7 +64,8 @@ impl Wanted {
                 at = &mut at.below[i].2;
             }
             at.slot = Some(position);
-            ends.push((tokens.iter().map(|(k, _)| (*k).to_owned()).collect(), position));
+            let keys = tokens.iter().map(|(k, _)| (*k).to_owned()).collect();
+            ends.push((keys, pointer.clone(), position));
         }
         let mut renumbered = vec![usize::MAX; texts.len()];
         let mut next = 0;
@@ -78,7 +79,7 @@ impl Wanted {
         for (position, text) in texts.into_iter().enumerate() {
             slots[renumbered[position]] = text;
         }
-        root.find_within(&[], &slots, &ends, &renumbered);
+        root.find_within(&[], &ends, &renumbered);
         Self { root, slots }
     }
 
@@ -113,24 +114,18 @@ impl Node {
     }
 
     /// For each value kept whole, the pointers that go on below it.
-    fn find_within(&mut self, path: &[String], slots: &[String], ends: &[(Vec<String>, usize)], renumbered: &[usize]) {
+    fn find_within(&mut self, path: &[String], ends: &[(Vec<String>, Pointer, usize)], renumbered: &[usize]) {
         if self.slot.is_some() {
-            for (tokens, position) in ends {
-                if tokens.len() > path.len() && tokens.starts_with(path) {
-                    let rest: String = tokens[path.len()..]
-                        .iter()
-                        .map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1")))
-                        .collect();
-                    let slot = renumbered[*position];
-                    debug_assert!(!slots[slot].is_empty());
-                    self.within.push((slot, Pointer::parse(&rest)));
+            for (keys, pointer, position) in ends {
+                if keys.len() > path.len() && keys.starts_with(path) {
+                    self.within.push((renumbered[*position], pointer.below(path.len())));
                 }
             }
         }
         for (key, _, node) in &mut self.below {
             let mut deeper = path.to_vec();
             deeper.push(key.clone());
-            node.find_within(&deeper, slots, ends, renumbered);
+            node.find_within(&deeper, ends, renumbered);
         }
     }
 

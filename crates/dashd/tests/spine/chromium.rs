@@ -119,11 +119,15 @@ impl Browser {
         self.wait_for("document.readyState === 'complete'", Duration::from_secs(20)).await;
     }
 
+    /// `Runtime.evaluate` of `expression` (promises awaited); the protocol's error reply as `Err`.
+    async fn evaluate(&mut self, expression: &str) -> Result<Value, Value> {
+        let params = json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        self.try_call("Runtime.evaluate", params).await
+    }
+
     /// The value of a JavaScript expression in the page (promises awaited).
     pub async fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }))
-            .await;
+        let result = self.evaluate(expression).await.unwrap_or_else(|reply| panic!("Runtime.evaluate failed: {reply}"));
         if let Some(exception) = result.get("exceptionDetails") {
             panic!("{expression} threw: {exception}");
         }
@@ -136,8 +140,7 @@ impl Browser {
     pub async fn wait_for(&mut self, expression: &str, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let params = json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
-            let answered = self.try_call("Runtime.evaluate", params).await;
+            let answered = self.evaluate(expression).await;
             if answered.is_ok_and(|result| result["result"]["value"] == Value::Bool(true)) {
                 return;
             }
