@@ -121,7 +121,9 @@ async fn change(
         if key == "name" {
             return Err(ApiError::unprocessable("invalid_view", "name: a view's name cannot change").field("name"));
         }
-        if value.is_null() {
+        // `null` takes a field out; a name that is no field of a definition goes in as it
+        // is, null or not, for the definition's own check to refuse.
+        if value.is_null() && ViewSpec::FIELDS.contains(&key.as_str()) {
             fields.remove(&key);
         } else {
             fields.insert(key, value);

@@ -191,6 +191,9 @@ fn check_pointer(field: &'static str, pointer: &str) -> Result<(), InvalidView> 
 }
 
 impl ViewSpec {
+    /// The fields a definition has, as JSON names them.
+    pub const FIELDS: [&'static str; 7] = ["aggregate", "field", "group_by", "max_groups", "filter", "keep", "pinned"];
+
     /// A count of every event.
     pub fn count() -> Self {
         Self {
@@ -307,11 +310,10 @@ impl ViewSpec {
 
 /// Which field a serde error is about, best effort (serde names it in backquotes).
 fn field_of(message: &str) -> &'static str {
-    const FIELDS: [&str; 7] = ["aggregate", "field", "group_by", "max_groups", "filter", "keep", "pinned"];
     if message.starts_with("unknown field") {
         return "view";
     }
-    FIELDS
+    ViewSpec::FIELDS
         .into_iter()
         .find(|f| message.contains(&format!("`{f}`")))
         .or_else(|| message.contains("unknown variant").then_some("aggregate"))
@@ -321,6 +323,21 @@ fn field_of(message: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_field_list_is_the_definitions_own() {
+        let full = spec(serde_json::json!({
+            "aggregate": "sum", "field": "/a", "group_by": "/g", "max_groups": 3,
+            "filter": {"/t": "x"}, "keep": "30days", "pinned": true
+        }))
+        .unwrap();
+        let serde_json::Value::Object(fields) = serde_json::to_value(&full).unwrap() else { panic!() };
+        let mut named: Vec<&str> = fields.keys().map(String::as_str).collect();
+        let mut listed = ViewSpec::FIELDS.to_vec();
+        named.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(named, listed);
+    }
 
     fn spec(json: serde_json::Value) -> Result<ViewSpec, InvalidView> {
         ViewSpec::from_json(json)

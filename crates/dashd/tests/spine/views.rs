@@ -177,6 +177,10 @@ async fn views_over_history_and_live_equal_the_raw_events_through_a_kill() {
     let pinned: Value = patch("revenue", json!({"pinned": true})).await.unwrap().json().await.unwrap();
     assert_eq!((pinned["generation"].as_i64(), pinned["backfill"]["done"].as_bool()), (Some(1), Some(true)));
     assert_error(patch("revenue", json!({"field": "amount"})).await.unwrap(), 422, "invalid_view").await;
+    // A name that is no field of a definition is refused, also when it comes as `null`.
+    for unknown in [json!({"colour": "red"}), json!({"": null}), json!({"colour": null})] {
+        assert_error(patch("revenue", unknown).await.unwrap(), 422, "invalid_view").await;
+    }
     wait_for_history(&server, &orders.id).await;
     assert_equals_raw(&server, &orders.id, "latency").await;
 
