@@ -39,10 +39,14 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=build /src/target/release/dashd /usr/local/bin/dashd
 COPY config/ /app/config/
+COPY deploy/image/entrypoint.sh /usr/local/bin/dash-entrypoint
 ENV DASH_ENV=production DASH_LOG_FORMAT=json
-USER dash
+# No `USER dash`: a fresh volume is owned by root, so the entrypoint starts as root only to hand
+# /data to dash, then runs dashd as dash (uid 10001). Started with --user, it runs as that user.
 EXPOSE 8080
 VOLUME ["/data"]
-# tini passes SIGTERM on to dashd, which stops accepting, drains its buffers and exits.
-ENTRYPOINT ["/usr/bin/tini", "--", "dashd"]
+# tini passes SIGTERM on to dashd, which stops accepting, drains its buffers and exits 0. On Fly
+# tini is not PID 1 (Fly's init is), so it registers as the subreaper (-s) to reap orphans. Fly
+# runs `[processes]` commands and `release_command` as CMD after this ENTRYPOINT.
+ENTRYPOINT ["/usr/bin/tini", "-s", "--", "/usr/local/bin/dash-entrypoint"]
 CMD ["serve"]

@@ -2,7 +2,8 @@
 # Runs Dash's whole test suite: formatting, lints, unit tests, and the integration suite three
 # times: on the embedded store (SQLite), on PostgreSQL, and on TimescaleDB. Integration tests start the real dashd on
 # port 0; PostgreSQL tests create a database of their own per test and drop it after.
-# The dashboard is also tested in headless Chromium, and roles apart over a private nats-server.
+# The dashboard is also tested in headless Chromium, and roles apart over a private nats-server;
+# the image's runtime layer runs both roles under podman, and fly.toml is checked offline.
 # Anything the tests need that a fresh machine lacks is installed and started here.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -209,6 +210,32 @@ run_schemathesis() {
     rm -rf "$dir"
 }
 
+# The image's runtime layer: podman builds the Dockerfile's runtime stage around the binary this
+# suite just built (scripts/image.sh runtime; the build stage is a release-time script), and a
+# test runs it as Fly would (crates/dashd/tests/spine/image.rs). Where podman cannot run
+# containers the test is skipped loudly; with DASH_REQUIRE_IMAGE=1 (.ci/run) that fails the run.
+IMAGE_TEST_TAG=localhost/dash-test:runtime
+run_image_test() {
+    if ! bash scripts/image.sh can-run; then
+        echo "!!"
+        echo "!! image test SKIPPED: podman cannot run containers here (scripts/image.sh can-run)"
+        echo "!!"
+        if [ "${DASH_REQUIRE_IMAGE:-0}" = 1 ]; then
+            echo "DASH_REQUIRE_IMAGE=1: the image test must run here" >&2
+            exit 1
+        fi
+        return 0
+    fi
+    bash scripts/image.sh runtime target/debug/dashd "$IMAGE_TEST_TAG"
+    local out
+    out=$(mktemp)
+    DASH_TEST_IMAGE="$IMAGE_TEST_TAG" cargo test --workspace --test spine --locked -- \
+        --ignored --exact image::the_image_runs_both_roles_as_fly_does_on_a_root_owned_volume 2>&1 | tee "$out"
+    # A renamed test would otherwise match nothing and pass.
+    grep -q '^test result: ok. 1 passed' "$out" || { echo "the image test did not run" >&2; rm -f "$out"; exit 1; }
+    rm -f "$out"
+}
+
 # python3 with venv (Schemathesis's virtualenv, free ports) and curl.
 ensure_python() {
     if command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
@@ -238,12 +265,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== unused dependencies"
 python3 scripts/unused-deps.py
+echo "== fly.toml against Fly's schema and Dash's settings"
+python3 scripts/check-fly.py --self-test
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (SQLite integration suite; store tests on both backends)"
 cargo test --workspace --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
 echo "== schemathesis (the OpenAPI document against the real server, 60 s)"
 run_schemathesis
+echo "== the image's runtime layer, run as Fly runs it (podman)"
+run_image_test
 
 echo "== cargo test (integration suite on PostgreSQL)"
 # --workspace keeps the features of the run above, so nothing is rebuilt for this one.

@@ -64,6 +64,10 @@ enum Command {
     /// This machine's ceilings, to set Dash's numbers against.
     #[command(subcommand, hide = true)]
     Ceiling(commands::CeilingAction),
+    /// Print the data directory these settings resolve to, as an absolute path (the image's
+    /// entrypoint hands it to the user dashd runs as).
+    #[command(hide = true)]
+    DataDir,
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -168,6 +172,10 @@ async fn run(
             Ok(())
         }
         Command::Ceiling(action) => commands::ceiling(action).await,
+        Command::DataDir => {
+            println!("{}", std::path::absolute(&settings().data_dir)?.display());
+            Ok(())
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod durability;
 mod flush;
 mod fuzz;
 mod hostile;
+mod image;
 mod intake;
 mod jobs;
 mod live;

@@ -47,6 +47,25 @@ pub async fn fresh_postgres(admin: &str) -> String {
     dash_store::testing::create_database(admin).await.unwrap()
 }
 
+/// A Standard Webhooks POST of `body` to `url`, signed with `secret` at `ts`.
+pub fn signed_post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &SigningSecret,
+    msg_id: &str,
+    ts: i64,
+    content_type: &str,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("content-type", content_type)
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", secret.sign(msg_id, ts, body.as_bytes()))
+        .body(body.to_owned())
+}
+
 /// Seconds since the epoch, as the signer's clock.
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
@@ -229,16 +248,8 @@ impl TestServer {
         content_type: &str,
         body: &str,
     ) -> reqwest::Response {
-        self.client
-            .post(self.url(&format!("/webhooks/{}", pipeline.id)))
-            .header("content-type", content_type)
-            .header("webhook-id", msg_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", pipeline.secret.sign(msg_id, ts, body.as_bytes()))
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap()
+        let url = self.url(&format!("/webhooks/{}", pipeline.id));
+        signed_post(&self.client, &url, &pipeline.secret, msg_id, ts, content_type, body).send().await.unwrap()
     }
 
     pub async fn post_json(&self, pipeline: &Pipeline, msg_id: &str, body: &str) -> reqwest::Response {
