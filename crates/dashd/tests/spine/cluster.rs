@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::live::{connect, send};
-use crate::support::{NatsServer, Pipeline, TestServer, fresh_postgres, postgres_admin};
+use crate::support::{NatsServer, Pipeline, TestServer, fresh_postgres, postgres_admin, stored_events_postgres};
 
 const CLUSTER_NAME: &str = "dash.internal";
 const INGESTOR_NAME: &str = "ingestor.process.dash.internal";
@@ -91,19 +91,7 @@ impl Cluster {
     }
 
     async fn stored_once(&self, pipeline: &str, acked: &[String], unnamed: i64) {
-        let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&self.database).await.unwrap();
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = $1 GROUP BY event_id")
-                .bind(pipeline)
-                .fetch_all(&db)
-                .await
-                .unwrap();
-        let count: i64 = sqlx::query_scalar("SELECT event_count FROM pipelines WHERE id = $1")
-            .bind(pipeline)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        db.close().await;
+        let (rows, count) = stored_events_postgres(&self.database, pipeline).await;
         let copies: HashMap<String, i64> = rows.into_iter().collect();
         assert!(copies.values().all(|c| *c == 1), "an event stored twice");
         for id in acked {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dash_discovery::testing::DnsServer;
 use serde_json::{Value, json};
 
-use crate::support::{NatsServer, fresh_postgres, http_client, now_secs, signed_post};
+use crate::support::{NatsServer, fresh_postgres, http_client, now_secs, signed_post, stored_events_postgres};
 
 /// The app's name, as fly.toml's `app`: dashd derives these two names from it.
 const FLY_APP: &str = "dash";
@@ -31,6 +31,13 @@ const DASH_UID: u32 = 10001;
 fn podman() -> Command {
     let mut command = Command::new("podman");
     command.args(["--storage-driver=vfs", "--runtime=runc", "--cgroup-manager=cgroupfs"]);
+    command
+}
+
+/// `podman run` as containers run here: on the host's network, with ulimits the kernel accepts.
+fn podman_run() -> Command {
+    let mut command = podman();
+    command.args(["run", "--network=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
     command
 }
 
@@ -94,9 +101,8 @@ impl Container {
     fn start(image: &str, role: &str, env: &[(String, String)], volume: Option<&Path>, command: &[String]) -> Self {
         // Made first, so that a container created but not started is removed too.
         let container = Self { name: format!("dash-test-{role}-{}-{}", std::process::id(), now_secs()) };
-        let mut podman = podman();
-        podman.args(["run", "--detach", "--name", &container.name, "--network=host"]);
-        podman.args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+        let mut podman = podman_run();
+        podman.args(["--detach", "--name", &container.name]);
         for (key, value) in env {
             podman.arg("--env").arg(format!("{key}={value}"));
         }
@@ -148,10 +154,6 @@ impl Drop for Container {
     }
 }
 
-fn container_role(is_web: bool) -> &'static str {
-    if is_web { "web" } else { "ingestor" }
-}
-
 fn free_port(ip: IpAddr) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
@@ -175,17 +177,6 @@ async fn wait_until(
         assert!(Instant::now() < deadline, "{what} never came; log:\n{}", container.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn stored(database: &str, pipeline: &str) -> Vec<(String, i64)> {
-    let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(database).await.unwrap();
-    let rows = sqlx::query_as("SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = $1 GROUP BY event_id")
-        .bind(pipeline)
-        .fetch_all(&db)
-        .await
-        .unwrap();
-    db.close().await;
-    rows
 }
 
 #[tokio::test]
@@ -226,9 +217,8 @@ async fn the_image_runs_both_roles_as_fly_does_on_a_root_owned_volume() {
 
     // The release command, as Fly runs it: the image's ENTRYPOINT, fly.toml's command as CMD,
     // no volume, RELEASE_COMMAND=1.
-    let mut release = podman();
-    release.args(["run", "--rm", "--network=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
-    release.args(["--env", &format!("DATABASE_URL={database}"), "--env", "RELEASE_COMMAND=1"]);
+    let mut release = podman_run();
+    release.args(["--rm", "--env", &format!("DATABASE_URL={database}"), "--env", "RELEASE_COMMAND=1"]);
     let output = run(release.arg(&image).args(&fly.release_command));
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.contains("migrations applied (postgres"), "{said}");
@@ -257,13 +247,16 @@ async fn the_image_runs_both_roles_as_fly_does_on_a_root_owned_volume() {
         (format!("http://{ingestor_ip}:{ingestor_port}"), format!("http://{web_ip}:{web_port}"));
     // Fly's checks: /health on both, /ready healthy (the web node knows the ingestor and it is up).
     // On the web node, healthy includes knowing the ingestor by DNS and hearing it beat.
-    for (url, container, is_web) in [(&ingestor_url, &ingestor, false), (&web_url, &web, true)] {
+    for (url, container, role) in [(&ingestor_url, &ingestor, "ingestor"), (&web_url, &web, "web")] {
         wait_until(&client, &format!("{url}/health"), container, "/health", |status, _| status == 200).await;
         wait_until(&client, &format!("{url}/ready"), container, "/ready healthy", |status, body| {
             let ingestors = &body["checks"]["ingestors"];
-            let heard =
-                if is_web { *ingestors == json!({ "ok": true, "known": 1, "up": 1 }) } else { ingestors.is_null() };
-            status == 200 && body["status"] == "healthy" && body["role"] == container_role(is_web) && heard
+            let heard = if role == "web" {
+                *ingestors == json!({ "ok": true, "known": 1, "up": 1 })
+            } else {
+                ingestors.is_null()
+            };
+            status == 200 && body["status"] == "healthy" && body["role"] == role && heard
         })
         .await;
     }
@@ -297,7 +290,7 @@ async fn the_image_runs_both_roles_as_fly_does_on_a_root_owned_volume() {
         assert!(response.status().is_success(), "{}: {}", response.status(), web.logs());
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stored(&database, &pipeline).await.is_empty() {
+    while stored_events_postgres(&database, &pipeline).await.0.is_empty() {
         assert!(Instant::now() < deadline, "never stored; ingestor log:\n{}", ingestor.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -314,8 +307,9 @@ async fn the_image_runs_both_roles_as_fly_does_on_a_root_owned_volume() {
     let (took, code) = ingestor.stop(fly.kill_timeout);
     assert_eq!(code, 0, "the ingestor exits 0 on SIGTERM; log:\n{}", ingestor.logs());
     assert!(took < fly.kill_timeout, "stopped in {took:?}, not killed");
-    let rows = stored(&database, &pipeline).await;
+    let (rows, count) = stored_events_postgres(&database, &pipeline).await;
     assert!(rows.iter().all(|(_, copies)| *copies == 1), "an event stored twice: {rows:?}");
+    assert_eq!(count, rows.len() as i64, "the pipeline's count matches its rows");
     let mut ids: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
     ids.sort();
     acked.sort();

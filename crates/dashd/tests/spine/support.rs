@@ -279,23 +279,30 @@ impl TestServer {
     }
 }
 
+const STORED_IDS: &str = "SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = $1 GROUP BY event_id";
+const STORED_COUNT: &str = "SELECT event_count FROM pipelines WHERE id = $1";
+
+/// Every stored copy of each event id of `pipeline` (id, copies), and the pipeline's count, read
+/// straight from the PostgreSQL database at `url`.
+pub async fn stored_events_postgres(url: &str, pipeline: &str) -> (Vec<(String, i64)>, i64) {
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await.unwrap();
+    let ids = sqlx::query_as(STORED_IDS).bind(pipeline).fetch_all(&db).await.unwrap();
+    let count = sqlx::query_scalar(STORED_COUNT).bind(pipeline).fetch_one(&db).await.unwrap();
+    db.close().await;
+    (ids, count)
+}
+
 impl TestServer {
     /// Every stored copy of each event id of `pipeline` (id, copies), and the pipeline's count,
     /// read straight from the server's database.
     pub async fn stored_events(&self, pipeline: &str) -> (Vec<(String, i64)>, i64) {
-        const IDS: &str = "SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = $1 GROUP BY event_id";
-        const COUNT: &str = "SELECT event_count FROM pipelines WHERE id = $1";
         if let Some((_, url)) = &self.postgres {
-            let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await.unwrap();
-            let ids = sqlx::query_as(IDS).bind(pipeline).fetch_all(&db).await.unwrap();
-            let count = sqlx::query_scalar(COUNT).bind(pipeline).fetch_one(&db).await.unwrap();
-            db.close().await;
-            return (ids, count);
+            return stored_events_postgres(url, pipeline).await;
         }
         let url = format!("sqlite://{}/dash.db", self.data_dir().display());
         let db = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
-        let ids = sqlx::query_as(IDS).bind(pipeline).fetch_all(&db).await.unwrap();
-        let count = sqlx::query_scalar(COUNT).bind(pipeline).fetch_one(&db).await.unwrap();
+        let ids = sqlx::query_as(STORED_IDS).bind(pipeline).fetch_all(&db).await.unwrap();
+        let count = sqlx::query_scalar(STORED_COUNT).bind(pipeline).fetch_one(&db).await.unwrap();
         db.close().await;
         (ids, count)
     }
