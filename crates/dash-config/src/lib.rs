@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// Environment variable → settings key. `FLY_*` come first so the `DASH_*` names win.
@@ -40,6 +41,9 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_NODE_ID", "node_id"),
     ("DASH_REGION", "region"),
     ("DASH_ADMIN_TOKEN", "admin_token"),
+    ("DASH_EDGE_SECRET", "edge_secret"),
+    ("DASH_CLIENT_IP_HEADER", "client_ip_header"),
+    ("DASH_TRUSTED_PROXIES", "trusted_proxies"),
     ("DASH_FLUSH_INTERVAL", "flush_interval"),
     ("DASH_MAX_BATCH", "max_batch"),
     ("DASH_MAX_BACKLOG", "max_backlog"),
@@ -81,6 +85,47 @@ impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The shortest edge secret accepted.
+pub const EDGE_SECRET_MIN: usize = 16;
+
+/// Networks, from a list or from one string separated by commas or spaces (an environment
+/// variable); a bare address is its own network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Networks(pub Vec<IpNet>);
+
+impl<'de> Deserialize<'de> for Networks {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            One(String),
+            Many(Vec<String>),
+        }
+        let items = match Given::deserialize(deserializer)? {
+            Given::One(text) => {
+                text.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+            }
+            Given::Many(items) => items,
+        };
+        items
+            .iter()
+            .map(|item| {
+                let item = item.trim();
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| serde::de::Error::custom(format!("{item:?} is neither a network nor an address")))
+            })
+            .collect::<Result<_, _>>()
+            .map(Networks)
+    }
+}
+
+/// An HTTP header name: one token (RFC 9110).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A setting that must never be printed.
@@ -133,6 +178,16 @@ pub struct Settings {
     pub node_id: Option<String>,
     pub region: String,
     pub admin_token: Option<Secret>,
+    /// Shared by web edges and ingestors: an ingestor believes the client address a request
+    /// names when the request carries it, also from a node it has not heard beat.
+    pub edge_secret: Option<Secret>,
+    /// The header the operator's proxy in front of this node names the client in
+    /// (`Fly-Client-IP`, `X-Forwarded-For`); believed only from `trusted_proxies`.
+    pub client_ip_header: Option<String>,
+    /// Where that proxy connects from: networks (`172.16.0.0/12`) or addresses, a list or one
+    /// string separated by commas or spaces.
+    #[serde(default)]
+    pub trusted_proxies: Networks,
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     pub max_batch: usize,
@@ -205,6 +260,9 @@ impl Default for Settings {
             node_id: None,
             region: "local".into(),
             admin_token: None,
+            edge_secret: None,
+            client_ip_header: None,
+            trusted_proxies: Networks::default(),
             flush_interval: Duration::from_secs(1),
             max_batch: 1000,
             max_backlog: 5000,
@@ -331,11 +389,18 @@ fn normalize(mut s: Settings) -> Settings {
             *value = None;
         }
     }
-    for text in [&mut s.nats_url, &mut s.nats_user, &mut s.dns_cluster_query, &mut s.dns_ingestor_query, &mut s.node_id]
-    {
+    for text in [
+        &mut s.nats_url,
+        &mut s.nats_user,
+        &mut s.dns_cluster_query,
+        &mut s.dns_ingestor_query,
+        &mut s.node_id,
+        &mut s.client_ip_header,
+    ] {
         blank(text);
     }
-    for secret in [&mut s.nats_token, &mut s.nats_password, &mut s.admin_token, &mut s.database_url] {
+    for secret in [&mut s.nats_token, &mut s.nats_password, &mut s.admin_token, &mut s.database_url, &mut s.edge_secret]
+    {
         empty_secret(secret);
     }
     s
@@ -386,6 +451,28 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     }
     if s.retention < s.dedupe_window {
         return Err(invalid("retention", "must be at least the dedupe window"));
+    }
+    if let Some(name) = &s.client_ip_header {
+        if !is_header_name(name) {
+            return Err(invalid("client_ip_header", format!("{name:?} is not a header name")));
+        }
+        if s.trusted_proxies.0.is_empty() {
+            return Err(invalid(
+                "client_ip_header",
+                "needs trusted_proxies (DASH_TRUSTED_PROXIES): the header is believed only from them",
+            ));
+        }
+    } else if !s.trusted_proxies.0.is_empty() {
+        return Err(invalid("trusted_proxies", "needs client_ip_header (DASH_CLIENT_IP_HEADER): the header they set"));
+    }
+    if let Some(secret) = &s.edge_secret {
+        let text = secret.expose();
+        if text.len() < EDGE_SECRET_MIN || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "edge_secret",
+                format!("must be at least {EDGE_SECRET_MIN} printable ASCII characters without spaces"),
+            ));
+        }
     }
     if s.region.trim().is_empty() {
         return Err(invalid("region", "must not be empty"));
@@ -520,6 +607,50 @@ mod tests {
             jail.set_env("APP_ROLE", "sideways");
             let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("APP_ROLE"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn client_address_trust_is_read_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DASH_CLIENT_IP_HEADER", "Fly-Client-IP");
+            jail.set_env("DASH_TRUSTED_PROXIES", "172.16.0.0/12, fdaa::/16 10.0.0.7");
+            jail.set_env("DASH_EDGE_SECRET", "a-secret-of-sixteen");
+            let s = load(jail.directory(), &Overrides::default()).unwrap();
+            assert_eq!(s.client_ip_header.as_deref(), Some("Fly-Client-IP"));
+            let nets: Vec<String> = s.trusted_proxies.0.iter().map(ToString::to_string).collect();
+            assert_eq!(nets, ["172.16.0.0/12", "fdaa::/16", "10.0.0.7/32"]);
+            assert_eq!(s.edge_secret.unwrap().expose(), "a-secret-of-sixteen");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "default.toml",
+                "client_ip_header = \"X-Forwarded-For\"\ntrusted_proxies = [\"10.0.0.0/8\"]",
+            )?;
+            let s = load(jail.directory(), &Overrides::default()).unwrap();
+            assert_eq!(s.trusted_proxies.0, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+            Ok(())
+        });
+        for (env, value, named) in [
+            ("DASH_TRUSTED_PROXIES", "10.0.0.0/33", "DASH_TRUSTED_PROXIES"),
+            ("DASH_TRUSTED_PROXIES", "10.0.0.0/8", "DASH_CLIENT_IP_HEADER"),
+            ("DASH_CLIENT_IP_HEADER", "X-Forwarded-For", "DASH_TRUSTED_PROXIES"),
+            ("DASH_EDGE_SECRET", "short", "DASH_EDGE_SECRET"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(env, value);
+                let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
+                assert!(err.contains(named), "{env}={value}: {err}");
+                Ok(())
+            });
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DASH_CLIENT_IP_HEADER", "Bad Header");
+            jail.set_env("DASH_TRUSTED_PROXIES", "10.0.0.1");
+            let err = load(jail.directory(), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("not a header name"), "{err}");
             Ok(())
         });
     }

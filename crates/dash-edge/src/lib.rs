@@ -12,6 +12,14 @@
 //! request that carries neither `webhook-id` nor `Idempotency-Key` gets an `Idempotency-Key`
 //! from the edge, so every ingestor derives the same event ids from it and the store's dedupe
 //! absorbs a repeat (the one case: a peer that timed out after it had written).
+//!
+//! **Who the client is** travels with the request: the edge sets [`CLIENT_ADDR_HEADER`] to the
+//! address it took the request from (and [`EDGE_SECRET_HEADER`] when an edge secret is set),
+//! after removing any copy of either that the client sent. Ingestors believe that header only
+//! from a known edge (see `dash-http`'s client module), so their per-client bounds and the
+//! failed-authentication throttle key on the sender, never on the edge. Outgoing connections
+//! leave from the address the node listens on when that is a specific one, so the ingestors'
+//! membership view recognises them as this edge's.
 
 use std::collections::HashMap;
 
@@ -44,6 +52,10 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::EXPECT,
     header::PROXY_AUTHORIZATION,
 ];
+/// The address of the client a forwarded request came from, as the edge saw it.
+pub const CLIENT_ADDR_HEADER: &str = "dash-client-addr";
+/// The shared edge secret (`DASH_EDGE_SECRET`), proving a forwarded request comes from an edge.
+pub const EDGE_SECRET_HEADER: &str = "dash-edge-secret";
 /// Response headers passed back to the sender.
 const ANSWER_HEADERS: &[HeaderName] = &[header::CONTENT_TYPE, header::RETRY_AFTER];
 
@@ -56,6 +68,12 @@ pub struct EdgeSettings {
     pub attempt_timeout: Duration,
     /// Peers tried per request.
     pub max_attempts: usize,
+    /// Sent with every forwarded request when set, so ingestors trust its client address.
+    pub secret: Option<String>,
+    /// The address connections leave from: the node's own listen address when it is a specific
+    /// one, so ingestors know this edge by its heartbeat. Used only toward peers on the same
+    /// kind of network (loopback or not).
+    pub local_address: Option<IpAddr>,
 }
 
 impl Default for EdgeSettings {
@@ -65,6 +83,8 @@ impl Default for EdgeSettings {
             connect_timeout: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(5),
             max_attempts: 3,
+            secret: None,
+            local_address: None,
         }
     }
 }
@@ -99,6 +119,8 @@ pub enum ForwardError {
 #[derive(Clone)]
 pub struct Forwarder {
     client: reqwest::Client,
+    /// Connections that leave from `settings.local_address`, when it is set.
+    bound: Option<reqwest::Client>,
     settings: Arc<EdgeSettings>,
     ingestors: Ingestors,
     membership: Membership,
@@ -112,17 +134,21 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(settings: EdgeSettings, ingestors: Ingestors, membership: Membership) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.attempt_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(settings.connect_timeout)
+                .timeout(settings.attempt_timeout)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(64)
+                .redirect(reqwest::redirect::Policy::none())
+                .tcp_nodelay(true)
+                .no_proxy()
+        };
+        let client = builder().build()?;
+        let bound = settings.local_address.map(|ip| builder().local_address(ip).build()).transpose()?;
         Ok(Self {
             client,
+            bound,
             settings: Arc::new(settings),
             ingestors,
             membership,
@@ -140,16 +166,22 @@ impl Forwarder {
     }
 
     /// Sends `POST {path}` with `headers` and `body` to the best ingestor, then to the next while
-    /// they fail. Returns the first real answer; a 429/503 is returned only when no later peer
-    /// did better.
-    pub async fn forward(&self, path: &str, headers: &HeaderMap, body: Bytes) -> Result<Answer, ForwardError> {
+    /// they fail, naming `client` as the sender. Returns the first real answer; a 429/503 is
+    /// returned only when no later peer did better.
+    pub async fn forward(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        client: Option<IpAddr>,
+    ) -> Result<Answer, ForwardError> {
         let started = Instant::now();
         let order = self.order();
         if order.is_empty() {
             metrics::counter!("dash_edge_forwarded_total", "outcome" => "no_ingestors").increment(1);
             return Err(ForwardError::NoIngestors);
         }
-        let headers = outgoing_headers(headers);
+        let headers = outgoing_headers(headers, client, self.settings.secret.as_deref());
         let mut last_refusal: Option<Answer> = None;
         let mut last_error = String::new();
         let tried = order.len().min(self.settings.max_attempts.max(1));
@@ -188,7 +220,7 @@ impl Forwarder {
 
     async fn attempt(&self, peer: SocketAddr, path: &str, headers: &HeaderMap, body: Bytes) -> reqwest::Result<Answer> {
         let url = format!("http://{peer}{path}");
-        let response = self.client.post(url).headers(headers.clone()).body(body).send().await?;
+        let response = self.client_toward(peer.ip()).post(url).headers(headers.clone()).body(body).send().await?;
         let status = response.status();
         let mut answer_headers = HeaderMap::new();
         for name in ANSWER_HEADERS {
@@ -198,6 +230,14 @@ impl Forwarder {
         }
         let body = response.bytes().await?;
         Ok(Answer { status, headers: answer_headers, body })
+    }
+
+    /// The bound client where the local address can reach `peer` (both loopback, or neither).
+    fn client_toward(&self, peer: IpAddr) -> &reqwest::Client {
+        match (&self.bound, self.settings.local_address) {
+            (Some(bound), Some(local)) if local.is_loopback() == peer.is_loopback() => bound,
+            _ => &self.client,
+        }
     }
 
     fn candidates(&self) -> Vec<SocketAddr> {
@@ -232,12 +272,22 @@ fn is_refusal(status: StatusCode) -> bool {
     status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
 }
 
-/// The sender's headers minus the connection's own, plus an `Idempotency-Key` when the request
-/// has no id of its own.
-fn outgoing_headers(incoming: &HeaderMap) -> HeaderMap {
+/// The sender's headers minus the connection's own and any claim of who the client is or of
+/// being an edge, plus the edge's own such claims, and an `Idempotency-Key` when the request has
+/// no id of its own.
+fn outgoing_headers(incoming: &HeaderMap, client: Option<IpAddr>, secret: Option<&str>) -> HeaderMap {
     let mut headers = incoming.clone();
     for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+    headers.remove(CLIENT_ADDR_HEADER);
+    headers.remove(EDGE_SECRET_HEADER);
+    if let Some(ip) = client {
+        headers
+            .insert(CLIENT_ADDR_HEADER, HeaderValue::from_str(&ip.to_string()).expect("an address is a valid value"));
+    }
+    if let Some(value) = secret.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(EDGE_SECRET_HEADER, value);
     }
     if !headers.contains_key("webhook-id") && !headers.contains_key("idempotency-key") {
         let key = format!("edge-{}", uuid::Uuid::now_v7());
@@ -311,14 +361,28 @@ mod tests {
         incoming.insert(header::HOST, HeaderValue::from_static("dash.example"));
         incoming.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         incoming.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
-        let out = outgoing_headers(&incoming);
+        let out = outgoing_headers(&incoming, None, None);
         assert!(out.get(header::HOST).is_none() && out.get(header::CONTENT_LENGTH).is_none());
         assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer t");
         assert!(out.get("idempotency-key").unwrap().to_str().unwrap().starts_with("edge-"));
 
         incoming.insert("webhook-id", HeaderValue::from_static("msg_1"));
-        let out = outgoing_headers(&incoming);
+        let out = outgoing_headers(&incoming, None, None);
         assert!(out.get("idempotency-key").is_none(), "the sender's own id is kept as the only id");
         assert_eq!(out.get("webhook-id").unwrap(), "msg_1");
+    }
+
+    #[test]
+    fn the_client_and_the_edge_secret_are_the_edges_to_say_never_the_senders() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(CLIENT_ADDR_HEADER, HeaderValue::from_static("10.9.9.9"));
+        incoming.insert(EDGE_SECRET_HEADER, HeaderValue::from_static("guessed"));
+        let out = outgoing_headers(&incoming, None, None);
+        assert!(out.get(CLIENT_ADDR_HEADER).is_none() && out.get(EDGE_SECRET_HEADER).is_none(), "{out:?}");
+
+        let client: IpAddr = "2001:db8::7".parse().unwrap();
+        let out = outgoing_headers(&incoming, Some(client), Some("s3cret"));
+        assert_eq!(out.get_all(CLIENT_ADDR_HEADER).iter().collect::<Vec<_>>(), vec!["2001:db8::7"]);
+        assert_eq!(out.get_all(EDGE_SECRET_HEADER).iter().collect::<Vec<_>>(), vec!["s3cret"]);
     }
 }

@@ -16,7 +16,7 @@ use dash_store::{PipelineAuth, PipelineRecord, SourceRecord, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::webhooks::Peer;
+use crate::client::Client;
 use crate::{ApiError, AppState};
 
 /// Most buckets one series request may ask for.
@@ -41,7 +41,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
 /// With `DASH_ADMIN_TOKEN` set, the API needs `Authorization: Bearer <token>` (or a session).
 async fn require_admin(
     State(state): State<AppState>,
-    Peer(peer): Peer,
+    Client(peer): Client,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {

@@ -2,14 +2,17 @@
 //! permits. Past it a request gets 429. No one client address may hold more than a share of it
 //! ([`PEER_SHARE`], and never less than one largest body), so a peer that opens many slow
 //! uploads cannot take it all from the others. IPv6 clients count by their /64 (one host can
-//! hold a whole /64). Ingestors behind web edges do not split by address: every forwarded
-//! request comes from an edge, which applies the share to the real senders.
+//! hold a whole /64). The client is the one [`Client`](crate::client::Client) resolves: behind
+//! a web edge, the sender the edge names, never the edge; a request whose client is unknown is
+//! bounded by the total only.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::client::client_key;
 
 /// The part of the budget one client address may hold: half.
 const PEER_SHARE: u32 = 2;
@@ -29,21 +32,17 @@ pub(crate) struct BodyPermit {
 }
 
 impl BodyBudget {
-    /// `kib` in all; `largest_kib` is what one request may need. Without `per_peer`, only the
-    /// total bounds a request.
-    pub(crate) fn new(kib: u32, largest_kib: u32, per_peer: bool) -> Arc<Self> {
+    /// `kib` in all; `largest_kib` is what one request may need.
+    pub(crate) fn new(kib: u32, largest_kib: u32) -> Arc<Self> {
         let kib = kib.max(1);
-        let per_peer_max = match per_peer {
-            true => (kib / PEER_SHARE).max(largest_kib).max(1),
-            false => u32::MAX,
-        };
+        let per_peer_max = (kib / PEER_SHARE).max(largest_kib).max(1);
         Arc::new(Self { total: Arc::new(Semaphore::new(kib as usize)), per_peer_max, held: Mutex::new(HashMap::new()) })
     }
 
     /// `kib` of the budget for a request from `peer`, or `None` when the budget, or the peer's
     /// share of it, is used up.
     pub(crate) fn try_take(self: &Arc<Self>, peer: Option<IpAddr>, kib: u32) -> Option<BodyPermit> {
-        let peer = peer.filter(|_| self.per_peer_max != u32::MAX).map(client_key);
+        let peer = peer.map(client_key);
         if let Some(ip) = peer {
             let mut held = self.held.lock().expect("budget lock");
             let mine = held.entry(ip).or_default();
@@ -77,18 +76,6 @@ impl BodyBudget {
     }
 }
 
-/// The address a client is counted by: itself, or its /64 for IPv6.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
-        v4 => v4,
-    }
-}
-
 impl Drop for BodyPermit {
     fn drop(&mut self) {
         if let Some(ip) = self.peer {
@@ -103,7 +90,7 @@ mod tests {
 
     #[test]
     fn one_peer_gets_half_and_others_keep_the_rest() {
-        let budget = BodyBudget::new(100, 10, true);
+        let budget = BodyBudget::new(100, 10);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = budget.try_take(Some(a), 40).unwrap();
@@ -119,17 +106,15 @@ mod tests {
     }
 
     #[test]
-    fn a_share_fits_one_largest_body_and_ingestors_do_not_split() {
-        let budget = BodyBudget::new(100, 80, true);
+    fn a_share_fits_one_largest_body() {
+        let budget = BodyBudget::new(100, 80);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         assert!(budget.try_take(Some(a), 80).is_some());
-        let edge_fed = BodyBudget::new(100, 10, false);
-        assert!(edge_fed.try_take(Some(a), 100).is_some());
     }
 
     #[test]
     fn ipv6_clients_count_by_their_64() {
-        let budget = BodyBudget::new(100, 10, true);
+        let budget = BodyBudget::new(100, 10);
         let one: IpAddr = "2001:db8::1".parse().unwrap();
         let other_in_same_64: IpAddr = "2001:db8::ffff:2".parse().unwrap();
         let _held = budget.try_take(Some(one), 50).unwrap();

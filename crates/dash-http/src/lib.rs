@@ -8,6 +8,7 @@
 mod api;
 mod auth;
 mod budget;
+mod client;
 mod error;
 mod live;
 mod ops;
@@ -36,6 +37,7 @@ use dash_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use api::source_json;
+pub use client::ClientTrust;
 pub use error::ApiError;
 pub use live::follow_bus;
 pub use serve::{HEADER_READ_TIMEOUT, ServeLimits, serve};
@@ -76,6 +78,8 @@ pub struct AppState {
     pub(crate) inflight: Arc<budget::BodyBudget>,
     /// Failed authentications per client address.
     pub(crate) throttle: Arc<throttle::AuthThrottle>,
+    /// Whom this node believes about a client's address (edges, the operator's proxy).
+    pub(crate) client_trust: ClientTrust,
     /// Who else is in the cluster, from heartbeats (absent: this node alone).
     pub membership: Option<Membership>,
     /// On a web node without intake: hands webhooks to ingestors.
@@ -97,8 +101,6 @@ impl AppState {
     ) -> Self {
         let permits = u32::try_from(limits.inflight_body_bytes / 1024).unwrap_or(u32::MAX);
         let largest = u32::try_from(limits.max_body / 1024 + 1).unwrap_or(u32::MAX);
-        // Behind web edges every request comes from an edge's address: no split by address.
-        let per_peer = node.role != "ingestor";
         Self {
             intake,
             store,
@@ -107,8 +109,9 @@ impl AppState {
             limits: Arc::new(limits),
             metrics,
             hub,
-            inflight: budget::BodyBudget::new(permits, largest, per_peer),
+            inflight: budget::BodyBudget::new(permits, largest),
             throttle: Default::default(),
+            client_trust: ClientTrust::default(),
             membership: None,
             edge: None,
             store_warnings: Arc::new(LogThrottle::per_period()),
@@ -117,6 +120,11 @@ impl AppState {
 
     pub fn with_edge(mut self, edge: Forwarder) -> Self {
         self.edge = Some(edge);
+        self
+    }
+
+    pub fn with_client_trust(mut self, trust: ClientTrust) -> Self {
+        self.client_trust = trust;
         self
     }
 

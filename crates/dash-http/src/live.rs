@@ -10,8 +10,8 @@ use dash_domain::PipelineUpdate;
 use dash_live::{ClientId, ClientMessage, ServerMessage};
 use tokio::sync::watch;
 
+use crate::client::Client;
 use crate::serve::ConnectionSlot;
-use crate::webhooks::Peer;
 use crate::{ApiError, AppState};
 
 /// Largest message a client may send (a subscribe is ~100 bytes).
@@ -26,7 +26,7 @@ pub(crate) fn router() -> axum::Router<AppState> {
 
 async fn upgrade(
     State(state): State<AppState>,
-    Peer(peer): Peer,
+    Client(peer): Client,
     slot: Option<axum::Extension<ConnectionSlot>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth;
-use crate::webhooks::Peer;
+use crate::client::Client;
 
 /// Latest events on a pipeline page.
 const PAGE_EVENTS: u32 = 50;
@@ -401,7 +401,7 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
-    Peer(peer): Peer,
+    Client(peer): Client,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {

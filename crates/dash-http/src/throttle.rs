@@ -1,5 +1,7 @@
-//! Failed authentication, throttled per client address: a wrong webhook signature or token, a
-//! wrong admin token (API, `/live`, login form). Each failure takes a cell from the address's
+//! Failed authentication, throttled per client: a wrong webhook signature or token, a wrong
+//! admin token (API, `/live`, login form). The client is the one
+//! [`Client`](crate::client::Client) resolves (behind a web edge, the sender, never the edge),
+//! counted by its address, or its /64 for IPv6. Each failure takes a cell from the address's
 //! [governor] budget ([`FAILURES_BURST`] at once, refilled at [`FAILURES_PER_SEC`]); once it is
 //! spent, every authentication attempt from that address gets 429 with `Retry-After` before its
 //! credentials are even looked at, until the budget refills. Correct senders elsewhere are
@@ -16,6 +18,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 
 use crate::ApiError;
+use crate::client::client_key;
 
 /// Failures an address may make at once.
 pub const FAILURES_BURST: u32 = 30;
@@ -49,7 +52,7 @@ impl Default for AuthThrottle {
 impl AuthThrottle {
     /// Before credentials are checked: 429 while the address is blocked.
     pub(crate) fn admit(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
-        let Some(ip) = peer else { return Ok(()) };
+        let Some(ip) = peer.map(client_key) else { return Ok(()) };
         if !self.any_blocked.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
@@ -63,34 +66,49 @@ impl AuthThrottle {
     /// After credentials failed: the answer to send, `refusal` or 429 once the address's budget
     /// of failures is spent.
     pub(crate) fn failed(&self, peer: Option<IpAddr>, refusal: ApiError) -> ApiError {
-        let Some(ip) = peer else { return refusal };
+        self.record_failure(peer).unwrap_or(refusal)
+    }
+
+    /// Counts a failure; the 429 to answer instead once the address's budget is spent.
+    pub(crate) fn record_failure(&self, peer: Option<IpAddr>) -> Option<ApiError> {
+        let ip = client_key(peer?);
         metrics::counter!("dash_auth_failures_total").increment(1);
         if self.limiter.len() > ADDRESSES_MAX {
             self.limiter.retain_recent();
         }
         match self.limiter.check_key(&ip) {
-            Ok(()) => refusal,
+            Ok(()) => None,
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now()).max(Duration::from_secs(1));
-                let mut blocked = self.blocked.lock().expect("throttle lock");
-                if blocked.len() > ADDRESSES_MAX {
-                    let now = Instant::now();
-                    blocked.retain(|_, until| *until > now);
-                }
-                blocked.insert(ip, Instant::now() + wait);
-                self.any_blocked.store(true, std::sync::atomic::Ordering::Release);
-                metrics::counter!("dash_auth_throttled_total").increment(1);
-                tracing::warn!(%ip, wait_ms = wait.as_millis() as u64, "too many failed authentications; throttled");
-                too_many(wait)
+                Some(self.block(Some(ip), wait))
             }
         }
     }
+
+    /// Blocks the address for `wait` (a web edge does so when an ingestor throttled the client,
+    /// so the client's next attempts stop at the edge); the 429 to answer.
+    pub(crate) fn block(&self, peer: Option<IpAddr>, wait: Duration) -> ApiError {
+        let Some(ip) = peer.map(client_key) else { return too_many(wait) };
+        let mut blocked = self.blocked.lock().expect("throttle lock");
+        if blocked.len() > ADDRESSES_MAX {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+        }
+        blocked.insert(ip, Instant::now() + wait);
+        self.any_blocked.store(true, std::sync::atomic::Ordering::Release);
+        metrics::counter!("dash_auth_throttled_total").increment(1);
+        tracing::warn!(%ip, wait_ms = wait.as_millis() as u64, "too many failed authentications; throttled");
+        too_many(wait)
+    }
 }
+
+/// The code of the 429 that [`AuthThrottle`] answers.
+pub(crate) const THROTTLED_CODE: &str = "too_many_failed_attempts";
 
 fn too_many(wait: Duration) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        "too_many_failed_attempts",
+        THROTTLED_CODE,
         "too many failed authentications from this address; retry later",
     )
     .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
@@ -116,5 +134,17 @@ mod tests {
         assert!(throttle.admit(Some(other)).is_ok());
         assert_eq!(throttle.failed(Some(other), refusal()).status, StatusCode::UNAUTHORIZED);
         assert!(throttle.admit(None).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_guesser_is_blocked_across_its_64() {
+        let throttle = AuthThrottle::default();
+        let refusal = || ApiError::unauthorized("invalid_token", "no");
+        for i in 0..=FAILURES_BURST {
+            let ip: IpAddr = format!("2001:db8:0:1::{:x}", i + 1).parse().unwrap();
+            throttle.failed(Some(ip), refusal());
+        }
+        assert!(throttle.admit(Some("2001:db8:0:1:abcd::1".parse().unwrap())).is_err());
+        assert!(throttle.admit(Some("2001:db8:0:2::1".parse().unwrap())).is_ok());
     }
 }

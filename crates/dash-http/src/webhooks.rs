@@ -9,17 +9,19 @@
 //! once it is fsync'd.
 //!
 //! On a web node without intake the same route forwards: the body is read under the same
-//! bounds, then handed to an ingestor by the [`Forwarder`](dash_edge::Forwarder), whose answer
-//! is relayed as it is. With no ingestor answering, 503 with `Retry-After`.
+//! bounds, then handed to an ingestor by the [`Forwarder`](dash_edge::Forwarder) with the
+//! client's address, and the answer is relayed as it is. The edge throttles failed
+//! authentication itself, per client: a client whose requests the ingestors keep refusing with
+//! 401 gets 429 from the edge, before its requests are forwarded at all. With no ingestor
+//! answering, 503 with `Retry-After`.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -31,6 +33,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use crate::budget::BodyPermit;
+use crate::client::Client;
 use crate::{ApiError, AppState};
 
 /// How long a client may take to send its body (1 MiB at ~70 KiB/s).
@@ -58,16 +61,26 @@ pub(crate) fn edge_router() -> axum::Router<AppState> {
 
 async fn forward(
     State(state): State<AppState>,
-    Peer(peer): Peer,
+    Client(peer): Client,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let edge = state.edge.as_ref().expect("edge routes are mounted only with a forwarder");
+    state.throttle.admit(peer)?;
     let (_permit, bytes) = admit_body(&state, &headers, body, peer).await?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    match edge.forward(path, &headers, bytes).await {
-        Ok(answer) => Ok((answer.status, answer.headers, answer.body).into_response()),
+    match edge.forward(path, &headers, bytes, peer).await {
+        Ok(answer) if answer.status == StatusCode::UNAUTHORIZED => match state.throttle.record_failure(peer) {
+            Some(throttled) => Err(throttled),
+            None => Ok(relay(answer)),
+        },
+        // The ingestors throttled this client: its next attempts stop here.
+        Ok(answer) if is_throttled(&answer) => {
+            let wait = answer.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
+            Err(state.throttle.block(peer, Duration::from_secs(wait.unwrap_or(1).clamp(1, 60))))
+        }
+        Ok(answer) => Ok(relay(answer)),
         Err(err) => {
             // The detail names private addresses: it goes to the log, not to the sender.
             tracing::warn!(error = %err, "webhook not forwarded");
@@ -80,16 +93,15 @@ async fn forward(
     }
 }
 
-/// The client's address, as the server loop recorded it (absent when the router is driven
-/// without it, as in unit tests).
-pub(crate) struct Peer(pub Option<IpAddr>);
+fn relay(answer: dash_edge::Answer) -> Response {
+    (answer.status, answer.headers, answer.body).into_response()
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())))
-    }
+/// An ingestor's 429 for too many failed authentications (not for a full backlog).
+fn is_throttled(answer: &dash_edge::Answer) -> bool {
+    answer.status == StatusCode::TOO_MANY_REQUESTS
+        && serde_json::from_slice::<Value>(&answer.body)
+            .is_ok_and(|body| body["error"]["code"] == crate::throttle::THROTTLED_CODE)
 }
 
 /// Reads a body within the size limit, the in-flight budget and the client's share of it; the
@@ -120,7 +132,7 @@ async fn admit_body(
 
 async fn receive(
     State(state): State<AppState>,
-    Peer(peer): Peer,
+    Client(peer): Client,
     Path(pipeline): Path<String>,
     headers: HeaderMap,
     body: Body,

@@ -14,7 +14,7 @@ use dash_config::{Role, Settings};
 use dash_discovery::{Discovery, DiscoveryTask};
 use dash_domain::NodeHeartbeat;
 use dash_edge::{EdgeSettings, Forwarder, Ingestors};
-use dash_http::{AppState, HttpLimits, NodeInfo};
+use dash_http::{AppState, ClientTrust, HttpLimits, NodeInfo};
 use dash_ingest::{Intake, IntakeSettings, IntakeTasks};
 use dash_live::{Hub, HubTask};
 use dash_log_throttle::TargetThrottle;
@@ -159,7 +159,8 @@ impl App {
             dash_cluster::start(&bus, heartbeat, cluster_dns, load).await.context("subscribing to heartbeats")?;
         let mut state =
             AppState::new(intake.as_ref().map(|(i, _)| i.clone()), store.clone(), bus, node, limits, metrics, hub)
-                .with_membership(membership.clone());
+                .with_membership(membership.clone())
+                .with_client_trust(client_trust(&settings)?);
         if settings.role == Role::Web {
             let ingestors = match &settings.dns_ingestor_query {
                 Some(query) => {
@@ -169,7 +170,14 @@ impl App {
                 }
                 None => Ingestors::Heartbeats,
             };
-            let edge = EdgeSettings { ingestor_port: settings.ingestor_port, ..EdgeSettings::default() };
+            let edge = EdgeSettings {
+                ingestor_port: settings.ingestor_port,
+                secret: settings.edge_secret.as_ref().map(|s| s.expose().to_owned()),
+                // Leaving from the address this node listens on (and announces), ingestors know
+                // the connection as this edge's.
+                local_address: Some(local_addr.ip()).filter(|ip| !ip.is_unspecified()),
+                ..EdgeSettings::default()
+            };
             state = state.with_edge(Forwarder::new(edge, ingestors, membership).context("building the edge client")?);
         }
         let follower_state = state.clone();
@@ -325,6 +333,16 @@ fn connection_cap(configured: usize) -> usize {
 /// Connections the kernel may hold waiting for `accept`. After a restart every open dashboard
 /// reconnects at once; a short queue would turn that into refused connections and retries.
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// Whom the node believes about a client's address, from the settings.
+fn client_trust(settings: &Settings) -> anyhow::Result<ClientTrust> {
+    ClientTrust::new(
+        settings.edge_secret.as_ref().map(|s| s.expose().to_owned()),
+        settings.client_ip_header.as_deref(),
+        settings.trusted_proxies.0.clone(),
+    )
+    .context("DASH_CLIENT_IP_HEADER")
+}
 
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };

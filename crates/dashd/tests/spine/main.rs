@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod durability;
+mod edge_trust;
 mod flush;
 mod fuzz;
 mod hostile;

@@ -1,0 +1,250 @@
+//! Who a request comes from. Everything keyed per client (the failed-authentication throttle on
+//! webhooks, the API, `/live` and the login form; each client's share of the body budget) keys
+//! on the address [`Client`] resolves, in this order:
+//!
+//! 1. **From a web edge.** An edge names the sender of a forwarded webhook in
+//!    [`CLIENT_ADDR_HEADER`]. The header is believed only from a known edge: a `web` node in
+//!    this node's membership (the address its heartbeats announce is the connection's), or a
+//!    request carrying the shared edge secret ([`EDGE_SECRET_HEADER`], `DASH_EDGE_SECRET`). A
+//!    known edge that names no client (an older edge during an upgrade) leaves the client
+//!    unknown: an edge's own address is never throttled or budgeted as a client.
+//! 2. **From the operator's proxy.** Behind Fly's proxy or a load balancer, the proxy names the
+//!    client in a header (`DASH_CLIENT_IP_HEADER`: `Fly-Client-IP`, `X-Forwarded-For`, …). It is
+//!    believed only when the connection comes from `DASH_TRUSTED_PROXIES`; in a list, the
+//!    rightmost address that is not itself a trusted proxy is the client (what a client writes
+//!    further left is its own claim, and ignored).
+//! 3. **Otherwise the connection's peer.** Either header from anyone else is ignored; that is
+//!    logged once a period, since it usually means a misconfigured edge or proxy.
+//!
+//! IPv6 clients are counted by their /64 ([`client_key`]): one host holds a /64 as easily as
+//! one address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::InvalidHeaderName;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName};
+pub use dash_edge::{CLIENT_ADDR_HEADER, EDGE_SECRET_HEADER};
+use dash_log_throttle::LogThrottle;
+use ipnet::IpNet;
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+
+/// The role whose nodes forward webhooks to ingestors.
+const EDGE_ROLE: &str = "web";
+
+/// Whom this node believes about the client's address.
+#[derive(Clone)]
+pub struct ClientTrust {
+    /// The shared edge secret; a request carrying it is from an edge.
+    edge_secret: Option<String>,
+    /// The header the operator's proxy names the client in.
+    proxy_header: Option<HeaderName>,
+    /// Where that proxy connects from.
+    trusted_proxies: Vec<IpNet>,
+    /// A header nobody trusted sent: one warning per period.
+    ignored: Arc<LogThrottle>,
+}
+
+impl Default for ClientTrust {
+    /// Edges by membership only; no proxy.
+    fn default() -> Self {
+        Self::new(None, None, Vec::new()).expect("no header to parse")
+    }
+}
+
+impl ClientTrust {
+    /// `proxy_header` is a header's name, in any case.
+    pub fn new(
+        edge_secret: Option<String>,
+        proxy_header: Option<&str>,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Result<Self, InvalidHeaderName> {
+        let proxy_header = proxy_header.map(|name| HeaderName::from_bytes(name.as_bytes())).transpose()?;
+        Ok(Self { edge_secret, proxy_header, trusted_proxies, ignored: Arc::new(LogThrottle::per_period()) })
+    }
+
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    fn carries_edge_secret(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.edge_secret else { return false };
+        headers
+            .get(EDGE_SECRET_HEADER)
+            .is_some_and(|presented| bool::from(presented.as_bytes().ct_eq(expected.as_bytes())))
+    }
+
+    /// The client of a request that came over a connection from `peer`; `is_edge` says whether
+    /// an address is a known edge's.
+    pub(crate) fn resolve(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        is_edge: impl Fn(IpAddr) -> bool,
+    ) -> Option<IpAddr> {
+        let peer = canonical(peer);
+        let named = headers.get(CLIENT_ADDR_HEADER);
+        if named.is_some() || self.edge_secret.is_some() {
+            // The membership check costs a lock: only asked when an edge could be talking.
+            if self.carries_edge_secret(headers) || is_edge(peer) {
+                return named.and_then(|v| v.to_str().ok()).and_then(parse_addr).map(canonical);
+            }
+        } else if is_edge(peer) {
+            return None;
+        }
+        if let Some(name) = &self.proxy_header {
+            if self.is_trusted_proxy(peer) {
+                return Some(self.named_by_proxy(name, headers).map_or(peer, canonical));
+            }
+            if headers.contains_key(name) {
+                self.ignored_header(name.as_str(), peer);
+            }
+        }
+        if named.is_some() {
+            self.ignored_header(CLIENT_ADDR_HEADER, peer);
+        }
+        Some(peer)
+    }
+
+    /// The rightmost address in the proxy's header that is not a trusted proxy.
+    fn named_by_proxy(&self, name: &HeaderName, headers: &HeaderMap) -> Option<IpAddr> {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        let mut entries = values.iter().flat_map(|v| v.split(',')).rev();
+        entries.find_map(|entry| match parse_addr(entry) {
+            Some(ip) if self.is_trusted_proxy(ip) => None,
+            parsed => Some(parsed),
+        })?
+    }
+
+    fn ignored_header(&self, name: &str, peer: IpAddr) {
+        if let Some(held_back) = self.ignored.admit() {
+            tracing::warn!(
+                header = name,
+                %peer,
+                held_back,
+                "a client-address header from a peer that is neither a known edge nor a trusted proxy was ignored"
+            );
+        }
+    }
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1` or `[2001:db8::1]:80`.
+fn parse_addr(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    text.parse::<IpAddr>().ok().or_else(|| text.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
+/// An IPv4 address mapped into IPv6 (a dual-stack listener's view) as the IPv4 it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The address a client is counted by: itself, or its /64 for IPv6.
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// The client's address by the rules above; absent when the router is driven without a
+/// connection (unit tests) or when an edge did not say.
+pub(crate) struct Client(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Ok(Self(None));
+        };
+        let is_edge = |ip: IpAddr| state.membership.as_ref().is_some_and(|m| m.peer(ip, EDGE_ROLE).is_some());
+        Ok(Self(state.client_trust.resolve(peer.ip(), &parts.headers, is_edge)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    const EDGE: &str = "10.0.0.4";
+    fn is_edge(peer: IpAddr) -> bool {
+        peer == ip(EDGE)
+    }
+
+    #[test]
+    fn an_edge_is_believed_and_anyone_else_is_not() {
+        let trust = ClientTrust::default();
+        let named = headers(&[(CLIENT_ADDR_HEADER, "203.0.113.7")]);
+        assert_eq!(trust.resolve(ip(EDGE), &named, is_edge), Some(ip("203.0.113.7")));
+        assert_eq!(trust.resolve(ip("198.51.100.1"), &named, is_edge), Some(ip("198.51.100.1")), "a spoof");
+        assert_eq!(trust.resolve(ip(EDGE), &HeaderMap::new(), is_edge), None, "never the edge itself");
+        let garbage = headers(&[(CLIENT_ADDR_HEADER, "not-an-address")]);
+        assert_eq!(trust.resolve(ip(EDGE), &garbage, is_edge), None);
+        assert_eq!(trust.resolve(ip("198.51.100.1"), &HeaderMap::new(), is_edge), Some(ip("198.51.100.1")));
+        let dual_stack = ip("::ffff:10.0.0.4");
+        assert_eq!(trust.resolve(dual_stack, &named, is_edge), Some(ip("203.0.113.7")), "an edge seen over [::]");
+    }
+
+    #[test]
+    fn the_edge_secret_vouches_for_a_peer_membership_does_not_know() {
+        let trust = ClientTrust::new(Some("s3cret".into()), None, vec![]).unwrap();
+        let with = headers(&[(CLIENT_ADDR_HEADER, "203.0.113.7"), (EDGE_SECRET_HEADER, "s3cret")]);
+        let wrong = headers(&[(CLIENT_ADDR_HEADER, "203.0.113.7"), (EDGE_SECRET_HEADER, "guess")]);
+        let stranger = ip("198.51.100.1");
+        assert_eq!(trust.resolve(stranger, &with, |_| false), Some(ip("203.0.113.7")));
+        assert_eq!(trust.resolve(stranger, &wrong, |_| false), Some(stranger));
+        assert_eq!(trust.resolve(ip(EDGE), &HeaderMap::new(), is_edge), None, "membership still counts");
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_and_only_its_own_entry_counts() {
+        let proxies = vec!["172.16.0.0/12".parse().unwrap(), "fdaa::/16".parse().unwrap()];
+        let trust = ClientTrust::new(None, Some("X-Forwarded-For"), proxies).unwrap();
+        let proxy = ip("172.16.3.4");
+        // The client wrote "1.1.1.1" itself; the proxy appended what it saw; a second hop of ours
+        // appended its own address.
+        let chain = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.7"), ("x-forwarded-for", "172.16.9.9")]);
+        assert_eq!(trust.resolve(proxy, &chain, |_| false), Some(ip("203.0.113.7")));
+        assert_eq!(trust.resolve(ip("fdaa::3"), &chain, |_| false), Some(ip("203.0.113.7")));
+        assert_eq!(trust.resolve(ip("198.51.100.1"), &chain, |_| false), Some(ip("198.51.100.1")), "not a proxy");
+        let bracketed = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
+        assert_eq!(trust.resolve(proxy, &bracketed, |_| false), Some(ip("2001:db8::1")));
+        assert_eq!(trust.resolve(proxy, &HeaderMap::new(), |_| false), Some(proxy), "the proxy's own request");
+        let mapped = ip("::ffff:172.16.3.4");
+        assert_eq!(trust.resolve(mapped, &chain, |_| false), Some(ip("203.0.113.7")), "a dual-stack view of it");
+
+        let fly = ClientTrust::new(None, Some("Fly-Client-IP"), vec!["172.16.0.0/12".parse().unwrap()]).unwrap();
+        let named = headers(&[("fly-client-ip", "2001:db8:1:2::9")]);
+        assert_eq!(fly.resolve(proxy, &named, |_| false), Some(ip("2001:db8:1:2::9")));
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        assert_eq!(client_key(ip("2001:db8:0:1::1")), ip("2001:db8:0:1::"));
+        assert_eq!(client_key(ip("2001:db8:0:1:ffff::2")), ip("2001:db8:0:1::"));
+        assert_eq!(client_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(client_key(ip("10.1.2.3")), ip("10.1.2.3"));
+    }
+}
