@@ -42,6 +42,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_REGION", "region"),
     ("DASH_ADMIN_TOKEN", "admin_token"),
     ("DASH_EDGE_SECRET", "edge_secret"),
+    ("DASH_PUBLIC_URL", "public_url"),
     ("DASH_CLIENT_IP_HEADER", "client_ip_header"),
     ("DASH_TRUSTED_PROXIES", "trusted_proxies"),
     ("DASH_FLUSH_INTERVAL", "flush_interval"),
@@ -178,6 +179,9 @@ pub struct Settings {
     pub node_id: Option<String>,
     pub region: String,
     pub admin_token: Option<Secret>,
+    /// The address senders post to (`https://dash.example.com`), for schemes that sign the URL
+    /// (Twilio); unset: built from `X-Forwarded-Proto` and the `Host` the request names.
+    pub public_url: Option<String>,
     /// Shared by web edges and ingestors: an ingestor believes the client address a request
     /// names when the request carries it, also from a node it has not heard beat.
     pub edge_secret: Option<Secret>,
@@ -261,6 +265,7 @@ impl Default for Settings {
             region: "local".into(),
             admin_token: None,
             edge_secret: None,
+            public_url: None,
             client_ip_header: None,
             trusted_proxies: Networks::default(),
             flush_interval: Duration::from_secs(1),
@@ -396,6 +401,7 @@ fn normalize(mut s: Settings) -> Settings {
         &mut s.dns_ingestor_query,
         &mut s.node_id,
         &mut s.client_ip_header,
+        &mut s.public_url,
     ] {
         blank(text);
     }
@@ -464,6 +470,15 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
         }
     } else if !s.trusted_proxies.0.is_empty() {
         return Err(invalid("trusted_proxies", "needs client_ip_header (DASH_CLIENT_IP_HEADER): the header they set"));
+    }
+    if let Some(url) = &s.public_url {
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok || url.contains(char::is_whitespace) || url.contains(['?', '#']) {
+            return Err(invalid(
+                "public_url",
+                "must be an http:// or https:// address without query, such as https://dash.example.com",
+            ));
+        }
     }
     if let Some(secret) = &s.edge_secret {
         let text = secret.expose();

@@ -12,7 +12,8 @@ use axum::response::Response;
 use axum::routing::{get, put};
 use dash_domain::format_ms;
 use dash_jobs::{Source, SourceSpec};
-use dash_store::{PipelineAuth, PipelineRecord, SourceRecord, StoreError};
+use dash_providers::{Provider, VerifySpec};
+use dash_store::{PipelineAuth, PipelineRecord, ProviderAuth, SourceRecord, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -29,6 +30,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/api/pipelines", get(list_pipelines).post(create_pipeline))
         .route("/api/pipelines/{id}", get(get_pipeline).patch(patch_pipeline))
         .route("/api/pipelines/{id}/source", put(put_source).delete(delete_source))
+        .route("/api/pipelines/{id}/verify", put(put_verify))
         .route("/api/pipelines/{id}/series", get(series))
         .route("/api/pipelines/{id}/events", get(events))
         .route("/api/cluster", get(cluster))
@@ -69,7 +71,53 @@ fn pipeline_json(record: &PipelineRecord) -> Value {
         "stats": record.stats,
         "retention": record.retention.map(dash_domain::format_retention),
         "set_aside": record.set_aside,
+        "verify": verify_json(record),
     })
+}
+
+/// The pipeline's provider and its options, never a secret.
+fn verify_json(record: &PipelineRecord) -> Value {
+    record
+        .verify
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_else(|| VerifySpec::standard().to_json())
+}
+
+/// A `verify` object with its secret: 422 `invalid_verify` naming the field at fault.
+fn parse_verify(value: &Value) -> Result<(VerifySpec, Option<String>), ApiError> {
+    VerifySpec::from_json_with_secret(value)
+        .map_err(|e| ApiError::unprocessable("invalid_verify", e.to_string()).field(e.field))
+}
+
+async fn store_verify(
+    state: &AppState,
+    pipeline: &str,
+    spec: &VerifySpec,
+    secret: Option<&str>,
+) -> Result<PipelineRecord, ApiError> {
+    let record = state.store.set_verify(pipeline, spec, secret).await.map_err(|err| match err {
+        StoreError::NotFound(_) => ApiError::not_found("pipeline_not_found", format!("no pipeline {pipeline:?}")),
+        other => ApiError::store_unavailable(&other),
+    })?;
+    // This node takes the new verification at once; the others at their next refresh.
+    if let Some(intake) = &state.intake {
+        intake.directory().reload().await;
+    }
+    Ok(record)
+}
+
+/// `PUT /api/pipelines/{id}/verify`: which provider signs the pipeline's deliveries, with its
+/// secret. Under the same provider the replaced secret keeps working for 24 hours.
+async fn put_verify(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (spec, secret) = parse_verify(&read_json(&body)?)?;
+    let record = find(&state, &id).await?;
+    let record = store_verify(&state, &record.id, &spec, secret.as_deref()).await?;
+    pipeline_with_source(&state, &record).await.map(Json)
 }
 
 async fn list_pipelines(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -220,6 +268,8 @@ struct CreatePipeline {
     source: Option<Value>,
     #[serde(default)]
     retention: Option<Value>,
+    #[serde(default)]
+    verify: Option<Value>,
 }
 
 async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -233,6 +283,7 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
     // Checked before the pipeline exists, so a bad source creates nothing.
     let source = request.source.map(parse_source).transpose()?;
     let retention = request.retention.as_ref().map(parse_retention).transpose()?.flatten();
+    let verify = request.verify.as_ref().map(parse_verify).transpose()?;
     let issued = state.store.create_pipeline(&request.name).await.map_err(|err| match err {
         StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "pipeline_exists", err.to_string()),
         StoreError::InvalidName(_) => ApiError::unprocessable("invalid_name", err.to_string()),
@@ -247,18 +298,28 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
             secrets: vec![issued.secret.clone()],
             token_hashes: vec![issued.token.hash()],
             previous_expires_ms: None,
+            provider: verify.as_ref().and_then(|(spec, secret)| {
+                Some(ProviderAuth { spec: spec.clone(), secrets: vec![secret.clone()?], previous_expires_ms: None })
+            }),
         });
     }
+    let provider = verify.as_ref().map_or(Provider::StandardWebhooks, |(spec, _)| spec.provider);
     if let Some((spec, _)) = &source {
         store_source(&state, &issued.record.id, spec).await?;
     }
     let mut record = issued.record;
+    if let Some((spec, secret)) = verify.as_ref().filter(|_| provider != Provider::StandardWebhooks) {
+        record = store_verify(&state, &record.id, spec, secret.as_deref()).await?;
+    }
     if let Some(retention) = retention {
         state.store.set_retention(&record.id, Some(retention)).await.map_err(|e| ApiError::store_unavailable(&e))?;
         record.retention = Some(retention);
     }
     let mut body = pipeline_with_source(&state, &record).await?;
-    body["secret"] = json!(issued.secret.expose());
+    // A provider's secret is the user's own, never echoed; Dash's own is shown this once.
+    if provider == Provider::StandardWebhooks {
+        body["secret"] = json!(issued.secret.expose());
+    }
     body["token"] = json!(issued.token.expose());
     Ok((StatusCode::CREATED, Json(body)))
 }

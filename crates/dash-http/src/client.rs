@@ -45,6 +45,9 @@ pub struct ClientTrust {
     proxy_header: Option<HeaderName>,
     /// Where that proxy connects from.
     trusted_proxies: Vec<IpNet>,
+    /// Web edges forward to this node (an ingestor). Elsewhere no edge is believed: a web
+    /// node's membership holds itself, and nothing forwards to it.
+    accepts_edges: bool,
     /// A header nobody trusted sent: one warning per period.
     ignored: Arc<LogThrottle>,
 }
@@ -64,7 +67,19 @@ impl ClientTrust {
         trusted_proxies: Vec<IpNet>,
     ) -> Result<Self, InvalidHeaderName> {
         let proxy_header = proxy_header.map(|name| HeaderName::from_bytes(name.as_bytes())).transpose()?;
-        Ok(Self { edge_secret, proxy_header, trusted_proxies, ignored: Arc::new(LogThrottle::per_period()) })
+        Ok(Self {
+            edge_secret,
+            proxy_header,
+            trusted_proxies,
+            accepts_edges: false,
+            ignored: Arc::new(LogThrottle::per_period()),
+        })
+    }
+
+    /// Whether web edges forward to this node (ingestors): only then is an edge believed.
+    pub fn accepting_edges(mut self, accepts: bool) -> Self {
+        self.accepts_edges = accepts;
+        self
     }
 
     fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
@@ -88,15 +103,6 @@ impl ClientTrust {
         is_edge: impl Fn(IpAddr) -> bool,
     ) -> Option<IpAddr> {
         let peer = canonical(peer);
-        let named = headers.get(CLIENT_ADDR_HEADER);
-        if named.is_some() || self.edge_secret.is_some() {
-            // The membership check costs a lock: only asked when an edge could be talking.
-            if self.carries_edge_secret(headers) || is_edge(peer) {
-                return named.and_then(|v| v.to_str().ok()).and_then(parse_addr).map(canonical);
-            }
-        } else if is_edge(peer) {
-            return None;
-        }
         if let Some(name) = &self.proxy_header {
             if self.is_trusted_proxy(peer) {
                 return Some(self.named_by_proxy(name, headers).map_or(peer, canonical));
@@ -104,6 +110,10 @@ impl ClientTrust {
             if headers.contains_key(name) {
                 self.ignored_header(name.as_str(), peer);
             }
+        }
+        let named = headers.get(CLIENT_ADDR_HEADER);
+        if self.accepts_edges && (self.carries_edge_secret(headers) || is_edge(peer)) {
+            return named.and_then(|v| parse_addr(&String::from_utf8_lossy(v.as_bytes()))).map(canonical);
         }
         if named.is_some() {
             self.ignored_header(CLIENT_ADDR_HEADER, peer);
@@ -113,7 +123,9 @@ impl ClientTrust {
 
     /// The rightmost address in the proxy's header that is not a trusted proxy.
     fn named_by_proxy(&self, name: &HeaderName, headers: &HeaderMap) -> Option<IpAddr> {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        // Bytes that are not text spoil only their own entry, never the line or the ones after.
+        let values: Vec<String> =
+            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
         let mut entries = values.iter().flat_map(|v| v.split(',')).rev();
         entries.find_map(|entry| match parse_addr(entry) {
             Some(ip) if self.is_trusted_proxy(ip) => None,
@@ -166,7 +178,9 @@ impl FromRequestParts<AppState> for Client {
         let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
             return Ok(Self(None));
         };
-        let is_edge = |ip: IpAddr| state.membership.as_ref().is_some_and(|m| m.peer(ip, EDGE_ROLE).is_some());
+        // An edge is trusted while its heartbeats say it is up, not for as long as it is remembered.
+        let is_edge =
+            |ip: IpAddr| state.membership.as_ref().is_some_and(|m| m.peer(ip, EDGE_ROLE).is_some_and(|p| p.up));
         Ok(Self(state.client_trust.resolve(peer.ip(), &parts.headers, is_edge)))
     }
 }
@@ -195,7 +209,7 @@ mod tests {
 
     #[test]
     fn an_edge_is_believed_and_anyone_else_is_not() {
-        let trust = ClientTrust::default();
+        let trust = ClientTrust::default().accepting_edges(true);
         let named = headers(&[(CLIENT_ADDR_HEADER, "203.0.113.7")]);
         assert_eq!(trust.resolve(ip(EDGE), &named, is_edge), Some(ip("203.0.113.7")));
         assert_eq!(trust.resolve(ip("198.51.100.1"), &named, is_edge), Some(ip("198.51.100.1")), "a spoof");
@@ -209,13 +223,17 @@ mod tests {
 
     #[test]
     fn the_edge_secret_vouches_for_a_peer_membership_does_not_know() {
-        let trust = ClientTrust::new(Some("s3cret".into()), None, vec![]).unwrap();
+        let trust = ClientTrust::new(Some("s3cret".into()), None, vec![]).unwrap().accepting_edges(true);
         let with = headers(&[(CLIENT_ADDR_HEADER, "203.0.113.7"), (EDGE_SECRET_HEADER, "s3cret")]);
         let wrong = headers(&[(CLIENT_ADDR_HEADER, "203.0.113.7"), (EDGE_SECRET_HEADER, "guess")]);
         let stranger = ip("198.51.100.1");
         assert_eq!(trust.resolve(stranger, &with, |_| false), Some(ip("203.0.113.7")));
         assert_eq!(trust.resolve(stranger, &wrong, |_| false), Some(stranger));
         assert_eq!(trust.resolve(ip(EDGE), &HeaderMap::new(), is_edge), None, "membership still counts");
+        // A node edges do not forward to (a web node) believes no edge, not even itself.
+        let web = ClientTrust::new(Some("s3cret".into()), None, vec![]).unwrap();
+        assert_eq!(web.resolve(stranger, &with, |_| false), Some(stranger));
+        assert_eq!(web.resolve(ip(EDGE), &HeaderMap::new(), is_edge), Some(ip(EDGE)));
     }
 
     #[test]
@@ -232,6 +250,16 @@ mod tests {
         let bracketed = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
         assert_eq!(trust.resolve(proxy, &bracketed, |_| false), Some(ip("2001:db8::1")));
         assert_eq!(trust.resolve(proxy, &HeaderMap::new(), |_| false), Some(proxy), "the proxy's own request");
+        // An entry that is not text spoils itself only: the proxy's own entry still counts.
+        let mut spoiled = headers(&[("x-forwarded-for", "127.0.0.99")]);
+        spoiled.append("x-forwarded-for", HeaderValue::from_bytes(b"\x80, 203.0.113.51").unwrap());
+        assert_eq!(trust.resolve(proxy, &spoiled, |_| false), Some(ip("203.0.113.51")));
+        // A trusted proxy comes first, also when membership would call it an edge.
+        let edge_trust = ClientTrust::new(None, Some("X-Forwarded-For"), vec!["10.0.0.4/32".parse().unwrap()])
+            .unwrap()
+            .accepting_edges(true);
+        let via = headers(&[("x-forwarded-for", "203.0.113.9"), (CLIENT_ADDR_HEADER, "198.51.100.7")]);
+        assert_eq!(edge_trust.resolve(ip(EDGE), &via, is_edge), Some(ip("203.0.113.9")));
         let mapped = ip("::ffff:172.16.3.4");
         assert_eq!(trust.resolve(mapped, &chain, |_| false), Some(ip("203.0.113.7")), "a dual-stack view of it");
 

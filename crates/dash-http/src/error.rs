@@ -12,7 +12,7 @@ pub struct ApiError {
     pub message: String,
     pub retry_after_secs: Option<u64>,
     /// The request field at fault, where there is one.
-    pub field: Option<&'static str>,
+    pub field: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl ApiError {
@@ -26,8 +26,8 @@ impl ApiError {
     }
 
     /// Names the request field at fault (`"error": {"field": …}`).
-    pub fn field(mut self, field: &'static str) -> Self {
-        self.field = Some(field);
+    pub fn field(mut self, field: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.field = Some(field.into());
         self
     }
 

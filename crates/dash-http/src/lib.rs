@@ -60,6 +60,9 @@ pub struct HttpLimits {
     pub inflight_body_bytes: usize,
     /// When set, the API, the dashboard and `/live` need it (Bearer token or login session).
     pub admin_token: Option<String>,
+    /// The address senders post to, without a trailing `/` (`DASH_PUBLIC_URL`), for schemes
+    /// that sign the URL.
+    pub public_url: Option<String>,
 }
 
 /// Everything a handler can reach. Cloned per request; all fields are handles.

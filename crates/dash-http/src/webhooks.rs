@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use dash_domain::{BodyError, BodyFormat, RequestIdentity, now_ms, parse_body};
 use dash_ingest::{Lookup, SubmitError};
+use dash_providers::{Delivery, Refusal, RefusalReason, VerifySpec};
 use dash_signature::{SignatureError, SignedRequest, token_matches};
 use dash_store::PipelineAuth;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -134,24 +135,50 @@ async fn receive(
     State(state): State<AppState>,
     Client(peer): Client,
     Path(pipeline): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = accept(&state, &pipeline, &headers, body, peer).await;
+    let outcome = accept(&state, &pipeline, &uri, &headers, body, peer).await;
     match &outcome {
-        Ok(accepted) => metrics::counter!("dash_events_accepted_total").increment(*accepted as u64),
+        Ok(Taken::Events(accepted)) => metrics::counter!("dash_events_accepted_total").increment(*accepted as u64),
+        Ok(Taken::Challenge(_)) => {}
         Err(err) => metrics::counter!("dash_requests_rejected_total", "reason" => err.code).increment(1),
     }
-    outcome.map(|accepted| (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
+    outcome.map(|taken| match taken {
+        Taken::Events(accepted) => (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))),
+        Taken::Challenge(challenge) => (StatusCode::OK, Json(json!({ "challenge": challenge }))),
+    })
+}
+
+/// What a delivery that was taken gets.
+enum Taken {
+    /// Its events are durable: 202.
+    Events(usize),
+    /// Slack's `url_verification` handshake, answered with its challenge (200), stored nowhere.
+    Challenge(String),
+}
+
+/// A failed authentication: counted by reason (`dash_webhook_refused_total`), then throttled.
+fn refused_credentials(state: &AppState, peer: Option<IpAddr>, err: ApiError) -> ApiError {
+    let reason = match err.code {
+        "missing_credentials" | "missing_signature_headers" | "missing_signature" => "missing_signature",
+        "stale_timestamp" => "stale_timestamp",
+        "invalid_token" => "bad_token",
+        _ => "bad_signature",
+    };
+    metrics::counter!("dash_webhook_refused_total", "reason" => reason).increment(1);
+    state.throttle.failed(peer, err)
 }
 
 async fn accept(
     state: &AppState,
     pipeline: &str,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Body,
     peer: Option<IpAddr>,
-) -> Result<usize, ApiError> {
+) -> Result<Taken, ApiError> {
     let intake = state.intake.as_ref().expect("webhook routes are mounted only with intake");
     let received_ms = now_ms();
 
@@ -172,30 +199,65 @@ async fn accept(
     // Everything about the credentials that needs no body is checked before it is read, so a
     // client without them cannot hold any of the body budget.
     state.throttle.admit(peer)?;
+    let now_secs = received_ms / 1000;
     let credentials =
-        precheck_credentials(&auth, headers, received_ms / 1000).map_err(|e| state.throttle.failed(peer, e))?;
+        precheck_credentials(&auth, headers, now_secs).map_err(|e| refused_credentials(state, peer, e))?;
     let (_permit, bytes) = admit_body(state, headers, body, peer).await?;
-    if credentials == Credentials::Signature {
-        verify_signature(&auth, headers, &bytes, received_ms / 1000).map_err(|e| state.throttle.failed(peer, e))?;
+    match (credentials, &auth.provider) {
+        (Credentials::Signature, _) => verify_signature(&auth, headers, &bytes, now_secs),
+        (Credentials::Provider, Some(provider)) => {
+            let url = signed_url(state, uri, headers);
+            let secrets: Vec<&str> = provider.secrets.iter().map(String::as_str).collect();
+            let delivery = Delivery { headers, body: &bytes, url: &url, now_secs };
+            provider.spec.verify(&secrets, &delivery).map_err(provider_refused)
+        }
+        _ => Ok(()),
     }
+    .map_err(|e| refused_credentials(state, peer, e))?;
 
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "content type {:?} is not supported; send application/json or application/x-ndjson",
-                content_type.unwrap_or("(none)")
-            ),
-        )
-    })?;
+    let provider = auth.provider.as_ref().map(|p| &p.spec);
+    let (format, bytes) = match BodyFormat::from_content_type(content_type) {
+        Some(format) => (format, bytes),
+        None if is_form(content_type) && provider.is_some_and(VerifySpec::takes_forms) => {
+            let spec = provider.expect("checked");
+            let event = spec.form_event(&bytes).map_err(|e| ApiError::unprocessable("invalid_event", e.to_string()))?;
+            (BodyFormat::Json, Bytes::from(event))
+        }
+        None => {
+            let forms =
+                if provider.is_some_and(VerifySpec::takes_forms) { ", application/x-www-form-urlencoded" } else { "" };
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "content type {:?} is not supported; send application/json or application/x-ndjson{forms}",
+                    content_type.unwrap_or("(none)")
+                ),
+            ));
+        }
+    };
+    // A provider's delivery is one JSON object; its duplicate key may be inside it.
+    let (provider_key, challenge) = match provider {
+        Some(spec) if format == BodyFormat::Json => {
+            let event: Option<Value> = serde_json::from_slice(&bytes).ok();
+            (spec.duplicate_key(headers, event.as_ref()), event.as_ref().and_then(|e| spec.handshake_challenge(e)))
+        }
+        Some(spec) => (spec.duplicate_key(headers, None), None),
+        None => (None, None),
+    };
+    if let Some(challenge) = challenge {
+        return Ok(Taken::Challenge(challenge));
+    }
 
     let permit = intake.permit(&auth.id, tokio::time::Instant::now() + ROOM_WAIT);
     if !bytes.is_empty() {
         permit.wait_for_room().await.map_err(refused)?;
     }
-    let request_id = request_id(headers)?;
+    let request_id = match &provider_key {
+        Some(key) => Some(key.clone()),
+        None => request_id(headers)?,
+    };
     let events = if bytes.len() <= PARSE_INLINE_MAX {
         parse_body(format, &bytes, &RequestIdentity { request_id: request_id.as_deref(), received_ms })
     } else {
@@ -209,10 +271,47 @@ async fn accept(
         BodyError::Malformed { .. } => ApiError::bad_request("malformed_json", err.to_string()),
         BodyError::Invalid { .. } => ApiError::unprocessable("invalid_event", err.to_string()),
     })?;
+    // The provider's key is the delivery's identity, whatever the body's own `id` says, so a
+    // redelivery is stored once.
+    let mut events = events;
+    if let (Some(key), [event]) = (provider_key, events.as_mut_slice()) {
+        event.id = key;
+    }
 
     let submitted =
         tokio::time::timeout(APPEND_DEADLINE, permit.submit(events)).await.unwrap_or(Err(SubmitError::LogUnavailable));
-    submitted.map_err(refused)
+    submitted.map(Taken::Events).map_err(refused)
+}
+
+fn is_form(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
+/// The URL the sender posted to, as it sees it: `DASH_PUBLIC_URL` and the path, else the
+/// scheme of `X-Forwarded-Proto` (`http` without one) and the host of `X-Forwarded-Host` (a web
+/// edge passes the sender's on) or `Host`.
+fn signed_url(state: &AppState, uri: &Uri, headers: &HeaderMap) -> String {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    if let Some(base) = &state.limits.public_url {
+        return format!("{base}{path}");
+    }
+    let first = |name: &str| header_str(headers, name).and_then(|v| v.split(',').next()).map(str::trim);
+    let proto = first("x-forwarded-proto").filter(|p| *p == "https" || *p == "http").unwrap_or("http");
+    let host = first("x-forwarded-host").or_else(|| header_str(headers, "host")).unwrap_or_default();
+    format!("{proto}://{host}{path}")
+}
+
+/// A provider's refusal as a 401 naming the header expected.
+fn provider_refused(refusal: Refusal) -> ApiError {
+    let code = match refusal.reason {
+        RefusalReason::MissingSignature => "missing_signature",
+        RefusalReason::BadSignature => "invalid_signature",
+        RefusalReason::StaleTimestamp => "stale_timestamp",
+        RefusalReason::BadToken => "invalid_token",
+    };
+    ApiError::unauthorized(code, refusal.message)
 }
 
 /// The answer to a request intake did not take.
@@ -287,6 +386,8 @@ enum Credentials {
     Token,
     /// Standard Webhooks headers that pass every check but the HMAC, which needs the body.
     Signature,
+    /// A provider's signature that passes every check but the one over the body.
+    Provider,
 }
 
 /// A Standard Webhooks header: `webhook-{name}`, or Svix's `svix-{name}` alias (senders that go
@@ -333,6 +434,10 @@ fn precheck_credentials(auth: &PipelineAuth, headers: &HeaderMap, now_secs: i64)
     let hashes: Vec<&str> = auth.token_hashes.iter().map(String::as_str).collect();
     if bearer.is_some_and(|token| token_matches(token, &hashes)) {
         return Ok(Credentials::Token);
+    }
+    if let Some(provider) = &auth.provider {
+        provider.spec.precheck(headers, now_secs).map_err(provider_refused)?;
+        return Ok(Credentials::Provider);
     }
     let signed = signed_request(headers);
     if !signed.is_present() {

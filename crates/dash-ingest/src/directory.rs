@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use dash_domain::PipelineId;
 use dash_log_throttle::LogThrottle;
 use dash_signature::SigningSecret;
-use dash_store::{PipelineAuth, Store};
+use dash_store::{PipelineAuth, ProviderAuth, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -162,6 +162,17 @@ struct FileEntry {
     secrets: Vec<String>,
     token_hashes: Vec<String>,
     previous_expires_ms: Option<i64>,
+    /// A provider pipeline's verification (absent in files of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provider: Option<FileProvider>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileProvider {
+    /// The provider and its options, as the API shows them.
+    verify: serde_json::Value,
+    secrets: Vec<String>,
+    previous_expires_ms: Option<i64>,
 }
 
 const FILE_VERSION: u32 = 1;
@@ -176,6 +187,11 @@ impl DirectoryFile {
                 secrets: a.secrets.iter().map(|s| s.expose()).collect(),
                 token_hashes: a.token_hashes.clone(),
                 previous_expires_ms: a.previous_expires_ms,
+                provider: a.provider.as_ref().map(|p| FileProvider {
+                    verify: p.spec.to_json(),
+                    secrets: p.secrets.clone(),
+                    previous_expires_ms: p.previous_expires_ms,
+                }),
             })
             .collect();
         pipelines.sort_by(|a, b| a.id.cmp(&b.id));
@@ -213,12 +229,24 @@ impl DirectoryFile {
                     secrets.truncate(1);
                     token_hashes.truncate(1);
                 }
+                let provider = match entry.provider {
+                    Some(p) => {
+                        let mut secrets = p.secrets;
+                        if p.previous_expires_ms.is_none_or(|until| until <= now_ms) {
+                            secrets.truncate(1);
+                        }
+                        let spec = dash_providers::VerifySpec::from_json(&p.verify).ok()?;
+                        Some(ProviderAuth { spec, secrets, previous_expires_ms: p.previous_expires_ms })
+                    }
+                    None => None,
+                };
                 Some(PipelineAuth {
                     id: PipelineId::parse(&entry.id).ok()?,
                     name: entry.name,
                     secrets,
                     token_hashes,
                     previous_expires_ms: entry.previous_expires_ms,
+                    provider,
                 })
             })();
             match parsed {

@@ -33,6 +33,7 @@ mod sources;
 mod sqlite;
 pub mod testing;
 mod timescale;
+mod verify;
 mod views;
 
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
+pub use verify::ProviderAuth;
 pub use views::{
     BACKFILL_STEP_EVENTS, BackfillProgress, MAX_VIEW_READ_BYTES, PendingBackfill, PutMode, ViewRecord, ViewWrite,
     merge_by_minute,
@@ -126,6 +128,9 @@ pub struct PipelineRecord {
     pub retention: Option<Duration>,
     /// Events the store refused for their data, kept aside (see [`Store::set_aside`]).
     pub set_aside: i64,
+    /// The provider and its options as JSON (no secret); `None`: Standard Webhooks.
+    #[serde(skip)]
+    pub verify: Option<String>,
 }
 
 /// A retention as people write it (`"7days"`), or null.
@@ -154,6 +159,9 @@ pub struct PipelineAuth {
     pub token_hashes: Vec<String>,
     /// Until when the rotated-out secret and token (the second of each) are accepted.
     pub previous_expires_ms: Option<i64>,
+    /// How a provider's deliveries are checked, when the pipeline takes them instead of
+    /// Standard Webhooks signatures (its token still works).
+    pub provider: Option<ProviderAuth>,
 }
 
 /// One event bound for a pipeline, as a buffer actor hands it to the store.
@@ -340,10 +348,15 @@ impl Store {
     }
 
     pub async fn pipeline_auths(&self) -> Result<Vec<PipelineAuth>, StoreError> {
-        match self {
+        let mut auths = match self {
             Self::Sqlite(s) => s.pipeline_auths().await,
             Self::Postgres(s) => s.pipeline_auths().await,
+        }?;
+        let mut providers = self.provider_auths().await?;
+        for auth in &mut auths {
+            auth.provider = providers.remove(auth.id.as_str());
         }
+        Ok(auths)
     }
 
     /// Stores a batch in one transaction; see the crate docs.

@@ -127,7 +127,7 @@ pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEX
     event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL";
 
 const PIPELINE_COLUMNS: &str =
-    "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count";
+    "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count, verify";
 
 fn ts_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -150,6 +150,7 @@ fn record_from(row: &PgRow) -> Result<PipelineRecord, sqlx::Error> {
         },
         retention: retention_from(row.try_get("retention_ms")?),
         set_aside: row.try_get("set_aside_count")?,
+        verify: row.try_get("verify")?,
     })
 }
 
@@ -390,6 +391,7 @@ impl PgStore {
                 name: row.try_get("name")?,
                 secrets,
                 token_hashes,
+                provider: None,
                 previous_expires_ms: row.try_get("previous_expires_ms")?,
             });
         }

@@ -28,7 +28,7 @@ pub struct SqliteStore {
 }
 
 const PIPELINE_COLUMNS: &str =
-    "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count";
+    "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count, verify";
 
 fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Error> {
     Ok(PipelineRecord {
@@ -43,6 +43,7 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRecord, sqlx::Er
         },
         retention: retention_from(row.try_get("retention_ms")?),
         set_aside: row.try_get("set_aside_count")?,
+        verify: row.try_get("verify")?,
     })
 }
 
@@ -179,6 +180,7 @@ impl SqliteStore {
                 name: row.try_get("name")?,
                 secrets,
                 token_hashes,
+                provider: None,
                 previous_expires_ms: if grace { row.try_get("previous_expires_at")? } else { None },
             });
         }

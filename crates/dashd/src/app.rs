@@ -126,6 +126,7 @@ impl App {
             max_body: settings.max_body.as_u64() as usize,
             inflight_body_bytes: INFLIGHT_BODY_BYTES,
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            public_url: settings.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
         };
         let bus_kind = bus.kind();
         let listener = listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
@@ -162,6 +163,14 @@ impl App {
                 .with_membership(membership.clone())
                 .with_client_trust(client_trust(&settings)?);
         if settings.role == Role::Web {
+            if settings.edge_secret.is_none() && settings.advertised_addr(local_addr).ip().is_unspecified() {
+                tracing::warn!(
+                    listen = %local_addr,
+                    "ingestors cannot tell this edge's requests from a sender's: it announces no address of its own \
+                     (set DASH_ADVERTISE_IP) and has no DASH_EDGE_SECRET; every sender through it shares one \
+                     failed-authentication budget on the ingestors"
+                );
+            }
             let ingestors = match &settings.dns_ingestor_query {
                 Some(query) => {
                     let (peers, task) = resolver()?.watch(query.clone(), settings.dns_cluster_interval, "ingestors");
@@ -336,12 +345,13 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// Whom the node believes about a client's address, from the settings.
 fn client_trust(settings: &Settings) -> anyhow::Result<ClientTrust> {
-    ClientTrust::new(
+    let trust = ClientTrust::new(
         settings.edge_secret.as_ref().map(|s| s.expose().to_owned()),
         settings.client_ip_header.as_deref(),
         settings.trusted_proxies.0.clone(),
     )
-    .context("DASH_CLIENT_IP_HEADER")
+    .context("DASH_CLIENT_IP_HEADER")?;
+    Ok(trust.accepting_edges(settings.role == Role::Ingestor))
 }
 
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
