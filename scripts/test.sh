@@ -171,18 +171,48 @@ stop_timescale_clusters() {
 # Tools from PyPI, pinned, in a virtualenv of the test cache: Schemathesis checks every operation
 # of /api/openapi.json against the real dashd (the debug build the tests just made) and fails on
 # any check it reports (scripts/schemathesis.toml says which checks are off where, and why); the
-# svix library signs webhooks the way senders behind Svix do (DASH_TEST_PYTHON, for a spine test).
+# svix library signs webhooks the way senders behind Svix do, slack_sdk and twilio the way Slack
+# and Twilio do (DASH_TEST_PYTHON, for spine tests; scripts/sign-webhook.py).
 SCHEMATHESIS_VERSION=4.32.5
 SVIX_VERSION=2.9.1
-TEST_VENV="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/venv-st$SCHEMATHESIS_VERSION-svix$SVIX_VERSION"
+SLACK_SDK_VERSION=3.48.0
+TWILIO_VERSION=9.13.0
+TEST_VENV="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/venv-st$SCHEMATHESIS_VERSION-svix$SVIX_VERSION-slack$SLACK_SDK_VERSION-twilio$TWILIO_VERSION"
 ensure_test_venv() {
-    if [ ! -x "$TEST_VENV/bin/st" ] || ! "$TEST_VENV/bin/python" -c 'import svix' >/dev/null 2>&1; then
-        echo "== installing schemathesis $SCHEMATHESIS_VERSION and svix $SVIX_VERSION into $TEST_VENV"
+    if [ ! -x "$TEST_VENV/bin/st" ] || ! "$TEST_VENV/bin/python" -c 'import svix, slack_sdk, twilio' >/dev/null 2>&1; then
+        echo "== installing schemathesis, svix, slack_sdk and twilio into $TEST_VENV"
         python3 -m venv "$TEST_VENV"
         "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-            "schemathesis==$SCHEMATHESIS_VERSION" "svix==$SVIX_VERSION"
+            "schemathesis==$SCHEMATHESIS_VERSION" "svix==$SVIX_VERSION" \
+            "slack_sdk==$SLACK_SDK_VERSION" "twilio==$TWILIO_VERSION"
     fi
     export DASH_TEST_PYTHON="$TEST_VENV/bin/python"
+}
+
+# GitHub's and Stripe's own signing code, from the npm registry (Node.js from Debian when the
+# machine has none): scripts/sign-webhook.mjs runs beside the modules (DASH_TEST_NODE_SIGNER).
+OCTOKIT_METHODS_VERSION=6.0.0
+STRIPE_NODE_VERSION=23.2.0
+SIGNERS_DIR="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}/node-providers-octokit$OCTOKIT_METHODS_VERSION-stripe$STRIPE_NODE_VERSION"
+ensure_node_signers() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "== installing Node.js and npm"
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null
+    fi
+    if [ ! -d "$SIGNERS_DIR/node_modules/stripe" ] || [ ! -d "$SIGNERS_DIR/node_modules/@octokit/webhooks-methods" ]; then
+        echo "== installing @octokit/webhooks-methods $OCTOKIT_METHODS_VERSION and stripe $STRIPE_NODE_VERSION into $SIGNERS_DIR"
+        rm -rf "$SIGNERS_DIR.building"
+        mkdir -p "$SIGNERS_DIR.building"
+        echo '{"private":true}' >"$SIGNERS_DIR.building/package.json"
+        (cd "$SIGNERS_DIR.building" && npm install --no-audit --no-fund --silent \
+            "@octokit/webhooks-methods@$OCTOKIT_METHODS_VERSION" "stripe@$STRIPE_NODE_VERSION")
+        rm -rf "$SIGNERS_DIR"
+        mv "$SIGNERS_DIR.building" "$SIGNERS_DIR"
+    fi
+    # ES modules resolve from the script's own folder: the signer sits beside node_modules.
+    cp scripts/sign-webhook.mjs "$SIGNERS_DIR/sign-webhook.mjs"
+    export DASH_TEST_NODE_SIGNER="$SIGNERS_DIR/sign-webhook.mjs"
 }
 run_schemathesis() {
     local venv="$TEST_VENV"
@@ -253,6 +283,7 @@ ensure_chromium
 ensure_nats_server
 ensure_promtool
 ensure_test_venv
+ensure_node_signers
 # A PostgreSQL test that cannot find its server fails rather than passing silently.
 export DASH_TEST_REQUIRE_POSTGRES=1
 TIMESCALE=0

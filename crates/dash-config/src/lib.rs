@@ -240,6 +240,11 @@ pub struct PipelineConfig {
     /// checked by the ingestor against the same rules. Views made by the API are left alone.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub views: BTreeMap<String, serde_json::Value>,
+    /// Which provider signs the pipeline's deliveries (`[pipelines.<name>.verify]`), as the
+    /// admin API's `verify` object, but with the secret read from `secret_file` or `secret_env`
+    /// (a secret is never written in a config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<serde_json::Value>,
 }
 
 impl Default for Settings {

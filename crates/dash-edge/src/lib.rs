@@ -9,9 +9,10 @@
 //! is followed by the next one, up to [`EdgeSettings::max_attempts`].
 //!
 //! **Architecture invariant:** a retry never stores an event twice. Before the first try, a
-//! request that carries neither `webhook-id` nor `Idempotency-Key` gets an `Idempotency-Key`
-//! from the edge, so every ingestor derives the same event ids from it and the store's dedupe
-//! absorbs a repeat (the one case: a peer that timed out after it had written).
+//! request that carries neither `webhook-id` nor `Idempotency-Key` (nor a provider's delivery id:
+//! `X-GitHub-Delivery`, …) gets an `Idempotency-Key` from the edge, so every ingestor derives the
+//! same event ids from it and the store's dedupe absorbs a repeat (the one case: a peer that
+//! timed out after it had written).
 //!
 //! **Who the client is** travels with the request: the edge sets [`CLIENT_ADDR_HEADER`] to the
 //! address it took the request from (and [`EDGE_SECRET_HEADER`] when an edge secret is set),
@@ -56,6 +57,12 @@ const HOP_BY_HOP: &[HeaderName] = &[
 pub const CLIENT_ADDR_HEADER: &str = "dash-client-addr";
 /// The shared edge secret (`DASH_EDGE_SECRET`), proving a forwarded request comes from an edge.
 pub const EDGE_SECRET_HEADER: &str = "dash-edge-secret";
+/// Headers in which providers name each delivery (GitHub, Shopify, GitLab, Twilio): a request
+/// with one already has an id every ingestor reads the same way.
+const PROVIDER_DELIVERY_IDS: &[&str] =
+    &["x-github-delivery", "x-shopify-webhook-id", "x-gitlab-event-uuid", "i-twilio-idempotency-token"];
+/// The `Host` the sender posted to, passed on (unless a proxy before the edge already named it).
+const FORWARDED_HOST: &str = "x-forwarded-host";
 /// Response headers passed back to the sender.
 const ANSWER_HEADERS: &[HeaderName] = &[header::CONTENT_TYPE, header::RETRY_AFTER];
 
@@ -280,6 +287,10 @@ fn outgoing_headers(incoming: &HeaderMap, client: Option<IpAddr>, secret: Option
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+    // Schemes that sign the URL (Twilio) need the host the sender posted to.
+    if let Some(host) = incoming.get(header::HOST).filter(|_| !incoming.contains_key(FORWARDED_HOST)) {
+        headers.insert(FORWARDED_HOST, host.clone());
+    }
     headers.remove(CLIENT_ADDR_HEADER);
     headers.remove(EDGE_SECRET_HEADER);
     if let Some(ip) = client {
@@ -289,7 +300,9 @@ fn outgoing_headers(incoming: &HeaderMap, client: Option<IpAddr>, secret: Option
     if let Some(value) = secret.and_then(|s| HeaderValue::from_str(s).ok()) {
         headers.insert(EDGE_SECRET_HEADER, value);
     }
-    if !headers.contains_key("webhook-id") && !headers.contains_key("idempotency-key") {
+    let has_id =
+        ["webhook-id", "idempotency-key"].iter().chain(PROVIDER_DELIVERY_IDS).any(|h| headers.contains_key(*h));
+    if !has_id {
         let key = format!("edge-{}", uuid::Uuid::now_v7());
         headers.insert("idempotency-key", HeaderValue::from_str(&key).expect("a UUID is a valid header value"));
     }
@@ -363,6 +376,7 @@ mod tests {
         incoming.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         let out = outgoing_headers(&incoming, None, None);
         assert!(out.get(header::HOST).is_none() && out.get(header::CONTENT_LENGTH).is_none());
+        assert_eq!(out.get("x-forwarded-host").unwrap(), "dash.example", "the sender's host goes on");
         assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer t");
         assert!(out.get("idempotency-key").unwrap().to_str().unwrap().starts_with("edge-"));
 
@@ -370,6 +384,11 @@ mod tests {
         let out = outgoing_headers(&incoming, None, None);
         assert!(out.get("idempotency-key").is_none(), "the sender's own id is kept as the only id");
         assert_eq!(out.get("webhook-id").unwrap(), "msg_1");
+
+        let mut gitlab = HeaderMap::new();
+        gitlab.insert("x-gitlab-event-uuid", HeaderValue::from_static("u-1"));
+        let out = outgoing_headers(&gitlab, None, None);
+        assert!(out.get("idempotency-key").is_none(), "a provider's delivery id is the id");
     }
 
     #[test]

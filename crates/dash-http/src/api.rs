@@ -96,7 +96,7 @@ async fn store_verify(
     spec: &VerifySpec,
     secret: Option<&str>,
 ) -> Result<PipelineRecord, ApiError> {
-    let record = state.store.set_verify(pipeline, spec, secret).await.map_err(|err| match err {
+    let (record, _) = state.store.set_verify(pipeline, spec, secret).await.map_err(|err| match err {
         StoreError::NotFound(_) => ApiError::not_found("pipeline_not_found", format!("no pipeline {pipeline:?}")),
         other => ApiError::store_unavailable(&other),
     })?;

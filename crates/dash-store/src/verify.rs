@@ -13,7 +13,7 @@ use crate::{PipelineRecord, ROTATION_GRACE, Store, StoreError};
 
 const PROVIDERS: &str = "SELECT id, verify, verify_secret, previous_verify_secret, previous_verify_expires_at \
      FROM pipelines WHERE verify IS NOT NULL";
-const CURRENT: &str = "SELECT verify FROM pipelines WHERE id = $1";
+const CURRENT: &str = "SELECT verify, verify_secret FROM pipelines WHERE id = $1";
 /// $1 verify, $2 whether the old secret stays in its grace, $3 until when, $4 the new secret,
 /// $5 the pipeline.
 const SET: &str = "UPDATE pipelines SET verify = $1, \
@@ -66,24 +66,32 @@ impl Store {
     /// Sets how a pipeline's deliveries are verified. A provider with its secret replaces what
     /// was there; under the same provider the replaced secret keeps working for the grace
     /// period. Standard Webhooks (`secret: None`) goes back to the pipeline's own
-    /// Standard Webhooks secret.
+    /// Standard Webhooks secret. Setting what is already there changes nothing (every
+    /// ingestor applies the config's at start): the flag says whether anything changed.
     pub async fn set_verify(
         &self,
         pipeline: &str,
         spec: &VerifySpec,
         secret: Option<&str>,
-    ) -> Result<PipelineRecord, StoreError> {
+    ) -> Result<(PipelineRecord, bool), StoreError> {
         let record = self.find_pipeline(pipeline).await?.ok_or_else(|| StoreError::NotFound(pipeline.to_owned()))?;
-        let current: Option<String> =
-            on_backend!(self, writer, |pool| sqlx::query_scalar(CURRENT).bind(&record.id).fetch_one(pool).await?);
-        let same_provider = current
+        let (current, current_secret): (Option<String>, Option<String>) =
+            on_backend!(self, writer, |pool| sqlx::query_as(CURRENT).bind(&record.id).fetch_one(pool).await?);
+        let old = current
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|value| VerifySpec::from_json(&value).ok())
-            .is_some_and(|old| old.provider == spec.provider);
+            .and_then(|value| VerifySpec::from_json(&value).ok());
+        let same_provider = old.as_ref().is_some_and(|old| old.provider == spec.provider);
         let (verify, secret) = match spec.provider {
             dash_providers::Provider::StandardWebhooks => (None, None),
             _ => (Some(spec.to_json().to_string()), secret),
         };
+        let unchanged = match &old {
+            Some(old) => old == spec && current_secret.as_deref() == secret,
+            None => verify.is_none(),
+        };
+        if unchanged {
+            return Ok((record, false));
+        }
         let keep_previous = same_provider && verify.is_some();
         let until = now_ms() + ROTATION_GRACE.as_millis() as i64;
         on_backend!(self, writer, |pool| {
@@ -97,6 +105,7 @@ impl Store {
                 .await?
                 .rows_affected()
         });
-        self.find_pipeline(&record.id).await?.ok_or_else(|| StoreError::NotFound(pipeline.to_owned()))
+        let record = self.find_pipeline(&record.id).await?.ok_or_else(|| StoreError::NotFound(pipeline.to_owned()))?;
+        Ok((record, true))
     }
 }

@@ -1,5 +1,6 @@
 //! The admin commands: migrate, pipeline create/list/rotate-secret/source/retention, ceilings.
 
+use dash_providers::Provider;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,9 +15,18 @@ pub enum PipelineAction {
     /// Create a pipeline; prints its signing secret and token once.
     Create {
         name: String,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Set which provider signs a pipeline's deliveries (`standard-webhooks` goes back to the
+    /// pipeline's own secret); under the same provider the old secret works for 24 hours.
+    Verify {
+        name: String,
+        #[command(flatten)]
+        verify: VerifyArgs,
     },
     /// List pipelines with their counts.
     List {
@@ -113,23 +123,75 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which provider signs a pipeline's deliveries, and its secret.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// standard-webhooks (the default: Dash makes the secret), github, stripe, shopify, slack,
+    /// gitlab, twilio or hmac.
+    #[arg(long)]
+    provider: Option<String>,
+    /// A file holding the provider's webhook secret (a trailing newline is dropped).
+    #[arg(long)]
+    secret_file: Option<std::path::PathBuf>,
+    /// An hmac sender's option KEY=VALUE (header, algorithm, encoding, prefix, id_header,
+    /// type_header, type_field); repeat for more.
+    #[arg(long = "verify-option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
+}
+
+impl VerifyArgs {
+    /// The provider with its secret, checked as the admin API checks them; `None` without
+    /// `--provider`.
+    fn read(&self) -> anyhow::Result<Option<(dash_providers::VerifySpec, Option<String>)>> {
+        let Some(provider) = &self.provider else {
+            anyhow::ensure!(
+                self.secret_file.is_none() && self.options.is_empty(),
+                "--secret-file and --verify-option go with --provider"
+            );
+            return Ok(None);
+        };
+        let mut object = serde_json::Map::new();
+        object.insert("provider".into(), json!(provider));
+        for option in &self.options {
+            let (key, value) = option.split_once('=').context("--verify-option takes KEY=VALUE")?;
+            object.insert(key.trim().to_owned(), json!(value.trim()));
+        }
+        if let Some(path) = &self.secret_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--secret-file {}", path.display()))?;
+            object.insert("secret".into(), json!(text.trim_end_matches(['\n', '\r'])));
+        }
+        let checked = dash_providers::VerifySpec::from_json_with_secret(&serde_json::Value::Object(object))
+            .map_err(|e| anyhow::anyhow!("invalid verify: {e}"))?;
+        Ok(Some(checked))
+    }
+}
+
 fn print_credentials(heading: &str, issued: &IssuedCredentials, settings: &Settings, as_json: bool) {
     let url = format!("http://{}/webhooks/{}", settings.listen, issued.record.id);
+    // A provider pipeline signs with the provider's secret, the user's own: never printed.
+    let provider = issued.record.verify.as_deref().and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+    let provider = provider.as_ref().and_then(|v| v["provider"].as_str());
     if as_json {
-        let body = json!({
+        let mut body = json!({
             "id": issued.record.id,
             "name": issued.record.name,
-            "secret": issued.secret.expose(),
             "token": issued.token.expose(),
             "url": url,
+            "verify": { "provider": provider.unwrap_or("standard-webhooks") },
         });
+        if provider.is_none() {
+            body["secret"] = json!(issued.secret.expose());
+        }
         println!("{body}");
         return;
     }
     println!("{heading}: {}", issued.record.name);
     println!("  id:     {}", issued.record.id);
     println!("  url:    {url}");
-    println!("  secret: {}", issued.secret.expose());
+    match provider {
+        Some(provider) => println!("  verify: {provider}, with the secret from its webhook settings"),
+        None => println!("  secret: {}", issued.secret.expose()),
+    }
     println!("  token:  {}", issued.token.expose());
     println!("The secret and token are shown only now; keep them somewhere safe.");
 }
@@ -248,10 +310,26 @@ pub async fn view(settings: &Settings, action: ViewAction) -> anyhow::Result<()>
 pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
     let result = match action {
-        PipelineAction::Create { name, json } => store
-            .create_pipeline(&name)
-            .await
-            .map(|issued| print_credentials("pipeline created", &issued, settings, json)),
+        PipelineAction::Create { name, verify, json } => {
+            let verify = verify.read()?;
+            match store.create_pipeline(&name).await {
+                Ok(mut issued) => {
+                    if let Some((spec, secret)) = verify.filter(|(s, _)| s.provider != Provider::StandardWebhooks) {
+                        issued.record = store.set_verify(&issued.record.id, &spec, secret.as_deref()).await?.0;
+                    }
+                    print_credentials("pipeline created", &issued, settings, json);
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
+        }
+        PipelineAction::Verify { name, verify } => {
+            let (spec, secret) = verify.read()?.context("--provider is required")?;
+            store.set_verify(&name, &spec, secret.as_deref()).await.map(|(record, changed)| {
+                let what = if changed { "set" } else { "unchanged" };
+                println!("pipeline {}: verify {what}: {}", record.id, spec.to_json());
+            })
+        }
         PipelineAction::RotateSecret { name, json } => store
             .rotate_credentials(&name)
             .await

@@ -28,6 +28,41 @@ pub struct ConfiguredPipeline {
     pub retention: Option<Duration>,
     pub source: Option<SourceSpec>,
     pub views: Vec<(String, dash_views::ViewSpec)>,
+    /// The provider and its secret.
+    pub verify: Option<(dash_providers::VerifySpec, Option<String>)>,
+}
+
+/// A `[pipelines.<name>.verify]` table: its secret read from `secret_file` (trailing newline
+/// dropped) or the environment variable `secret_env`, then checked as the API checks it.
+fn configured_verify(
+    name: &str,
+    table: &serde_json::Value,
+) -> anyhow::Result<(dash_providers::VerifySpec, Option<String>)> {
+    let context = || format!("pipelines.{name}.verify");
+    let mut object = table.as_object().cloned().with_context(|| format!("{}: must be a table", context()))?;
+    if object.contains_key("secret") {
+        anyhow::bail!(
+            "{}.secret: a secret is never written in a config file; use secret_file or secret_env",
+            context()
+        );
+    }
+    let secret = match (object.remove("secret_file"), object.remove("secret_env")) {
+        (Some(_), Some(_)) => anyhow::bail!("{}: secret_file or secret_env, not both", context()),
+        (Some(serde_json::Value::String(path)), None) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("{}.secret_file {path:?}", context()))?;
+            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        (None, Some(serde_json::Value::String(var))) => {
+            Some(std::env::var(&var).with_context(|| format!("{}.secret_env: {var} is not set", context()))?)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("{}: secret_file and secret_env are strings", context()),
+    };
+    if let Some(secret) = secret {
+        object.insert("secret".into(), serde_json::Value::String(secret));
+    }
+    dash_providers::VerifySpec::from_json_with_secret(&serde_json::Value::Object(object))
+        .map_err(|e| anyhow::anyhow!("{}.{}: {}", context(), e.field, e.message))
 }
 
 /// Checks the configured pipelines without the database: a bad table stops the start.
@@ -56,7 +91,8 @@ pub fn configured_pipelines(settings: &dash_config::Settings) -> anyhow::Result<
         if views.len() > dash_views::MAX_VIEWS_PER_PIPELINE {
             anyhow::bail!("pipelines.{name}.views: at most {} views", dash_views::MAX_VIEWS_PER_PIPELINE);
         }
-        configured.push(ConfiguredPipeline { name: name.clone(), retention: table.retention, source, views });
+        let verify = table.verify.as_ref().map(|t| configured_verify(name, t)).transpose()?;
+        configured.push(ConfiguredPipeline { name: name.clone(), retention: table.retention, source, views, verify });
     }
     Ok(configured)
 }
@@ -218,6 +254,12 @@ pub async fn apply_configured_pipelines(store: &Store, configured: &[ConfiguredP
             if stored.as_ref() != Some(spec) {
                 store.set_source(&pipeline.id, &serde_json::to_string(spec)?, dash_domain::now_ms()).await?;
                 tracing::info!(pipeline = %pipeline.id, url = %dash_jobs::redact_url(&spec.url), "source from config applied");
+            }
+        }
+        if let Some((spec, secret)) = &configured.verify {
+            let (_, changed) = store.set_verify(&pipeline.id, spec, secret.as_deref()).await?;
+            if changed {
+                tracing::info!(pipeline = %pipeline.id, provider = %spec.provider, "verify from config applied");
             }
         }
         for (view, spec) in &configured.views {

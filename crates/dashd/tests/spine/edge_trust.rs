@@ -19,17 +19,17 @@ const CLIENT_ADDR: &str = "dash-client-addr";
 const EDGE_SECRET: &str = "dash-edge-secret";
 const ADMIN: &str = "admin-token-for-the-test";
 
-fn host(net: u8, last: u8) -> IpAddr {
+pub(crate) fn host(net: u8, last: u8) -> IpAddr {
     IpAddr::from([127, 0, net, last])
 }
 
 /// An HTTP client whose connections leave from `ip`.
-fn client_at(ip: IpAddr) -> reqwest::Client {
+pub(crate) fn client_at(ip: IpAddr) -> reqwest::Client {
     http_client().local_address(ip).timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// Waits until `server`'s `/api/cluster` shows `node` up.
-async fn wait_until_up(server: &TestServer, node: &str) {
+pub(crate) async fn wait_until_up(server: &TestServer, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let cluster = server.get_json("/api/cluster").await;
@@ -42,7 +42,7 @@ async fn wait_until_up(server: &TestServer, node: &str) {
 }
 
 /// Waits until the web edge knows an ingestor that is up.
-async fn wait_for_ingestor(web: &TestServer) {
+pub(crate) async fn wait_for_ingestor(web: &TestServer) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready = web.get_json("/ready").await;

@@ -15,6 +15,7 @@ mod jobs;
 mod live;
 mod monitoring;
 mod operator;
+mod providers;
 mod proxy;
 mod retention;
 mod roles;
