@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::client::Client;
+use crate::throttle::Scope;
 use crate::{ApiError, AppState};
 
 /// Most buckets one series request may ask for.
@@ -48,12 +49,12 @@ async fn require_admin(
     next: Next,
 ) -> Result<Response, ApiError> {
     if state.limits.admin_token.is_some() {
-        state.throttle.admit(peer)?;
+        state.throttle.admit(peer, Scope::Admin)?;
     }
     if !crate::auth::authorized(request.headers(), &state.limits) {
         let refusal =
             ApiError::unauthorized("admin_token_required", "this API needs Authorization: Bearer <admin token>");
-        return Err(state.throttle.failed(peer, refusal));
+        return Err(state.throttle.failed(peer, Scope::Admin, refusal));
     }
     Ok(next.run(request).await)
 }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::serve::ConnectionSlot;
+use crate::throttle::Scope;
 use crate::{ApiError, AppState};
 
 /// Largest message a client may send (a subscribe is ~100 bytes).
@@ -36,14 +37,14 @@ async fn upgrade(
         return Err(crate::origin::cross_origin_refused());
     }
     if state.limits.admin_token.is_some() {
-        state.throttle.admit(peer)?;
+        state.throttle.admit(peer, Scope::Admin)?;
     }
     if !crate::auth::authorized(&headers, &state.limits) {
         let refusal = ApiError::unauthorized(
             "admin_token_required",
             "/live needs a login session or Authorization: Bearer <admin token>",
         );
-        return Err(state.throttle.failed(peer, refusal));
+        return Err(state.throttle.failed(peer, Scope::Admin, refusal));
     }
     Ok(ws
         .read_buffer_size(READ_BUFFER)

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth;
 use crate::client::Client;
+use crate::throttle::Scope;
 
 /// Latest events on a pipeline page.
 const PAGE_EVENTS: u32 = 50;
@@ -418,13 +419,13 @@ async fn login(
         );
     };
     let next = safe_next(form.next.as_deref());
-    if let Err(throttled) = state.throttle.admit(peer) {
+    if let Err(throttled) = state.throttle.admit(peer, Scope::Admin) {
         return throttled.into_response();
     }
     if !auth::is_admin_token(form.token.trim(), expected) {
         tracing::warn!("dashboard login with a wrong admin token");
         let refusal = crate::ApiError::unauthorized("invalid_admin_token", "not the admin token");
-        let answer = state.throttle.failed(peer, refusal);
+        let answer = state.throttle.failed(peer, Scope::Admin, refusal);
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             return answer.into_response();
         }

@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 
 use crate::budget::BodyPermit;
 use crate::client::Client;
+use crate::throttle::Scope;
 use crate::{ApiError, AppState};
 
 /// How long a client may take to send its body (1 MiB at ~70 KiB/s).
@@ -63,23 +64,25 @@ pub(crate) fn edge_router() -> axum::Router<AppState> {
 async fn forward(
     State(state): State<AppState>,
     Client(peer): Client,
+    Path(pipeline): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let edge = state.edge.as_ref().expect("edge routes are mounted only with a forwarder");
-    state.throttle.admit(peer)?;
+    let scope = Scope::Pipeline(&pipeline);
+    state.throttle.admit(peer, scope)?;
     let (_permit, bytes) = admit_body(&state, &headers, body, peer).await?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     match edge.forward(path, &headers, bytes, peer).await {
-        Ok(answer) if answer.status == StatusCode::UNAUTHORIZED => match state.throttle.record_failure(peer) {
+        Ok(answer) if answer.status == StatusCode::UNAUTHORIZED => match state.throttle.record_failure(peer, scope) {
             Some(throttled) => Err(throttled),
             None => Ok(relay(answer)),
         },
         // The ingestors throttled this client: its next attempts stop here.
         Ok(answer) if is_throttled(&answer) => {
             let wait = answer.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
-            Err(state.throttle.block(peer, Duration::from_secs(wait.unwrap_or(1).clamp(1, 60))))
+            Err(state.throttle.block(peer, scope, Duration::from_secs(wait.unwrap_or(1).clamp(1, 60))))
         }
         Ok(answer) => Ok(relay(answer)),
         Err(err) => {
@@ -160,7 +163,7 @@ enum Taken {
 }
 
 /// A failed authentication: counted by reason (`dash_webhook_refused_total`), then throttled.
-fn refused_credentials(state: &AppState, peer: Option<IpAddr>, err: ApiError) -> ApiError {
+fn refused_credentials(state: &AppState, peer: Option<IpAddr>, scope: Scope<'_>, err: ApiError) -> ApiError {
     let reason = match err.code {
         "missing_credentials" | "missing_signature_headers" | "missing_signature" => "missing_signature",
         "stale_timestamp" => "stale_timestamp",
@@ -168,7 +171,7 @@ fn refused_credentials(state: &AppState, peer: Option<IpAddr>, err: ApiError) ->
         _ => "bad_signature",
     };
     metrics::counter!("dash_webhook_refused_total", "reason" => reason).increment(1);
-    state.throttle.failed(peer, err)
+    state.throttle.failed(peer, scope, err)
 }
 
 async fn accept(
@@ -198,10 +201,12 @@ async fn accept(
 
     // Everything about the credentials that needs no body is checked before it is read, so a
     // client without them cannot hold any of the body budget.
-    state.throttle.admit(peer)?;
+    // Scoped by the id the lookup found, so the name and the id share one budget.
+    let scope = Scope::Pipeline(auth.id.as_str());
+    state.throttle.admit(peer, scope)?;
     let now_secs = received_ms / 1000;
     let credentials =
-        precheck_credentials(&auth, headers, now_secs).map_err(|e| refused_credentials(state, peer, e))?;
+        precheck_credentials(&auth, headers, now_secs).map_err(|e| refused_credentials(state, peer, scope, e))?;
     let (_permit, bytes) = admit_body(state, headers, body, peer).await?;
     match (credentials, &auth.provider) {
         (Credentials::Signature, _) => verify_signature(&auth, headers, &bytes, now_secs),
@@ -213,7 +218,7 @@ async fn accept(
         }
         _ => Ok(()),
     }
-    .map_err(|e| refused_credentials(state, peer, e))?;
+    .map_err(|e| refused_credentials(state, peer, scope, e))?;
 
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let provider = auth.provider.as_ref().map(|p| &p.spec);
