@@ -14,6 +14,7 @@ mod live;
 mod ops;
 mod origin;
 mod pages;
+mod refusals;
 mod request_metrics;
 mod serve;
 mod throttle;
@@ -40,6 +41,7 @@ pub use api::source_json;
 pub use client::ClientTrust;
 pub use error::ApiError;
 pub use live::follow_bus;
+pub use refusals::flush_refusals;
 pub use serve::{HEADER_READ_TIMEOUT, ServeLimits, serve};
 
 /// Who this node is, for `/ready` and the API.
@@ -83,6 +85,8 @@ pub struct AppState {
     pub(crate) throttle: Arc<throttle::AuthThrottle>,
     /// Whom this node believes about a client's address (edges, the operator's proxy).
     pub(crate) client_trust: ClientTrust,
+    /// Deliveries refused for their credentials, counted until the next flush to the store.
+    pub(crate) refusals: Arc<refusals::RefusalTally>,
     /// Who else is in the cluster, from heartbeats (absent: this node alone).
     pub membership: Option<Membership>,
     /// On a web node without intake: hands webhooks to ingestors.
@@ -115,6 +119,7 @@ impl AppState {
             inflight: budget::BodyBudget::new(permits, largest),
             throttle: Default::default(),
             client_trust: ClientTrust::default(),
+            refusals: Arc::default(),
             membership: None,
             edge: None,
             store_warnings: Arc::new(LogThrottle::per_period()),

@@ -162,8 +162,15 @@ enum Taken {
     Challenge(String),
 }
 
-/// A failed authentication: counted by reason (`dash_webhook_refused_total`), then throttled.
-fn refused_credentials(state: &AppState, peer: Option<IpAddr>, scope: Scope<'_>, err: ApiError) -> ApiError {
+/// A failed authentication: counted by reason (`dash_webhook_refused_total`, and the pipeline's
+/// own counts in the store), then throttled.
+fn refused_credentials(
+    state: &AppState,
+    pipeline: &str,
+    peer: Option<IpAddr>,
+    scope: Scope<'_>,
+    err: ApiError,
+) -> ApiError {
     let reason = match err.code {
         "missing_credentials" | "missing_signature_headers" | "missing_signature" => "missing_signature",
         "stale_timestamp" => "stale_timestamp",
@@ -171,6 +178,7 @@ fn refused_credentials(state: &AppState, peer: Option<IpAddr>, scope: Scope<'_>,
         _ => "bad_signature",
     };
     metrics::counter!("dash_webhook_refused_total", "reason" => reason).increment(1);
+    state.refusals.count(pipeline, reason, now_ms());
     state.throttle.failed(peer, scope, err)
 }
 
@@ -206,7 +214,7 @@ async fn accept(
     state.throttle.admit(peer, scope)?;
     let now_secs = received_ms / 1000;
     let credentials =
-        precheck_credentials(&auth, headers, now_secs).map_err(|e| refused_credentials(state, peer, scope, e))?;
+        precheck_credentials(&auth, headers, now_secs).map_err(|e| refused_credentials(state, auth.id.as_str(), peer, scope, e))?;
     let (_permit, bytes) = admit_body(state, headers, body, peer).await?;
     match (credentials, &auth.provider) {
         (Credentials::Signature, _) => verify_signature(&auth, headers, &bytes, now_secs),
@@ -218,7 +226,7 @@ async fn accept(
         }
         _ => Ok(()),
     }
-    .map_err(|e| refused_credentials(state, peer, scope, e))?;
+    .map_err(|e| refused_credentials(state, auth.id.as_str(), peer, scope, e))?;
 
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let provider = auth.provider.as_ref().map(|p| &p.spec);

@@ -27,6 +27,7 @@ macro_rules! on_backend {
 mod binary_copy;
 mod nodelay;
 mod postgres;
+mod refusals;
 mod retention;
 mod set_aside;
 mod sources;
@@ -46,6 +47,7 @@ pub use binary_copy::BinaryCopy;
 pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
 pub use sources::{PollOutcome, SourceRecord};
+pub use refusals::{REFUSALS_KEPT, RefusalCount, Refusals};
 pub use sqlite::SqliteStore;
 pub use verify::ProviderAuth;
 pub use views::{
@@ -271,17 +273,19 @@ impl Store {
 
     /// Retention and housekeeping: drops each pipeline's events older than its own retention
     /// (`retention` for pipelines without one) and view minutes older than each view keeps,
-    /// prunes dedupe keys older than `dedupe_window`,
-    /// and (native partitioning) makes day partitions ahead.
+    /// prunes dedupe keys older than `dedupe_window` and refusal counts older than
+    /// [`REFUSALS_KEPT`], and (native partitioning) makes day partitions ahead.
     pub async fn maintain(
         &self,
         retention: Duration,
         dedupe_window: Duration,
     ) -> Result<MaintenanceReport, StoreError> {
-        match self {
+        let report = match self {
             Self::Sqlite(s) => s.maintain(retention).await,
             Self::Postgres(s) => s.maintain(retention, dedupe_window).await,
-        }
+        }?;
+        self.prune_refusals(dash_domain::now_ms()).await?;
+        Ok(report)
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

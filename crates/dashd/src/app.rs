@@ -37,6 +37,8 @@ pub struct App {
     hub: HubTask,
     /// Resyncs live clients after bus outages; stopped before the hub.
     bus_follower: StoppableTask,
+    /// Adds the refused deliveries this node counted to the store.
+    refusal_counts: StoppableTask,
     /// Publishes this node's heartbeat and keeps the membership view.
     membership: MembershipTask,
     /// DNS refreshes (cluster peers, ingestors), when their queries are set.
@@ -191,6 +193,8 @@ impl App {
         }
         let follower_state = state.clone();
         let bus_follower = StoppableTask::spawn(|stop| dash_http::follow_bus(follower_state, stop));
+        let refusals_state = state.clone();
+        let refusal_counts = StoppableTask::spawn(|stop| dash_http::flush_refusals(refusals_state, stop));
         let router = dash_http::router(state);
         tracing::info!(
             role = %settings.role,
@@ -217,6 +221,7 @@ impl App {
             database,
             hub: hub_task,
             bus_follower,
+            refusal_counts,
             membership: membership_task,
             discovery,
             log_summary: StoppableTask::spawn(|stop| async move { library_warnings.summarise(stop).await }),
@@ -267,6 +272,7 @@ impl App {
             task.shutdown().await;
         }
         self.bus_follower.shutdown().await;
+        self.refusal_counts.shutdown().await;
         // Live sessions end when the hub lets go of their queues.
         self.hub.shutdown().await;
         self.database.shutdown().await;
