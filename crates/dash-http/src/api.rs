@@ -76,6 +76,21 @@ fn pipeline_json(record: &PipelineRecord) -> Value {
     })
 }
 
+/// What `refused` covers: the last hour.
+pub(crate) const REFUSALS_SPAN_MS: i64 = 3_600_000;
+
+/// Deliveries refused for their credentials in the last hour, by reason, and the latest.
+fn refused_json(refused: &dash_store::Refusals) -> Value {
+    let by_reason: serde_json::Map<String, Value> =
+        refused.by_reason.iter().map(|(reason, n)| (reason.clone(), json!(n))).collect();
+    json!({
+        "last_hour": refused.total(),
+        "by_reason": by_reason,
+        "latest_at": refused.latest.as_ref().map(|(at, _)| format_ms(*at)),
+        "latest_reason": refused.latest.as_ref().map(|(_, reason)| reason),
+    })
+}
+
 /// The pipeline's provider and its options, never a secret.
 fn verify_json(record: &PipelineRecord) -> Value {
     record
@@ -190,6 +205,9 @@ async fn patch_pipeline(
 /// The pipeline, with its `source` (redacted, with the record of its polls) when it has one.
 async fn pipeline_with_source(state: &AppState, record: &PipelineRecord) -> Result<Value, ApiError> {
     let mut body = pipeline_json(record);
+    let since = dash_domain::now_ms() - REFUSALS_SPAN_MS;
+    let refused = state.store.refusals(&record.id, since).await.map_err(|e| ApiError::store_unavailable(&e))?;
+    body["refused"] = refused_json(&refused);
     let source = state.store.source(&record.id).await.map_err(|e| ApiError::store_unavailable(&e))?;
     if let Some(source) = source {
         body["source"] = source_json(&source, dash_domain::now_ms());

@@ -272,7 +272,24 @@ async fn pipeline(
         } else {
             None
         };
-        let send = SendInstructions { url: webhook_url(&headers, &record.id), secret };
+        let provider = record
+            .verify
+            .as_deref()
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+            .and_then(|v| v["provider"].as_str().map(str::to_owned));
+        let since = now_ms() - crate::api::REFUSALS_SPAN_MS;
+        let refused = state.store.refusals(&record.id, since).await.map_err(PageError::store)?;
+        let refused = (refused.total() > 0).then(|| dash_web::RefusedDeliveries {
+            total: refused.total(),
+            main_reason: refused
+                .by_reason
+                .iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(reason, _)| reason.clone())
+                .unwrap_or_default(),
+            latest_at: refused.latest.as_ref().map(|(at, _)| dash_domain::format_ms(*at)),
+        });
+        let send = SendInstructions { url: webhook_url(&headers, &record.id), secret, provider, refused };
         let panel = load_panel(&state, &record, query.range()).await?;
         let source = state.store.source(&record.id).await.map_err(PageError::store)?.map(|s| source_status(&s));
         let payloads: Vec<&str> = panel.events.iter().map(|e| e.payload.as_str()).collect();

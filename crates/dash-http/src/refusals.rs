@@ -111,7 +111,10 @@ mod tests {
         let mut rows = tally.take();
         rows.sort_by_key(|r| (r.minute, r.reason));
         assert_eq!(rows.len(), 3);
-        assert_eq!((rows[0].minute, rows[0].reason, rows[0].refused, rows[0].last_at), (60_000, "bad_signature", 2, 60_009));
+        assert_eq!(
+            (rows[0].minute, rows[0].reason, rows[0].refused, rows[0].last_at),
+            (60_000, "bad_signature", 2, 60_009)
+        );
         assert!(tally.take().is_empty(), "taken once");
         tally.put_back(rows);
         assert_eq!(tally.take().len(), 3, "what the store did not take comes back");

@@ -213,8 +213,8 @@ async fn accept(
     let scope = Scope::Pipeline(auth.id.as_str());
     state.throttle.admit(peer, scope)?;
     let now_secs = received_ms / 1000;
-    let credentials =
-        precheck_credentials(&auth, headers, now_secs).map_err(|e| refused_credentials(state, auth.id.as_str(), peer, scope, e))?;
+    let credentials = precheck_credentials(&auth, headers, now_secs)
+        .map_err(|e| refused_credentials(state, auth.id.as_str(), peer, scope, e))?;
     let (_permit, bytes) = admit_body(state, headers, body, peer).await?;
     match (credentials, &auth.provider) {
         (Credentials::Signature, _) => verify_signature(&auth, headers, &bytes, now_secs),

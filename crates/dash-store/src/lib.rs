@@ -46,8 +46,8 @@ use serde::Serialize;
 pub use binary_copy::BinaryCopy;
 pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
-pub use sources::{PollOutcome, SourceRecord};
 pub use refusals::{REFUSALS_KEPT, RefusalCount, Refusals};
+pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
 pub use verify::ProviderAuth;
 pub use views::{

@@ -87,12 +87,27 @@ pub struct EventRow {
 }
 
 /// How to send to a pipeline.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SendInstructions {
     /// Absolute webhook URL.
     pub url: String,
     /// The current signing secret, only when the visitor asked to see it.
     pub secret: Option<String>,
+    /// The provider that signs its deliveries (`github`, …); `None`: Standard Webhooks.
+    pub provider: Option<String>,
+    /// Deliveries refused for their credentials in the last hour.
+    pub refused: Option<RefusedDeliveries>,
+}
+
+/// Deliveries refused for their credentials over the last hour.
+#[derive(Debug, Clone, Default)]
+pub struct RefusedDeliveries {
+    pub total: i64,
+    /// The reason most of them had (`bad_signature`, `missing_signature`, `stale_timestamp`,
+    /// `bad_token`).
+    pub main_reason: String,
+    /// RFC 3339 time of the latest.
+    pub latest_at: Option<String>,
 }
 
 /// A polling pipeline's source and what its polls did (values already redacted).

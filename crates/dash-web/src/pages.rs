@@ -6,7 +6,8 @@ use leptos::prelude::*;
 use crate::charts::{BarChart, Sparkline};
 use crate::display::{preview, rate, timestamp, uptime};
 use crate::{
-    ChartRange, Chrome, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, SendInstructions, SourceStatus,
+    ChartRange, Chrome, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, RefusedDeliveries,
+    SendInstructions, SourceStatus,
 };
 
 /// Characters of payload shown per event.
@@ -140,9 +141,16 @@ pub fn pipeline(
     let pipeline = summary.id.clone();
     let pipeline_id = summary.id.clone();
     let retention = summary.retention.clone().unwrap_or_else(|| "the default".to_owned());
+    // A pipeline that has no events yet leads with how to connect its sender.
+    let first_steps = stats.count == 0;
+    let refused = send.refused.clone().filter(|r| r.total > 0).map(|r| refusal_banner(&r, send.provider.as_deref()));
+    let setup_first = first_steps.then(|| view! { <SendSection send=send.clone() range=range /> });
+    let setup_last = (!first_steps).then(|| view! { <SendSection send=send range=range /> });
     let content = view! {
         <nav class="crumbs"><a href="/">"Pipelines"</a>" / "{summary.name.clone()}</nav>
         <h1>{summary.name}" "<code class="id">{summary.id.clone()}</code></h1>
+        {refused}
+        {setup_first}
         <section class="counters" data-pipeline=pipeline data-seq=stats.seq.to_string()>
             <div class="counter">
                 <div class="label">"Events"</div>
@@ -175,7 +183,7 @@ pub fn pipeline(
         <crate::views::ViewsSection pipeline=pipeline_id cards=views.cards fields=views.fields
             events_looked_at=views.events_looked_at can_edit=views.can_edit />
         {source.map(|source| view! { <SourceSection source=source /> })}
-        <SendSection send=send range=range />
+        {setup_last}
     };
     document(&title, Some(chrome), content)
 }
@@ -230,6 +238,82 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
     }
 }
 
+/// "12 deliveries refused in the last hour: bad signature — check the secret in GitHub's
+/// webhook settings."
+fn refusal_banner(refused: &RefusedDeliveries, provider: Option<&str>) -> impl IntoView + use<> {
+    let sender = provider.map_or("the sender", provider_name);
+    let (what, hint) = match refused.main_reason.as_str() {
+        "missing_signature" => (
+            "no signature",
+            format!("the request carried none: is {sender} signing its deliveries, and posting to this pipeline?"),
+        ),
+        "stale_timestamp" => (
+            "stale timestamp",
+            "the signature is more than 5 minutes old: check the sender's clock, or a queue replaying old deliveries"
+                .to_owned(),
+        ),
+        "bad_token" => ("wrong token", format!("check the token or secret token in {sender}'s webhook settings")),
+        _ => ("bad signature", format!("check the secret in {sender}'s webhook settings")),
+    };
+    let plural = if refused.total == 1 { "delivery" } else { "deliveries" };
+    let text = format!("{} {plural} refused in the last hour: {what} — {hint}.", refused.total);
+    let latest = refused.latest_at.clone();
+    view! {
+        <section class="refused warn" role="alert">
+            <p>{text}</p>
+            {latest.map(|at| view! { <p class="latest">"Latest (UTC): "{timestamp(Some(&at))}</p> })}
+        </section>
+    }
+}
+
+/// A provider's name as people write it.
+fn provider_name(provider: &str) -> &str {
+    match provider {
+        "github" => "GitHub",
+        "stripe" => "Stripe",
+        "shopify" => "Shopify",
+        "slack" => "Slack",
+        "gitlab" => "GitLab",
+        "twilio" => "Twilio",
+        "hmac" => "the sender",
+        other => other,
+    }
+}
+
+/// Where a provider takes the URL and the secret, and what content type to choose.
+fn provider_steps(provider: &str) -> Vec<&'static str> {
+    match provider {
+        "github" => vec![
+            "In the repository or organization: Settings → Webhooks → Add webhook.",
+            "Payload URL: the URL above. Content type: application/json (application/x-www-form-urlencoded works too).",
+            "Secret: the secret this pipeline was given. Choose the events, then Add webhook: GitHub's ping is the first event.",
+        ],
+        "stripe" => vec![
+            "In the Dashboard: Developers → Webhooks → Add endpoint, with the URL above and the events to send.",
+            "Stripe then shows the endpoint's signing secret (whsec_…): give it to this pipeline with PUT /api/pipelines/{id}/verify or dashd pipeline verify.",
+        ],
+        "shopify" => vec![
+            "Settings → Notifications → Webhooks → Create webhook (or your app's webhook subscriptions), format JSON, with the URL above.",
+            "The secret is the one Shopify shows under the webhooks list (an app's client secret for app webhooks).",
+        ],
+        "slack" => vec![
+            "In your app's settings: Event Subscriptions → Enable Events, Request URL: the URL above. Dash answers Slack's check itself.",
+            "The secret is the app's Signing Secret (Basic Information → App Credentials). Slash commands and interactivity may use the same URL.",
+        ],
+        "gitlab" => vec![
+            "In the project or group: Settings → Webhooks → Add new webhook, URL: the URL above.",
+            "Secret token: the secret this pipeline was given. Pick the triggers, then Add webhook and Test.",
+        ],
+        "twilio" => vec![
+            "In the Console, the phone number's or service's webhook (HTTP POST): the URL above, exactly as written — Twilio signs it.",
+            "The secret is the account's Auth Token. Behind a proxy that terminates TLS without X-Forwarded-Proto, set DASH_PUBLIC_URL.",
+        ],
+        _ => vec![
+            "Point the sender at the URL above; it signs each body with the secret this pipeline was given, in the header its verify names.",
+        ],
+    }
+}
+
 /// A shell snippet that signs one event the Standard Webhooks way and posts it.
 pub fn signed_curl(url: &str, secret: Option<&str>) -> String {
     let secret = secret.unwrap_or("whsec_…your signing secret…");
@@ -267,6 +351,19 @@ fn SourceSection(source: SourceStatus) -> impl IntoView {
 
 #[component]
 fn SendSection(send: SendInstructions, range: ChartRange) -> impl IntoView {
+    if let Some(provider) = send.provider.clone() {
+        let steps = provider_steps(&provider).into_iter().map(|step| view! { <li>{step}</li> }).collect_view();
+        return view! {
+            <section class="send provider" data-provider=provider.clone()>
+                <h2>{format!("Connect {}", provider_name(&provider))}</h2>
+                <p>"This pipeline takes deliveries signed "{provider_name(&provider).to_owned()}"'s way. Its URL:"</p>
+                <pre><code class="webhook-url">{send.url}</code></pre>
+                <ol class="steps">{steps}</ol>
+                <p>"The pipeline's bearer token works too, for senders that can set an Authorization header."</p>
+            </section>
+        }
+        .into_any();
+    }
     let snippet = signed_curl(&send.url, send.secret.as_deref());
     let token_example = format!(
         "curl -sS '{}' -H \"authorization: Bearer $DASH_PIPELINE_TOKEN\" \\\n  -H 'content-type: application/x-ndjson' --data-binary @events.ndjson",
@@ -299,6 +396,7 @@ fn SendSection(send: SendInstructions, range: ChartRange) -> impl IntoView {
             <pre><code>{token_example}</code></pre>
         </section>
     }
+    .into_any()
 }
 
 /// How often the cluster page re-fetches its node list, in milliseconds.
@@ -486,7 +584,7 @@ mod tests {
 
     #[test]
     fn pipeline_page_escapes_payloads_and_hides_the_secret_until_asked() {
-        let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: None };
+        let send = SendInstructions { url: "http://h/webhooks/orders".into(), ..Default::default() };
         let html = pipeline(chrome(), summary(), panel(), send, None, Default::default());
         assert!(!html.contains("<script>alert"), "payload is escaped: {html}");
         assert!(html.contains("…</code>"), "long payloads are cut");
@@ -495,9 +593,41 @@ mod tests {
         assert!(html.contains("Show signing secret"), "{html}");
         assert!(html.contains("whsec_…your signing secret…"), "{html}");
         assert!(html.contains("Events kept for") && html.contains(">7days<"), "{html}");
-        let send = SendInstructions { url: "http://h/webhooks/orders".into(), secret: Some("whsec_abc".into()) };
+        let send = SendInstructions {
+            url: "http://h/webhooks/orders".into(),
+            secret: Some("whsec_abc".into()),
+            ..Default::default()
+        };
         let html = pipeline(chrome(), summary(), panel(), send, None, Default::default());
         assert!(html.contains("SECRET=&#39;whsec_abc&#39;") || html.contains("SECRET='whsec_abc'"), "{html}");
+    }
+
+    #[test]
+    fn a_provider_pipeline_leads_with_its_setup_and_says_why_deliveries_were_refused() {
+        let mut empty = summary();
+        empty.stats.count = 0;
+        let send = SendInstructions {
+            url: "https://dash.example/webhooks/gh".into(),
+            provider: Some("github".into()),
+            refused: Some(RefusedDeliveries {
+                total: 12,
+                main_reason: "bad_signature".into(),
+                latest_at: Some("2026-12-06T10:00:00.000Z".into()),
+            }),
+            ..Default::default()
+        };
+        let html = pipeline(chrome(), empty, panel(), send.clone(), None, Default::default());
+        assert!(
+            html.contains("12 deliveries refused in the last hour: bad signature — check the secret in GitHub"),
+            "{html}"
+        );
+        assert!(html.contains("Connect GitHub") && html.contains("Settings → Webhooks → Add webhook"), "{html}");
+        assert!(html.contains("https://dash.example/webhooks/gh"), "{html}");
+        assert!(!html.contains("Show signing secret"), "a provider's secret is not Dash's to show: {html}");
+        let setup = html.find("Connect GitHub").unwrap();
+        assert!(setup < html.find("Latest events").unwrap(), "no events yet: the setup comes first");
+        let busy = pipeline(chrome(), summary(), panel(), send, None, Default::default());
+        assert!(busy.find("Connect GitHub").unwrap() > busy.find("Latest events").unwrap(), "then it goes last");
     }
 
     #[test]

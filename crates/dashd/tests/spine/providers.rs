@@ -216,6 +216,29 @@ async fn github(site: &Site) {
     assert_eq!(site.refused("bad_signature").await, bad_before + 2.0);
     assert_eq!(site.refused("missing_signature").await, missing_before + 1.0);
 
+    // The pipeline's own refusal counts reach its stats within a flush (5 s), and its page.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = site.ingestor.get_json(&format!("/api/pipelines/{p}")).await;
+        let refused = &shown["refused"];
+        if refused["by_reason"]["bad_signature"] == 2 && refused["by_reason"]["missing_signature"] == 1 {
+            assert_eq!(refused["last_hour"], 3, "{shown}");
+            assert_eq!(refused["latest_reason"], "missing_signature", "{shown}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusals never counted: {shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if site.web.is_none() {
+        let page = site.ingestor.client.get(site.ingestor.url(&format!("/pipelines/{p}"))).send().await.unwrap();
+        let page = page.text().await.unwrap();
+        assert!(
+            page.contains("3 deliveries refused in the last hour: bad signature — check the secret in GitHub"),
+            "{page}"
+        );
+        assert!(page.contains("Connect GitHub"), "{page}");
+    }
+
     let events = site.stored(&p, 3, 1).await;
     let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"72d3162e-cc78-11e3-81ab-4c9367dc0958"), "{events:?}");
