@@ -19,10 +19,13 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 /// Most (pipeline, minute, reason) counts held between flushes.
 const KEYS_MAX: usize = 10_000;
 
+/// A pipeline, a minute (unix ms of its start) and a reason.
+type TallyKey = (String, i64, &'static str);
+
 #[derive(Default)]
 pub(crate) struct RefusalTally {
-    /// (pipeline, minute, reason) → (refused, latest unix ms).
-    counts: Mutex<HashMap<(String, i64, &'static str), (i64, i64)>>,
+    /// What was counted under each key: (refused, latest unix ms).
+    counts: Mutex<HashMap<TallyKey, (i64, i64)>>,
 }
 
 impl RefusalTally {
