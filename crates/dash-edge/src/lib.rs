@@ -61,7 +61,7 @@ pub const EDGE_SECRET_HEADER: &str = "dash-edge-secret";
 /// with one already has an id every ingestor reads the same way.
 const PROVIDER_DELIVERY_IDS: &[&str] =
     &["x-github-delivery", "x-shopify-webhook-id", "x-gitlab-event-uuid", "i-twilio-idempotency-token"];
-/// The `Host` the sender posted to, passed on (unless a proxy before the edge already named it).
+/// The `Host` the sender posted to, passed on.
 const FORWARDED_HOST: &str = "x-forwarded-host";
 /// Response headers passed back to the sender.
 const ANSWER_HEADERS: &[HeaderName] = &[header::CONTENT_TYPE, header::RETRY_AFTER];
@@ -287,8 +287,10 @@ fn outgoing_headers(incoming: &HeaderMap, client: Option<IpAddr>, secret: Option
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    // Schemes that sign the URL (Twilio) need the host the sender posted to.
-    if let Some(host) = incoming.get(header::HOST).filter(|_| !incoming.contains_key(FORWARDED_HOST)) {
+    // Schemes that sign the URL (Twilio) need the host the sender posted to, as this edge took
+    // it: what a sender wrote in its own X-Forwarded-Host says nothing.
+    headers.remove(FORWARDED_HOST);
+    if let Some(host) = incoming.get(header::HOST) {
         headers.insert(FORWARDED_HOST, host.clone());
     }
     headers.remove(CLIENT_ADDR_HEADER);
@@ -377,6 +379,9 @@ mod tests {
         let out = outgoing_headers(&incoming, None, None);
         assert!(out.get(header::HOST).is_none() && out.get(header::CONTENT_LENGTH).is_none());
         assert_eq!(out.get("x-forwarded-host").unwrap(), "dash.example", "the sender's host goes on");
+        incoming.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        let out = outgoing_headers(&incoming, None, None);
+        assert_eq!(out.get_all("x-forwarded-host").iter().collect::<Vec<_>>(), vec!["dash.example"]);
         assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer t");
         assert!(out.get("idempotency-key").unwrap().to_str().unwrap().starts_with("edge-"));
 

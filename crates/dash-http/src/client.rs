@@ -121,6 +121,18 @@ impl ClientTrust {
         Some(peer)
     }
 
+    /// Whether `X-Forwarded-Proto` and `X-Forwarded-Host` on a request from `peer` come from a
+    /// proxy of the operator's or a known edge, and so say where the sender posted to.
+    pub(crate) fn vouches_for_forwarding(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        is_edge: impl Fn(IpAddr) -> bool,
+    ) -> bool {
+        let peer = canonical(peer);
+        self.is_trusted_proxy(peer) || self.accepts_edges && (self.carries_edge_secret(headers) || is_edge(peer))
+    }
+
     /// The rightmost address in the proxy's header that is not a trusted proxy.
     fn named_by_proxy(&self, name: &HeaderName, headers: &HeaderMap) -> Option<IpAddr> {
         // Bytes that are not text spoil only their own entry, never the line or the ones after.
@@ -178,10 +190,23 @@ impl FromRequestParts<AppState> for Client {
         let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
             return Ok(Self(None));
         };
-        // An edge is trusted while its heartbeats say it is up, not for as long as it is remembered.
-        let is_edge =
-            |ip: IpAddr| state.membership.as_ref().is_some_and(|m| m.peer(ip, EDGE_ROLE).is_some_and(|p| p.up));
-        Ok(Self(state.client_trust.resolve(peer.ip(), &parts.headers, is_edge)))
+        Ok(Self(state.client_trust.resolve(peer.ip(), &parts.headers, |ip| is_edge(state, ip))))
+    }
+}
+
+/// An edge is trusted while its heartbeats say it is up, not for as long as it is remembered.
+pub(crate) fn is_edge(state: &AppState, ip: IpAddr) -> bool {
+    state.membership.as_ref().is_some_and(|m| m.peer(ip, EDGE_ROLE).is_some_and(|p| p.up))
+}
+
+/// The connection's own peer, for what only trusted forwarders may say (`None` without one).
+pub(crate) struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())))
     }
 }
 

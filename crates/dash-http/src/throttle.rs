@@ -4,12 +4,12 @@
 //! counted by its address, or its /64 for IPv6, and by what it tried to reach
 //! ([`Scope`]): the admin surfaces together, each pipeline on its own. Each failure takes a cell
 //! from that budget ([governor]: [`FAILURES_BURST`] at once, refilled at [`FAILURES_PER_SEC`]);
-//! once it is spent, every attempt in that scope from that address gets 429 with `Retry-After`
-//! before its credentials are even looked at, until the budget refills. Correct senders
-//! elsewhere are never slowed; a correct sender at that address only while it shares it with a
-//! guesser of the same scope. Pipelines have scopes of their own because providers send from
-//! shared address pools: a wrong secret on one pipeline must not stop GitHub's (or Stripe's)
-//! deliveries to the others.
+//! once it is spent, until it refills, the address gets 429 with `Retry-After`: for the admin
+//! token, on every attempt, before the token is looked at; for a pipeline's webhooks, on every
+//! failed attempt only, so a correct delivery is never refused (providers send every
+//! pipeline's deliveries from shared address pools, where anyone can point a webhook with a
+//! wrong secret at any pipeline). Pipelines have scopes of their own for the same reason: a
+//! wrong secret on one must not stop the provider's deliveries to the others.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -119,9 +119,8 @@ impl AuthThrottle {
         }
     }
 
-    /// Blocks the client in this scope for `wait` (a web edge does so when an ingestor
-    /// throttled the client, so the client's next attempts stop at the edge); the 429 to answer.
-    pub(crate) fn block(&self, peer: Option<IpAddr>, scope: Scope<'_>, wait: Duration) -> ApiError {
+    /// Blocks the client in this scope for `wait`; the 429 to answer.
+    fn block(&self, peer: Option<IpAddr>, scope: Scope<'_>, wait: Duration) -> ApiError {
         let Some(key) = key(peer, scope) else { return too_many(wait) };
         let mut blocked = self.blocked.lock().expect("throttle lock");
         if blocked.len() > ADDRESSES_MAX {
@@ -137,7 +136,7 @@ impl AuthThrottle {
 }
 
 /// The code of the 429 that [`AuthThrottle`] answers.
-pub(crate) const THROTTLED_CODE: &str = "too_many_failed_attempts";
+const THROTTLED_CODE: &str = "too_many_failed_attempts";
 
 fn too_many(wait: Duration) -> ApiError {
     ApiError::new(

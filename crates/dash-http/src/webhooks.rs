@@ -10,10 +10,9 @@
 //!
 //! On a web node without intake the same route forwards: the body is read under the same
 //! bounds, then handed to an ingestor by the [`Forwarder`](dash_edge::Forwarder) with the
-//! client's address, and the answer is relayed as it is. The edge throttles failed
-//! authentication itself, per client: a client whose requests the ingestors keep refusing with
-//! 401 gets 429 from the edge, before its requests are forwarded at all. With no ingestor
-//! answering, 503 with `Retry-After`.
+//! client's address, and the answer is relayed as it is: the ingestor throttles failed
+//! authentication on the client the edge names (only it can tell a correct delivery from a
+//! failed one). With no ingestor answering, 503 with `Retry-After`.
 
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use crate::budget::BodyPermit;
-use crate::client::Client;
+use crate::client::{Client, Peer};
 use crate::throttle::Scope;
 use crate::{ApiError, AppState};
 
@@ -64,27 +63,26 @@ pub(crate) fn edge_router() -> axum::Router<AppState> {
 async fn forward(
     State(state): State<AppState>,
     Client(peer): Client,
-    Path(pipeline): Path<String>,
+    Peer(connection): Peer,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Ingestors believe this edge's X-Forwarded-Proto: it passes on only what the operator's
+    // proxy said, never a sender's own.
+    let proxied = connection.is_some_and(|peer| {
+        state.client_trust.vouches_for_forwarding(peer, &headers, |ip| crate::client::is_edge(&state, ip))
+    });
+    if !proxied {
+        headers.remove("x-forwarded-proto");
+    }
     let edge = state.edge.as_ref().expect("edge routes are mounted only with a forwarder");
-    let scope = Scope::Pipeline(&pipeline);
-    state.throttle.admit(peer, scope)?;
+    // The failed-authentication throttle is the ingestors', on the client this edge names: only
+    // they can tell a correct delivery from a failed one, and a correct one is never refused.
     let (_permit, bytes) = admit_body(&state, &headers, body, peer).await?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     match edge.forward(path, &headers, bytes, peer).await {
-        Ok(answer) if answer.status == StatusCode::UNAUTHORIZED => match state.throttle.record_failure(peer, scope) {
-            Some(throttled) => Err(throttled),
-            None => Ok(relay(answer)),
-        },
-        // The ingestors throttled this client: its next attempts stop here.
-        Ok(answer) if is_throttled(&answer) => {
-            let wait = answer.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
-            Err(state.throttle.block(peer, scope, Duration::from_secs(wait.unwrap_or(1).clamp(1, 60))))
-        }
-        Ok(answer) => Ok(relay(answer)),
+        Ok(answer) => Ok((answer.status, answer.headers, answer.body).into_response()),
         Err(err) => {
             // The detail names private addresses: it goes to the log, not to the sender.
             tracing::warn!(error = %err, "webhook not forwarded");
@@ -95,17 +93,6 @@ async fn forward(
             ))
         }
     }
-}
-
-fn relay(answer: dash_edge::Answer) -> Response {
-    (answer.status, answer.headers, answer.body).into_response()
-}
-
-/// An ingestor's 429 for too many failed authentications (not for a full backlog).
-fn is_throttled(answer: &dash_edge::Answer) -> bool {
-    answer.status == StatusCode::TOO_MANY_REQUESTS
-        && serde_json::from_slice::<Value>(&answer.body)
-            .is_ok_and(|body| body["error"]["code"] == crate::throttle::THROTTLED_CODE)
 }
 
 /// Reads a body within the size limit, the in-flight budget and the client's share of it; the
@@ -137,12 +124,14 @@ async fn admit_body(
 async fn receive(
     State(state): State<AppState>,
     Client(peer): Client,
+    Peer(connection): Peer,
     Path(pipeline): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = accept(&state, &pipeline, &uri, &headers, body, peer).await;
+    let from = Sender { client: peer, connection };
+    let outcome = accept(&state, &pipeline, &uri, &headers, body, from).await;
     match &outcome {
         Ok(Taken::Events(accepted)) => metrics::counter!("dash_events_accepted_total").increment(*accepted as u64),
         Ok(Taken::Challenge(_)) => {}
@@ -154,6 +143,13 @@ async fn receive(
     })
 }
 
+/// Who sent a request: the client (by the trust rules) and the connection's own peer.
+#[derive(Clone, Copy)]
+struct Sender {
+    client: Option<IpAddr>,
+    connection: Option<IpAddr>,
+}
+
 /// What a delivery that was taken gets.
 enum Taken {
     /// Its events are durable: 202.
@@ -163,7 +159,8 @@ enum Taken {
 }
 
 /// A failed authentication: counted by reason (`dash_webhook_refused_total`, and the pipeline's
-/// own counts in the store), then throttled.
+/// own counts in the store), then throttled: the refusal, or 429 once the client's budget for
+/// this pipeline is spent. While it is, failures get the 429 without counting again.
 fn refused_credentials(
     state: &AppState,
     pipeline: &str,
@@ -179,7 +176,10 @@ fn refused_credentials(
     };
     metrics::counter!("dash_webhook_refused_total", "reason" => reason).increment(1);
     state.refusals.count(pipeline, reason, now_ms());
-    state.throttle.failed(peer, scope, err)
+    match state.throttle.admit(peer, scope) {
+        Err(throttled) => throttled,
+        Ok(()) => state.throttle.failed(peer, scope, err),
+    }
 }
 
 async fn accept(
@@ -188,8 +188,9 @@ async fn accept(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
-    peer: Option<IpAddr>,
+    from: Sender,
 ) -> Result<Taken, ApiError> {
+    let peer = from.client;
     let intake = state.intake.as_ref().expect("webhook routes are mounted only with intake");
     let received_ms = now_ms();
 
@@ -208,10 +209,13 @@ async fn accept(
     };
 
     // Everything about the credentials that needs no body is checked before it is read, so a
-    // client without them cannot hold any of the body budget.
+    // client without them cannot hold any of the body budget. The throttle answers failures
+    // only: a client it blocks still gets correct credentials taken, because providers send
+    // every pipeline's deliveries from shared address pools, and anyone can point a webhook
+    // with a wrong secret at a pipeline from the same pool. Guessing stays out of reach: tokens
+    // and Dash's secrets are random, a provider's secret is at least 16 bytes.
     // Scoped by the id the lookup found, so the name and the id share one budget.
     let scope = Scope::Pipeline(auth.id.as_str());
-    state.throttle.admit(peer, scope)?;
     let now_secs = received_ms / 1000;
     let credentials = precheck_credentials(&auth, headers, now_secs)
         .map_err(|e| refused_credentials(state, auth.id.as_str(), peer, scope, e))?;
@@ -219,7 +223,7 @@ async fn accept(
     match (credentials, &auth.provider) {
         (Credentials::Signature, _) => verify_signature(&auth, headers, &bytes, now_secs),
         (Credentials::Provider, Some(provider)) => {
-            let url = signed_url(state, uri, headers);
+            let url = signed_url(state, uri, headers, from.connection);
             let secrets: Vec<&str> = provider.secrets.iter().map(String::as_str).collect();
             let delivery = Delivery { headers, body: &bytes, url: &url, now_secs };
             provider.spec.verify(&secrets, &delivery).map_err(provider_refused)
@@ -235,6 +239,10 @@ async fn accept(
         None if is_form(content_type) && provider.is_some_and(VerifySpec::takes_forms) => {
             let spec = provider.expect("checked");
             let event = spec.form_event(&bytes).map_err(|e| ApiError::unprocessable("invalid_event", e.to_string()))?;
+            // Escaping can make the event longer than the form: the limit holds for it too.
+            if event.len() > state.limits.max_body {
+                return Err(too_large(state.limits.max_body));
+            }
             (BodyFormat::Json, Bytes::from(event))
         }
         None => {
@@ -304,13 +312,18 @@ fn is_form(content_type: Option<&str>) -> bool {
 
 /// The URL the sender posted to, as it sees it: `DASH_PUBLIC_URL` and the path, else the
 /// scheme of `X-Forwarded-Proto` (`http` without one) and the host of `X-Forwarded-Host` (a web
-/// edge passes the sender's on) or `Host`.
-fn signed_url(state: &AppState, uri: &Uri, headers: &HeaderMap) -> String {
+/// edge passes the sender's on) or `Host`. The forwarded headers count only from the operator's
+/// proxy or a known edge: anyone else could make a signature meant for another endpoint fit.
+fn signed_url(state: &AppState, uri: &Uri, headers: &HeaderMap, connection: Option<IpAddr>) -> String {
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     if let Some(base) = &state.limits.public_url {
         return format!("{base}{path}");
     }
-    let first = |name: &str| header_str(headers, name).and_then(|v| v.split(',').next()).map(str::trim);
+    let forwarded = connection.is_some_and(|peer| {
+        state.client_trust.vouches_for_forwarding(peer, headers, |ip| crate::client::is_edge(state, ip))
+    });
+    let first =
+        |name: &str| header_str(headers, name).filter(|_| forwarded).and_then(|v| v.split(',').next()).map(str::trim);
     let proto = first("x-forwarded-proto").filter(|p| *p == "https" || *p == "http").unwrap_or("http");
     let host = first("x-forwarded-host").or_else(|| header_str(headers, "host")).unwrap_or_default();
     format!("{proto}://{host}{path}")
@@ -383,10 +396,13 @@ fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     let id = id.trim();
-    if id.is_empty() || id.len() > REQUEST_ID_MAX {
+    // The same rule as an event's own `id` field: no control characters (a tab included).
+    if id.is_empty() || id.len() > REQUEST_ID_MAX || id.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "invalid_request_id",
-            format!("webhook-id / Idempotency-Key must be 1 to {REQUEST_ID_MAX} characters"),
+            format!(
+                "webhook-id / Idempotency-Key must be 1 to {REQUEST_ID_MAX} characters, none of them control characters"
+            ),
         ));
     }
     Ok(Some(id.to_owned()))

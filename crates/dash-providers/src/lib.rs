@@ -29,8 +29,15 @@ use subtle::ConstantTimeEq;
 
 /// How far a signed timestamp may be from now (Stripe's and Slack's own tolerance).
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
+/// Shortest secret taken: every provider's own are longer, and a shorter one typed by hand
+/// could be guessed one request at a time.
+pub const SECRET_MIN: usize = 16;
 /// Longest secret taken.
 pub const SECRET_MAX: usize = 1024;
+/// Key of the digests a token is compared as.
+const TOKEN_DIGEST_KEY: &[u8] = b"dash token comparison";
+/// Longest `prefix` of a generic HMAC sender.
+const PREFIX_MAX: usize = 64;
 /// Longest duplicate key taken from a delivery.
 const KEY_MAX: usize = 256;
 
@@ -109,9 +116,6 @@ pub struct HmacOptions {
     pub prefix: Option<String>,
     /// The header carrying the duplicate key; else the body's `/id`.
     pub id_header: Option<String>,
-    /// The header, or the body's JSON pointer, naming the event type.
-    pub type_header: Option<String>,
-    pub type_field: Option<String>,
 }
 
 /// A pipeline's way of checking its deliveries: the provider, with its options. Never holds the
@@ -256,19 +260,12 @@ impl VerifySpec {
             Some("base64") => Encoding::Base64,
             Some(other) => return Err(invalid("encoding", format!("{other:?}: one of hex, base64"))),
         };
-        let type_field = text("type_field")?;
-        if type_field.as_deref().is_some_and(|p| !p.starts_with('/')) {
-            return Err(invalid("type_field", "must be a JSON pointer, such as /type"));
+        let prefix = text("prefix")?;
+        if prefix.as_ref().is_some_and(|p| p.len() > PREFIX_MAX) {
+            return Err(invalid("prefix", format!("at most {PREFIX_MAX} bytes")));
         }
-        let hmac = HmacOptions {
-            header,
-            algorithm,
-            encoding,
-            prefix: text("prefix")?,
-            id_header: header_name("id_header", text("id_header")?)?,
-            type_header: header_name("type_header", text("type_header")?)?,
-            type_field,
-        };
+        let id_header = header_name("id_header", text("id_header")?)?;
+        let hmac = HmacOptions { header, algorithm, encoding, prefix, id_header };
         Ok(Self { provider, hmac: Some(hmac) })
     }
 
@@ -285,9 +282,14 @@ impl VerifySpec {
         }
         let secret = match object.get("secret") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= SECRET_MAX => Some(s.clone()),
+            Some(Value::String(s)) if (SECRET_MIN..=SECRET_MAX).contains(&s.len()) => Some(s.clone()),
             Some(_) => {
-                return Err(invalid("secret", format!("must be a non-empty string of at most {SECRET_MAX} bytes")));
+                return Err(invalid(
+                    "secret",
+                    format!(
+                        "must be a string of {SECRET_MIN} to {SECRET_MAX} bytes (a shorter one could be guessed: make a longer one in the provider's settings)"
+                    ),
+                ));
             }
         };
         match (spec.provider, &secret) {
@@ -323,12 +325,7 @@ impl VerifySpec {
                     Encoding::Base64 => "base64",
                 }),
             );
-            for (key, value) in [
-                ("prefix", &h.prefix),
-                ("id_header", &h.id_header),
-                ("type_header", &h.type_header),
-                ("type_field", &h.type_field),
-            ] {
+            for (key, value) in [("prefix", &h.prefix), ("id_header", &h.id_header)] {
                 if let Some(value) = value {
                     object.insert(key.into(), json!(value));
                 }
@@ -388,8 +385,9 @@ impl VerifySpec {
                 None => false,
             },
             Provider::Stripe => {
-                let (ts, signatures) = stripe_parts(presented);
-                let ts = ts.map(|t| t.to_string()).unwrap_or_default();
+                // Signed as the timestamp is written in the header.
+                let (_, ts, signatures) = stripe_parts(presented);
+                let ts = ts.unwrap_or_default();
                 matches(&|key| {
                     let mac = sha256(key, &[ts.as_bytes(), b".", body]);
                     signatures.iter().any(|s| equal(&mac, s))
@@ -407,7 +405,9 @@ impl VerifySpec {
                 }
             }
             Provider::Gitlab => {
-                return match matches(&|key| equal(key, presented.as_bytes())) {
+                // Compared as digests, so that not even the token's length shows in the timing.
+                let presented = sha256(TOKEN_DIGEST_KEY, &[presented.as_bytes()]);
+                return match matches(&|key| equal(&sha256(TOKEN_DIGEST_KEY, &[key]), &presented)) {
                     true => Ok(()),
                     false => {
                         Err(refuse(RefusalReason::BadToken, "the X-Gitlab-Token header is not this pipeline's secret"))
@@ -451,21 +451,25 @@ impl VerifySpec {
     /// Too long, or with control characters: none.
     pub fn duplicate_key(&self, headers: &HeaderMap, event: Option<&Value>) -> Option<String> {
         let from_body = |pointer: &str| event.and_then(|e| e.pointer(pointer)).and_then(Value::as_str);
-        let key = match self.provider {
+        let usable = |key: Option<&str>| {
+            let key = key?.trim();
+            (!key.is_empty() && key.len() <= KEY_MAX && !key.chars().any(char::is_control)).then(|| key.to_owned())
+        };
+        match self.provider {
             Provider::StandardWebhooks => None,
-            Provider::Github => header(headers, "x-github-delivery"),
-            Provider::Stripe => from_body("/id"),
-            Provider::Shopify => header(headers, "x-shopify-webhook-id"),
-            Provider::Slack => from_body("/event_id"),
-            Provider::Gitlab => header(headers, "idempotency-key").or_else(|| header(headers, "x-gitlab-event-uuid")),
-            Provider::Twilio => header(headers, "i-twilio-idempotency-token"),
+            Provider::Github => usable(header(headers, "x-github-delivery")),
+            Provider::Stripe => usable(from_body("/id")),
+            Provider::Shopify => usable(header(headers, "x-shopify-webhook-id")),
+            Provider::Slack => usable(from_body("/event_id")),
+            Provider::Gitlab => {
+                usable(header(headers, "idempotency-key")).or_else(|| usable(header(headers, "x-gitlab-event-uuid")))
+            }
+            Provider::Twilio => usable(header(headers, "i-twilio-idempotency-token")),
             Provider::Hmac => match self.hmac.as_ref().and_then(|h| h.id_header.as_deref()) {
-                Some(name) => header(headers, name),
-                None => from_body("/id"),
+                Some(name) => usable(header(headers, name)),
+                None => usable(from_body("/id")),
             },
-        }?;
-        let key = key.trim();
-        (!key.is_empty() && key.len() <= KEY_MAX && !key.chars().any(char::is_control)).then(|| key.to_owned())
+        }
     }
 
     /// The answer to Slack's `url_verification` handshake, when `event` is one: its challenge.
@@ -513,7 +517,7 @@ impl VerifySpec {
     }
 }
 
-const HMAC_OPTIONS: &[&str] = &["header", "algorithm", "encoding", "prefix", "id_header", "type_header", "type_field"];
+const HMAC_OPTIONS: &[&str] = &["header", "algorithm", "encoding", "prefix", "id_header"];
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -530,18 +534,20 @@ fn fresh(ts: Option<i64>, now_secs: i64, what: &str) -> Result<(), Refusal> {
     }
 }
 
-/// `t=<ts>,v1=<hex>,v1=<hex>,v0=…`: the timestamp and every `v1` digest.
-fn stripe_parts(value: &str) -> (Option<i64>, Vec<Vec<u8>>) {
+/// `t=<ts>,v1=<hex>,v1=<hex>,v0=…`: the timestamp (as a number when it is plain digits, and as
+/// written) and every `v1` digest.
+fn stripe_parts(value: &str) -> (Option<i64>, Option<&str>, Vec<Vec<u8>>) {
     let mut ts = None;
     let mut signatures = Vec::new();
     for part in value.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", t)) => ts = t.parse().ok(),
+            Some(("t", t)) => ts = Some(t),
             Some(("v1", hex)) => signatures.extend(hex::decode(hex).ok()),
             _ => {}
         }
     }
-    (ts, signatures)
+    let number = ts.filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).and_then(|t| t.parse().ok());
+    (number, ts, signatures)
 }
 
 /// Twilio's signed text: the URL, then each form key (sorted) followed by each of its values

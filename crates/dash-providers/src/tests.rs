@@ -104,6 +104,9 @@ fn stripe_takes_any_v1_and_holds_the_timestamp_to_five_minutes() {
         RefusalReason::StaleTimestamp
     );
     assert_eq!(check(&stripe, "whsec_other", &signed, body, now).unwrap_err().reason, RefusalReason::BadSignature);
+    // The timestamp is signed as written: a plus sign or a leading zero is another text.
+    let odd = headers(&[("stripe-signature", &format!("t=+{now},v1={}", mac("whsec_current", now)))]);
+    assert_eq!(check(&stripe, "whsec_current", &odd, body, now).unwrap_err().reason, RefusalReason::MissingSignature);
     let event: Value = serde_json::from_slice(body).unwrap();
     assert_eq!(stripe.duplicate_key(&HeaderMap::new(), Some(&event)).as_deref(), Some("evt_1"));
 }
@@ -146,7 +149,8 @@ fn a_bad_verify_names_its_field() {
     assert_eq!(field(json!({"provider": "hmac", "header": "bad header"})), "header");
     assert_eq!(field(json!({"provider": "hmac", "header": "x", "algorithm": "md5"})), "algorithm");
     assert_eq!(field(json!({"provider": "hmac", "header": "x", "colour": "red"})), "colour");
-    assert_eq!(field(json!({"provider": "hmac", "header": "x", "type_field": "type"})), "type_field");
+    assert_eq!(field(json!({"provider": "hmac", "header": "x", "type_field": "/type"})), "type_field");
+    assert_eq!(field(json!({"provider": "hmac", "header": "x", "prefix": "p".repeat(65)})), "prefix");
     assert_eq!(field(json!("github")), "verify");
     let with_secret = |object: Value| VerifySpec::from_json_with_secret(&object);
     assert_eq!(with_secret(json!({"provider": "github"})).unwrap_err().field, "secret");
@@ -154,8 +158,9 @@ fn a_bad_verify_names_its_field() {
     assert_eq!(with_secret(json!({"provider": "github", "secret": 5})).unwrap_err().field, "secret");
     assert_eq!(with_secret(json!({"provider": "github", "secret_file": "/x"})).unwrap_err().field, "secret_file");
     assert_eq!(with_secret(json!({"secret": "whsec_x"})).unwrap_err().field, "secret");
-    let (github, secret) = with_secret(json!({"provider": "github", "secret": "s"})).unwrap();
-    assert_eq!((github.provider, secret.as_deref()), (Provider::Github, Some("s")));
+    assert_eq!(with_secret(json!({"provider": "gitlab", "secret": "short-token"})).unwrap_err().field, "secret");
+    let (github, secret) = with_secret(json!({"provider": "github", "secret": "sixteen-bytes-ok"})).unwrap();
+    assert_eq!((github.provider, secret.as_deref()), (Provider::Github, Some("sixteen-bytes-ok")));
     assert_eq!(with_secret(json!({})).unwrap(), (VerifySpec::standard(), None));
     let hmac = spec(json!({"provider": "hmac", "header": "X-Sig", "prefix": "v1="}));
     assert_eq!(
@@ -164,6 +169,11 @@ fn a_bad_verify_names_its_field() {
     );
     assert_eq!(spec(json!({})), VerifySpec::standard());
     assert_eq!(spec(json!({"provider": "github", "secret": "s"})).to_json(), json!({"provider": "github"}));
+    // GitLab's fallback: an unusable Idempotency-Key gives way to the event UUID.
+    let gitlab = spec(json!({"provider": "gitlab"}));
+    let long = "k".repeat(300);
+    let keyed = headers(&[("idempotency-key", &long), ("x-gitlab-event-uuid", "u-2")]);
+    assert_eq!(gitlab.duplicate_key(&keyed, None).as_deref(), Some("u-2"));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::{Store, StoreError};
 
 /// How long refusal counts are kept.
-pub const REFUSALS_KEPT: Duration = Duration::from_secs(7 * 86_400);
+pub const REFUSALS_KEPT: Duration = Duration::from_secs(2 * 86_400);
 
 const ADD: &str = "INSERT INTO webhook_refusals (pipeline_id, minute, reason, refused, last_at) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pipeline_id, minute, reason) DO UPDATE SET \

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
 use crate::edge_trust::{client_at, host, wait_for_ingestor, wait_until_up};
-use crate::support::{NatsServer, TestServer, assert_error, now_secs};
+use crate::support::{NatsServer, TestServer, assert_error, now_secs, sender_library};
 
 /// Where deliveries go: an `all` node, or a web edge in front of an ingestor.
 struct Site {
@@ -114,45 +114,15 @@ impl Site {
     }
 }
 
-/// The signer's output for `args`, run by `program`; `None` (and a note) where scripts/test.sh
-/// did not set it up, which fails instead when the suite demands every check.
-fn signed_by(program_env: &str, script: Option<&str>, args: &[&str]) -> Option<String> {
-    let program = match std::env::var(program_env) {
-        Ok(program) => program,
-        Err(_) if std::env::var("DASH_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
-            panic!("{program_env} is not set; scripts/test.sh sets it")
-        }
-        Err(_) => {
-            eprintln!("note: {program_env} unset; a provider's own signing check is skipped");
-            return None;
-        }
-    };
-    let mut command = match script {
-        Some(script) => {
-            let mut c = std::process::Command::new(program);
-            c.arg(script);
-            c
-        }
-        None => {
-            let mut c = std::process::Command::new("node");
-            c.arg(program);
-            c
-        }
-    };
-    let output = command.args(args).output().expect("the signer runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    Some(String::from_utf8(output.stdout).unwrap().trim().to_owned())
-}
-
 /// GitHub's or Stripe's own library (Node.js).
 fn node_sign(args: &[&str]) -> Option<String> {
-    signed_by("DASH_TEST_NODE_SIGNER", None, args)
+    sender_library("DASH_TEST_NODE_SIGNER", args)
 }
 
 /// Slack's or Twilio's own library (Python).
 fn python_sign(args: &[&str]) -> Option<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/sign-webhook.py");
-    signed_by("DASH_TEST_PYTHON", Some(script), args)
+    sender_library("DASH_TEST_PYTHON", &[&[script], args].concat())
 }
 
 fn hmac_sha256(secret: &str, text: &[u8]) -> Vec<u8> {
@@ -194,7 +164,7 @@ async fn github(site: &Site) {
     let second = delivery("9a1f0c2e-cc78-11e3-81ab-4c9367dc0958", &other_sig);
     assert_eq!(status(site.post(&p, "application/json", &second, other)).await, 202);
     // A form delivery carries the JSON in `payload`, signed over the form as sent.
-    let form = format!("payload={}", urlencode(r#"{"zen":"Keep it logically awesome.","hook_id":1}"#));
+    let form = format!("payload={}", crate::hostile::percent_encoded(r#"{"zen":"Keep it logically awesome.","hook_id":1}"#));
     let form_sig = node_sign(&["github", secret, &form]).unwrap();
     let ping = delivery("b0c1d2e3-cc78-11e3-81ab-4c9367dc0958", &form_sig);
     assert_eq!(status(site.post(&p, "application/x-www-form-urlencoded", &ping, &form)).await, 202);
@@ -417,16 +387,16 @@ async fn shopify_gitlab_and_hmac(site: &Site) {
 /// period, bad input 422 naming the field.
 async fn verify_api(site: &Site) {
     let api = &site.ingestor;
-    let p = site.create("rotating", json!({"provider": "github", "secret": "first"})).await;
+    let p = site.create("rotating", json!({"provider": "github", "secret": "the-first-secret"})).await;
     let put = |verify: Value| api.client.put(api.url(&format!("/api/pipelines/{p}/verify"))).json(&verify).send();
-    let replaced = put(json!({"provider": "github", "secret": "second"})).await.unwrap();
+    let replaced = put(json!({"provider": "github", "secret": "the-second-secret"})).await.unwrap();
     assert_eq!(replaced.status(), 200);
     let shown = api.get_json(&format!("/api/pipelines/{p}")).await;
     assert_eq!(shown["verify"], json!({"provider": "github"}), "{shown}");
-    assert!(!shown.to_string().contains("second"), "the secret is never shown: {shown}");
+    assert!(!shown.to_string().contains("the-second-secret"), "the secret is never shown: {shown}");
     // Both secrets sign for now.
     let body = r#"{"n":1}"#;
-    for (i, secret) in ["first", "second"].into_iter().enumerate() {
+    for (i, secret) in ["the-first-secret", "the-second-secret"].into_iter().enumerate() {
         let signature = format!("sha256={}", hex(&hmac_sha256(secret, body.as_bytes())));
         let headers = vec![("x-hub-signature-256", signature), ("x-github-delivery", format!("rot-{i}"))];
         assert_eq!(status(site.post(&p, "application/json", &headers, body)).await, 202, "{secret}");
@@ -434,6 +404,7 @@ async fn verify_api(site: &Site) {
     for (verify, field) in [
         (json!({"provider": "gitbucket", "secret": "s"}), "provider"),
         (json!({"provider": "github"}), "secret"),
+        (json!({"provider": "github", "secret": "guessable"}), "secret"),
         (json!({"provider": "github", "secret": "s", "colour": "red"}), "colour"),
         (json!({"provider": "hmac", "secret": "s"}), "header"),
     ] {
@@ -450,13 +421,55 @@ async fn verify_api(site: &Site) {
     site.stored(&p, 2, 0).await;
 }
 
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Anyone can point a webhook with a wrong secret at a pipeline from the provider's own address
+/// pool: its failures are throttled, the real deliveries from the same addresses never are.
+async fn a_misconfigured_webhook_in_the_same_pool_stops_nothing(site: &Site) {
+    let secret = "the-real-github-secret";
+    let p = site.create("shared-pool", json!({"provider": "github", "secret": secret})).await;
+    let body = r#"{"action":"opened"}"#;
+    let delivery = |id: String, secret: &str| {
+        let signature = format!("sha256={}", hex(&hmac_sha256(secret, body.as_bytes())));
+        vec![("x-github-delivery", id), ("x-hub-signature-256", signature)]
+    };
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let wrong = site.post(&p, "application/json", &delivery(format!("theirs-{i}"), "someone-elses-secret"), body);
+        statuses.push(status(wrong).await);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401) && statuses[35..].iter().all(|s| *s == 429), "{statuses:?}");
+    for i in 0..5 {
+        let right = site.post(&p, "application/json", &delivery(format!("ours-{i}"), secret), body);
+        assert_eq!(status(right).await, 202, "the real delivery {i} gets through");
+    }
+    site.stored(&p, 5, 0).await;
+}
+
+/// What a sender's own headers cannot do: make a Twilio signature meant for another URL fit,
+/// or grow a form past the body limit by escaping.
+async fn forwarded_headers_and_forms_stay_in_bounds(site: &Site) {
+    let token = "twilio-auth-token-for-the-bounds";
+    let p = site.create("twilio-bounds", json!({"provider": "twilio", "secret": token})).await;
+    let form = "Body=Hello&From=%2B15005550006";
+    let Some(elsewhere) = python_sign(&["twilio", token, &format!("https://evil.example/webhooks/{p}"), form]) else {
+        return;
+    };
+    let headers = vec![
+        ("x-twilio-signature", elsewhere),
+        ("x-forwarded-host", "evil.example".to_owned()),
+        ("x-forwarded-proto", "https".to_owned()),
+    ];
+    // From a sender, X-Forwarded-* are its own claims: not believed, nor passed on by an edge.
+    let spoofed = site.post(&p, "application/x-www-form-urlencoded", &headers, form);
+    assert_error(spoofed.send().await.unwrap(), 401, "invalid_signature").await;
+    // A Slack form of control characters: 0.9 MiB sent, 5 MiB once escaped as JSON.
+    let secret = "slack-signing-secret-for-bounds";
+    let p = site.create("slack-bounds", json!({"provider": "slack", "secret": secret})).await;
+    let form = format!("text={}", "%01".repeat(300_000));
+    let ts = now_secs().to_string();
+    let signature = format!("v0={}", hex(&hmac_sha256(secret, format!("v0:{ts}:{form}").as_bytes())));
+    let headers = vec![("x-slack-signature", signature), ("x-slack-request-timestamp", ts)];
+    let grown = site.post(&p, "application/x-www-form-urlencoded", &headers, &form);
+    assert_error(grown.send().await.unwrap(), 413, "body_too_large").await;
 }
 
 async fn every_provider(site: &Site) {
@@ -466,6 +479,8 @@ async fn every_provider(site: &Site) {
     twilio(site).await;
     shopify_gitlab_and_hmac(site).await;
     verify_api(site).await;
+    a_misconfigured_webhook_in_the_same_pool_stops_nothing(site).await;
+    forwarded_headers_and_forms_stay_in_bounds(site).await;
 }
 
 #[tokio::test]

@@ -66,6 +66,33 @@ pub fn signed_post(
         .body(body.to_owned())
 }
 
+/// What a sender's own signing code prints for `args`, run by the program scripts/test.sh names
+/// in `env` (`DASH_TEST_PYTHON`; `DASH_TEST_NODE_SIGNER`, a script run by `node`). `None`, with
+/// a note, where it is not set; a failure instead when the suite demands every check.
+pub fn sender_library(env: &str, args: &[&str]) -> Option<String> {
+    let program = match std::env::var(env) {
+        Ok(program) => program,
+        Err(_) if std::env::var("DASH_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
+            panic!("{env} is not set; scripts/test.sh sets it")
+        }
+        Err(_) => {
+            eprintln!("note: {env} unset; a check with a sender's own signing library is skipped");
+            return None;
+        }
+    };
+    let mut command = match program.ends_with(".mjs") {
+        true => {
+            let mut node = Command::new("node");
+            node.arg(&program);
+            node
+        }
+        false => Command::new(&program),
+    };
+    let output = command.args(args).output().expect("the signing library runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    Some(String::from_utf8(output.stdout).unwrap().trim().to_owned())
+}
+
 /// Seconds since the epoch, as the signer's clock.
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
