@@ -164,7 +164,8 @@ async fn github(site: &Site) {
     let second = delivery("9a1f0c2e-cc78-11e3-81ab-4c9367dc0958", &other_sig);
     assert_eq!(status(site.post(&p, "application/json", &second, other)).await, 202);
     // A form delivery carries the JSON in `payload`, signed over the form as sent.
-    let form = format!("payload={}", crate::hostile::percent_encoded(r#"{"zen":"Keep it logically awesome.","hook_id":1}"#));
+    let form =
+        format!("payload={}", crate::hostile::percent_encoded(r#"{"zen":"Keep it logically awesome.","hook_id":1}"#));
     let form_sig = node_sign(&["github", secret, &form]).unwrap();
     let ping = delivery("b0c1d2e3-cc78-11e3-81ab-4c9367dc0958", &form_sig);
     assert_eq!(status(site.post(&p, "application/x-www-form-urlencoded", &ping, &form)).await, 202);
