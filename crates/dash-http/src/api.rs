@@ -311,16 +311,19 @@ async fn create_pipeline(State(state): State<AppState>, body: Bytes) -> Result<(
     if let Some(intake) = &state.intake
         && let Ok(id) = dash_domain::PipelineId::parse(&issued.record.id)
     {
-        intake.directory().insert(PipelineAuth {
-            id,
-            name: issued.record.name.clone(),
-            secrets: vec![issued.secret.clone()],
-            token_hashes: vec![issued.token.hash()],
-            previous_expires_ms: None,
-            provider: verify.as_ref().and_then(|(spec, secret)| {
-                Some(ProviderAuth { spec: spec.clone(), secrets: vec![secret.clone()?], previous_expires_ms: None })
-            }),
-        });
+        intake
+            .directory()
+            .insert(PipelineAuth {
+                id,
+                name: issued.record.name.clone(),
+                secrets: vec![issued.secret.clone()],
+                token_hashes: vec![issued.token.hash()],
+                previous_expires_ms: None,
+                provider: verify.as_ref().and_then(|(spec, secret)| {
+                    Some(ProviderAuth { spec: spec.clone(), secrets: vec![secret.clone()?], previous_expires_ms: None })
+                }),
+            })
+            .await;
     }
     let provider = verify.as_ref().map_or(Provider::StandardWebhooks, |(spec, _)| spec.provider);
     if let Some((spec, _)) = &source {

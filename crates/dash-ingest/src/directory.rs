@@ -34,8 +34,8 @@ struct Entries {
 pub struct PipelineDirectory {
     store: Store,
     entries: RwLock<Entries>,
-    /// When the last refresh ran; also serializes refreshes.
-    last_refresh: Mutex<Option<Instant>>,
+    /// When the last refresh ran and whether the store answered it; also serializes refreshes.
+    last_refresh: Mutex<Option<(Instant, bool)>>,
     /// Refreshes fail every few seconds while the store is down: one warning per period.
     refresh_failures: LogThrottle,
     file: Arc<DirectoryFile>,
@@ -69,7 +69,7 @@ impl PipelineDirectory {
     }
 
     /// Writes the local copy if it changed (off the async threads).
-    async fn persist(&self) {
+    pub async fn persist(&self) {
         let auths: Vec<Arc<PipelineAuth>> =
             self.entries.read().expect("directory lock").by_id.values().cloned().collect();
         let file = self.file.clone();
@@ -93,14 +93,17 @@ impl PipelineDirectory {
         if let Some(found) = self.cached(id_or_name) {
             return Lookup::Found(found);
         }
+        // Only a store that answered can say a pipeline is absent: a refresh that failed, however
+        // recent, leaves the answer unknown (503), never 404.
         let refreshed = {
             let mut last = self.last_refresh.lock().await;
-            if last.is_some_and(|t| t.elapsed() < MISS_REFRESH_EVERY) {
-                true
-            } else {
-                let ok = self.reload().await;
-                *last = Some(Instant::now());
-                ok
+            match *last {
+                Some((at, answered)) if at.elapsed() < MISS_REFRESH_EVERY => answered,
+                _ => {
+                    let answered = self.reload().await;
+                    *last = Some((Instant::now(), answered));
+                    answered
+                }
             }
         };
         match self.cached(id_or_name) {
@@ -110,12 +113,15 @@ impl PipelineDirectory {
         }
     }
 
-    /// Adds or replaces one pipeline (just created or rotated on this node); the local copy
-    /// follows at the next refresh.
-    pub fn insert(&self, auth: PipelineAuth) {
-        let mut entries = self.entries.write().expect("directory lock");
-        entries.id_by_name.insert(auth.name.clone(), auth.id.to_string());
-        entries.by_id.insert(auth.id.to_string(), Arc::new(auth));
+    /// Adds or replaces one pipeline (just created or rotated on this node), and writes the
+    /// local copy at once: a start right after, while the store is down, knows it.
+    pub async fn insert(&self, auth: PipelineAuth) {
+        {
+            let mut entries = self.entries.write().expect("directory lock");
+            entries.id_by_name.insert(auth.name.clone(), auth.id.to_string());
+            entries.by_id.insert(auth.id.to_string(), Arc::new(auth));
+        }
+        self.persist().await;
     }
 
     /// Replaces the cache with the store's view; false when the store could not be read.

@@ -398,7 +398,12 @@ async fn refresh_directory(intake: Intake, mut closing: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(DIRECTORY_REFRESH) => { intake.directory().reload().await; }
-            _ = closing.changed() => return,
+            _ = closing.changed() => {
+                // What this node learned since the last refresh (a pipeline made here) is on disk
+                // for a start while the store is down.
+                intake.directory().persist().await;
+                return;
+            }
         }
     }
 }

@@ -493,3 +493,42 @@ async fn every_start_works_without_the_database_and_catches_up_when_it_answers()
     }
     assert!(server.sigterm().success());
 }
+
+// Multi-threaded: the proxy must keep serving while the test blocks on dashd's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_made_just_before_a_stop_is_known_at_a_start_without_the_database() {
+    let Some(admin) = crate::support::postgres_admin() else { return };
+    let (proxy, url) = crate::proxy::TcpProxy::in_front_of(&crate::support::fresh_postgres(&admin).await).await;
+    let mut server = TestServer::start(&[("DATABASE_URL", url.as_str()), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    wait_for_status(&server, "healthy").await;
+    let p = server.create_pipeline("made late").await;
+    assert_eq!(server.post_json(&p, "before", "{}").await.status(), 202);
+    // Killed at once, long before a directory refresh, then started while the database is away.
+    server.kill9();
+    proxy.cut();
+    server.restart();
+    for i in 0..5 {
+        let response = server.post_json(&p, &format!("down-{i}"), "{}").await;
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    }
+    // A pipeline the node does not know is unknown while the store cannot be asked: 503 each
+    // time, also right after a refresh that failed, never 404 (a provider may disable a webhook
+    // that gets 404s).
+    for _ in 0..6 {
+        let unknown = server
+            .client
+            .post(server.url("/webhooks/not-made-yet"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(unknown.headers().contains_key("retry-after"));
+        crate::support::assert_error(unknown, 503, "store_unavailable").await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    proxy.restore();
+    server.wait_for_count(&p, 6, Duration::from_secs(30)).await;
+    let unknown = server.client.post(server.url("/webhooks/not-made-yet")).header("content-type", "application/json");
+    crate::support::assert_error(unknown.body("{}").send().await.unwrap(), 404, "pipeline_not_found").await;
+}
