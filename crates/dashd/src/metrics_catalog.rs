@@ -59,6 +59,24 @@ pub fn describe() {
         "Connections refused with 503 at the connection cap."
     );
     describe_counter!("dash_http_panics_total", Unit::Count, "Request handlers that panicked (answered 500).");
+    describe_counter!(
+        "dash_auth_failures_total",
+        Unit::Count,
+        "Failed authentications counted by the throttle (wrong webhook credentials, wrong admin token)."
+    );
+    describe_counter!(
+        "dash_auth_throttled_total",
+        Unit::Count,
+        "Times a client was throttled (429) for too many failed authentications."
+    );
+    describe_counter!(
+        "dash_webhook_refused_total",
+        Unit::Count,
+        "Webhook deliveries refused for their credentials, by reason (missing_signature, bad_signature, stale_timestamp, bad_token)."
+    );
+    // Counters without labels exist from the start, at 0, with their help text.
+    metrics::counter!("dash_auth_failures_total").absolute(0);
+    metrics::counter!("dash_auth_throttled_total").absolute(0);
     // Bus, live, cluster, edge.
     describe_counter!("dash_bus_publish_dropped_total", Unit::Count, "Updates not published (broker away or slow).");
     describe_counter!("dash_bus_bad_messages_total", Unit::Count, "Bus messages that could not be decoded.");

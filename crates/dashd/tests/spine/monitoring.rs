@@ -46,10 +46,15 @@ async fn the_metrics_show_the_node_its_limits_and_its_requests_and_pass_promtool
     server.wait_for_count(&p, 1, Duration::from_secs(10)).await;
     let wandering = server.client.get(server.url("/no/such/place-9f2c")).send().await.unwrap();
     assert_eq!(wandering.status(), 404);
+    let refused = server.client.post(server.url(&format!("/webhooks/{}", p.id))).bearer_auth("dash_wrong");
+    assert_eq!(refused.header("content-type", "application/json").body("{}").send().await.unwrap().status(), 401);
     // The job scheduler reads the queue's depth on its first pass.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = metrics_text(&server).await;
     assert!(text.contains("# HELP dash_events_accepted_total"), "{text}");
+    for described in ["dash_auth_failures_total", "dash_auth_throttled_total", "dash_webhook_refused_total"] {
+        assert!(text.contains(&format!("# HELP {described}")), "{described}: {text}");
+    }
     promtool(&["check", "metrics"], Some(&text));
 
     for series in [
