@@ -58,6 +58,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_JOB_CONCURRENCY", "job_concurrency"),
     ("DASH_MAINTENANCE_EVERY", "maintenance_every"),
     ("DASH_MAX_CONNECTIONS", "max_connections"),
+    ("DASH_MAX_LIVE_PER_CLIENT", "max_live_per_client"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +219,8 @@ pub struct Settings {
     /// HTTP connections (and `/live` sessions) open at once; past it the longest-idle one is
     /// closed, or the newcomer gets 503. 0: 10,000, or fewer if the open-file limit says so.
     pub max_connections: usize,
+    /// `/live` sessions one client (address, IPv6 /64) may hold at once; past it, 503.
+    pub max_live_per_client: usize,
     /// Pipelines by name (`[pipelines.<name>]` tables): applied by ingestors at start,
     /// creating the pipeline if needed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -286,6 +289,7 @@ impl Default for Settings {
             job_concurrency: 4,
             maintenance_every: Duration::from_secs(3600),
             max_connections: 0,
+            max_live_per_client: 64,
             pipelines: BTreeMap::new(),
         }
     }
@@ -444,6 +448,9 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     }
     if s.max_connections > 1_000_000 {
         return Err(invalid("max_connections", "must be at most 1000000 (0: from the open-file limit)"));
+    }
+    if !(1..=100_000).contains(&s.max_live_per_client) {
+        return Err(invalid("max_live_per_client", "must be between 1 and 100000"));
     }
     if !(1..=256).contains(&s.partitions) {
         return Err(invalid("partitions", "must be between 1 and 256"));

@@ -75,7 +75,13 @@ mod tests {
     use super::*;
 
     fn limits(token: Option<&str>) -> HttpLimits {
-        HttpLimits { max_body: 1, inflight_body_bytes: 1, admin_token: token.map(str::to_owned), public_url: None }
+        HttpLimits {
+            max_body: 1,
+            inflight_body_bytes: 1,
+            admin_token: token.map(str::to_owned),
+            public_url: None,
+            max_live_per_client: 1,
+        }
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

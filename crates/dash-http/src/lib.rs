@@ -11,6 +11,7 @@ mod budget;
 mod client;
 mod error;
 mod live;
+mod live_sessions;
 mod ops;
 mod origin;
 mod pages;
@@ -65,6 +66,8 @@ pub struct HttpLimits {
     /// The address senders post to, without a trailing `/` (`DASH_PUBLIC_URL`), for schemes
     /// that sign the URL.
     pub public_url: Option<String>,
+    /// `/live` sessions one client may hold at once (`DASH_MAX_LIVE_PER_CLIENT`).
+    pub max_live_per_client: usize,
 }
 
 /// Everything a handler can reach. Cloned per request; all fields are handles.
@@ -85,6 +88,8 @@ pub struct AppState {
     pub(crate) throttle: Arc<throttle::AuthThrottle>,
     /// Whom this node believes about a client's address (edges, the operator's proxy).
     pub(crate) client_trust: ClientTrust,
+    /// Open `/live` sessions per client.
+    pub(crate) live_sessions: Arc<live_sessions::LiveSessions>,
     /// Deliveries refused for their credentials, counted until the next flush to the store.
     pub(crate) refusals: Arc<refusals::RefusalTally>,
     /// Who else is in the cluster, from heartbeats (absent: this node alone).
@@ -108,6 +113,7 @@ impl AppState {
     ) -> Self {
         let permits = u32::try_from(limits.inflight_body_bytes / 1024).unwrap_or(u32::MAX);
         let largest = u32::try_from(limits.max_body / 1024 + 1).unwrap_or(u32::MAX);
+        let live_sessions = live_sessions::LiveSessions::new(limits.max_live_per_client);
         Self {
             intake,
             store,
@@ -119,6 +125,7 @@ impl AppState {
             inflight: budget::BodyBudget::new(permits, largest),
             throttle: Default::default(),
             client_trust: ClientTrust::default(),
+            live_sessions,
             refusals: Arc::default(),
             membership: None,
             edge: None,

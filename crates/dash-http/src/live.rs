@@ -46,6 +46,11 @@ async fn upgrade(
         );
         return Err(state.throttle.failed(peer, Scope::Admin, refusal));
     }
+    let place = state.live_sessions.take(peer)?;
+    // The connection's place under the server's cap is taken here, before the answer: hyper
+    // completes the upgrade and ends the connection's task in the same poll, which would give the
+    // slot back before the session could take it.
+    let slot = slot.and_then(|axum::Extension(slot)| slot.take());
     Ok(ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -53,8 +58,8 @@ async fn upgrade(
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
-            // The connection's place under the server's cap stays taken while the session lasts.
-            let _slot = slot.and_then(|axum::Extension(slot)| slot.take());
+            // Both places stay taken while the session lasts.
+            let _held = (slot, place);
             session(socket, state).await
         }))
 }

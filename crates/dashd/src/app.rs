@@ -129,6 +129,7 @@ impl App {
             inflight_body_bytes: INFLIGHT_BODY_BYTES,
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
             public_url: settings.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+            max_live_per_client: settings.max_live_per_client,
         };
         let bus_kind = bus.kind();
         let listener = listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;

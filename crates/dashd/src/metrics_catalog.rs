@@ -83,6 +83,11 @@ pub fn describe() {
     describe_counter!("dash_live_bus_lagged_total", Unit::Count, "Times the live hub fell behind the bus.");
     describe_counter!("dash_live_frames_dropped_total", Unit::Count, "Live frames dropped for slow clients.");
     describe_gauge!("dash_live_connections", Unit::Count, "Open /live WebSocket sessions.");
+    describe_counter!(
+        "dash_live_refused_total",
+        Unit::Count,
+        "/live upgrades refused: the client held its share of sessions."
+    );
     describe_counter!("dash_cluster_node_down_total", Unit::Count, "Nodes seen going down.");
     describe_gauge!("dash_cluster_nodes_up", Unit::Count, "Nodes heard from recently.");
     describe_counter!("dash_discovery_failures_total", Unit::Count, "Failed DNS lookups of peers.");

@@ -194,3 +194,69 @@ async fn a_client_that_stops_reading_neither_grows_the_server_nor_delays_another
         "the stalled client was resynced, not sent a gap ({snapshots} snapshots, {last_seq} updates)"
     );
 }
+
+/// A `/live` session opened from `local`: the socket, or the HTTP answer that refused it.
+async fn live_from(
+    server: &TestServer,
+    local: std::net::IpAddr,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, (u16, Option<String>)> {
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((local, 0).into()).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/live");
+    match tokio_tungstenite::client_async(url, stream).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()),
+        )),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+async fn health_from(server: &TestServer, local: std::net::IpAddr) -> u16 {
+    let client = crate::support::http_client().local_address(local).build().unwrap();
+    client.get(server.url("/health")).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn live_sessions_hold_their_connection_slot_and_each_client_its_share() {
+    let host = |last: u8| std::net::IpAddr::from([127, 0, 36, last]);
+    let env = [("DASH_MAX_CONNECTIONS", "20"), ("DASH_MAX_LIVE_PER_CLIENT", "8")];
+    let server = TestServer::start_at(&env, &format!("{}:0", host(2))).await;
+    // One address gets its share of sessions, then 503 with Retry-After.
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        match live_from(&server, host(20)).await {
+            Ok(socket) => held.push(socket),
+            Err(answer) => refused.push(answer),
+        }
+    }
+    assert_eq!(held.len(), 8);
+    assert!(refused.iter().all(|(status, retry)| *status == 503 && retry.is_some()), "{refused:?}");
+    // Another address still gets /health and /live.
+    assert_eq!(health_from(&server, host(21)).await, 200);
+    held.push(live_from(&server, host(21)).await.unwrap());
+    // Sessions count against the connection cap for as long as they last: with every place
+    // taken by one, a newcomer finds none to evict.
+    for _ in 0..8 {
+        held.push(live_from(&server, host(22)).await.unwrap());
+    }
+    for _ in 0..3 {
+        held.push(live_from(&server, host(23)).await.unwrap());
+    }
+    assert_eq!(held.len(), 20);
+    assert_eq!(health_from(&server, host(24)).await, 503);
+    // Sessions that end give their places back.
+    for mut socket in held.drain(..8) {
+        let _ = socket.close(None).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health_from(&server, host(24)).await != 200 {
+        assert!(std::time::Instant::now() < deadline, "closed sessions never gave their places back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(live_from(&server, host(20)).await.is_ok(), "the first address may open sessions again");
+}
