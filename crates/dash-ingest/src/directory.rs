@@ -29,6 +29,9 @@ pub enum Lookup {
 struct Entries {
     by_id: HashMap<String, Arc<PipelineAuth>>,
     id_by_name: HashMap<String, String>,
+    /// Pipelines this node added itself ([`PipelineDirectory::insert`]), and when: a reload whose
+    /// read began before that may not have seen them, and must not drop them.
+    inserted: HashMap<String, (Instant, Arc<PipelineAuth>)>,
 }
 
 pub struct PipelineDirectory {
@@ -54,18 +57,31 @@ impl PipelineDirectory {
         };
         if let Some(auths) = directory.file.load(dash_domain::now_ms()) {
             tracing::info!(pipelines = auths.len(), "pipeline directory loaded from its local copy");
-            directory.replace(auths);
+            directory.replace(auths, Instant::now());
         }
         directory
     }
 
-    fn replace(&self, auths: Vec<PipelineAuth>) {
+    /// Takes the store's view, read from `read_at` on; what this node inserted since stays.
+    fn replace(&self, auths: Vec<PipelineAuth>, read_at: Instant) {
         let mut fresh = Entries::default();
         for auth in auths {
             fresh.id_by_name.insert(auth.name.clone(), auth.id.to_string());
             fresh.by_id.insert(auth.id.to_string(), Arc::new(auth));
         }
-        *self.entries.write().expect("directory lock") = fresh;
+        let mut entries = self.entries.write().expect("directory lock");
+        let inserted = std::mem::take(&mut entries.inserted);
+        for (id, (at, auth)) in inserted {
+            if at < read_at {
+                continue; // the read began after it: the store's view has it
+            }
+            if !fresh.by_id.contains_key(&id) {
+                fresh.id_by_name.insert(auth.name.clone(), id.clone());
+                fresh.by_id.insert(id.clone(), auth.clone());
+            }
+            fresh.inserted.insert(id, (at, auth));
+        }
+        *entries = fresh;
     }
 
     /// Writes the local copy if it changed (off the async threads).
@@ -118,17 +134,21 @@ impl PipelineDirectory {
     pub async fn insert(&self, auth: PipelineAuth) {
         {
             let mut entries = self.entries.write().expect("directory lock");
-            entries.id_by_name.insert(auth.name.clone(), auth.id.to_string());
-            entries.by_id.insert(auth.id.to_string(), Arc::new(auth));
+            let id = auth.id.to_string();
+            let auth = Arc::new(auth);
+            entries.id_by_name.insert(auth.name.clone(), id.clone());
+            entries.by_id.insert(id.clone(), auth.clone());
+            entries.inserted.insert(id, (Instant::now(), auth));
         }
         self.persist().await;
     }
 
     /// Replaces the cache with the store's view; false when the store could not be read.
     pub async fn reload(&self) -> bool {
+        let read_at = Instant::now();
         match self.store.pipeline_auths().await {
             Ok(auths) => {
-                self.replace(auths);
+                self.replace(auths, read_at);
                 self.persist().await;
                 true
             }
@@ -283,5 +303,40 @@ impl DirectoryFile {
         }
         *last = Some(bytes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(id: &str) -> PipelineAuth {
+        PipelineAuth {
+            id: PipelineId::parse(id).unwrap(),
+            name: id.to_owned(),
+            secrets: vec![SigningSecret::generate()],
+            token_hashes: vec![],
+            previous_expires_ms: None,
+            provider: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_read_before_an_insert_keeps_the_inserted_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("dash.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let directory = PipelineDirectory::new(store, dir.path().join("pipelines.json"));
+        let read_before = Instant::now();
+        directory.insert(auth("made-here")).await;
+        // A reload whose read began before the pipeline was made does not know it: kept.
+        directory.replace(vec![auth("elsewhere")], read_before);
+        assert!(directory.cached("made-here").is_some() && directory.cached("elsewhere").is_some());
+        // One that read after it speaks for the store.
+        directory.replace(vec![auth("elsewhere")], Instant::now());
+        assert!(directory.cached("made-here").is_none(), "the store's view wins once it had the chance");
+        // The local copy was written at the insert.
+        let copy = std::fs::read_to_string(dir.path().join("pipelines.json")).unwrap();
+        assert!(copy.contains("made-here"), "{copy}");
     }
 }

@@ -217,7 +217,9 @@ async fn a_cut_database_connection_delays_events_but_loses_none() {
     let mut acked = HashSet::from(["before".to_owned()]);
     for i in 0..20 {
         let r = server.post_json(&p, &format!("c{i}"), "{}").await;
-        assert_eq!(r.status(), 202, "intake keeps accepting while the database is unreachable");
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 202, "intake keeps accepting while the database is unreachable: {body}\n{}", server.log());
         acked.insert(format!("c{i}"));
     }
     let deadline = Instant::now() + Duration::from_secs(15);
