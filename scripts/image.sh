@@ -30,7 +30,37 @@ CACHE="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}"
 DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 RUST_VERSION=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
 RUST_IMAGE="docker.io/library/rust:${RUST_VERSION}-slim-bookworm"
-MIRROR="${DASH_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# The Debian mirrors this machine's own apt uses (its deb822 sources, else sources.list), or
+# DASH_DEBIAN_MIRROR and DASH_DEBIAN_SECURITY_MIRROR: the repository names no package host.
+# $1: main (the release and its updates) or security.
+debian_mirror() {
+    local found=""
+    if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
+        found=$(awk -v want="$1" 'BEGIN { RS = "" } {
+            uri = ""; suites = ""
+            n = split($0, lines, "\n")
+            for (i = 1; i <= n; i++) {
+                if (lines[i] ~ /^URIs:/) { split(lines[i], f, " "); uri = f[2] }
+                if (lines[i] ~ /^Suites:/) { suites = lines[i] }
+            }
+            if (uri != "" && suites != "" && ((want == "security") == (suites ~ /-security/))) { print uri; exit }
+        }' /etc/apt/sources.list.d/*.sources)
+    fi
+    if [ -z "$found" ] && [ -f /etc/apt/sources.list ]; then
+        found=$(awk -v want="$1" '$1 == "deb" {
+            uri = ""; suite = ""
+            for (i = 2; i <= NF; i++) {
+                if ($i ~ /^\[/ || inopt) { inopt = ($i !~ /\]$/); continue }
+                if (uri == "") { uri = $i } else if (suite == "") { suite = $i }
+            }
+            if (uri != "" && ((want == "security") == (suite ~ /-security/))) { print uri; exit }
+        }' /etc/apt/sources.list)
+    fi
+    echo "$found"
+}
+MIRROR="${DASH_DEBIAN_MIRROR:-$(debian_mirror main)}"
+SECURITY_MIRROR="${DASH_DEBIAN_SECURITY_MIRROR:-$(debian_mirror security)}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 log() { echo "== image: $*" >&2; }
@@ -56,6 +86,11 @@ image_exists() { "${PODMAN[@]}" image exists "$1"; }
 # (bookworm, bookworm-updates, bookworm-security), no package lists or caches left in it.
 ensure_debian_image() {
     image_exists "$DEBIAN_IMAGE" && return 0
+    if [ -z "$MIRROR" ]; then
+        echo "no Debian mirror in this machine's apt sources: set DASH_DEBIAN_MIRROR" >&2
+        exit 1
+    fi
+    [ -n "$SECURITY_MIRROR" ] || SECURITY_MIRROR="${MIRROR%/debian}/debian-security"
     local tarball="$CACHE/bookworm-minbase.tar"
     mkdir -p "$CACHE"
     if [ ! -f "$tarball" ]; then
@@ -68,13 +103,13 @@ ensure_debian_image() {
         as_root rm -f "$root/etc/apt/sources.list"
         as_root tee "$root/etc/apt/sources.list.d/debian.sources" >/dev/null <<EOF
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $MIRROR
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: $SECURITY_MIRROR
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -128,7 +163,7 @@ ensure_rust_image() {
     context=$(mktemp -d /var/tmp/dash-rust-image.XXXXXX)
     CLEANUP+=("$context")
     # The certificate authorities this machine adds to Debian's (a registry reached through a
-    # proxy of its own, say) go into the builder too, so that cargo reaches crates.io as here.
+    # proxy of its own, say) go into the builder too, so that cargo reaches the crate registry as here.
     local host_ca=/usr/local/share/ca-certificates
     [ -d "$host_ca" ] || { host_ca="$context/no-ca"; mkdir "$host_ca"; }
     cat >"$context/Containerfile" <<EOF
