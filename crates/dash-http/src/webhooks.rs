@@ -258,10 +258,18 @@ async fn accept(
             ));
         }
     };
-    // A provider's delivery is one JSON object; its duplicate key may be inside it.
+    // A provider's delivery is one JSON object; its duplicate key may be inside it (parsed off
+    // the async threads when it is large, as the events are below).
     let (provider_key, challenge) = match provider {
-        Some(spec) if format == BodyFormat::Json => {
-            let event: Option<Value> = serde_json::from_slice(&bytes).ok();
+        Some(spec) if format == BodyFormat::Json && spec.reads_body() => {
+            let event: Option<Value> = if bytes.len() <= PARSE_INLINE_MAX {
+                serde_json::from_slice(&bytes).ok()
+            } else {
+                let body = bytes.clone();
+                tokio::task::spawn_blocking(move || serde_json::from_slice(&body).ok())
+                    .await
+                    .map_err(|e| ApiError::internal("body parser task failed", &e))?
+            };
             (spec.duplicate_key(headers, event.as_ref()), event.as_ref().and_then(|e| spec.handshake_challenge(e)))
         }
         Some(spec) => (spec.duplicate_key(headers, None), None),

@@ -472,6 +472,16 @@ impl VerifySpec {
         }
     }
 
+    /// Whether the duplicate key or a handshake is read from the body (Stripe, Slack, a generic
+    /// sender without `id_header`): only then does the body need parsing before intake.
+    pub fn reads_body(&self) -> bool {
+        match self.provider {
+            Provider::Stripe | Provider::Slack => true,
+            Provider::Hmac => self.hmac.as_ref().is_none_or(|h| h.id_header.is_none()),
+            _ => false,
+        }
+    }
+
     /// The answer to Slack's `url_verification` handshake, when `event` is one: its challenge.
     pub fn handshake_challenge(&self, event: &Value) -> Option<String> {
         (self.provider == Provider::Slack && event.get("type").and_then(Value::as_str) == Some("url_verification"))

@@ -183,4 +183,7 @@ fn github_forms_carry_the_json_in_payload() {
     assert!(github.form_event(b"zen=ok").is_err());
     assert!(github.form_event(b"payload=%5B1%5D").is_err(), "an array is no event");
     assert!(!spec(json!({"provider": "stripe"})).takes_forms());
+    assert!(spec(json!({"provider": "stripe"})).reads_body() && !github.reads_body());
+    assert!(spec(json!({"provider": "hmac", "header": "x"})).reads_body());
+    assert!(!spec(json!({"provider": "hmac", "header": "x", "id_header": "x-id"})).reads_body());
 }
