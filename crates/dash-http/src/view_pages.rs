@@ -34,11 +34,22 @@ pub(crate) async fn load_card(state: &AppState, record: &ViewRecord, range: Char
     let (from, to) = range.window(dash_domain::now_ms());
     let bucket_ms = range.bucket_ms();
     let aggregate = record.spec.aggregate;
-    let minutes = state
+    let read = state
         .store
         .view_minutes(&record.pipeline, &record.name, from, to, None, crate::views::MAX_SKETCH_STATES_READ)
-        .await
-        .map_err(PageError::store)?;
+        .await;
+    let minutes = match read {
+        Ok(minutes) => minutes,
+        // Too much to read for this range: the card says so, the page goes on.
+        Err(dash_store::StoreError::ReadTooLarge) => {
+            return Ok(unavailable_card(
+                record,
+                range,
+                "Too many groups and minutes to read at once over this range: choose a shorter one.",
+            ));
+        }
+        Err(err) => return Err(PageError::store(err)),
+    };
     let mut total = Cell::empty(aggregate);
     let mut by_group: HashMap<String, Cell> = HashMap::new();
     for (_, group, cell) in &minutes {
@@ -88,7 +99,31 @@ pub(crate) async fn load_card(state: &AppState, record: &ViewRecord, range: Char
         stacked,
         groups,
         can_edit: true,
+        unavailable: None,
     })
+}
+
+/// A card that shows why it has no figures instead of them.
+fn unavailable_card(record: &ViewRecord, range: ChartRange, why: &str) -> ViewCard {
+    let (from, _) = range.window(dash_domain::now_ms());
+    ViewCard {
+        pipeline: record.pipeline.clone(),
+        name: record.name.clone(),
+        describe: record.describe.clone(),
+        aggregate: record.spec.aggregate.as_str().to_owned(),
+        range,
+        computing: None,
+        total: None,
+        n: 0,
+        skipped: 0,
+        from_ms: from,
+        bucket_ms: range.bucket_ms(),
+        series: Vec::new(),
+        stacked: false,
+        groups: Vec::new(),
+        can_edit: true,
+        unavailable: Some(why.to_owned()),
+    }
 }
 
 /// Every card of a pipeline and the field explorer over the page's latest events.
@@ -100,8 +135,19 @@ pub(crate) async fn load_views(
 ) -> Result<ViewsPart, PageError> {
     let records = state.store.list_views(pipeline).await.map_err(PageError::store)?;
     let mut cards = Vec::with_capacity(records.len());
+    // One card that cannot be read never takes the page down: it says so, and retries.
     for record in &records {
-        cards.push(load_card(state, record, range).await?);
+        let card = match load_card(state, record, range).await {
+            Ok(card) => card,
+            Err(err) => {
+                let (PageError::StoreDown(err) | PageError::NotFound(err)) = err;
+                if let Some(held_back) = state.store_warnings.admit() {
+                    tracing::warn!(view = %record.name, error = %err, held_back, "a view card could not be read");
+                }
+                unavailable_card(record, range, "Not readable right now; trying again.")
+            }
+        };
+        cards.push(card);
     }
     let (events, stats) = dash_views::explore(payloads.iter().copied());
     let fields = stats

@@ -32,6 +32,8 @@ pub struct ViewCard {
     pub groups: Vec<GroupLine>,
     /// Delete and edit controls (a session, or no admin token).
     pub can_edit: bool,
+    /// Why the card shows no figures (too much to read over the range, the store away).
+    pub unavailable: Option<String>,
 }
 
 /// One group in a card's table.
@@ -185,6 +187,20 @@ fn Card(card: ViewCard) -> impl IntoView {
             </form>
         }
     });
+    if let Some(why) = card.unavailable.clone() {
+        return view! {
+            <section class="view-card unavailable" data-pipeline=card.pipeline.clone() data-view=card.name.clone()
+                data-refresh=refresh data-refresh-every="5000">
+                <div class="view-head">
+                    <h3>{card.name.clone()}</h3>
+                    <span class="sub">{card.describe.clone()}</span>
+                    {controls}
+                </div>
+                <p class="unavailable">{why}</p>
+            </section>
+        }
+        .into_any();
+    }
     view! {
         <section class="view-card" data-pipeline=card.pipeline.clone() data-view=card.name.clone() data-refresh=refresh
             data-refresh-every=card.computing.map(|_| "1000")>
@@ -208,6 +224,7 @@ fn Card(card: ViewCard) -> impl IntoView {
             })}
         </section>
     }
+    .into_any()
 }
 
 /// One card alone: the fragment at `/pipelines/{id}/views/{view}/card`.
@@ -342,6 +359,7 @@ mod tests {
                 GroupLine { group: "order".into(), value: Some(3.0), n: 3, share: 0.5 },
             ],
             can_edit: true,
+            unavailable: None,
         }
     }
 

@@ -350,3 +350,41 @@ async fn a_person_makes_a_view_from_the_field_explorer_and_watches_it_move() {
     assert_eq!(refused.status(), 422);
     assert!(refused.text().await.unwrap().contains("field: p95 needs a field"));
 }
+
+/// A thousand active groups over the last hour are more view states than a page reads at once:
+/// that card says so, the rest of the page (and the same card over a shorter range) does not
+/// mind.
+#[tokio::test]
+async fn a_card_too_large_to_read_says_so_and_the_page_stands() {
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "50ms")]).await;
+    let p = server.create_pipeline("wide").await;
+    let view = json!({"name": "by-g", "aggregate": "count", "group_by": "/g", "max_groups": 1000});
+    assert_eq!(post_view(&server, &p.id, view).await.status(), 201);
+    let now = crate::support::now_secs() * 1000;
+    let minutes = 52;
+    for m in 0..minutes {
+        let at = now - m * 60_000 - 1_000;
+        let lines: String =
+            (0..1000).map(|g| format!("{{\"id\":\"m{m}g{g}\",\"g\":\"g{g}\",\"timestamp\":{at}}}\n")).collect();
+        let sent = server
+            .client
+            .post(server.url(&format!("/webhooks/{}", p.id)))
+            .bearer_auth(&p.token)
+            .header("content-type", "application/x-ndjson")
+            .body(lines)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 202);
+    }
+    server.wait_for_count(&p, minutes * 1000, Duration::from_secs(60)).await;
+    let page =
+        |range: &'static str| server.client.get(server.url(&format!("/pipelines/{}?range={range}", p.id))).send();
+    let hour = page("1h").await.unwrap();
+    assert_eq!(hour.status(), 200, "one card never takes the page down");
+    let hour = hour.text().await.unwrap();
+    assert!(hour.contains("Too many groups and minutes to read at once"), "{hour}");
+    assert!(hour.contains("Latest events"), "the rest of the page is there");
+    let five = page("5m").await.unwrap().text().await.unwrap();
+    assert!(!five.contains("Too many groups") && five.contains("by-g"), "a shorter range reads");
+}
