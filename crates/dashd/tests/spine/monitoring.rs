@@ -104,7 +104,7 @@ fn the_alert_rules_pass_their_tests_and_read_metrics_dash_has() {
     }
     assert!(named >= 15, "the rules name Dash's metrics ({named})");
     let checked = promtool(&["check", "rules", deploy.join("alerts.yml").to_str().unwrap()], None);
-    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
     let tested = promtool(&["test", "rules", deploy.join("alerts_test.yml").to_str().unwrap()], None);
     assert!(tested.contains("SUCCESS"), "{tested}");
     let runbook = std::fs::read_to_string(deploy.join("../../docs/OPERATIONS.md")).unwrap();
