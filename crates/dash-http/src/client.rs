@@ -199,6 +199,12 @@ pub(crate) fn is_edge(state: &AppState, ip: IpAddr) -> bool {
     state.membership.as_ref().is_some_and(|m| m.peer(ip, EDGE_ROLE).is_some_and(|p| p.up))
 }
 
+/// Whether the forwarded headers (`X-Forwarded-Proto`, `X-Forwarded-Host`) of a request that
+/// came over a connection from `connection` were set by the operator's proxy or a known edge.
+pub(crate) fn forwarding_vouched(state: &AppState, connection: Option<IpAddr>, headers: &HeaderMap) -> bool {
+    connection.is_some_and(|peer| state.client_trust.vouches_for_forwarding(peer, headers, |ip| is_edge(state, ip)))
+}
+
 /// The connection's own peer, for what only trusted forwarders may say (`None` without one).
 pub(crate) struct Peer(pub Option<IpAddr>);
 

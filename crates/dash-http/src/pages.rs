@@ -272,11 +272,7 @@ async fn pipeline(
         } else {
             None
         };
-        let provider = record
-            .verify
-            .as_deref()
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
-            .and_then(|v| v["provider"].as_str().map(str::to_owned));
+        let provider = record.provider();
         let since = now_ms() - crate::api::REFUSALS_SPAN_MS;
         let refused = state.store.refusals(&record.id, since).await.map_err(PageError::store)?;
         let refused = (refused.total() > 0).then(|| dash_web::RefusedDeliveries {

@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use crate::budget::BodyPermit;
-use crate::client::{Client, Peer};
+use crate::client::{Client, Peer, forwarding_vouched};
 use crate::throttle::Scope;
 use crate::{ApiError, AppState};
 
@@ -70,10 +70,7 @@ async fn forward(
 ) -> Result<Response, ApiError> {
     // Ingestors believe this edge's X-Forwarded-Proto: it passes on only what the operator's
     // proxy said, never a sender's own.
-    let proxied = connection.is_some_and(|peer| {
-        state.client_trust.vouches_for_forwarding(peer, &headers, |ip| crate::client::is_edge(&state, ip))
-    });
-    if !proxied {
+    if !forwarding_vouched(&state, connection, &headers) {
         headers.remove("x-forwarded-proto");
     }
     let edge = state.edge.as_ref().expect("edge routes are mounted only with a forwarder");
@@ -327,9 +324,7 @@ fn signed_url(state: &AppState, uri: &Uri, headers: &HeaderMap, connection: Opti
     if let Some(base) = &state.limits.public_url {
         return format!("{base}{path}");
     }
-    let forwarded = connection.is_some_and(|peer| {
-        state.client_trust.vouches_for_forwarding(peer, headers, |ip| crate::client::is_edge(state, ip))
-    });
+    let forwarded = forwarding_vouched(state, connection, headers);
     let first =
         |name: &str| header_str(headers, name).filter(|_| forwarded).and_then(|v| v.split(',').next()).map(str::trim);
     let proto = first("x-forwarded-proto").filter(|p| *p == "https" || *p == "http").unwrap_or("http");

@@ -13,7 +13,7 @@ use crate::{PipelineRecord, ROTATION_GRACE, Store, StoreError};
 
 const PROVIDERS: &str = "SELECT id, verify, verify_secret, previous_verify_secret, previous_verify_expires_at \
      FROM pipelines WHERE verify IS NOT NULL";
-const CURRENT: &str = "SELECT verify, verify_secret FROM pipelines WHERE id = $1";
+const CURRENT_SECRET: &str = "SELECT verify_secret FROM pipelines WHERE id = $1";
 /// $1 verify, $2 whether the old secret stays in its grace, $3 until when, $4 the new secret,
 /// $5 the pipeline.
 const SET: &str = "UPDATE pipelines SET verify = $1, \
@@ -33,6 +33,20 @@ pub struct ProviderAuth {
 
 type ProviderRow = (String, String, Option<String>, Option<String>, Option<i64>);
 
+/// A stored `verify`, read back.
+fn spec_of(text: &str) -> Result<VerifySpec, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    VerifySpec::from_json(&value).map_err(|e| e.to_string())
+}
+
+impl PipelineRecord {
+    /// The provider its `verify` names, as stored; `None`: Standard Webhooks.
+    pub fn provider(&self) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_str(self.verify.as_deref()?).ok()?;
+        value.get("provider")?.as_str().map(str::to_owned)
+    }
+}
+
 impl Store {
     /// Every provider pipeline's verification, by pipeline id. A `verify` this release cannot
     /// read (written by a newer one) leaves its pipeline out: its deliveries are refused, and
@@ -43,10 +57,7 @@ impl Store {
         let now = now_ms();
         let mut auths = HashMap::with_capacity(rows.len());
         for (id, verify, secret, previous, previous_until) in rows {
-            let spec = match serde_json::from_str(&verify)
-                .map_err(|e| e.to_string())
-                .and_then(|value| VerifySpec::from_json(&value).map_err(|e| e.to_string()))
-            {
+            let spec = match spec_of(&verify) {
                 Ok(spec) => spec,
                 Err(err) => {
                     tracing::warn!(pipeline = id, error = %err, "a pipeline's verify cannot be read; its deliveries are refused");
@@ -75,11 +86,10 @@ impl Store {
         secret: Option<&str>,
     ) -> Result<(PipelineRecord, bool), StoreError> {
         let record = self.find_pipeline(pipeline).await?.ok_or_else(|| StoreError::NotFound(pipeline.to_owned()))?;
-        let (current, current_secret): (Option<String>, Option<String>) =
-            on_backend!(self, writer, |pool| sqlx::query_as(CURRENT).bind(&record.id).fetch_one(pool).await?);
-        let old = current
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|value| VerifySpec::from_json(&value).ok());
+        let old = record.verify.as_deref().and_then(|text| spec_of(text).ok());
+        let current_secret: Option<String> = on_backend!(self, writer, |pool| {
+            sqlx::query_scalar(CURRENT_SECRET).bind(&record.id).fetch_one(pool).await?
+        });
         let same_provider = old.as_ref().is_some_and(|old| old.provider == spec.provider);
         let (verify, secret) = match spec.provider {
             dash_providers::Provider::StandardWebhooks => (None, None),

@@ -169,8 +169,8 @@ impl VerifyArgs {
 fn print_credentials(heading: &str, issued: &IssuedCredentials, settings: &Settings, as_json: bool) {
     let url = format!("http://{}/webhooks/{}", settings.listen, issued.record.id);
     // A provider pipeline signs with the provider's secret, the user's own: never printed.
-    let provider = issued.record.verify.as_deref().and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
-    let provider = provider.as_ref().and_then(|v| v["provider"].as_str());
+    let provider = issued.record.provider();
+    let provider = provider.as_deref();
     if as_json {
         let mut body = json!({
             "id": issued.record.id,
