@@ -102,11 +102,11 @@ pub const PIPELINE_NAME_MAX: usize = PIPELINE_ID_MAX;
 /// Longest text a lookup by id or name may be, in bytes.
 const LOOKUP_KEY_MAX: usize = 4 * PIPELINE_NAME_MAX;
 
-/// Checks a pipeline's display name: 1 to [`PIPELINE_NAME_MAX`] characters once trimmed, no
+/// Checks a pipeline's display name: at most [`PIPELINE_NAME_MAX`] characters as sent (the bound
+/// the API documents applies to what a client sends, blanks included), not blank once trimmed, no
 /// control characters (which no store keeps the same way: PostgreSQL refuses NUL in text).
 pub fn check_pipeline_name(name: &str) -> Result<(), InvalidId> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > PIPELINE_NAME_MAX {
+    if name.trim().is_empty() || name.chars().count() > PIPELINE_NAME_MAX {
         return Err(InvalidId(format!("pipeline name must be 1 to {PIPELINE_NAME_MAX} characters")));
     }
     if has_control(name) {
@@ -151,6 +151,7 @@ mod tests {
         assert!(check_pipeline_name("tab\tname").is_err());
         assert!(check_pipeline_name("   ").is_err());
         assert!(check_pipeline_name(&"n".repeat(64)).is_err());
+        assert!(check_pipeline_name(&format!("\u{a0}{}", "n".repeat(63))).is_err(), "counted as sent");
         assert!(check_pipeline_name(&"é".repeat(62)).is_ok(), "characters, not bytes");
         assert!(is_lookup_key("orders") && is_lookup_key("Orders API"));
         assert!(!is_lookup_key("a\u{0}b") && !is_lookup_key("") && !is_lookup_key(&"a".repeat(253)));
