@@ -208,7 +208,7 @@ fn event_with_fields(
     };
     crate::payload::check_payload(text).map_err(|reason| invalid(format!("{reason} (event id {id:?})")))?;
 
-    Ok(Event { id, time_ms, received_ms, payload: text.to_owned() })
+    Ok(Event { id, time_ms, received_ms, payload: text.to_owned(), event_type: None })
 }
 
 /// The `id` field: a string, or an integer taken as its decimal text.

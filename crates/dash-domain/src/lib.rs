@@ -31,6 +31,28 @@ pub struct Event {
     pub received_ms: i64,
     /// The event object exactly as the sender wrote it.
     pub payload: String,
+    /// The event's type where it is not the payload's own top-level `type` string: a provider's
+    /// header (`X-GitHub-Event`, `X-Shopify-Topic`...) or a member deeper in the body (Slack's
+    /// `/event/type`). `None`: the type, if any, is the payload's `/type` (read where needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+}
+
+/// Longest event type kept, in bytes; a longer one is cut at a character boundary.
+pub const EVENT_TYPE_MAX: usize = 128;
+
+/// An event type as kept: trimmed, at most [`EVENT_TYPE_MAX`] bytes, without control
+/// characters; `None` for a blank one.
+pub fn event_type_of(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().any(char::is_control) {
+        return None;
+    }
+    let mut end = text.len().min(EVENT_TYPE_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(text[..end].to_owned())
 }
 
 /// Current wall-clock time in unix milliseconds.
@@ -41,4 +63,18 @@ pub fn now_ms() -> i64 {
 /// Formats unix milliseconds as RFC 3339 with millisecond precision (UTC).
 pub fn format_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_are_trimmed_bounded_and_plain() {
+        assert_eq!(event_type_of(" push ").as_deref(), Some("push"));
+        assert_eq!(event_type_of("   "), None);
+        assert_eq!(event_type_of("tab\there"), None);
+        let long = event_type_of(&"é".repeat(100)).unwrap();
+        assert!(long.len() <= EVENT_TYPE_MAX && long.chars().all(|c| c == 'é'));
+    }
 }

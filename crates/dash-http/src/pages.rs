@@ -177,7 +177,7 @@ async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange
         events: events
             .map_err(PageError::store)?
             .into_iter()
-            .map(|e| EventRow { id: e.id, time: e.time, payload: e.payload.get().to_owned() })
+            .map(|e| EventRow { id: e.id, event_type: e.event_type, time: e.time, payload: e.payload.get().to_owned() })
             .collect(),
     })
 }
@@ -289,7 +289,8 @@ async fn pipeline(
         let panel = load_panel(&state, &record, query.range()).await?;
         let source = state.store.source(&record.id).await.map_err(PageError::store)?.map(|s| source_status(&s));
         let payloads: Vec<&str> = panel.events.iter().map(|e| e.payload.as_str()).collect();
-        let views = crate::view_pages::load_views(&state, &record.id, query.range(), &payloads).await?;
+        let types: Vec<&str> = panel.events.iter().filter_map(|e| e.event_type.as_deref()).collect();
+        let views = crate::view_pages::load_views(&state, &record.id, query.range(), &payloads, &types).await?;
         let summary = PipelineSummary {
             rate: panel.rate,
             retention: record.retention.map(dash_domain::format_retention),

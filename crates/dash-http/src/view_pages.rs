@@ -126,12 +126,14 @@ fn unavailable_card(record: &ViewRecord, range: ChartRange, why: &str) -> ViewCa
     }
 }
 
-/// Every card of a pipeline and the field explorer over the page's latest events.
+/// Every card of a pipeline and the field explorer over the page's latest events (their
+/// payloads, and the types of those that have one).
 pub(crate) async fn load_views(
     state: &AppState,
     pipeline: &str,
     range: ChartRange,
     payloads: &[&str],
+    types: &[&str],
 ) -> Result<ViewsPart, PageError> {
     let records = state.store.list_views(pipeline).await.map_err(PageError::store)?;
     let mut cards = Vec::with_capacity(records.len());
@@ -150,15 +152,32 @@ pub(crate) async fn load_views(
         cards.push(card);
     }
     let (events, stats) = dash_views::explore(payloads.iter().copied());
-    let fields = stats
+    let percent = |seen: usize| (seen * 100).checked_div(events).unwrap_or(0) as u32;
+    // The event type first, where events have one: what a provider pipeline is best seen by.
+    let type_line = (!types.is_empty()).then(|| {
+        let mut samples: Vec<String> = Vec::new();
+        for kind in types {
+            if samples.len() < 3 && !samples.iter().any(|s| s == kind) {
+                samples.push((*kind).to_owned());
+            }
+        }
+        FieldLine {
+            pointer: dash_views::EVENT_TYPE.to_owned(),
+            kinds: "string".into(),
+            seen_pct: percent(types.len()).min(100),
+            samples,
+            numeric: false,
+        }
+    });
+    let fields = type_line
         .into_iter()
-        .map(|f| FieldLine {
-            seen_pct: (f.seen * 100).checked_div(events).unwrap_or(0) as u32,
+        .chain(stats.into_iter().map(|f| FieldLine {
+            seen_pct: percent(f.seen),
             kinds: f.kinds.join(", "),
             numeric: f.numeric(),
             samples: f.samples,
             pointer: f.pointer,
-        })
+        }))
         .collect();
     Ok(ViewsPart { cards, fields, events_looked_at: events, can_edit: true })
 }

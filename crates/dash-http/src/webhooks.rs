@@ -147,6 +147,17 @@ struct Sender {
     connection: Option<IpAddr>,
 }
 
+/// What a provider's delivery says about itself beyond its signature.
+#[derive(Default)]
+struct Delivered {
+    /// Its duplicate key.
+    key: Option<String>,
+    /// Its event type, where not in the payload's own `/type`.
+    event_type: Option<String>,
+    /// Slack's handshake challenge, when it is one.
+    challenge: Option<String>,
+}
+
 /// What a delivery that was taken gets.
 enum Taken {
     /// Its events are durable: 202.
@@ -255,9 +266,9 @@ async fn accept(
             ));
         }
     };
-    // A provider's delivery is one JSON object; its duplicate key may be inside it (parsed off
-    // the async threads when it is large, as the events are below).
-    let (provider_key, challenge) = match provider {
+    // A provider's delivery is one JSON object; its duplicate key and its type may be inside it
+    // (parsed off the async threads when it is large, as the events are below).
+    let Delivered { key: provider_key, event_type, challenge } = match provider {
         Some(spec) if format == BodyFormat::Json && spec.reads_body() => {
             let event: Option<Value> = if bytes.len() <= PARSE_INLINE_MAX {
                 serde_json::from_slice(&bytes).ok()
@@ -267,10 +278,19 @@ async fn accept(
                     .await
                     .map_err(|e| ApiError::internal("body parser task failed", &e))?
             };
-            (spec.duplicate_key(headers, event.as_ref()), event.as_ref().and_then(|e| spec.handshake_challenge(e)))
+            let event = event.as_ref();
+            Delivered {
+                key: spec.duplicate_key(headers, event),
+                event_type: spec.event_type(headers, event),
+                challenge: event.and_then(|e| spec.handshake_challenge(e)),
+            }
         }
-        Some(spec) => (spec.duplicate_key(headers, None), None),
-        None => (None, None),
+        Some(spec) => Delivered {
+            key: spec.duplicate_key(headers, None),
+            event_type: spec.event_type(headers, None),
+            challenge: None,
+        },
+        None => Delivered::default(),
     };
     if let Some(challenge) = challenge {
         return Ok(Taken::Challenge(challenge));
@@ -298,10 +318,16 @@ async fn accept(
         BodyError::Invalid { .. } => ApiError::unprocessable("invalid_event", err.to_string()),
     })?;
     // The provider's key is the delivery's identity, whatever the body's own `id` says, so a
-    // redelivery is stored once.
+    // redelivery is stored once. Its type, named outside the payload's own `/type`, goes with
+    // each of its events.
     let mut events = events;
     if let (Some(key), [event]) = (provider_key, events.as_mut_slice()) {
         event.id = key;
+    }
+    if let Some(event_type) = event_type {
+        for event in &mut events {
+            event.event_type = Some(event_type.clone());
+        }
     }
 
     let submitted =

@@ -12,16 +12,18 @@ use dash_domain::Event;
 use dash_ingest::{IntakeRecord, RECORD_VERSION};
 use dash_intake_log::{LogOptions, Quarantine};
 
-/// What every fixture holds: three requests of two pipelines, with an id and payload beyond
-/// ASCII, the epoch's first day and a payload of some size.
-fn expected() -> Vec<IntakeRecord> {
+/// What the fixture of `version` holds: three requests of two pipelines, with an id and payload
+/// beyond ASCII, the epoch's first day and a payload of some size; from version 2 on, the first
+/// request's events name types of their own (one beyond ASCII), the others none.
+fn expected(version: u8) -> Vec<IntakeRecord> {
     let event = |id: &str, time_ms: i64, received_ms: i64, payload: &str| Event {
         id: id.into(),
         time_ms,
         received_ms,
         payload: payload.into(),
+        event_type: None,
     };
-    vec![
+    let mut records = vec![
         IntakeRecord {
             pipeline: "orders".into(),
             events: vec![
@@ -42,7 +44,12 @@ fn expected() -> Vec<IntakeRecord> {
                 &format!(r#"{{"id":"o-3","pad":"{}"}}"#, "x".repeat(2000)),
             )],
         },
-    ]
+    ];
+    if version >= 2 {
+        records[0].events[0].event_type = Some("orders/create".into());
+        records[0].events[1].event_type = Some("commande/payée".into());
+    }
+    records
 }
 
 fn fixtures() -> PathBuf {
@@ -88,7 +95,7 @@ fn every_version_ever_written_still_decodes() {
         else {
             continue;
         };
-        assert_eq!(read_fixture(&path), expected(), "fixture of version {version}");
+        assert_eq!(read_fixture(&path), expected(version), "fixture of version {version}");
         versions.push(version);
     }
     versions.sort_unstable();
@@ -98,7 +105,8 @@ fn every_version_ever_written_still_decodes() {
 
 #[test]
 fn the_current_version_writes_what_its_fixture_holds() {
-    let written = IntakeRecord::encode(&expected()[0]);
+    let written = IntakeRecord::encode(&expected(RECORD_VERSION)[0]);
+    assert_eq!(written[1], RECORD_VERSION);
     let fixture = std::fs::read(fixtures().join(format!("intake-v{RECORD_VERSION}.log"))).unwrap();
     // The first frame's payload follows its 8-byte header.
     assert_eq!(&fixture[8..8 + written.len()], &written[..], "the current format changed without a new version");
@@ -116,7 +124,7 @@ fn write_current_fixture() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let opened = dash_intake_log::open(&tmp.path().join("p0"), options(tmp.path())).unwrap();
-        for record in expected() {
+        for record in expected(RECORD_VERSION) {
             opened.appender.append(record.encode()).await.unwrap();
         }
         drop(opened.appender);

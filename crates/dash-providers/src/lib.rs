@@ -5,16 +5,20 @@
 //! duplicate key ([`VerifySpec::duplicate_key`]) and turns the form bodies some providers post
 //! into one JSON event ([`VerifySpec::form_event`]).
 //!
-//! | provider | signature | duplicate key |
-//! |---|---|---|
-//! | `standard-webhooks` | `webhook-signature` (checked by `dash-signature`, not here) | `webhook-id` |
-//! | `github` | `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>` | `X-GitHub-Delivery` |
-//! | `stripe` | `Stripe-Signature: t=<ts>,v1=<hex HMAC-SHA256(secret, "<ts>.<body>")>` (any `v1`; 300 s) | body `/id` |
-//! | `shopify` | `X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256(secret, body)>` | `X-Shopify-Webhook-Id` |
-//! | `slack` | `X-Slack-Signature: v0=<hex HMAC-SHA256(secret, "v0:<ts>:<body>")>`, `X-Slack-Request-Timestamp` (300 s) | body `/event_id` |
-//! | `gitlab` | `X-Gitlab-Token` equal to the secret | `Idempotency-Key`, else `X-Gitlab-Event-UUID` |
-//! | `twilio` | `X-Twilio-Signature: <base64 HMAC-SHA1(secret, URL + sorted form keys and values)>` | `I-Twilio-Idempotency-Token` |
-//! | `hmac` | options `header`, `algorithm`, `encoding`, `prefix` over the raw body | option `id_header`, else body `/id` |
+//! | provider | signature | duplicate key | event type |
+//! |---|---|---|---|
+//! | `standard-webhooks` | `webhook-signature` (checked by `dash-signature`, not here) | `webhook-id` | body `/type` |
+//! | `github` | `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>` | `X-GitHub-Delivery` | `X-GitHub-Event` |
+//! | `stripe` | `Stripe-Signature: t=<ts>,v1=<hex HMAC-SHA256(secret, "<ts>.<body>")>` (any `v1`; 300 s) | body `/id` | body `/type` |
+//! | `shopify` | `X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256(secret, body)>` | `X-Shopify-Webhook-Id` | `X-Shopify-Topic` |
+//! | `slack` | `X-Slack-Signature: v0=<hex HMAC-SHA256(secret, "v0:<ts>:<body>")>`, `X-Slack-Request-Timestamp` (300 s) | body `/event_id` | body `/event/type`, else `/type` |
+//! | `gitlab` | `X-Gitlab-Token` equal to the secret | `Idempotency-Key`, else `X-Gitlab-Event-UUID` | `X-Gitlab-Event` |
+//! | `twilio` | `X-Twilio-Signature: <base64 HMAC-SHA1(secret, URL + sorted form keys and values)>` | `I-Twilio-Idempotency-Token` | none |
+//! | `hmac` | options `header`, `algorithm`, `encoding`, `prefix` over the raw body | option `id_header`, else body `/id` | option `type_header`, else `type_field`, else body `/type` |
+//!
+//! A type in the body's top-level `/type` is read from the payload where it is needed;
+//! [`VerifySpec::event_type`] names only the types found elsewhere, which are stored with the
+//! event.
 //!
 //! Every comparison of a signature or token runs in constant time.
 
@@ -40,6 +44,8 @@ const TOKEN_DIGEST_KEY: &[u8] = b"dash token comparison";
 const PREFIX_MAX: usize = 64;
 /// Longest duplicate key taken from a delivery.
 const KEY_MAX: usize = 256;
+/// Longest `type_field` pointer.
+const POINTER_MAX: usize = 256;
 
 /// Who sends a pipeline's webhooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,6 +122,10 @@ pub struct HmacOptions {
     pub prefix: Option<String>,
     /// The header carrying the duplicate key; else the body's `/id`.
     pub id_header: Option<String>,
+    /// The header naming the event type (lower case); else `type_field`.
+    pub type_header: Option<String>,
+    /// The JSON pointer naming the event type in the body; else the body's `/type`.
+    pub type_field: Option<String>,
 }
 
 /// A pipeline's way of checking its deliveries: the provider, with its options. Never holds the
@@ -265,7 +275,17 @@ impl VerifySpec {
             return Err(invalid("prefix", format!("at most {PREFIX_MAX} bytes")));
         }
         let id_header = header_name("id_header", text("id_header")?)?;
-        let hmac = HmacOptions { header, algorithm, encoding, prefix, id_header };
+        let type_header = header_name("type_header", text("type_header")?)?;
+        let type_field = text("type_field")?;
+        if let Some(pointer) = &type_field
+            && (!pointer.starts_with('/') || pointer.len() > POINTER_MAX || pointer.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                "type_field",
+                format!("a JSON pointer of at most {POINTER_MAX} bytes, starting with '/' (such as /event/type)"),
+            ));
+        }
+        let hmac = HmacOptions { header, algorithm, encoding, prefix, id_header, type_header, type_field };
         Ok(Self { provider, hmac: Some(hmac) })
     }
 
@@ -325,7 +345,12 @@ impl VerifySpec {
                     Encoding::Base64 => "base64",
                 }),
             );
-            for (key, value) in [("prefix", &h.prefix), ("id_header", &h.id_header)] {
+            for (key, value) in [
+                ("prefix", &h.prefix),
+                ("id_header", &h.id_header),
+                ("type_header", &h.type_header),
+                ("type_field", &h.type_field),
+            ] {
                 if let Some(value) = value {
                     object.insert(key.into(), json!(value));
                 }
@@ -472,12 +497,49 @@ impl VerifySpec {
         }
     }
 
-    /// Whether the duplicate key or a handshake is read from the body (Stripe, Slack, a generic
-    /// sender without `id_header`): only then does the body need parsing before intake.
+    /// Where a delivery names its event type, when not in the body's top-level `/type` (which
+    /// is read from the payload where it is needed).
+    pub fn type_source(&self) -> Option<TypeSource<'_>> {
+        match self.provider {
+            Provider::StandardWebhooks | Provider::Stripe | Provider::Twilio => None,
+            Provider::Github => Some(TypeSource::Header("x-github-event")),
+            Provider::Shopify => Some(TypeSource::Header("x-shopify-topic")),
+            Provider::Gitlab => Some(TypeSource::Header("x-gitlab-event")),
+            Provider::Slack => Some(TypeSource::Body("/event/type")),
+            Provider::Hmac => {
+                let options = self.hmac.as_ref()?;
+                match (&options.type_header, &options.type_field) {
+                    (Some(name), _) => Some(TypeSource::Header(name)),
+                    (None, Some(pointer)) if pointer != "/type" => Some(TypeSource::Body(pointer)),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// The delivery's event type, where it is not the body's top-level `/type`: from the
+    /// provider's header, or from deeper in the body (`event`, when the delivery is JSON).
+    /// Trimmed and bounded ([`dash_domain::event_type_of`]); `None` when the delivery names none
+    /// there, and then the payload's own `/type`, if any, is its type.
+    pub fn event_type(&self, headers: &HeaderMap, event: Option<&Value>) -> Option<String> {
+        match self.type_source()? {
+            TypeSource::Header(name) => header(headers, name).and_then(dash_domain::event_type_of),
+            TypeSource::Body(pointer) => {
+                event?.pointer(pointer).and_then(Value::as_str).and_then(dash_domain::event_type_of)
+            }
+        }
+    }
+
+    /// Whether the duplicate key, the event type or a handshake is read from the body (Stripe,
+    /// Slack, a generic sender without `id_header` or with `type_field`): only then does the
+    /// body need parsing before intake.
     pub fn reads_body(&self) -> bool {
         match self.provider {
             Provider::Stripe | Provider::Slack => true,
-            Provider::Hmac => self.hmac.as_ref().is_none_or(|h| h.id_header.is_none()),
+            Provider::Hmac => {
+                self.hmac.as_ref().is_none_or(|h| h.id_header.is_none())
+                    || matches!(self.type_source(), Some(TypeSource::Body(_)))
+            }
             _ => false,
         }
     }
@@ -527,7 +589,17 @@ impl VerifySpec {
     }
 }
 
-const HMAC_OPTIONS: &[&str] = &["header", "algorithm", "encoding", "prefix", "id_header"];
+const HMAC_OPTIONS: &[&str] =
+    &["header", "algorithm", "encoding", "prefix", "id_header", "type_header", "type_field"];
+
+/// Where a delivery names its event type ([`VerifySpec::type_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeSource<'a> {
+    /// A header, by its lower-case name.
+    Header(&'a str),
+    /// A member of the body, by its JSON pointer.
+    Body(&'a str),
+}
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())

@@ -149,7 +149,8 @@ fn a_bad_verify_names_its_field() {
     assert_eq!(field(json!({"provider": "hmac", "header": "bad header"})), "header");
     assert_eq!(field(json!({"provider": "hmac", "header": "x", "algorithm": "md5"})), "algorithm");
     assert_eq!(field(json!({"provider": "hmac", "header": "x", "colour": "red"})), "colour");
-    assert_eq!(field(json!({"provider": "hmac", "header": "x", "type_field": "/type"})), "type_field");
+    assert_eq!(field(json!({"provider": "hmac", "header": "x", "type_field": "type"})), "type_field");
+    assert_eq!(field(json!({"provider": "hmac", "header": "x", "type_header": "a b"})), "type_header");
     assert_eq!(field(json!({"provider": "hmac", "header": "x", "prefix": "p".repeat(65)})), "prefix");
     assert_eq!(field(json!("github")), "verify");
     let with_secret = |object: Value| VerifySpec::from_json_with_secret(&object);
@@ -186,4 +187,42 @@ fn github_forms_carry_the_json_in_payload() {
     assert!(spec(json!({"provider": "stripe"})).reads_body() && !github.reads_body());
     assert!(spec(json!({"provider": "hmac", "header": "x"})).reads_body());
     assert!(!spec(json!({"provider": "hmac", "header": "x", "id_header": "x-id"})).reads_body());
+}
+
+#[test]
+fn each_provider_names_its_event_type_where_it_puts_it() {
+    let typed = headers(&[
+        ("x-github-event", " pull_request "),
+        ("x-shopify-topic", "orders/create"),
+        ("x-gitlab-event", "Push Hook"),
+        ("x-kind", "invoice.paid"),
+    ]);
+    let slack_event = json!({"type": "event_callback", "event": {"type": "app_mention"}});
+    let body_typed = json!({"type": "outer", "meta": {"kind": "inner"}});
+    let of = |object: Value, event: Option<&Value>| spec(object).event_type(&typed, event);
+    assert_eq!(of(json!({"provider": "github"}), None).as_deref(), Some("pull_request"));
+    assert_eq!(of(json!({"provider": "shopify"}), None).as_deref(), Some("orders/create"));
+    assert_eq!(of(json!({"provider": "gitlab"}), None).as_deref(), Some("Push Hook"));
+    assert_eq!(of(json!({"provider": "slack"}), Some(&slack_event)).as_deref(), Some("app_mention"));
+    // The body's own /type is the payload's to give: nothing to store beside it.
+    assert_eq!(of(json!({"provider": "slack"}), Some(&json!({"type": "url_verification"}))), None);
+    assert_eq!(of(json!({"provider": "stripe"}), Some(&body_typed)), None);
+    assert_eq!(of(json!({"provider": "standard-webhooks"}), Some(&body_typed)), None);
+    assert_eq!(of(json!({"provider": "twilio"}), None), None);
+    let hmac = |options: Value| {
+        let mut object = json!({"provider": "hmac", "header": "x-sig"});
+        object.as_object_mut().unwrap().extend(options.as_object().unwrap().clone());
+        object
+    };
+    assert_eq!(of(hmac(json!({"type_header": "X-Kind"})), None).as_deref(), Some("invoice.paid"));
+    assert_eq!(of(hmac(json!({"type_field": "/meta/kind"})), Some(&body_typed)).as_deref(), Some("inner"));
+    assert_eq!(of(hmac(json!({"type_field": "/type"})), Some(&body_typed)), None);
+    assert_eq!(of(hmac(json!({})), Some(&body_typed)), None);
+    // A type deeper in the body makes the body worth reading even with the id in a header.
+    assert!(spec(hmac(json!({"id_header": "x-id", "type_field": "/meta/kind"}))).reads_body());
+    assert!(!spec(hmac(json!({"id_header": "x-id", "type_header": "x-kind"}))).reads_body());
+    // The options round-trip through what the API shows.
+    let shown = spec(hmac(json!({"type_header": "X-Kind", "type_field": "/meta/kind"}))).to_json();
+    assert_eq!(shown["type_header"], "x-kind");
+    assert_eq!(VerifySpec::from_json(&shown).unwrap().to_json(), shown);
 }

@@ -32,6 +32,17 @@ impl BinaryCopy {
         self
     }
 
+    /// A `text` field, or NULL (length -1) for `None`.
+    pub fn text_or_null(&mut self, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.text(value),
+            None => {
+                self.buf.extend_from_slice(&(-1i32).to_be_bytes());
+                self
+            }
+        }
+    }
+
     /// A `bytea` field holding `parts` one after the other.
     pub fn bytea_concat(&mut self, parts: &[&[u8]]) -> &mut Self {
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -63,12 +74,13 @@ mod tests {
     #[test]
     fn a_row_is_framed_as_postgres_reads_it() {
         let mut copy = BinaryCopy::with_capacity(0);
-        copy.row(3).text("ab").timestamptz_ms(946_684_800_001).bytea_concat(&[b"c", b"\0", b"de"]);
+        copy.row(4).text("ab").timestamptz_ms(946_684_800_001).bytea_concat(&[b"c", b"\0", b"de"]).text_or_null(None);
         let body = copy.finish();
         let mut expected = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
-        expected.extend_from_slice(&[0, 3, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 8]);
+        expected.extend_from_slice(&[0, 4, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 8]);
         expected.extend_from_slice(&1000i64.to_be_bytes());
         expected.extend_from_slice(&[0, 0, 0, 4, b'c', 0, b'd', b'e']);
+        expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         expected.extend_from_slice(&[0xff, 0xff]);
         assert_eq!(body, expected);
     }

@@ -178,9 +178,31 @@ pub struct BatchEvent {
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
     pub id: String,
+    /// Its type: its own (a provider's header...), else its payload's top-level `type` string.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
     pub time: String,
     pub received_at: String,
     pub payload: Box<serde_json::value::RawValue>,
+}
+
+impl StoredEvent {
+    /// A stored row: its payload's text and its type of its own, if any.
+    pub(crate) fn new(id: String, time: String, received_at: String, payload: String, event_type: Option<String>) -> Self {
+        let event_type = event_type.or_else(|| payload_type(&payload));
+        Self { id, event_type, time, received_at, payload: payload_as_stored(payload) }
+    }
+}
+
+/// The payload's top-level `type`, when it is a string (bounded as an event type is).
+fn payload_type(payload: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let typed: Typed<'_> = serde_json::from_str(payload).ok()?;
+    typed.kind.as_deref().and_then(dash_domain::event_type_of)
 }
 
 /// A stored payload as JSON the read API can send: the stored text verbatim, or, should it not

@@ -90,7 +90,7 @@ fn dedupe_key<'a>(pipeline: &'a str, event_id: &'a str) -> [&'a [u8]; 3] {
 
 /// The events whose keys were new.
 const EVENTS_COPY: &str =
-    "COPY events (pipeline_id, event_id, event_time, received_at, payload) FROM STDIN (FORMAT binary)";
+    "COPY events (pipeline_id, event_id, event_time, received_at, payload, event_type) FROM STDIN (FORMAT binary)";
 
 /// A batch's transaction gives up waiting for a lock after a while: see [`StagedPg`].
 const BATCH_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '10s'";
@@ -122,9 +122,10 @@ FROM locked JOIN totals t ON t.id = locked.id
 WHERE p.id = locked.id
 RETURNING p.id, p.seq, p.event_count, p.duplicate_count, p.last_event_at, p.views_version";
 
-/// The events table's columns, the same on both layouts. `json` keeps the payload as sent.
+/// The events table's columns, the same on both layouts. `json` keeps the payload as sent;
+/// `event_type` is the type where it is not the payload's own (migration 0010).
 pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
-    event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL";
+    event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL, event_type TEXT";
 
 const PIPELINE_COLUMNS: &str =
     "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count, verify";
@@ -247,7 +248,11 @@ impl PgStore {
         let mut conn = self.pool.acquire().await?;
         sqlx::query("SELECT pg_advisory_lock($1)").bind(SCHEMA_LOCK).execute(&mut *conn).await?;
         let result = async {
-            sqlx::migrate!("../../migrations/postgres").run(&mut *conn).await?;
+            let mut migrator = sqlx::migrate!("../../migrations/postgres");
+            // A database a newer release migrated stays usable by this one (a rolling upgrade's
+            // older nodes, a rollback): every migration only adds.
+            migrator.set_ignore_missing(true);
+            migrator.run(&mut *conn).await?;
             let layout = ensure_layout(&mut conn).await?;
             match layout {
                 Layout::Partitioned => {
@@ -514,7 +519,7 @@ impl PgStore {
 
     pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT event_id, event_time, received_at, payload::text FROM events \
+            "SELECT event_id, event_time, received_at, payload::text, event_type FROM events \
              WHERE pipeline_id = $1 ORDER BY event_time DESC, received_at DESC LIMIT $2",
         )
         .bind(pipeline)
@@ -524,12 +529,13 @@ impl PgStore {
         rows.iter()
             .map(|r| {
                 let payload: String = r.try_get(3)?;
-                Ok(StoredEvent {
-                    id: r.try_get(0)?,
-                    time: format_ms(ts_ms(r.try_get(1)?)),
-                    received_at: format_ms(ts_ms(r.try_get(2)?)),
-                    payload: crate::payload_as_stored(payload),
-                })
+                Ok(StoredEvent::new(
+                    r.try_get(0)?,
+                    format_ms(ts_ms(r.try_get(1)?)),
+                    format_ms(ts_ms(r.try_get(2)?)),
+                    payload,
+                    r.try_get(4)?,
+                ))
             })
             .collect()
     }
@@ -756,14 +762,17 @@ fn key_rows(events: &[&BatchEvent]) -> Vec<u8> {
 
 /// One `COPY` body of events.
 fn event_rows(events: &[&BatchEvent]) -> Vec<u8> {
-    let mut rows = BinaryCopy::with_capacity(events.iter().map(|e| e.event.payload.len() + 80).sum());
+    let mut rows = BinaryCopy::with_capacity(
+        events.iter().map(|e| e.event.payload.len() + e.event.event_type.as_ref().map_or(0, String::len) + 84).sum(),
+    );
     for e in events {
-        rows.row(5)
+        rows.row(6)
             .text(&e.pipeline)
             .text(&e.event.id)
             .timestamptz_ms(e.event.time_ms)
             .timestamptz_ms(e.event.received_ms)
-            .text(&e.event.payload);
+            .text(&e.event.payload)
+            .text_or_null(e.event.event_type.as_deref());
     }
     rows.finish()
 }

@@ -75,7 +75,11 @@ impl SqliteStore {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("../../migrations/sqlite").run(&self.writer).await?;
+        let mut migrator = sqlx::migrate!("../../migrations/sqlite");
+        // A database a newer release migrated stays usable by this one (a rollback): every
+        // migration only adds.
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.writer).await?;
         Ok(())
     }
 
@@ -193,19 +197,20 @@ impl SqliteStore {
             tally.entry(&*e.pipeline).or_default().received += 1;
         }
         let mut minutes: BTreeMap<(&str, i64), i64> = BTreeMap::new();
-        // The new events (pipeline, time, payload), for the pipelines' views.
-        let mut fresh: Vec<(Cow<'_, str>, i64, Cow<'_, str>)> = Vec::with_capacity(events.len());
+        // The new events (pipeline, time, payload, type of its own), for the pipelines' views.
+        let mut fresh: Vec<(Cow<'_, str>, i64, Cow<'_, str>, Option<Cow<'_, str>>)> = Vec::with_capacity(events.len());
 
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut insert: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload) ");
+                QueryBuilder::new("INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload, event_type) ");
             insert.push_values(chunk, |mut row, e| {
                 row.push_bind(&*e.pipeline)
                     .push_bind(&e.event.id)
                     .push_bind(e.event.time_ms)
                     .push_bind(e.event.received_ms)
-                    .push_bind(&e.event.payload);
+                    .push_bind(&e.event.payload)
+                    .push_bind(e.event.event_type.as_deref());
             });
             insert.push(" ON CONFLICT (pipeline_id, event_id) DO NOTHING");
             let result = insert.build().execute(&mut *tx).await?;
@@ -214,13 +219,18 @@ impl SqliteStore {
                 // No duplicates (the usual case): every row of the chunk counts.
                 for e in chunk {
                     tally_inserted(&mut tally, &mut minutes, &e.pipeline, e.event.time_ms, e.event.received_ms);
-                    fresh.push((Cow::Borrowed(&*e.pipeline), e.event.time_ms, Cow::Borrowed(&e.event.payload)));
+                    fresh.push((
+                        Cow::Borrowed(&*e.pipeline),
+                        e.event.time_ms,
+                        Cow::Borrowed(&e.event.payload),
+                        e.event.event_type.as_deref().map(Cow::Borrowed),
+                    ));
                 }
             } else if inserted_rows > 0 {
                 // Under the write lock the inserted rows took consecutive rowids ending at the last one.
                 let first_rowid = result.last_insert_rowid() - inserted_rows as i64 + 1;
                 let rows =
-                    sqlx::query("SELECT pipeline_id, event_time, received_at, payload FROM events WHERE rowid >= ?")
+                    sqlx::query("SELECT pipeline_id, event_time, received_at, payload, event_type FROM events WHERE rowid >= ?")
                         .bind(first_rowid)
                         .fetch_all(&mut *tx)
                         .await?;
@@ -228,7 +238,8 @@ impl SqliteStore {
                     let pipeline: String = row.try_get(0)?;
                     let time: i64 = row.try_get(1)?;
                     tally_inserted(&mut tally, &mut minutes, &pipeline, time, row.try_get(2)?);
-                    fresh.push((Cow::Owned(pipeline), time, Cow::Owned(row.try_get(3)?)));
+                    let event_type: Option<String> = row.try_get(4)?;
+                    fresh.push((Cow::Owned(pipeline), time, Cow::Owned(row.try_get(3)?), event_type.map(Cow::Owned)));
                 }
             }
         }
@@ -274,8 +285,8 @@ impl SqliteStore {
                 Some(row) if t.inserted > 0 => {
                     let of_pipeline = fresh
                         .iter()
-                        .filter(|(p, _, _)| p == pipeline)
-                        .map(|(_, time, payload)| (*time, payload.as_ref()));
+                        .filter(|(p, _, _, _)| p == pipeline)
+                        .map(|(_, time, payload, event_type)| (*time, payload.as_ref(), event_type.as_deref()));
                     crate::views::count_batch_sqlite(&mut tx, &self.views, pipeline, row.views_version, of_pipeline)
                         .await?
                 }
@@ -309,7 +320,7 @@ impl SqliteStore {
 
     pub async fn recent_events(&self, pipeline: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT event_id, event_time, received_at, payload FROM events \
+            "SELECT event_id, event_time, received_at, payload, event_type FROM events \
              WHERE pipeline_id = ? ORDER BY event_time DESC, rowid DESC LIMIT ?",
         )
         .bind(pipeline)
@@ -319,12 +330,13 @@ impl SqliteStore {
         rows.iter()
             .map(|r| {
                 let payload: String = r.try_get(3)?;
-                Ok(StoredEvent {
-                    id: r.try_get(0)?,
-                    time: format_ms(r.try_get(1)?),
-                    received_at: format_ms(r.try_get(2)?),
-                    payload: crate::payload_as_stored(payload),
-                })
+                Ok(StoredEvent::new(
+                    r.try_get(0)?,
+                    format_ms(r.try_get(1)?),
+                    format_ms(r.try_get(2)?),
+                    payload,
+                    r.try_get(4)?,
+                ))
             })
             .collect()
     }

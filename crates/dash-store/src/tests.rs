@@ -50,7 +50,7 @@ async fn backends() -> Vec<Backend> {
 fn event(pipeline: &str, id: &str, time_ms: i64) -> BatchEvent {
     BatchEvent {
         pipeline: pipeline.into(),
-        event: Event { id: id.into(), time_ms, received_ms: time_ms + 5, payload: format!(r#"{{"id":"{id}"}}"#) },
+        event: Event { id: id.into(), time_ms, received_ms: time_ms + 5, payload: format!(r#"{{"id":"{id}"}}"#), event_type: None },
     }
 }
 

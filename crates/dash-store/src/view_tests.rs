@@ -19,6 +19,8 @@ struct GenEvent {
     id: u8,
     minute: u8,
     kind: Option<u8>,
+    /// A type of its own (a provider's header), which `$type` reads before the payload's.
+    own_kind: Option<u8>,
     amount: Option<AmountGen>,
     customer: Option<u8>,
     latency: Option<u16>,
@@ -36,7 +38,8 @@ struct GenView {
     aggregate: Aggregate,
     field: Option<&'static str>,
     group_by: Option<&'static str>,
-    filtered: bool,
+    /// Filtered on the payload's `/type`, or on `$type`.
+    filtered: Option<&'static str>,
 }
 
 /// When each view is made: before batch `at` (or after all of them), and whether it is
@@ -55,6 +58,7 @@ fn gen_event() -> impl Strategy<Value = GenEvent> {
         0u8..80,
         0u8..8,
         proptest::option::of(0u8..4),
+        proptest::option::weighted(0.3, 0u8..4),
         proptest::option::weighted(
             0.8,
             prop_oneof![8 => (-500i32..5000).prop_map(AmountGen::Number), 1 => Just(AmountGen::Text), 1 => Just(AmountGen::Null)],
@@ -62,7 +66,15 @@ fn gen_event() -> impl Strategy<Value = GenEvent> {
         proptest::option::of(0u8..30),
         proptest::option::of(0u16..2000),
     )
-        .prop_map(|(id, minute, kind, amount, customer, latency)| GenEvent { id, minute, kind, amount, customer, latency })
+        .prop_map(|(id, minute, kind, own_kind, amount, customer, latency)| GenEvent {
+            id,
+            minute,
+            kind,
+            own_kind,
+            amount,
+            customer,
+            latency,
+        })
 }
 
 fn gen_view() -> impl Strategy<Value = GenView> {
@@ -73,17 +85,19 @@ fn gen_view() -> impl Strategy<Value = GenView> {
             "/latency_ms",
             "/customer",
             "/type",
+            "$type",
             "/nowhere",
             "/data/amount",
         ])),
         proptest::option::of(proptest::sample::select(vec![
             "/type",
+            "$type",
             "/customer",
             "/nowhere",
             "/data/currency",
             "/data",
         ])),
-        any::<bool>(),
+        proptest::option::of(proptest::sample::select(vec!["/type", "$type"])),
     )
         .prop_map(|(aggregate, field, group_by, filtered)| {
             let field = if aggregate == Aggregate::Count { field } else { field.or(Some("/amount")) };
@@ -116,9 +130,20 @@ fn spec_of(view: &GenView) -> ViewSpec {
     spec.aggregate = view.aggregate;
     spec.field = view.field.map(str::to_owned);
     spec.group_by = view.group_by.map(str::to_owned);
-    if view.filtered {
-        spec.filter.insert("/type".into(), json!("t1"));
+    if let Some(on) = view.filtered {
+        spec.filter.insert(on.into(), json!("t1"));
     }
+    spec
+}
+
+/// The reference's reading of `spec`: `$type` as a member `/__type` the reference puts in each
+/// event (the event's type: its own, else its payload's), so `/type` still reads the payload.
+fn reference_spec(spec: &ViewSpec) -> ViewSpec {
+    let rename = |name: &str| if name == dash_views::EVENT_TYPE { "/__type".to_owned() } else { name.to_owned() };
+    let mut spec = spec.clone();
+    spec.field = spec.field.as_deref().map(rename);
+    spec.group_by = spec.group_by.as_deref().map(rename);
+    spec.filter = spec.filter.iter().map(|(k, v)| (rename(k), v.clone())).collect();
     spec
 }
 
@@ -177,6 +202,7 @@ async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> R
                         time_ms: base + i64::from(e.minute) * 60_000 + i64::from(e.id) * 100,
                         received_ms: base,
                         payload: payload(e),
+                        event_type: e.own_kind.map(|k| format!("t{k}")),
                     },
                 })
                 .collect()
@@ -227,10 +253,14 @@ async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> R
         // From scratch: every stored event, once (no view here has more groups than its bound).
         let mut expected = ViewChanges::default();
         let mut groups = Groups::default();
+        let reference = reference_spec(spec);
         for e in &stored {
-            let value: Value = serde_json::from_str(e.payload.get()).unwrap();
+            let mut value: Value = serde_json::from_str(e.payload.get()).unwrap();
+            if let (Some(kind), Some(object)) = (&e.event_type, value.as_object_mut()) {
+                object.insert("__type".into(), json!(kind));
+            }
             let time = chrono::DateTime::parse_from_rfc3339(&e.time).unwrap().timestamp_millis();
-            expected.add(spec, &mut groups, &value, time);
+            expected.add(&reference, &mut groups, &value, time);
         }
         let got = store.view_minutes(pipeline, name, i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
         let got: HashMap<(i64, String), Cell> = got.into_iter().map(|(m, g, c)| ((m, g), c)).collect();
@@ -299,7 +329,7 @@ async fn a_views_groups_are_bounded_and_the_rest_is_other() {
     let batch: Vec<BatchEvent> = (0..100)
         .map(|i| BatchEvent {
             pipeline: "many".into(),
-            event: Event { id: format!("{i}"), time_ms: now, received_ms: now, payload: format!(r#"{{"k":"v{i}"}}"#) },
+            event: Event { id: format!("{i}"), time_ms: now, received_ms: now, payload: format!(r#"{{"k":"v{i}"}}"#), event_type: None },
         })
         .collect();
     store.write_batch(&batch).await.unwrap();
@@ -334,6 +364,7 @@ async fn an_unreadable_state_has_its_view_computed_again() {
                         time_ms: now,
                         received_ms: now,
                         payload: format!(r#"{{"k":"v{}"}}"#, i % 2),
+                        event_type: None,
                     },
                 })
                 .collect()

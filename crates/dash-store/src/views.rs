@@ -130,15 +130,15 @@ struct PipelineChanges {
 }
 
 impl PipelineChanges {
-    /// Counts `events` (time, payload) into every view.
+    /// Counts `events` (time, payload, type of its own) into every view.
     fn compute<'e>(
         views: &PipelineViews,
         groups: HashMap<String, Groups>,
-        events: impl Iterator<Item = (i64, &'e str)>,
+        events: impl Iterator<Item = (i64, &'e str, Option<&'e str>)>,
     ) -> Self {
         let mut counter = BatchCounter::with_reader(&views.views, views.reader.clone(), groups);
-        for (time_ms, payload) in events {
-            counter.add(time_ms, payload);
+        for (time_ms, payload, event_type) in events {
+            counter.add(time_ms, payload, event_type);
         }
         Self { per_view: counter.finish() }
     }
@@ -651,13 +651,14 @@ fn readable_views(pipeline: &str, rows: Vec<(String, String)>) -> Vec<(String, V
         .collect()
 }
 
-/// SQLite: counts a pipeline's new events of a batch into its views. `fresh`: (time, payload).
+/// SQLite: counts a pipeline's new events of a batch into its views. `fresh`: (time, payload,
+/// type of its own).
 pub(crate) async fn count_batch_sqlite<'e>(
     tx: &mut SqliteConnection,
     cache: &ViewCache,
     pipeline: &str,
     version: i64,
-    fresh: impl Iterator<Item = (i64, &'e str)>,
+    fresh: impl Iterator<Item = (i64, &'e str, Option<&'e str>)>,
 ) -> Result<Vec<ViewTouch>, StoreError> {
     let views = match cache.get(pipeline, version) {
         Some(views) => views,
@@ -835,7 +836,7 @@ pub(crate) async fn count_batch_pg(
             .iter()
             .map(|i| &events[*i as usize])
             .filter(|e| &*e.pipeline == *pipeline)
-            .map(|e| (e.event.time_ms, e.event.payload.as_str()));
+            .map(|e| (e.event.time_ms, e.event.payload.as_str(), e.event.event_type.as_deref()));
         let changes = PipelineChanges::compute(views, groups, events_of);
         touches.insert((*pipeline).to_owned(), changes.touches());
         all_changes.push((*pipeline, changes));
@@ -1020,16 +1021,16 @@ async fn backfill_sqlite(
             let mut read = 0i64;
             {
                 use futures_util::TryStreamExt;
-                let mut events = sqlx::query_as::<_, (i64, String)>(
-                    "SELECT event_time, payload FROM events WHERE pipeline_id = $1 AND event_time >= $2 AND event_time < $3 \
-                     ORDER BY rowid",
+                let mut events = sqlx::query_as::<_, (i64, String, Option<String>)>(
+                    "SELECT event_time, payload, event_type FROM events WHERE pipeline_id = $1 AND event_time >= $2 \
+                     AND event_time < $3 ORDER BY rowid",
                 )
                 .bind(pipeline)
                 .bind(start)
                 .bind(end)
                 .fetch(&mut *tx);
-                while let Some((time, payload)) = events.try_next().await? {
-                    counting.add(time, &payload);
+                while let Some((time, payload, event_type)) = events.try_next().await? {
+                    counting.add(time, &payload, event_type.as_deref());
                     read += 1;
                 }
             }
@@ -1143,8 +1144,8 @@ async fn backfill_pg(
             let mut read = 0i64;
             {
                 use futures_util::TryStreamExt;
-                let mut events = sqlx::query_as::<_, (i64, String)>(
-                    "SELECT (extract(epoch FROM event_time) * 1000)::int8, payload::text FROM events \
+                let mut events = sqlx::query_as::<_, (i64, String, Option<String>)>(
+                    "SELECT (extract(epoch FROM event_time) * 1000)::int8, payload::text, event_type FROM events \
                      WHERE pipeline_id = $1 AND event_time >= to_timestamp($2 / 1000.0) \
                      AND event_time < to_timestamp($3 / 1000.0) ORDER BY event_time, received_at",
                 )
@@ -1152,8 +1153,8 @@ async fn backfill_pg(
                 .bind(start)
                 .bind(end)
                 .fetch(&mut *tx);
-                while let Some((time, payload)) = events.try_next().await? {
-                    counting.add(time, &payload);
+                while let Some((time, payload, event_type)) = events.try_next().await? {
+                    counting.add(time, &payload, event_type.as_deref());
                     read += 1;
                 }
             }

@@ -46,7 +46,7 @@ fn events(n: usize) -> Vec<(i64, String)> {
 fn count(views: &[(String, ViewSpec)], events: &[(i64, String)]) -> usize {
     let mut counter = BatchCounter::new(views, HashMap::new());
     for (time, payload) in events {
-        counter.add(*time, payload);
+        counter.add(*time, payload, None);
     }
     counter.finish().iter().map(|view| view.changes.len()).sum()
 }

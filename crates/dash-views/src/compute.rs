@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::sparse::{Found, Wanted};
-use crate::spec::{Aggregate, ViewSpec};
+use crate::spec::{Aggregate, BODY_TYPE, EVENT_TYPE, ViewSpec};
 use crate::state::{Cell, Input};
 
 /// The group of events whose `group_by` value is missing.
@@ -89,14 +89,17 @@ impl Pointer {
 /// What `view` reads from one event: `None` when its filter leaves the event out, else the
 /// event's group (before bounding) and its input. The reference reading, with `Value::pointer`;
 /// a [`BatchCounter`] reads the same with its views' pointers parsed once.
+/// The event's type, [`EVENT_TYPE`], reads the payload's `/type` here: the reference for events
+/// without a type of their own.
 pub fn extract<'a>(view: &ViewSpec, event: &'a Value) -> Option<(Cow<'a, str>, Input<'a>)> {
+    let find = |name: &str| event.pointer(if name == EVENT_TYPE { BODY_TYPE } else { name });
     for (pointer, wanted) in &view.filter {
-        if event.pointer(pointer) != Some(wanted) {
+        if find(pointer) != Some(wanted) {
             return None;
         }
     }
-    let group = view.group_by.as_ref().map(|pointer| event.pointer(pointer));
-    let field = view.field.as_ref().map(|pointer| event.pointer(pointer));
+    let group = view.group_by.as_deref().map(find);
+    let field = view.field.as_deref().map(find);
     Some(reading(view.aggregate, group, field))
 }
 
@@ -318,14 +321,35 @@ pub struct CountedView {
 #[derive(Debug, Clone)]
 pub struct ViewReader {
     wanted: Arc<Wanted>,
+    /// When a view names [`EVENT_TYPE`]: its slot, and the slot of the payload's `/type`, which
+    /// it holds for events without a type of their own.
+    type_slots: Option<(usize, usize)>,
 }
 
 impl ViewReader {
     pub fn new(views: &[(String, ViewSpec)]) -> Self {
-        let pointers = views
-            .iter()
-            .flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field).map(String::as_str));
-        Self { wanted: Arc::new(Wanted::of(pointers)) }
+        let named = || {
+            views.iter().flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field))
+        };
+        let wants_type = named().any(|name| name == EVENT_TYPE);
+        let pointers = named().map(String::as_str).chain(wants_type.then_some(BODY_TYPE));
+        let wanted = Wanted::of(pointers);
+        let type_slots = wants_type.then(|| (wanted.slot_of(EVENT_TYPE), wanted.slot_of(BODY_TYPE)));
+        Self { wanted: Arc::new(wanted), type_slots }
+    }
+
+    /// Reads `payload` into `found`; false when it is not JSON.
+    fn read(&self, payload: &str, event_type: Option<&str>, found: &mut Found) -> bool {
+        if !self.wanted.parse(payload, found) {
+            return false;
+        }
+        if let Some((slot, body_slot)) = self.type_slots {
+            found[slot] = match event_type {
+                Some(kind) => Some(Value::String(kind.to_owned())),
+                None => found[body_slot].clone(),
+            };
+        }
+        true
     }
 }
 
@@ -363,9 +387,9 @@ impl BatchCounter {
         Self { views, reader, found: Found::new() }
     }
 
-    /// Counts one event (its time and payload) into every view.
-    pub fn add(&mut self, time_ms: i64, payload: &str) {
-        if self.reader.wanted.parse(payload, &mut self.found) {
+    /// Counts one event (its time, payload and type of its own, if any) into every view.
+    pub fn add(&mut self, time_ms: i64, payload: &str, event_type: Option<&str>) {
+        if self.reader.read(payload, event_type, &mut self.found) {
             self.views.iter_mut().for_each(|view| view.add(&self.found, time_ms));
         } else {
             self.views.iter_mut().for_each(|view| view.changes.add_unreadable(&view.spec, time_ms));
@@ -477,7 +501,7 @@ mod tests {
         let mut reference: Vec<(ViewChanges, Groups)> = views.iter().map(|_| Default::default()).collect();
         for (i, payload) in payloads.iter().enumerate() {
             let time = i as i64 * 40_000;
-            counter.add(time, payload);
+            counter.add(time, payload, None);
             for ((_, spec), (changes, groups)) in views.iter().zip(&mut reference) {
                 match parse_payload(payload) {
                     Some(event) => changes.add(spec, groups, &event, time),
@@ -491,6 +515,29 @@ mod tests {
             assert_eq!(got.new_groups, groups.added, "{}", got.view);
             assert_eq!(got.changes.into_cells(), want.into_cells(), "{}", got.view);
         }
+    }
+
+    #[test]
+    fn the_event_type_is_its_own_else_the_payloads() {
+        let views: Vec<(String, ViewSpec)> = vec![
+            ("by_type".into(), view(json!({"aggregate": "count", "group_by": "$type"}))),
+            ("pushes".into(), view(json!({"aggregate": "sum", "field": "/size", "filter": {"$type": "push"}}))),
+        ];
+        let mut counter = BatchCounter::new(&views, HashMap::new());
+        counter.add(0, r#"{"size":3}"#, Some("push"));
+        counter.add(0, r#"{"type":"push","size":4}"#, None);
+        // A type of its own wins over the payload's.
+        counter.add(0, r#"{"type":"push","size":5}"#, Some("issues"));
+        counter.add(0, r#"{"size":6}"#, None);
+        let counted = counter.finish();
+        let by_type: Vec<(String, u64)> =
+            counted[0].changes.clone().into_cells().into_iter().map(|((_, g), c)| (g, c.n)).collect();
+        assert_eq!(by_type, [("(none)".into(), 1), ("issues".into(), 1), ("push".into(), 2)]);
+        let pushes = counted[1].changes.clone().into_cells();
+        assert_eq!(pushes.len(), 1);
+        assert_eq!(pushes[0].1.n, 2);
+        // The reference reading, for events without a type of their own, reads /type.
+        assert_eq!(extract(&views[0].1, &json!({"type": "push"})).map(|(g, _)| g), Some(Cow::Borrowed("push")));
     }
 
     #[test]

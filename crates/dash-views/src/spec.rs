@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_MAX_GROUPS: u32 = 50;
 /// Most groups a view may ask for: a view's size is bounded whatever senders send.
 pub const MAX_GROUPS_LIMIT: u32 = 1000;
+/// What a view names instead of a JSON pointer for the event's type: the provider's (a
+/// GitHub pipeline's `X-GitHub-Event`, a Slack pipeline's `/event/type`), else the payload's
+/// `/type`.
+pub const EVENT_TYPE: &str = "$type";
+/// Where an event without a type of its own keeps its type.
+pub(crate) const BODY_TYPE: &str = "/type";
 /// Longest JSON pointer a view may name.
 pub(crate) const MAX_POINTER_LEN: usize = 256;
 /// Most filter conditions.
@@ -102,15 +108,15 @@ impl Aggregate {
 #[serde(deny_unknown_fields)]
 pub struct ViewSpec {
     pub aggregate: Aggregate,
-    /// JSON pointer of the value aggregated; required except for `count`.
+    /// JSON pointer of the value aggregated (or [`EVENT_TYPE`]); required except for `count`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// JSON pointer whose value names the group.
+    /// JSON pointer (or [`EVENT_TYPE`]) whose value names the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_by: Option<String>,
     #[serde(default = "default_max_groups")]
     pub max_groups: u32,
-    /// Equality conditions (JSON pointer → value), all of which must hold.
+    /// Equality conditions (JSON pointer or [`EVENT_TYPE`] → value), all of which must hold.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub filter: BTreeMap<String, serde_json::Value>,
     /// How long its per-minute results are kept; absent: as long as the pipeline's events.
@@ -171,11 +177,14 @@ pub fn check_view_name(name: &str) -> Result<(), InvalidView> {
 }
 
 fn check_pointer(field: &'static str, pointer: &str) -> Result<(), InvalidView> {
+    if pointer == EVENT_TYPE {
+        return Ok(());
+    }
     if pointer.len() > MAX_POINTER_LEN {
         return Err(invalid(field, format!("a JSON pointer of at most {MAX_POINTER_LEN} bytes")));
     }
     if !pointer.starts_with('/') {
-        return Err(invalid(field, "a JSON pointer starts with '/' (such as /amount or /customer/id)"));
+        return Err(invalid(field, "a JSON pointer starts with '/' (such as /amount or /customer/id), or is $type (the event's type)"));
     }
     if pointer.chars().any(char::is_control) {
         return Err(invalid(field, "a JSON pointer holds no control characters"));

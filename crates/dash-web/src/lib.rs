@@ -80,6 +80,8 @@ pub struct Chart {
 #[derive(Debug, Clone)]
 pub struct EventRow {
     pub id: String,
+    /// Its type (a provider's, or the payload's `type`), when it has one.
+    pub event_type: Option<String>,
     /// RFC 3339.
     pub time: String,
     /// The payload JSON as stored (the view shortens it).

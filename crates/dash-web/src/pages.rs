@@ -213,6 +213,7 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
                 <tr>
                     <td class="time">{timestamp(Some(&e.time))}</td>
                     <td class="event-id"><code>{e.id}</code></td>
+                    <td class="event-type">{e.event_type.unwrap_or_default()}</td>
                     <td class="payload"><code>{preview(&e.payload, PREVIEW_CHARS)}</code></td>
                 </tr>
             }
@@ -231,7 +232,7 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
             <BarChart chart=panel.chart />
             <h2>"Latest events"</h2>
             <table class="events">
-                <thead><tr><th>"Time (UTC)"</th><th>"Id"</th><th>"Payload"</th></tr></thead>
+                <thead><tr><th>"Time (UTC)"</th><th>"Id"</th><th>"Type"</th><th>"Payload"</th></tr></thead>
                 <tbody>{rows}</tbody>
             </table>
         </section>
@@ -562,6 +563,7 @@ mod tests {
             rate: 0.5,
             chart: Chart { range: ChartRange::Hour, from_ms: 0, bucket_ms: 60_000, counts: vec![0; 60] },
             events: vec![EventRow {
+                event_type: Some("push".into()),
                 id: "evt_1".into(),
                 time: "2026-11-23T10:01:02.000Z".into(),
                 payload: format!("{{\"script\":\"</code><script>alert(1)</script>\",\"pad\":\"{}\"}}", "x".repeat(500)),
@@ -588,6 +590,7 @@ mod tests {
         let html = pipeline(chrome(), summary(), panel(), send, None, Default::default());
         assert!(!html.contains("<script>alert"), "payload is escaped: {html}");
         assert!(html.contains("…</code>"), "long payloads are cut");
+        assert!(html.contains(r#"<td class="event-type">push</td>"#), "each event shows its type: {html}");
         assert!(html.contains(r#"data-refresh="/pipelines/orders/panel?range=1h""#), "{html}");
         assert!(html.contains(r#"href="?range=1h" aria-current="page""#), "{html}");
         assert!(html.contains("Show signing secret"), "{html}");

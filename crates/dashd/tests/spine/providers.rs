@@ -149,13 +149,24 @@ async fn github(site: &Site) {
     // The body's own `id` is not the delivery's identity: X-GitHub-Delivery is.
     let body = r#"{"action":"opened","issue":{"number":7},"id":1}"#;
     let Some(signature) = node_sign(&["github", secret, body]) else { return };
-    let delivery = |id: &str, sig: &str| {
+    // Deliveries by event type, one view: X-GitHub-Event is each event's type.
+    let view = site
+        .ingestor
+        .client
+        .post(site.ingestor.url(&format!("/api/pipelines/{p}/views")))
+        .json(&json!({"name": "by_type", "aggregate": "count", "group_by": "$type"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(view.status(), 201, "{}", view.text().await.unwrap());
+    let typed = |event: &str, id: &str, sig: &str| {
         vec![
-            ("x-github-event", "issues".to_owned()),
+            ("x-github-event", event.to_owned()),
             ("x-github-delivery", id.to_owned()),
             ("x-hub-signature-256", sig.to_owned()),
         ]
     };
+    let delivery = |id: &str, sig: &str| typed("issues", id, sig);
     let ok = delivery("72d3162e-cc78-11e3-81ab-4c9367dc0958", &signature);
     assert_eq!(status(site.post(&p, "application/json", &ok, body)).await, 202);
     assert_eq!(status(site.post(&p, "application/json", &ok, body)).await, 202, "redelivered");
@@ -167,7 +178,7 @@ async fn github(site: &Site) {
     let form =
         format!("payload={}", crate::hostile::percent_encoded(r#"{"zen":"Keep it logically awesome.","hook_id":1}"#));
     let form_sig = node_sign(&["github", secret, &form]).unwrap();
-    let ping = delivery("b0c1d2e3-cc78-11e3-81ab-4c9367dc0958", &form_sig);
+    let ping = typed("ping", "b0c1d2e3-cc78-11e3-81ab-4c9367dc0958", &form_sig);
     assert_eq!(status(site.post(&p, "application/x-www-form-urlencoded", &ping, &form)).await, 202);
 
     let bad_before = site.refused("bad_signature").await;
@@ -214,6 +225,26 @@ async fn github(site: &Site) {
     let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"72d3162e-cc78-11e3-81ab-4c9367dc0958"), "{events:?}");
     assert!(events.iter().any(|e| e["payload"]["zen"] == "Keep it logically awesome."), "{events:?}");
+    let mut types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    types.sort_unstable();
+    assert_eq!(types, ["issues", "issues", "ping"], "{events:?}");
+    let groups = view_groups(site, &p, "by_type").await;
+    assert_eq!(groups, [("issues".to_owned(), 2), ("ping".to_owned(), 1)]);
+}
+
+/// A view's groups over the last hour, with their counts, by name.
+async fn view_groups(site: &Site, pipeline: &str, view: &str) -> Vec<(String, u64)> {
+    let now = crate::support::now_secs() * 1000;
+    let path = format!("/api/pipelines/{pipeline}/views/{view}/groups?from={}&to={}", now - 3_600_000, now + 60_000);
+    let got = site.ingestor.get_json(&path).await;
+    let mut groups: Vec<(String, u64)> = got["groups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{got}"))
+        .iter()
+        .map(|g| (g["group"].as_str().unwrap().to_owned(), g["n"].as_u64().unwrap()))
+        .collect();
+    groups.sort();
+    groups
 }
 
 async fn stripe(site: &Site) {
@@ -250,6 +281,7 @@ async fn stripe(site: &Site) {
     assert_error(site.post(&p, "application/json", &[], body).send().await.unwrap(), 401, "missing_signature").await;
     let events = site.stored(&p, 1, 1).await;
     assert_eq!(events[0]["id"], "evt_1NG8Du2eZvKYlo2CUI79vXWy");
+    assert_eq!(events[0]["type"], "invoice.paid", "the body's own type");
 }
 
 async fn slack(site: &Site) {
@@ -290,8 +322,8 @@ async fn slack(site: &Site) {
         .await;
     assert_error(site.post(&p, "application/json", &[], event).send().await.unwrap(), 401, "missing_signature").await;
     let events = site.stored(&p, 2, 1).await;
-    assert!(events.iter().any(|e| e["id"] == "Ev0PV52K21"), "{events:?}");
-    assert!(events.iter().any(|e| e["payload"]["command"] == "/weather"), "{events:?}");
+    assert!(events.iter().any(|e| e["id"] == "Ev0PV52K21" && e["type"] == "app_mention"), "{events:?}");
+    assert!(events.iter().any(|e| e["payload"]["command"] == "/weather" && e["type"].is_null()), "{events:?}");
 }
 
 async fn twilio(site: &Site) {
@@ -343,6 +375,7 @@ async fn shopify_gitlab_and_hmac(site: &Site) {
     .await;
     let events = site.stored(&p, 1, 1).await;
     assert_eq!(events[0]["id"], "b54557e4-bdd9");
+    assert_eq!(events[0]["type"], "orders/create");
 
     // GitLab: the secret token itself, in X-Gitlab-Token (docs.gitlab.com, "Webhooks").
     let token = "gitlab-secret-token";
@@ -366,12 +399,13 @@ async fn shopify_gitlab_and_hmac(site: &Site) {
     .await;
     assert_eq!(site.refused("bad_token").await, bad_token + 1.0);
     assert_error(site.post(&p, "application/json", &[], body).send().await.unwrap(), 401, "missing_signature").await;
-    site.stored(&p, 1, 1).await;
+    let events = site.stored(&p, 1, 1).await;
+    assert_eq!(events[0]["type"], "Push Hook");
 
     // Any other HMAC sender: its header, digest, encoding and prefix, its own delivery id.
     let secret = "generic-sender-secret";
     let verify = json!({"provider": "hmac", "secret": secret, "header": "X-Signature", "prefix": "sha256=",
-        "id_header": "X-Request-Id"});
+        "id_header": "X-Request-Id", "type_field": "/event"});
     let p = site.create("generic", verify).await;
     let body = r#"{"event":"build.finished","status":"green"}"#;
     let signed =
@@ -381,7 +415,8 @@ async fn shopify_gitlab_and_hmac(site: &Site) {
     assert_eq!(status(site.post(&p, "application/json", &signed(digest.clone(), "req-1"), body)).await, 202);
     let tampered = site.post(&p, "application/json", &signed(digest, "req-2"), r#"{"status":"red"}"#);
     assert_error(tampered.send().await.unwrap(), 401, "invalid_signature").await;
-    site.stored(&p, 1, 1).await;
+    let events = site.stored(&p, 1, 1).await;
+    assert_eq!(events[0]["type"], "build.finished", "type_field names where the type is");
 }
 
 /// The verify API: shown without its secret, replaced with the old secret kept for a grace
