@@ -159,7 +159,8 @@ mod v2 {
     }
 
     pub(super) fn decode(body: &[u8]) -> Result<IntakeRecord, RecordError> {
-        let record: Record = postcard::from_bytes(body).map_err(|source| RecordError::Malformed { version: 2, source })?;
+        let record: Record =
+            postcard::from_bytes(body).map_err(|source| RecordError::Malformed { version: 2, source })?;
         Ok(IntakeRecord {
             pipeline: record.pipeline,
             events: record
@@ -219,7 +220,9 @@ fn encoded_len_bound(pipeline: &str, events: &[Event]) -> usize {
         + 5
         + events
             .iter()
-            .map(|e| 5 + e.id.len() + 10 + 10 + 5 + e.payload.len() + 1 + e.event_type.as_ref().map_or(0, |t| 5 + t.len()))
+            .map(|e| {
+                5 + e.id.len() + 10 + 10 + 5 + e.payload.len() + 1 + e.event_type.as_ref().map_or(0, |t| 5 + t.len())
+            })
             .sum::<usize>()
 }
 

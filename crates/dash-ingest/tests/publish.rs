@@ -9,7 +9,15 @@ use dash_store::Store;
 
 fn events(ids: &[&str]) -> Vec<Event> {
     let now = now_ms();
-    ids.iter().map(|id| Event { id: (*id).to_owned(), time_ms: now, received_ms: now, payload: "{}".into(), event_type: None }).collect()
+    ids.iter()
+        .map(|id| Event {
+            id: (*id).to_owned(),
+            time_ms: now,
+            received_ms: now,
+            payload: "{}".into(),
+            event_type: None,
+        })
+        .collect()
 }
 
 /// The store below is migrated before intake starts.

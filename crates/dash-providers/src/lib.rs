@@ -589,8 +589,7 @@ impl VerifySpec {
     }
 }
 
-const HMAC_OPTIONS: &[&str] =
-    &["header", "algorithm", "encoding", "prefix", "id_header", "type_header", "type_field"];
+const HMAC_OPTIONS: &[&str] = &["header", "algorithm", "encoding", "prefix", "id_header", "type_header", "type_field"];
 
 /// Where a delivery names its event type ([`VerifySpec::type_source`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -188,7 +188,13 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// A stored row: its payload's text and its type of its own, if any.
-    pub(crate) fn new(id: String, time: String, received_at: String, payload: String, event_type: Option<String>) -> Self {
+    pub(crate) fn new(
+        id: String,
+        time: String,
+        received_at: String,
+        payload: String,
+        event_type: Option<String>,
+    ) -> Self {
         let event_type = event_type.or_else(|| payload_type(&payload));
         Self { id, event_type, time, received_at, payload: payload_as_stored(payload) }
     }

@@ -18,6 +18,9 @@ use crate::{
 };
 
 /// Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
+/// A new event of a batch, for the pipelines' views: pipeline, time, payload, type of its own.
+type FreshEvent<'a> = (Cow<'a, str>, i64, Cow<'a, str>, Option<Cow<'a, str>>);
+
 const ROWS_PER_STATEMENT: usize = 1000;
 
 #[derive(Clone)]
@@ -198,12 +201,13 @@ impl SqliteStore {
         }
         let mut minutes: BTreeMap<(&str, i64), i64> = BTreeMap::new();
         // The new events (pipeline, time, payload, type of its own), for the pipelines' views.
-        let mut fresh: Vec<(Cow<'_, str>, i64, Cow<'_, str>, Option<Cow<'_, str>>)> = Vec::with_capacity(events.len());
+        let mut fresh: Vec<FreshEvent<'_>> = Vec::with_capacity(events.len());
 
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut insert: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload, event_type) ");
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload, event_type) ",
+            );
             insert.push_values(chunk, |mut row, e| {
                 row.push_bind(&*e.pipeline)
                     .push_bind(&e.event.id)
@@ -229,11 +233,12 @@ impl SqliteStore {
             } else if inserted_rows > 0 {
                 // Under the write lock the inserted rows took consecutive rowids ending at the last one.
                 let first_rowid = result.last_insert_rowid() - inserted_rows as i64 + 1;
-                let rows =
-                    sqlx::query("SELECT pipeline_id, event_time, received_at, payload, event_type FROM events WHERE rowid >= ?")
-                        .bind(first_rowid)
-                        .fetch_all(&mut *tx)
-                        .await?;
+                let rows = sqlx::query(
+                    "SELECT pipeline_id, event_time, received_at, payload, event_type FROM events WHERE rowid >= ?",
+                )
+                .bind(first_rowid)
+                .fetch_all(&mut *tx)
+                .await?;
                 for row in rows {
                     let pipeline: String = row.try_get(0)?;
                     let time: i64 = row.try_get(1)?;

@@ -50,7 +50,13 @@ async fn backends() -> Vec<Backend> {
 fn event(pipeline: &str, id: &str, time_ms: i64) -> BatchEvent {
     BatchEvent {
         pipeline: pipeline.into(),
-        event: Event { id: id.into(), time_ms, received_ms: time_ms + 5, payload: format!(r#"{{"id":"{id}"}}"#), event_type: None },
+        event: Event {
+            id: id.into(),
+            time_ms,
+            received_ms: time_ms + 5,
+            payload: format!(r#"{{"id":"{id}"}}"#),
+            event_type: None,
+        },
     }
 }
 
@@ -315,7 +321,9 @@ async fn postgres_upgrade_keeps_stored_keys_in_one_column() {
     before.migrations = before.migrations.iter().filter(|m| m.version < 5).cloned().collect::<Vec<_>>().into();
     before.run(store.pool()).await.unwrap();
     for statement in [
-        &format!("CREATE TABLE events ({}) PARTITION BY RANGE (event_time)", postgres::EVENTS_COLUMNS),
+        // The events table as the releases before migration 0010 made it: no event_type.
+        "CREATE TABLE events (pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, event_time TIMESTAMPTZ NOT NULL, \
+         received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL) PARTITION BY RANGE (event_time)",
         "CREATE TABLE events_default PARTITION OF events DEFAULT",
         "CREATE INDEX events_pipeline_time ON events (pipeline_id, event_time DESC)",
         "INSERT INTO dash_meta (key, value) VALUES ('events_layout', 'partitioned')",
@@ -341,6 +349,12 @@ async fn postgres_upgrade_keeps_stored_keys_in_one_column() {
         .await
         .unwrap();
     assert!(index.ends_with("(pipeline_id, event_time)"), "{index}");
+    // Migration 0010 gave the existing table its event_type column.
+    let mut typed = event("p", "typed", now + 1);
+    typed.event.event_type = Some("push".into());
+    store.write_batch(&[typed]).await.unwrap();
+    let latest = pipelines.recent_events("p", 1).await.unwrap();
+    assert_eq!((latest[0].id.as_str(), latest[0].event_type.as_deref()), ("typed", Some("push")));
 
     store.close().await;
     testing::drop_database(&admin, &url).await.unwrap();

@@ -329,7 +329,13 @@ async fn a_views_groups_are_bounded_and_the_rest_is_other() {
     let batch: Vec<BatchEvent> = (0..100)
         .map(|i| BatchEvent {
             pipeline: "many".into(),
-            event: Event { id: format!("{i}"), time_ms: now, received_ms: now, payload: format!(r#"{{"k":"v{i}"}}"#), event_type: None },
+            event: Event {
+                id: format!("{i}"),
+                time_ms: now,
+                received_ms: now,
+                payload: format!(r#"{{"k":"v{i}"}}"#),
+                event_type: None,
+            },
         })
         .collect();
     store.write_batch(&batch).await.unwrap();

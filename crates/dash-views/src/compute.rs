@@ -328,9 +328,7 @@ pub struct ViewReader {
 
 impl ViewReader {
     pub fn new(views: &[(String, ViewSpec)]) -> Self {
-        let named = || {
-            views.iter().flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field))
-        };
+        let named = || views.iter().flat_map(|(_, spec)| spec.filter.keys().chain(&spec.group_by).chain(&spec.field));
         let wants_type = named().any(|name| name == EVENT_TYPE);
         let pointers = named().map(String::as_str).chain(wants_type.then_some(BODY_TYPE));
         let wanted = Wanted::of(pointers);

@@ -24,6 +24,7 @@ pub use compute::{
 pub use explore::{FieldStat, explore};
 pub use read::{GroupTotal, ViewPoint, bucket, rank_groups};
 pub use spec::{
-    Aggregate, DEFAULT_MAX_GROUPS, EVENT_TYPE, InvalidView, MAX_GROUPS_LIMIT, MAX_VIEWS_PER_PIPELINE, ViewSpec, check_view_name,
+    Aggregate, DEFAULT_MAX_GROUPS, EVENT_TYPE, InvalidView, MAX_GROUPS_LIMIT, MAX_VIEWS_PER_PIPELINE, ViewSpec,
+    check_view_name,
 };
 pub use state::{Accumulator, Cell, DISTINCT_ERROR, Input, QUANTILE_RELATIVE_ERROR, UnreadableState};

@@ -184,7 +184,10 @@ fn check_pointer(field: &'static str, pointer: &str) -> Result<(), InvalidView> 
         return Err(invalid(field, format!("a JSON pointer of at most {MAX_POINTER_LEN} bytes")));
     }
     if !pointer.starts_with('/') {
-        return Err(invalid(field, "a JSON pointer starts with '/' (such as /amount or /customer/id), or is $type (the event's type)"));
+        return Err(invalid(
+            field,
+            "a JSON pointer starts with '/' (such as /amount or /customer/id), or is $type (the event's type)",
+        ));
     }
     if pointer.chars().any(char::is_control) {
         return Err(invalid(field, "a JSON pointer holds no control characters"));
