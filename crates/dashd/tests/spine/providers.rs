@@ -75,7 +75,34 @@ impl Site {
         assert!(body.get("secret").is_none(), "a provider's secret is never echoed: {body}");
         assert_eq!(body["verify"]["provider"], verify["provider"], "{body}");
         assert!(body["verify"].get("secret").is_none());
-        body["id"].as_str().unwrap().to_owned()
+        let id = body["id"].as_str().unwrap().to_owned();
+        // Deliveries by event type, one view (see `by_type`).
+        let view = self
+            .ingestor
+            .client
+            .post(self.ingestor.url(&format!("/api/pipelines/{id}/views")))
+            .json(&json!({"name": "by_type", "aggregate": "count", "group_by": "$type"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(view.status(), 201, "{}", view.text().await.unwrap());
+        id
+    }
+
+    /// The pipeline's `by_type` view: each group (event type) over the last hour with its count.
+    async fn by_type(&self, pipeline: &str) -> Vec<(String, u64)> {
+        let now = now_secs() * 1000;
+        let path =
+            format!("/api/pipelines/{pipeline}/views/by_type/groups?from={}&to={}", now - 3_600_000, now + 60_000);
+        let got = self.ingestor.get_json(&path).await;
+        let mut groups: Vec<(String, u64)> = got["groups"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{got}"))
+            .iter()
+            .map(|g| (g["group"].as_str().unwrap().to_owned(), g["n"].as_u64().unwrap()))
+            .collect();
+        groups.sort();
+        groups
     }
 
     /// Waits for the pipeline's count, then checks its duplicates and stored ids.
@@ -149,16 +176,7 @@ async fn github(site: &Site) {
     // The body's own `id` is not the delivery's identity: X-GitHub-Delivery is.
     let body = r#"{"action":"opened","issue":{"number":7},"id":1}"#;
     let Some(signature) = node_sign(&["github", secret, body]) else { return };
-    // Deliveries by event type, one view: X-GitHub-Event is each event's type.
-    let view = site
-        .ingestor
-        .client
-        .post(site.ingestor.url(&format!("/api/pipelines/{p}/views")))
-        .json(&json!({"name": "by_type", "aggregate": "count", "group_by": "$type"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(view.status(), 201, "{}", view.text().await.unwrap());
+    // X-GitHub-Event is each event's type.
     let typed = |event: &str, id: &str, sig: &str| {
         vec![
             ("x-github-event", event.to_owned()),
@@ -228,23 +246,7 @@ async fn github(site: &Site) {
     let mut types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     types.sort_unstable();
     assert_eq!(types, ["issues", "issues", "ping"], "{events:?}");
-    let groups = view_groups(site, &p, "by_type").await;
-    assert_eq!(groups, [("issues".to_owned(), 2), ("ping".to_owned(), 1)]);
-}
-
-/// A view's groups over the last hour, with their counts, by name.
-async fn view_groups(site: &Site, pipeline: &str, view: &str) -> Vec<(String, u64)> {
-    let now = crate::support::now_secs() * 1000;
-    let path = format!("/api/pipelines/{pipeline}/views/{view}/groups?from={}&to={}", now - 3_600_000, now + 60_000);
-    let got = site.ingestor.get_json(&path).await;
-    let mut groups: Vec<(String, u64)> = got["groups"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{got}"))
-        .iter()
-        .map(|g| (g["group"].as_str().unwrap().to_owned(), g["n"].as_u64().unwrap()))
-        .collect();
-    groups.sort();
-    groups
+    assert_eq!(site.by_type(&p).await, [("issues".to_owned(), 2), ("ping".to_owned(), 1)]);
 }
 
 async fn stripe(site: &Site) {
@@ -282,6 +284,7 @@ async fn stripe(site: &Site) {
     let events = site.stored(&p, 1, 1).await;
     assert_eq!(events[0]["id"], "evt_1NG8Du2eZvKYlo2CUI79vXWy");
     assert_eq!(events[0]["type"], "invoice.paid", "the body's own type");
+    assert_eq!(site.by_type(&p).await, [("invoice.paid".to_owned(), 1)]);
 }
 
 async fn slack(site: &Site) {
@@ -324,6 +327,7 @@ async fn slack(site: &Site) {
     let events = site.stored(&p, 2, 1).await;
     assert!(events.iter().any(|e| e["id"] == "Ev0PV52K21" && e["type"] == "app_mention"), "{events:?}");
     assert!(events.iter().any(|e| e["payload"]["command"] == "/weather" && e["type"].is_null()), "{events:?}");
+    assert_eq!(site.by_type(&p).await, [("(none)".to_owned(), 1), ("app_mention".to_owned(), 1)]);
 }
 
 async fn twilio(site: &Site) {
@@ -347,6 +351,7 @@ async fn twilio(site: &Site) {
     assert_eq!(events[0]["id"], "idem-1");
     assert_eq!(events[0]["payload"]["Body"], "Hello");
     assert_eq!(events[0]["payload"]["From"], "+15005550006");
+    assert_eq!(site.by_type(&p).await, [("(none)".to_owned(), 1)], "Twilio names no type");
 }
 
 async fn shopify_gitlab_and_hmac(site: &Site) {
@@ -376,6 +381,7 @@ async fn shopify_gitlab_and_hmac(site: &Site) {
     let events = site.stored(&p, 1, 1).await;
     assert_eq!(events[0]["id"], "b54557e4-bdd9");
     assert_eq!(events[0]["type"], "orders/create");
+    assert_eq!(site.by_type(&p).await, [("orders/create".to_owned(), 1)]);
 
     // GitLab: the secret token itself, in X-Gitlab-Token (docs.gitlab.com, "Webhooks").
     let token = "gitlab-secret-token";
@@ -401,6 +407,7 @@ async fn shopify_gitlab_and_hmac(site: &Site) {
     assert_error(site.post(&p, "application/json", &[], body).send().await.unwrap(), 401, "missing_signature").await;
     let events = site.stored(&p, 1, 1).await;
     assert_eq!(events[0]["type"], "Push Hook");
+    assert_eq!(site.by_type(&p).await, [("Push Hook".to_owned(), 1)]);
 
     // Any other HMAC sender: its header, digest, encoding and prefix, its own delivery id.
     let secret = "generic-sender-secret";
@@ -417,6 +424,7 @@ async fn shopify_gitlab_and_hmac(site: &Site) {
     assert_error(tampered.send().await.unwrap(), 401, "invalid_signature").await;
     let events = site.stored(&p, 1, 1).await;
     assert_eq!(events[0]["type"], "build.finished", "type_field names where the type is");
+    assert_eq!(site.by_type(&p).await, [("build.finished".to_owned(), 1)]);
 }
 
 /// The verify API: shown without its secret, replaced with the old secret kept for a grace
