@@ -59,6 +59,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_MAINTENANCE_EVERY", "maintenance_every"),
     ("DASH_MAX_CONNECTIONS", "max_connections"),
     ("DASH_MAX_LIVE_PER_CLIENT", "max_live_per_client"),
+    ("DASH_WRITE_TIMEOUT", "write_timeout"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +222,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// `/live` sessions one client (address, IPv6 /64) may hold at once; past it, 503.
     pub max_live_per_client: usize,
+    /// How long a connection may take no byte of what it is sent (a response, `/live` frames)
+    /// before it is closed: a client that stops reading frees its slot.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Pipelines by name (`[pipelines.<name>]` tables): applied by ingestors at start,
     /// creating the pipeline if needed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -290,6 +295,7 @@ impl Default for Settings {
             maintenance_every: Duration::from_secs(3600),
             max_connections: 0,
             max_live_per_client: 64,
+            write_timeout: Duration::from_secs(30),
             pipelines: BTreeMap::new(),
         }
     }
@@ -451,6 +457,9 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     }
     if !(1..=100_000).contains(&s.max_live_per_client) {
         return Err(invalid("max_live_per_client", "must be between 1 and 100000"));
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.write_timeout) {
+        return Err(invalid("write_timeout", "must be between 1s and 1h"));
     }
     if !(1..=256).contains(&s.partitions) {
         return Err(invalid("partitions", "must be between 1 and 256"));

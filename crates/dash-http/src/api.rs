@@ -34,6 +34,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/api/pipelines/{id}/verify", put(put_verify))
         .route("/api/pipelines/{id}/series", get(series))
         .route("/api/pipelines/{id}/events", get(events))
+        .route("/api/pipelines/{id}/events/export", get(export_events))
         .route("/api/cluster", get(cluster))
         .merge(crate::views::router())
         .route_layer(middleware::from_fn(crate::origin::same_origin_writes))
@@ -467,6 +468,51 @@ async fn events(
     // Serialized as they are: each payload is written out verbatim, never re-parsed into a
     // `Value` (which would refuse deep nesting or numbers past a float).
     Ok(Json(RecentEvents { pipeline: record.id, events }))
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /api/pipelines/{id}/events/export?from=&to=`: the events whose time lies in `from..to`
+/// (RFC 3339 or unix ms; by default all of them), oldest first, one JSON object a line, as the
+/// events API shows each. Streamed a page at a time as the client reads ([`dash_store`]'s
+/// `export_pages`): memory stays one page whatever the range. The first page is read before the
+/// answer, so a store that is down gets a 503; one that fails later cuts the stream short (the
+/// client sees the chunked body end without its last chunk, never a complete-looking file).
+async fn export_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use futures_util::{StreamExt, TryStreamExt};
+
+    let Query(query) = query.map_err(query_error)?;
+    let from = query.from.as_deref().map(|raw| parse_instant("from", raw)).transpose()?.unwrap_or(MIN_INSTANT_MS);
+    let to = query.to.as_deref().map(|raw| parse_instant("to", raw)).transpose()?.unwrap_or(MAX_INSTANT_MS + 1);
+    if to <= from {
+        return Err(ApiError::bad_request("invalid_query", "to must be after from"));
+    }
+    let record = find(&state, &id).await?;
+    let mut pages = Box::pin(state.store.export_pages(&record.id, from, to));
+    let first = pages.try_next().await.map_err(|e| ApiError::store_unavailable(&e))?;
+    let pipeline = record.id.clone();
+    let body = futures_util::stream::iter(first.map(Ok)).chain(pages).map(move |page| match page {
+        Ok(page) => Ok(Bytes::from(dash_store::ndjson(&page))),
+        Err(err) => {
+            tracing::warn!(pipeline = %pipeline, error = %err, "an export was cut short by the store");
+            Err(std::io::Error::other(err))
+        }
+    });
+    let filename = format!("{}.ndjson", record.id);
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .header(axum::http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\""))
+        .header(axum::http::header::CACHE_CONTROL, "no-store")
+        .body(axum::body::Body::from_stream(body))
+        .map_err(|e| ApiError::internal("export response", &e))
 }
 
 #[derive(serde::Serialize)]

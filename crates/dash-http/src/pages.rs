@@ -33,6 +33,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/", get(overview))
         .route("/pipelines/{id}", get(pipeline))
         .route("/pipelines/{id}/panel", get(panel))
+        .route("/pipelines/{id}/latest", get(latest))
         .route("/pipelines/{id}/row", get(row))
         .route("/cluster", get(cluster))
         .route("/cluster/nodes", get(cluster_nodes))
@@ -70,7 +71,12 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
         return next.run(request).await;
     }
     let path = request.uri().path();
-    if path.ends_with("/panel") || path.ends_with("/row") || path.ends_with("/card") || path == "/cluster/nodes" {
+    if path.ends_with("/panel")
+        || path.ends_with("/latest")
+        || path.ends_with("/row")
+        || path.ends_with("/card")
+        || path == "/cluster/nodes"
+    {
         // Never an empty 4xx: the server loop takes those for the HTTP library's own.
         return html(StatusCode::UNAUTHORIZED, "<!-- sign in again -->".to_owned());
     }
@@ -155,7 +161,8 @@ async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result
     })
 }
 
-async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange) -> Result<PipelinePanel, PageError> {
+async fn load_panel(state: &AppState, record: &PipelineRecord, query: &PageQuery) -> Result<PipelinePanel, PageError> {
+    let range = query.range();
     let now = now_ms();
     let (from, to) = range.window(now);
     let bucket_ms = range.bucket_ms();
@@ -179,6 +186,7 @@ async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange
             .into_iter()
             .map(|e| EventRow { id: e.id, event_type: e.event_type, time: e.time, payload: e.payload.get().to_owned() })
             .collect(),
+        events_shown: query.events_shown(),
     })
 }
 
@@ -211,12 +219,22 @@ async fn row(State(state): State<AppState>, Path(id): Path<String>) -> Response 
 pub(crate) struct PageQuery {
     range: Option<String>,
     reveal: Option<String>,
+    /// How many of the latest events to show (`50`; anything else shows the first ten).
+    events: Option<String>,
 }
 
 impl PageQuery {
     /// An unknown range shows the default one rather than an error page.
     pub(crate) fn range(&self) -> ChartRange {
         self.range.as_deref().and_then(ChartRange::parse).unwrap_or_default()
+    }
+
+    /// An unknown count shows the first ten rather than an error page.
+    fn events_shown(&self) -> usize {
+        match self.events.as_deref().and_then(|n| n.parse::<usize>().ok()) {
+            Some(dash_web::LATEST_EVENTS_MORE) => dash_web::LATEST_EVENTS_MORE,
+            _ => dash_web::LATEST_EVENTS,
+        }
     }
 }
 
@@ -286,7 +304,7 @@ async fn pipeline(
             latest_at: refused.latest.as_ref().map(|(at, _)| dash_domain::format_ms(*at)),
         });
         let send = SendInstructions { url: webhook_url(&headers, &record.id), secret, provider, refused };
-        let panel = load_panel(&state, &record, query.range()).await?;
+        let panel = load_panel(&state, &record, &query).await?;
         let source = state.store.source(&record.id).await.map_err(PageError::store)?.map(|s| source_status(&s));
         let payloads: Vec<&str> = panel.events.iter().map(|e| e.payload.as_str()).collect();
         let types: Vec<&str> = panel.events.iter().filter_map(|e| e.event_type.as_deref()).collect();
@@ -313,9 +331,17 @@ async fn pipeline(
 }
 
 async fn panel(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<PageQuery>) -> Response {
-    let result = async { load_panel(&state, &find(&state, &id).await?, query.range()).await }.await;
+    let result = async { load_panel(&state, &find(&state, &id).await?, &query).await }.await;
     match result {
         Ok(panel) => html(StatusCode::OK, pages::pipeline_panel(panel)),
+        Err(err) => err.into_response(&state, None),
+    }
+}
+
+async fn latest(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<PageQuery>) -> Response {
+    let result = async { load_panel(&state, &find(&state, &id).await?, &query).await }.await;
+    match result {
+        Ok(panel) => html(StatusCode::OK, pages::pipeline_latest(panel)),
         Err(err) => err.into_response(&state, None),
     }
 }

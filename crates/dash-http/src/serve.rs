@@ -8,6 +8,9 @@
 //!   evicts the longest-waiting connection that has no request in progress (fresh, or idle
 //!   between requests), so idle sockets held by an attacker give way to new clients; when every
 //!   connection is busy, the newcomer gets `503` with `Retry-After` and a JSON error, and is closed.
+//! - **Write deadline**: a connection that takes no byte of what it is sent (a response, `/live`
+//!   frames) for `write_timeout` is closed, so a client that asks for a large answer and stops
+//!   reading frees its slot.
 //! - **Shutdown**: stops accepting, lets each connection finish its request in progress (idle ones
 //!   close at once), and returns once all have ended.
 //!
@@ -34,6 +37,8 @@ use tower::ServiceExt;
 
 /// How long a connection may take to send a request head once it is ready for one.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Kernel send buffer of an upgraded (WebSocket) connection; Linux doubles it.
+const UPGRADED_SEND_BUFFER: usize = 32 * 1024;
 /// How long a newcomer waits for an evicted connection to let go of its slot.
 const EVICTION_WAIT: Duration = Duration::from_secs(5);
 /// Connections over the cap being handled at once (waiting for an evicted one's slot, or being
@@ -46,6 +51,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
     pub max_connections: usize,
+    /// How long a connection may take no byte of what it is sent before it is closed.
+    pub write_timeout: Duration,
 }
 
 /// Where a connection stands, for eviction.
@@ -104,6 +111,7 @@ pub async fn serve(
         registry: Mutex::new(Registry::default()),
         emptied: Notify::new(),
         clock: Instant::now(),
+        write_timeout: limits.write_timeout,
         router,
     });
     let mut accept_errors = 0u64;
@@ -176,6 +184,7 @@ struct Server {
     /// Told each time a connection leaves the registry.
     emptied: Notify,
     clock: Instant,
+    write_timeout: Duration,
     router: Router,
 }
 
@@ -262,7 +271,14 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(
-                TokioIo::new(JsonErrorsIo { tcp, connection: me.clone(), heads: 0, pending: None }),
+                TokioIo::new(JsonErrorsIo {
+                    tcp,
+                    connection: me.clone(),
+                    heads: 0,
+                    pending: None,
+                    write_timeout: self.write_timeout,
+                    stalled: None,
+                }),
                 service,
             )
             .with_upgrades();
@@ -389,6 +405,10 @@ struct JsonErrorsIo {
     heads: u64,
     /// A rewritten answer not yet wholly written, and how much of it is.
     pending: Option<(Vec<u8>, usize)>,
+    /// How long a write may wait for the client to take a byte.
+    write_timeout: Duration,
+    /// Since a write has waited: the deadline that closes the connection.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl JsonErrorsIo {
@@ -398,13 +418,49 @@ impl JsonErrorsIo {
                 self.pending = None;
                 break;
             }
-            let n = std::task::ready!(std::pin::Pin::new(&mut self.tcp).poll_write(cx, &bytes[*written..]))?;
+            let n = std::task::ready!(poll_write_deadline(
+                &mut self.tcp,
+                &mut self.stalled,
+                self.write_timeout,
+                cx,
+                &bytes[*written..]
+            ))?;
             if n == 0 {
                 return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             *written += n;
         }
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes to the socket; a write that has waited `timeout` for the client to take a byte fails
+/// (`stalled` holds the deadline while it waits), and hyper closes the connection.
+fn poll_write_deadline(
+    tcp: &mut TcpStream,
+    stalled: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
+    cx: &mut std::task::Context<'_>,
+    buf: &[u8],
+) -> std::task::Poll<std::io::Result<usize>> {
+    use std::future::Future;
+    match std::pin::Pin::new(tcp).poll_write(cx, buf) {
+        std::task::Poll::Ready(result) => {
+            *stalled = None;
+            std::task::Poll::Ready(result)
+        }
+        std::task::Poll::Pending => {
+            let deadline = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            if deadline.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            *stalled = None;
+            metrics::counter!("dash_http_write_timeouts_total").increment(1);
+            std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no byte for {} s", timeout.as_secs()),
+            )))
+        }
     }
 }
 
@@ -456,7 +512,7 @@ impl AsyncWrite for JsonErrorsIo {
         std::task::ready!(self.poll_pending(cx))?;
         let status = match self.heads {
             u64::MAX => None,
-            _ => response_status(buf).filter(|s| *s >= 200),
+            _ => response_status(buf).filter(|s| *s >= 200 || *s == 101),
         };
         if let Some(status) = status {
             let ours = self.heads < self.connection.served.load(Ordering::Acquire);
@@ -470,10 +526,19 @@ impl AsyncWrite for JsonErrorsIo {
                 return std::task::Poll::Ready(Ok(buf.len()));
             }
         }
-        let written = std::task::ready!(std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf))?;
+        let this = &mut *self;
+        let written =
+            std::task::ready!(poll_write_deadline(&mut this.tcp, &mut this.stalled, this.write_timeout, cx, buf))?;
         // Counted once written (a write that waits is offered again, the same bytes).
         if let Some(status) = status.filter(|_| written > 0) {
             self.heads = if status == 101 { u64::MAX } else { self.heads + 1 };
+            if status == 101 {
+                // A WebSocket's frames are small: a small send buffer makes a client that stops
+                // reading show soon, so the hub resyncs or drops it before the kernel holds much.
+                if let Err(err) = socket2::SockRef::from(&self.tcp).set_send_buffer_size(UPGRADED_SEND_BUFFER) {
+                    tracing::debug!(error = %err, "SO_SNDBUF after an upgrade");
+                }
+            }
         }
         std::task::Poll::Ready(Ok(written))
     }

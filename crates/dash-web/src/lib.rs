@@ -134,8 +134,16 @@ pub struct PipelinePanel {
     pub pipeline: String,
     pub rate: f64,
     pub chart: Chart,
+    /// The latest events, newest first (up to [`LATEST_EVENTS_MORE`]).
     pub events: Vec<EventRow>,
+    /// How many of them the page shows: [`LATEST_EVENTS`], or [`LATEST_EVENTS_MORE`] when asked.
+    pub events_shown: usize,
 }
+
+/// Latest events a pipeline page shows at first.
+pub const LATEST_EVENTS: usize = 10;
+/// Latest events it shows when asked for more (`?events=50`).
+pub const LATEST_EVENTS_MORE: usize = 50;
 
 /// One node of the cluster, as heard from its heartbeats.
 #[derive(Debug, Clone)]

@@ -126,7 +126,8 @@ fn OverviewRow(summary: PipelineSummary) -> impl IntoView {
     }
 }
 
-/// `/pipelines/{id}`: live counters, the chart, the latest events and how to send.
+/// `/pipelines/{id}`: what people look at first (live counters, the chart, the view cards), then
+/// the latest events and how to send (first, for a pipeline without events yet).
 pub fn pipeline(
     chrome: Chrome,
     summary: PipelineSummary,
@@ -179,9 +180,10 @@ pub fn pipeline(
                 </div>
             })}
         </section>
-        <Panel panel=panel />
+        <Panel panel=panel.clone() />
         <crate::views::ViewsSection pipeline=pipeline_id cards=views.cards fields=views.fields
             events_looked_at=views.events_looked_at can_edit=views.can_edit />
+        <LatestEvents panel=panel />
         {source.map(|source| view! { <SourceSection source=source /> })}
         {setup_last}
     };
@@ -191,6 +193,55 @@ pub fn pipeline(
 /// The live panel alone: the fragment at `/pipelines/{id}/panel?range=…`.
 pub fn pipeline_panel(panel: PipelinePanel) -> String {
     view! { <Panel panel=panel /> }.to_html()
+}
+
+/// The latest events alone: the fragment at `/pipelines/{id}/latest?range=…&events=…`.
+pub fn pipeline_latest(panel: PipelinePanel) -> String {
+    view! { <LatestEvents panel=panel /> }.to_html()
+}
+
+/// The latest events, newest first: [`crate::LATEST_EVENTS`] of them, with a link to
+/// [`crate::LATEST_EVENTS_MORE`] (and back); the link keeps the chart's range.
+#[component]
+fn LatestEvents(panel: PipelinePanel) -> impl IntoView {
+    let range = panel.chart.range.as_str();
+    let shown = panel.events_shown;
+    let refresh = format!("/pipelines/{}/latest?range={range}&events={shown}", panel.pipeline);
+    let more = panel.events.len() > crate::LATEST_EVENTS;
+    let toggle = more.then(|| {
+        let (label, count) = match shown > crate::LATEST_EVENTS {
+            true => (format!("Show {}", crate::LATEST_EVENTS), crate::LATEST_EVENTS),
+            false => (format!("Show {}", crate::LATEST_EVENTS_MORE), crate::LATEST_EVENTS_MORE),
+        };
+        view! { <a class="more" href=format!("?range={range}&events={count}#latest")>{label}</a> }
+    });
+    let rows = panel
+        .events
+        .into_iter()
+        .take(shown)
+        .map(|e| {
+            view! {
+                <tr>
+                    <td class="time">{timestamp(Some(&e.time))}</td>
+                    <td class="event-id"><code>{e.id}</code></td>
+                    <td class="event-type">{e.event_type.unwrap_or_default()}</td>
+                    <td class="payload"><code>{preview(&e.payload, PREVIEW_CHARS)}</code></td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <section class="panel latest" id="latest" data-pipeline=panel.pipeline data-refresh=refresh>
+            <div class="chart-head">
+                <h2>"Latest events"</h2>
+                {toggle}
+            </div>
+            <table class="events">
+                <thead><tr><th>"Time (UTC)"</th><th>"Id"</th><th>"Type"</th><th>"Payload"</th></tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </section>
+    }
 }
 
 #[component]
@@ -205,20 +256,6 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
             view! { <a href=format!("?range={}", r.as_str()) aria-current=current>{r.label()}</a> }
         })
         .collect_view();
-    let rows = panel
-        .events
-        .into_iter()
-        .map(|e| {
-            view! {
-                <tr>
-                    <td class="time">{timestamp(Some(&e.time))}</td>
-                    <td class="event-id"><code>{e.id}</code></td>
-                    <td class="event-type">{e.event_type.unwrap_or_default()}</td>
-                    <td class="payload"><code>{preview(&e.payload, PREVIEW_CHARS)}</code></td>
-                </tr>
-            }
-        })
-        .collect_view();
     view! {
         <section class="panel" data-pipeline=panel.pipeline data-refresh=refresh>
             <div class="counter rate">
@@ -230,11 +267,6 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
                 <nav class="ranges">{tabs}</nav>
             </div>
             <BarChart chart=panel.chart />
-            <h2>"Latest events"</h2>
-            <table class="events">
-                <thead><tr><th>"Time (UTC)"</th><th>"Id"</th><th>"Type"</th><th>"Payload"</th></tr></thead>
-                <tbody>{rows}</tbody>
-            </table>
         </section>
     }
 }
@@ -568,6 +600,7 @@ mod tests {
                 time: "2026-11-23T10:01:02.000Z".into(),
                 payload: format!("{{\"script\":\"</code><script>alert(1)</script>\",\"pad\":\"{}\"}}", "x".repeat(500)),
             }],
+            events_shown: crate::LATEST_EVENTS,
         }
     }
 
@@ -631,6 +664,28 @@ mod tests {
         assert!(setup < html.find("Latest events").unwrap(), "no events yet: the setup comes first");
         let busy = pipeline(chrome(), summary(), panel(), send, None, Default::default());
         assert!(busy.find("Connect GitHub").unwrap() > busy.find("Latest events").unwrap(), "then it goes last");
+    }
+
+    #[test]
+    fn the_page_puts_counters_chart_and_views_before_ten_of_the_latest_events() {
+        let mut many = panel();
+        let event = many.events[0].clone();
+        many.events = (0..12).map(|i| EventRow { id: format!("evt_{i}"), ..event.clone() }).collect();
+        let send = SendInstructions { url: "http://h/webhooks/orders".into(), ..Default::default() };
+        let html = pipeline(chrome(), summary(), many.clone(), send, None, Default::default());
+        let at = |text: &str| html.find(text).unwrap_or_else(|| panic!("{text} in {html}"));
+        assert!(at("class=\"counters\"") < at("<svg"), "counters, then the chart");
+        assert!(at("<svg") < at("<h2>Views</h2>"), "then the views");
+        assert!(at("<h2>Views</h2>") < at("Latest events"), "then the latest events");
+        assert!(at("Latest events") < at("Send events"), "and how to send last");
+        assert_eq!(html.matches("<td class=\"event-id\">").count(), 10, "ten at first");
+        assert!(html.contains(r#"<a href="?range=1h&amp;events=50#latest" class="more">Show 50</a>"#), "{html}");
+        assert!(html.contains(r#"data-refresh="/pipelines/orders/latest?range=1h&amp;events=10""#), "{html}");
+        many.events_shown = crate::LATEST_EVENTS_MORE;
+        let fragment = pipeline_latest(many);
+        assert!(fragment.starts_with("<section"), "{fragment}");
+        assert_eq!(fragment.matches("<td class=\"event-id\">").count(), 12, "all of them when asked");
+        assert!(fragment.contains(">Show 10</a>"), "{fragment}");
     }
 
     #[test]

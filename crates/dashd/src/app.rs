@@ -244,7 +244,10 @@ impl App {
             let _ = stop_tx.send(true);
         };
         let mut graceful_stop = stop_rx.clone();
-        let limits = dash_http::ServeLimits { max_connections: connection_cap(self.settings.max_connections) };
+        let limits = dash_http::ServeLimits {
+            max_connections: connection_cap(self.settings.max_connections),
+            write_timeout: self.settings.write_timeout,
+        };
         tracing::info!(
             max_connections = limits.max_connections,
             header_timeout_secs = dash_http::HEADER_READ_TIMEOUT.as_secs(),
@@ -302,9 +305,14 @@ fn nats_options(settings: &Settings, url: &str) -> NatsOptions {
 }
 
 /// Kernel send buffer per connection (Linux doubles it). Left to autotuning, a client that stops
-/// reading can make the kernel hold up to `tcp_wmem`'s maximum (4 MiB here) for it; with this
-/// bound a stalled `/live` client fills its buffer quickly and the hub resyncs or drops it.
-const SEND_BUFFER: usize = 32 * 1024;
+/// reading can make the kernel hold up to `tcp_wmem`'s maximum (4 MiB here) for it; the write
+/// deadline (`DASH_WRITE_TIMEOUT`) closes any connection that stays stalled, and an upgraded
+/// `/live` connection shrinks its buffer to 32 KiB (dash-http's server loop), so a stalled
+/// client fills it soon and the hub resyncs or drops it.
+/// Not smaller: at 32 KiB one loopback segment (64 KiB) filled the buffer, so each waited for
+/// the receiver's delayed ACK (40 ms) and large answers crawled at 1.7 MB/s; a 512 KiB buffer
+/// also carries 10 MB/s over a 50 ms round trip.
+const SEND_BUFFER: usize = 256 * 1024;
 
 /// Every accepted connection: no Nagle delay for small frames, and a bounded send buffer.
 fn tune_connection(tcp: &mut tokio::net::TcpStream) {

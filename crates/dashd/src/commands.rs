@@ -110,6 +110,70 @@ pub enum CeilingAction {
     },
 }
 
+/// `dashd export`'s arguments.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The pipeline's id or name.
+    pipeline: String,
+    /// Events from this time on (RFC 3339 or unix ms); by default the oldest kept.
+    #[arg(long, value_parser = parse_instant)]
+    from: Option<i64>,
+    /// Events before this time (RFC 3339 or unix ms); by default all.
+    #[arg(long, value_parser = parse_instant)]
+    to: Option<i64>,
+    /// The file to write (written beside it under `.partial`, renamed once complete); by default
+    /// standard output.
+    #[arg(long, short)]
+    output: Option<std::path::PathBuf>,
+}
+
+fn parse_instant(raw: &str) -> Result<i64, String> {
+    raw.parse::<i64>()
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(raw).map(|t| t.timestamp_millis()))
+        .map_err(|_| format!("{raw:?} is neither RFC 3339 nor unix milliseconds"))
+}
+
+/// Writes a pipeline's events as NDJSON, a page at a time; prints how many to standard error.
+pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<()> {
+    use futures_util::TryStreamExt;
+    use std::io::Write;
+
+    let store = open_store(settings).await?;
+    let result = async {
+        let record =
+            store.find_pipeline(&args.pipeline).await?.with_context(|| format!("no pipeline {:?}", args.pipeline))?;
+        let (from, to) = (args.from.unwrap_or(i64::MIN), args.to.unwrap_or(i64::MAX));
+        anyhow::ensure!(from < to, "--to must be after --from");
+        let partial = args.output.as_ref().map(|path| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".partial");
+            std::path::PathBuf::from(name)
+        });
+        let mut out: Box<dyn Write> = match &partial {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+            )),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        };
+        let mut pages = std::pin::pin!(store.export_pages(&record.id, from, to));
+        let mut events = 0u64;
+        while let Some(page) = pages.try_next().await? {
+            events += page.len() as u64;
+            out.write_all(&dash_store::ndjson(&page))?;
+        }
+        out.flush()?;
+        drop(out);
+        if let (Some(partial), Some(path)) = (&partial, &args.output) {
+            std::fs::rename(partial, path)?;
+        }
+        eprintln!("exported {events} events of {}", record.id);
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database_url()).await?;
     store.migrate().await?;

@@ -55,6 +55,9 @@ enum Command {
         #[command(subcommand)]
         action: commands::ViewAction,
     },
+    /// Write a pipeline's events over a time range as NDJSON, oldest first (the same lines as
+    /// `GET /api/pipelines/{id}/events/export`), read a page at a time.
+    Export(commands::ExportArgs),
     /// Load generator: POST signed events and report events/s and ack latency.
     Bench(dash_bench::LoadOptions),
     /// Live fan-out benchmark: many /live subscribers while signed POSTs make updates.
@@ -158,6 +161,7 @@ async fn run(
         Command::Migrate => commands::migrate(&settings()).await,
         Command::Pipeline { action } => commands::pipeline(&settings(), action).await,
         Command::View { action } => commands::view(&settings(), action).await,
+        Command::Export(args) => commands::export(&settings(), args).await,
         Command::Bench(options) => {
             let report = dash_bench::run_load(options).await?;
             println!("{report}");

@@ -60,6 +60,11 @@ pub fn describe() {
     );
     describe_counter!("dash_http_panics_total", Unit::Count, "Request handlers that panicked (answered 500).");
     describe_counter!(
+        "dash_http_write_timeouts_total",
+        Unit::Count,
+        "Connections closed because the client took no byte of what it was sent for DASH_WRITE_TIMEOUT."
+    );
+    describe_counter!(
         "dash_auth_failures_total",
         Unit::Count,
         "Failed authentications counted by the throttle (wrong webhook credentials, wrong admin token)."
@@ -77,6 +82,7 @@ pub fn describe() {
     // Counters without labels exist from the start, at 0, with their help text.
     metrics::counter!("dash_auth_failures_total").absolute(0);
     metrics::counter!("dash_auth_throttled_total").absolute(0);
+    metrics::counter!("dash_http_write_timeouts_total").absolute(0);
     // Bus, live, cluster, edge.
     describe_counter!("dash_bus_publish_dropped_total", Unit::Count, "Updates not published (broker away or slow).");
     describe_counter!("dash_bus_bad_messages_total", Unit::Count, "Bus messages that could not be decoded.");

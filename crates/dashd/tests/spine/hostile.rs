@@ -598,3 +598,59 @@ async fn slow_uploads_from_one_address_cannot_starve_a_signed_sender() {
     server.wait_for_count(&p, 30, Duration::from_secs(10)).await;
     drop(held);
 }
+
+/// Clients that ask for a large answer and stop reading it hold busy connections, which are
+/// never evicted: the write deadline closes them, and every slot they held is free again.
+#[tokio::test]
+async fn readers_that_stop_reading_mid_response_free_their_slots() {
+    let server = TestServer::start(&[
+        ("DASH_MAX_CONNECTIONS", "20"),
+        ("DASH_WRITE_TIMEOUT", "2s"),
+        ("DASH_FLUSH_INTERVAL", "100ms"),
+    ])
+    .await;
+    let p = server.create_pipeline("wide").await;
+    // 12 MB of events: more than loopback's socket buffers take of one answer.
+    let pad = "x".repeat(60_000);
+    for batch in 0..20 {
+        let ndjson: String = (0..10).map(|i| format!("{{\"id\":\"e{batch}-{i}\",\"pad\":\"{pad}\"}}\n")).collect();
+        let sent = server.post_signed(&p, &format!("b{batch}"), "application/x-ndjson", &ndjson).await;
+        assert_eq!(sent.status(), 202);
+    }
+    server.wait_for_count(&p, 200, Duration::from_secs(20)).await;
+
+    // Past the cap, each asks for the whole export and reads none of it.
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..24 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        let request = format!("GET /api/pipelines/{}/events/export HTTP/1.1\r\nHost: x\r\n\r\n", p.id);
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(tcp);
+    }
+    // Within the deadline and a little more, the node answers others again.
+    let started = Instant::now();
+    let client = crate::support::http_client().pool_max_idle_per_host(0).build().unwrap();
+    loop {
+        let health = client.get(server.url("/health")).send().await.unwrap();
+        if health.status() == 200 {
+            break;
+        }
+        assert_eq!(health.status(), 503, "{}", health.text().await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(15), "slots still held after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Every stalled answer was cut: its reader finds the end before the whole export.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for mut tcp in stalled {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the connection was closed");
+        assert!(got.len() < 12_000_000, "cut short: {} bytes", got.len());
+    }
+    let text = crate::monitoring::metrics_text(&server).await;
+    let closed = crate::monitoring::sample(&text, "dash_http_write_timeouts_total").unwrap_or(0.0);
+    assert!(closed >= 20.0, "{closed} connections closed for not reading");
+}

@@ -6,6 +6,7 @@ mod cluster;
 mod dashboard;
 mod durability;
 mod edge_trust;
+mod export;
 mod flush;
 mod fuzz;
 mod hostile;
