@@ -59,6 +59,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("DASH_MAINTENANCE_EVERY", "maintenance_every"),
     ("DASH_MAX_CONNECTIONS", "max_connections"),
     ("DASH_MAX_LIVE_PER_CLIENT", "max_live_per_client"),
+    ("DASH_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client"),
     ("DASH_WRITE_TIMEOUT", "write_timeout"),
 ];
 
@@ -222,6 +223,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// `/live` sessions one client (address, IPv6 /64) may hold at once; past it, 503.
     pub max_live_per_client: usize,
+    /// Connections one client (address, IPv6 /64) may hold at once; past it, 503. 0: an eighth
+    /// of the connection cap, at least 32.
+    pub max_connections_per_client: usize,
     /// How long a connection may take no byte of what it is sent (a response, `/live` frames)
     /// before it is closed: a client that stops reading frees its slot.
     #[serde(with = "humantime_serde")]
@@ -295,6 +299,7 @@ impl Default for Settings {
             maintenance_every: Duration::from_secs(3600),
             max_connections: 0,
             max_live_per_client: 64,
+            max_connections_per_client: 0,
             write_timeout: Duration::from_secs(30),
             pipelines: BTreeMap::new(),
         }
@@ -454,6 +459,9 @@ fn validate(s: Settings) -> Result<Settings, ConfigError> {
     }
     if s.max_connections > 1_000_000 {
         return Err(invalid("max_connections", "must be at most 1000000 (0: from the open-file limit)"));
+    }
+    if s.max_connections_per_client > 1_000_000 {
+        return Err(invalid("max_connections_per_client", "must be at most 1000000 (0: an eighth of the cap)"));
     }
     if !(1..=100_000).contains(&s.max_live_per_client) {
         return Err(invalid("max_live_per_client", "must be between 1 and 100000"));

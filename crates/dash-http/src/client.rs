@@ -194,6 +194,16 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
+/// Whether connections from `peer` carry many clients' requests: the operator's proxy, or (on an
+/// ingestor) a web edge of the membership that is up. The server loop holds such a peer to the
+/// connection cap only, never to one client's share of it.
+pub fn shared_peer(state: AppState) -> crate::serve::SharedPeer {
+    std::sync::Arc::new(move |peer: IpAddr| {
+        let peer = canonical(peer);
+        state.client_trust.is_trusted_proxy(peer) || state.client_trust.accepts_edges && is_edge(&state, peer)
+    })
+}
+
 /// An edge is trusted while its heartbeats say it is up, not for as long as it is remembered.
 pub(crate) fn is_edge(state: &AppState, ip: IpAddr) -> bool {
     state.membership.as_ref().is_some_and(|m| m.peer(ip, EDGE_ROLE).is_some_and(|p| p.up))

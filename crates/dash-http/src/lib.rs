@@ -40,10 +40,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use api::source_json;
 pub use client::ClientTrust;
+pub use client::shared_peer;
 pub use error::ApiError;
 pub use live::follow_bus;
 pub use refusals::flush_refusals;
-pub use serve::{HEADER_READ_TIMEOUT, ServeLimits, serve};
+pub use serve::{HEADER_READ_TIMEOUT, ServeLimits, SharedPeer, serve};
 
 /// Who this node is, for `/ready` and the API.
 #[derive(Debug, Clone)]

@@ -8,6 +8,9 @@
 //!   evicts the longest-waiting connection that has no request in progress (fresh, or idle
 //!   between requests), so idle sockets held by an attacker give way to new clients; when every
 //!   connection is busy, the newcomer gets `503` with `Retry-After` and a JSON error, and is closed.
+//! - **Per-client cap**: one client (an address; IPv6 by its /64) holds at most
+//!   `max_per_client` of them; past it a newcomer gets `503`. Peers many clients come through
+//!   (the operator's proxies, known web edges: `shared_peer`) are not capped this way.
 //! - **Write deadline**: a connection that takes no byte of what it is sent (a response, `/live`
 //!   frames) for `write_timeout` is closed, so a client that asks for a large answer and stops
 //!   reading frees its slot.
@@ -19,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,10 +50,18 @@ const OVERFLOW_AT_ONCE: usize = 64;
 /// Pause after a failed `accept` (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// Whether connections from an address carry many clients' requests (a trusted proxy, a known
+/// web edge): such a peer is not held to the per-client cap.
+pub type SharedPeer = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
 /// The bounds of [`serve`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ServeLimits {
     pub max_connections: usize,
+    /// Connections one client (an address, IPv6 by /64) may hold at once.
+    pub max_per_client: usize,
+    /// Addresses exempt from `max_per_client`.
+    pub shared_peer: SharedPeer,
     /// How long a connection may take no byte of what it is sent before it is closed.
     pub write_timeout: Duration,
 }
@@ -112,6 +123,11 @@ pub async fn serve(
         emptied: Notify::new(),
         clock: Instant::now(),
         write_timeout: limits.write_timeout,
+        per_client: Arc::new(PerClient {
+            max: limits.max_per_client.max(1),
+            open: Mutex::new(HashMap::new()),
+            shared_peer: limits.shared_peer,
+        }),
         router,
     });
     let mut accept_errors = 0u64;
@@ -133,8 +149,22 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         tune(&mut tcp);
+        let share = match server.per_client.take(peer.ip()) {
+            Ok(share) => share,
+            Err(()) => {
+                // One client at its share: refused without touching anyone else's slot.
+                metrics::counter!("dash_http_client_connections_refused_total").increment(1);
+                if let Ok(overflow) = server.overflow.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(tcp).await;
+                        drop(overflow);
+                    });
+                }
+                continue;
+            }
+        };
         if let Ok(slot) = server.slots.clone().try_acquire_owned() {
-            server.clone().spawn_connection(tcp, peer, slot);
+            server.clone().spawn_connection(tcp, peer, SlotPermit { _slot: slot, _share: share });
             continue;
         }
         // Over the cap. The loop never waits here: the newcomer is handed to a task of its own
@@ -148,7 +178,7 @@ pub async fn serve(
                 false => None,
             };
             match slot.and_then(Result::ok) {
-                Some(slot) => server.spawn_connection(tcp, peer, slot),
+                Some(slot) => server.spawn_connection(tcp, peer, SlotPermit { _slot: slot, _share: share }),
                 None => {
                     metrics::counter!("dash_http_connections_refused_total").increment(1);
                     refuse(tcp).await;
@@ -185,17 +215,69 @@ struct Server {
     emptied: Notify,
     clock: Instant,
     write_timeout: Duration,
+    per_client: Arc<PerClient>,
     router: Router,
+}
+
+/// Open connections per client, and the bound on them.
+struct PerClient {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+    shared_peer: SharedPeer,
+}
+
+impl PerClient {
+    /// A place for one more connection from `peer`, or `Err` once its client holds its share.
+    fn take(self: &Arc<Self>, peer: IpAddr) -> Result<ClientShare, ()> {
+        if (self.shared_peer)(peer) {
+            return Ok(ClientShare { per_client: self.clone(), client: None });
+        }
+        let client = crate::client::client_key(peer);
+        let mut open = self.open.lock().expect("per-client connections");
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.max {
+            return Err(());
+        }
+        *count += 1;
+        Ok(ClientShare { per_client: self.clone(), client: Some(client) })
+    }
+}
+
+/// One connection's place in its client's count; given back when dropped.
+struct ClientShare {
+    per_client: Arc<PerClient>,
+    /// `None` for a shared peer, which is not counted.
+    client: Option<IpAddr>,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let Some(client) = self.client else { return };
+        let mut open = self.per_client.open.lock().expect("per-client connections");
+        if let Some(count) = open.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&client);
+            }
+        }
+    }
+}
+
+/// A connection's places: under the server's cap, and in its client's share. A `/live` session
+/// takes them over for as long as it lasts.
+pub(crate) struct SlotPermit {
+    _slot: OwnedSemaphorePermit,
+    _share: ClientShare,
 }
 
 /// A connection's place under the cap, reachable from its requests: a `/live` upgrade takes it
 /// into the WebSocket session, so open sessions count against the cap until they end.
 #[derive(Clone)]
-pub(crate) struct ConnectionSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub(crate) struct ConnectionSlot(Arc<Mutex<Option<SlotPermit>>>);
 
 impl ConnectionSlot {
     /// The slot, for a session that outlives the HTTP connection (once).
-    pub(crate) fn take(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn take(&self) -> Option<SlotPermit> {
         self.0.lock().expect("connection slot").take()
     }
 }
@@ -214,7 +296,7 @@ impl Drop for Registered {
 }
 
 impl Server {
-    fn spawn_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+    fn spawn_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, slot: SlotPermit) {
         let connection = Arc::new(Connection {
             served: AtomicU64::new(0),
             phase: AtomicU8::new(FRESH),

@@ -29,6 +29,8 @@ const INFLIGHT_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
+    /// Peers the server loop does not hold to one client's share (proxies, known edges).
+    shared_peer: dash_http::SharedPeer,
     store: Store,
     intake: Option<(Intake, IntakeTasks)>,
     /// Migrations once the database answers, then configured pipelines and the jobs (source
@@ -196,6 +198,7 @@ impl App {
         let bus_follower = StoppableTask::spawn(|stop| dash_http::follow_bus(follower_state, stop));
         let refusals_state = state.clone();
         let refusal_counts = StoppableTask::spawn(|stop| dash_http::flush_refusals(refusals_state, stop));
+        let shared_peer = dash_http::shared_peer(state.clone());
         let router = dash_http::router(state);
         tracing::info!(
             role = %settings.role,
@@ -217,6 +220,7 @@ impl App {
         Ok(App {
             listener,
             router,
+            shared_peer,
             store,
             intake,
             database,
@@ -244,12 +248,16 @@ impl App {
             let _ = stop_tx.send(true);
         };
         let mut graceful_stop = stop_rx.clone();
+        let max_connections = connection_cap(self.settings.max_connections);
         let limits = dash_http::ServeLimits {
-            max_connections: connection_cap(self.settings.max_connections),
+            max_connections,
+            max_per_client: per_client_cap(self.settings.max_connections_per_client, max_connections),
+            shared_peer: self.shared_peer,
             write_timeout: self.settings.write_timeout,
         };
         tracing::info!(
             max_connections = limits.max_connections,
+            max_per_client = limits.max_per_client,
             header_timeout_secs = dash_http::HEADER_READ_TIMEOUT.as_secs(),
             "http limits"
         );
@@ -352,6 +360,17 @@ fn connection_cap(configured: usize) -> usize {
         }
         n => n,
     }
+}
+
+/// Connections one client may hold: the setting, or (0) an eighth of the cap, at least 32 (a
+/// browser holds about 6, and an office behind one address holds many browsers); never more
+/// than the cap.
+fn per_client_cap(configured: usize, cap: usize) -> usize {
+    match configured {
+        0 => (cap / 8).max(32),
+        n => n,
+    }
+    .min(cap)
 }
 
 /// Connections the kernel may hold waiting for `accept`. After a restart every open dashboard

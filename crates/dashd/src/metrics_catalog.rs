@@ -60,6 +60,11 @@ pub fn describe() {
     );
     describe_counter!("dash_http_panics_total", Unit::Count, "Request handlers that panicked (answered 500).");
     describe_counter!(
+        "dash_http_client_connections_refused_total",
+        Unit::Count,
+        "Connections refused (503) because their client held its share (DASH_MAX_CONNECTIONS_PER_CLIENT)."
+    );
+    describe_counter!(
         "dash_http_write_timeouts_total",
         Unit::Count,
         "Connections closed because the client took no byte of what it was sent for DASH_WRITE_TIMEOUT."
@@ -83,6 +88,7 @@ pub fn describe() {
     metrics::counter!("dash_auth_failures_total").absolute(0);
     metrics::counter!("dash_auth_throttled_total").absolute(0);
     metrics::counter!("dash_http_write_timeouts_total").absolute(0);
+    metrics::counter!("dash_http_client_connections_refused_total").absolute(0);
     // Bus, live, cluster, edge.
     describe_counter!("dash_bus_publish_dropped_total", Unit::Count, "Updates not published (broker away or slow).");
     describe_counter!("dash_bus_bad_messages_total", Unit::Count, "Bus messages that could not be decoded.");

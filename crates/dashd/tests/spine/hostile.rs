@@ -324,8 +324,11 @@ async fn idle_and_half_open_sockets_give_way_to_real_clients() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Real clients still get through, each on a fresh connection (a client told 503 with
     // Retry-After may try once more, as real clients do; it must then get through).
+    // Real clients come from other addresses than the attacker's, which holds at most its share.
+    let elsewhere = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
     for i in 0..5 {
-        let client = crate::support::http_client().pool_max_idle_per_host(0).build().unwrap();
+        let client =
+            crate::support::http_client().pool_max_idle_per_host(0).local_address(elsewhere(2)).build().unwrap();
         let mut health = client.get(server.url("/health")).send().await.unwrap();
         if health.status() == 503 {
             let wait = health.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
@@ -351,7 +354,12 @@ async fn idle_and_half_open_sockets_give_way_to_real_clients() {
     server.wait_for_count(&p, 5, Duration::from_secs(10)).await;
 
     // A keep-alive connection left idle after its request is closed once the deadline passes.
-    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let connect_from = |last: u8| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((elsewhere(last), 0).into()).unwrap();
+        socket.connect(addr.parse().unwrap())
+    };
+    let mut idle = connect_from(3).await.unwrap();
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut first = [0u8; 512];
     let n = idle.read(&mut first).await.unwrap();
@@ -362,7 +370,7 @@ async fn idle_and_half_open_sockets_give_way_to_real_clients() {
     assert!(idle_since.elapsed() < Duration::from_secs(15), "{:?}", idle_since.elapsed());
 
     // A silent connection is closed once the header deadline passes.
-    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let mut silent = connect_from(4).await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)).await;
@@ -644,13 +652,17 @@ async fn readers_that_stop_reading_mid_response_free_their_slots() {
     }
     // Every stalled answer was cut: its reader finds the end before the whole export.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut served = 0;
     for mut tcp in stalled {
         let mut got = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
         assert!(read.is_ok(), "the connection was closed");
         assert!(got.len() < 12_000_000, "cut short: {} bytes", got.len());
+        // The rest found the cap full and were told 503 at once.
+        served += usize::from(got.starts_with(b"HTTP/1.1 200"));
     }
+    assert!(served >= 10, "{served} of the stalled readers were being answered");
     let text = crate::monitoring::metrics_text(&server).await;
     let closed = crate::monitoring::sample(&text, "dash_http_write_timeouts_total").unwrap_or(0.0);
-    assert!(closed >= 20.0, "{closed} connections closed for not reading");
+    assert!(closed >= served as f64, "{closed} connections closed for not reading, of {served}");
 }

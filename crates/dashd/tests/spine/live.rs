@@ -260,3 +260,59 @@ async fn live_sessions_hold_their_connection_slot_and_each_client_its_share() {
     }
     assert!(live_from(&server, host(20)).await.is_ok(), "the first address may open sessions again");
 }
+
+/// One address can hold its share of the server's connections and no more, /live sessions
+/// included: the excess gets 503 with Retry-After at once and costs the node nothing that
+/// lasts, while another address still gets /health, pages and /live.
+#[tokio::test]
+async fn one_address_holds_its_share_of_connections_and_the_rest_get_through() {
+    let host = |last: u8| std::net::IpAddr::from([127, 0, 37, last]);
+    let env = [
+        ("DASH_MAX_CONNECTIONS", "64"),
+        ("DASH_MAX_CONNECTIONS_PER_CLIENT", "16"),
+        ("DASH_MAX_LIVE_PER_CLIENT", "1000"),
+    ];
+    let server = TestServer::start_at(&env, &format!("{}:0", host(2))).await;
+    let rss_before = rss_kib(server.pid());
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..40 {
+        match live_from(&server, host(20)).await {
+            Ok(socket) => held.push(socket),
+            Err(answer) => refused.push(answer),
+        }
+    }
+    assert_eq!(held.len(), 16, "its share of the connection cap");
+    assert!(refused.iter().all(|(status, retry)| *status == 503 && retry.is_some()), "{refused:?}");
+    // Hundreds more sockets from the same address: each refused at once.
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    for _ in 0..500 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((host(20), 0).into()).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&answer));
+    }
+    let grown = rss_kib(server.pid()).saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "the node grew {grown} KiB refusing one address");
+    // Everyone else: health, a page and a live session.
+    assert_eq!(health_from(&server, host(21)).await, 200);
+    let client = crate::support::http_client().local_address(host(21)).build().unwrap();
+    assert_eq!(client.get(server.url("/")).send().await.unwrap().status(), 200);
+    held.push(live_from(&server, host(21)).await.unwrap());
+    let text = crate::monitoring::metrics_text(&server).await;
+    let counted = crate::monitoring::sample(&text, "dash_http_client_connections_refused_total").unwrap_or(0.0);
+    assert!(counted >= 524.0, "{counted} refusals counted");
+    // Sessions that end give their places back to their client.
+    for mut socket in held.drain(..4) {
+        let _ = socket.close(None).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while live_from(&server, host(20)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "closed sessions never gave their places back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
