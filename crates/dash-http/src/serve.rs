@@ -15,7 +15,9 @@
 //!   frames) for `write_timeout` is closed, so a client that asks for a large answer and stops
 //!   reading frees its slot.
 //! - **Shutdown**: stops accepting, lets each connection finish its request in progress (idle ones
-//!   close at once), and returns once all have ended.
+//!   close at once) until `drain_timeout`, then aborts the connection tasks still running (a
+//!   slow answer in flight) and returns once every one has ended: nothing of a connection runs
+//!   after `serve` returns, so the store can close under none.
 //!
 //! A WebSocket (`/live`) keeps its connection's slot for as long as the session lasts, so live
 //! sessions count against the cap too; shutdown does not wait for them (the hub ends them).
@@ -42,6 +44,8 @@ use tower::ServiceExt;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kernel send buffer of an upgraded (WebSocket) connection; Linux doubles it.
 const UPGRADED_SEND_BUFFER: usize = 32 * 1024;
+/// How long `serve` waits for the connection tasks it aborted at the drain deadline to end.
+const CUT_WAIT: Duration = Duration::from_secs(2);
 /// How long a newcomer waits for an evicted connection to let go of its slot.
 const EVICTION_WAIT: Duration = Duration::from_secs(5);
 /// Connections over the cap being handled at once (waiting for an evicted one's slot, or being
@@ -64,6 +68,8 @@ pub struct ServeLimits {
     pub shared_peer: SharedPeer,
     /// How long a connection may take no byte of what it is sent before it is closed.
     pub write_timeout: Duration,
+    /// How long shutdown lets busy connections finish before it cuts them.
+    pub drain_timeout: Duration,
 }
 
 /// Where a connection stands, for eviction.
@@ -106,6 +112,8 @@ impl Connection {
 struct Registry {
     next_id: u64,
     open: HashMap<u64, Arc<Connection>>,
+    /// Each open connection's task, to cut at the drain deadline.
+    tasks: HashMap<u64, tokio::task::AbortHandle>,
 }
 
 /// Serves `router` until `shutdown` resolves, then drains the connections and returns.
@@ -188,20 +196,43 @@ pub async fn serve(
         });
     }
     // Stop: no new connections; each open one finishes its request in progress (idle ones close
-    // at once); wait for all of them. Upgraded `/live` sockets are not waited for: the hub ends them.
+    // at once) until the deadline; what is left then is cut. Upgraded `/live` sockets are not
+    // waited for: the hub ends them.
     drop(listener);
-    loop {
-        let emptied = server.emptied.notified();
-        {
-            let registry = server.registry.lock().expect("connection registry");
-            if registry.open.is_empty() {
-                break;
+    let drained = tokio::time::timeout(limits.drain_timeout, async {
+        loop {
+            let emptied = server.emptied.notified();
+            {
+                let registry = server.registry.lock().expect("connection registry");
+                if registry.open.is_empty() {
+                    break;
+                }
+                for connection in registry.open.values() {
+                    connection.close.notify_one();
+                }
             }
-            for connection in registry.open.values() {
-                connection.close.notify_one();
-            }
+            emptied.await;
         }
-        emptied.await;
+    })
+    .await;
+    if drained.is_err() {
+        let cut = {
+            let registry = server.registry.lock().expect("connection registry");
+            registry.tasks.values().for_each(tokio::task::AbortHandle::abort);
+            registry.tasks.len()
+        };
+        tracing::warn!(connections = cut, "connections still busy at the drain deadline were cut");
+        // An aborted task ends at its next await; its guard then leaves the registry.
+        let _ = tokio::time::timeout(CUT_WAIT, async {
+            loop {
+                let emptied = server.emptied.notified();
+                if server.registry.lock().expect("connection registry").open.is_empty() {
+                    break;
+                }
+                emptied.await;
+            }
+        })
+        .await;
     }
     Ok(())
 }
@@ -290,7 +321,10 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.server.registry.lock().expect("connection registry").open.remove(&self.id);
+        let mut registry = self.server.registry.lock().expect("connection registry");
+        registry.open.remove(&self.id);
+        registry.tasks.remove(&self.id);
+        drop(registry);
         self.server.emptied.notify_waiters();
     }
 }
@@ -311,11 +345,17 @@ impl Server {
             id
         };
         let slot = ConnectionSlot(Arc::new(Mutex::new(Some(slot))));
-        tokio::spawn(async move {
-            let _registered = Registered { server: self.clone(), id };
-            self.serve_connection(tcp, peer, connection, slot.clone()).await;
+        let server = self.clone();
+        let task = tokio::spawn(async move {
+            let _registered = Registered { server: server.clone(), id };
+            server.serve_connection(tcp, peer, connection, slot.clone()).await;
             drop(slot.take());
         });
+        let mut registry = self.registry.lock().expect("connection registry");
+        // A task that already ended has left the registry: nothing to cut.
+        if registry.open.contains_key(&id) {
+            registry.tasks.insert(id, task.abort_handle());
+        }
     }
 
     async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr, me: Arc<Connection>, slot: ConnectionSlot) {

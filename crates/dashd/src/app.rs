@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -254,6 +254,7 @@ impl App {
             max_per_client: per_client_cap(self.settings.max_connections_per_client, max_connections),
             shared_peer: self.shared_peer,
             write_timeout: self.settings.write_timeout,
+            drain_timeout: self.settings.shutdown_timeout,
         };
         tracing::info!(
             max_connections = limits.max_connections,
@@ -271,9 +272,10 @@ impl App {
         tokio::select! {
             result = &mut server => { result.context("server task")?.context("serving")?; }
             _ = stop_rx.wait_for(|stopped| *stopped) => {
-                // Connections get until the deadline to finish their requests.
-                if tokio::time::timeout(deadline, &mut server).await.is_err() {
-                    tracing::warn!("open connections did not finish in time; closing them");
+                // Connections get until the deadline to finish their requests; then the server
+                // loop cuts them and waits for their tasks. The margin is for that.
+                if tokio::time::timeout(deadline + SERVER_STOP_MARGIN, &mut server).await.is_err() {
+                    tracing::warn!("the server loop did not stop in time; abandoning it");
                     server.abort();
                 }
             }
@@ -311,6 +313,9 @@ fn nats_options(settings: &Settings, url: &str) -> NatsOptions {
         require_tls: settings.nats_tls_required,
     }
 }
+
+/// Beyond the shutdown deadline, how long the server loop has to cut what is still running.
+const SERVER_STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Kernel send buffer per connection (Linux doubles it). Left to autotuning, a client that stops
 /// reading can make the kernel hold up to `tcp_wmem`'s maximum (4 MiB here) for it; the write

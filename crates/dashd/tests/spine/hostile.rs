@@ -607,6 +607,66 @@ async fn slow_uploads_from_one_address_cannot_starve_a_signed_sender() {
     drop(held);
 }
 
+/// A pipeline of 12 MB of events: more than loopback's socket buffers take of one answer.
+async fn wide_pipeline(server: &TestServer) -> crate::support::Pipeline {
+    let p = server.create_pipeline("wide").await;
+    let pad = "x".repeat(60_000);
+    for batch in 0..20 {
+        let ndjson: String = (0..10).map(|i| format!("{{\"id\":\"e{batch}-{i}\",\"pad\":\"{pad}\"}}\n")).collect();
+        let sent = server.post_signed(&p, &format!("b{batch}"), "application/x-ndjson", &ndjson).await;
+        assert_eq!(sent.status(), 202);
+    }
+    server.wait_for_count(&p, 200, Duration::from_secs(20)).await;
+    p
+}
+
+/// A reader that asks for a pipeline's whole export and reads none of it, from a socket with a
+/// small receive buffer.
+async fn stalled_export(server: &TestServer, pipeline: &str) -> TcpStream {
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let request = format!("GET /api/pipelines/{pipeline}/events/export HTTP/1.1\r\nHost: x\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// A slow answer in flight at SIGTERM: the node lets it run until the shutdown deadline, then
+/// cuts it and stops; nothing of the connection runs on after the store is closed.
+#[tokio::test]
+async fn a_slow_answer_in_flight_at_sigterm_is_cut_at_the_deadline_and_the_node_stops() {
+    let mut server = TestServer::start(&[
+        ("DASH_SHUTDOWN_TIMEOUT", "2s"),
+        ("DASH_WRITE_TIMEOUT", "120s"),
+        ("DASH_FLUSH_INTERVAL", "100ms"),
+    ])
+    .await;
+    let p = wide_pipeline(&server).await;
+    let mut reader = stalled_export(&server, &p.id).await;
+    let mut head = [0u8; 1024];
+    let n = reader.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.sigterm();
+        (status, server)
+    });
+    let (status, server) = status.await.unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "{}", server.log());
+    assert!(took >= Duration::from_secs(2), "the answer had until the deadline: {took:?}");
+    assert!(took < Duration::from_secs(10), "cut at the deadline, not at the write timeout: {took:?}");
+    let log = server.log();
+    assert!(log.contains("connections still busy at the drain deadline were cut"), "{log}");
+    assert!(!log.contains("cut short by the store"), "the answer ran on after the store closed: {log}");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest)).await;
+    assert!(read.is_ok() && rest.len() < 12_000_000, "the reader sees its answer end short");
+}
+
 /// Clients that ask for a large answer and stop reading it hold busy connections, which are
 /// never evicted: the write deadline closes them, and every slot they held is free again.
 #[tokio::test]
@@ -617,26 +677,12 @@ async fn readers_that_stop_reading_mid_response_free_their_slots() {
         ("DASH_FLUSH_INTERVAL", "100ms"),
     ])
     .await;
-    let p = server.create_pipeline("wide").await;
-    // 12 MB of events: more than loopback's socket buffers take of one answer.
-    let pad = "x".repeat(60_000);
-    for batch in 0..20 {
-        let ndjson: String = (0..10).map(|i| format!("{{\"id\":\"e{batch}-{i}\",\"pad\":\"{pad}\"}}\n")).collect();
-        let sent = server.post_signed(&p, &format!("b{batch}"), "application/x-ndjson", &ndjson).await;
-        assert_eq!(sent.status(), 202);
-    }
-    server.wait_for_count(&p, 200, Duration::from_secs(20)).await;
+    let p = wide_pipeline(&server).await;
 
     // Past the cap, each asks for the whole export and reads none of it.
-    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
     let mut stalled = Vec::new();
     for _ in 0..24 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut tcp = socket.connect(addr).await.unwrap();
-        let request = format!("GET /api/pipelines/{}/events/export HTTP/1.1\r\nHost: x\r\n\r\n", p.id);
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        stalled.push(tcp);
+        stalled.push(stalled_export(&server, &p.id).await);
     }
     // Within the deadline and a little more, the node answers others again.
     let started = Instant::now();
