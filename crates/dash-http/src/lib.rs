@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod budget;
 mod client;
+mod client_counts;
 mod error;
 mod live;
 mod live_sessions;

@@ -131,11 +131,10 @@ pub async fn serve(
         emptied: Notify::new(),
         clock: Instant::now(),
         write_timeout: limits.write_timeout,
-        per_client: Arc::new(PerClient {
-            max: limits.max_per_client.max(1),
-            open: Mutex::new(HashMap::new()),
+        per_client: PerClient {
+            counts: crate::client_counts::ClientCounts::new(limits.max_per_client),
             shared_peer: limits.shared_peer,
-        }),
+        },
         router,
     });
     let mut accept_errors = 0u64;
@@ -246,51 +245,24 @@ struct Server {
     emptied: Notify,
     clock: Instant,
     write_timeout: Duration,
-    per_client: Arc<PerClient>,
+    per_client: PerClient,
     router: Router,
 }
 
-/// Open connections per client, and the bound on them.
+/// Open connections per client, and the peers exempt from it.
 struct PerClient {
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    counts: Arc<crate::client_counts::ClientCounts>,
     shared_peer: SharedPeer,
 }
 
 impl PerClient {
-    /// A place for one more connection from `peer`, or `Err` once its client holds its share.
-    fn take(self: &Arc<Self>, peer: IpAddr) -> Result<ClientShare, ()> {
+    /// A place for one more connection from `peer` (none counted for a shared peer), or `Err`
+    /// once its client holds its share.
+    fn take(&self, peer: IpAddr) -> Result<Option<crate::client_counts::ClientPlace>, ()> {
         if (self.shared_peer)(peer) {
-            return Ok(ClientShare { per_client: self.clone(), client: None });
+            return Ok(None);
         }
-        let client = crate::client::client_key(peer);
-        let mut open = self.open.lock().expect("per-client connections");
-        let count = open.entry(client).or_insert(0);
-        if *count >= self.max {
-            return Err(());
-        }
-        *count += 1;
-        Ok(ClientShare { per_client: self.clone(), client: Some(client) })
-    }
-}
-
-/// One connection's place in its client's count; given back when dropped.
-struct ClientShare {
-    per_client: Arc<PerClient>,
-    /// `None` for a shared peer, which is not counted.
-    client: Option<IpAddr>,
-}
-
-impl Drop for ClientShare {
-    fn drop(&mut self) {
-        let Some(client) = self.client else { return };
-        let mut open = self.per_client.open.lock().expect("per-client connections");
-        if let Some(count) = open.get_mut(&client) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&client);
-            }
-        }
+        self.counts.take(peer).map(Some).ok_or(())
     }
 }
 
@@ -298,7 +270,7 @@ impl Drop for ClientShare {
 /// takes them over for as long as it lasts.
 pub(crate) struct SlotPermit {
     _slot: OwnedSemaphorePermit,
-    _share: ClientShare,
+    _share: Option<crate::client_counts::ClientPlace>,
 }
 
 /// A connection's place under the cap, reachable from its requests: a `/live` upgrade takes it
