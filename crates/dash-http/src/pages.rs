@@ -13,7 +13,8 @@ use axum::routing::{get, post};
 use dash_domain::now_ms;
 use dash_store::PipelineRecord;
 use dash_web::{
-    Chart, ChartRange, Chrome, EventRow, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, SendInstructions, pages,
+    Chart, ChartRange, Chrome, EventRow, LatestEvents, NodeRow, NodeStatus, PipelinePanel, PipelineSummary,
+    SendInstructions, pages,
 };
 use serde::Deserialize;
 
@@ -22,8 +23,6 @@ use crate::auth;
 use crate::client::Client;
 use crate::throttle::Scope;
 
-/// Latest events on a pipeline page.
-const PAGE_EVENTS: u32 = 50;
 /// Only our own origin may load scripts, styles or open sockets; no framing.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
@@ -161,32 +160,38 @@ async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result
     })
 }
 
-async fn load_panel(state: &AppState, record: &PipelineRecord, query: &PageQuery) -> Result<PipelinePanel, PageError> {
-    let range = query.range();
+/// The live rate and chart over `range`.
+async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange) -> Result<PipelinePanel, PageError> {
     let now = now_ms();
     let (from, to) = range.window(now);
     let bucket_ms = range.bucket_ms();
-    let (series, events) = tokio::join!(
-        state.store.series(&record.id, from, to, bucket_ms),
-        state.store.recent_events(&record.id, PAGE_EVENTS),
-    );
-    let counts: Vec<i64> = series.map_err(PageError::store)?.iter().map(|p| p.count).collect();
+    let series = state.store.series(&record.id, from, to, bucket_ms).await.map_err(PageError::store)?;
+    let counts: Vec<i64> = series.iter().map(|p| p.count).collect();
     // The rate comes from the last hour's minutes: the chart's own when it shows that hour.
     let rate = if range == ChartRange::Hour {
         dash_web::rate_per_second(&counts, now)
     } else {
         dash_web::rate_per_second(&last_hour(state, &record.id, now).await?, now)
     };
-    Ok(PipelinePanel {
+    Ok(PipelinePanel { pipeline: record.id.clone(), rate, chart: Chart { range, from_ms: from, bucket_ms, counts } })
+}
+
+/// The latest `read` events (newest first), of which the page shows as many as `query` asks.
+async fn load_latest(
+    state: &AppState,
+    record: &PipelineRecord,
+    query: &PageQuery,
+    read: usize,
+) -> Result<LatestEvents, PageError> {
+    let events = state.store.recent_events(&record.id, read as u32).await.map_err(PageError::store)?;
+    Ok(LatestEvents {
         pipeline: record.id.clone(),
-        rate,
-        chart: Chart { range, from_ms: from, bucket_ms, counts },
+        range: query.range(),
         events: events
-            .map_err(PageError::store)?
             .into_iter()
             .map(|e| EventRow { id: e.id, event_type: e.event_type, time: e.time, payload: e.payload.get().to_owned() })
             .collect(),
-        events_shown: query.events_shown(),
+        shown: query.events_shown(),
     })
 }
 
@@ -304,10 +309,15 @@ async fn pipeline(
             latest_at: refused.latest.as_ref().map(|(at, _)| dash_domain::format_ms(*at)),
         });
         let send = SendInstructions { url: webhook_url(&headers, &record.id), secret, provider, refused };
-        let panel = load_panel(&state, &record, &query).await?;
+        // The page reads the most it may show: the field explorer looks at all of them.
+        let (panel, latest) = tokio::join!(
+            load_panel(&state, &record, query.range()),
+            load_latest(&state, &record, &query, dash_web::LATEST_EVENTS_MORE),
+        );
+        let (panel, latest) = (panel?, latest?);
         let source = state.store.source(&record.id).await.map_err(PageError::store)?.map(|s| source_status(&s));
-        let payloads: Vec<&str> = panel.events.iter().map(|e| e.payload.as_str()).collect();
-        let types: Vec<&str> = panel.events.iter().filter_map(|e| e.event_type.as_deref()).collect();
+        let payloads: Vec<&str> = latest.events.iter().map(|e| e.payload.as_str()).collect();
+        let types: Vec<&str> = latest.events.iter().filter_map(|e| e.event_type.as_deref()).collect();
         let views = crate::view_pages::load_views(&state, &record.id, query.range(), &payloads, &types).await?;
         let summary = PipelineSummary {
             rate: panel.rate,
@@ -319,19 +329,19 @@ async fn pipeline(
             last_hour: Vec::new(),
             pinned: Vec::new(),
         };
-        Ok::<_, PageError>((summary, panel, send, source, views))
+        Ok::<_, PageError>((summary, panel, latest, send, source, views))
     }
     .await;
     match result {
-        Ok((summary, panel, send, source, views)) => {
-            html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, send, source, views))
+        Ok((summary, panel, latest, send, source, views)) => {
+            html(StatusCode::OK, pages::pipeline(chrome(&state, &headers), summary, panel, latest, send, source, views))
         }
         Err(err) => err.into_response(&state, Some(chrome(&state, &headers))),
     }
 }
 
 async fn panel(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<PageQuery>) -> Response {
-    let result = async { load_panel(&state, &find(&state, &id).await?, &query).await }.await;
+    let result = async { load_panel(&state, &find(&state, &id).await?, query.range()).await }.await;
     match result {
         Ok(panel) => html(StatusCode::OK, pages::pipeline_panel(panel)),
         Err(err) => err.into_response(&state, None),
@@ -339,9 +349,11 @@ async fn panel(State(state): State<AppState>, Path(id): Path<String>, Query(quer
 }
 
 async fn latest(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<PageQuery>) -> Response {
-    let result = async { load_panel(&state, &find(&state, &id).await?, &query).await }.await;
+    // One more than are shown: whether there are more says whether to offer them.
+    let read = (query.events_shown() + 1).min(dash_web::LATEST_EVENTS_MORE);
+    let result = async { load_latest(&state, &find(&state, &id).await?, &query, read).await }.await;
     match result {
-        Ok(panel) => html(StatusCode::OK, pages::pipeline_latest(panel)),
+        Ok(latest) => html(StatusCode::OK, pages::pipeline_latest(latest)),
         Err(err) => err.into_response(&state, None),
     }
 }

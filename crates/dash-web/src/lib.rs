@@ -128,16 +128,24 @@ pub struct SourceStatus {
     pub events: i64,
 }
 
-/// The live part of a pipeline page, also served alone as a fragment.
+/// The live rate and chart of a pipeline page, also served alone as a fragment.
 #[derive(Debug, Clone)]
 pub struct PipelinePanel {
     pub pipeline: String,
     pub rate: f64,
     pub chart: Chart,
-    /// The latest events, newest first (up to [`LATEST_EVENTS_MORE`]).
+}
+
+/// The latest events of a pipeline page, also served alone as a fragment.
+#[derive(Debug, Clone)]
+pub struct LatestEvents {
+    pub pipeline: String,
+    /// The page's chart range, kept in the fragment's links.
+    pub range: ChartRange,
+    /// Newest first: at least one more than are shown when there are more.
     pub events: Vec<EventRow>,
     /// How many of them the page shows: [`LATEST_EVENTS`], or [`LATEST_EVENTS_MORE`] when asked.
-    pub events_shown: usize,
+    pub shown: usize,
 }
 
 /// Latest events a pipeline page shows at first.

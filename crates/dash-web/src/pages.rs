@@ -6,8 +6,8 @@ use leptos::prelude::*;
 use crate::charts::{BarChart, Sparkline};
 use crate::display::{preview, rate, timestamp, uptime};
 use crate::{
-    ChartRange, Chrome, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS, RefusedDeliveries,
-    SendInstructions, SourceStatus,
+    ChartRange, Chrome, LatestEvents, NodeRow, NodeStatus, PipelinePanel, PipelineSummary, REFRESH_MS,
+    RefusedDeliveries, SendInstructions, SourceStatus,
 };
 
 /// Characters of payload shown per event.
@@ -132,6 +132,7 @@ pub fn pipeline(
     chrome: Chrome,
     summary: PipelineSummary,
     panel: PipelinePanel,
+    latest: LatestEvents,
     send: SendInstructions,
     source: Option<SourceStatus>,
     views: crate::views::ViewsPart,
@@ -180,10 +181,10 @@ pub fn pipeline(
                 </div>
             })}
         </section>
-        <Panel panel=panel.clone() />
+        <Panel panel=panel />
         <crate::views::ViewsSection pipeline=pipeline_id cards=views.cards fields=views.fields
             events_looked_at=views.events_looked_at can_edit=views.can_edit />
-        <LatestEvents panel=panel />
+        <LatestSection latest=latest />
         {source.map(|source| view! { <SourceSection source=source /> })}
         {setup_last}
     };
@@ -196,18 +197,18 @@ pub fn pipeline_panel(panel: PipelinePanel) -> String {
 }
 
 /// The latest events alone: the fragment at `/pipelines/{id}/latest?range=…&events=…`.
-pub fn pipeline_latest(panel: PipelinePanel) -> String {
-    view! { <LatestEvents panel=panel /> }.to_html()
+pub fn pipeline_latest(latest: LatestEvents) -> String {
+    view! { <LatestSection latest=latest /> }.to_html()
 }
 
 /// The latest events, newest first: [`crate::LATEST_EVENTS`] of them, with a link to
 /// [`crate::LATEST_EVENTS_MORE`] (and back); the link keeps the chart's range.
 #[component]
-fn LatestEvents(panel: PipelinePanel) -> impl IntoView {
-    let range = panel.chart.range.as_str();
-    let shown = panel.events_shown;
-    let refresh = format!("/pipelines/{}/latest?range={range}&events={shown}", panel.pipeline);
-    let more = panel.events.len() > crate::LATEST_EVENTS;
+fn LatestSection(latest: LatestEvents) -> impl IntoView {
+    let range = latest.range.as_str();
+    let shown = latest.shown;
+    let refresh = format!("/pipelines/{}/latest?range={range}&events={shown}", latest.pipeline);
+    let more = latest.events.len() > crate::LATEST_EVENTS;
     let toggle = more.then(|| {
         let (label, count) = match shown > crate::LATEST_EVENTS {
             true => (format!("Show {}", crate::LATEST_EVENTS), crate::LATEST_EVENTS),
@@ -215,7 +216,7 @@ fn LatestEvents(panel: PipelinePanel) -> impl IntoView {
         };
         view! { <a class="more" href=format!("?range={range}&events={count}#latest")>{label}</a> }
     });
-    let rows = panel
+    let rows = latest
         .events
         .into_iter()
         .take(shown)
@@ -231,7 +232,7 @@ fn LatestEvents(panel: PipelinePanel) -> impl IntoView {
         })
         .collect_view();
     view! {
-        <section class="panel latest" id="latest" data-pipeline=panel.pipeline data-refresh=refresh>
+        <section class="panel latest" id="latest" data-pipeline=latest.pipeline data-refresh=refresh>
             <div class="chart-head">
                 <h2>"Latest events"</h2>
                 {toggle}
@@ -594,13 +595,20 @@ mod tests {
             pipeline: "orders".into(),
             rate: 0.5,
             chart: Chart { range: ChartRange::Hour, from_ms: 0, bucket_ms: 60_000, counts: vec![0; 60] },
+        }
+    }
+
+    fn latest() -> LatestEvents {
+        LatestEvents {
+            pipeline: "orders".into(),
+            range: ChartRange::Hour,
             events: vec![EventRow {
                 event_type: Some("push".into()),
                 id: "evt_1".into(),
                 time: "2026-11-23T10:01:02.000Z".into(),
                 payload: format!("{{\"script\":\"</code><script>alert(1)</script>\",\"pad\":\"{}\"}}", "x".repeat(500)),
             }],
-            events_shown: crate::LATEST_EVENTS,
+            shown: crate::LATEST_EVENTS,
         }
     }
 
@@ -620,7 +628,7 @@ mod tests {
     #[test]
     fn pipeline_page_escapes_payloads_and_hides_the_secret_until_asked() {
         let send = SendInstructions { url: "http://h/webhooks/orders".into(), ..Default::default() };
-        let html = pipeline(chrome(), summary(), panel(), send, None, Default::default());
+        let html = pipeline(chrome(), summary(), panel(), latest(), send, None, Default::default());
         assert!(!html.contains("<script>alert"), "payload is escaped: {html}");
         assert!(html.contains("…</code>"), "long payloads are cut");
         assert!(html.contains(r#"<td class="event-type">push</td>"#), "each event shows its type: {html}");
@@ -634,7 +642,7 @@ mod tests {
             secret: Some("whsec_abc".into()),
             ..Default::default()
         };
-        let html = pipeline(chrome(), summary(), panel(), send, None, Default::default());
+        let html = pipeline(chrome(), summary(), panel(), latest(), send, None, Default::default());
         assert!(html.contains("SECRET=&#39;whsec_abc&#39;") || html.contains("SECRET='whsec_abc'"), "{html}");
     }
 
@@ -652,7 +660,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let html = pipeline(chrome(), empty, panel(), send.clone(), None, Default::default());
+        let html = pipeline(chrome(), empty, panel(), latest(), send.clone(), None, Default::default());
         assert!(
             html.contains("12 deliveries refused in the last hour: bad signature — check the secret in GitHub"),
             "{html}"
@@ -662,17 +670,17 @@ mod tests {
         assert!(!html.contains("Show signing secret"), "a provider's secret is not Dash's to show: {html}");
         let setup = html.find("Connect GitHub").unwrap();
         assert!(setup < html.find("Latest events").unwrap(), "no events yet: the setup comes first");
-        let busy = pipeline(chrome(), summary(), panel(), send, None, Default::default());
+        let busy = pipeline(chrome(), summary(), panel(), latest(), send, None, Default::default());
         assert!(busy.find("Connect GitHub").unwrap() > busy.find("Latest events").unwrap(), "then it goes last");
     }
 
     #[test]
     fn the_page_puts_counters_chart_and_views_before_ten_of_the_latest_events() {
-        let mut many = panel();
+        let mut many = latest();
         let event = many.events[0].clone();
         many.events = (0..12).map(|i| EventRow { id: format!("evt_{i}"), ..event.clone() }).collect();
         let send = SendInstructions { url: "http://h/webhooks/orders".into(), ..Default::default() };
-        let html = pipeline(chrome(), summary(), many.clone(), send, None, Default::default());
+        let html = pipeline(chrome(), summary(), panel(), many.clone(), send, None, Default::default());
         let at = |text: &str| html.find(text).unwrap_or_else(|| panic!("{text} in {html}"));
         assert!(at("class=\"counters\"") < at("<svg"), "counters, then the chart");
         assert!(at("<svg") < at("<h2>Views</h2>"), "then the views");
@@ -681,7 +689,7 @@ mod tests {
         assert_eq!(html.matches("<td class=\"event-id\">").count(), 10, "ten at first");
         assert!(html.contains(r#"<a href="?range=1h&amp;events=50#latest" class="more">Show 50</a>"#), "{html}");
         assert!(html.contains(r#"data-refresh="/pipelines/orders/latest?range=1h&amp;events=10""#), "{html}");
-        many.events_shown = crate::LATEST_EVENTS_MORE;
+        many.shown = crate::LATEST_EVENTS_MORE;
         let fragment = pipeline_latest(many);
         assert!(fragment.starts_with("<section"), "{fragment}");
         assert_eq!(fragment.matches("<td class=\"event-id\">").count(), 12, "all of them when asked");

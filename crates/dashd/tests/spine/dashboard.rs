@@ -59,7 +59,7 @@ async fn pages_show_the_figures_of_the_api_without_any_script() {
     assert!(html.contains("Events per 10 minutes, last 24 hours"), "{html}");
     assert_eq!(html.matches("<rect").count(), 144);
 
-    for fragment in ["/pipelines/orders/panel?range=5m", "/pipelines/orders/row"] {
+    for fragment in ["/pipelines/orders/panel?range=5m", "/pipelines/orders/latest?range=5m", "/pipelines/orders/row"] {
         let (status, html) = page(&server, fragment).await;
         assert_eq!(status, 200, "{fragment}");
         assert!(html.starts_with("<section") || html.starts_with("<tr"), "{fragment}: {html}");
