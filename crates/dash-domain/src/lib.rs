@@ -60,6 +60,11 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// An instant as a query or a command line gives it: unix milliseconds, or RFC 3339 text.
+pub fn parse_instant(text: &str) -> Option<i64> {
+    text.parse::<i64>().ok().or_else(|| chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis()))
+}
+
 /// Formats unix milliseconds as RFC 3339 with millisecond precision (UTC).
 pub fn format_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -68,6 +73,14 @@ pub fn format_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_are_unix_ms_or_rfc_3339() {
+        assert_eq!(parse_instant("1765000000000"), Some(1_765_000_000_000));
+        assert_eq!(parse_instant("2025-12-06T05:46:40.000Z"), Some(1_765_000_000_000));
+        assert_eq!(parse_instant("2025-12-06T06:46:40+01:00"), Some(1_765_000_000_000));
+        assert_eq!(parse_instant("yesterday"), None);
+    }
 
     #[test]
     fn event_types_are_trimmed_bounded_and_plain() {

@@ -366,12 +366,9 @@ const MAX_BUCKET_MS: i64 = 366 * 86_400_000;
 
 /// RFC 3339 text or unix milliseconds, within [`MIN_INSTANT_MS`]..=[`MAX_INSTANT_MS`].
 fn parse_instant(name: &str, raw: &str) -> Result<i64, ApiError> {
-    let ms = match raw.parse::<i64>() {
-        Ok(ms) => ms,
-        Err(_) => chrono::DateTime::parse_from_rfc3339(raw).map(|t| t.timestamp_millis()).map_err(|_| {
-            ApiError::bad_request("invalid_query", format!("{name} must be RFC 3339 or unix milliseconds"))
-        })?,
-    };
+    let ms = dash_domain::parse_instant(raw).ok_or_else(|| {
+        ApiError::bad_request("invalid_query", format!("{name} must be RFC 3339 or unix milliseconds"))
+    })?;
     if !(MIN_INSTANT_MS..=MAX_INSTANT_MS).contains(&ms) {
         return Err(ApiError::bad_request(
             "invalid_query",

@@ -88,6 +88,8 @@ struct Connection {
     since_ms: AtomicU64,
     /// Told to close: at once when not busy (eviction, shutdown).
     close: Notify,
+    /// Its task, to cut at the drain deadline (set once spawned).
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Connection {
@@ -112,8 +114,6 @@ impl Connection {
 struct Registry {
     next_id: u64,
     open: HashMap<u64, Arc<Connection>>,
-    /// Each open connection's task, to cut at the drain deadline.
-    tasks: HashMap<u64, tokio::task::AbortHandle>,
 }
 
 /// Serves `router` until `shutdown` resolves, then drains the connections and returns.
@@ -198,40 +198,12 @@ pub async fn serve(
     // at once) until the deadline; what is left then is cut. Upgraded `/live` sockets are not
     // waited for: the hub ends them.
     drop(listener);
-    let drained = tokio::time::timeout(limits.drain_timeout, async {
-        loop {
-            let emptied = server.emptied.notified();
-            {
-                let registry = server.registry.lock().expect("connection registry");
-                if registry.open.is_empty() {
-                    break;
-                }
-                for connection in registry.open.values() {
-                    connection.close.notify_one();
-                }
-            }
-            emptied.await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        let cut = {
-            let registry = server.registry.lock().expect("connection registry");
-            registry.tasks.values().for_each(tokio::task::AbortHandle::abort);
-            registry.tasks.len()
-        };
+    if tokio::time::timeout(limits.drain_timeout, server.closed(|c| c.close.notify_one())).await.is_err() {
+        let cut = server.registry.lock().expect("connection registry").open.len();
         tracing::warn!(connections = cut, "connections still busy at the drain deadline were cut");
         // An aborted task ends at its next await; its guard then leaves the registry.
-        let _ = tokio::time::timeout(CUT_WAIT, async {
-            loop {
-                let emptied = server.emptied.notified();
-                if server.registry.lock().expect("connection registry").open.is_empty() {
-                    break;
-                }
-                emptied.await;
-            }
-        })
-        .await;
+        let abort = |c: &Connection| c.task.get().into_iter().for_each(tokio::task::AbortHandle::abort);
+        let _ = tokio::time::timeout(CUT_WAIT, server.closed(abort)).await;
     }
     Ok(())
 }
@@ -293,10 +265,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let mut registry = self.server.registry.lock().expect("connection registry");
-        registry.open.remove(&self.id);
-        registry.tasks.remove(&self.id);
-        drop(registry);
+        self.server.registry.lock().expect("connection registry").open.remove(&self.id);
         self.server.emptied.notify_waiters();
     }
 }
@@ -308,6 +277,7 @@ impl Server {
             phase: AtomicU8::new(FRESH),
             since_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
             close: Notify::new(),
+            task: std::sync::OnceLock::new(),
         });
         let id = {
             let mut registry = self.registry.lock().expect("connection registry");
@@ -317,16 +287,28 @@ impl Server {
             id
         };
         let slot = ConnectionSlot(Arc::new(Mutex::new(Some(slot))));
-        let server = self.clone();
+        let me = connection.clone();
         let task = tokio::spawn(async move {
-            let _registered = Registered { server: server.clone(), id };
-            server.serve_connection(tcp, peer, connection, slot.clone()).await;
+            let _registered = Registered { server: self.clone(), id };
+            self.serve_connection(tcp, peer, connection, slot.clone()).await;
             drop(slot.take());
         });
-        let mut registry = self.registry.lock().expect("connection registry");
-        // A task that already ended has left the registry: nothing to cut.
-        if registry.open.contains_key(&id) {
-            registry.tasks.insert(id, task.abort_handle());
+        let _ = me.task.set(task.abort_handle());
+    }
+
+    /// Returns once every connection has left the registry, doing `to_each` to the open ones
+    /// each time one leaves (telling them to close, or cutting them).
+    async fn closed(&self, to_each: impl Fn(&Connection)) {
+        loop {
+            let emptied = self.emptied.notified();
+            {
+                let registry = self.registry.lock().expect("connection registry");
+                if registry.open.is_empty() {
+                    return;
+                }
+                registry.open.values().for_each(|c| to_each(c));
+            }
+            emptied.await;
         }
     }
 
@@ -624,15 +606,17 @@ impl AsyncWrite for JsonErrorsIo {
         let written =
             std::task::ready!(poll_write_deadline(&mut this.tcp, &mut this.stalled, this.write_timeout, cx, buf))?;
         // Counted once written (a write that waits is offered again, the same bytes).
-        if let Some(status) = status.filter(|_| written > 0) {
-            self.heads = if status == 101 { u64::MAX } else { self.heads + 1 };
-            if status == 101 {
+        match status.filter(|_| written > 0) {
+            Some(101) => {
+                self.heads = u64::MAX;
                 // A WebSocket's frames are small: a small send buffer makes a client that stops
                 // reading show soon, so the hub resyncs or drops it before the kernel holds much.
                 if let Err(err) = socket2::SockRef::from(&self.tcp).set_send_buffer_size(UPGRADED_SEND_BUFFER) {
                     tracing::debug!(error = %err, "SO_SNDBUF after an upgrade");
                 }
             }
+            Some(_) => self.heads += 1,
+            None => {}
         }
         std::task::Poll::Ready(Ok(written))
     }

@@ -11,9 +11,9 @@ use sqlx::Row;
 use crate::{Store, StoreError, StoredEvent};
 
 /// Most events in one page.
-pub const PAGE_EVENTS: usize = 1000;
+const PAGE_EVENTS: usize = 1000;
 /// A page ends once its payloads pass this many bytes (a page of large events stays small).
-pub const PAGE_BYTES: usize = 4 << 20;
+const PAGE_BYTES: usize = 4 << 20;
 
 /// Just past the latest event time there is (the last millisecond of year 9999).
 const EVENT_TIME_END: i64 = 253_402_300_800_000;
@@ -91,10 +91,7 @@ impl Store {
         to_ms: i64,
         after: &Cursor,
     ) -> Result<(Vec<StoredEvent>, Option<Cursor>), StoreError> {
-        let started = std::time::Instant::now();
-        let mut page = Vec::new();
-        let mut bytes = 0;
-        let mut last = None;
+        let mut page = Page::default();
         match (self, &after.tie) {
             (Store::Sqlite(s), Tie::RowidBelow(rowid)) => {
                 let mut rows = sqlx::query(SQLITE_PAGE)
@@ -105,18 +102,9 @@ impl Store {
                     .bind(PAGE_EVENTS as i64)
                     .fetch(&s.readers);
                 while let Some(row) = rows.try_next().await? {
-                    let time_ms: i64 = row.try_get(2)?;
-                    let payload: String = row.try_get(4)?;
-                    bytes += payload.len();
-                    last = Some(Cursor { time_ms, tie: Tie::RowidBelow(row.try_get(0)?) });
-                    page.push(StoredEvent::new(
-                        row.try_get(1)?,
-                        dash_domain::format_ms(time_ms),
-                        dash_domain::format_ms(row.try_get(3)?),
-                        payload,
-                        row.try_get(5)?,
-                    ));
-                    if bytes >= PAGE_BYTES {
+                    let time_ms = row.try_get(2)?;
+                    let cursor = Cursor { time_ms, tie: Tie::RowidBelow(row.try_get(0)?) };
+                    if page.push(cursor, row.try_get(1)?, row.try_get(3)?, row.try_get(4)?, row.try_get(5)?) {
                         break;
                     }
                 }
@@ -127,34 +115,55 @@ impl Store {
                     .bind(to_ms)
                     .bind(after.time_ms)
                     .bind(id)
-                    .bind(received_ms.max(&-62_135_596_800_000))
+                    .bind(received_ms.max(&crate::postgres::TIMESTAMP_FLOOR_MS))
                     .bind(PAGE_EVENTS as i64)
                     .fetch(&s.pool);
                 while let Some(row) = rows.try_next().await? {
-                    let id: String = row.try_get(0)?;
-                    let time_ms: i64 = row.try_get(1)?;
-                    let received_ms: i64 = row.try_get(2)?;
-                    let payload: String = row.try_get(3)?;
-                    bytes += payload.len();
-                    last = Some(Cursor { time_ms, tie: Tie::IdAbove { id: id.clone(), received_ms } });
-                    page.push(StoredEvent::new(
-                        id,
-                        dash_domain::format_ms(time_ms),
-                        dash_domain::format_ms(received_ms),
-                        payload,
-                        row.try_get(4)?,
-                    ));
-                    if bytes >= PAGE_BYTES {
+                    let (id, received_ms): (String, i64) = (row.try_get(0)?, row.try_get(2)?);
+                    let tie = Tie::IdAbove { id: id.clone(), received_ms };
+                    let cursor = Cursor { time_ms: row.try_get(1)?, tie };
+                    if page.push(cursor, id, received_ms, row.try_get(3)?, row.try_get(4)?) {
                         break;
                     }
                 }
             }
             _ => unreachable!("a cursor is made by the store that reads it"),
         }
-        tracing::debug!(events = page.len(), elapsed = ?started.elapsed(), "export page");
-        // A short page (not cut by bytes) was the last.
-        let next = if page.len() < PAGE_EVENTS && bytes < PAGE_BYTES { None } else { last };
-        Ok((page, next))
+        Ok(page.finish())
+    }
+}
+
+/// A page being read: its events, their payloads' bytes, and the cursor after the last.
+#[derive(Default)]
+struct Page {
+    events: Vec<StoredEvent>,
+    bytes: usize,
+    last: Option<Cursor>,
+}
+
+impl Page {
+    /// Adds one stored row (its cursor, id, receive time, payload and type of its own); true
+    /// once the page holds [`PAGE_BYTES`] of payload.
+    fn push(
+        &mut self,
+        cursor: Cursor,
+        id: String,
+        received_ms: i64,
+        payload: String,
+        event_type: Option<String>,
+    ) -> bool {
+        self.bytes += payload.len();
+        let (time, received_at) = (dash_domain::format_ms(cursor.time_ms), dash_domain::format_ms(received_ms));
+        self.events.push(StoredEvent::new(id, time, received_at, payload, event_type));
+        self.last = Some(cursor);
+        self.bytes >= PAGE_BYTES
+    }
+
+    /// The events, and where the next page starts: nowhere after a short page (one not cut by
+    /// its bytes), which was the last.
+    fn finish(self) -> (Vec<StoredEvent>, Option<Cursor>) {
+        let full = self.events.len() >= PAGE_EVENTS || self.bytes >= PAGE_BYTES;
+        (self.events, if full { self.last } else { None })
     }
 }
 

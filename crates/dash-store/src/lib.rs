@@ -45,7 +45,7 @@ use dash_signature::{BearerToken, SigningSecret};
 use serde::Serialize;
 
 pub use binary_copy::BinaryCopy;
-pub use export::{PAGE_BYTES as EXPORT_PAGE_BYTES, PAGE_EVENTS as EXPORT_PAGE_EVENTS, ndjson};
+pub use export::ndjson;
 pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
 pub use refusals::{REFUSALS_KEPT, RefusalCount, Refusals};

@@ -37,6 +37,9 @@ const SCHEMA_LOCK: i64 = 0x6461_7368;
 /// Day partitions kept ready ahead of today (and one behind, for late events).
 const PARTITIONS_AHEAD_DAYS: i64 = 7;
 const DAY_MS: i64 = 86_400_000;
+/// The earliest instant `to_timestamp` is asked for (year 1, unix ms): a bound below it (an
+/// `i64::MIN` meaning "from the start") is read as it, since nothing is older.
+pub(crate) const TIMESTAMP_FLOOR_MS: i64 = -62_135_596_800_000;
 
 /// How the events table is laid out; chosen once per database and recorded in `dash_meta`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1116,8 +1116,8 @@ async fn backfill_pg(
          ORDER BY minute LIMIT 2000",
     )
     .bind(pipeline)
-    .bind(through.max(-62_135_596_800_000))
-    .bind(until.max(-62_135_596_800_000))
+    .bind(through.max(crate::postgres::TIMESTAMP_FLOOR_MS))
+    .bind(until.max(crate::postgres::TIMESTAMP_FLOOR_MS))
     .fetch_all(&mut *tx)
     .await?;
     let (next_through, counted, finished) = match next_span(&minutes, until, max_events) {

@@ -128,9 +128,7 @@ pub struct ExportArgs {
 }
 
 fn parse_instant(raw: &str) -> Result<i64, String> {
-    raw.parse::<i64>()
-        .or_else(|_| chrono::DateTime::parse_from_rfc3339(raw).map(|t| t.timestamp_millis()))
-        .map_err(|_| format!("{raw:?} is neither RFC 3339 nor unix milliseconds"))
+    dash_domain::parse_instant(raw).ok_or_else(|| format!("{raw:?} is neither RFC 3339 nor unix milliseconds"))
 }
 
 /// Writes a pipeline's events as NDJSON, a page at a time; prints how many to standard error.
