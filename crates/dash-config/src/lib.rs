@@ -234,6 +234,12 @@ pub struct Settings {
     /// creating the pipeline if needed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// Boards by name (`[boards.<name>]` tables, panels as `[[boards.<name>.panels]]`), as the
+    /// admin API's board objects: checked at start on every role (a bad one stops the start,
+    /// naming it), then made or brought back to what the file says once the database answers.
+    /// Boards made by the API or the pages are left alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub boards: BTreeMap<String, serde_json::Value>,
 }
 
 /// One `[pipelines.<name>]` table. What it names is set at start; what it leaves out is left
@@ -302,6 +308,7 @@ impl Default for Settings {
             max_connections_per_client: 0,
             write_timeout: Duration::from_secs(30),
             pipelines: BTreeMap::new(),
+            boards: BTreeMap::new(),
         }
     }
 }

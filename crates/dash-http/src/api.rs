@@ -37,6 +37,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/api/pipelines/{id}/events/export", get(export_events))
         .route("/api/cluster", get(cluster))
         .merge(crate::views::router())
+        .merge(crate::boards::router())
         .route_layer(middleware::from_fn(crate::origin::same_origin_writes))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
         .route("/api/openapi.json", get(openapi))

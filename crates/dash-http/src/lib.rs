@@ -7,6 +7,8 @@
 
 mod api;
 mod auth;
+mod board_pages;
+mod boards;
 mod budget;
 mod client;
 mod client_counts;

@@ -37,6 +37,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/cluster", get(cluster))
         .route("/cluster/nodes", get(cluster_nodes))
         .merge(crate::view_pages::router())
+        .merge(crate::board_pages::router())
         .route_layer(middleware::from_fn_with_state(state, require_session))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -75,6 +76,7 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
         || path.ends_with("/row")
         || path.ends_with("/card")
         || path == "/cluster/nodes"
+        || (request.method() == axum::http::Method::GET && path.starts_with("/boards/") && path.contains("/panels/"))
     {
         // Never an empty 4xx: the server loop takes those for the HTTP library's own.
         return html(StatusCode::UNAUTHORIZED, "<!-- sign in again -->".to_owned());
@@ -96,7 +98,10 @@ pub(crate) fn chrome(state: &AppState, headers: &HeaderMap) -> Chrome {
 
 /// Why a page could not be shown.
 pub(crate) enum PageError {
+    /// No pipeline of that id or name.
     NotFound(String),
+    /// Something else is not there; the text says what.
+    Missing(String),
     StoreDown(String),
 }
 
@@ -111,6 +116,7 @@ impl PageError {
                 StatusCode::NOT_FOUND,
                 pages::message(chrome, "Not found", &format!("There is no pipeline {id:?}.")),
             ),
+            Self::Missing(what) => html(StatusCode::NOT_FOUND, pages::message(chrome, "Not found", &what)),
             Self::StoreDown(err) => {
                 if let Some(held_back) = state.store_warnings.admit() {
                     tracing::warn!(error = %err, held_back, "store unavailable for a page");
@@ -161,7 +167,11 @@ async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result
 }
 
 /// The live rate and chart over `range`.
-async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange) -> Result<PipelinePanel, PageError> {
+pub(crate) async fn load_panel(
+    state: &AppState,
+    record: &PipelineRecord,
+    range: ChartRange,
+) -> Result<PipelinePanel, PageError> {
     let now = now_ms();
     let (from, to) = range.window(now);
     let bucket_ms = range.bucket_ms();

@@ -142,7 +142,7 @@ pub(crate) async fn load_views(
         let card = match load_card(state, record, range).await {
             Ok(card) => card,
             Err(err) => {
-                let (PageError::StoreDown(err) | PageError::NotFound(err)) = err;
+                let (PageError::StoreDown(err) | PageError::NotFound(err) | PageError::Missing(err)) = err;
                 if let Some(held_back) = state.store_warnings.admit() {
                     tracing::warn!(view = %record.name, error = %err, held_back, "a view card could not be read");
                 }

@@ -25,6 +25,7 @@ macro_rules! on_backend {
 }
 
 mod binary_copy;
+mod boards;
 mod export;
 mod nodelay;
 mod postgres;
@@ -45,6 +46,7 @@ use dash_signature::{BearerToken, SigningSecret};
 use serde::Serialize;
 
 pub use binary_copy::BinaryCopy;
+pub use boards::BoardRecord;
 pub use export::ndjson;
 pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
@@ -85,6 +87,12 @@ pub enum StoreError {
     InvalidView(String),
     #[error("the read would take in too many view states; narrow the range or pick a group")]
     ReadTooLarge,
+    #[error("invalid board: {0}")]
+    InvalidBoard(String),
+    #[error("{0}")]
+    BoardReference(dash_boards::InvalidBoard),
+    #[error("a stored board is unreadable: {0}")]
+    UnreadableBoard(String),
     #[error("a stored view is unreadable: {0}")]
     UnreadableView(String),
     #[error("stored secret is unreadable")]

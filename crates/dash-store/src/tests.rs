@@ -501,3 +501,41 @@ fn the_minute_of_any_time_is_found_without_overflow() {
     assert_eq!(super::minute_of(i64::MIN), i64::MIN);
     assert_eq!(super::minute_of(i64::MAX), i64::MAX - i64::MAX.rem_euclid(60_000));
 }
+
+#[tokio::test]
+async fn boards_are_made_changed_listed_and_deleted_once() {
+    for backend in backends().await {
+        boards_on(&backend.store).await;
+        backend.cleanup().await;
+    }
+}
+
+async fn boards_on(store: &Store) {
+    let spec = |range: &str| {
+        dash_boards::BoardSpec::from_json(serde_json::json!({
+            "range": range,
+            "panels": [{"type": "pipeline", "pipeline": "orders"}, {"type": "note", "text": "é ✓ \"q\""}]
+        }))
+        .unwrap()
+    };
+    assert!(store.put_board("ops", &spec("1h"), PutMode::Create).await.unwrap());
+    assert!(matches!(store.put_board("ops", &spec("1h"), PutMode::Create).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.put_board("none", &spec("1h"), PutMode::Replace).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.put_board("Bad name", &spec("1h"), PutMode::Upsert).await,
+        Err(StoreError::InvalidBoard(_))
+    ));
+    // The configuration's upsert writes nothing when the board is already as it says.
+    let before = store.find_board("ops").await.unwrap().unwrap();
+    assert!(!store.put_board("ops", &spec("1h"), PutMode::Upsert).await.unwrap());
+    assert_eq!(store.find_board("ops").await.unwrap().unwrap(), before);
+    assert!(store.put_board("ops", &spec("7d"), PutMode::Replace).await.unwrap());
+    assert!(store.put_board("cfo", &spec("30d"), PutMode::Upsert).await.unwrap());
+    let boards = store.list_boards().await.unwrap();
+    assert_eq!(boards.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["cfo", "ops"]);
+    assert_eq!(boards[1].spec, spec("7d"));
+    assert_eq!(store.find_board("Not a name\0").await.unwrap(), None);
+    assert!(store.delete_board("ops").await.unwrap());
+    assert!(!store.delete_board("ops").await.unwrap());
+    assert_eq!(store.find_board("ops").await.unwrap(), None);
+}

@@ -7,26 +7,26 @@ use leptos::prelude::*;
 use crate::Chart;
 use crate::display::clock;
 
-/// The time ranges a pipeline chart offers.
+/// The time ranges a chart offers: the pipeline page the first three ([`ChartRange::ALL`]),
+/// boards all of them ([`ChartRange::BOARD`], the same names as `dash_boards::RANGES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChartRange {
     FiveMinutes,
     #[default]
     Hour,
     Day,
+    Week,
+    Month,
 }
 
 impl ChartRange {
     pub const ALL: [ChartRange; 3] = [ChartRange::FiveMinutes, ChartRange::Hour, ChartRange::Day];
+    pub const BOARD: [ChartRange; 5] =
+        [ChartRange::FiveMinutes, ChartRange::Hour, ChartRange::Day, ChartRange::Week, ChartRange::Month];
 
-    /// `5m`, `1h` or `24h`; anything else is `None`.
+    /// `5m`, `1h`, `24h`, `7d` or `30d`; anything else is `None`.
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "5m" => Some(Self::FiveMinutes),
-            "1h" => Some(Self::Hour),
-            "24h" => Some(Self::Day),
-            _ => None,
-        }
+        Self::BOARD.into_iter().find(|r| r.as_str() == text)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +34,8 @@ impl ChartRange {
             Self::FiveMinutes => "5m",
             Self::Hour => "1h",
             Self::Day => "24h",
+            Self::Week => "7d",
+            Self::Month => "30d",
         }
     }
 
@@ -42,14 +44,29 @@ impl ChartRange {
             Self::FiveMinutes => "5 min",
             Self::Hour => "1 hour",
             Self::Day => "24 hours",
+            Self::Week => "7 days",
+            Self::Month => "30 days",
         }
     }
 
-    /// Bucket width: per minute, except 10 minutes over a day (144 bars, not 1440).
+    /// Bucket width: per minute up to an hour, then 10 minutes over a day (144 bars, not 1440),
+    /// an hour over a week (168), six hours over 30 days (120).
     pub fn bucket_ms(self) -> i64 {
         match self {
             Self::FiveMinutes | Self::Hour => 60_000,
             Self::Day => 600_000,
+            Self::Week => 3_600_000,
+            Self::Month => 6 * 3_600_000,
+        }
+    }
+
+    /// One bucket, as a heading says it ("events per 10 minutes").
+    pub fn bucket_label(self) -> &'static str {
+        match self {
+            Self::FiveMinutes | Self::Hour => "minute",
+            Self::Day => "10 minutes",
+            Self::Week => "hour",
+            Self::Month => "6 hours",
         }
     }
 
@@ -60,6 +77,8 @@ impl ChartRange {
             Self::FiveMinutes => 5,
             Self::Hour => 60,
             Self::Day => 144,
+            Self::Week => 168,
+            Self::Month => 120,
         };
         let current = now_ms - now_ms.rem_euclid(bucket);
         (current - (buckets - 1) * bucket, current + bucket)
@@ -118,7 +137,7 @@ pub fn BarChart(chart: Chart) -> impl IntoView {
         .map(|(i, count)| {
             let start = chart.from_ms + i as i64 * chart.bucket_ms;
             let height = (*count as f64 * scale).max(if *count > 0 { 1.0 } else { 0.0 });
-            let title = format!("{} · {count} events", clock(start));
+            let title = format!("{} · {count} events", clock(start, chart.bucket_ms));
             view! {
                 <rect x=format!("{:.1}", i as f64 * slot) y=format!("{:.1}", CHART_H - AXIS - height)
                     width=format!("{:.1}", (slot - gap).max(0.5)) height=format!("{height:.1}")>
@@ -139,7 +158,7 @@ pub fn BarChart(chart: Chart) -> impl IntoView {
             } else {
                 "middle"
             };
-            let label = clock(chart.from_ms + i as i64 * chart.bucket_ms);
+            let label = clock(chart.from_ms + i as i64 * chart.bucket_ms, chart.bucket_ms);
             view! { <text class="tick" x=format!("{x:.1}") y=format!("{:.1}", CHART_H - 5.0) text-anchor=anchor>{label}</text> }
         })
         .collect_view();
@@ -164,7 +183,12 @@ mod tests {
         for range in ChartRange::ALL {
             assert_eq!(ChartRange::parse(range.as_str()), Some(range));
         }
-        assert_eq!(ChartRange::parse("7d"), None);
+        for range in ChartRange::BOARD {
+            assert_eq!(ChartRange::parse(range.as_str()), Some(range));
+        }
+        assert_eq!(ChartRange::parse("2h"), None);
+        let (from, to) = ChartRange::Month.window(1_700_000_123_456);
+        assert_eq!((to - from) / ChartRange::Month.bucket_ms(), 120);
         let now = 1_700_000_123_456;
         let (from, to) = ChartRange::Hour.window(now);
         assert_eq!((to - from) / 60_000, 60);

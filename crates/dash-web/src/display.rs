@@ -1,8 +1,10 @@
 //! How values read on a page: clock times, event times, payload previews, rates, uptimes.
 
 /// `HH:MM` (UTC) of unix milliseconds, for chart ticks.
-pub(crate) fn clock(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%H:%M").to_string()).unwrap_or_default()
+pub(crate) fn clock(ms: i64, bucket_ms: i64) -> String {
+    // Buckets of an hour or more span days: the date goes first.
+    let format = if bucket_ms >= 3_600_000 { "%m-%d %H:%M" } else { "%H:%M" };
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format(format).to_string()).unwrap_or_default()
 }
 
 /// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` UTC; the browser script writes the same form.
@@ -42,7 +44,8 @@ mod tests {
 
     #[test]
     fn values_read_as_a_person_expects() {
-        assert_eq!(clock(90 * 60_000), "01:30");
+        assert_eq!(clock(90 * 60_000, 60_000), "01:30");
+        assert_eq!(clock(90 * 60_000, 3_600_000), "01-01 01:30");
         assert_eq!(timestamp(Some("2026-11-23T10:01:02.345Z")), "2026-11-23 10:01:02");
         assert_eq!(timestamp(None), "never");
         assert_eq!(preview("héllo wörld", 5), "héllo…");

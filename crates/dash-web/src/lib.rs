@@ -18,9 +18,11 @@
 //! instead (the cluster page's node list). The element with
 //! id `live-status` shows `static`, `connecting`, `live`, `reconnecting` or `stale`.
 
+pub mod boards;
 mod charts;
 mod display;
 mod load;
+pub mod notes;
 pub mod pages;
 pub mod views;
 

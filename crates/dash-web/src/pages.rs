@@ -46,6 +46,7 @@ fn document_reloading(
                     <a class="brand" href="/">"Dash"</a>
                     <nav>
                         <a href="/">"Pipelines"</a>
+                        <a href="/boards">"Boards"</a>
                         <a href="/cluster">"Cluster"</a>
                     </nav>
                     <span id="live-status" class="status" data-state="static"
@@ -249,7 +250,7 @@ fn LatestSection(latest: LatestEvents) -> impl IntoView {
 fn Panel(panel: PipelinePanel) -> impl IntoView {
     let range = panel.chart.range;
     let refresh = format!("/pipelines/{}/panel?range={}", panel.pipeline, range.as_str());
-    let bucket = if range.bucket_ms() == 60_000 { "minute" } else { "10 minutes" };
+    let bucket = range.bucket_label();
     let tabs = ChartRange::ALL
         .into_iter()
         .map(|r| {

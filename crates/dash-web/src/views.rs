@@ -97,7 +97,7 @@ const AXIS: f64 = 18.0;
 pub const DRAWN_GROUPS: usize = 6;
 
 #[component]
-fn ViewChart(card: ViewCard) -> impl IntoView {
+pub(crate) fn ViewChart(card: ViewCard) -> impl IntoView {
     let buckets = card.series.first().map_or(0, |(_, v)| v.len());
     let totals: Vec<f64> = (0..buckets)
         .map(|i| {
@@ -128,7 +128,11 @@ fn ViewChart(card: ViewCard) -> impl IntoView {
             let height = (value * scale).max(1.0);
             y -= height;
             let label = if name.is_empty() { String::new() } else { format!(" · {name}") };
-            let title = format!("{}{label} · {}", clock(card.from_ms + i as i64 * card.bucket_ms), number(Some(value)));
+            let title = format!(
+                "{}{label} · {}",
+                clock(card.from_ms + i as i64 * card.bucket_ms, card.bucket_ms),
+                number(Some(value))
+            );
             rects.push(view! {
                 <rect class=format!("g{}", g % DRAWN_GROUPS) x=format!("{x:.1}") y=format!("{y:.1}")
                     width=format!("{:.1}", (slot - gap).max(0.5)) height=format!("{height:.1}")>
@@ -137,8 +141,8 @@ fn ViewChart(card: ViewCard) -> impl IntoView {
             });
         }
     }
-    let first = clock(card.from_ms);
-    let last = clock(card.from_ms + (buckets.max(1) as i64 - 1) * card.bucket_ms);
+    let first = clock(card.from_ms, card.bucket_ms);
+    let last = clock(card.from_ms + (buckets.max(1) as i64 - 1) * card.bucket_ms, card.bucket_ms);
     view! {
         <svg class="chart view-chart" viewBox=format!("0 0 {W} {H}") role="img"
             aria-label=format!("{} per bucket over the last {}", card.describe, card.range.label())>
@@ -158,22 +162,6 @@ fn Card(card: ViewCard) -> impl IntoView {
     let computing = card.computing.map(|f| {
         view! { <p class="computing">{format!("Computing its history: {:.0} %", f * 100.0)}</p> }
     });
-    let rows = card
-        .groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            let swatch = format!("swatch g{}", i.min(DRAWN_GROUPS - 1));
-            view! {
-                <tr>
-                    <td><span class=swatch></span>" "{g.group.clone()}</td>
-                    <td class="num">{number(g.value)}</td>
-                    <td class="num">{g.n.to_string()}</td>
-                    <td class="num">{format!("{:.1} %", g.share * 100.0)}</td>
-                </tr>
-            }
-        })
-        .collect_view();
     let has_groups = !card.groups.is_empty();
     let skipped = (card.skipped > 0).then(|| {
         view! { <span class="skipped" title="events whose field was missing or not a number">{format!(" · {} skipped", card.skipped)}</span> }
@@ -216,15 +204,36 @@ fn Card(card: ViewCard) -> impl IntoView {
                 {skipped}
             </div>
             <ViewChart card=card.clone() />
-            {has_groups.then(|| view! {
-                <table class="groups">
-                    <thead><tr><th>"Group"</th><th>"Value"</th><th>"Events"</th><th>"Share"</th></tr></thead>
-                    <tbody>{rows}</tbody>
-                </table>
-            })}
+            {has_groups.then(|| view! { <GroupsTable groups=card.groups.clone() /> })}
         </section>
     }
     .into_any()
+}
+
+/// A view's groups ranked, with their swatches, figures, events and shares.
+#[component]
+pub(crate) fn GroupsTable(groups: Vec<GroupLine>) -> impl IntoView {
+    let rows = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let swatch = format!("swatch g{}", i.min(DRAWN_GROUPS - 1));
+            view! {
+                <tr>
+                    <td><span class=swatch></span>" "{g.group.clone()}</td>
+                    <td class="num">{number(g.value)}</td>
+                    <td class="num">{g.n.to_string()}</td>
+                    <td class="num">{format!("{:.1} %", g.share * 100.0)}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <table class="groups">
+            <thead><tr><th>"Group"</th><th>"Value"</th><th>"Events"</th><th>"Share"</th></tr></thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
 }
 
 /// One card alone: the fragment at `/pipelines/{id}/views/{view}/card`.

@@ -59,20 +59,20 @@ impl App {
         library_warnings: Arc<TargetThrottle>,
     ) -> anyhow::Result<App> {
         let database_url = settings.database_url();
-        let mut configured = match settings.role.serves_intake() {
-            true => database::configured_pipelines(&settings)?,
-            false => Vec::new(),
-        };
+        let mut configured = database::Configured::check(&settings, settings.role.serves_intake())?;
         let pool_sizes = dash_store::PoolSizes::for_work(settings.partitions, settings.job_concurrency);
         let store = Store::connect_sized(&database_url, pool_sizes).await.context("connecting to the database")?;
         let reached = database::first_contact(&store).await?;
         if reached {
             // Applied before the node serves, as an operator expects; what fails here (the
             // database gone again) the database task retries.
-            match database::apply_configured_pipelines(&store, &configured).await {
-                Ok(()) => configured.clear(),
+            match configured.apply(&store).await {
+                Ok(()) => configured = database::Configured::default(),
                 Err(err) => {
-                    tracing::warn!(error = format!("{err:#}"), "configured pipelines not applied yet; retrying")
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "configured pipelines and boards not applied yet; retrying"
+                    )
                 }
             }
         }

@@ -369,6 +369,99 @@ pub async fn view(settings: &Settings, action: ViewAction) -> anyhow::Result<()>
     result
 }
 
+#[derive(Subcommand)]
+pub enum BoardAction {
+    /// List boards.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a board as JSON (the API's board object).
+    Show { name: String },
+    /// Make a board, or replace it, from a JSON file (`-`: standard input) holding the API's
+    /// board object (`{"title", "range", "panels": [...]}`; a `name` in it must match).
+    Apply {
+        name: String,
+        /// The file to read.
+        #[arg(long, short)]
+        file: std::path::PathBuf,
+    },
+    /// Delete a board.
+    Delete { name: String },
+}
+
+/// Reads a board object for `dashd board apply`.
+fn read_board(name: &str, file: &std::path::Path) -> anyhow::Result<dash_boards::BoardSpec> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    if let Some(object) = value.as_object_mut()
+        && let Some(given) = object.remove("name")
+        && given != name
+    {
+        anyhow::bail!("the file names board {given}, not {name:?}");
+    }
+    // The timestamps `board show` prints are the store's to set.
+    if let Some(object) = value.as_object_mut() {
+        object.remove("created_at");
+        object.remove("updated_at");
+    }
+    dash_boards::check_board_name(name)
+        .and_then(|()| dash_boards::BoardSpec::from_json(value))
+        .map_err(|e| anyhow::anyhow!("invalid board: {e}"))
+}
+
+pub async fn board(settings: &Settings, action: BoardAction) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    let result = async {
+        match action {
+            BoardAction::List { json } => {
+                let boards = store.list_boards().await?;
+                if json {
+                    println!("{}", serde_json::to_string(&boards)?);
+                } else {
+                    println!("{:<24} {:<32} {:>6}  pipelines", "board", "title", "panels");
+                    for b in boards {
+                        let title = b.spec.title.clone().unwrap_or_default();
+                        println!(
+                            "{:<24} {:<32} {:>6}  {}",
+                            b.name,
+                            title,
+                            b.spec.panels.len(),
+                            b.spec.pipelines().join(", ")
+                        );
+                    }
+                }
+            }
+            BoardAction::Show { name } => {
+                let board = store.find_board(&name).await?.with_context(|| format!("no board {name:?}"))?;
+                println!("{}", serde_json::to_string_pretty(&board)?);
+            }
+            BoardAction::Apply { name, file } => {
+                let spec = read_board(&name, &file)?;
+                let kept = store.find_board(&name).await?.map(|b| b.spec.panels).unwrap_or_default();
+                let spec = store.resolve_board(spec, &kept).await.map_err(|e| anyhow::anyhow!("invalid board: {e}"))?;
+                let changed = store.put_board(&name, &spec, dash_store::PutMode::Upsert).await?;
+                println!("board {name}: {}", if changed { "saved" } else { "unchanged" });
+            }
+            BoardAction::Delete { name } => {
+                if !store.delete_board(&name).await? {
+                    anyhow::bail!("no board {name:?}");
+                }
+                println!("board {name} deleted");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
 pub async fn pipeline(settings: &Settings, action: PipelineAction) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
     let result = match action {

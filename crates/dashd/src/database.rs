@@ -97,6 +97,64 @@ pub fn configured_pipelines(settings: &dash_config::Settings) -> anyhow::Result<
     Ok(configured)
 }
 
+/// What the configuration makes in the database: pipelines (on roles that run intake) and
+/// boards (on every role).
+#[derive(Default)]
+pub struct Configured {
+    pub pipelines: Vec<ConfiguredPipeline>,
+    pub boards: Vec<ConfiguredBoard>,
+}
+
+impl Configured {
+    /// Checks the configuration's pipelines (where `intake`) and boards; a bad table stops the
+    /// start.
+    pub fn check(settings: &dash_config::Settings, intake: bool) -> anyhow::Result<Self> {
+        let pipelines = if intake { configured_pipelines(settings)? } else { Vec::new() };
+        Ok(Self { pipelines, boards: configured_boards(settings)? })
+    }
+
+    /// Pipelines first: a board may show them.
+    pub async fn apply(&self, store: &Store) -> anyhow::Result<()> {
+        apply_configured_pipelines(store, &self.pipelines).await?;
+        apply_configured_boards(store, &self.boards).await
+    }
+}
+
+/// A `[boards.<name>]` table of the configuration, checked.
+pub struct ConfiguredBoard {
+    pub name: String,
+    pub spec: dash_boards::BoardSpec,
+}
+
+/// Checks the configured boards without the database: a bad table stops the start, naming the
+/// field (`boards.ops.panels[1].width`). What the panels name is not checked here: a board may
+/// show a pipeline an ingestor has not made yet, and its panel says so until it has.
+fn configured_boards(settings: &dash_config::Settings) -> anyhow::Result<Vec<ConfiguredBoard>> {
+    let mut configured = Vec::new();
+    for (name, table) in &settings.boards {
+        let spec = dash_boards::check_board_name(name)
+            .and_then(|()| dash_boards::BoardSpec::from_json(table.clone()))
+            .map_err(|e| anyhow::anyhow!("boards.{name}.{}: {}", e.field, e.message))?;
+        configured.push(ConfiguredBoard { name: name.clone(), spec });
+    }
+    Ok(configured)
+}
+
+/// Makes each configured board, or brings it back to what the configuration says; a board
+/// already as it says is not written.
+async fn apply_configured_boards(store: &Store, configured: &[ConfiguredBoard]) -> anyhow::Result<()> {
+    for board in configured {
+        let changed = store
+            .put_board(&board.name, &board.spec, dash_store::PutMode::Upsert)
+            .await
+            .with_context(|| format!("boards.{}", board.name))?;
+        if changed {
+            tracing::info!(board = %board.name, "board from config applied");
+        }
+    }
+    Ok(())
+}
+
 /// Tries the database once at start: `Ok(true)` when it is migrated, `Ok(false)` when it cannot
 /// be reached (the node starts degraded). Any other refusal (a missing privilege, a wrong
 /// password) stops the start: waiting would not mend it.
@@ -124,7 +182,7 @@ pub struct Arrival {
     pub store: Store,
     /// Set once migrated; buffer actors wait for it.
     pub migrated: watch::Sender<bool>,
-    pub configured: Vec<ConfiguredPipeline>,
+    pub configured: Configured,
     /// On roles that run intake: the jobs to start, and the intake they feed.
     pub jobs: Option<(JobSettings, Intake)>,
 }
@@ -160,16 +218,16 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
     }
     let mut delay = RETRY_FIRST;
     loop {
-        let Err(err) = apply_configured_pipelines(&store, &configured).await else { break };
+        let Err(err) = configured.apply(&store).await else { break };
         let unavailable = err.chain().any(|cause| {
             cause.downcast_ref::<dash_store::StoreError>().is_some_and(dash_store::StoreError::is_unavailable)
         });
         if !unavailable {
             // Waiting would not mend it; the jobs must run regardless.
-            tracing::error!(error = format!("{err:#}"), "configured pipelines could not be applied");
+            tracing::error!(error = format!("{err:#}"), "configured pipelines or boards could not be applied");
             break;
         }
-        retry(&failures, "configured pipelines not applied", &format!("{err:#}"), delay);
+        retry(&failures, "configured pipelines and boards not applied", &format!("{err:#}"), delay);
         if pause(&mut stop, &mut delay).await {
             return;
         }

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         action: commands::ViewAction,
     },
+    /// List, show, apply and delete boards (dashboards of panels across pipelines).
+    Board {
+        #[command(subcommand)]
+        action: commands::BoardAction,
+    },
     /// Write a pipeline's events over a time range as NDJSON, oldest first (the same lines as
     /// `GET /api/pipelines/{id}/events/export`), read a page at a time.
     Export(commands::ExportArgs),
@@ -161,6 +166,7 @@ async fn run(
         Command::Migrate => commands::migrate(&settings()).await,
         Command::Pipeline { action } => commands::pipeline(&settings(), action).await,
         Command::View { action } => commands::view(&settings(), action).await,
+        Command::Board { action } => commands::board(&settings(), action).await,
         Command::Export(args) => commands::export(&settings(), args).await,
         Command::Bench(options) => {
             let report = dash_bench::run_load(options).await?;

@@ -1,5 +1,6 @@
 //! The spine's integration tests: the real `dashd` binary, real SQLite, on port 0.
 
+mod boards;
 mod chromium;
 mod cli;
 mod cluster;

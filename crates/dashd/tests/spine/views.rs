@@ -46,7 +46,7 @@ async fn post_orders(server: &TestServer, pipeline: &crate::support::Pipeline, r
 }
 
 /// Waits until every view of `pipeline` has its history computed.
-async fn wait_for_history(server: &TestServer, pipeline: &str) {
+pub(crate) async fn wait_for_history(server: &TestServer, pipeline: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let views = server.get_json(&format!("/api/pipelines/{pipeline}/views")).await;

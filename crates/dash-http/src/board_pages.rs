@@ -1,0 +1,476 @@
+//! Boards on the dashboard: the list (`/boards`), a board (`/boards/{name}`), each panel as a
+//! fragment the script re-fetches (`/boards/{name}/panels/{index}`), and the editor: plain forms
+//! that post a change and come back, each change checked as the API checks it.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use dash_boards::{BoardSpec, Display, Panel, PanelKind};
+use dash_store::{BoardRecord, PutMode, StoreError};
+use dash_web::ChartRange;
+use dash_web::boards::{BoardLine, BoardPanel, BoardView, PanelBody, PanelChoices, ViewDisplay};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::pages::{PageError, chrome, html};
+
+pub(crate) fn router() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/boards", get(list).post(create))
+        .route("/boards/{name}", get(board))
+        .route("/boards/{name}/edit", get(edit))
+        .route("/boards/{name}/settings", post(settings))
+        .route("/boards/{name}/delete", post(delete))
+        .route("/boards/{name}/panels", post(add_panel))
+        .route("/boards/{name}/panels/{index}", get(panel))
+        .route("/boards/{name}/panels/{index}/settings", post(panel_settings))
+        .route("/boards/{name}/panels/{index}/move", post(move_panel))
+        .route("/boards/{name}/panels/{index}/remove", post(remove_panel))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RangeQuery {
+    range: Option<String>,
+}
+
+impl RangeQuery {
+    /// The range asked for; the board's own when none (or an unknown one) is.
+    fn range(&self, spec: &BoardSpec) -> ChartRange {
+        self.range
+            .as_deref()
+            .and_then(ChartRange::parse)
+            .or_else(|| ChartRange::parse(&spec.range))
+            .unwrap_or(ChartRange::Day)
+    }
+}
+
+async fn find_board(state: &AppState, name: &str) -> Result<BoardRecord, PageError> {
+    match state.store.find_board(name).await {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(PageError::Missing(format!("There is no board {name:?}."))),
+        Err(err) => Err(PageError::store(err)),
+    }
+}
+
+fn title_of(record: &BoardRecord) -> String {
+    record.spec.title.clone().unwrap_or_else(|| record.name.clone())
+}
+
+/// A panel's body, loaded for `range`. What it names being gone, or unreadable now, is the
+/// panel's to say: one panel never takes the board down.
+async fn load_panel(state: &AppState, board: &str, index: usize, panel: &Panel, range: ChartRange) -> BoardPanel {
+    let (title, body) = match &panel.kind {
+        PanelKind::Note { text } => (String::new(), PanelBody::Note { html: dash_web::notes::note_html(text) }),
+        PanelKind::Pipeline { pipeline } => match crate::pages::find(state, pipeline).await {
+            Ok(record) => match crate::pages::load_panel(state, &record, range).await {
+                Ok(loaded) => (
+                    record.name.clone(),
+                    PanelBody::Pipeline {
+                        pipeline: record.id.clone(),
+                        seq: record.stats.seq,
+                        count: record.stats.count,
+                        rate: loaded.rate,
+                        chart: loaded.chart,
+                    },
+                ),
+                Err(err) => (record.name.clone(), absent(state, Some(&record.id), err)),
+            },
+            Err(err) => (pipeline.clone(), absent(state, None, err)),
+        },
+        PanelKind::View { pipeline, view, display } => {
+            let loaded = async {
+                let record = crate::pages::find(state, pipeline).await?;
+                let found = state.store.find_view(&record.id, view).await.map_err(PageError::store)?;
+                let found = found.ok_or_else(|| {
+                    PageError::Missing(format!("Pipeline {:?} has no view {view:?} any more.", record.id))
+                })?;
+                let card = crate::view_pages::load_card(state, &found, range).await?;
+                Ok::<_, PageError>((record.stats.seq, card))
+            }
+            .await;
+            match loaded {
+                Ok((seq, card)) => {
+                    let display = match display {
+                        Display::Chart => ViewDisplay::Chart,
+                        Display::Stat => ViewDisplay::Stat,
+                        Display::Table => ViewDisplay::Table,
+                    };
+                    (view.clone(), PanelBody::View { seq, display, card })
+                }
+                Err(err) => (view.clone(), absent(state, Some(pipeline), err)),
+            }
+        }
+    };
+    BoardPanel {
+        board: board.to_owned(),
+        index,
+        title: panel.title.clone().unwrap_or(title),
+        width: panel.width,
+        range,
+        body,
+    }
+}
+
+fn absent(state: &AppState, pipeline: Option<&str>, err: PageError) -> PanelBody {
+    match err {
+        PageError::NotFound(id) => {
+            PanelBody::Absent { pipeline: None, why: format!("There is no pipeline {id:?} any more."), retry: false }
+        }
+        PageError::Missing(why) => PanelBody::Absent { pipeline: None, why, retry: false },
+        PageError::StoreDown(err) => {
+            if let Some(held_back) = state.store_warnings.admit() {
+                tracing::warn!(error = %err, held_back, "a board panel could not be read");
+            }
+            PanelBody::Absent {
+                pipeline: pipeline.map(str::to_owned),
+                why: "Not readable right now; trying again.".into(),
+                retry: true,
+            }
+        }
+    }
+}
+
+async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match state.store.list_boards().await {
+        Ok(records) => {
+            let lines = records.iter().map(board_line).collect();
+            html(StatusCode::OK, dash_web::boards::boards(chrome(&state, &headers), lines, true, None))
+        }
+        Err(err) => PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
+    }
+}
+
+fn board_line(record: &BoardRecord) -> BoardLine {
+    BoardLine {
+        name: record.name.clone(),
+        title: title_of(record),
+        panels: record.spec.panels.len(),
+        pipelines: record.spec.pipelines().into_iter().map(str::to_owned).collect(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewBoard {
+    name: String,
+    #[serde(default)]
+    title: String,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<NewBoard>, FormRejection>,
+) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
+    let refused = |state: &AppState, boards: Vec<BoardLine>, message: String| {
+        let page = dash_web::boards::boards(chrome(state, &headers), boards, true, Some(message));
+        html(StatusCode::UNPROCESSABLE_ENTITY, page)
+    };
+    let boards = match state.store.list_boards().await {
+        Ok(records) => records.iter().map(board_line).collect(),
+        Err(err) => return PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
+    };
+    let Ok(Form(input)) = form else {
+        return refused(&state, boards, "The form was incomplete.".into());
+    };
+    let name = input.name.trim();
+    let spec = dash_boards::check_board_name(name).and_then(|()| BoardSpec::from_json(json!({ "title": input.title })));
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(err) => return refused(&state, boards, err.to_string()),
+    };
+    match state.store.put_board(name, &spec, PutMode::Create).await {
+        Ok(_) => Redirect::to(&format!("/boards/{name}/edit")).into_response(),
+        Err(StoreError::Conflict(_)) => refused(&state, boards, format!("name: a board {name:?} exists")),
+        Err(err) => PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
+    }
+}
+
+async fn board(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<RangeQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let record = match find_board(&state, &name).await {
+        Ok(record) => record,
+        Err(err) => return err.into_response(&state, Some(chrome(&state, &headers))),
+    };
+    let range = query.range(&record.spec);
+    let loads =
+        record.spec.panels.iter().enumerate().map(|(i, panel)| load_panel(&state, &record.name, i, panel, range));
+    let panels = futures_util::future::join_all(loads).await;
+    let view = BoardView { title: title_of(&record), name: record.name, range, panels, can_edit: true };
+    html(StatusCode::OK, dash_web::boards::board(chrome(&state, &headers), view))
+}
+
+async fn panel(
+    State(state): State<AppState>,
+    Path((name, index)): Path<(String, usize)>,
+    Query(query): Query<RangeQuery>,
+) -> Response {
+    let record = match find_board(&state, &name).await {
+        Ok(record) => record,
+        Err(err) => return err.into_response(&state, None),
+    };
+    let Some(panel) = record.spec.panels.get(index) else {
+        return PageError::Missing(format!("Board {name:?} has no panel {index}.")).into_response(&state, None);
+    };
+    let loaded = load_panel(&state, &record.name, index, panel, query.range(&record.spec)).await;
+    html(StatusCode::OK, dash_web::boards::board_panel(loaded))
+}
+
+/// The editor, with `error` shown above it when a change was refused.
+async fn editor(state: &AppState, headers: &HeaderMap, record: &BoardRecord, error: Option<String>) -> Response {
+    let pipelines = match state.store.list_pipelines().await {
+        Ok(pipelines) => pipelines,
+        Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
+    };
+    let mut choices = PanelChoices::default();
+    for pipeline in pipelines {
+        let views = state.store.list_views(&pipeline.id).await.unwrap_or_default();
+        choices.views.extend(views.into_iter().map(|v| (pipeline.id.clone(), v.name)));
+        choices.pipelines.push(pipeline.id);
+    }
+    let panels = record
+        .spec
+        .panels
+        .iter()
+        .map(|p| {
+            let what = match &p.kind {
+                PanelKind::Pipeline { pipeline } => format!("Events of {pipeline}"),
+                PanelKind::View { pipeline, view, display } => {
+                    format!("View {view} of {pipeline} ({})", display.as_str())
+                }
+                PanelKind::Note { .. } => "Note".to_owned(),
+            };
+            (what, p.title.clone().unwrap_or_default(), p.width)
+        })
+        .collect();
+    let range = ChartRange::parse(&record.spec.range).unwrap_or(ChartRange::Day);
+    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+    let page = dash_web::boards::editor(
+        chrome(state, headers),
+        &record.name,
+        &title_of(record),
+        range,
+        panels,
+        choices,
+        error,
+    );
+    html(status, page)
+}
+
+async fn edit(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match find_board(&state, &name).await {
+        Ok(record) => editor(&state, &headers, &record, None).await,
+        Err(err) => err.into_response(&state, Some(chrome(&state, &headers))),
+    }
+}
+
+/// Applies `change` to the board's JSON, checks the result as the API does, saves it and goes
+/// back to the editor; a refused change shows the editor with the reason.
+async fn change_board(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    change: impl FnOnce(&mut serde_json::Map<String, Value>) -> Result<(), String>,
+) -> Response {
+    if crate::origin::is_cross_origin(headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
+    let record = match find_board(state, name).await {
+        Ok(record) => record,
+        Err(err) => return err.into_response(state, Some(chrome(state, headers))),
+    };
+    let Ok(Value::Object(mut fields)) = serde_json::to_value(&record.spec) else {
+        return PageError::store("a board did not serialize").into_response(state, Some(chrome(state, headers)));
+    };
+    if let Err(message) = change(&mut fields) {
+        return editor(state, headers, &record, Some(message)).await;
+    }
+    let spec = match BoardSpec::from_json(Value::Object(fields)) {
+        Ok(spec) => spec,
+        Err(err) => return editor(state, headers, &record, Some(err.to_string())).await,
+    };
+    let spec = match state.store.resolve_board(spec, &record.spec.panels).await {
+        Ok(spec) => spec,
+        Err(StoreError::BoardReference(err)) => return editor(state, headers, &record, Some(err.to_string())).await,
+        Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
+    };
+    match state.store.put_board(name, &spec, PutMode::Replace).await {
+        Ok(_) => Redirect::to(&format!("/boards/{name}/edit")).into_response(),
+        Err(StoreError::NotFound(_)) => PageError::Missing(format!("There is no board {name:?}."))
+            .into_response(state, Some(chrome(state, headers))),
+        Err(err) => PageError::store(err).into_response(state, Some(chrome(state, headers))),
+    }
+}
+
+fn panels(fields: &mut serde_json::Map<String, Value>) -> &mut Vec<Value> {
+    let entry = fields.entry("panels").or_insert_with(|| Value::Array(Vec::new()));
+    if !entry.is_array() {
+        *entry = Value::Array(Vec::new());
+    }
+    entry.as_array_mut().expect("made an array above")
+}
+
+#[derive(Deserialize)]
+struct BoardSettings {
+    #[serde(default)]
+    title: String,
+    range: Option<String>,
+}
+
+async fn settings(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<BoardSettings>, FormRejection>,
+) -> Response {
+    change_board(&state, &headers, &name, |fields| {
+        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
+        fields.insert("title".into(), json!(input.title));
+        if let Some(range) = input.range {
+            fields.insert("range".into(), json!(range));
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct NewPanel {
+    /// `note`, `pipeline:<id>` or `view:<id>/<view>`.
+    what: String,
+    #[serde(default)]
+    display: String,
+    #[serde(default)]
+    title: String,
+    width: Option<String>,
+    #[serde(default)]
+    text: String,
+}
+
+/// The panel object a new-panel form describes, checked by `BoardSpec::from_json` after.
+fn panel_of(input: &NewPanel) -> Result<Value, String> {
+    let mut panel = match input.what.split_once(':') {
+        None if input.what == "note" => json!({ "type": "note", "text": input.text }),
+        Some(("pipeline", pipeline)) => json!({ "type": "pipeline", "pipeline": pipeline }),
+        Some(("view", rest)) => match rest.rsplit_once('/') {
+            Some((pipeline, view)) => {
+                let display = if input.display.is_empty() { "chart" } else { input.display.as_str() };
+                json!({ "type": "view", "pipeline": pipeline, "view": view, "display": display })
+            }
+            None => return Err("what: pick a view".into()),
+        },
+        _ => return Err("what: pick what the panel shows".into()),
+    };
+    if !input.title.trim().is_empty() {
+        panel["title"] = json!(input.title);
+    }
+    if let Some(width) = &input.width {
+        panel["width"] = width.trim().parse::<u64>().map(Value::from).unwrap_or_else(|_| json!(width));
+    }
+    Ok(panel)
+}
+
+async fn add_panel(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<NewPanel>, FormRejection>,
+) -> Response {
+    change_board(&state, &headers, &name, |fields| {
+        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
+        let panel = panel_of(&input)?;
+        panels(fields).push(panel);
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct PanelSettings {
+    #[serde(default)]
+    title: String,
+    width: Option<String>,
+}
+
+async fn panel_settings(
+    State(state): State<AppState>,
+    Path((name, index)): Path<(String, usize)>,
+    headers: HeaderMap,
+    form: Result<Form<PanelSettings>, FormRejection>,
+) -> Response {
+    change_board(&state, &headers, &name, |fields| {
+        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
+        let panel = panels(fields).get_mut(index).ok_or_else(|| format!("panels[{index}]: no such panel"))?;
+        panel["title"] = if input.title.trim().is_empty() { Value::Null } else { json!(input.title) };
+        if let Some(width) = input.width {
+            panel["width"] = width.trim().parse::<u64>().map(Value::from).unwrap_or_else(|_| json!(width));
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct MoveTo {
+    to: String,
+}
+
+async fn move_panel(
+    State(state): State<AppState>,
+    Path((name, index)): Path<(String, usize)>,
+    headers: HeaderMap,
+    form: Result<Form<MoveTo>, FormRejection>,
+) -> Response {
+    change_board(&state, &headers, &name, |fields| {
+        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
+        let panels = panels(fields);
+        let other = match input.to.as_str() {
+            "up" => index.checked_sub(1),
+            "down" => Some(index + 1),
+            _ => None,
+        };
+        match other {
+            Some(other) if index < panels.len() && other < panels.len() => {
+                panels.swap(index, other);
+                Ok(())
+            }
+            _ => Err(format!("panels[{index}]: cannot move it {}", input.to)),
+        }
+    })
+    .await
+}
+
+async fn remove_panel(
+    State(state): State<AppState>,
+    Path((name, index)): Path<(String, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    change_board(&state, &headers, &name, |fields| {
+        let panels = panels(fields);
+        if index >= panels.len() {
+            return Err(format!("panels[{index}]: no such panel"));
+        }
+        panels.remove(index);
+        Ok(())
+    })
+    .await
+}
+
+async fn delete(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
+    match state.store.delete_board(&name).await {
+        Ok(_) => Redirect::to("/boards").into_response(),
+        Err(err) => PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
+    }
+}

@@ -1,0 +1,108 @@
+//! The boards API: `/api/boards` (make, list) and `/api/boards/{name}` (read, change, delete).
+//! A board's shape is checked by `dash_boards`; what its panels name (a pipeline, a view) by the
+//! store (`Store::resolve_board`), which keeps a pipeline named by its name by its id.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use dash_boards::{BoardSpec, InvalidBoard};
+use dash_store::{BoardRecord, PutMode, StoreError};
+use serde_json::{Value, json};
+
+use crate::api::read_json;
+use crate::{ApiError, AppState};
+
+pub(crate) fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/api/boards", get(list).post(create))
+        .route("/api/boards/{name}", get(read).patch(change).delete(delete))
+}
+
+fn invalid(err: InvalidBoard) -> ApiError {
+    ApiError::unprocessable("invalid_board", err.to_string()).field(err.field)
+}
+
+fn store_error(err: StoreError, name: &str) -> ApiError {
+    match err {
+        StoreError::NotFound(_) => board_not_found(name),
+        StoreError::Conflict(_) => {
+            ApiError::new(StatusCode::CONFLICT, "board_exists", format!("a board {name:?} exists"))
+        }
+        StoreError::InvalidBoard(message) => ApiError::unprocessable("invalid_board", message).field("name"),
+        StoreError::BoardReference(err) => invalid(err),
+        other => ApiError::store_unavailable(&other),
+    }
+}
+
+pub(crate) fn board_not_found(name: &str) -> ApiError {
+    ApiError::not_found("board_not_found", format!("no board {name:?}"))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let boards = state.store.list_boards().await.map_err(|e| ApiError::store_unavailable(&e))?;
+    Ok(Json(json!({ "boards": boards })))
+}
+
+/// `POST /api/boards`: `{"name": "ops", "range": "24h", "panels": [...]}`.
+async fn create(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Value::Object(mut fields) = read_json(&body)? else {
+        return Err(ApiError::unprocessable(
+            "invalid_board",
+            "expected a JSON object such as {\"name\": \"ops\", \"panels\": []}",
+        ));
+    };
+    let name = match fields.remove("name") {
+        Some(Value::String(name)) => name,
+        _ => return Err(ApiError::unprocessable("invalid_board", "name: a board needs a name").field("name")),
+    };
+    dash_boards::check_board_name(&name).map_err(invalid)?;
+    let spec = BoardSpec::from_json(Value::Object(fields)).map_err(invalid)?;
+    let spec = state.store.resolve_board(spec, &[]).await.map_err(|e| store_error(e, &name))?;
+    state.store.put_board(&name, &spec, PutMode::Create).await.map_err(|e| store_error(e, &name))?;
+    Ok((StatusCode::CREATED, Json(json!(find_board(&state, &name).await?))))
+}
+
+pub(crate) async fn find_board(state: &AppState, name: &str) -> Result<BoardRecord, ApiError> {
+    match state.store.find_board(name).await {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(board_not_found(name)),
+        Err(e) => Err(ApiError::store_unavailable(&e)),
+    }
+}
+
+async fn read(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(find_board(&state, &name).await?)))
+}
+
+/// `PATCH /api/boards/{name}`: the fields given replace the board's (`title: null` removes the
+/// title); the name cannot change.
+async fn change(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let Value::Object(patch) = read_json(&body)? else {
+        return Err(ApiError::unprocessable("invalid_board", "expected a JSON object of the fields to change"));
+    };
+    let record = find_board(&state, &name).await?;
+    let mut fields = match serde_json::to_value(&record.spec) {
+        Ok(Value::Object(fields)) => fields,
+        _ => return Err(ApiError::internal("a board did not serialize", &"not an object")),
+    };
+    for (key, value) in patch {
+        if key == "name" {
+            return Err(ApiError::unprocessable("invalid_board", "name: a board's name cannot change").field("name"));
+        }
+        fields.insert(key, value);
+    }
+    let spec = BoardSpec::from_json(Value::Object(fields)).map_err(invalid)?;
+    let spec = state.store.resolve_board(spec, &record.spec.panels).await.map_err(|e| store_error(e, &name))?;
+    state.store.put_board(&name, &spec, PutMode::Replace).await.map_err(|e| store_error(e, &name))?;
+    Ok(Json(json!(find_board(&state, &name).await?)))
+}
+
+async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    match state.store.delete_board(&name).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(board_not_found(&name)),
+        Err(e) => Err(store_error(e, &name)),
+    }
+}

@@ -1,0 +1,136 @@
+//! Boards as stored: a name and the board's JSON (`dash_boards::BoardSpec`), read back through the
+//! same check every way in uses. Both backends share the SQL text.
+
+use dash_boards::{BoardSpec, InvalidBoard, Panel, PanelKind};
+use dash_domain::{format_ms, now_ms};
+use serde::Serialize;
+
+use crate::{PutMode, Store, StoreError};
+
+/// A board as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoardRecord {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: BoardSpec,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str = "name, spec, created_at, updated_at";
+
+const INSERT: &str = "INSERT INTO boards (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+     ON CONFLICT (name) DO NOTHING";
+const UPDATE: &str = "UPDATE boards SET spec = $2, updated_at = $3 WHERE name = $1";
+/// Makes or changes; a board that already holds this spec is left as it is (its `updated_at`
+/// too), so a node applying the configuration at every start writes nothing.
+const UPSERT: &str = "INSERT INTO boards (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
+     WHERE boards.spec <> excluded.spec";
+const DELETE: &str = "DELETE FROM boards WHERE name = $1";
+
+/// A row as read: name, spec, created, updated.
+type Row = (String, String, i64, i64);
+
+fn from_row((name, text, created_at, updated_at): Row) -> Result<BoardRecord, StoreError> {
+    let spec = serde_json::from_str(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|value| BoardSpec::from_json(value).map_err(|e| e.to_string()))
+        .map_err(|e| StoreError::UnreadableBoard(format!("{name}: {e}")))?;
+    Ok(BoardRecord { name, spec, created_at: format_ms(created_at), updated_at: format_ms(updated_at) })
+}
+
+impl Store {
+    /// Makes (`Create`: a board of that name is [`StoreError::Conflict`]), changes (`Replace`:
+    /// none is [`StoreError::NotFound`]) or either (`Upsert`). `Ok(false)`: an upsert found the
+    /// board already as asked.
+    pub async fn put_board(&self, name: &str, spec: &BoardSpec, mode: PutMode) -> Result<bool, StoreError> {
+        dash_boards::check_board_name(name).map_err(|e| StoreError::InvalidBoard(e.to_string()))?;
+        let text = serde_json::to_string(spec).expect("a board serializes");
+        let sql = match mode {
+            PutMode::Create => INSERT,
+            PutMode::Replace => UPDATE,
+            PutMode::Upsert => UPSERT,
+        };
+        let changed = on_backend!(self, writer, |pool| {
+            sqlx::query(sql).bind(name).bind(&text).bind(now_ms()).execute(pool).await?.rows_affected()
+        });
+        match (mode, changed) {
+            (PutMode::Create, 0) => Err(StoreError::Conflict(name.to_owned())),
+            (PutMode::Replace, 0) => Err(StoreError::NotFound(name.to_owned())),
+            (_, changed) => Ok(changed > 0),
+        }
+    }
+
+    /// Checks that every pipeline and view the panels name exists
+    /// ([`StoreError::BoardReference`] names the panel's field otherwise), and names each pipeline
+    /// by its id (a panel keeps its pipeline through a rename). Panels in `kept` (the board as it
+    /// was) are not checked again: a pipeline deleted since leaves its panel saying so, without
+    /// refusing every other change to the board.
+    pub async fn resolve_board(&self, mut spec: BoardSpec, kept: &[Panel]) -> Result<BoardSpec, StoreError> {
+        for (i, panel) in spec.panels.iter_mut().enumerate() {
+            if kept.contains(panel) {
+                continue;
+            }
+            let (pipeline, view) = match &mut panel.kind {
+                PanelKind::Pipeline { pipeline } => (pipeline, None),
+                PanelKind::View { pipeline, view, .. } => (pipeline, Some(view.as_str())),
+                PanelKind::Note { .. } => continue,
+            };
+            let Some(found) = self.find_pipeline(pipeline).await? else {
+                return Err(StoreError::BoardReference(InvalidBoard {
+                    field: format!("panels[{i}].pipeline"),
+                    message: format!("no pipeline {pipeline:?}"),
+                }));
+            };
+            if let Some(view) = view
+                && self.find_view(&found.id, view).await?.is_none()
+            {
+                return Err(StoreError::BoardReference(InvalidBoard {
+                    field: format!("panels[{i}].view"),
+                    message: format!("pipeline {:?} has no view {view:?}", found.id),
+                }));
+            }
+            *pipeline = found.id;
+        }
+        Ok(spec)
+    }
+
+    pub async fn find_board(&self, name: &str) -> Result<Option<BoardRecord>, StoreError> {
+        if dash_boards::check_board_name(name).is_err() {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {COLUMNS} FROM boards WHERE name = $1");
+        let found = on_backend!(self, readers, |pool| {
+            sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).bind(name).fetch_optional(pool).await?
+        });
+        found.map(from_row).transpose()
+    }
+
+    /// Every board, by name. One that no longer reads (written by a later release) is left out
+    /// with a warning rather than hiding the others.
+    pub async fn list_boards(&self) -> Result<Vec<BoardRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM boards ORDER BY name");
+        let rows = on_backend!(self, readers, |pool| {
+            sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?
+        });
+        let mut boards = Vec::with_capacity(rows.len());
+        for row in rows {
+            match from_row(row) {
+                Ok(board) => boards.push(board),
+                Err(err) => tracing::warn!(error = %err, "a stored board is unreadable"),
+            }
+        }
+        Ok(boards)
+    }
+
+    /// `false` when there was no such board.
+    pub async fn delete_board(&self, name: &str) -> Result<bool, StoreError> {
+        if dash_boards::check_board_name(name).is_err() {
+            return Ok(false);
+        }
+        let deleted =
+            on_backend!(self, writer, |pool| sqlx::query(DELETE).bind(name).execute(pool).await?.rows_affected());
+        Ok(deleted > 0)
+    }
+}

@@ -1,0 +1,365 @@
+//! Boards: the list of boards, a board's grid of panels (each panel also a fragment the script
+//! re-fetches when its pipeline changes), and the editor, which is plain forms.
+
+use leptos::prelude::*;
+
+use crate::charts::BarChart;
+use crate::display::rate;
+use crate::views::{GroupsTable, ViewCard, ViewChart, number};
+use crate::{Chart, ChartRange, Chrome};
+
+/// One board in the list.
+#[derive(Debug, Clone)]
+pub struct BoardLine {
+    pub name: String,
+    pub title: String,
+    pub panels: usize,
+    /// The pipelines its panels read.
+    pub pipelines: Vec<String>,
+}
+
+/// A board as its page shows it.
+#[derive(Debug, Clone)]
+pub struct BoardView {
+    pub name: String,
+    pub title: String,
+    pub range: ChartRange,
+    pub panels: Vec<BoardPanel>,
+    pub can_edit: bool,
+}
+
+/// One panel of a board, over the board's range.
+#[derive(Debug, Clone)]
+pub struct BoardPanel {
+    pub board: String,
+    /// Its place on the board, from 0: its fragment's address.
+    pub index: usize,
+    pub title: String,
+    /// Grid columns, 1 to 4.
+    pub width: u8,
+    pub range: ChartRange,
+    pub body: PanelBody,
+}
+
+/// How a view panel shows its view (`dash_boards::Display`'s names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewDisplay {
+    Chart,
+    Stat,
+    Table,
+}
+
+/// What a panel holds.
+#[derive(Debug, Clone)]
+pub enum PanelBody {
+    /// A pipeline's events per bucket.
+    Pipeline { pipeline: String, seq: i64, count: i64, rate: f64, chart: Chart },
+    /// A view, as its card would show it.
+    View { seq: i64, display: ViewDisplay, card: ViewCard },
+    /// A note, already HTML ([`crate::notes::note_html`]).
+    Note { html: String },
+    /// What it names cannot be shown: gone (`retry` false) or not readable now (`retry` true).
+    Absent { pipeline: Option<String>, why: String, retry: bool },
+}
+
+/// Everything the editor needs besides the board: what a panel can show.
+#[derive(Debug, Clone, Default)]
+pub struct PanelChoices {
+    /// Pipeline ids.
+    pub pipelines: Vec<String>,
+    /// (pipeline id, view name).
+    pub views: Vec<(String, String)>,
+}
+
+fn panel_url(board: &str, index: usize, range: ChartRange) -> String {
+    format!("/boards/{board}/panels/{index}?range={}", range.as_str())
+}
+
+/// `/boards`: every board, and the form that makes one.
+pub fn boards(chrome: Chrome, boards: Vec<BoardLine>, can_edit: bool, error: Option<String>) -> String {
+    let rows = boards
+        .into_iter()
+        .map(|b| {
+            let href = format!("/boards/{}", b.name);
+            view! {
+                <tr>
+                    <td><a href=href>{b.title}</a><div class="sub">{b.name}</div></td>
+                    <td class="num">{b.panels.to_string()}</td>
+                    <td>{b.pipelines.join(", ")}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    let form = can_edit.then(|| {
+        view! {
+            <h2>"New board"</h2>
+            {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            <form method="post" action="/boards" class="board-form">
+                <label>"Name "<input name="name" required pattern="[a-z0-9][a-z0-9_-]*" maxlength="63"
+                    placeholder="operations" /></label>
+                <label>"Title "<input name="title" maxlength="120" placeholder="Operations" /></label>
+                <button type="submit">"Create board"</button>
+            </form>
+        }
+    });
+    let content = view! {
+        <h1>"Boards"</h1>
+        <table class="boards">
+            <thead><tr><th>"Board"</th><th class="num">"Panels"</th><th>"Pipelines"</th></tr></thead>
+            <tbody>{rows}</tbody>
+        </table>
+        {form}
+    };
+    crate::pages::document("Boards", Some(chrome), content)
+}
+
+/// `/boards/{name}`: the board's panels in a grid, over its range.
+pub fn board(chrome: Chrome, board: BoardView) -> String {
+    let tabs = ChartRange::BOARD
+        .into_iter()
+        .map(|r| {
+            let current = (r == board.range).then_some("page");
+            view! { <a href=format!("?range={}", r.as_str()) aria-current=current>{r.label()}</a> }
+        })
+        .collect_view();
+    let edit = format!("/boards/{}/edit", board.name);
+    let empty = board.panels.is_empty().then(|| {
+        view! { <p class="empty">"This board has no panels yet. "{board.can_edit.then(|| view! { <a href=edit.clone()>"Add one"</a> })}</p> }
+    });
+    let panels = board.panels.into_iter().map(|panel| view! { <PanelSection panel=panel /> }).collect_view();
+    let title = board.title.clone();
+    let content = view! {
+        <nav class="crumbs"><a href="/boards">"Boards"</a>" / "{board.name.clone()}</nav>
+        <div class="board-head">
+            <h1>{board.title}</h1>
+            <nav class="ranges">{tabs}</nav>
+            {board.can_edit.then(|| view! { <a class="edit" href=edit.clone()>"Edit"</a> })}
+        </div>
+        {empty}
+        <div class="board-grid">{panels}</div>
+    };
+    crate::pages::document(&title, Some(chrome), content)
+}
+
+/// One panel alone: the fragment at `/boards/{name}/panels/{index}`.
+pub fn board_panel(panel: BoardPanel) -> String {
+    view! { <PanelSection panel=panel /> }.to_html()
+}
+
+#[component]
+fn PanelSection(panel: BoardPanel) -> impl IntoView {
+    let class = format!("board-panel w{}", panel.width.clamp(1, 4));
+    let refresh = panel_url(&panel.board, panel.index, panel.range);
+    let head = |sub: String| {
+        view! {
+            <div class="panel-head">
+                <h2>{panel.title.clone()}</h2>
+                <span class="sub">{sub}</span>
+            </div>
+        }
+    };
+    match panel.body {
+        PanelBody::Pipeline { pipeline, seq, count, rate: per_second, chart } => {
+            let sub = format!("events per {}, last {}", panel.range.bucket_label(), panel.range.label());
+            let href = format!("/pipelines/{pipeline}");
+            view! {
+                <section class=class data-pipeline=pipeline data-seq=seq.to_string() data-refresh=refresh>
+                    {head(sub)}
+                    <div class="panel-figures">
+                        <span><span class="value" data-field="count">{count.to_string()}</span>" events"</span>
+                        <span>{format!("{} /s", rate(per_second))}</span>
+                        <a href=href>"pipeline"</a>
+                    </div>
+                    <BarChart chart=chart />
+                </section>
+            }
+            .into_any()
+        }
+        PanelBody::View { seq, display, card } => {
+            let sub = format!("{} · last {}", card.describe, panel.range.label());
+            let figure = view! {
+                <div class="view-value">
+                    <span class="value big">{number(card.total)}</span>
+                    <span class="sub">{format!(" {} · {} events", card.aggregate, card.n)}</span>
+                </div>
+            };
+            let unavailable = card.unavailable.clone();
+            let computing = card.computing.map(|f| {
+                view! { <p class="computing">{format!("Computing its history: {:.0} %", f * 100.0)}</p> }
+            });
+            let body = match (unavailable, display) {
+                (Some(why), _) => view! { <p class="unavailable">{why}</p> }.into_any(),
+                (None, ViewDisplay::Chart) => view! { {figure}<ViewChart card=card.clone() /> }.into_any(),
+                (None, ViewDisplay::Stat) => figure.into_any(),
+                (None, ViewDisplay::Table) if card.groups.is_empty() => {
+                    view! { {figure}<p class="sub">"No groups over this range."</p> }.into_any()
+                }
+                (None, ViewDisplay::Table) => view! { {figure}<GroupsTable groups=card.groups.clone() /> }.into_any(),
+            };
+            let every = (card.unavailable.is_some() || card.computing.is_some()).then_some("5000");
+            view! {
+                <section class=class data-pipeline=card.pipeline.clone() data-seq=seq.to_string()
+                    data-view=card.name.clone() data-refresh=refresh data-refresh-every=every>
+                    {head(sub)}
+                    {computing}
+                    {body}
+                </section>
+            }
+            .into_any()
+        }
+        PanelBody::Note { html } => view! {
+            <section class=class>
+                {(!panel.title.is_empty()).then(|| head(String::new()))}
+                <div class="note" inner_html=html></div>
+            </section>
+        }
+        .into_any(),
+        PanelBody::Absent { pipeline, why, retry } => {
+            let every = retry.then_some("5000");
+            let refresh = retry.then_some(refresh);
+            view! {
+                <section class=format!("{class} absent") data-pipeline=pipeline data-refresh=refresh data-refresh-every=every>
+                    {head(String::new())}
+                    <p class="unavailable">{why}</p>
+                </section>
+            }
+            .into_any()
+        }
+    }
+}
+
+/// `/boards/{name}/edit`: the board's settings, each panel with its controls, and the form that
+/// adds one. Every control is a form that posts and comes back here.
+pub fn editor(
+    chrome: Chrome,
+    name: &str,
+    title: &str,
+    range: ChartRange,
+    panels: Vec<(String, String, u8)>,
+    choices: PanelChoices,
+    error: Option<String>,
+) -> String {
+    let base = format!("/boards/{name}");
+    let range_options = ChartRange::BOARD
+        .into_iter()
+        .map(|r| view! { <option value=r.as_str() selected={r == range}>{r.label()}</option> })
+        .collect_view();
+    let last = panels.len().saturating_sub(1);
+    let rows = panels
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, panel_title, width))| {
+            let at = format!("{base}/panels/{i}");
+            let widths = (1..=4u8)
+                .map(|w| view! { <option value=w.to_string() selected={w == width}>{format!("{w} of 4")}</option> })
+                .collect_view();
+            view! {
+                <tr data-panel=i.to_string()>
+                    <td>{what}</td>
+                    <td>
+                        <form method="post" action=format!("{at}/settings") class="inline">
+                            <input name="title" value=panel_title maxlength="120" aria-label="Panel title" />
+                            <select name="width" aria-label="Width">{widths}</select>
+                            <button type="submit">"Save"</button>
+                        </form>
+                    </td>
+                    <td>
+                        <form method="post" action=format!("{at}/move") class="inline">
+                            <button type="submit" name="to" value="up" disabled={i == 0}>"Up"</button>
+                            <button type="submit" name="to" value="down" disabled={i == last}>"Down"</button>
+                        </form>
+                        <form method="post" action=format!("{at}/remove") class="inline">
+                            <button type="submit" class="link">"Remove"</button>
+                        </form>
+                    </td>
+                </tr>
+            }
+        })
+        .collect_view();
+    let mut what_options = vec![view! { <option value="note">"Note (Markdown)"</option> }.into_any()];
+    for pipeline in &choices.pipelines {
+        let label = format!("Events of {pipeline}");
+        what_options.push(view! { <option value=format!("pipeline:{pipeline}")>{label}</option> }.into_any());
+    }
+    for (pipeline, view_name) in &choices.views {
+        let label = format!("View {view_name} of {pipeline}");
+        let value = format!("view:{pipeline}/{view_name}");
+        what_options.push(view! { <option value=value>{label}</option> }.into_any());
+    }
+    let content = view! {
+        <nav class="crumbs"><a href="/boards">"Boards"</a>" / "<a href=base.clone()>{name.to_owned()}</a>" / edit"</nav>
+        <h1>{format!("Edit {title}")}</h1>
+        {error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
+        <form method="post" action=format!("{base}/settings") class="board-form">
+            <label>"Title "<input name="title" value=title.to_owned() maxlength="120" /></label>
+            <label>"Opens on "<select name="range">{range_options}</select></label>
+            <button type="submit">"Save board"</button>
+        </form>
+        <h2>"Panels"</h2>
+        <table class="board-panels">
+            <thead><tr><th>"Shows"</th><th>"Title and width"</th><th>"Place"</th></tr></thead>
+            <tbody>{rows}</tbody>
+        </table>
+        <h2>"Add a panel"</h2>
+        <form method="post" action=format!("{base}/panels") class="board-form add-panel">
+            <label>"Shows "<select name="what">{what_options}</select></label>
+            <label>"View as "<select name="display">
+                <option value="chart">"chart"</option>
+                <option value="stat">"single figure"</option>
+                <option value="table">"groups table"</option>
+            </select></label>
+            <label>"Title "<input name="title" maxlength="120" placeholder="as it shows by default" /></label>
+            <label>"Width "<select name="width">
+                <option value="1">"1 of 4"</option>
+                <option value="2" selected=true>"2 of 4"</option>
+                <option value="3">"3 of 4"</option>
+                <option value="4">"4 of 4"</option>
+            </select></label>
+            <label>"Note (Markdown, for a note) "<textarea name="text" rows="4"></textarea></label>
+            <button type="submit">"Add panel"</button>
+        </form>
+        <h2>"Delete"</h2>
+        <form method="post" action=format!("{base}/delete") class="inline">
+            <button type="submit" class="danger">"Delete this board"</button>
+        </form>
+    };
+    crate::pages::document(&format!("Edit {title}"), Some(chrome), content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panel(body: PanelBody) -> BoardPanel {
+        BoardPanel { board: "ops".into(), index: 2, title: "Orders".into(), width: 3, range: ChartRange::Week, body }
+    }
+
+    #[test]
+    fn a_pipeline_panel_follows_its_pipeline_and_refreshes_over_the_boards_range() {
+        let chart = Chart { range: ChartRange::Week, from_ms: 0, bucket_ms: 3_600_000, counts: vec![1, 2, 3] };
+        let html =
+            board_panel(panel(PanelBody::Pipeline { pipeline: "orders".into(), seq: 7, count: 6, rate: 0.5, chart }));
+        assert!(html.contains(r#"class="board-panel w3""#), "{html}");
+        assert!(html.contains(r#"data-pipeline="orders""#) && html.contains(r#"data-seq="7""#), "{html}");
+        assert!(html.contains(r#"data-refresh="/boards/ops/panels/2?range=7d""#), "{html}");
+        assert!(html.contains("events per hour, last 7 days"), "{html}");
+        assert_eq!(html.matches("<rect").count(), 3, "{html}");
+    }
+
+    #[test]
+    fn a_note_is_its_html_and_follows_nothing() {
+        let html = board_panel(panel(PanelBody::Note { html: crate::notes::note_html("*hi* <script>") }));
+        assert!(html.contains("<em>hi</em>") && html.contains("&lt;script&gt;"), "{html}");
+        assert!(!html.contains("data-pipeline") && !html.contains("data-refresh"), "{html}");
+    }
+
+    #[test]
+    fn a_panel_whose_pipeline_is_gone_says_so_without_retrying() {
+        let html = board_panel(panel(PanelBody::Absent {
+            pipeline: None,
+            why: "There is no pipeline \"gone\".".into(),
+            retry: false,
+        }));
+        assert!(html.contains("no pipeline") && !html.contains("data-refresh"), "{html}");
+    }
+}

@@ -1,0 +1,279 @@
+//! Boards end to end on the real binary: made through the API (refusals naming their field),
+//! the pages' forms, the config file and the CLI; shown as a grid whose panels follow the
+//! board's range and read each pipeline and view they name.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, assert_error, run_dashd};
+
+async fn post_board(server: &TestServer, body: Value) -> reqwest::Response {
+    server.client.post(server.url("/api/boards")).json(&body).send().await.unwrap()
+}
+
+async fn patch_board(server: &TestServer, name: &str, body: Value) -> reqwest::Response {
+    server.client.patch(server.url(&format!("/api/boards/{name}"))).json(&body).send().await.unwrap()
+}
+
+async fn page(server: &TestServer, path: &str) -> (u16, String) {
+    let response = server.client.get(server.url(path)).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// A pipeline `name` with `n` events of two types and a view counting them by type.
+async fn pipeline_with_view(server: &TestServer, name: &str, n: usize) -> crate::support::Pipeline {
+    let pipeline = server.create_pipeline(name).await;
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"id": format!("{name}-{i}"), "type": (["paid", "refunded"][i % 2]), "amount": i}))
+        .collect();
+    let response = server.post_json(&pipeline, &format!("{name}-batch"), &Value::Array(events).to_string()).await;
+    assert_eq!(response.status(), 202);
+    server.wait_for_count(&pipeline, n as i64, Duration::from_secs(20)).await;
+    let response = server
+        .client
+        .post(server.url(&format!("/api/pipelines/{}/views", pipeline.id)))
+        .json(&json!({"name": "by-type", "aggregate": "count", "group_by": "/type"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    crate::views::wait_for_history(server, &pipeline.id).await;
+    pipeline
+}
+
+#[tokio::test]
+async fn a_board_is_made_through_the_api_refused_by_field_and_shown_as_a_grid() {
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    pipeline_with_view(&server, "Orders", 6).await;
+    pipeline_with_view(&server, "deploys", 3).await;
+
+    let response = post_board(
+        &server,
+        json!({
+            "name": "ops",
+            "title": "Operations",
+            "range": "1h",
+            "panels": [
+                // By name: kept by the pipeline's id.
+                {"type": "pipeline", "pipeline": "Orders", "width": 2},
+                {"type": "view", "pipeline": "orders", "view": "by-type", "display": "table", "title": "Orders by type"},
+                {"type": "view", "pipeline": "deploys", "view": "by-type", "display": "stat", "width": 1},
+                {"type": "note", "text": "## On call\n\nPage **ops** <script>alert(1)</script>", "width": 4}
+            ]
+        }),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let board: Value = response.json().await.unwrap();
+    assert_eq!(board["name"], "ops");
+    assert_eq!(board["panels"][0], json!({"type": "pipeline", "pipeline": "orders", "width": 2}));
+    assert_eq!(board["panels"][2]["width"], 1);
+    assert!(board["created_at"].is_string(), "{board}");
+
+    // Refusals: 409 for a name taken, 400 for JSON that is not, 422 naming the field.
+    assert_error(post_board(&server, json!({"name": "ops"})).await, 409, "board_exists").await;
+    let response = server
+        .client
+        .post(server.url("/api/boards"))
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "malformed_json").await;
+    for (body, field) in [
+        (json!({"name": "Ops Board"}), "name"),
+        (json!({"panels": []}), "name"),
+        (json!({"name": "x", "range": "2h"}), "range"),
+        (json!({"name": "x", "panels": [{"type": "pipeline", "pipeline": "orders", "width": 5}]}), "panels[0].width"),
+        (
+            json!({"name": "x", "panels": [{"type": "note", "text": "a"}, {"type": "pipeline", "pipeline": "nope"}]}),
+            "panels[1].pipeline",
+        ),
+        (json!({"name": "x", "panels": [{"type": "view", "pipeline": "orders", "view": "nope"}]}), "panels[0].view"),
+        (json!({"name": "x", "panels": [{"type": "chart", "pipeline": "orders"}]}), "panels[0].type"),
+    ] {
+        let refused = assert_error(post_board(&server, body.clone()).await, 422, "invalid_board").await;
+        assert_eq!(refused["error"]["field"], field, "{body} → {refused}");
+    }
+    assert_eq!(server.get_json("/api/boards").await["boards"].as_array().unwrap().len(), 1);
+
+    // The page: every panel over the board's range, the note's HTML shown as text.
+    let (status, html) = page(&server, "/boards/ops").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("<h1>Operations</h1>"), "{html}");
+    assert!(html.contains(r#"aria-current="page">1 hour"#), "the board opens on its range: {html}");
+    assert!(html.contains("Orders by type") && html.contains("refunded"), "{html}");
+    assert!(html.contains(r#"data-field="count" class="value">6</span> events"#), "{html}");
+    assert!(html.contains("<h2>On call</h2>") && html.contains("&lt;script&gt;"), "{html}");
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert_eq!(html.matches("class=\"board-panel").count(), 4, "{html}");
+    // A link to another range reproduces it; each panel's fragment follows it.
+    let (_, week) = page(&server, "/boards/ops?range=7d").await;
+    assert!(week.contains("events per hour, last 7 days"), "{week}");
+    assert!(week.contains(r#"data-refresh="/boards/ops/panels/1?range=7d""#), "{week}");
+    let (status, fragment) = page(&server, "/boards/ops/panels/2?range=5m").await;
+    assert_eq!(status, 200);
+    assert!(fragment.starts_with("<section") && fragment.contains(r#"data-view="by-type""#), "{fragment}");
+    assert!(fragment.contains(r#"<span class="value big">3</span>"#), "{fragment}");
+    assert_eq!(page(&server, "/boards/ops/panels/9").await.0, 404);
+    assert_eq!(page(&server, "/boards/nope").await.0, 404);
+    let (_, list) = page(&server, "/boards").await;
+    assert!(list.contains(r#"href="/boards/ops""#) && list.contains("orders, deploys"), "{list}");
+
+    // PATCH: fields replace the board's; the name stays; a deleted view leaves its panel saying
+    // so, and the board can still be changed around it.
+    let response = patch_board(&server, "ops", json!({"range": "30d", "title": null})).await;
+    assert_eq!(response.status(), 200);
+    let board: Value = response.json().await.unwrap();
+    assert_eq!((board["range"].as_str(), board.get("title")), (Some("30d"), None), "{board}");
+    assert_error(patch_board(&server, "ops", json!({"name": "other"})).await, 422, "invalid_board").await;
+    assert_error(patch_board(&server, "nope", json!({})).await, 404, "board_not_found").await;
+    let response = server.client.delete(server.url("/api/pipelines/deploys/views/by-type")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let (_, html) = page(&server, "/boards/ops").await;
+    assert!(html.contains("has no view \"by-type\" any more"), "{html}");
+    assert_eq!(patch_board(&server, "ops", json!({"range": "24h"})).await.status(), 200);
+
+    let response = server.client.delete(server.url("/api/boards/ops")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let response = server.client.delete(server.url("/api/boards/ops")).send().await.unwrap();
+    assert_error(response, 404, "board_not_found").await;
+}
+
+#[tokio::test]
+async fn a_board_is_composed_through_the_pages_forms() {
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms")]).await;
+    pipeline_with_view(&server, "orders", 4).await;
+    let client = crate::support::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let form = |path: &str, fields: &[(&str, &str)]| {
+        let request = client.post(server.url(path)).form(fields);
+        async move { request.send().await.unwrap() }
+    };
+    let see_other = |response: reqwest::Response, to: &str| {
+        assert!(response.status().is_redirection(), "{}", response.status());
+        assert_eq!(response.headers()["location"], to);
+    };
+
+    see_other(form("/boards", &[("name", "wall"), ("title", "The wall")]).await, "/boards/wall/edit");
+    let (status, editor) = page(&server, "/boards/wall/edit").await;
+    assert_eq!(status, 200);
+    assert!(editor.contains(r#"<option value="view:orders/by-type">"#), "{editor}");
+    for fields in [
+        vec![("what", "pipeline:orders"), ("width", "3")],
+        vec![("what", "view:orders/by-type"), ("display", "table"), ("title", "Types")],
+        vec![("what", "note"), ("text", "Hello *wall*"), ("width", "1")],
+    ] {
+        see_other(form("/boards/wall/panels", &fields).await, "/boards/wall/edit");
+    }
+    // Move the note first, retitle the chart, drop the table.
+    see_other(form("/boards/wall/panels/2/move", &[("to", "up")]).await, "/boards/wall/edit");
+    see_other(form("/boards/wall/panels/1/move", &[("to", "up")]).await, "/boards/wall/edit");
+    see_other(
+        form("/boards/wall/panels/1/settings", &[("title", "Orders"), ("width", "4")]).await,
+        "/boards/wall/edit",
+    );
+    see_other(form("/boards/wall/panels/2/remove", &[]).await, "/boards/wall/edit");
+    see_other(form("/boards/wall/settings", &[("title", "Wall"), ("range", "5m")]).await, "/boards/wall/edit");
+    let board = server.get_json("/api/boards/wall").await;
+    assert_eq!(
+        board,
+        json!({
+            "name": "wall", "title": "Wall", "range": "5m",
+            "panels": [
+                {"type": "note", "text": "Hello *wall*", "width": 1},
+                {"type": "pipeline", "pipeline": "orders", "title": "Orders", "width": 4},
+            ],
+            "created_at": board["created_at"], "updated_at": board["updated_at"],
+        })
+    );
+
+    // A refused change shows the editor with the reason, and changes nothing.
+    let response = form("/boards/wall/panels/0/settings", &[("width", "9")]).await;
+    assert_eq!(response.status(), 422);
+    assert!(response.text().await.unwrap().contains("panels[0].width"));
+    let response = form("/boards/wall/panels/0/move", &[("to", "up")]).await;
+    assert_eq!(response.status(), 422);
+    let response = form("/boards", &[("name", "wall")]).await;
+    assert_eq!(response.status(), 422);
+    assert_eq!(server.get_json("/api/boards/wall").await["panels"], board["panels"]);
+    // Another site's page cannot post the forms.
+    let response = client
+        .post(server.url("/boards/wall/delete"))
+        .header("origin", "https://elsewhere.example")
+        .form(&[("x", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    see_other(form("/boards/wall/delete", &[]).await, "/boards");
+    assert_eq!(page(&server, "/boards/wall").await.0, 404);
+}
+
+#[tokio::test]
+async fn boards_come_from_the_config_file_and_the_cli() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[pipelines.shop.views.by-type]\naggregate = \"count\"\ngroup_by = \"/type\"\n\n\
+         [boards.wall]\ntitle = \"Shop\"\nrange = \"7d\"\n\n\
+         [[boards.wall.panels]]\ntype = \"pipeline\"\npipeline = \"shop\"\nwidth = 4\n\n\
+         [[boards.wall.panels]]\ntype = \"view\"\npipeline = \"shop\"\nview = \"by-type\"\ndisplay = \"stat\"\n\n\
+         [[boards.wall.panels]]\ntype = \"note\"\ntext = \"\"\"\n# Runbook\nCall *ops*.\n\"\"\"\n",
+    )
+    .unwrap();
+    let path = config.path().display().to_string();
+    let server = TestServer::start(&[("DASH_CONFIG", path.as_str())]).await;
+    let board = server.get_json("/api/boards/wall").await;
+    assert_eq!(board["title"], "Shop");
+    assert_eq!(board["range"], "7d");
+    assert_eq!(
+        board["panels"][1],
+        json!({"type": "view", "pipeline": "shop", "view": "by-type", "display": "stat", "width": 2})
+    );
+    let (status, html) = page(&server, "/boards/wall").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<h1>Runbook</h1>") && html.contains("last 7 days"), "{html}");
+
+    // The CLI, on the same data directory (SQLite) or database.
+    let env = server.env();
+    let file = server.dir.path().join("board.json");
+    std::fs::write(&file, r#"{"range": "1h", "panels": [{"type": "pipeline", "pipeline": "shop", "width": 1}]}"#)
+        .unwrap();
+    let file_arg = file.display().to_string();
+    let out = run_dashd(server.dir.path(), &env, &["board", "apply", "small", "--file", &file_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("board small: saved"));
+    let out = run_dashd(server.dir.path(), &env, &["board", "apply", "small", "--file", &file_arg]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("board small: unchanged"));
+    assert_eq!(server.get_json("/api/boards/small").await["panels"][0]["width"], 1);
+    std::fs::write(&file, r#"{"panels": [{"type": "pipeline", "pipeline": "nope"}]}"#).unwrap();
+    let out = run_dashd(server.dir.path(), &env, &["board", "apply", "small", "--file", &file_arg]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("panels[0].pipeline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_dashd(server.dir.path(), &env, &["board", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("small") && listed.contains("wall") && listed.contains("Shop"), "{listed}");
+    let out = run_dashd(server.dir.path(), &env, &["board", "show", "wall"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["panels"], board["panels"]);
+    let out = run_dashd(server.dir.path(), &env, &["board", "delete", "small"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.client.get(server.url("/api/boards/small")).send().await.unwrap().status(), 404);
+
+    // A bad board in the config file stops the start, naming it.
+    std::fs::write(
+        config.path(),
+        "[boards.wall]\n[[boards.wall.panels]]\ntype = \"pipeline\"\npipeline = \"shop\"\nwidth = 7\n",
+    )
+    .unwrap();
+    let out = run_dashd(server.dir.path(), &[("DASH_CONFIG", path.as_str())], &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("boards.wall.panels[0].width"), "{text}");
+}
