@@ -7,3 +7,14 @@ CREATE TABLE boards (
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
+
+-- A board's read-only share links: the link carries a random token, of which only the SHA-256
+-- is kept. Revoking a link deletes its row; deleting the board deletes its links.
+CREATE TABLE board_shares (
+    id         TEXT   PRIMARY KEY,
+    board      TEXT   NOT NULL REFERENCES boards (name) ON DELETE CASCADE,
+    token_hash TEXT   NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX board_shares_board ON board_shares (board);

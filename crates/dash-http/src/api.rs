@@ -38,6 +38,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .route("/api/cluster", get(cluster))
         .merge(crate::views::router())
         .merge(crate::boards::router())
+        .merge(crate::shares::router())
         .route_layer(middleware::from_fn(crate::origin::same_origin_writes))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
         .route("/api/openapi.json", get(openapi))

@@ -4,17 +4,20 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use dash_boards::{BoardSpec, Display, Panel, PanelKind};
 use dash_store::{BoardRecord, PutMode, StoreError};
 use dash_web::ChartRange;
-use dash_web::boards::{BoardLine, BoardPanel, BoardView, PanelBody, PanelChoices, ViewDisplay};
+use dash_web::boards::{
+    BoardEditor, BoardLine, BoardPanel, BoardView, PanelBody, PanelChoices, PanelLine, ShareLine, ViewDisplay,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::client::Client;
 use crate::pages::{PageError, chrome, html};
+use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> axum::Router<AppState> {
     use axum::routing::{get, post};
@@ -29,11 +32,23 @@ pub(crate) fn router() -> axum::Router<AppState> {
         .route("/boards/{name}/panels/{index}/settings", post(panel_settings))
         .route("/boards/{name}/panels/{index}/move", post(move_panel))
         .route("/boards/{name}/panels/{index}/remove", post(remove_panel))
+        .route("/boards/{name}/shares", post(make_share))
+        .route("/boards/{name}/shares/{id}/revoke", post(revoke_share))
+}
+
+/// A board through its share link: no session asked, nothing else reachable.
+pub(crate) fn share_router() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/share/{token}", get(shared_board))
+        .route("/share/{token}/panels/{index}", get(shared_panel))
 }
 
 #[derive(Deserialize)]
 pub(crate) struct RangeQuery {
     range: Option<String>,
+    /// `1`: for a wall display.
+    kiosk: Option<String>,
 }
 
 impl RangeQuery {
@@ -61,7 +76,14 @@ fn title_of(record: &BoardRecord) -> String {
 
 /// A panel's body, loaded for `range`. What it names being gone, or unreadable now, is the
 /// panel's to say: one panel never takes the board down.
-async fn load_panel(state: &AppState, board: &str, index: usize, panel: &Panel, range: ChartRange) -> BoardPanel {
+async fn load_panel(
+    state: &AppState,
+    base: &str,
+    links: bool,
+    index: usize,
+    panel: &Panel,
+    range: ChartRange,
+) -> BoardPanel {
     let (title, body) = match &panel.kind {
         PanelKind::Note { text } => (String::new(), PanelBody::Note { html: dash_web::notes::note_html(text) }),
         PanelKind::Pipeline { pipeline } => match crate::pages::find(state, pipeline).await {
@@ -105,7 +127,8 @@ async fn load_panel(state: &AppState, board: &str, index: usize, panel: &Panel, 
         }
     };
     BoardPanel {
-        board: board.to_owned(),
+        base: base.to_owned(),
+        links,
         index,
         title: panel.title.clone().unwrap_or(title),
         width: panel.width,
@@ -191,6 +214,29 @@ async fn create(
     }
 }
 
+/// Every panel of `record` over the asked range, served under `base`.
+async fn board_view(
+    state: &AppState,
+    record: BoardRecord,
+    base: &str,
+    query: &RangeQuery,
+    shared_live: Option<String>,
+) -> BoardView {
+    let range = query.range(&record.spec);
+    let links = shared_live.is_none();
+    let loads = record.spec.panels.iter().enumerate().map(|(i, panel)| load_panel(state, base, links, i, panel, range));
+    let panels = futures_util::future::join_all(loads).await;
+    BoardView {
+        title: title_of(&record),
+        name: record.name,
+        range,
+        panels,
+        can_edit: true,
+        shared_live,
+        kiosk: query.kiosk.as_deref() == Some("1"),
+    }
+}
+
 async fn board(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -201,12 +247,25 @@ async fn board(
         Ok(record) => record,
         Err(err) => return err.into_response(&state, Some(chrome(&state, &headers))),
     };
-    let range = query.range(&record.spec);
-    let loads =
-        record.spec.panels.iter().enumerate().map(|(i, panel)| load_panel(&state, &record.name, i, panel, range));
-    let panels = futures_util::future::join_all(loads).await;
-    let view = BoardView { title: title_of(&record), name: record.name, range, panels, can_edit: true };
-    html(StatusCode::OK, dash_web::boards::board(chrome(&state, &headers), view))
+    let base = format!("/boards/{}", record.name);
+    let view = board_view(&state, record, &base, &query, None).await;
+    html(StatusCode::OK, dash_web::boards::board(Some(chrome(&state, &headers)), view))
+}
+
+/// One panel of `record`, or 404.
+async fn panel_of_board(
+    state: &AppState,
+    record: &BoardRecord,
+    base: &str,
+    links: bool,
+    index: usize,
+    query: &RangeQuery,
+) -> Response {
+    let Some(panel) = record.spec.panels.get(index) else {
+        return PageError::Missing(format!("Board {:?} has no panel {index}.", record.name)).into_response(state, None);
+    };
+    let loaded = load_panel(state, base, links, index, panel, query.range(&record.spec)).await;
+    html(StatusCode::OK, dash_web::boards::board_panel(loaded))
 }
 
 async fn panel(
@@ -214,19 +273,74 @@ async fn panel(
     Path((name, index)): Path<(String, usize)>,
     Query(query): Query<RangeQuery>,
 ) -> Response {
-    let record = match find_board(&state, &name).await {
+    match find_board(&state, &name).await {
+        Ok(record) => panel_of_board(&state, &record, &format!("/boards/{}", record.name), true, index, &query).await,
+        Err(err) => err.into_response(&state, None),
+    }
+}
+
+/// A share link that opens nothing, as a page (with the status and `Retry-After` of `err`).
+fn closed_page(err: ApiError) -> Response {
+    let (title, text) = match err.status {
+        StatusCode::UNAUTHORIZED => {
+            ("Link closed", "This share link is unknown, has expired or was revoked. Ask for a new one.")
+        }
+        StatusCode::TOO_MANY_REQUESTS => {
+            ("Too many attempts", "Too many closed links were tried from here; wait a moment.")
+        }
+        _ => ("Unavailable", "The database is not reachable right now; try again in a few seconds."),
+    };
+    let mut response = html(err.status, dash_web::pages::message(None, title, text));
+    if let Some(secs) = err.retry_after_secs {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+async fn shared_board(
+    State(state): State<AppState>,
+    Client(peer): Client,
+    Path(token): Path<String>,
+    Query(query): Query<RangeQuery>,
+) -> Response {
+    let record = match crate::shares::open(&state, peer, &token).await {
         Ok(record) => record,
-        Err(err) => return err.into_response(&state, None),
+        Err(err) => return closed_page(err),
     };
-    let Some(panel) = record.spec.panels.get(index) else {
-        return PageError::Missing(format!("Board {name:?} has no panel {index}.")).into_response(&state, None);
-    };
-    let loaded = load_panel(&state, &record.name, index, panel, query.range(&record.spec)).await;
-    html(StatusCode::OK, dash_web::boards::board_panel(loaded))
+    let base = crate::shares::share_path(&token);
+    let live = format!("/live?share={token}");
+    let view = board_view(&state, record, &base, &query, Some(live)).await;
+    let mut response = html(StatusCode::OK, dash_web::boards::board(None, view));
+    // The token is in the address: never send it on to another site.
+    response.headers_mut().insert(axum::http::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+async fn shared_panel(
+    State(state): State<AppState>,
+    Client(peer): Client,
+    Path((token, index)): Path<(String, usize)>,
+    Query(query): Query<RangeQuery>,
+) -> Response {
+    match crate::shares::open(&state, peer, &token).await {
+        Ok(record) => panel_of_board(&state, &record, &crate::shares::share_path(&token), false, index, &query).await,
+        Err(err) => closed_page(err),
+    }
 }
 
 /// The editor, with `error` shown above it when a change was refused.
 async fn editor(state: &AppState, headers: &HeaderMap, record: &BoardRecord, error: Option<String>) -> Response {
+    editor_with(state, headers, record, None, error).await
+}
+
+/// The editor, showing `new_link` (a share link just made, shown this once).
+async fn editor_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    record: &BoardRecord,
+    new_link: Option<String>,
+    error: Option<String>,
+) -> Response {
     let pipelines = match state.store.list_pipelines().await {
         Ok(pipelines) => pipelines,
         Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
@@ -249,19 +363,37 @@ async fn editor(state: &AppState, headers: &HeaderMap, record: &BoardRecord, err
                 }
                 PanelKind::Note { .. } => "Note".to_owned(),
             };
-            (what, p.title.clone().unwrap_or_default(), p.width)
+            PanelLine { what, title: p.title.clone().unwrap_or_default(), width: p.width }
+        })
+        .collect();
+    let shares = match state.store.list_shares(&record.name).await {
+        Ok(shares) => shares,
+        Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
+    };
+    let now = dash_domain::now_ms();
+    let shares = shares
+        .into_iter()
+        .map(|s| ShareLine {
+            expired: s.expires_ms <= now,
+            id: s.id,
+            created_at: s.created_at,
+            expires_at: s.expires_at,
         })
         .collect();
     let range = ChartRange::parse(&record.spec.range).unwrap_or(ChartRange::Day);
     let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     let page = dash_web::boards::editor(
         chrome(state, headers),
-        &record.name,
-        &title_of(record),
-        range,
-        panels,
-        choices,
-        error,
+        BoardEditor {
+            name: record.name.clone(),
+            title: title_of(record),
+            range,
+            panels,
+            choices,
+            shares,
+            new_link,
+            error,
+        },
     );
     html(status, page)
 }
@@ -471,6 +603,63 @@ async fn delete(State(state): State<AppState>, Path(name): Path<String>, headers
     }
     match state.store.delete_board(&name).await {
         Ok(_) => Redirect::to("/boards").into_response(),
+        Err(err) => PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewShare {
+    expires_in: Option<String>,
+}
+
+/// Makes a share link and shows it, once, in the editor.
+async fn make_share(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<NewShare>, FormRejection>,
+) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
+    let record = match find_board(&state, &name).await {
+        Ok(record) => record,
+        Err(err) => return err.into_response(&state, Some(chrome(&state, &headers))),
+    };
+    let expiry = match form.ok().and_then(|Form(input)| input.expires_in) {
+        None => Ok(crate::shares::DEFAULT_EXPIRY),
+        Some(text) => crate::shares::parse_expiry(&text),
+    };
+    let made = match expiry {
+        Ok(expiry) => crate::shares::issue(&state, &record.name, expiry).await,
+        Err(err) => Err(err),
+    };
+    match made {
+        Ok((_, token)) => {
+            let path = crate::shares::share_path(&token);
+            let link = match &state.limits.public_url {
+                Some(base) => format!("{base}{path}"),
+                None => crate::pages::site_url(&headers, &path),
+            };
+            editor_with(&state, &headers, &record, Some(link), None).await
+        }
+        Err(err) if err.status == StatusCode::SERVICE_UNAVAILABLE => {
+            PageError::store(err.message).into_response(&state, Some(chrome(&state, &headers)))
+        }
+        Err(err) => editor(&state, &headers, &record, Some(err.message)).await,
+    }
+}
+
+async fn revoke_share(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if crate::origin::is_cross_origin(&headers) {
+        return crate::origin::cross_origin_refused().into_response();
+    }
+    match state.store.delete_share(&name, &id).await {
+        Ok(_) => Redirect::to(&format!("/boards/{name}/edit")).into_response(),
         Err(err) => PageError::store(err).into_response(&state, Some(chrome(&state, &headers))),
     }
 }

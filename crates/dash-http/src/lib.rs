@@ -21,6 +21,7 @@ mod pages;
 mod refusals;
 mod request_metrics;
 mod serve;
+mod shares;
 mod throttle;
 mod view_pages;
 mod views;

@@ -1,13 +1,17 @@
 //! `GET /live`: the WebSocket of the live protocol. This module only moves frames: the hub
 //! (dash-live) decides what each client sees; the store gives the starting snapshot.
 
-use axum::extract::State;
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use dash_domain::PipelineUpdate;
 use dash_live::{ClientId, ClientMessage, ServerMessage};
+use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::client::Client;
@@ -25,27 +29,56 @@ pub(crate) fn router() -> axum::Router<AppState> {
     axum::Router::new().route("/live", get(upgrade))
 }
 
+#[derive(Deserialize)]
+struct LiveQuery {
+    /// A board's share link token: the session may follow that board's pipelines only.
+    share: Option<String>,
+}
+
+/// The pipelines a session may follow: all, or (through a share link) its board's.
+type Allowed = Option<Arc<HashSet<String>>>;
+
 async fn upgrade(
     State(state): State<AppState>,
     Client(peer): Client,
     slot: Option<axum::Extension<ConnectionSlot>>,
     headers: HeaderMap,
+    Query(query): Query<LiveQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     // A page on another origin must not read live data through the user's browser.
     if crate::origin::is_cross_origin(&headers) {
         return Err(crate::origin::cross_origin_refused());
     }
-    if state.limits.admin_token.is_some() {
-        state.throttle.admit(peer, Scope::Admin)?;
-    }
-    if !crate::auth::authorized(&headers, &state.limits) {
-        let refusal = ApiError::unauthorized(
-            "admin_token_required",
-            "/live needs a login session or Authorization: Bearer <admin token>",
-        );
-        return Err(state.throttle.failed(peer, Scope::Admin, refusal));
-    }
+    let allowed: Allowed = match (&query.share, crate::auth::authorized(&headers, &state.limits)) {
+        (Some(token), false) => {
+            let board = crate::shares::open(&state, peer, token).await?;
+            let mut pipelines = HashSet::new();
+            for reference in board.spec.pipelines() {
+                // Panels keep pipelines by id; a board from the config file may name one by
+                // its name.
+                match state.store.find_pipeline(reference).await {
+                    Ok(Some(record)) => pipelines.insert(record.id),
+                    Ok(None) => false,
+                    Err(err) => return Err(ApiError::store_unavailable(&err)),
+                };
+            }
+            Some(Arc::new(pipelines))
+        }
+        (_, authorized) => {
+            if state.limits.admin_token.is_some() {
+                state.throttle.admit(peer, Scope::Admin)?;
+            }
+            if !authorized {
+                let refusal = ApiError::unauthorized(
+                    "admin_token_required",
+                    "/live needs a login session, Authorization: Bearer <admin token> or a board's share link",
+                );
+                return Err(state.throttle.failed(peer, Scope::Admin, refusal));
+            }
+            None
+        }
+    };
     let place = state.live_sessions.take(peer)?;
     // The connection's place under the server's cap is taken here, before the answer: hyper
     // completes the upgrade and ends the connection's task in the same poll, which would give the
@@ -60,18 +93,18 @@ async fn upgrade(
         .on_upgrade(move |socket| async move {
             // Both places stay taken while the session lasts.
             let _held = (slot, place);
-            session(socket, state).await
+            session(socket, state, allowed).await
         }))
 }
 
 /// One connection: client messages in, hub frames out, until either side ends.
-async fn session(mut socket: WebSocket, state: AppState) {
+async fn session(mut socket: WebSocket, state: AppState, allowed: Allowed) {
     let (client, mut frames) = state.hub.connect().await;
     loop {
         tokio::select! {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(error) = handle(&state, client, &text).await
+                    if let Some(error) = handle(&state, client, &text, allowed.as_deref()).await
                         && socket.send(Message::Text(error)).await.is_err()
                     {
                         break;
@@ -95,7 +128,12 @@ async fn session(mut socket: WebSocket, state: AppState) {
 }
 
 /// Applies one client message; returns an error frame to send back, if any.
-async fn handle(state: &AppState, client: ClientId, text: &str) -> Option<Utf8Bytes> {
+async fn handle(
+    state: &AppState,
+    client: ClientId,
+    text: &str,
+    allowed: Option<&HashSet<String>>,
+) -> Option<Utf8Bytes> {
     let error = |code: &str, message: String| {
         let frame = ServerMessage::Error { code: code.into(), message }.to_bytes();
         Utf8Bytes::try_from(frame).ok()
@@ -113,6 +151,11 @@ async fn handle(state: &AppState, client: ClientId, text: &str) -> Option<Utf8By
         // A fresh snapshot from the store: it is where a reconnecting client (`after_seq`)
         // catches up from, whatever it missed.
         ClientMessage::Subscribe { pipeline, after_seq: _ } => match state.store.find_pipeline(&pipeline).await {
+            // Through a share link, only the board's pipelines; any other is refused as if it
+            // did not exist (a share link's holder learns nothing of other pipelines).
+            Ok(Some(record)) if allowed.is_some_and(|allowed| !allowed.contains(&record.id)) => {
+                error("pipeline_not_found", format!("no pipeline {pipeline:?}"))
+            }
             Ok(Some(record)) => {
                 state.hub.subscribe(client, record.id, record.stats).await;
                 None

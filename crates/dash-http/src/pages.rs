@@ -39,6 +39,7 @@ pub(crate) fn router(state: AppState) -> axum::Router<AppState> {
         .merge(crate::view_pages::router())
         .merge(crate::board_pages::router())
         .route_layer(middleware::from_fn_with_state(state, require_session))
+        .merge(crate::board_pages::share_router())
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/assets/live.js", get(|| asset("text/javascript; charset=utf-8", dash_web::LIVE_JS)))
@@ -254,9 +255,14 @@ impl PageQuery {
 }
 
 /// The webhook URL as the visitor reached this node (web nodes are the public edge).
-/// The `Host` header goes into a shell snippet: only a plain host name or address with a port
-/// is used (no quote, space or `$` can reach the shell), anything else shows `localhost:8080`.
 fn webhook_url(headers: &HeaderMap, id: &str) -> String {
+    site_url(headers, &format!("/webhooks/{id}"))
+}
+
+/// `path` on this site as the visitor reached it. The `Host` header goes into a shell snippet:
+/// only a plain host name or address with a port is used (no quote, space or `$` can reach the
+/// shell), anything else shows `localhost:8080`.
+pub(crate) fn site_url(headers: &HeaderMap, path: &str) -> String {
     let plain_host = |h: &&str| {
         !h.is_empty()
             && h.len() <= 255
@@ -267,7 +273,7 @@ fn webhook_url(headers: &HeaderMap, id: &str) -> String {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
-    format!("{scheme}://{host}/webhooks/{id}")
+    format!("{scheme}://{host}{path}")
 }
 
 /// The page's view of a source: the same redacted fields the API shows.

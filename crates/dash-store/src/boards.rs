@@ -134,3 +134,114 @@ impl Store {
         Ok(deleted > 0)
     }
 }
+
+/// A board's share link as listed (its token is shown once, when it is made, and never kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShareRecord {
+    pub id: String,
+    pub board: String,
+    pub created_at: String,
+    pub expires_at: String,
+    /// Unix ms of `expires_at`.
+    #[serde(skip)]
+    pub expires_ms: i64,
+}
+
+type ShareRow = (String, String, i64, i64);
+
+fn share_from_row((id, board, created_at, expires_at): ShareRow) -> ShareRecord {
+    ShareRecord {
+        id,
+        board,
+        created_at: format_ms(created_at),
+        expires_at: format_ms(expires_at),
+        expires_ms: expires_at,
+    }
+}
+
+/// Most share links one board may have at once.
+pub const MAX_SHARES_PER_BOARD: i64 = 100;
+
+impl Store {
+    /// Keeps a new share link of `board` (by its token's hash) until `expires_ms`.
+    /// [`StoreError::NotFound`] when there is no such board; [`StoreError::InvalidBoard`] past
+    /// [`MAX_SHARES_PER_BOARD`].
+    pub async fn create_share(
+        &self,
+        board: &str,
+        token_hash: &str,
+        expires_ms: i64,
+    ) -> Result<ShareRecord, StoreError> {
+        if self.find_board(board).await?.is_none() {
+            return Err(StoreError::NotFound(board.to_owned()));
+        }
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let now = now_ms();
+        let count: i64 =
+            on_backend!(self, readers, |pool| sqlx::query_scalar("SELECT COUNT(*) FROM board_shares WHERE board = $1")
+                .bind(board)
+                .fetch_one(pool)
+                .await?);
+        if count >= MAX_SHARES_PER_BOARD {
+            return Err(StoreError::InvalidBoard(format!(
+                "a board has at most {MAX_SHARES_PER_BOARD} share links; revoke some first"
+            )));
+        }
+        let result = on_backend!(self, writer, |pool| sqlx::query(
+            "INSERT INTO board_shares (id, board, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)"
+        )
+        .bind(&id)
+        .bind(board)
+        .bind(token_hash)
+        .bind(now)
+        .bind(expires_ms)
+        .execute(pool)
+        .await
+        .map(|_| ()));
+        match result {
+            Ok(_) => Ok(share_from_row((id, board.to_owned(), now, expires_ms))),
+            // The board was deleted meanwhile.
+            Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                Err(StoreError::NotFound(board.to_owned()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A board's share links, newest first, expired ones included (the board's editor shows
+    /// them as expired).
+    pub async fn list_shares(&self, board: &str) -> Result<Vec<ShareRecord>, StoreError> {
+        let rows = on_backend!(self, readers, |pool| {
+            sqlx::query_as::<_, ShareRow>(
+            "SELECT id, board, created_at, expires_at FROM board_shares WHERE board = $1 ORDER BY created_at DESC, id DESC"
+        )
+        .bind(board)
+        .fetch_all(pool)
+        .await?
+        });
+        Ok(rows.into_iter().map(share_from_row).collect())
+    }
+
+    /// The share link whose token hashes to `token_hash`, expired or not.
+    pub async fn find_share(&self, token_hash: &str) -> Result<Option<ShareRecord>, StoreError> {
+        let row = on_backend!(self, readers, |pool| sqlx::query_as::<_, ShareRow>(
+            "SELECT id, board, created_at, expires_at FROM board_shares WHERE token_hash = $1"
+        )
+        .bind(token_hash)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(share_from_row))
+    }
+
+    /// Revokes a share link; `false` when the board had no such link.
+    pub async fn delete_share(&self, board: &str, id: &str) -> Result<bool, StoreError> {
+        let deleted =
+            on_backend!(self, writer, |pool| sqlx::query("DELETE FROM board_shares WHERE board = $1 AND id = $2")
+                .bind(board)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected());
+        Ok(deleted > 0)
+    }
+}

@@ -46,7 +46,7 @@ use dash_signature::{BearerToken, SigningSecret};
 use serde::Serialize;
 
 pub use binary_copy::BinaryCopy;
-pub use boards::BoardRecord;
+pub use boards::{BoardRecord, MAX_SHARES_PER_BOARD, ShareRecord};
 pub use export::ndjson;
 pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};

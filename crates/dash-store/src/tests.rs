@@ -535,7 +535,19 @@ async fn boards_on(store: &Store) {
     assert_eq!(boards.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["cfo", "ops"]);
     assert_eq!(boards[1].spec, spec("7d"));
     assert_eq!(store.find_board("Not a name\0").await.unwrap(), None);
+    // Share links: kept by their token's hash, listed newest first, revoked one by one, and
+    // gone with their board.
+    let first = store.create_share("ops", "hash-1", 1_000).await.unwrap();
+    let second = store.create_share("ops", "hash-2", i64::MAX / 2).await.unwrap();
+    assert!(matches!(store.create_share("none", "hash-3", 1).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.find_share("hash-1").await.unwrap().unwrap().board, "ops");
+    assert_eq!(store.find_share("hash-1").await.unwrap().unwrap().expires_ms, 1_000);
+    assert_eq!(store.list_shares("ops").await.unwrap(), [second.clone(), first.clone()]);
+    assert!(store.delete_share("ops", &first.id).await.unwrap());
+    assert!(!store.delete_share("cfo", &second.id).await.unwrap(), "another board's link");
+    assert_eq!(store.find_share("hash-1").await.unwrap(), None);
     assert!(store.delete_board("ops").await.unwrap());
+    assert_eq!(store.find_share("hash-2").await.unwrap(), None, "a board's links go with it");
     assert!(!store.delete_board("ops").await.unwrap());
     assert_eq!(store.find_board("ops").await.unwrap(), None);
 }

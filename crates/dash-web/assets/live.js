@@ -152,7 +152,9 @@ function downState() {
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  const ws = new WebSocket(`${scheme}${location.host}/live`);
+  // A board seen through a share link names its own way in (`/live?share=…`).
+  const path = document.body.dataset.live || "/live";
+  const ws = new WebSocket(`${scheme}${location.host}${path}`);
   socket = ws;
   if (downSince === null) setStatus("connecting", "opening the live connection");
   ws.onopen = () => {

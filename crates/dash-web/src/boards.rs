@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 
 use crate::charts::BarChart;
-use crate::display::rate;
+use crate::display::{rate, timestamp};
 use crate::views::{GroupsTable, ViewCard, ViewChart, number};
 use crate::{Chart, ChartRange, Chrome};
 
@@ -26,12 +26,22 @@ pub struct BoardView {
     pub range: ChartRange,
     pub panels: Vec<BoardPanel>,
     pub can_edit: bool,
+    /// Seen through a share link: `/live?share=…` for the script, no navigation to the rest of
+    /// the site.
+    pub shared_live: Option<String>,
+    /// For a wall: no chrome, the grid across the screen (`?kiosk=1`, kept in the range links).
+    pub kiosk: bool,
 }
 
 /// One panel of a board, over the board's range.
 #[derive(Debug, Clone)]
 pub struct BoardPanel {
-    pub board: String,
+    /// Where the board is served (`/boards/ops`, or `/share/<token>`): its panels' fragments
+    /// are under it.
+    pub base: String,
+    /// Link a pipeline panel to its pipeline's page (not through a share link, whose visitor
+    /// may open nothing else).
+    pub links: bool,
     /// Its place on the board, from 0: its fragment's address.
     pub index: usize,
     pub title: String,
@@ -62,6 +72,20 @@ pub enum PanelBody {
     Absent { pipeline: Option<String>, why: String, retry: bool },
 }
 
+/// One of a board's share links, as its editor lists it.
+#[derive(Debug, Clone)]
+pub struct ShareLine {
+    pub id: String,
+    /// RFC 3339.
+    pub created_at: String,
+    pub expires_at: String,
+    pub expired: bool,
+}
+
+/// How long a new share link may last, as the editor offers it: (value, label).
+pub const SHARE_EXPIRIES: [(&str, &str); 4] =
+    [("1day", "1 day"), ("7days", "7 days"), ("30days", "30 days"), ("365days", "1 year")];
+
 /// Everything the editor needs besides the board: what a panel can show.
 #[derive(Debug, Clone, Default)]
 pub struct PanelChoices {
@@ -71,8 +95,8 @@ pub struct PanelChoices {
     pub views: Vec<(String, String)>,
 }
 
-fn panel_url(board: &str, index: usize, range: ChartRange) -> String {
-    format!("/boards/{board}/panels/{index}?range={}", range.as_str())
+fn panel_url(base: &str, index: usize, range: ChartRange) -> String {
+    format!("{base}/panels/{index}?range={}", range.as_str())
 }
 
 /// `/boards`: every board, and the form that makes one.
@@ -114,31 +138,38 @@ pub fn boards(chrome: Chrome, boards: Vec<BoardLine>, can_edit: bool, error: Opt
 }
 
 /// `/boards/{name}`: the board's panels in a grid, over its range.
-pub fn board(chrome: Chrome, board: BoardView) -> String {
+pub fn board(chrome: Option<Chrome>, board: BoardView) -> String {
+    let kiosk = if board.kiosk { "&kiosk=1" } else { "" };
     let tabs = ChartRange::BOARD
         .into_iter()
         .map(|r| {
             let current = (r == board.range).then_some("page");
-            view! { <a href=format!("?range={}", r.as_str()) aria-current=current>{r.label()}</a> }
+            view! { <a href=format!("?range={}{kiosk}", r.as_str()) aria-current=current>{r.label()}</a> }
         })
         .collect_view();
+    let can_edit = board.can_edit && board.shared_live.is_none();
     let edit = format!("/boards/{}/edit", board.name);
     let empty = board.panels.is_empty().then(|| {
-        view! { <p class="empty">"This board has no panels yet. "{board.can_edit.then(|| view! { <a href=edit.clone()>"Add one"</a> })}</p> }
+        view! { <p class="empty">"This board has no panels yet. "{can_edit.then(|| view! { <a href=edit.clone()>"Add one"</a> })}</p> }
     });
     let panels = board.panels.into_iter().map(|panel| view! { <PanelSection panel=panel /> }).collect_view();
     let title = board.title.clone();
+    let shared = board.shared_live.is_some();
     let content = view! {
-        <nav class="crumbs"><a href="/boards">"Boards"</a>" / "{board.name.clone()}</nav>
+        {(!shared).then(|| view! { <nav class="crumbs"><a href="/boards">"Boards"</a>" / "{board.name.clone()}</nav> })}
         <div class="board-head">
             <h1>{board.title}</h1>
             <nav class="ranges">{tabs}</nav>
-            {board.can_edit.then(|| view! { <a class="edit" href=edit.clone()>"Edit"</a> })}
+            {can_edit.then(|| view! { <a class="edit" href=edit.clone()>"Edit"</a> })}
         </div>
         {empty}
         <div class="board-grid">{panels}</div>
     };
-    crate::pages::document(&title, Some(chrome), content)
+    if shared || board.kiosk {
+        crate::pages::document_bare(&title, content, board.kiosk, board.shared_live)
+    } else {
+        crate::pages::document(&title, chrome, content)
+    }
 }
 
 /// One panel alone: the fragment at `/boards/{name}/panels/{index}`.
@@ -149,7 +180,7 @@ pub fn board_panel(panel: BoardPanel) -> String {
 #[component]
 fn PanelSection(panel: BoardPanel) -> impl IntoView {
     let class = format!("board-panel w{}", panel.width.clamp(1, 4));
-    let refresh = panel_url(&panel.board, panel.index, panel.range);
+    let refresh = panel_url(&panel.base, panel.index, panel.range);
     let head = |sub: String| {
         view! {
             <div class="panel-head">
@@ -168,7 +199,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
                     <div class="panel-figures">
                         <span><span class="value" data-field="count">{count.to_string()}</span>" events"</span>
                         <span>{format!("{} /s", rate(per_second))}</span>
-                        <a href=href>"pipeline"</a>
+                        {panel.links.then(|| view! { <a href=href>"pipeline"</a> })}
                     </div>
                     <BarChart chart=chart />
                 </section>
@@ -228,17 +259,36 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
     }
 }
 
-/// `/boards/{name}/edit`: the board's settings, each panel with its controls, and the form that
-/// adds one. Every control is a form that posts and comes back here.
-pub fn editor(
-    chrome: Chrome,
-    name: &str,
-    title: &str,
-    range: ChartRange,
-    panels: Vec<(String, String, u8)>,
-    choices: PanelChoices,
-    error: Option<String>,
-) -> String {
+/// One panel as the editor lists it.
+#[derive(Debug, Clone)]
+pub struct PanelLine {
+    /// What it shows, in words.
+    pub what: String,
+    /// Its own title (empty: the default).
+    pub title: String,
+    pub width: u8,
+}
+
+/// What the editor shows.
+#[derive(Debug, Clone)]
+pub struct BoardEditor {
+    pub name: String,
+    pub title: String,
+    pub range: ChartRange,
+    pub panels: Vec<PanelLine>,
+    pub choices: PanelChoices,
+    pub shares: Vec<ShareLine>,
+    /// A share link just made: shown this once.
+    pub new_link: Option<String>,
+    /// Why the last change was refused.
+    pub error: Option<String>,
+}
+
+/// `/boards/{name}/edit`: the board's settings, each panel with its controls, the form that
+/// adds one, and the share links. Every control is a form that posts and comes back here.
+pub fn editor(chrome: Chrome, editor: BoardEditor) -> String {
+    let BoardEditor { name, title, range, panels, choices, shares, new_link, error } = editor;
+    let (name, title) = (name.as_str(), title.as_str());
     let base = format!("/boards/{name}");
     let range_options = ChartRange::BOARD
         .into_iter()
@@ -248,7 +298,7 @@ pub fn editor(
     let rows = panels
         .into_iter()
         .enumerate()
-        .map(|(i, (what, panel_title, width))| {
+        .map(|(i, PanelLine { what, title: panel_title, width })| {
             let at = format!("{base}/panels/{i}");
             let widths = (1..=4u8)
                 .map(|w| view! { <option value=w.to_string() selected={w == width}>{format!("{w} of 4")}</option> })
@@ -318,6 +368,32 @@ pub fn editor(
             <label>"Note (Markdown, for a note) "<textarea name="text" rows="4"></textarea></label>
             <button type="submit">"Add panel"</button>
         </form>
+        <h2>"Share links"</h2>
+        <p class="sub">"Anyone with a link sees this board, live, and nothing else, until the link expires or is revoked."</p>
+        {new_link.map(|link| view! {
+            <p class="new-link" role="status">"New link (shown once; copy it now): "<a href=link.clone() class="share-url">{link.clone()}</a></p>
+        })}
+        <table class="share-links">
+            <thead><tr><th>"Link"</th><th>"Made (UTC)"</th><th>"Expires (UTC)"</th><th></th></tr></thead>
+            <tbody>{shares.into_iter().map(|share| {
+                let revoke = format!("{base}/shares/{}/revoke", share.id);
+                let expires = if share.expired { format!("expired {}", timestamp(Some(&share.expires_at))) } else { timestamp(Some(&share.expires_at)) };
+                view! {
+                    <tr data-share=share.id.clone()>
+                        <td><code>{share.id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<String>()}</code></td>
+                        <td>{timestamp(Some(&share.created_at))}</td>
+                        <td class=share.expired.then_some("expired")>{expires}</td>
+                        <td><form method="post" action=revoke class="inline"><button type="submit" class="link">"Revoke"</button></form></td>
+                    </tr>
+                }
+            }).collect_view()}</tbody>
+        </table>
+        <form method="post" action=format!("{base}/shares") class="inline">
+            <label>"New link, valid for "<select name="expires_in">
+                {SHARE_EXPIRIES.into_iter().map(|(value, label)| view! { <option value=value selected={value == "30days"}>{label}</option> }).collect_view()}
+            </select></label>
+            " "<button type="submit">"Make a share link"</button>
+        </form>
         <h2>"Delete"</h2>
         <form method="post" action=format!("{base}/delete") class="inline">
             <button type="submit" class="danger">"Delete this board"</button>
@@ -331,7 +407,15 @@ mod tests {
     use super::*;
 
     fn panel(body: PanelBody) -> BoardPanel {
-        BoardPanel { board: "ops".into(), index: 2, title: "Orders".into(), width: 3, range: ChartRange::Week, body }
+        BoardPanel {
+            base: "/boards/ops".into(),
+            links: true,
+            index: 2,
+            title: "Orders".into(),
+            width: 3,
+            range: ChartRange::Week,
+            body,
+        }
     }
 
     #[test]

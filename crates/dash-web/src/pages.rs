@@ -17,6 +17,40 @@ pub(crate) fn document(title: &str, chrome: Option<Chrome>, content: impl IntoVi
     document_reloading(title, chrome, content, None)
 }
 
+/// A page without the site's navigation: a board seen through a share link (whose visitor may
+/// open nothing else), or on a wall (`kiosk`: no header or footer, the grid across the screen).
+/// `live` is the WebSocket path the script opens (`/live` when `None`).
+pub(crate) fn document_bare(
+    title: &str,
+    content: impl IntoView + 'static,
+    kiosk: bool,
+    live: Option<String>,
+) -> String {
+    let title = format!("{title} · Dash");
+    let page = view! {
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <meta name="referrer" content="no-referrer" />
+                <title>{title}</title>
+                <link rel="stylesheet" href="/assets/dash.css" />
+                <script type="module" src="/assets/live.js"></script>
+                <noscript><meta http-equiv="refresh" content="30" /></noscript>
+            </head>
+            <body data-refresh-ms=REFRESH_MS.to_string() data-live=live class=kiosk.then_some("kiosk")>
+                <header class="top bare">
+                    <span class="brand">"Dash"</span>
+                    <span id="live-status" class="status" data-state="static"
+                        title="static: this page shows the moment it was loaded">"static"</span>
+                </header>
+                <main>{content}</main>
+            </body>
+        </html>
+    };
+    format!("<!DOCTYPE html>{}", page.to_html())
+}
+
 /// [`document`], reloading itself every `reload_secs` when given (a page waiting for something
 /// to come back), with or without scripts.
 fn document_reloading(

@@ -198,6 +198,20 @@ async fn a_board_is_composed_through_the_pages_forms() {
     let response = form("/boards", &[("name", "wall")]).await;
     assert_eq!(response.status(), 422);
     assert_eq!(server.get_json("/api/boards/wall").await["panels"], board["panels"]);
+    // A share link, made through the editor (shown once), opened, then revoked there.
+    let response = form("/boards/wall/shares", &[("expires_in", "7days")]).await;
+    assert_eq!(response.status(), 200);
+    let made = response.text().await.unwrap();
+    let link = made.split("class=\"share-url\">").nth(1).and_then(|rest| rest.split('<').next()).unwrap().to_owned();
+    assert!(link.starts_with("http://") && link.contains("/share/dash_"), "{link}");
+    let share_path = &link[link.find("/share/").unwrap()..];
+    assert_eq!(page(&server, share_path).await.0, 200);
+    let (_, editor) = page(&server, "/boards/wall/edit").await;
+    assert!(!editor.contains(share_path), "the token is shown once only");
+    let id = editor.split("data-share=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_owned();
+    see_other(form(&format!("/boards/wall/shares/{id}/revoke"), &[]).await, "/boards/wall/edit");
+    assert_eq!(page(&server, share_path).await.0, 401);
+
     // Another site's page cannot post the forms.
     let response = client
         .post(server.url("/boards/wall/delete"))
@@ -276,4 +290,128 @@ async fn boards_come_from_the_config_file_and_the_cli() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("boards.wall.panels[0].width"), "{text}");
+}
+
+/// A WebSocket to `/live` with `query` (`?share=…`); the HTTP status when it is refused.
+async fn live(server: &TestServer, query: &str) -> Result<crate::live::Socket, u16> {
+    let url = server.base.replacen("http://", "ws://", 1) + "/live" + query;
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_share_link_opens_its_board_and_live_for_its_pipelines_only_until_revoked_or_expired() {
+    let token = "letmein";
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms"), ("DASH_ADMIN_TOKEN", token)]).await;
+    let orders = server.create_pipeline("orders").await;
+    let payroll = server.create_pipeline("payroll").await;
+    let admin = |request: reqwest::RequestBuilder| request.bearer_auth(token);
+    let response = admin(server.client.post(server.url("/api/boards")))
+        .json(&json!({"name": "wall", "panels": [
+            {"type": "pipeline", "pipeline": "orders"},
+            {"type": "note", "text": "Orders *today*"}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let response = admin(server.client.post(server.url("/api/boards/wall/shares")))
+        .json(&json!({"expires_in": "7days"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let share: Value = response.json().await.unwrap();
+    let path = share["path"].as_str().unwrap().to_owned();
+    let share_token = share["token"].as_str().unwrap().to_owned();
+    assert_eq!(path, format!("/share/{share_token}"));
+    assert_eq!(share["expired"], false);
+    // Listed on the board, without its token.
+    let listed = admin(server.client.get(server.url("/api/boards/wall/shares"))).send().await.unwrap();
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["shares"][0]["id"], share["id"]);
+    assert!(!listed.to_string().contains(&share_token), "{listed}");
+
+    // Without a session: the board through its link, and nothing else.
+    let visitor = crate::support::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let get = |path: String| {
+        let request = visitor.get(server.url(&path));
+        async move { request.send().await.unwrap() }
+    };
+    let response = get(path.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    let html = response.text().await.unwrap();
+    assert!(html.contains("<em>today</em>") && html.contains("events per 10 minutes"), "{html}");
+    assert!(html.contains(&format!(r#"data-live="/live?share={share_token}""#)), "{html}");
+    assert!(html.contains(&format!(r#"data-refresh="{path}/panels/0?range=24h""#)), "{html}");
+    assert!(!html.contains("href=\"/pipelines") && !html.contains("href=\"/boards"), "no way elsewhere: {html}");
+    let fragment = get(format!("{path}/panels/0?range=5m")).await;
+    assert_eq!(fragment.status(), 200);
+    let kiosk = get(format!("{path}?kiosk=1")).await.text().await.unwrap();
+    assert!(kiosk.contains(r#"class="kiosk""#) && kiosk.contains("range=1h&amp;kiosk=1"), "{kiosk}");
+    for other in ["/boards/wall", "/boards", "/", "/pipelines/orders", "/boards/wall/panels/0", "/cluster"] {
+        let status = get(other.to_owned()).await.status().as_u16();
+        assert!(status == 401 || (300..400).contains(&status), "{other}: {status}");
+    }
+    for api in ["/api/boards", "/api/boards/wall", "/api/pipelines", "/api/pipelines/orders/events"] {
+        assert_eq!(get(api.to_owned()).await.status(), 401, "{api}");
+        let with_share = visitor.get(server.url(&format!("{api}?share={share_token}"))).send().await.unwrap();
+        assert_eq!(with_share.status(), 401, "{api}");
+    }
+
+    // /live through the link: the board's pipelines, and no other.
+    assert_eq!(live(&server, "").await.err(), Some(401));
+    let mut socket = live(&server, &format!("?share={share_token}")).await.unwrap();
+    crate::live::send(&mut socket, json!({"type": "subscribe", "pipeline": "payroll"})).await;
+    let refused = crate::live::next(&mut socket).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("pipeline_not_found")),
+        "{refused}"
+    );
+    crate::live::send(&mut socket, json!({"type": "subscribe", "pipeline": "orders"})).await;
+    assert_eq!(crate::live::next(&mut socket).await["type"], "snapshot");
+    assert_eq!(server.post_json(&payroll, "p-1", r#"{"id":"p-1"}"#).await.status(), 202);
+    assert_eq!(server.post_json(&orders, "o-1", r#"{"id":"o-1"}"#).await.status(), 202);
+    let update = crate::live::next(&mut socket).await;
+    assert_eq!((update["type"].as_str(), update["pipeline"].as_str()), (Some("update"), Some("orders")), "{update}");
+
+    // Revoked: the page and /live are closed to it.
+    let id = share["id"].as_str().unwrap();
+    let response =
+        admin(server.client.delete(server.url(&format!("/api/boards/wall/shares/{id}")))).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(get(path.clone()).await.status(), 401);
+    assert_eq!(get(format!("{path}/panels/0")).await.status(), 401);
+    assert_eq!(live(&server, &format!("?share={share_token}")).await.err(), Some(401));
+
+    // Expired: the same.
+    let response = admin(server.client.post(server.url("/api/boards/wall/shares")))
+        .json(&json!({"expires_in": "1s"}))
+        .send()
+        .await
+        .unwrap();
+    let short: Value = response.json().await.unwrap();
+    let short_path = short["path"].as_str().unwrap().to_owned();
+    assert_eq!(get(short_path.clone()).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(get(short_path.clone()).await.status(), 401);
+    let listed = admin(server.client.get(server.url("/api/boards/wall/shares"))).send().await.unwrap();
+    assert_eq!(listed.json::<Value>().await.unwrap()["shares"][0]["expired"], true);
+    // A made-up or malformed link is no better.
+    for bad in ["/share/dash_0000", "/share/%00", &format!("/share/{}", "x".repeat(300))] {
+        let status = get(bad.to_owned()).await.status().as_u16();
+        assert!(status == 401 || status == 429, "{bad}: {status}");
+    }
+    let refused = admin(server.client.post(server.url("/api/boards/wall/shares")))
+        .json(&json!({"expires_in": "forever"}))
+        .send()
+        .await
+        .unwrap();
+    let refused = assert_error(refused, 422, "invalid_share").await;
+    assert_eq!(refused["error"]["field"], "expires_in");
 }
