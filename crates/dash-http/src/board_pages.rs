@@ -29,6 +29,7 @@ pub(crate) fn router() -> axum::Router<AppState> {
         .route("/boards/{name}/delete", post(delete))
         .route("/boards/{name}/panels", post(add_panel))
         .route("/boards/{name}/panels/{index}", get(panel))
+        .route("/boards/{name}/panels/{index}/export", get(export))
         .route("/boards/{name}/panels/{index}/settings", post(panel_settings))
         .route("/boards/{name}/panels/{index}/move", post(move_panel))
         .route("/boards/{name}/panels/{index}/remove", post(remove_panel))
@@ -42,6 +43,7 @@ pub(crate) fn share_router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/share/{token}", get(shared_board))
         .route("/share/{token}/panels/{index}", get(shared_panel))
+        .route("/share/{token}/panels/{index}/export", get(shared_export))
 }
 
 #[derive(Deserialize)]
@@ -49,6 +51,8 @@ pub(crate) struct RangeQuery {
     range: Option<String>,
     /// `1`: for a wall display.
     kiosk: Option<String>,
+    /// A panel's download: `csv` or `json`.
+    format: Option<String>,
 }
 
 impl RangeQuery {
@@ -276,6 +280,72 @@ async fn panel(
     match find_board(&state, &name).await {
         Ok(record) => panel_of_board(&state, &record, &format!("/boards/{}", record.name), true, index, &query).await,
         Err(err) => err.into_response(&state, None),
+    }
+}
+
+/// What panel `index` of `record` shows over the asked range, as CSV or JSON to download.
+async fn export_panel(
+    state: &AppState,
+    record: &BoardRecord,
+    base: &str,
+    index: usize,
+    query: &RangeQuery,
+) -> Response {
+    let Some(panel) = record.spec.panels.get(index) else {
+        return ApiError::not_found("panel_not_found", format!("board {:?} has no panel {index}", record.name))
+            .into_response();
+    };
+    let loaded = load_panel(state, base, false, index, panel, query.range(&record.spec)).await;
+    let Some(table) = dash_web::export::panel_table(&loaded) else {
+        let why = match &loaded.body {
+            PanelBody::Absent { retry: true, .. } => {
+                return ApiError::unavailable("store_unavailable", "the panel's figures cannot be read right now", 5)
+                    .into_response();
+            }
+            PanelBody::Note { .. } => "a note has no figures",
+            _ => "what the panel shows is gone",
+        };
+        return ApiError::not_found("no_figures", why).into_response();
+    };
+    let (body, content_type, extension) = match query.format.as_deref() {
+        Some("json") => (table.to_json(&record.name, &loaded).to_string(), "application/json", "json"),
+        None | Some("csv") => (table.to_csv(), "text/csv; charset=utf-8", "csv"),
+        Some(_) => {
+            return ApiError::unprocessable("invalid_format", "format: csv or json").field("format").into_response();
+        }
+    };
+    let file = format!("{}-{}-{}.{extension}", record.name, index + 1, loaded.range.as_str());
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        headers.insert(axum::http::header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+async fn export(
+    State(state): State<AppState>,
+    Path((name, index)): Path<(String, usize)>,
+    Query(query): Query<RangeQuery>,
+) -> Response {
+    match find_board(&state, &name).await {
+        Ok(record) => export_panel(&state, &record, &format!("/boards/{}", record.name), index, &query).await,
+        Err(PageError::StoreDown(err)) => ApiError::store_unavailable(&err).into_response(),
+        Err(_) => crate::boards::board_not_found(&name).into_response(),
+    }
+}
+
+async fn shared_export(
+    State(state): State<AppState>,
+    Client(peer): Client,
+    Path((token, index)): Path<(String, usize)>,
+    Query(query): Query<RangeQuery>,
+) -> Response {
+    match crate::shares::open(&state, peer, &token).await {
+        Ok(record) => export_panel(&state, &record, &crate::shares::share_path(&token), index, &query).await,
+        Err(err) => err.into_response(),
     }
 }
 

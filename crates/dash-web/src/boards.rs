@@ -181,11 +181,21 @@ pub fn board_panel(panel: BoardPanel) -> String {
 fn PanelSection(panel: BoardPanel) -> impl IntoView {
     let class = format!("board-panel w{}", panel.width.clamp(1, 4));
     let refresh = panel_url(&panel.base, panel.index, panel.range);
-    let head = |sub: String| {
+    let exports = crate::export::panel_table(&panel).is_some().then(|| {
+        let export = |format: &str| {
+            format!("{}/panels/{}/export?format={format}&range={}", panel.base, panel.index, panel.range.as_str())
+        };
+        view! {
+            <span class="exports"><a href=export("csv") download="">"CSV"</a>" · "<a href=export("json") download="">"JSON"</a></span>
+        }
+    });
+    let title = panel.title.clone();
+    let head = move |sub: String| {
         view! {
             <div class="panel-head">
-                <h2>{panel.title.clone()}</h2>
+                <h2>{title.clone()}</h2>
                 <span class="sub">{sub}</span>
+                {exports.clone()}
             </div>
         }
     };

@@ -21,6 +21,7 @@
 pub mod boards;
 mod charts;
 mod display;
+pub mod export;
 mod load;
 pub mod notes;
 pub mod pages;

@@ -119,6 +119,33 @@ async fn a_board_is_made_through_the_api_refused_by_field_and_shown_as_a_grid() 
     assert!(fragment.contains(r#"<span class="value big">3</span>"#), "{fragment}");
     assert_eq!(page(&server, "/boards/ops/panels/9").await.0, 404);
     assert_eq!(page(&server, "/boards/nope").await.0, 404);
+    // Each panel's figures download as CSV and JSON, over the range asked.
+    let response =
+        server.client.get(server.url("/boards/ops/panels/0/export?format=csv&range=1h")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(response.headers()["content-disposition"], "attachment; filename=\"ops-1-1h.csv\"");
+    let csv = response.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!((lines[0], lines.len()), ("bucket_start,events", 61), "{csv}");
+    let total: i64 = lines[1..].iter().map(|l| l.rsplit(',').next().unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 6, "{csv}");
+    let table = server.get_json("/boards/ops/panels/1/export?format=json").await;
+    assert_eq!(table["title"], "Orders by type");
+    let mut rows: Vec<(String, i64)> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["group"].as_str().unwrap().to_owned(), r["events"].as_i64().unwrap()))
+        .collect();
+    rows.sort();
+    assert_eq!(rows, [("paid".to_owned(), 3), ("refunded".to_owned(), 3)], "{table}");
+    let response = server.client.get(server.url("/boards/ops/panels/3/export")).send().await.unwrap();
+    assert_error(response, 404, "no_figures").await;
+    let response = server.client.get(server.url("/boards/ops/panels/0/export?format=xml")).send().await.unwrap();
+    assert_error(response, 422, "invalid_format").await;
+    assert!(html.contains(r#"href="/boards/ops/panels/0/export?format=csv&amp;range=1h""#), "{html}");
+
     let (_, list) = page(&server, "/boards").await;
     assert!(list.contains(r#"href="/boards/ops""#) && list.contains("orders, deploys"), "{list}");
 
@@ -380,6 +407,10 @@ async fn a_share_link_opens_its_board_and_live_for_its_pipelines_only_until_revo
     let update = crate::live::next(&mut socket).await;
     assert_eq!((update["type"].as_str(), update["pipeline"].as_str()), (Some("update"), Some("orders")), "{update}");
 
+    let csv = get(format!("{path}/panels/0/export?format=csv")).await;
+    assert_eq!(csv.status(), 200);
+    assert!(csv.text().await.unwrap().starts_with("bucket_start,events\n"));
+
     // Revoked: the page and /live are closed to it.
     let id = share["id"].as_str().unwrap();
     let response =
@@ -387,6 +418,7 @@ async fn a_share_link_opens_its_board_and_live_for_its_pipelines_only_until_revo
     assert_eq!(response.status(), 204);
     assert_eq!(get(path.clone()).await.status(), 401);
     assert_eq!(get(format!("{path}/panels/0")).await.status(), 401);
+    assert_eq!(get(format!("{path}/panels/0/export")).await.status(), 401);
     assert_eq!(live(&server, &format!("?share={share_token}")).await.err(), Some(401));
 
     // Expired: the same.
