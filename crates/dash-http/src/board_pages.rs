@@ -10,7 +10,8 @@ use dash_boards::{BoardSpec, Display, Panel, PanelKind};
 use dash_store::{BoardRecord, PutMode, StoreError};
 use dash_web::ChartRange;
 use dash_web::boards::{
-    BoardEditor, BoardLine, BoardPanel, BoardView, PanelBody, PanelChoices, PanelLine, ShareLine, ViewDisplay,
+    BoardEditor, BoardLine, BoardPanel, BoardView, Freshness, PanelBody, PanelChoices, PanelLine, ShareLine,
+    ViewDisplay,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -95,6 +96,7 @@ async fn load_panel(
                 Ok(loaded) => (
                     record.name.clone(),
                     PanelBody::Pipeline {
+                        fresh: freshness(state, &record).await,
                         pipeline: record.id.clone(),
                         seq: record.stats.seq,
                         count: record.stats.count,
@@ -114,17 +116,17 @@ async fn load_panel(
                     PageError::Missing(format!("Pipeline {:?} has no view {view:?} any more.", record.id))
                 })?;
                 let card = crate::view_pages::load_card(state, &found, range).await?;
-                Ok::<_, PageError>((record.stats.seq, card))
+                Ok::<_, PageError>((record.stats.seq, card, freshness(state, &record).await))
             }
             .await;
             match loaded {
-                Ok((seq, card)) => {
+                Ok((seq, card, fresh)) => {
                     let display = match display {
                         Display::Chart => ViewDisplay::Chart,
                         Display::Stat => ViewDisplay::Stat,
                         Display::Table => ViewDisplay::Table,
                     };
-                    (view.clone(), PanelBody::View { seq, display, card })
+                    (view.clone(), PanelBody::View { seq, display, card, fresh })
                 }
                 Err(err) => (view.clone(), absent(state, Some(pipeline), err)),
             }
@@ -139,6 +141,17 @@ async fn load_panel(
         range,
         body,
     }
+}
+
+/// When `record` last took an event, and whether it usually has traffic: events in at least a
+/// third of the last 60 minutes (a panel then shows a long silence in amber, then red).
+async fn freshness(state: &AppState, record: &dash_store::PipelineRecord) -> Freshness {
+    let now_ms = dash_domain::now_ms();
+    let busy = match crate::pages::last_hour(state, &record.id, now_ms).await {
+        Ok(minutes) => minutes.iter().filter(|&&n| n > 0).count() * 3 >= minutes.len().max(1),
+        Err(_) => false,
+    };
+    Freshness { since: record.stats.last_event_at.clone(), busy, now_ms }
 }
 
 fn absent(state: &AppState, pipeline: Option<&str>, err: PageError) -> PanelBody {

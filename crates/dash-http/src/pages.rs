@@ -142,7 +142,7 @@ pub(crate) async fn find(state: &AppState, id: &str) -> Result<PipelineRecord, P
 }
 
 /// Events per minute over the hour ending with the current minute.
-async fn last_hour(state: &AppState, pipeline: &str, now: i64) -> Result<Vec<i64>, PageError> {
+pub(crate) async fn last_hour(state: &AppState, pipeline: &str, now: i64) -> Result<Vec<i64>, PageError> {
     let (from, to) = ChartRange::Hour.window(now);
     let series = state.store.series(pipeline, from, to, ChartRange::Hour.bucket_ms()).await;
     Ok(series.map_err(PageError::store)?.iter().map(|p| p.count).collect())

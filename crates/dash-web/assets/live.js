@@ -52,9 +52,15 @@ function formatTime(rfc3339) {
   return Number.isNaN(t.getTime()) ? rfc3339 : t.toISOString().replace("T", " ").slice(0, 19);
 }
 
-function apply(pipeline, seq, stats) {
+function apply(pipeline, seq, stats, at) {
   for (const scope of scopesOf(pipeline)) {
     if (scope.dataset.seq !== undefined) scope.dataset.seq = String(seq);
+    // A batch's commit time, else (a snapshot) its newest event's.
+    const since = at ?? stats.last_event_at;
+    for (const el of scope.querySelectorAll("[data-fresh-since]")) {
+      if (since) el.dataset.freshSince = since;
+    }
+    showFreshness(scope);
     for (const el of scope.querySelectorAll("[data-field]")) {
       switch (el.dataset.field) {
         case "count":
@@ -100,7 +106,8 @@ async function refresh(url, pipeline, state) {
     current.replaceWith(fresh);
     // An update may have landed while the fragment was in flight: never show older figures.
     const known = pipeline === null ? undefined : latest.get(pipeline);
-    if (known && Number(fresh.dataset.seq ?? known.seq) < known.seq) apply(pipeline, known.seq, known.stats);
+    if (known && Number(fresh.dataset.seq ?? known.seq) < known.seq) apply(pipeline, known.seq, known.stats, known.at);
+    showFreshness(fresh);
   } catch {
     // The next update or reconnect schedules another try.
   } finally {
@@ -108,10 +115,10 @@ async function refresh(url, pipeline, state) {
   }
 }
 
-function accept(pipeline, seq, stats, views) {
+function accept(pipeline, seq, stats, views, at) {
   const changed = latest.get(pipeline)?.seq !== seq;
-  latest.set(pipeline, { seq, stats });
-  apply(pipeline, seq, stats);
+  latest.set(pipeline, { seq, stats, at });
+  apply(pipeline, seq, stats, at);
   if (changed) scheduleRefresh(pipeline, views);
 }
 
@@ -133,7 +140,7 @@ function handle(ws, message) {
         subscribe(ws, message.pipeline, known); // a gap: the server answers with a snapshot
         return;
       }
-      accept(message.pipeline, message.seq, message.stats, (message.views ?? []).map((v) => v.view));
+      accept(message.pipeline, message.seq, message.stats, (message.views ?? []).map((v) => v.view), message.at);
       break;
     }
     case "status":
@@ -145,6 +152,32 @@ function handle(ws, message) {
       break;
   }
 }
+
+// Freshness: "updated 5 s ago" on every [data-fresh-since], amber past a minute and red past
+// five of silence where the pipeline usually has traffic (data-busy), as the server renders it.
+const AMBER_AFTER_MS = 60_000;
+const RED_AFTER_MS = 300_000;
+
+function age(ms) {
+  const secs = Math.floor(ms / 1000);
+  if (secs < 60) return `${secs} s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min`;
+  if (secs < 172_800) return `${Math.floor(secs / 3600)} h`;
+  return `${Math.floor(secs / 86_400)} days`;
+}
+
+function showFreshness(root) {
+  for (const el of root.querySelectorAll("[data-fresh-since]")) {
+    const since = Date.parse(el.dataset.freshSince);
+    if (Number.isNaN(since)) continue;
+    const ms = Math.max(0, Date.now() - since);
+    el.textContent = `updated ${age(ms)} ago`;
+    const busy = el.dataset.busy === "1";
+    el.dataset.fresh = busy && ms >= RED_AFTER_MS ? "red" : busy && ms >= AMBER_AFTER_MS ? "amber" : "ok";
+  }
+}
+
+setInterval(() => showFreshness(document), 1_000);
 
 function downState() {
   return Date.now() - downSince >= STALE_AFTER_MS ? "stale" : "reconnecting";

@@ -59,13 +59,73 @@ pub enum ViewDisplay {
     Table,
 }
 
+/// How fresh a panel's figures are: when its pipeline last took an event, and whether it
+/// usually has traffic (then a long silence is worth a colour).
+#[derive(Debug, Clone, Default)]
+pub struct Freshness {
+    /// RFC 3339; `None` before the first event.
+    pub since: Option<String>,
+    /// Events arrived in at least a third of the last 60 minutes.
+    pub busy: bool,
+    /// Unix ms the page is rendered at.
+    pub now_ms: i64,
+}
+
+/// Past this silence a busy pipeline's panel turns amber, past [`RED_AFTER_MS`] red.
+pub const AMBER_AFTER_MS: i64 = 60_000;
+pub const RED_AFTER_MS: i64 = 300_000;
+
+impl Freshness {
+    /// `ok`, `amber` or `red` (the script computes the same from the same attributes).
+    pub fn level(&self) -> &'static str {
+        let age = self.age_ms().unwrap_or(0);
+        match self.busy {
+            true if age >= RED_AFTER_MS => "red",
+            true if age >= AMBER_AFTER_MS => "amber",
+            _ => "ok",
+        }
+    }
+
+    fn age_ms(&self) -> Option<i64> {
+        let since = chrono::DateTime::parse_from_rfc3339(self.since.as_deref()?).ok()?;
+        Some((self.now_ms - since.timestamp_millis()).max(0))
+    }
+
+    /// `updated 5 s ago`, `updated 3 min ago`, `no events yet`.
+    pub fn text(&self) -> String {
+        match self.age_ms() {
+            None => "no events yet".into(),
+            Some(ms) => format!("updated {} ago", age(ms)),
+        }
+    }
+}
+
+/// An age in the largest unit that keeps it readable: `5 s`, `3 min`, `2 h`, `4 days`.
+fn age(ms: i64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        ..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..172_800 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
+#[component]
+fn Fresh(fresh: Freshness) -> impl IntoView {
+    view! {
+        <span class="fresh" data-fresh-since=fresh.since.clone().unwrap_or_default() data-busy=fresh.busy.then_some("1")
+            data-fresh=fresh.level() title="time since its pipeline last took an event">{fresh.text()}</span>
+    }
+}
+
 /// What a panel holds.
 #[derive(Debug, Clone)]
 pub enum PanelBody {
     /// A pipeline's events per bucket.
-    Pipeline { pipeline: String, seq: i64, count: i64, rate: f64, chart: Chart },
+    Pipeline { pipeline: String, seq: i64, count: i64, rate: f64, chart: Chart, fresh: Freshness },
     /// A view, as its card would show it.
-    View { seq: i64, display: ViewDisplay, card: ViewCard },
+    View { seq: i64, display: ViewDisplay, card: ViewCard, fresh: Freshness },
     /// A note, already HTML ([`crate::notes::note_html`]).
     Note { html: String },
     /// What it names cannot be shown: gone (`retry` false) or not readable now (`retry` true).
@@ -190,22 +250,23 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
         }
     });
     let title = panel.title.clone();
-    let head = move |sub: String| {
+    let head = move |sub: String, fresh: Option<Freshness>| {
         view! {
             <div class="panel-head">
                 <h2>{title.clone()}</h2>
                 <span class="sub">{sub}</span>
+                {fresh.map(|fresh| view! { <Fresh fresh=fresh /> })}
                 {exports.clone()}
             </div>
         }
     };
     match panel.body {
-        PanelBody::Pipeline { pipeline, seq, count, rate: per_second, chart } => {
+        PanelBody::Pipeline { pipeline, seq, count, rate: per_second, chart, fresh } => {
             let sub = format!("events per {}, last {}", panel.range.bucket_label(), panel.range.label());
             let href = format!("/pipelines/{pipeline}");
             view! {
                 <section class=class data-pipeline=pipeline data-seq=seq.to_string() data-refresh=refresh>
-                    {head(sub)}
+                    {head(sub, Some(fresh))}
                     <div class="panel-figures">
                         <span><span class="value" data-field="count">{count.to_string()}</span>" events"</span>
                         <span>{format!("{} /s", rate(per_second))}</span>
@@ -216,7 +277,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
             }
             .into_any()
         }
-        PanelBody::View { seq, display, card } => {
+        PanelBody::View { seq, display, card, fresh } => {
             let sub = format!("{} · last {}", card.describe, panel.range.label());
             let figure = view! {
                 <div class="view-value">
@@ -241,7 +302,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
             view! {
                 <section class=class data-pipeline=card.pipeline.clone() data-seq=seq.to_string()
                     data-view=card.name.clone() data-refresh=refresh data-refresh-every=every>
-                    {head(sub)}
+                    {head(sub, Some(fresh))}
                     {computing}
                     {body}
                 </section>
@@ -250,7 +311,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
         }
         PanelBody::Note { html } => view! {
             <section class=class>
-                {(!panel.title.is_empty()).then(|| head(String::new()))}
+                {(!panel.title.is_empty()).then(|| head(String::new(), None))}
                 <div class="note" inner_html=html></div>
             </section>
         }
@@ -260,7 +321,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
             let refresh = retry.then_some(refresh);
             view! {
                 <section class=format!("{class} absent") data-pipeline=pipeline data-refresh=refresh data-refresh-every=every>
-                    {head(String::new())}
+                    {head(String::new(), None)}
                     <p class="unavailable">{why}</p>
                 </section>
             }
@@ -416,6 +477,20 @@ pub fn editor(chrome: Chrome, editor: BoardEditor) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn freshness_colours_only_a_busy_pipelines_silence() {
+        let at = |busy: bool, now_ms: i64| Freshness { since: Some("1970-01-01T00:00:00Z".into()), busy, now_ms };
+        assert_eq!((at(true, 5_000).level(), at(true, 5_000).text().as_str()), ("ok", "updated 5 s ago"));
+        assert_eq!(at(true, AMBER_AFTER_MS).level(), "amber");
+        assert_eq!(
+            (at(true, RED_AFTER_MS).level(), at(true, RED_AFTER_MS).text().as_str()),
+            ("red", "updated 5 min ago")
+        );
+        assert_eq!(at(false, 10 * RED_AFTER_MS).level(), "ok", "a quiet pipeline is quiet, not late");
+        assert_eq!(at(false, 3 * 86_400_000).text(), "updated 3 days ago");
+        assert_eq!(Freshness::default().text(), "no events yet");
+    }
+
     fn panel(body: PanelBody) -> BoardPanel {
         BoardPanel {
             base: "/boards/ops".into(),
@@ -431,8 +506,15 @@ mod tests {
     #[test]
     fn a_pipeline_panel_follows_its_pipeline_and_refreshes_over_the_boards_range() {
         let chart = Chart { range: ChartRange::Week, from_ms: 0, bucket_ms: 3_600_000, counts: vec![1, 2, 3] };
-        let html =
-            board_panel(panel(PanelBody::Pipeline { pipeline: "orders".into(), seq: 7, count: 6, rate: 0.5, chart }));
+        let html = board_panel(panel(PanelBody::Pipeline {
+            pipeline: "orders".into(),
+            seq: 7,
+            count: 6,
+            rate: 0.5,
+            chart,
+            fresh: Freshness { since: Some("1970-01-01T00:00:10Z".into()), busy: true, now_ms: 100_000 },
+        }));
+        assert!(html.contains(r#"data-fresh="amber""#) && html.contains("updated 1 min ago"), "{html}");
         assert!(html.contains(r#"class="board-panel w3""#), "{html}");
         assert!(html.contains(r#"data-pipeline="orders""#) && html.contains(r#"data-seq="7""#), "{html}");
         assert!(html.contains(r#"data-refresh="/boards/ops/panels/2?range=7d""#), "{html}");

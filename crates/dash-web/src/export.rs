@@ -132,12 +132,12 @@ mod tests {
     #[test]
     fn each_panel_exports_what_it_shows() {
         let chart = Chart { range: ChartRange::Hour, from_ms: 0, bucket_ms: 60_000, counts: vec![2, 0] };
-        let table =
-            panel_table(&panel(PanelBody::Pipeline { pipeline: "o".into(), seq: 1, count: 2, rate: 0.0, chart }))
-                .unwrap();
+        let body =
+            PanelBody::Pipeline { pipeline: "o".into(), seq: 1, count: 2, rate: 0.0, chart, fresh: Default::default() };
+        let table = panel_table(&panel(body)).unwrap();
         assert_eq!(table.to_csv(), "bucket_start,events\n1970-01-01T00:00:00.000Z,2\n1970-01-01T00:01:00.000Z,0\n");
 
-        let view = |display| panel(PanelBody::View { seq: 1, display, card: card() });
+        let view = |display| panel(PanelBody::View { seq: 1, display, card: card(), fresh: Default::default() });
         let chart = panel_table(&view(ViewDisplay::Chart)).unwrap();
         assert_eq!(
             chart.to_csv(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::chromium::Browser;
 use crate::support::{TestServer, assert_error, run_dashd};
 
 async fn post_board(server: &TestServer, body: Value) -> reqwest::Response {
@@ -446,4 +447,145 @@ async fn a_share_link_opens_its_board_and_live_for_its_pipelines_only_until_revo
         .unwrap();
     let refused = assert_error(refused, 422, "invalid_share").await;
     assert_eq!(refused["error"]["field"], "expires_in");
+}
+
+const STATUS: &str = "document.getElementById('live-status').dataset.state";
+/// The count on the board's first panel (its pipeline's events).
+const PANEL_COUNT: &str = "document.querySelector('.board-panel [data-field=count]').textContent";
+
+#[tokio::test]
+async fn a_person_composes_a_board_shares_it_and_a_colleague_watches_it_live() {
+    if crate::support::postgres_admin().is_some() {
+        return; // the browser runs once, on the default store; the pages' queries run on both
+    }
+    let admin_token = "letmein";
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "200ms"), ("DASH_ADMIN_TOKEN", admin_token)]).await;
+    let orders = server.create_pipeline("orders").await;
+    let first: String = (0..3).map(|i| format!("{{\"id\":\"o{i}\",\"type\":\"paid\"}}\n")).collect();
+    assert_eq!(server.post_signed(&orders, "first", "application/x-ndjson", &first).await.status(), 202);
+    server.wait_for_count(&orders, 3, Duration::from_secs(15)).await;
+    let response = server
+        .client
+        .post(server.url("/api/pipelines/orders/views"))
+        .bearer_auth(admin_token)
+        .json(&json!({"name": "by-type", "aggregate": "count", "group_by": "/type"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    // The owner signs in and composes a board through the forms.
+    let mut owner = Browser::launch().await;
+    owner.open(&server.url("/boards")).await;
+    owner.wait_for("location.pathname === '/login'", Duration::from_secs(10)).await;
+    owner
+        .eval(&format!(
+            "document.querySelector('input[name=token]').value = '{admin_token}'; document.querySelector('.login form').submit()"
+        ))
+        .await;
+    owner
+        .wait_for("location.pathname === '/boards' && document.readyState === 'complete'", Duration::from_secs(15))
+        .await;
+    owner
+        .eval(
+            "const f = document.querySelector('form.board-form'); f.name.value = 'wall'; f.title.value = 'The wall'; \
+             f.submit()",
+        )
+        .await;
+    owner.wait_for("location.pathname === '/boards/wall/edit'", Duration::from_secs(15)).await;
+    for (what, display) in [("pipeline:orders", "chart"), ("view:orders/by-type", "table")] {
+        owner
+            .wait_for(
+                "document.readyState === 'complete' && !!document.querySelector('form.add-panel')",
+                Duration::from_secs(15),
+            )
+            .await;
+        owner
+            .eval(&format!(
+                "const f = document.querySelector('form.add-panel'); f.what.value = '{what}'; \
+                 f.display.value = '{display}'; f.submit()"
+            ))
+            .await;
+        owner
+            .wait_for(
+                &format!(
+                    "document.readyState === 'complete' && document.querySelectorAll('tr[data-panel]').length === {}",
+                    if what.starts_with("pipeline") { 1 } else { 2 }
+                ),
+                Duration::from_secs(15),
+            )
+            .await;
+    }
+    owner.open(&server.url("/boards/wall")).await;
+    owner.wait_for(&format!("{STATUS} === 'live'"), Duration::from_secs(20)).await;
+    assert_eq!(owner.eval(PANEL_COUNT).await, "3");
+    owner.wait_for("document.querySelector('.fresh').textContent.startsWith('updated')", Duration::from_secs(5)).await;
+
+    // Live: more events move the panel without a reload.
+    owner.eval("window.sameDocument = true").await;
+    let more: String = (3..5).map(|i| format!("{{\"id\":\"o{i}\",\"type\":\"refunded\"}}\n")).collect();
+    assert_eq!(server.post_signed(&orders, "second", "application/x-ndjson", &more).await.status(), 202);
+    owner.wait_for(&format!("{PANEL_COUNT} === '5'"), Duration::from_secs(15)).await;
+    owner.wait_for("document.querySelector('table.groups') && document.querySelector('table.groups').textContent.includes('refunded')", Duration::from_secs(15)).await;
+    assert_eq!(owner.eval("window.sameDocument === true").await, true);
+    owner.screenshot("board-live").await;
+
+    // A share link, made in the editor.
+    owner.open(&server.url("/boards/wall/edit")).await;
+    owner.eval("document.querySelector('form[action$=\"/shares\"]').submit()").await;
+    owner
+        .wait_for(
+            "document.readyState === 'complete' && !!document.querySelector('.share-url')",
+            Duration::from_secs(15),
+        )
+        .await;
+    let link = owner.eval("document.querySelector('.share-url').href").await.as_str().unwrap().to_owned();
+    assert!(link.contains("/share/dash_"), "{link}");
+
+    // A colleague with no session opens it in a fresh profile and watches it live.
+    let mut colleague = Browser::launch().await;
+    colleague.open(&link).await;
+    colleague.wait_for(&format!("{STATUS} === 'live'"), Duration::from_secs(20)).await;
+    assert_eq!(colleague.eval(PANEL_COUNT).await, "5");
+    assert_eq!(
+        colleague.eval("document.querySelectorAll('a[href^=\"/pipelines\"], a[href^=\"/boards\"]').length").await,
+        0
+    );
+    let last: String = (5..7).map(|i| format!("{{\"id\":\"o{i}\",\"type\":\"paid\"}}\n")).collect();
+    assert_eq!(server.post_signed(&orders, "third", "application/x-ndjson", &last).await.status(), 202);
+    colleague.wait_for(&format!("{PANEL_COUNT} === '7'"), Duration::from_secs(15)).await;
+    // Nothing else opens for it.
+    colleague.open(&server.url("/boards/wall")).await;
+    colleague.wait_for("location.pathname === '/login'", Duration::from_secs(10)).await;
+
+    // On a wall: no chrome, the grid across the screen.
+    colleague.open(&format!("{link}?kiosk=1")).await;
+    colleague.wait_for(&format!("{STATUS} === 'live'"), Duration::from_secs(20)).await;
+    assert_eq!(colleague.eval("document.body.classList.contains('kiosk')").await, true);
+    assert_eq!(colleague.eval("getComputedStyle(document.querySelector('.crumbs') ?? document.body).display === 'none' || !document.querySelector('.crumbs')").await, true);
+    let grid_share = colleague
+        .eval("document.querySelector('.board-grid').getBoundingClientRect().width / window.innerWidth")
+        .await
+        .as_f64()
+        .unwrap();
+    assert!(grid_share > 0.95, "the grid spans the screen: {grid_share}");
+    colleague.screenshot("board-kiosk").await;
+
+    // A panel's CSV, downloaded as a person would.
+    let downloads = tempfile::tempdir().unwrap();
+    colleague.allow_downloads(downloads.path()).await;
+    colleague.eval("document.querySelector('.exports a').click()").await;
+    let file = downloads.path().join("wall-1-24h.csv");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no download in {:?}",
+            std::fs::read_dir(downloads.path()).unwrap().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let csv = std::fs::read_to_string(&file).unwrap();
+    let total: i64 = csv.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse::<i64>().unwrap()).sum();
+    assert!(csv.starts_with("bucket_start,events\n") && total == 7, "{csv}");
 }

@@ -113,6 +113,14 @@ impl Browser {
         }
     }
 
+    /// Lets the page download files into `dir` (as a person's browser would save them).
+    pub async fn allow_downloads(&mut self, dir: &Path) {
+        let params = json!({ "behavior": "allow", "downloadPath": dir.display().to_string() });
+        if self.try_call("Browser.setDownloadBehavior", params.clone()).await.is_err() {
+            self.call("Page.setDownloadBehavior", params).await;
+        }
+    }
+
     /// Navigates and waits for the document to be loaded.
     pub async fn open(&mut self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;

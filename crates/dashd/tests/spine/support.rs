@@ -284,7 +284,11 @@ impl TestServer {
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = self.admin_token() {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
         response.json().await.unwrap()
     }
 
