@@ -54,14 +54,21 @@ pub(crate) struct RangeQuery {
     kiosk: Option<String>,
     /// A panel's download: `csv` or `json`.
     format: Option<String>,
+    /// A range of the viewer's own (both, else the preset or the board's range).
+    from: Option<String>,
+    to: Option<String>,
 }
 
 impl RangeQuery {
-    /// The range asked for; the board's own when none (or an unknown one) is.
+    /// The range asked for (`from`/`to`, else `range`); the board's own when none (or an unknown
+    /// one) is.
     fn range(&self, spec: &BoardSpec) -> ChartRange {
-        self.range
-            .as_deref()
-            .and_then(ChartRange::parse)
+        let custom = match (&self.from, &self.to) {
+            (Some(from), Some(to)) => ChartRange::parse_custom(from, to),
+            _ => None,
+        };
+        custom
+            .or_else(|| self.range.as_deref().and_then(ChartRange::parse))
             .or_else(|| ChartRange::parse(&spec.range))
             .unwrap_or(ChartRange::Day)
     }
@@ -321,7 +328,9 @@ async fn export_panel(
         return ApiError::not_found("no_figures", why).into_response();
     };
     let (body, content_type, extension) = match query.format.as_deref() {
-        Some("json") => (table.to_json(&record.name, &loaded).to_string(), "application/json", "json"),
+        Some("json") => {
+            (table.to_json(&record.name, &loaded, dash_domain::now_ms()).to_string(), "application/json", "json")
+        }
         None | Some("csv") => (table.to_csv(), "text/csv; charset=utf-8", "csv"),
         Some(_) => {
             return ApiError::unprocessable("invalid_format", "format: csv or json").field("format").into_response();

@@ -156,7 +156,7 @@ pub struct PanelChoices {
 }
 
 fn panel_url(base: &str, index: usize, range: ChartRange) -> String {
-    format!("{base}/panels/{index}?range={}", range.as_str())
+    format!("{base}/panels/{index}?{}", range.query())
 }
 
 /// `/boards`: every board, and the form that makes one.
@@ -208,6 +208,20 @@ pub fn board(chrome: Option<Chrome>, board: BoardView) -> String {
         })
         .collect_view();
     let can_edit = board.can_edit && board.shared_live.is_none();
+    // Any span of the viewer's, in UTC; the link then reproduces it.
+    let (custom_from, custom_to) = match board.range {
+        ChartRange::Custom { from_ms, to_ms } => (ChartRange::form_value(from_ms), ChartRange::form_value(to_ms)),
+        _ => (String::new(), String::new()),
+    };
+    let custom = view! {
+        <form method="get" class="custom-range">
+            <input type="datetime-local" name="from" value=custom_from aria-label="From (UTC)" required="" />
+            " to "<input type="datetime-local" name="to" value=custom_to aria-label="To (UTC)" required="" />
+            " UTC "
+            {board.kiosk.then(|| view! { <input type="hidden" name="kiosk" value="1" /> })}
+            <button type="submit">"Show"</button>
+        </form>
+    };
     let edit = format!("/boards/{}/edit", board.name);
     let empty = board.panels.is_empty().then(|| {
         view! { <p class="empty">"This board has no panels yet. "{can_edit.then(|| view! { <a href=edit.clone()>"Add one"</a> })}</p> }
@@ -220,6 +234,7 @@ pub fn board(chrome: Option<Chrome>, board: BoardView) -> String {
         <div class="board-head">
             <h1>{board.title}</h1>
             <nav class="ranges">{tabs}</nav>
+            {custom}
             {can_edit.then(|| view! { <a class="edit" href=edit.clone()>"Edit"</a> })}
         </div>
         {empty}
@@ -243,7 +258,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
     let refresh = panel_url(&panel.base, panel.index, panel.range);
     let exports = crate::export::panel_table(&panel).is_some().then(|| {
         let export = |format: &str| {
-            format!("{}/panels/{}/export?format={format}&range={}", panel.base, panel.index, panel.range.as_str())
+            format!("{}/panels/{}/export?format={format}&{}", panel.base, panel.index, panel.range.query())
         };
         view! {
             <span class="exports"><a href=export("csv") download="">"CSV"</a>" · "<a href=export("json") download="">"JSON"</a></span>
@@ -262,7 +277,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
     };
     match panel.body {
         PanelBody::Pipeline { pipeline, seq, count, rate: per_second, chart, fresh } => {
-            let sub = format!("events per {}, last {}", panel.range.bucket_label(), panel.range.label());
+            let sub = format!("events per {}, {}", panel.range.bucket_label(), panel.range.span_text());
             let href = format!("/pipelines/{pipeline}");
             view! {
                 <section class=class data-pipeline=pipeline data-seq=seq.to_string() data-refresh=refresh>
@@ -278,7 +293,7 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
             .into_any()
         }
         PanelBody::View { seq, display, card, fresh } => {
-            let sub = format!("{} · last {}", card.describe, panel.range.label());
+            let sub = format!("{} · {}", card.describe, panel.range.span_text());
             let figure = view! {
                 <div class="view-value">
                     <span class="value big">{number(card.total)}</span>

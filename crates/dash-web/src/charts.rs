@@ -17,12 +17,82 @@ pub enum ChartRange {
     Day,
     Week,
     Month,
+    /// From and to, unix ms (a board's `?from=&to=`); see [`ChartRange::custom`].
+    Custom {
+        from_ms: i64,
+        to_ms: i64,
+    },
 }
+
+/// Bucket widths a custom range picks from: the narrowest that keeps it to
+/// [`MAX_CUSTOM_BUCKETS`].
+const CUSTOM_BUCKETS: [(i64, &str); 6] = [
+    (60_000, "minute"),
+    (300_000, "5 minutes"),
+    (600_000, "10 minutes"),
+    (3_600_000, "hour"),
+    (6 * 3_600_000, "6 hours"),
+    (86_400_000, "day"),
+];
+const MAX_CUSTOM_BUCKETS: i64 = 400;
 
 impl ChartRange {
     pub const ALL: [ChartRange; 3] = [ChartRange::FiveMinutes, ChartRange::Hour, ChartRange::Day];
     pub const BOARD: [ChartRange; 5] =
         [ChartRange::FiveMinutes, ChartRange::Hour, ChartRange::Day, ChartRange::Week, ChartRange::Month];
+
+    /// A range of the caller's: from before to, at most 400 days (a bar per day), within the
+    /// years a timestamp can say. `None` otherwise.
+    pub fn custom(from_ms: i64, to_ms: i64) -> Option<Self> {
+        let span = to_ms.checked_sub(from_ms)?;
+        let max_span = MAX_CUSTOM_BUCKETS * CUSTOM_BUCKETS[CUSTOM_BUCKETS.len() - 1].0;
+        let in_years = |ms: i64| (0..=253_402_300_799_999).contains(&ms);
+        (span > 0 && span <= max_span && in_years(from_ms) && in_years(to_ms))
+            .then_some(Self::Custom { from_ms, to_ms })
+    }
+
+    /// A custom range from two instants as a link or a form gives them: unix ms, RFC 3339, or a
+    /// browser's `datetime-local` value (`2026-12-01T09:30`, taken as UTC).
+    pub fn parse_custom(from: &str, to: &str) -> Option<Self> {
+        let instant = |text: &str| {
+            let text = text.trim();
+            dash_domain::parse_instant(text).or_else(|| {
+                ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"].into_iter().find_map(|format| {
+                    chrono::NaiveDateTime::parse_from_str(text, format).ok().map(|t| t.and_utc().timestamp_millis())
+                })
+            })
+        };
+        Self::custom(instant(from)?, instant(to)?)
+    }
+
+    /// A `datetime-local` value (UTC) for a form showing this instant.
+    pub fn form_value(ms: i64) -> String {
+        chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%dT%H:%M").to_string()).unwrap_or_default()
+    }
+
+    /// The query that asks for this range again: `range=1h`, or `from=…&to=…` (unix ms).
+    pub fn query(self) -> String {
+        match self {
+            Self::Custom { from_ms, to_ms } => format!("from={from_ms}&to={to_ms}"),
+            preset => format!("range={}", preset.as_str()),
+        }
+    }
+
+    /// What the range covers, as a heading says it: `last 24 hours`, or
+    /// `2026-12-01 00:00 to 2026-12-02 00:00 UTC`.
+    pub fn span_text(self) -> String {
+        match self {
+            Self::Custom { from_ms, to_ms } => {
+                let at = |ms: i64| {
+                    chrono::DateTime::from_timestamp_millis(ms)
+                        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_default()
+                };
+                format!("{} to {} UTC", at(from_ms), at(to_ms))
+            }
+            preset => format!("last {}", preset.label()),
+        }
+    }
 
     /// `5m`, `1h`, `24h`, `7d` or `30d`; anything else is `None`.
     pub fn parse(text: &str) -> Option<Self> {
@@ -36,6 +106,7 @@ impl ChartRange {
             Self::Day => "24h",
             Self::Week => "7d",
             Self::Month => "30d",
+            Self::Custom { .. } => "custom",
         }
     }
 
@@ -46,6 +117,7 @@ impl ChartRange {
             Self::Day => "24 hours",
             Self::Week => "7 days",
             Self::Month => "30 days",
+            Self::Custom { .. } => "custom range",
         }
     }
 
@@ -57,7 +129,17 @@ impl ChartRange {
             Self::Day => 600_000,
             Self::Week => 3_600_000,
             Self::Month => 6 * 3_600_000,
+            Self::Custom { .. } => self.custom_bucket().0,
         }
+    }
+
+    fn custom_bucket(self) -> (i64, &'static str) {
+        let Self::Custom { from_ms, to_ms } = self else { return CUSTOM_BUCKETS[0] };
+        let span = to_ms - from_ms;
+        CUSTOM_BUCKETS
+            .into_iter()
+            .find(|(bucket, _)| (span + bucket - 1) / bucket <= MAX_CUSTOM_BUCKETS)
+            .unwrap_or(CUSTOM_BUCKETS[CUSTOM_BUCKETS.len() - 1])
     }
 
     /// One bucket, as a heading says it ("events per 10 minutes").
@@ -67,18 +149,26 @@ impl ChartRange {
             Self::Day => "10 minutes",
             Self::Week => "hour",
             Self::Month => "6 hours",
+            Self::Custom { .. } => self.custom_bucket().1,
         }
     }
 
     /// The buckets to show ending with the one that holds `now_ms`: (first bucket start, end).
     pub fn window(self, now_ms: i64) -> (i64, i64) {
         let bucket = self.bucket_ms();
+        if let Self::Custom { from_ms, to_ms } = self {
+            // Whole buckets around what was asked, whatever the time now.
+            let from = from_ms - from_ms.rem_euclid(bucket);
+            let to = to_ms + (bucket - to_ms.rem_euclid(bucket)) % bucket;
+            return (from, to);
+        }
         let buckets = match self {
             Self::FiveMinutes => 5,
             Self::Hour => 60,
             Self::Day => 144,
             Self::Week => 168,
             Self::Month => 120,
+            Self::Custom { .. } => unreachable!("answered above"),
         };
         let current = now_ms - now_ms.rem_euclid(bucket);
         (current - (buckets - 1) * bucket, current + bucket)
@@ -165,7 +255,7 @@ pub fn BarChart(chart: Chart) -> impl IntoView {
     let total: i64 = chart.counts.iter().sum();
     view! {
         <svg class="chart" viewBox=format!("0 0 {CHART_W} {CHART_H}") role="img"
-            aria-label=format!("{total} events over the last {}", chart.range.label())>
+            aria-label=format!("{total} events over the {}", chart.range.span_text())>
             <line class="baseline" x1="0" x2=CHART_W.to_string() y1=(CHART_H - AXIS).to_string() y2=(CHART_H - AXIS).to_string()></line>
             <text class="peak" x="4" y="14">{format!("peak {max}/bucket")}</text>
             {bars}
@@ -187,6 +277,26 @@ mod tests {
             assert_eq!(ChartRange::parse(range.as_str()), Some(range));
         }
         assert_eq!(ChartRange::parse("2h"), None);
+        assert_eq!(ChartRange::parse("custom"), None);
+        // A custom range: whole buckets around it, at most 400 of them.
+        let day = 86_400_000;
+        let range = ChartRange::custom(day + 90_000, 2 * day + 30_000).unwrap();
+        assert_eq!((range.bucket_ms(), range.bucket_label()), (300_000, "5 minutes"));
+        assert_eq!(range.window(0), (day, 2 * day + 300_000));
+        assert_eq!(range.query(), format!("from={}&to={}", day + 90_000, 2 * day + 30_000));
+        assert_eq!(range.span_text(), "1970-01-02 00:01 to 1970-01-03 00:00 UTC");
+        assert_eq!(ChartRange::custom(0, 400 * day).unwrap().bucket_ms(), day);
+        assert_eq!(ChartRange::custom(0, 401 * day), None);
+        assert_eq!(ChartRange::custom(5, 5), None);
+        assert_eq!(ChartRange::custom(i64::MIN, 0), None);
+        assert_eq!(ChartRange::Hour.span_text(), "last 1 hour");
+        assert_eq!(
+            ChartRange::parse_custom("1970-01-02T00:00", "1970-01-02T01:00:00Z"),
+            ChartRange::custom(day, day + 3_600_000)
+        );
+        assert_eq!(ChartRange::parse_custom("86400000", "90000000"), ChartRange::custom(day, 90_000_000));
+        assert_eq!(ChartRange::parse_custom("yesterday", "now"), None);
+        assert_eq!(ChartRange::form_value(day + 90_000), "1970-01-02T00:01");
         let (from, to) = ChartRange::Month.window(1_700_000_123_456);
         assert_eq!((to - from) / ChartRange::Month.bucket_ms(), 120);
         let now = 1_700_000_123_456;

@@ -73,8 +73,10 @@ impl PanelTable {
         String::from_utf8(writer.into_inner().unwrap_or_default()).unwrap_or_default()
     }
 
-    /// `{"board", "panel", "title", "range", "rows": [{column: value}]}`.
-    pub fn to_json(&self, board: &str, panel: &BoardPanel) -> Value {
+    /// `{"board", "panel", "title", "range", "from", "to", "rows": [{column: value}]}`, the
+    /// range's window as of `now_ms`.
+    pub fn to_json(&self, board: &str, panel: &BoardPanel, now_ms: i64) -> Value {
+        let (from, to) = panel.range.window(now_ms);
         let rows: Vec<Value> = self
             .rows
             .iter()
@@ -85,6 +87,8 @@ impl PanelTable {
             "panel": panel.index,
             "title": panel.title,
             "range": panel.range.as_str(),
+            "from": dash_domain::format_ms(from),
+            "to": dash_domain::format_ms(to),
             "rows": rows,
         })
     }
@@ -147,8 +151,9 @@ mod tests {
         assert_eq!(stat.to_csv(), "sum,events,skipped\n7.5,3,1\n");
         let groups = panel_table(&view(ViewDisplay::Table)).unwrap();
         assert_eq!(
-            groups.to_json("ops", &view(ViewDisplay::Table)),
+            groups.to_json("ops", &view(ViewDisplay::Table), 90_000),
             json!({"board": "ops", "panel": 1, "title": "T", "range": "1h",
+                   "from": "1969-12-31T23:02:00.000Z", "to": "1970-01-01T00:02:00.000Z",
                    "rows": [{"group": "paid, \"eu\"", "sum": 7.5, "events": 3, "share": 1.0}]})
         );
         assert_eq!(panel_table(&panel(PanelBody::Note { html: String::new() })), None);

@@ -299,7 +299,7 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
                 <div class="value">{rate(panel.rate)}</div>
             </div>
             <div class="chart-head">
-                <h2>{format!("Events per {bucket}, last {}", range.label())}</h2>
+                <h2>{format!("Events per {bucket}, {}", range.span_text())}</h2>
                 <nav class="ranges">{tabs}</nav>
             </div>
             <BarChart chart=panel.chart />

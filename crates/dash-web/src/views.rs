@@ -145,7 +145,7 @@ pub(crate) fn ViewChart(card: ViewCard) -> impl IntoView {
     let last = clock(card.from_ms + (buckets.max(1) as i64 - 1) * card.bucket_ms, card.bucket_ms);
     view! {
         <svg class="chart view-chart" viewBox=format!("0 0 {W} {H}") role="img"
-            aria-label=format!("{} per bucket over the last {}", card.describe, card.range.label())>
+            aria-label=format!("{} per bucket over the {}", card.describe, card.range.span_text())>
             <line class="baseline" x1="0" x2=W.to_string() y1=(H - AXIS).to_string() y2=(H - AXIS).to_string()></line>
             <text class="peak" x="4" y="14">{format!("peak {}", number(Some(max)))}</text>
             {rects}
@@ -200,7 +200,7 @@ fn Card(card: ViewCard) -> impl IntoView {
             {computing}
             <div class="view-value">
                 <span class="value big" data-field="view-value">{number(card.total)}</span>
-                <span class="sub">{format!(" {} · last {} · {} events", card.aggregate, card.range.label(), card.n)}</span>
+                <span class="sub">{format!(" {} · {} · {} events", card.aggregate, card.range.span_text(), card.n)}</span>
                 {skipped}
             </div>
             <ViewChart card=card.clone() />

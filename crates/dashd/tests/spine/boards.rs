@@ -147,6 +147,19 @@ async fn a_board_is_made_through_the_api_refused_by_field_and_shown_as_a_grid() 
     assert_error(response, 422, "invalid_format").await;
     assert!(html.contains(r#"href="/boards/ops/panels/0/export?format=csv&amp;range=1h""#), "{html}");
 
+    // A range of the viewer's own: in the link, followed by every panel and download.
+    let now = dash_domain::now_ms();
+    let (from, to) = (now - now % 60_000 - 2 * 3_600_000, now - now % 60_000 + 60_000);
+    let (status, custom) = page(&server, &format!("/boards/ops?from={from}&to={to}")).await;
+    assert_eq!(status, 200);
+    assert!(custom.contains(&format!(r#"data-refresh="/boards/ops/panels/0?from={from}&amp;to={to}""#)), "{custom}");
+    assert!(custom.contains("events per minute, ") && custom.contains(" UTC"), "{custom}");
+    let url = format!("/boards/ops/panels/0/export?format=csv&from={from}&to={to}");
+    let csv = server.client.get(server.url(&url)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(csv.lines().count(), 1 + 121, "{csv}");
+    let total: i64 = csv.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 6, "{csv}");
+
     let (_, list) = page(&server, "/boards").await;
     assert!(list.contains(r#"href="/boards/ops""#) && list.contains("orders, deploys"), "{list}");
 
