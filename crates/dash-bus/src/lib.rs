@@ -183,6 +183,7 @@ mod tests {
             stats: PipelineStats::default(),
             at: String::new(),
             views: Vec::new(),
+            received: None,
         }
     }
 

@@ -24,6 +24,11 @@ pub struct PipelineUpdate {
     /// The views this batch changed, and the minutes it changed in each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub views: Vec<ViewTouch>,
+    /// When the batch's new events were acknowledged, unix ms: the oldest and the newest (for
+    /// end-to-end latency). Absent from nodes of earlier releases and from updates read back
+    /// from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<[i64; 2]>,
 }
 
 /// Which minutes of a view a batch changed: `[from, to)`, unix ms.

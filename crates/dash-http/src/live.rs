@@ -228,6 +228,7 @@ async fn resync(state: &AppState, reconnected: bool) -> bool {
                     stats: r.stats,
                     at: at.clone(),
                     views: Vec::new(),
+                    received: None,
                 })
                 .collect::<Vec<_>>();
             if reconnected {

@@ -184,7 +184,17 @@ pub(crate) async fn load_panel(
     } else {
         dash_web::rate_per_second(&last_hour(state, &record.id, now).await?, now)
     };
-    Ok(PipelinePanel { pipeline: record.id.clone(), rate, chart: Chart { range, from_ms: from, bucket_ms, counts } })
+    let latency = state.hub.latency(&record.id).await.map(|l| dash_web::EndToEnd {
+        p50_ms: l.p50_ms,
+        p99_ms: l.p99_ms,
+        batches: l.batches,
+    });
+    Ok(PipelinePanel {
+        pipeline: record.id.clone(),
+        rate,
+        chart: Chart { range, from_ms: from, bucket_ms, counts },
+        latency,
+    })
 }
 
 /// The latest `read` events (newest first), of which the page shows as many as `query` asks.

@@ -23,7 +23,11 @@ use dash_bus::{Bus, BusError};
 use dash_domain::{PipelineStats, PipelineUpdate};
 use dash_task::StoppableTask;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod latency;
+
+pub use latency::LatencySummary;
 
 /// Frames a client may have queued before it counts as lagging.
 pub const CLIENT_QUEUE: usize = 64;
@@ -92,6 +96,7 @@ enum Command {
     Leave { client: ClientId },
     BusConnected(bool),
     Resync(Vec<PipelineUpdate>),
+    Latency { pipeline: String, reply: oneshot::Sender<Option<LatencySummary>> },
 }
 
 /// Handle to the hub; cheap to clone.
@@ -124,6 +129,15 @@ impl Hub {
     /// behind gets a snapshot (or the update, if it is exactly the next one).
     pub async fn resync(&self, latest: Vec<PipelineUpdate>) {
         let _ = self.commands.send(Command::Resync(latest)).await;
+    }
+
+    /// p50 and p99 of the time from an event's acknowledgement to its update leaving this node
+    /// for the browsers, over the last hour; `None` when no batch came in that hour (or the hub
+    /// is gone).
+    pub async fn latency(&self, pipeline: &str) -> Option<LatencySummary> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Latency { pipeline: pipeline.to_owned(), reply }).await.ok()?;
+        answer.await.ok().flatten()
     }
 
     /// A new client: its id and the queue its frames arrive on. The queue ends when the hub
@@ -171,6 +185,8 @@ struct PipelineFeed {
     subscribers: HashMap<ClientId, Subscriber>,
     /// The newest stats the hub has seen (from the bus), to start new subscribers from.
     latest: Option<PipelineStats>,
+    /// Acknowledgement to delivery, over the last hour.
+    latency: latency::LatencyWindow,
 }
 
 struct Client {
@@ -243,6 +259,10 @@ impl HubState {
                     self.publish(update);
                 }
             }
+            Command::Latency { pipeline, reply } => {
+                let summary = self.feeds.get(&pipeline).and_then(|f| f.latency.summary(dash_domain::now_ms()));
+                let _ = reply.send(summary);
+            }
             Command::Subscribe { client, pipeline, snapshot } => {
                 let Some(entry) = self.clients.get_mut(&client) else { return };
                 if !entry.following.contains(&pipeline) {
@@ -296,6 +316,9 @@ impl HubState {
             return; // an old or repeated update (e.g. redelivered by a bus)
         }
         feed.latest = Some(update.stats.clone());
+        if let Some(received) = update.received {
+            feed.latency.record(dash_domain::now_ms(), received);
+        }
         if feed.subscribers.is_empty() {
             return;
         }

@@ -5,7 +5,14 @@ fn stats(seq: i64) -> PipelineStats {
 }
 
 fn update(pipeline: &str, seq: i64) -> PipelineUpdate {
-    PipelineUpdate { pipeline: pipeline.into(), seq, stats: stats(seq), at: String::new(), views: Vec::new() }
+    PipelineUpdate {
+        pipeline: pipeline.into(),
+        seq,
+        stats: stats(seq),
+        at: String::new(),
+        views: Vec::new(),
+        received: None,
+    }
 }
 
 fn parse(frame: &Bytes) -> ServerMessage {

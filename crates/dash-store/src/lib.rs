@@ -522,6 +522,7 @@ impl BatchOutcome {
             },
             at: at.to_owned(),
             views,
+            received: tally.oldest_received_ms.zip(tally.newest_received_ms).map(|(oldest, newest)| [oldest, newest]),
         });
     }
 }
@@ -548,6 +549,7 @@ struct PipelineTally {
     received: i64,
     inserted: i64,
     newest_received_ms: Option<i64>,
+    oldest_received_ms: Option<i64>,
 }
 
 /// The minute holding `ms` (saturating at the far past: an event that old is refused by the

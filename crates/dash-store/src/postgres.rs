@@ -475,6 +475,11 @@ impl PgStore {
             let t = tally.get_mut(&*run[0].pipeline).expect("tallied above");
             t.inserted += run.len() as i64;
             t.newest_received_ms = t.newest_received_ms.max(run.iter().map(|e| e.event.received_ms).max());
+            let oldest = run.iter().map(|e| e.event.received_ms).min();
+            t.oldest_received_ms = match (t.oldest_received_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let same_minute = |a: &&BatchEvent, b: &&BatchEvent| {
                 crate::minute_of(a.event.time_ms) == crate::minute_of(b.event.time_ms)
             };

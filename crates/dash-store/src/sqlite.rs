@@ -401,5 +401,6 @@ fn tally_inserted<'b>(
     let t = tally.get_mut(key).expect("key just found");
     t.inserted += 1;
     t.newest_received_ms = Some(t.newest_received_ms.map_or(received_ms, |n| n.max(received_ms)));
+    t.oldest_received_ms = Some(t.oldest_received_ms.map_or(received_ms, |n| n.min(received_ms)));
     *minutes.entry((key, minute_of(event_time))).or_default() += 1;
 }

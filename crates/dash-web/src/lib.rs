@@ -137,6 +137,17 @@ pub struct PipelinePanel {
     pub pipeline: String,
     pub rate: f64,
     pub chart: Chart,
+    /// From an event's 202 to its update leaving for the browsers, over the last hour (`None`:
+    /// no batch reached this node in that hour).
+    pub latency: Option<EndToEnd>,
+}
+
+/// End-to-end latency over the last hour, as this node's live hub measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndToEnd {
+    pub p50_ms: u32,
+    pub p99_ms: u32,
+    pub batches: u64,
 }
 
 /// The latest events of a pipeline page, also served alone as a fragment.

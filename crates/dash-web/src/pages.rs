@@ -298,6 +298,13 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
                 <div class="label">"Events/s (last minute)"</div>
                 <div class="value">{rate(panel.rate)}</div>
             </div>
+            <div class="counter rate latency" title="From a sender's 202 to the figure leaving this node for the browsers, over the last hour">
+                <div class="label">"202 to screen, last hour"</div>
+                <div class="value">{match panel.latency {
+                    Some(e) => format!("p50 {} · p99 {}", duration_ms(e.p50_ms), duration_ms(e.p99_ms)),
+                    None => "–".to_owned(),
+                }}</div>
+            </div>
             <div class="chart-head">
                 <h2>{format!("Events per {bucket}, {}", range.span_text())}</h2>
                 <nav class="ranges">{tabs}</nav>
@@ -305,6 +312,11 @@ fn Panel(panel: PipelinePanel) -> impl IntoView {
             <BarChart chart=panel.chart />
         </section>
     }
+}
+
+/// A latency as people read it: `640 ms`, `1.2 s`.
+fn duration_ms(ms: u32) -> String {
+    if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", f64::from(ms) / 1000.0) }
 }
 
 /// "12 deliveries refused in the last hour: bad signature — check the secret in GitHub's
@@ -630,6 +642,7 @@ mod tests {
             pipeline: "orders".into(),
             rate: 0.5,
             chart: Chart { range: ChartRange::Hour, from_ms: 0, bucket_ms: 60_000, counts: vec![0; 60] },
+            latency: Some(crate::EndToEnd { p50_ms: 640, p99_ms: 1_250, batches: 12 }),
         }
     }
 
@@ -672,6 +685,7 @@ mod tests {
         assert!(html.contains("Show signing secret"), "{html}");
         assert!(html.contains("whsec_…your signing secret…"), "{html}");
         assert!(html.contains("Events kept for") && html.contains(">7days<"), "{html}");
+        assert!(html.contains("202 to screen, last hour") && html.contains("p50 640 ms · p99 1.2 s"), "{html}");
         let send = SendInstructions {
             url: "http://h/webhooks/orders".into(),
             secret: Some("whsec_abc".into()),

@@ -31,6 +31,27 @@ fn code_block(html: &str, class: &str) -> String {
 }
 
 #[tokio::test]
+async fn the_pipeline_page_shows_how_long_a_202_takes_to_reach_the_screen() {
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "300ms")]).await;
+    let pipeline = server.create_pipeline("timed").await;
+    let (_, panel) = page(&server, "/pipelines/timed/panel").await;
+    assert!(panel.contains(r#"<div class="value">–</div>"#), "no batch yet: {panel}");
+    for i in 0..3 {
+        assert_eq!(server.post_json(&pipeline, &format!("t{i}"), r#"{"n":1}"#).await.status(), 202);
+    }
+    server.wait_for_count(&pipeline, 3, Duration::from_secs(15)).await;
+    let (_, panel) = page(&server, "/pipelines/timed/panel").await;
+    let figures = panel.split(">p50 ").nth(1).and_then(|rest| rest.split('<').next()).expect("a p50 figure");
+    // The buffer flushes every 300 ms: no event waits for its figure much longer than that.
+    let (p50, p99) = figures.split_once(" · p99 ").unwrap();
+    let ms = |text: &str| match text.strip_suffix(" ms") {
+        Some(ms) => ms.parse::<f64>().unwrap(),
+        None => text.strip_suffix(" s").unwrap().parse::<f64>().unwrap() * 1000.0,
+    };
+    assert!(ms(p50) <= ms(p99) && ms(p99) < 5_000.0, "{figures}");
+}
+
+#[tokio::test]
 async fn pages_show_the_figures_of_the_api_without_any_script() {
     let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms")]).await;
     let (status, html) = page(&server, "/").await;

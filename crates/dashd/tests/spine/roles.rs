@@ -132,6 +132,10 @@ async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
         assert_eq!(ingestor.post_json(&p, &format!("a{i}"), "{}").await.status(), 202);
         read_until(&mut socket, &mut seq, |f| f["type"] == "update" && f["stats"]["count"] == i + 1).await;
     }
+    // The web node times each update from the ingestor's 202 to its own hand-off to browsers
+    // (the acknowledgement times cross NATS in the update): the pipeline page shows p50 / p99.
+    let panel = web.client.get(web.url("/pipelines/orders/panel")).send().await.unwrap().text().await.unwrap();
+    assert!(panel.contains("202 to screen, last hour") && panel.contains(">p50 "), "{panel}");
 
     // The broker dies: intake goes on, the web node says its figures may be stale.
     nats.stop();
