@@ -1,6 +1,7 @@
 //! A panel's figures as a table, for its CSV and JSON downloads: exactly what the panel shows
 //! over the board's range (a pipeline's count per bucket; a view's value per bucket and group,
-//! its figure, or its groups).
+//! its figure, or its groups). In CSV, text a spreadsheet would take for a formula is kept as
+//! text (the JSON has it as sent).
 
 use serde_json::{Value, json};
 
@@ -60,8 +61,11 @@ impl PanelTable {
     /// RFC 4180 CSV with a header line; a missing value is an empty field.
     pub fn to_csv(&self) -> String {
         let mut writer = csv::Writer::from_writer(Vec::new());
+        // Text from events (a group's value) that a spreadsheet would run as a formula is kept
+        // as text: a leading apostrophe, as spreadsheets themselves write it. Numbers are numbers.
         let text = |value: &Value| match value {
             Value::Null => String::new(),
+            Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
@@ -147,6 +151,12 @@ mod tests {
             chart.to_csv(),
             "bucket_start,group,sum\n1970-01-01T00:00:00.000Z,\"paid, \"\"eu\"\"\",7.5\n1970-01-01T00:01:00.000Z,\"paid, \"\"eu\"\"\",\n"
         );
+        let mut formula = card();
+        formula.groups[0].group = "=HYPERLINK(\"http://x\")".into();
+        formula.total = Some(-2.5);
+        let body = PanelBody::View { seq: 1, display: ViewDisplay::Table, card: formula, fresh: Default::default() };
+        let csv = panel_table(&panel(body)).unwrap().to_csv();
+        assert!(csv.contains("\"'=HYPERLINK(\"\"http://x\"\")\",7.5,3,1"), "{csv}");
         let stat = panel_table(&view(ViewDisplay::Stat)).unwrap();
         assert_eq!(stat.to_csv(), "sum,events,skipped\n7.5,3,1\n");
         let groups = panel_table(&view(ViewDisplay::Table)).unwrap();
