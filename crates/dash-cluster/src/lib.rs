@@ -13,9 +13,10 @@ mod limits;
 
 pub use limits::NodeLimits;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dash_bus::{Bus, BusError, Heartbeats};
@@ -88,7 +89,7 @@ impl Membership {
     /// lists that no heartbeat came from.
     pub fn members(&self) -> Vec<Member> {
         let dns = self.dns.as_ref().map(|rx| rx.borrow().clone());
-        let seen = self.seen.lock().expect("membership lock");
+        let seen = self.seen.lock();
         let mut members: Vec<Member> = seen
             .values()
             .map(|s| Member {
@@ -133,7 +134,7 @@ impl Membership {
 
     /// What heartbeats say of the `role` node at `ip`; `None` when none came from there.
     pub fn peer(&self, ip: IpAddr, role: &str) -> Option<PeerHealth> {
-        let seen = self.seen.lock().expect("membership lock");
+        let seen = self.seen.lock();
         seen.values().filter(|s| s.heartbeat.role == role && heartbeat_ip(&s.heartbeat) == Some(ip)).fold(
             None,
             |found: Option<PeerHealth>, s| {
@@ -150,7 +151,7 @@ impl Membership {
     /// The routable addresses of every `role` node heard from, up or down (a node is down to
     /// membership while the bus is, too; choosing among them is the caller's business).
     pub fn known_addrs(&self, role: &str) -> Vec<SocketAddr> {
-        let seen = self.seen.lock().expect("membership lock");
+        let seen = self.seen.lock();
         let mut addrs: Vec<SocketAddr> = seen
             .values()
             .filter(|s| s.heartbeat.role == role)
@@ -163,7 +164,7 @@ impl Membership {
 
     /// A heartbeat arrived (or this node's own tick).
     fn observe(&self, heartbeat: NodeHeartbeat) {
-        let mut seen = self.seen.lock().expect("membership lock");
+        let mut seen = self.seen.lock();
         let now = (Instant::now(), now_ms());
         match seen.get_mut(&heartbeat.node) {
             Some(entry) => {
@@ -182,7 +183,7 @@ impl Membership {
 
     /// Marks silent nodes down and forgets long-gone ones.
     fn sweep(&self) {
-        let mut seen = self.seen.lock().expect("membership lock");
+        let mut seen = self.seen.lock();
         for entry in seen.values_mut() {
             if entry.up && entry.at.elapsed() > DOWN_AFTER {
                 entry.up = false;

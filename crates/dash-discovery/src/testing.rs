@@ -1,10 +1,11 @@
 //! A small authoritative DNS server on 127.0.0.1 (UDP) for tests: names map to addresses and
 //! can change while it runs; it can also fall silent, like a name server that went away.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
@@ -40,7 +41,7 @@ impl DnsServer {
 
     /// `name` now resolves to `addrs` (A for IPv4, AAAA for IPv6); an empty list removes it.
     pub fn set(&self, name: &str, addrs: Vec<IpAddr>) {
-        let mut names = self.zone.names.lock().expect("zone lock");
+        let mut names = self.zone.names.lock();
         if addrs.is_empty() {
             names.remove(&normalize(name));
         } else {
@@ -85,7 +86,7 @@ fn answer(zone: &Zone, request: &Message) -> Message {
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.metadata.recursion_available = true;
     response.queries = request.queries.clone();
-    let names = zone.names.lock().expect("zone lock");
+    let names = zone.names.lock();
     for query in &request.queries {
         let Some(addrs) = names.get(&normalize(&query.name().to_ascii())) else {
             response.metadata.response_code = ResponseCode::NXDomain;

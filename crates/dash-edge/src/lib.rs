@@ -25,9 +25,10 @@
 use std::collections::HashMap;
 
 use dash_log_throttle::LogThrottle;
+use parking_lot::Mutex;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -208,7 +209,7 @@ impl Forwarder {
                     if let Some(held_back) = self.unanswered.admit() {
                         tracing::warn!(%peer, error = %err, held_back, "ingestor did not answer; trying the next");
                     }
-                    self.failed.lock().expect("failed-peers lock").insert(peer.ip(), Instant::now());
+                    self.failed.lock().insert(peer.ip(), Instant::now());
                     last_error = format!("{peer}: {err}");
                 }
             }
@@ -261,7 +262,7 @@ impl Forwarder {
         let candidates = self.candidates();
         let now = Instant::now();
         let failed = {
-            let mut failed = self.failed.lock().expect("failed-peers lock");
+            let mut failed = self.failed.lock();
             failed.retain(|_, at| now.duration_since(*at) < FAILED_PENALTY);
             failed.clone()
         };

@@ -6,9 +6,10 @@
 //! a web edge, the sender the edge names, never the edge; a request whose client is unknown is
 //! bounded by the total only.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -44,7 +45,7 @@ impl BodyBudget {
     pub(crate) fn try_take(self: &Arc<Self>, peer: Option<IpAddr>, kib: u32) -> Option<BodyPermit> {
         let peer = peer.map(client_key);
         if let Some(ip) = peer {
-            let mut held = self.held.lock().expect("budget lock");
+            let mut held = self.held.lock();
             let mine = held.entry(ip).or_default();
             if mine.saturating_add(kib) > self.per_peer_max {
                 if *mine == 0 {
@@ -66,7 +67,7 @@ impl BodyBudget {
     }
 
     fn release(&self, ip: IpAddr, kib: u32) {
-        let mut held = self.held.lock().expect("budget lock");
+        let mut held = self.held.lock();
         if let Some(mine) = held.get_mut(&ip) {
             *mine = mine.saturating_sub(kib);
             if *mine == 0 {
@@ -101,7 +102,7 @@ mod tests {
         drop((first, second));
         assert!(budget.try_take(Some(a), 50).is_some(), "given back when dropped");
         drop(other);
-        assert!(budget.held.lock().unwrap().is_empty());
+        assert!(budget.held.lock().is_empty());
         assert!(budget.try_take(None, 100).is_some(), "no address: only the total bounds it");
     }
 

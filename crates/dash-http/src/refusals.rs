@@ -4,8 +4,8 @@
 //! upsert per pipeline, minute and reason per flush. The counts kept between flushes are bounded
 //! ([`KEYS_MAX`]): past it further keys are dropped (the metric still counts them).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use dash_store::RefusalCount;
@@ -31,7 +31,7 @@ pub(crate) struct RefusalTally {
 impl RefusalTally {
     pub(crate) fn count(&self, pipeline: &str, reason: &'static str, at_ms: i64) {
         let minute = at_ms - at_ms.rem_euclid(60_000);
-        let mut counts = self.counts.lock().expect("refusal tally lock");
+        let mut counts = self.counts.lock();
         let key = (pipeline.to_owned(), minute, reason);
         if counts.len() >= KEYS_MAX && !counts.contains_key(&key) {
             return;
@@ -42,7 +42,7 @@ impl RefusalTally {
     }
 
     fn take(&self) -> Vec<RefusalCount> {
-        let counts = std::mem::take(&mut *self.counts.lock().expect("refusal tally lock"));
+        let counts = std::mem::take(&mut *self.counts.lock());
         counts
             .into_iter()
             .map(|((pipeline, minute, reason), (refused, last_at))| RefusalCount {
@@ -58,7 +58,7 @@ impl RefusalTally {
     /// Counts the store did not take, back for the next flush (within the bound).
     fn put_back(&self, rows: Vec<RefusalCount>) {
         for row in rows {
-            let mut counts = self.counts.lock().expect("refusal tally lock");
+            let mut counts = self.counts.lock();
             let key = (row.pipeline, row.minute, row.reason);
             if counts.len() >= KEYS_MAX && !counts.contains_key(&key) {
                 continue;

@@ -22,11 +22,12 @@
 //! A WebSocket (`/live`) keeps its connection's slot for as long as the session lasts, so live
 //! sessions count against the cap too; shutdown does not wait for them (the hub ends them).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -96,10 +97,6 @@ impl Connection {
     fn enter(&self, phase: u8, clock: &Instant) {
         self.phase.store(phase, Ordering::Release);
         self.since_ms.store(clock.elapsed().as_millis() as u64, Ordering::Release);
-    }
-
-    fn evictable(&self) -> bool {
-        matches!(self.phase.load(Ordering::Acquire), FRESH | IDLE)
     }
 
     /// Claims an evictable connection for closing; false when it was not (or no longer) idle.
@@ -199,7 +196,7 @@ pub async fn serve(
     // waited for: the hub ends them.
     drop(listener);
     if tokio::time::timeout(limits.drain_timeout, server.closed(|c| c.close.notify_one())).await.is_err() {
-        let cut = server.registry.lock().expect("connection registry").open.len();
+        let cut = server.registry.lock().open.len();
         tracing::warn!(connections = cut, "connections still busy at the drain deadline were cut");
         // An aborted task ends at its next await; its guard then leaves the registry.
         let abort = |c: &Connection| c.task.get().into_iter().for_each(tokio::task::AbortHandle::abort);
@@ -253,7 +250,7 @@ pub(crate) struct ConnectionSlot(Arc<Mutex<Option<SlotPermit>>>);
 impl ConnectionSlot {
     /// The slot, for a session that outlives the HTTP connection (once).
     pub(crate) fn take(&self) -> Option<SlotPermit> {
-        self.0.lock().expect("connection slot").take()
+        self.0.lock().take()
     }
 }
 
@@ -265,7 +262,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.server.registry.lock().expect("connection registry").open.remove(&self.id);
+        self.server.registry.lock().open.remove(&self.id);
         self.server.emptied.notify_waiters();
     }
 }
@@ -280,7 +277,7 @@ impl Server {
             task: std::sync::OnceLock::new(),
         });
         let id = {
-            let mut registry = self.registry.lock().expect("connection registry");
+            let mut registry = self.registry.lock();
             registry.next_id += 1;
             let id = registry.next_id;
             registry.open.insert(id, connection.clone());
@@ -302,7 +299,7 @@ impl Server {
         loop {
             let emptied = self.emptied.notified();
             {
-                let registry = self.registry.lock().expect("connection registry");
+                let registry = self.registry.lock();
                 if registry.open.is_empty() {
                     return;
                 }
@@ -384,21 +381,37 @@ impl Server {
 
     /// Tells the connection that has waited longest without a request in progress to close.
     /// False when every connection is busy (none idle, none already closing).
+    ///
+    /// One pass over the registry finds the oldest idle connection (no sort, no allocation under
+    /// the lock); a request may begin on it between the look and the claim, so a few more passes
+    /// are allowed before giving up on this accept.
     fn evict_one(&self) -> bool {
-        let registry = self.registry.lock().expect("connection registry");
-        let closing = registry.open.values().any(|c| c.phase.load(Ordering::Acquire) == CLOSING);
-        let mut idle: Vec<&Arc<Connection>> = registry.open.values().filter(|c| c.evictable()).collect();
-        idle.sort_unstable_by_key(|c| c.since_ms.load(Ordering::Acquire));
-        // The oldest that is still idle as it is claimed (a request may have just begun on it).
-        match idle.into_iter().find(|c| c.claim_for_closing()) {
-            Some(connection) => {
+        const PASSES: usize = 4;
+        let registry = self.registry.lock();
+        let mut closing = false;
+        for _ in 0..PASSES {
+            let mut oldest: Option<(&Arc<Connection>, u64)> = None;
+            for connection in registry.open.values() {
+                match connection.phase.load(Ordering::Acquire) {
+                    CLOSING => closing = true,
+                    FRESH | IDLE => {
+                        let since = connection.since_ms.load(Ordering::Acquire);
+                        if oldest.is_none_or(|(_, s)| since < s) {
+                            oldest = Some((connection, since));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let Some((connection, _)) = oldest else { break };
+            if connection.claim_for_closing() {
                 metrics::counter!("dash_http_connections_evicted_total").increment(1);
                 connection.close.notify_one();
-                true
+                return true;
             }
-            // One told to close earlier is still on its way out: its slot is coming.
-            None => closing,
         }
+        // One told to close earlier is still on its way out: its slot is coming.
+        closing
     }
 }
 

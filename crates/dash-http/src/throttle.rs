@@ -11,11 +11,11 @@
 //! wrong secret at any pipeline). Pipelines have scopes of their own for the same reason: a
 //! wrong secret on one must not stop the provider's deliveries to the others.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -90,7 +90,7 @@ impl AuthThrottle {
             return Ok(());
         }
         let Some(key) = key(peer, scope) else { return Ok(()) };
-        let blocked = self.blocked.lock().expect("throttle lock");
+        let blocked = self.blocked.lock();
         match blocked.get(&key) {
             Some(until) if *until > Instant::now() => Err(too_many(*until - Instant::now())),
             _ => Ok(()),
@@ -122,7 +122,7 @@ impl AuthThrottle {
     /// Blocks the client in this scope for `wait`; the 429 to answer.
     fn block(&self, peer: Option<IpAddr>, scope: Scope<'_>, wait: Duration) -> ApiError {
         let Some(key) = key(peer, scope) else { return too_many(wait) };
-        let mut blocked = self.blocked.lock().expect("throttle lock");
+        let mut blocked = self.blocked.lock();
         if blocked.len() > ADDRESSES_MAX {
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);

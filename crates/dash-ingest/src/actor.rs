@@ -64,7 +64,7 @@ pub(crate) struct BufferActor {
 impl BufferActor {
     /// Builds the actor from the partition's last committed checkpoint.
     pub(crate) fn start(partition: Arc<Partition>, abort: watch::Receiver<bool>) -> Self {
-        let committed = *partition.committed.lock().expect("checkpoint lock");
+        let committed = *partition.committed.lock();
         let reader = partition.reader_template.at(committed.position);
         let window = partition.store.batches_in_flight().max(1);
         Self {
@@ -467,7 +467,7 @@ impl BufferActor {
     async fn commit_checkpoint(&self, cursor: Checkpoint) {
         let partition = self.partition.clone();
         let previous = {
-            let mut committed = partition.committed.lock().expect("checkpoint lock");
+            let mut committed = partition.committed.lock();
             std::mem::replace(&mut *committed, cursor)
         };
         let freed_bytes = cursor.position.saturating_sub(previous.position);

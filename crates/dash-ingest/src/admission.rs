@@ -6,8 +6,9 @@
 //! [`Reservation`], which gives it back unless the request's frame is appended; the buffer actor
 //! gives it back through [`Admission::committed`] once the frame's events are in the store.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -31,7 +32,7 @@ impl StoreHealth {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("health lock").clone()
+        self.last_error.lock().clone()
     }
 
     pub fn mark_up(&self) {
@@ -42,7 +43,7 @@ impl StoreHealth {
 
     pub fn mark_down(&self, error: &str) {
         self.up.store(false, Ordering::Release);
-        *self.last_error.lock().expect("health lock") = Some(error.to_owned());
+        *self.last_error.lock() = Some(error.to_owned());
     }
 }
 

@@ -3,9 +3,10 @@
 //! ([`DirectoryFile`]) so that a node started while the database is unreachable still
 //! authenticates and accepts its pipelines' webhooks.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dash_domain::PipelineId;
@@ -69,7 +70,7 @@ impl PipelineDirectory {
             fresh.id_by_name.insert(auth.name.clone(), auth.id.to_string());
             fresh.by_id.insert(auth.id.to_string(), Arc::new(auth));
         }
-        let mut entries = self.entries.write().expect("directory lock");
+        let mut entries = self.entries.write();
         let inserted = std::mem::take(&mut entries.inserted);
         for (id, (at, auth)) in inserted {
             if at < read_at {
@@ -86,8 +87,7 @@ impl PipelineDirectory {
 
     /// Writes the local copy if it changed (off the async threads).
     pub async fn persist(&self) {
-        let auths: Vec<Arc<PipelineAuth>> =
-            self.entries.read().expect("directory lock").by_id.values().cloned().collect();
+        let auths: Vec<Arc<PipelineAuth>> = self.entries.read().by_id.values().cloned().collect();
         let file = self.file.clone();
         let written = tokio::task::spawn_blocking(move || file.store(DirectoryFile::encode(&auths))).await;
         match written {
@@ -100,7 +100,7 @@ impl PipelineDirectory {
     }
 
     fn cached(&self, id_or_name: &str) -> Option<Arc<PipelineAuth>> {
-        let entries = self.entries.read().expect("directory lock");
+        let entries = self.entries.read();
         let id = entries.id_by_name.get(id_or_name).map_or(id_or_name, String::as_str);
         entries.by_id.get(id).cloned()
     }
@@ -133,7 +133,7 @@ impl PipelineDirectory {
     /// local copy at once: a start right after, while the store is down, knows it.
     pub async fn insert(&self, auth: PipelineAuth) {
         {
-            let mut entries = self.entries.write().expect("directory lock");
+            let mut entries = self.entries.write();
             let id = auth.id.to_string();
             let auth = Arc::new(auth);
             entries.id_by_name.insert(auth.name.clone(), id.clone());
@@ -171,7 +171,7 @@ impl PipelineDirectory {
 struct DirectoryFile {
     path: PathBuf,
     /// What was last written (or read), to skip writing what is already there.
-    last: std::sync::Mutex<Option<Vec<u8>>>,
+    last: parking_lot::Mutex<Option<Vec<u8>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -280,7 +280,7 @@ impl DirectoryFile {
                 None => tracing::warn!(pipeline = entry.id, "pipeline directory file entry malformed; skipped"),
             }
         }
-        *self.last.lock().expect("directory file lock") = Some(bytes);
+        *self.last.lock() = Some(bytes);
         Some(auths)
     }
 
@@ -288,7 +288,7 @@ impl DirectoryFile {
     fn store(&self, bytes: Vec<u8>) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut last = self.last.lock().expect("directory file lock");
+        let mut last = self.last.lock();
         if last.as_deref() == Some(&bytes[..]) {
             return Ok(());
         }

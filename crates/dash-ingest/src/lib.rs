@@ -17,8 +17,9 @@ mod layout;
 mod record;
 mod supervisor;
 
+use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dash_bus::Bus;
@@ -149,7 +150,7 @@ impl Permit<'_> {
         if count == 0 {
             return Ok(0);
         }
-        let Some(appender) = self.partition.appender.read().expect("appender lock").clone() else {
+        let Some(appender) = self.partition.appender.read().clone() else {
             return Err(SubmitError::ShuttingDown);
         };
         // Taken before encoding, so a refused request costs no encode.
@@ -362,7 +363,7 @@ impl Intake {
     /// Stops admitting; once in-flight appends finish, the writers end and actors drain.
     pub fn close(&self) {
         for partition in &self.inner.partitions {
-            partition.appender.write().expect("appender lock").take();
+            partition.appender.write().take();
         }
     }
 }

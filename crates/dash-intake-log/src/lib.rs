@@ -25,12 +25,13 @@ mod reader;
 mod segment;
 mod writer;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub use quarantine::{Damage, Quarantine, QuarantineSummary};
 pub use reader::{Frame, LogReader};
@@ -136,7 +137,7 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<OpenedLog, LogError> {
     };
 
     let (durable_tx, durable_rx) = watch::channel(end);
-    segments.lock().expect("segment list lock").extend(&bases);
+    segments.lock().extend(&bases);
     let quarantine = options.quarantine.clone();
     let (appender, writer) =
         writer::start(dir.to_path_buf(), last, scan.valid_len, options, durable_tx, segments, notes.clone())?;
@@ -214,21 +215,21 @@ impl CheckpointStore {
     /// Records `checkpoint`; returns the bytes of segments deleted.
     pub fn commit(&self, checkpoint: Checkpoint) -> Result<u64, LogError> {
         {
-            let mut inner = self.inner.lock().expect("checkpoint file lock");
+            let mut inner = self.inner.lock();
             inner.generation += 1;
             let slot = encode_slot(inner.generation, checkpoint);
             let offset = (inner.generation % 2) * SLOT as u64;
             inner.file.write_all_at(&slot, offset)?;
         }
         {
-            let mut notes = self.notes.lock().expect("notes lock");
+            let mut notes = self.notes.lock();
             let ahead = notes.split_off(&checkpoint.position);
             *notes = ahead;
         }
         let mut freed = 0;
         loop {
             let (base, next_base) = {
-                let segments = self.segments.lock().expect("segment list lock");
+                let segments = self.segments.lock();
                 match (segments.front(), segments.get(1)) {
                     (Some(&base), Some(&next_base)) if next_base <= checkpoint.position => (base, next_base),
                     _ => break,
@@ -239,7 +240,7 @@ impl CheckpointStore {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
                 Err(err) => return Err(err.into()),
             }
-            self.segments.lock().expect("segment list lock").pop_front();
+            self.segments.lock().pop_front();
             freed += next_base - base;
         }
         Ok(freed)

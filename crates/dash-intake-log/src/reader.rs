@@ -110,7 +110,7 @@ impl LogReader {
             return Err(LogError::Corrupt { position });
         }
         self.position = next;
-        let note = self.notes.lock().expect("notes lock").get(&position).copied();
+        let note = self.notes.lock().get(&position).copied();
         Ok(Some(Frame { position, next, payload, note }))
     }
 
@@ -121,7 +121,7 @@ impl LogReader {
     pub fn skip_damage(&mut self) -> Result<Damage, LogError> {
         let (position, segment_path) = (self.position, self.pass_damage()?);
         let resume = self.position;
-        let noted = self.notes.lock().expect("notes lock").range(position..resume).map(|(_, n)| u64::from(*n)).sum();
+        let noted = self.notes.lock().range(position..resume).map(|(_, n)| u64::from(*n)).sum();
         let kept_as = match self.quarantine.keep_segment(&self.log_name(), &segment_path, position, resume - position) {
             Ok(kept_as) => Some(kept_as),
             Err(err) => {

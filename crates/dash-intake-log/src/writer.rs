@@ -142,7 +142,7 @@ impl Writer {
                 // Frames already flushed (before a segment roll) are on disk and answered as
                 // such; from the first one that is not, none counts, none is kept.
                 if let Some(&first_failed) = written.positions.get(written.durable) {
-                    drop(self.notes.lock().expect("notes lock").split_off(&first_failed));
+                    drop(self.notes.lock().split_off(&first_failed));
                 }
                 self.recover();
             }
@@ -181,7 +181,7 @@ impl Writer {
             let position = self.base + self.len + buf.len() as u64;
             if let Some(note) = append.note {
                 // Before the frame can be durable (a roll publishes what precedes it).
-                self.notes.lock().expect("notes lock").insert(position, note);
+                self.notes.lock().insert(position, note);
             }
             written.positions.push(position);
             let len_bytes = (append.payload.len() as u32).to_le_bytes();
@@ -210,7 +210,7 @@ impl Writer {
     fn roll(&mut self) -> io::Result<()> {
         let next_base = self.base + self.len;
         self.file = segment::create(&self.dir, next_base)?;
-        self.segments.lock().expect("segment list lock").push_back(next_base);
+        self.segments.lock().push_back(next_base);
         self.base = next_base;
         self.len = 0;
         // Readers learn of the new segment through the durable end moving past the old one.

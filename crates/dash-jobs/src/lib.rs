@@ -88,15 +88,15 @@ pub struct JobSettings {
 
 /// The job queue's depth as the scheduler last read it (every 5 s): jobs waiting, jobs running.
 #[derive(Debug, Clone, Default)]
-pub struct QueueDepth(Arc<std::sync::Mutex<Option<(u64, u64)>>>);
+pub struct QueueDepth(Arc<parking_lot::Mutex<Option<(u64, u64)>>>);
 
 impl QueueDepth {
     pub fn get(&self) -> Option<(u64, u64)> {
-        *self.0.lock().expect("queue depth")
+        *self.0.lock()
     }
 
     fn set(&self, depth: Option<(u64, u64)>) {
-        *self.0.lock().expect("queue depth") = depth;
+        *self.0.lock() = depth;
     }
 }
 

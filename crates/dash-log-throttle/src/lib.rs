@@ -12,8 +12,9 @@
 //!
 //! Rate limiting is [`governor`]'s; this crate only counts what it holds back.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dash_task::StopSignal;
@@ -83,13 +84,13 @@ impl TargetThrottle {
         if self.targets[index].1.admit().is_some() {
             return true;
         }
-        self.unreported.lock().expect("throttle lock")[index] += 1;
+        self.unreported.lock()[index] += 1;
         false
     }
 
     /// What was held back since the last call, by target prefix, and starts counting afresh.
     pub fn take_held_back(&self) -> Vec<(&'static str, u64)> {
-        let mut unreported = self.unreported.lock().expect("throttle lock");
+        let mut unreported = self.unreported.lock();
         self.targets
             .iter()
             .zip(unreported.iter_mut())

@@ -70,7 +70,7 @@ pub struct PgStore {
     sizes: PoolSizes,
     layout: std::sync::Arc<std::sync::OnceLock<Layout>>,
     /// TimescaleDB: the days (UTC, unix ms) known to have a chunk, so a batch never makes one.
-    chunk_days: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    chunk_days: Arc<parking_lot::Mutex<std::collections::HashSet<i64>>>,
     views: crate::views::ViewCache,
 }
 
@@ -286,7 +286,7 @@ impl PgStore {
     /// TimescaleDB: makes sure each of `days` has its chunk before a batch writes into it.
     async fn ensure_chunks_for(&self, days: &[i64]) -> Result<(), StoreError> {
         let missing: Vec<i64> = {
-            let known = self.chunk_days.lock().expect("chunk days");
+            let known = self.chunk_days.lock();
             days.iter().copied().filter(|d| !known.contains(d)).collect()
         };
         if missing.is_empty() {
@@ -297,7 +297,7 @@ impl PgStore {
         if made > 0 {
             tracing::debug!(made, "timescaledb chunks made ahead of their batches");
         }
-        let mut known = self.chunk_days.lock().expect("chunk days");
+        let mut known = self.chunk_days.lock();
         // A bound on memory for senders that spread events over many years.
         if known.len() > 100_000 {
             known.clear();
@@ -586,7 +586,7 @@ impl PgStore {
                     report.partitions_dropped =
                         timescale::drop_chunks_before(&mut conn, from_ms(cutoffs.everyone)).await?;
                     // Dropped days are no longer known to have a chunk; days ahead get theirs.
-                    self.chunk_days.lock().expect("chunk days").retain(|day| *day + DAY_MS > cutoffs.everyone);
+                    self.chunk_days.lock().retain(|day| *day + DAY_MS > cutoffs.everyone);
                     report.partitions_created = timescale::ensure_chunks(&mut conn, &days_around(now)).await?;
                 }
             }

@@ -11,8 +11,9 @@
 //!   a recomputed span holds every event committed before the step, and batches after it add
 //!   theirs, so the cut-over neither misses nor counts twice.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use dash_domain::{ViewTouch, format_ms, now_ms};
 use dash_views::{BatchCounter, Cell, CountedView, Groups, ViewReader, ViewSpec};
@@ -101,13 +102,13 @@ pub(crate) struct ViewCache(Arc<Mutex<HashMap<String, Arc<PipelineViews>>>>);
 
 impl ViewCache {
     fn get(&self, pipeline: &str, version: i64) -> Option<Arc<PipelineViews>> {
-        let cache = self.0.lock().expect("view cache");
+        let cache = self.0.lock();
         cache.get(pipeline).filter(|v| v.version == version).cloned()
     }
 
     fn put(&self, pipeline: &str, views: PipelineViews) -> Arc<PipelineViews> {
         let views = Arc::new(views);
-        let mut cache = self.0.lock().expect("view cache");
+        let mut cache = self.0.lock();
         if cache.len() > 10_000 {
             cache.clear();
         }

@@ -1,7 +1,8 @@
 //! What this node's heartbeat says of its load: the figures of docs/OPERATIONS.md, read at each
 //! beat from the parts of the node that have them.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Instant;
 
 use dash_cluster::{LoadSource, NodeLimits};
@@ -29,7 +30,7 @@ pub fn source(parts: LoadParts) -> LoadSource {
             .and_then(|p| p.stat().ok())
             .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second().max(1) as f64);
         let cpu_percent = cpu_seconds.and_then(|now_secs| {
-            let mut last = last_cpu.lock().expect("cpu sample");
+            let mut last = last_cpu.lock();
             let share = last.map(|(at, secs)| {
                 let wall = at.elapsed().as_secs_f64().max(1e-3);
                 (100.0 * (now_secs - secs) / wall / limits.cpu_cores).clamp(0.0, 100.0)

@@ -1,8 +1,9 @@
 //! What 202 promises: kill -9, SIGTERM, a locked store, a torn intake log tail.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proxy::TcpProxy;
@@ -58,7 +59,7 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_event() {
                     .await;
                 match sent {
                     Ok(r) if r.status() == 202 => {
-                        let mut acked = acked.lock().unwrap();
+                        let mut acked = acked.lock();
                         if n % 4 == 0 {
                             acked.extend((0..5).map(|i| format!("{id}.{i}")));
                         } else {
@@ -80,7 +81,7 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_event() {
     for sender in senders {
         sender.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
+    let acked = acked.lock().clone();
     assert!(acked.len() > 100, "load ran before the kill: {}", acked.len());
 
     server.restart();

@@ -1,8 +1,9 @@
 //! Background jobs: polling sources, retries, exactly one run per tick across ingestors, and
 //! failover of a running job. The source is a small HTTP server of the test's own on loopback.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -59,7 +60,7 @@ impl SourceServer {
     }
 
     fn hits(&self, path: &str) -> Vec<Hit> {
-        self.state.hits.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect()
+        self.state.hits.lock().iter().filter(|h| h.path == path).cloned().collect()
     }
 }
 
@@ -82,7 +83,7 @@ async fn record(
             authorization: header("authorization"),
         }
     };
-    state.hits.lock().unwrap().push(hit);
+    state.hits.lock().push(hit);
     next.run(request).await
 }
 
@@ -105,7 +106,7 @@ async fn tick(headers: HeaderMap) -> impl IntoResponse {
 async fn hang(State(state): State<SourceState>, headers: HeaderMap) -> impl IntoResponse {
     let tick = headers.get("x-dash-tick").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
     let first = {
-        let mut hang_tick = state.hang_tick.lock().unwrap();
+        let mut hang_tick = state.hang_tick.lock();
         if hang_tick.is_none() {
             *hang_tick = Some(tick.clone());
             true
@@ -368,9 +369,8 @@ async fn a_running_job_on_a_killed_ingestor_completes_on_another() {
     let source = SourceServer::start().await;
     let id =
         create_polled(&nodes[0], "hangs", json!({ "url": source.url("/hang"), "every": "1s", "timeout": "60s" })).await;
-    wait_for("the first poll", Duration::from_secs(10), async || source.state.hang_tick.lock().unwrap().is_some())
-        .await;
-    let hung = source.state.hang_tick.lock().unwrap().clone().unwrap();
+    wait_for("the first poll", Duration::from_secs(10), async || source.state.hang_tick.lock().is_some()).await;
+    let hung = source.state.hang_tick.lock().clone().unwrap();
     let tick_ms = chrono::DateTime::parse_from_rfc3339(&hung).unwrap().timestamp_millis();
     let key = format!("poll:{id}:{tick_ms}");
     let holder: Vec<(String,)> =

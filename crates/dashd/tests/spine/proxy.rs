@@ -1,8 +1,9 @@
 //! A TCP proxy the test controls, to cut a connection to a shared server without stopping it.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -32,7 +33,7 @@ impl TcpProxy {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
-                    links.lock().unwrap().push(link);
+                    links.lock().push(link);
                 }
             }
         });
@@ -53,7 +54,7 @@ impl TcpProxy {
     /// Breaks every open connection and refuses new ones until [`TcpProxy::restore`].
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
+        for link in self.links.lock().drain(..) {
             link.abort();
         }
     }
@@ -66,7 +67,7 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.acceptor.abort();
-        for link in self.links.lock().unwrap().drain(..) {
+        for link in self.links.lock().drain(..) {
             link.abort();
         }
     }
