@@ -25,6 +25,19 @@ use crate::record::IntakeRecord;
 const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Waits between tries of a store that is away: doubling from [`STORE_RETRY_FIRST`] to
+/// [`STORE_RETRY_MAX`], each stretched by a random part of itself (backon's jitter), so that
+/// every partition of every node does not retry a database that just came back in step.
+fn store_retry_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(STORE_RETRY_FIRST)
+        .with_max_delay(STORE_RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// A frame read from the log whose events are not all in the buffer yet.
 struct OpenFrame {
     position: u64,
@@ -352,7 +365,7 @@ impl BufferActor {
     /// still follows the log; a crash meanwhile replays the whole batch, and the dedupe key (and
     /// the set-aside table's) absorbs what was already written.
     async fn write_retrying(&mut self, batch: &Batch) -> Option<BatchOutcome> {
-        let mut delay = STORE_RETRY_FIRST;
+        let mut delays = store_retry_delays();
         let mut outcome = BatchOutcome::default();
         // Parts still to write, the next one last.
         let mut parts: Vec<&[BatchEvent]> = vec![&batch.events];
@@ -360,7 +373,7 @@ impl BufferActor {
             match self.partition.store.write_batch(part).await {
                 Ok(written) => {
                     outcome.absorb(written);
-                    delay = STORE_RETRY_FIRST;
+                    delays = store_retry_delays();
                 }
                 Err(err) if err.is_data_error() && part.len() > 1 => {
                     let (first, second) = part.split_at(part.len() / 2);
@@ -384,11 +397,11 @@ impl BufferActor {
                     }
                 }
                 Err(err) => {
+                    let delay = delays.next().unwrap_or(STORE_RETRY_MAX);
                     self.store_failed(&err, part.len(), delay);
                     if !self.pause(delay).await {
                         return None;
                     }
-                    delay = (delay * 2).min(STORE_RETRY_MAX);
                     parts.push(part);
                 }
             }
@@ -399,7 +412,7 @@ impl BufferActor {
     /// Keeps an event the store refused aside, with the store's error, retrying while the store
     /// is down. False when aborted meanwhile.
     async fn set_aside(&mut self, event: &BatchEvent, refusal: &StoreError) -> bool {
-        let mut delay = STORE_RETRY_FIRST;
+        let mut delays = store_retry_delays();
         loop {
             match self.partition.store.set_aside(event, &refusal.to_string(), dash_domain::now_ms()).await {
                 Ok(new) => {
@@ -418,11 +431,11 @@ impl BufferActor {
                     return true;
                 }
                 Err(err) => {
+                    let delay = delays.next().unwrap_or(STORE_RETRY_MAX);
                     self.store_failed(&err, 1, delay);
                     if !self.pause(delay).await {
                         return false;
                     }
-                    delay = (delay * 2).min(STORE_RETRY_MAX);
                 }
             }
         }

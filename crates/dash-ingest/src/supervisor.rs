@@ -15,19 +15,28 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = FIRST_BACKOFF;
+    let backoffs = || {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(FIRST_BACKOFF)
+            .with_max_delay(MAX_BACKOFF)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoffs();
     loop {
         let started = Instant::now();
         match tokio::spawn(start()).await {
             Ok(()) => return,
             Err(err) if err.is_panic() => {
                 if started.elapsed() > STABLE_AFTER {
-                    backoff = FIRST_BACKOFF;
+                    delays = backoffs();
                 }
+                let backoff = delays.next().unwrap_or(MAX_BACKOFF);
                 metrics::counter!("dash_actor_restarts_total", "actor" => name.clone()).increment(1);
                 tracing::error!(actor = %name, retry_in_ms = backoff.as_millis() as u64, "actor panicked; restarting");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(_) => return,
         }

@@ -232,7 +232,16 @@ async fn handle(job: Job, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> 
 async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSettings, mut stop: StopSignal) {
     let started_ms = dash_domain::now_ms();
     let mut generation = 0u32;
-    let mut backoff = Duration::from_millis(500);
+    let backoffs = || {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoffs();
     // While the database is down a worker fails at each backoff: one warning per period.
     let restarts = LogThrottle::per_period();
     loop {
@@ -277,13 +286,13 @@ async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSet
         }
         metrics::counter!("dash_jobs_worker_restarts_total").increment(1);
         if began.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(500);
+            delays = backoffs();
         }
+        let backoff = delays.next().unwrap_or(Duration::from_secs(10));
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -197,7 +197,7 @@ pub fn spawn(arrival: Arrival) -> DatabaseTask {
 async fn run(arrival: Arrival, mut stop: StopSignal) {
     let Arrival { store, migrated, configured, jobs } = arrival;
     let failures = LogThrottle::per_period();
-    let mut delay = RETRY_FIRST;
+    let mut delays = retry_delays();
     while !*migrated.borrow() {
         match migrate(&store).await {
             Ok(()) => {
@@ -206,8 +206,9 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
             }
             Err(err) => {
                 let err = crate::explain_privileges(err).to_string();
+                let delay = next_delay(&mut delays);
                 retry(&failures, "database not migrated yet", &err, delay);
-                if pause(&mut stop, &mut delay).await {
+                if pause(&mut stop, delay).await {
                     return;
                 }
             }
@@ -216,7 +217,7 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
     if let Some((_, intake)) = &jobs {
         intake.directory().reload().await;
     }
-    let mut delay = RETRY_FIRST;
+    let mut delays = retry_delays();
     loop {
         let Err(err) = configured.apply(&store).await else { break };
         let unavailable = err.chain().any(|cause| {
@@ -227,8 +228,9 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
             tracing::error!(error = format!("{err:#}"), "configured pipelines or boards could not be applied");
             break;
         }
+        let delay = next_delay(&mut delays);
         retry(&failures, "configured pipelines and boards not applied", &format!("{err:#}"), delay);
-        if pause(&mut stop, &mut delay).await {
+        if pause(&mut stop, delay).await {
             return;
         }
     }
@@ -236,13 +238,14 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
         let _ = stop.wait_for(|s| *s).await;
         return;
     };
-    let mut delay = RETRY_FIRST;
+    let mut delays = retry_delays();
     let running: JobsTask = loop {
         match dash_jobs::start(settings.clone(), store.clone(), intake.clone()).await {
             Ok(task) => break task,
             Err(err) => {
+                let delay = next_delay(&mut delays);
                 retry(&failures, "background jobs not started", &err.to_string(), delay);
-                if pause(&mut stop, &mut delay).await {
+                if pause(&mut stop, delay).await {
                     return;
                 }
             }
@@ -273,14 +276,29 @@ fn retry(failures: &LogThrottle, what: &str, err: &str, delay: Duration) {
     }
 }
 
-/// Waits `delay` (then doubles it, up to the most); true when told to stop meanwhile.
-async fn pause(stop: &mut StopSignal, delay: &mut Duration) -> bool {
-    let stopped = tokio::select! {
-        () = tokio::time::sleep(*delay) => false,
+/// Waits between tries: doubling from [`RETRY_FIRST`] up to [`RETRY_MAX`], each wait stretched
+/// by a random part of itself, so that the nodes of a cluster that lost the same database do not
+/// come back at it in step.
+fn retry_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn next_delay(delays: &mut backon::ExponentialBackoff) -> Duration {
+    delays.next().unwrap_or(RETRY_MAX)
+}
+
+/// Waits `delay`; true when told to stop meanwhile.
+async fn pause(stop: &mut StopSignal, delay: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
         _ = stop.wait_for(|s| *s) => true,
-    };
-    *delay = (*delay * 2).min(RETRY_MAX);
-    stopped
+    }
 }
 
 /// Applies `[pipelines.<name>]`: creates missing pipelines, then sets what each table names
