@@ -4,6 +4,9 @@
 CREATE TABLE boards (
     name       TEXT   PRIMARY KEY,
     spec       TEXT   NOT NULL,
+    -- Rises with every change: an edit made from a board as read applies only if nobody changed
+    -- it meanwhile (else it is made again on the board as it now is).
+    version    BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );

@@ -477,6 +477,7 @@ async fn editor_with(
     let page = dash_web::boards::editor(
         chrome(state, headers),
         BoardEditor {
+            version: record.version,
             name: record.name.clone(),
             title: title_of(record),
             range,
@@ -499,39 +500,67 @@ async fn edit(State(state): State<AppState>, Path(name): Path<String>, headers: 
 
 /// Applies `change` to the board's JSON, checks the result as the API does, saves it and goes
 /// back to the editor; a refused change shows the editor with the reason.
+///
+/// Two editors at once: the save applies only to the board as read (its version). A change that
+/// names no place on the board (a setting, a new panel at the end) is made again on the board
+/// as it now is; one that names a panel by its place (`seen`: the version the form was shown
+/// at) is refused when the board changed since, since that place may now hold another panel.
 async fn change_board(
     state: &AppState,
     headers: &HeaderMap,
     name: &str,
-    change: impl FnOnce(&mut serde_json::Map<String, Value>) -> Result<(), String>,
+    seen: Option<i64>,
+    change: impl Fn(&mut serde_json::Map<String, Value>) -> Result<(), String>,
 ) -> Response {
     if crate::origin::is_cross_origin(headers) {
         return crate::origin::cross_origin_refused().into_response();
     }
-    let record = match find_board(state, name).await {
-        Ok(record) => record,
-        Err(err) => return err.into_response(state, Some(chrome(state, headers))),
-    };
-    let Ok(Value::Object(mut fields)) = serde_json::to_value(&record.spec) else {
-        return PageError::store("a board did not serialize").into_response(state, Some(chrome(state, headers)));
-    };
-    if let Err(message) = change(&mut fields) {
-        return editor(state, headers, &record, Some(message)).await;
+    let changed_meanwhile = "The board changed while you were editing it; here it is as it is now.";
+    for _ in 0..crate::boards::CHANGE_ATTEMPTS {
+        let record = match find_board(state, name).await {
+            Ok(record) => record,
+            Err(err) => return err.into_response(state, Some(chrome(state, headers))),
+        };
+        if seen.is_some_and(|seen| seen != record.version) {
+            return editor(state, headers, &record, Some(changed_meanwhile.into())).await;
+        }
+        let Ok(Value::Object(mut fields)) = serde_json::to_value(&record.spec) else {
+            return PageError::store("a board did not serialize").into_response(state, Some(chrome(state, headers)));
+        };
+        if let Err(message) = change(&mut fields) {
+            return editor(state, headers, &record, Some(message)).await;
+        }
+        let spec = match BoardSpec::from_json(Value::Object(fields)) {
+            Ok(spec) => spec,
+            Err(err) => return editor(state, headers, &record, Some(err.to_string())).await,
+        };
+        let spec = match state.store.resolve_board(spec, &record.spec.panels).await {
+            Ok(spec) => spec,
+            Err(StoreError::BoardReference(err)) => {
+                return editor(state, headers, &record, Some(err.to_string())).await;
+            }
+            Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
+        };
+        match state.store.replace_board_at(name, &spec, record.version).await {
+            Ok(true) => return Redirect::to(&format!("/boards/{name}/edit")).into_response(),
+            Ok(false) if seen.is_some() => {
+                let now = match find_board(state, name).await {
+                    Ok(record) => record,
+                    Err(err) => return err.into_response(state, Some(chrome(state, headers))),
+                };
+                return editor(state, headers, &now, Some(changed_meanwhile.into())).await;
+            }
+            Ok(false) => continue,
+            Err(StoreError::NotFound(_)) => {
+                return PageError::Missing(format!("There is no board {name:?}."))
+                    .into_response(state, Some(chrome(state, headers)));
+            }
+            Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
+        }
     }
-    let spec = match BoardSpec::from_json(Value::Object(fields)) {
-        Ok(spec) => spec,
-        Err(err) => return editor(state, headers, &record, Some(err.to_string())).await,
-    };
-    let spec = match state.store.resolve_board(spec, &record.spec.panels).await {
-        Ok(spec) => spec,
-        Err(StoreError::BoardReference(err)) => return editor(state, headers, &record, Some(err.to_string())).await,
-        Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
-    };
-    match state.store.put_board(name, &spec, PutMode::Replace).await {
-        Ok(_) => Redirect::to(&format!("/boards/{name}/edit")).into_response(),
-        Err(StoreError::NotFound(_)) => PageError::Missing(format!("There is no board {name:?}."))
-            .into_response(state, Some(chrome(state, headers))),
-        Err(err) => PageError::store(err).into_response(state, Some(chrome(state, headers))),
+    match find_board(state, name).await {
+        Ok(record) => editor(state, headers, &record, Some(changed_meanwhile.into())).await,
+        Err(err) => err.into_response(state, Some(chrome(state, headers))),
     }
 }
 
@@ -556,10 +585,10 @@ async fn settings(
     headers: HeaderMap,
     form: Result<Form<BoardSettings>, FormRejection>,
 ) -> Response {
-    change_board(&state, &headers, &name, |fields| {
-        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
+    change_board(&state, &headers, &name, None, |fields| {
+        let Ok(Form(input)) = &form else { return Err("The form was incomplete.".into()) };
         fields.insert("title".into(), json!(input.title));
-        if let Some(range) = input.range {
+        if let Some(range) = &input.range {
             fields.insert("range".into(), json!(range));
         }
         Ok(())
@@ -609,9 +638,9 @@ async fn add_panel(
     headers: HeaderMap,
     form: Result<Form<NewPanel>, FormRejection>,
 ) -> Response {
-    change_board(&state, &headers, &name, |fields| {
-        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
-        let panel = panel_of(&input)?;
+    change_board(&state, &headers, &name, None, |fields| {
+        let Ok(Form(input)) = &form else { return Err("The form was incomplete.".into()) };
+        let panel = panel_of(input)?;
         panels(fields).push(panel);
         Ok(())
     })
@@ -623,6 +652,13 @@ struct PanelSettings {
     #[serde(default)]
     title: String,
     width: Option<String>,
+    /// The board's version the form was shown at.
+    version: Option<String>,
+}
+
+/// The board's version a form naming a panel by its place was shown at.
+fn seen(version: Option<&String>) -> Option<i64> {
+    version.and_then(|v| v.trim().parse().ok())
 }
 
 async fn panel_settings(
@@ -631,11 +667,12 @@ async fn panel_settings(
     headers: HeaderMap,
     form: Result<Form<PanelSettings>, FormRejection>,
 ) -> Response {
-    change_board(&state, &headers, &name, |fields| {
-        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
+    let version = seen(form.as_ref().ok().and_then(|Form(input)| input.version.as_ref()));
+    change_board(&state, &headers, &name, version, |fields| {
+        let Ok(Form(input)) = &form else { return Err("The form was incomplete.".into()) };
         let panel = panels(fields).get_mut(index).ok_or_else(|| format!("panels[{index}]: no such panel"))?;
         panel["title"] = if input.title.trim().is_empty() { Value::Null } else { json!(input.title) };
-        if let Some(width) = input.width {
+        if let Some(width) = &input.width {
             panel["width"] = width.trim().parse::<u64>().map(Value::from).unwrap_or_else(|_| json!(width));
         }
         Ok(())
@@ -646,6 +683,12 @@ async fn panel_settings(
 #[derive(Deserialize)]
 struct MoveTo {
     to: String,
+    version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Seen {
+    version: Option<String>,
 }
 
 async fn move_panel(
@@ -654,8 +697,9 @@ async fn move_panel(
     headers: HeaderMap,
     form: Result<Form<MoveTo>, FormRejection>,
 ) -> Response {
-    change_board(&state, &headers, &name, |fields| {
-        let Ok(Form(input)) = form else { return Err("The form was incomplete.".into()) };
+    let version = seen(form.as_ref().ok().and_then(|Form(input)| input.version.as_ref()));
+    change_board(&state, &headers, &name, version, |fields| {
+        let Ok(Form(input)) = &form else { return Err("The form was incomplete.".into()) };
         let panels = panels(fields);
         let other = match input.to.as_str() {
             "up" => index.checked_sub(1),
@@ -677,8 +721,10 @@ async fn remove_panel(
     State(state): State<AppState>,
     Path((name, index)): Path<(String, usize)>,
     headers: HeaderMap,
+    form: Result<Form<Seen>, FormRejection>,
 ) -> Response {
-    change_board(&state, &headers, &name, |fields| {
+    let version = seen(form.as_ref().ok().and_then(|Form(input)| input.version.as_ref()));
+    change_board(&state, &headers, &name, version, |fields| {
         let panels = panels(fields);
         if index >= panels.len() {
             return Err(format!("panels[{index}]: no such panel"));

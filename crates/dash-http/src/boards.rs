@@ -20,6 +20,10 @@ pub(crate) fn router() -> axum::Router<AppState> {
         .route("/api/boards/{name}", get(read).patch(change).delete(delete))
 }
 
+/// How often a change is made again on a board someone else changed meanwhile before it is
+/// refused (each try reads the board, checks the change and saves it if the board is as read).
+pub(crate) const CHANGE_ATTEMPTS: usize = 50;
+
 fn invalid(err: InvalidBoard) -> ApiError {
     ApiError::unprocessable("invalid_board", err.to_string()).field(err.field)
 }
@@ -77,26 +81,33 @@ async fn read(State(state): State<AppState>, Path(name): Path<String>) -> Result
 }
 
 /// `PATCH /api/boards/{name}`: the fields given replace the board's (`title: null` removes the
-/// title); the name cannot change.
+/// title); the name cannot change. Made on the board as read and saved only if nobody changed it
+/// meanwhile, else made again on the board as it now is (a few times, then 409).
 async fn change(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let Value::Object(patch) = read_json(&body)? else {
         return Err(ApiError::unprocessable("invalid_board", "expected a JSON object of the fields to change"));
     };
-    let record = find_board(&state, &name).await?;
-    let mut fields = match serde_json::to_value(&record.spec) {
-        Ok(Value::Object(fields)) => fields,
-        _ => return Err(ApiError::internal("a board did not serialize", &"not an object")),
-    };
-    for (key, value) in patch {
-        if key == "name" {
-            return Err(ApiError::unprocessable("invalid_board", "name: a board's name cannot change").field("name"));
-        }
-        fields.insert(key, value);
+    if patch.contains_key("name") {
+        return Err(ApiError::unprocessable("invalid_board", "name: a board's name cannot change").field("name"));
     }
-    let spec = BoardSpec::from_json(Value::Object(fields)).map_err(invalid)?;
-    let spec = state.store.resolve_board(spec, &record.spec.panels).await.map_err(|e| store_error(e, &name))?;
-    state.store.put_board(&name, &spec, PutMode::Replace).await.map_err(|e| store_error(e, &name))?;
-    Ok(Json(json!(find_board(&state, &name).await?)))
+    for _ in 0..CHANGE_ATTEMPTS {
+        let record = find_board(&state, &name).await?;
+        let mut fields = match serde_json::to_value(&record.spec) {
+            Ok(Value::Object(fields)) => fields,
+            _ => return Err(ApiError::internal("a board did not serialize", &"not an object")),
+        };
+        fields.extend(patch.clone());
+        let spec = BoardSpec::from_json(Value::Object(fields)).map_err(invalid)?;
+        let spec = state.store.resolve_board(spec, &record.spec.panels).await.map_err(|e| store_error(e, &name))?;
+        if state.store.replace_board_at(&name, &spec, record.version).await.map_err(|e| store_error(e, &name))? {
+            return Ok(Json(json!(find_board(&state, &name).await?)));
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "board_changed",
+        "the board kept changing under this change; send it again",
+    ))
 }
 
 async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {

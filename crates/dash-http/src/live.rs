@@ -2,13 +2,14 @@
 //! (dash-live) decides what each client sees; the store gives the starting snapshot.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
+use dash_boards::PanelKind;
 use dash_domain::PipelineUpdate;
 use dash_live::{ClientId, ClientMessage, ServerMessage};
 use serde::Deserialize;
@@ -35,8 +36,63 @@ struct LiveQuery {
     share: Option<String>,
 }
 
-/// The pipelines a session may follow: all, or (through a share link) its board's.
-type Allowed = Option<Arc<HashSet<String>>>;
+/// How often a session opened through a share link checks that its link still holds, and what
+/// its board shows now: a revoked or expired link closes the session within this time.
+const SHARE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a session opened through a share link may see: the board's pipelines and, in updates,
+/// the names of the board's views only.
+struct ShareScope {
+    token: String,
+    pipelines: HashSet<String>,
+    /// (pipeline id, view name).
+    views: HashSet<(String, String)>,
+}
+
+impl ShareScope {
+    /// The scope of the board `token` opens, as it is now. Bad tokens count against `peer`
+    /// (`None`: a recheck of a session's own link, which counts nothing).
+    async fn open(state: &AppState, peer: Option<std::net::IpAddr>, token: &str) -> Result<Self, ApiError> {
+        let board = crate::shares::open(state, peer, token).await?;
+        let mut scope = Self { token: token.to_owned(), pipelines: HashSet::new(), views: HashSet::new() };
+        for panel in &board.spec.panels {
+            let (reference, view) = match &panel.kind {
+                PanelKind::Pipeline { pipeline } => (pipeline, None),
+                PanelKind::View { pipeline, view, .. } => (pipeline, Some(view)),
+                PanelKind::Note { .. } => continue,
+            };
+            // Panels keep pipelines by id; a board from the config file may name one by its name.
+            match state.store.find_pipeline(reference).await {
+                Ok(Some(record)) => {
+                    if let Some(view) = view {
+                        scope.views.insert((record.id.clone(), view.clone()));
+                    }
+                    scope.pipelines.insert(record.id);
+                }
+                Ok(None) => {}
+                Err(err) => return Err(ApiError::store_unavailable(&err)),
+            }
+        }
+        Ok(scope)
+    }
+
+    /// `frame` as this session may see it: an update's `views` cut to the board's own (their
+    /// names are all a frame says of views the board does not show).
+    fn filter(&self, frame: Bytes) -> Bytes {
+        if !frame.windows(8).any(|w| w == b"\"views\":") {
+            return frame;
+        }
+        let Ok(mut message) = serde_json::from_slice::<serde_json::Value>(&frame) else { return frame };
+        let pipeline = message["pipeline"].as_str().unwrap_or_default().to_owned();
+        if let Some(views) = message.get_mut("views").and_then(|v| v.as_array_mut()) {
+            views.retain(|touch| {
+                let view = touch["view"].as_str().unwrap_or_default();
+                self.views.contains(&(pipeline.clone(), view.to_owned()))
+            });
+        }
+        serde_json::to_vec(&message).map(Bytes::from).unwrap_or(frame)
+    }
+}
 
 async fn upgrade(
     State(state): State<AppState>,
@@ -50,21 +106,8 @@ async fn upgrade(
     if crate::origin::is_cross_origin(&headers) {
         return Err(crate::origin::cross_origin_refused());
     }
-    let allowed: Allowed = match (&query.share, crate::auth::authorized(&headers, &state.limits)) {
-        (Some(token), false) => {
-            let board = crate::shares::open(&state, peer, token).await?;
-            let mut pipelines = HashSet::new();
-            for reference in board.spec.pipelines() {
-                // Panels keep pipelines by id; a board from the config file may name one by
-                // its name.
-                match state.store.find_pipeline(reference).await {
-                    Ok(Some(record)) => pipelines.insert(record.id),
-                    Ok(None) => false,
-                    Err(err) => return Err(ApiError::store_unavailable(&err)),
-                };
-            }
-            Some(Arc::new(pipelines))
-        }
+    let scope = match (&query.share, crate::auth::authorized(&headers, &state.limits)) {
+        (Some(token), false) => Some(ShareScope::open(&state, peer, token).await?),
         (_, authorized) => {
             if state.limits.admin_token.is_some() {
                 state.throttle.admit(peer, Scope::Admin)?;
@@ -93,18 +136,24 @@ async fn upgrade(
         .on_upgrade(move |socket| async move {
             // Both places stay taken while the session lasts.
             let _held = (slot, place);
-            session(socket, state, allowed).await
+            session(socket, state, scope).await
         }))
 }
 
-/// One connection: client messages in, hub frames out, until either side ends.
-async fn session(mut socket: WebSocket, state: AppState, allowed: Allowed) {
+/// One connection: client messages in, hub frames out, until either side ends. A session
+/// opened through a share link rechecks its link every [`SHARE_RECHECK`]: closed when the link
+/// is revoked or expired (or its board deleted), and dropped from pipelines the board no longer
+/// shows.
+async fn session(mut socket: WebSocket, state: AppState, mut scope: Option<ShareScope>) {
     let (client, mut frames) = state.hub.connect().await;
+    let mut recheck = tokio::time::interval(SHARE_RECHECK);
+    recheck.tick().await; // the first tick is at once: the scope was just read
     loop {
         tokio::select! {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(error) = handle(&state, client, &text, allowed.as_deref()).await
+                    let allowed = scope.as_ref().map(|s| &s.pipelines);
+                    if let Some(error) = handle(&state, client, &text, allowed).await
                         && socket.send(Message::Text(error)).await.is_err()
                     {
                         break;
@@ -115,6 +164,10 @@ async fn session(mut socket: WebSocket, state: AppState, allowed: Allowed) {
             },
             frame = frames.recv() => match frame {
                 Some(bytes) => {
+                    let bytes = match &scope {
+                        Some(scope) => scope.filter(bytes),
+                        None => bytes,
+                    };
                     let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
                     if socket.send(Message::Text(text)).await.is_err() {
                         break;
@@ -122,6 +175,27 @@ async fn session(mut socket: WebSocket, state: AppState, allowed: Allowed) {
                 }
                 None => break, // the hub let go of this client (too far behind, or stopping)
             },
+            _ = recheck.tick(), if scope.is_some() => {
+                let current = scope.as_ref().expect("checked by the guard");
+                match ShareScope::open(&state, None, &current.token).await {
+                    Ok(fresh) => {
+                        for gone in current.pipelines.difference(&fresh.pipelines) {
+                            state.hub.unsubscribe(client, gone.clone()).await;
+                        }
+                        scope = Some(fresh);
+                    }
+                    // The store away: keep what was allowed, check again next time.
+                    Err(err) if err.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {}
+                    Err(err) => {
+                        let frame = ServerMessage::Error { code: err.code.into(), message: err.message }.to_bytes();
+                        if let Ok(text) = Utf8Bytes::try_from(frame) {
+                            let _ = socket.send(Message::Text(text)).await;
+                        }
+                        let _ = socket.send(Message::Close(None)).await;
+                        break;
+                    }
+                }
+            }
         }
     }
     state.hub.leave(client).await;

@@ -13,31 +13,36 @@ pub struct BoardRecord {
     pub name: String,
     #[serde(flatten)]
     pub spec: BoardSpec,
+    /// Rises with every change (see [`Store::replace_board_at`]).
+    pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
-const COLUMNS: &str = "name, spec, created_at, updated_at";
+const COLUMNS: &str = "name, spec, version, created_at, updated_at";
 
 const INSERT: &str = "INSERT INTO boards (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) \
      ON CONFLICT (name) DO NOTHING";
-const UPDATE: &str = "UPDATE boards SET spec = $2, updated_at = $3 WHERE name = $1";
+const UPDATE: &str = "UPDATE boards SET spec = $2, updated_at = $3, version = version + 1 WHERE name = $1";
+/// Changes the board only if it is still at the version the change was made from.
+const UPDATE_AT: &str =
+    "UPDATE boards SET spec = $2, updated_at = $3, version = version + 1 WHERE name = $1 AND version = $4";
 /// Makes or changes; a board that already holds this spec is left as it is (its `updated_at`
 /// too), so a node applying the configuration at every start writes nothing.
 const UPSERT: &str = "INSERT INTO boards (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
-     WHERE boards.spec <> excluded.spec";
+     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at, \
+     version = boards.version + 1 WHERE boards.spec <> excluded.spec";
 const DELETE: &str = "DELETE FROM boards WHERE name = $1";
 
-/// A row as read: name, spec, created, updated.
-type Row = (String, String, i64, i64);
+/// A row as read: name, spec, version, created, updated.
+type Row = (String, String, i64, i64, i64);
 
-fn from_row((name, text, created_at, updated_at): Row) -> Result<BoardRecord, StoreError> {
+fn from_row((name, text, version, created_at, updated_at): Row) -> Result<BoardRecord, StoreError> {
     let spec = serde_json::from_str(&text)
         .map_err(|e| e.to_string())
         .and_then(|value| BoardSpec::from_json(value).map_err(|e| e.to_string()))
         .map_err(|e| StoreError::UnreadableBoard(format!("{name}: {e}")))?;
-    Ok(BoardRecord { name, spec, created_at: format_ms(created_at), updated_at: format_ms(updated_at) })
+    Ok(BoardRecord { name, spec, version, created_at: format_ms(created_at), updated_at: format_ms(updated_at) })
 }
 
 impl Store {
@@ -59,6 +64,28 @@ impl Store {
             (PutMode::Create, 0) => Err(StoreError::Conflict(name.to_owned())),
             (PutMode::Replace, 0) => Err(StoreError::NotFound(name.to_owned())),
             (_, changed) => Ok(changed > 0),
+        }
+    }
+
+    /// Replaces `name`'s spec if the board is still at `version` (the one the change was made
+    /// from): `Ok(false)` when someone changed it meanwhile (read it again and redo the change),
+    /// [`StoreError::NotFound`] when it is gone.
+    pub async fn replace_board_at(&self, name: &str, spec: &BoardSpec, version: i64) -> Result<bool, StoreError> {
+        let text = serde_json::to_string(spec).expect("a board serializes");
+        let changed = on_backend!(self, writer, |pool| sqlx::query(UPDATE_AT)
+            .bind(name)
+            .bind(&text)
+            .bind(now_ms())
+            .bind(version)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        if changed > 0 {
+            return Ok(true);
+        }
+        match self.find_board(name).await? {
+            Some(_) => Ok(false),
+            None => Err(StoreError::NotFound(name.to_owned())),
         }
     }
 

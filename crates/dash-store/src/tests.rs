@@ -530,6 +530,14 @@ async fn boards_on(store: &Store) {
     assert!(!store.put_board("ops", &spec("1h"), PutMode::Upsert).await.unwrap());
     assert_eq!(store.find_board("ops").await.unwrap().unwrap(), before);
     assert!(store.put_board("ops", &spec("7d"), PutMode::Replace).await.unwrap());
+    // A change made from the board as read applies only while nobody changed it meanwhile.
+    let read = store.find_board("ops").await.unwrap().unwrap();
+    assert_eq!(read.version, before.version + 1);
+    assert!(store.replace_board_at("ops", &spec("24h"), read.version).await.unwrap());
+    assert!(!store.replace_board_at("ops", &spec("5m"), read.version).await.unwrap(), "a stale version");
+    assert_eq!(store.find_board("ops").await.unwrap().unwrap().spec, spec("24h"));
+    assert!(matches!(store.replace_board_at("none", &spec("5m"), 0).await, Err(StoreError::NotFound(_))));
+    assert!(store.put_board("ops", &spec("7d"), PutMode::Replace).await.unwrap());
     assert!(store.put_board("cfo", &spec("30d"), PutMode::Upsert).await.unwrap());
     let boards = store.list_boards().await.unwrap();
     assert_eq!(boards.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["cfo", "ops"]);

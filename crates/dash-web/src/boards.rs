@@ -359,6 +359,8 @@ pub struct PanelLine {
 #[derive(Debug, Clone)]
 pub struct BoardEditor {
     pub name: String,
+    /// The board's version as shown: forms that name a panel by its place carry it.
+    pub version: i64,
     pub title: String,
     pub range: ChartRange,
     pub panels: Vec<PanelLine>,
@@ -373,7 +375,8 @@ pub struct BoardEditor {
 /// `/boards/{name}/edit`: the board's settings, each panel with its controls, the form that
 /// adds one, and the share links. Every control is a form that posts and comes back here.
 pub fn editor(chrome: Chrome, editor: BoardEditor) -> String {
-    let BoardEditor { name, title, range, panels, choices, shares, new_link, error } = editor;
+    let BoardEditor { name, version, title, range, panels, choices, shares, new_link, error } = editor;
+    let version = version.to_string();
     let (name, title) = (name.as_str(), title.as_str());
     let base = format!("/boards/{name}");
     let range_options = ChartRange::BOARD
@@ -394,6 +397,7 @@ pub fn editor(chrome: Chrome, editor: BoardEditor) -> String {
                     <td>{what}</td>
                     <td>
                         <form method="post" action=format!("{at}/settings") class="inline">
+                            <input type="hidden" name="version" value=version.clone() />
                             <input name="title" value=panel_title maxlength="120" aria-label="Panel title" />
                             <select name="width" aria-label="Width">{widths}</select>
                             <button type="submit">"Save"</button>
@@ -401,10 +405,12 @@ pub fn editor(chrome: Chrome, editor: BoardEditor) -> String {
                     </td>
                     <td>
                         <form method="post" action=format!("{at}/move") class="inline">
+                            <input type="hidden" name="version" value=version.clone() />
                             <button type="submit" name="to" value="up" disabled={i == 0}>"Up"</button>
                             <button type="submit" name="to" value="down" disabled={i == last}>"Down"</button>
                         </form>
                         <form method="post" action=format!("{at}/remove") class="inline">
+                            <input type="hidden" name="version" value=version.clone() />
                             <button type="submit" class="link">"Remove"</button>
                         </form>
                     </td>

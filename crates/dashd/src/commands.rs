@@ -409,6 +409,7 @@ fn read_board(name: &str, file: &std::path::Path) -> anyhow::Result<dash_boards:
     if let Some(object) = value.as_object_mut() {
         object.remove("created_at");
         object.remove("updated_at");
+        object.remove("version");
     }
     dash_boards::check_board_name(name)
         .and_then(|()| dash_boards::BoardSpec::from_json(value))

@@ -226,9 +226,36 @@ async fn a_board_is_composed_through_the_pages_forms() {
                 {"type": "note", "text": "Hello *wall*", "width": 1},
                 {"type": "pipeline", "pipeline": "orders", "title": "Orders", "width": 4},
             ],
-            "created_at": board["created_at"], "updated_at": board["updated_at"],
+            "created_at": board["created_at"], "updated_at": board["updated_at"], "version": board["version"],
         })
     );
+
+    // Two people editing at once: changes that name no place all land; one that names a panel
+    // by its place, on a board changed since its form was shown, is refused.
+    let adds: Vec<_> = (0..12)
+        .map(|i| {
+            let text = format!("note {i}");
+            let request =
+                client.post(server.url("/boards/wall/panels")).form(&[("what", "note"), ("text", text.as_str())]);
+            async move { request.send().await.unwrap().status() }
+        })
+        .collect();
+    for status in futures_util::future::join_all(adds).await {
+        assert!(status.is_redirection(), "{status}");
+    }
+    let after = server.get_json("/api/boards/wall").await;
+    assert_eq!(after["panels"].as_array().unwrap().len(), 14, "{after}");
+    let stale = board["version"].as_i64().unwrap().to_string();
+    let response = form("/boards/wall/panels/0/remove", &[("version", stale.as_str())]).await;
+    assert_eq!(response.status(), 422);
+    assert!(response.text().await.unwrap().contains("changed while you were editing"));
+    assert_eq!(server.get_json("/api/boards/wall").await["panels"], after["panels"]);
+    let current = after["version"].as_i64().unwrap().to_string();
+    see_other(form("/boards/wall/panels/13/remove", &[("version", current.as_str())]).await, "/boards/wall/edit");
+    for i in (2..13).rev() {
+        see_other(form(&format!("/boards/wall/panels/{i}/remove"), &[]).await, "/boards/wall/edit");
+    }
+    let board = server.get_json("/api/boards/wall").await;
 
     // A refused change shows the editor with the reason, and changes nothing.
     let response = form("/boards/wall/panels/0/settings", &[("width", "9")]).await;
@@ -416,20 +443,35 @@ async fn a_share_link_opens_its_board_and_live_for_its_pipelines_only_until_revo
     );
     crate::live::send(&mut socket, json!({"type": "subscribe", "pipeline": "orders"})).await;
     assert_eq!(crate::live::next(&mut socket).await["type"], "snapshot");
+    // A view the board does not show: its name never reaches the link's holder.
+    let response = admin(server.client.post(server.url("/api/pipelines/orders/views")))
+        .json(&json!({"name": "margin-by-customer", "aggregate": "count", "group_by": "/customer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
     assert_eq!(server.post_json(&payroll, "p-1", r#"{"id":"p-1"}"#).await.status(), 202);
-    assert_eq!(server.post_json(&orders, "o-1", r#"{"id":"o-1"}"#).await.status(), 202);
+    assert_eq!(server.post_json(&orders, "o-1", r#"{"id":"o-1","customer":"c1"}"#).await.status(), 202);
     let update = crate::live::next(&mut socket).await;
     assert_eq!((update["type"].as_str(), update["pipeline"].as_str()), (Some("update"), Some("orders")), "{update}");
+    assert!(!update.to_string().contains("margin-by-customer"), "{update}");
 
     let csv = get(format!("{path}/panels/0/export?format=csv")).await;
     assert_eq!(csv.status(), 200);
     assert!(csv.text().await.unwrap().starts_with("bucket_start,events\n"));
 
-    // Revoked: the page and /live are closed to it.
+    // Revoked: the page and /live are closed to it, the socket already open too (within the
+    // 5 s between its checks).
     let id = share["id"].as_str().unwrap();
     let response =
         admin(server.client.delete(server.url(&format!("/api/boards/wall/shares/{id}")))).send().await.unwrap();
     assert_eq!(response.status(), 204);
+    let closed = crate::live::next(&mut socket).await;
+    assert_eq!(
+        (closed["type"].as_str(), closed["code"].as_str()),
+        (Some("error"), Some("share_link_closed")),
+        "{closed}"
+    );
     assert_eq!(get(path.clone()).await.status(), 401);
     assert_eq!(get(format!("{path}/panels/0")).await.status(), 401);
     assert_eq!(get(format!("{path}/panels/0/export")).await.status(), 401);
