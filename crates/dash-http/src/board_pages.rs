@@ -60,17 +60,30 @@ pub(crate) struct RangeQuery {
 }
 
 impl RangeQuery {
-    /// The range asked for (`from`/`to`, else `range`); the board's own when none (or an unknown
-    /// one) is.
-    fn range(&self, spec: &BoardSpec) -> ChartRange {
-        let custom = match (&self.from, &self.to) {
-            (Some(from), Some(to)) => ChartRange::parse_custom(from, to),
-            _ => None,
+    /// The range asked for (`from` and `to`, else `range`), or the board's own when none is;
+    /// what is wrong with the asked one, naming its field.
+    fn checked_range(&self, spec: &BoardSpec) -> Result<ChartRange, (&'static str, String)> {
+        let instant = |field: &'static str, text: &Option<String>| match text.as_deref() {
+            None => Err((field, format!("{field}: give both from and to"))),
+            Some(text) => ChartRange::parse_instant(text)
+                .ok_or_else(|| (field, format!("{field}: unix ms, RFC 3339 or YYYY-MM-DDTHH:MM (UTC)"))),
         };
-        custom
-            .or_else(|| self.range.as_deref().and_then(ChartRange::parse))
-            .or_else(|| ChartRange::parse(&spec.range))
-            .unwrap_or(ChartRange::Day)
+        if self.from.is_some() || self.to.is_some() {
+            let (from, to) = (instant("from", &self.from)?, instant("to", &self.to)?);
+            return ChartRange::custom(from, to)
+                .ok_or_else(|| ("to", "to: after from, at most 400 days after it".to_owned()));
+        }
+        match self.range.as_deref() {
+            Some(text) => ChartRange::parse(text)
+                .ok_or_else(|| ("range", "range: one of 5m, 1h, 24h, 7d, 30d (or from and to)".to_owned())),
+            None => Ok(ChartRange::parse(&spec.range).unwrap_or(ChartRange::Day)),
+        }
+    }
+
+    /// The range asked for; the board's own when none is, or the asked one is wrong (the board's
+    /// page says so: [`Self::checked_range`]).
+    fn range(&self, spec: &BoardSpec) -> ChartRange {
+        self.checked_range(spec).ok().or_else(|| ChartRange::parse(&spec.range)).unwrap_or(ChartRange::Day)
     }
 }
 
@@ -247,6 +260,10 @@ async fn board_view(
     shared_live: Option<String>,
 ) -> BoardView {
     let range = query.range(&record.spec);
+    let range_error = query
+        .checked_range(&record.spec)
+        .err()
+        .map(|(_, message)| format!("{message}. Showing the last {} instead.", range.label()));
     let links = shared_live.is_none();
     let loads = record.spec.panels.iter().enumerate().map(|(i, panel)| load_panel(state, base, links, i, panel, range));
     let panels = futures_util::future::join_all(loads).await;
@@ -258,6 +275,7 @@ async fn board_view(
         can_edit: true,
         shared_live,
         kiosk: query.kiosk.as_deref() == Some("1"),
+        range_error,
     }
 }
 
@@ -315,7 +333,11 @@ async fn export_panel(
         return ApiError::not_found("panel_not_found", format!("board {:?} has no panel {index}", record.name))
             .into_response();
     };
-    let loaded = load_panel(state, base, false, index, panel, query.range(&record.spec)).await;
+    let range = match query.checked_range(&record.spec) {
+        Ok(range) => range,
+        Err((field, message)) => return ApiError::unprocessable("invalid_range", message).field(field).into_response(),
+    };
+    let loaded = load_panel(state, base, false, index, panel, range).await;
     let Some(table) = dash_web::export::panel_table(&loaded) else {
         let why = match &loaded.body {
             PanelBody::Absent { retry: true, .. } => {

@@ -18,6 +18,8 @@ use crate::pages::{PageError, PageQuery, chrome, find, html};
 
 /// Groups listed in a card's table.
 const LISTED_GROUPS: usize = 10;
+/// The series of a stacked chart that holds every group past the ones drawn apart.
+const OTHER_GROUPS: &str = "other groups";
 
 pub(crate) fn router() -> axum::Router<AppState> {
     use axum::routing::{get, post};
@@ -59,16 +61,27 @@ pub(crate) async fn load_card(state: &AppState, record: &ViewRecord, range: Char
     let ranked = dash_views::rank_groups(aggregate, by_group);
     let stacked = aggregate.additive() && record.spec.group_by.is_some();
     let series = if stacked {
-        ranked
+        // The top groups each in a colour; past them, the rest together in one, so the bars add
+        // up to the whole.
+        let drawn = if ranked.len() > DRAWN_GROUPS { DRAWN_GROUPS - 1 } else { ranked.len() };
+        let mut series: Vec<(String, Vec<Option<f64>>)> = ranked
             .iter()
-            .take(DRAWN_GROUPS)
+            .take(drawn)
             .map(|g| {
                 let of_group: Vec<(i64, Cell)> =
                     minutes.iter().filter(|(_, name, _)| *name == g.group).map(|(m, _, c)| (*m, c.clone())).collect();
                 let points = dash_views::bucket(aggregate, from, to, bucket_ms, &of_group);
                 (g.group.clone(), points.into_iter().map(|p| p.value).collect())
             })
-            .collect()
+            .collect();
+        if ranked.len() > drawn {
+            let named: std::collections::HashSet<&str> = ranked[..drawn].iter().map(|g| g.group.as_str()).collect();
+            let rest: Vec<_> = minutes.iter().filter(|(_, name, _)| !named.contains(name.as_str())).cloned().collect();
+            let merged = dash_store::merge_by_minute(rest, aggregate);
+            let points = dash_views::bucket(aggregate, from, to, bucket_ms, &merged);
+            series.push((OTHER_GROUPS.to_owned(), points.into_iter().map(|p| p.value).collect()));
+        }
+        series
     } else {
         let merged = dash_store::merge_by_minute(minutes, aggregate);
         let points = dash_views::bucket(aggregate, from, to, bucket_ms, &merged);

@@ -31,6 +31,8 @@ pub struct BoardView {
     pub shared_live: Option<String>,
     /// For a wall: no chrome, the grid across the screen (`?kiosk=1`, kept in the range links).
     pub kiosk: bool,
+    /// Why the range asked for in the address is not the one shown.
+    pub range_error: Option<String>,
 }
 
 /// One panel of a board, over the board's range.
@@ -237,6 +239,7 @@ pub fn board(chrome: Option<Chrome>, board: BoardView) -> String {
             {custom}
             {can_edit.then(|| view! { <a class="edit" href=edit.clone()>"Edit"</a> })}
         </div>
+        {board.range_error.map(|e| view! { <p class="error" role="alert">{e}</p> })}
         {empty}
         <div class="board-grid">{panels}</div>
     };

@@ -54,15 +54,17 @@ impl ChartRange {
     /// A custom range from two instants as a link or a form gives them: unix ms, RFC 3339, or a
     /// browser's `datetime-local` value (`2026-12-01T09:30`, taken as UTC).
     pub fn parse_custom(from: &str, to: &str) -> Option<Self> {
-        let instant = |text: &str| {
-            let text = text.trim();
-            dash_domain::parse_instant(text).or_else(|| {
-                ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"].into_iter().find_map(|format| {
-                    chrono::NaiveDateTime::parse_from_str(text, format).ok().map(|t| t.and_utc().timestamp_millis())
-                })
+        Self::custom(Self::parse_instant(from)?, Self::parse_instant(to)?)
+    }
+
+    /// One end of a custom range: unix ms, RFC 3339, or `2026-12-01T09:30` (UTC).
+    pub fn parse_instant(text: &str) -> Option<i64> {
+        let text = text.trim();
+        dash_domain::parse_instant(text).or_else(|| {
+            ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"].into_iter().find_map(|format| {
+                chrono::NaiveDateTime::parse_from_str(text, format).ok().map(|t| t.and_utc().timestamp_millis())
             })
-        };
-        Self::custom(instant(from)?, instant(to)?)
+        })
     }
 
     /// A `datetime-local` value (UTC) for a form showing this instant.

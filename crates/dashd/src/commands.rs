@@ -392,11 +392,19 @@ pub enum BoardAction {
 
 /// Reads a board object for `dashd board apply`.
 fn read_board(name: &str, file: &std::path::Path) -> anyhow::Result<dash_boards::BoardSpec> {
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    use std::io::Read;
+    /// A board is at most 48 panels of 10,000 characters: a file far past that is not one.
+    const MAX_BOARD_FILE: u64 = 4 << 20;
+    let source: Box<dyn Read> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        Box::new(std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?)
     };
+    let mut text = String::new();
+    source.take(MAX_BOARD_FILE + 1).read_to_string(&mut text).with_context(|| format!("reading {}", file.display()))?;
+    if text.len() as u64 > MAX_BOARD_FILE {
+        anyhow::bail!("{} is larger than a board can be ({} MiB)", file.display(), MAX_BOARD_FILE >> 20);
+    }
     let mut value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     if let Some(object) = value.as_object_mut()

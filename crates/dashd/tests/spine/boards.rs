@@ -160,6 +160,51 @@ async fn a_board_is_made_through_the_api_refused_by_field_and_shown_as_a_grid() 
     let total: i64 = csv.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse::<i64>().unwrap()).sum();
     assert_eq!(total, 6, "{csv}");
 
+    // A chart draws its top groups apart and the rest together: its bars add up to the whole.
+    let many = server.create_pipeline("many").await;
+    let events: Vec<Value> =
+        (0..10).map(|i| json!({"id": format!("m{i}"), "type": format!("t{}", i.min(8))})).collect();
+    assert_eq!(server.post_json(&many, "many", &Value::Array(events).to_string()).await.status(), 202);
+    server.wait_for_count(&many, 10, Duration::from_secs(20)).await;
+    let response = server
+        .client
+        .post(server.url("/api/pipelines/many/views"))
+        .json(&json!({"name": "by-type", "aggregate": "count", "group_by": "/type"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    crate::views::wait_for_history(&server, "many").await;
+    let response = post_board(
+        &server,
+        json!({"name": "many", "range": "1h", "panels": [{"type": "view", "pipeline": "many", "view": "by-type"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let chart = server.get_json("/boards/many/panels/0/export?format=json").await;
+    let rows = chart["rows"].as_array().unwrap();
+    let groups: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["group"].as_str().unwrap()).collect();
+    assert_eq!(groups.len(), 6, "five groups apart and the rest together: {groups:?}");
+    assert!(groups.contains("other groups") && groups.contains("t8"), "{groups:?}");
+    let total: f64 = rows.iter().filter_map(|r| r["count"].as_f64()).sum();
+    assert_eq!(total, 10.0, "{chart}");
+
+    // A range that cannot be shown: the download says which field, the page which range it shows.
+    for (query, field) in [
+        ("range=1y", "range"),
+        (&format!("from={to}&to={from}") as &str, "to"),
+        ("from=yesterday&to=now", "from"),
+        (&format!("from={from}") as &str, "to"),
+    ] {
+        let url = format!("/boards/ops/panels/0/export?format=csv&{query}");
+        let refused =
+            assert_error(server.client.get(server.url(&url)).send().await.unwrap(), 422, "invalid_range").await;
+        assert_eq!(refused["error"]["field"], field, "{query}: {refused}");
+    }
+    let (status, wrong) = page(&server, "/boards/ops?range=1y").await;
+    assert_eq!(status, 200);
+    assert!(wrong.contains("range: one of 5m") && wrong.contains("Showing the last 1 hour instead"), "{wrong}");
+
     let (_, list) = page(&server, "/boards").await;
     assert!(list.contains(r#"href="/boards/ops""#) && list.contains("orders, deploys"), "{list}");
 
@@ -338,6 +383,8 @@ async fn boards_come_from_the_config_file_and_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = run_dashd(server.dir.path(), &env, &["board", "apply", "small", "--file", "/dev/zero"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than a board can be"), "{out:?}");
     let out = run_dashd(server.dir.path(), &env, &["board", "list"]);
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("small") && listed.contains("wall") && listed.contains("Shop"), "{listed}");
