@@ -60,8 +60,9 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn pool_connections_get_tcp_nodelay() {
-        let Some(admin) = crate::testing::admin_url() else { return };
+    #[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+    async fn pool_connections_get_tcp_nodelay_on_postgres() {
+        let admin = crate::testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server");
         if !admin.contains("127.0.0.1") && !admin.contains("localhost") {
             return; // the ports only match without a proxy in between
         }

@@ -195,8 +195,9 @@ async fn retention_on(store: &Store) {
 }
 
 #[tokio::test]
-async fn postgres_migrates_once_under_concurrency_and_partitions_by_day() {
-    let Some(admin) = testing::admin_url() else { return };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn migrations_run_once_under_concurrency_and_partition_by_day_on_postgres() {
+    let admin = testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server these tests run on");
     let url = testing::create_database(&admin).await.unwrap();
     let (a, b) = (Store::connect(&url).await.unwrap(), Store::connect(&url).await.unwrap());
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
@@ -265,8 +266,9 @@ fn pg_pool(store: &PgStore) -> sqlx::PgPool {
 /// commit and then counts as a duplicate. A staged batch dropped unseen leaves nothing behind,
 /// not even in the rollup.
 #[tokio::test]
-async fn batches_written_at_once_commit_in_order_and_keep_dedupe() {
-    let Some(admin) = testing::admin_url() else { return };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn batches_written_at_once_commit_in_order_and_keep_dedupe_on_postgres() {
+    let admin = testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server these tests run on");
     let backend = postgres(&admin).await;
     let store = &backend.store;
     store.create_pipeline("p").await.unwrap();
@@ -313,8 +315,9 @@ async fn batches_written_at_once_commit_in_order_and_keep_dedupe() {
 /// descending) keeps its keys through the upgrade: a stored event sent again is a duplicate,
 /// a pipeline id that is a prefix of another's does not collide with it, and the index ascends.
 #[tokio::test]
-async fn postgres_upgrade_keeps_stored_keys_in_one_column() {
-    let Some(admin) = testing::admin_url() else { return };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn an_upgrade_keeps_stored_keys_in_one_column_on_postgres() {
+    let admin = testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server these tests run on");
     let url = testing::create_database(&admin).await.unwrap();
     let store = PgStore::connect(&url, crate::PoolSizes::default()).unwrap();
     let mut before = sqlx::migrate!("../../migrations/postgres");
@@ -435,8 +438,9 @@ async fn series_exact_on(store: &Store) {
 }
 
 #[tokio::test]
-async fn concurrent_batches_on_a_day_without_a_chunk_all_commit_at_once() {
-    let Some(admin) = testing::admin_url() else { return };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn concurrent_batches_on_a_day_without_a_chunk_all_commit_at_once_on_postgres() {
+    let admin = testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server these tests run on");
     let backend = postgres(&admin).await;
     let store = &backend.store;
     store.create_pipeline("ahead").await.unwrap();
@@ -459,8 +463,9 @@ async fn concurrent_batches_on_a_day_without_a_chunk_all_commit_at_once() {
 /// (and no rollup rows): the next migration drops it and rebuilds the rollup from the events, so
 /// its series are exact from then on.
 #[tokio::test]
-async fn an_earlier_continuous_aggregate_is_replaced_by_the_rebuilt_rollup() {
-    let Some(admin) = testing::admin_url() else { return };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn an_earlier_continuous_aggregate_is_replaced_by_the_rebuilt_rollup_on_postgres() {
+    let admin = testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server these tests run on");
     if !testing::on_timescale() {
         return; // only a TimescaleDB server can hold the earlier layout
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::live::{connect, send};
-use crate::support::{NatsServer, Pipeline, TestServer, fresh_postgres, postgres_admin, stored_events_postgres};
+use crate::support::{NatsServer, Pipeline, TestServer, fresh_postgres, stored_events_postgres};
 
 const CLUSTER_NAME: &str = "dash.internal";
 const INGESTOR_NAME: &str = "ingestor.process.dash.internal";
@@ -47,9 +47,9 @@ fn common_port(ips: &[IpAddr]) -> u16 {
 }
 
 impl Cluster {
-    /// `None` when no PostgreSQL is configured for tests. `net` keeps parallel tests apart.
-    async fn start(net: u8) -> Option<Cluster> {
-        let admin = dash_store::testing::admin_url()?;
+    /// On the PostgreSQL server `DASH_TEST_POSTGRES` names. `net` keeps parallel tests apart.
+    async fn start(net: u8) -> Cluster {
+        let admin = dash_store::testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server");
         let database = fresh_postgres(&admin).await;
         let nats = NatsServer::start();
         let dns = DnsServer::start().await.unwrap();
@@ -87,7 +87,7 @@ impl Cluster {
             })
             .await;
         }
-        Some(cluster)
+        cluster
     }
 
     async fn stored_once(&self, pipeline: &str, acked: &[String], unnamed: i64) {
@@ -200,14 +200,9 @@ async fn subscribe(web: &TestServer, pipeline: &Pipeline) -> crate::live::Socket
 }
 
 #[tokio::test]
-async fn web_edges_forward_by_dns_and_lose_nothing_when_an_ingestor_is_killed() {
-    if postgres_admin().is_some() {
-        return; // one run is enough: this test always uses PostgreSQL
-    }
-    let Some(mut cluster) = Cluster::start(10).await else {
-        eprintln!("skipped: needs DASH_TEST_POSTGRES (scripts/test.sh sets it)");
-        return;
-    };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn web_edges_forward_by_dns_and_lose_nothing_when_an_ingestor_is_killed_on_postgres() {
+    let mut cluster = Cluster::start(10).await;
     let web_a = &cluster.webs[0];
     // DNS and heartbeats, each checked against the other.
     let phantom = node_status(web_a, "127.0.10.9").await.expect("a DNS-only peer is listed");
@@ -289,14 +284,9 @@ async fn web_edges_forward_by_dns_and_lose_nothing_when_an_ingestor_is_killed() 
 }
 
 #[tokio::test]
-async fn a_nats_restart_under_load_loses_nothing_and_dashboards_resync() {
-    if postgres_admin().is_some() {
-        return;
-    }
-    let Some(mut cluster) = Cluster::start(20).await else {
-        eprintln!("skipped: needs DASH_TEST_POSTGRES (scripts/test.sh sets it)");
-        return;
-    };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn a_nats_restart_under_load_loses_nothing_and_dashboards_resync_on_postgres() {
+    let mut cluster = Cluster::start(20).await;
     let pipeline = cluster.webs[0].create_pipeline("clicks").await;
     let mut socket = subscribe(&cluster.webs[1], &pipeline).await;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::live::{connect, next, send};
-use crate::support::{NatsServer, TestServer, fresh_postgres, postgres_admin};
+use crate::support::{NatsServer, TestServer, fresh_postgres};
 
 async fn ready(server: &TestServer) -> Value {
     server.client.get(server.url("/ready")).send().await.unwrap().json().await.unwrap()
@@ -57,14 +57,9 @@ async fn read_until(socket: &mut crate::live::Socket, seq: &mut i64, done: impl 
 }
 
 #[tokio::test]
-async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart() {
-    if postgres_admin().is_some() {
-        return; // one run is enough: this test always uses PostgreSQL
-    }
-    let Some(admin) = dash_store::testing::admin_url() else {
-        eprintln!("skipped: needs DASH_TEST_POSTGRES (scripts/test.sh sets it)");
-        return;
-    };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn web_and_ingestor_apart_over_nats_survive_a_broker_restart_on_postgres() {
+    let admin = dash_store::testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server");
     let database = fresh_postgres(&admin).await;
     let mut nats = NatsServer::start();
     let common =

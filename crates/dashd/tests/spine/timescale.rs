@@ -123,11 +123,9 @@ fn url_as(url: &str, role: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_role_without_the_privileges_it_needs_is_told_which() {
-    if std::env::var("DASH_TEST_BACKEND").is_ok() {
-        return; // runs once, in the first pass
-    }
-    let Some(admin) = dash_store::testing::admin_url() else { return };
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn a_role_without_the_privileges_it_needs_is_told_which_on_postgres() {
+    let admin = dash_store::testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server");
     let url = dash_store::testing::create_database(&admin).await.unwrap();
     ensure_role(&admin, "dash_guest", None).await;
     // Connect only: the database belongs to someone else, and PostgreSQL 15 grants no CREATE on
