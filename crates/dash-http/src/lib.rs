@@ -12,6 +12,7 @@ mod boards;
 mod budget;
 mod client;
 mod client_counts;
+mod connection_io;
 mod error;
 mod live;
 mod live_sessions;

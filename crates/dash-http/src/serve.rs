@@ -36,15 +36,15 @@ use axum::extract::ConnectInfo;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
+use crate::connection_io::ConnectionIo;
+
 /// How long a connection may take to send a request head once it is ready for one.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Kernel send buffer of an upgraded (WebSocket) connection; Linux doubles it.
-const UPGRADED_SEND_BUFFER: usize = 32 * 1024;
 /// How long `serve` waits for the connection tasks it aborted at the drain deadline to end.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 /// How long a newcomer waits for an evicted connection to let go of its slot.
@@ -82,8 +82,8 @@ const UPGRADED: u8 = 3;
 const CLOSING: u8 = 4;
 
 struct Connection {
-    /// Requests handed to the router on this connection (for [`JsonErrorsIo`]).
-    served: AtomicU64,
+    /// Requests handed to the router on this connection (for [`ConnectionIo`]).
+    served: Arc<AtomicU64>,
     phase: AtomicU8,
     /// Milliseconds since the server started, when `phase` last changed.
     since_ms: AtomicU64,
@@ -270,7 +270,7 @@ impl Drop for Registered {
 impl Server {
     fn spawn_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, slot: SlotPermit) {
         let connection = Arc::new(Connection {
-            served: AtomicU64::new(0),
+            served: Arc::new(AtomicU64::new(0)),
             phase: AtomicU8::new(FRESH),
             since_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
             close: Notify::new(),
@@ -343,17 +343,7 @@ impl Server {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(JsonErrorsIo {
-                    tcp,
-                    connection: me.clone(),
-                    heads: 0,
-                    pending: None,
-                    write_timeout: self.write_timeout,
-                    stalled: None,
-                }),
-                service,
-            )
+            .serve_connection(TokioIo::new(ConnectionIo::new(tcp, me.served.clone(), self.write_timeout)), service)
             .with_upgrades();
         tokio::pin!(connection);
         let mut closing = false;
@@ -478,199 +468,4 @@ async fn refuse(mut tcp: TcpStream) {
         tcp.shutdown().await
     })
     .await;
-}
-
-/// The connection's socket, as hyper sees it. hyper answers some malformed requests itself,
-/// before any request reaches the router (431 for a head past its buffer, 400 for broken framing,
-/// 414): a bare status line and an empty body. Those answers are rewritten here into the
-/// contract's JSON error. They are told apart from Dash's own answers by counting: every answer
-/// of Dash's follows a request the router was handed, so a response head beyond that count is
-/// hyper's. hyper closes the connection after such an answer.
-struct JsonErrorsIo {
-    tcp: TcpStream,
-    connection: Arc<Connection>,
-    /// Final (non-1xx) response heads written so far; `u64::MAX` once the connection is
-    /// upgraded (WebSocket frames follow, never looked at).
-    heads: u64,
-    /// A rewritten answer not yet wholly written, and how much of it is.
-    pending: Option<(Vec<u8>, usize)>,
-    /// How long a write may wait for the client to take a byte.
-    write_timeout: Duration,
-    /// Since a write has waited: the deadline that closes the connection.
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl JsonErrorsIo {
-    fn poll_pending(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        while let Some((bytes, written)) = &mut self.pending {
-            if *written == bytes.len() {
-                self.pending = None;
-                break;
-            }
-            let n = std::task::ready!(poll_write_deadline(
-                &mut self.tcp,
-                &mut self.stalled,
-                self.write_timeout,
-                cx,
-                &bytes[*written..]
-            ))?;
-            if n == 0 {
-                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
-            *written += n;
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-/// Writes to the socket; a write that has waited `timeout` for the client to take a byte fails
-/// (`stalled` holds the deadline while it waits), and hyper closes the connection.
-fn poll_write_deadline(
-    tcp: &mut TcpStream,
-    stalled: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    timeout: Duration,
-    cx: &mut std::task::Context<'_>,
-    buf: &[u8],
-) -> std::task::Poll<std::io::Result<usize>> {
-    use std::future::Future;
-    match std::pin::Pin::new(tcp).poll_write(cx, buf) {
-        std::task::Poll::Ready(result) => {
-            *stalled = None;
-            std::task::Poll::Ready(result)
-        }
-        std::task::Poll::Pending => {
-            let deadline = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-            if deadline.as_mut().poll(cx).is_pending() {
-                return std::task::Poll::Pending;
-            }
-            *stalled = None;
-            metrics::counter!("dash_http_write_timeouts_total").increment(1);
-            std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client took no byte for {} s", timeout.as_secs()),
-            )))
-        }
-    }
-}
-
-/// The status of a response head hyper is writing, if `buf` starts one.
-fn response_status(buf: &[u8]) -> Option<u16> {
-    let rest = buf.strip_prefix(b"HTTP/1.1 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
-    std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()
-}
-
-/// hyper's own error answer (a 4xx whose head says its body is empty), as the contract's JSON.
-/// Dash itself never sends an empty 4xx.
-fn json_for_hyper_error(status: u16, buf: &[u8]) -> Option<Vec<u8>> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |at| at + 2);
-    let empty = buf[..head_end].windows(19).any(|w| w.eq_ignore_ascii_case(b"content-length: 0\r\n"));
-    if !(400..500).contains(&status) || !empty {
-        return None;
-    }
-    let (code, message) = match status {
-        414 => ("uri_too_long", "the request target is too long"),
-        431 => ("headers_too_large", "the request's headers are too large"),
-        _ => ("bad_request", "the request could not be read as HTTP/1.1"),
-    };
-    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
-    let reason = hyper::StatusCode::from_u16(status).ok()?.canonical_reason().unwrap_or("Error");
-    let answer = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    Some(answer.into_bytes())
-}
-
-impl AsyncRead for JsonErrorsIo {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for JsonErrorsIo {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::task::ready!(self.poll_pending(cx))?;
-        let status = match self.heads {
-            u64::MAX => None,
-            _ => response_status(buf).filter(|s| *s >= 200 || *s == 101),
-        };
-        if let Some(status) = status {
-            let ours = self.heads < self.connection.served.load(Ordering::Acquire);
-            if !ours && let Some(json) = json_for_hyper_error(status, buf) {
-                self.heads += 1;
-                // Taken whole; what the socket does not take now goes out on flush.
-                self.pending = Some((json, 0));
-                if let std::task::Poll::Ready(Err(err)) = self.poll_pending(cx) {
-                    return std::task::Poll::Ready(Err(err));
-                }
-                return std::task::Poll::Ready(Ok(buf.len()));
-            }
-        }
-        let this = &mut *self;
-        let written =
-            std::task::ready!(poll_write_deadline(&mut this.tcp, &mut this.stalled, this.write_timeout, cx, buf))?;
-        // Counted once written (a write that waits is offered again, the same bytes).
-        match status.filter(|_| written > 0) {
-            Some(101) => {
-                self.heads = u64::MAX;
-                // A WebSocket's frames are small: a small send buffer makes a client that stops
-                // reading show soon, so the hub resyncs or drops it before the kernel holds much.
-                if let Err(err) = socket2::SockRef::from(&self.tcp).set_send_buffer_size(UPGRADED_SEND_BUFFER) {
-                    tracing::debug!(error = %err, "SO_SNDBUF after an upgrade");
-                }
-            }
-            Some(_) => self.heads += 1,
-            None => {}
-        }
-        std::task::Poll::Ready(Ok(written))
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::ready!(self.poll_pending(cx))?;
-        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::ready!(self.poll_pending(cx))?;
-        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_hypers_empty_4xx_answers_are_rewritten() {
-        let hyper_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
-        let json = String::from_utf8(json_for_hyper_error(431, hyper_431).unwrap()).unwrap();
-        assert!(json.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{json}");
-        assert!(
-            json.ends_with(r#"{"error":{"code":"headers_too_large","message":"the request's headers are too large"}}"#)
-        );
-        let body_len = json.split("\r\n\r\n").nth(1).unwrap().len();
-        assert!(json.contains(&format!("content-length: {body_len}\r\n")));
-        assert!(json_for_hyper_error(400, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\n\r\n").is_none());
-        assert!(json_for_hyper_error(200, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
-        assert_eq!(response_status(b"HTTP/1.1 414 URI Too Long\r\n"), Some(414));
-        assert_eq!(response_status(b"HTTP/1.0 400 Bad Request\r\n"), Some(400));
-        let not_in_head = b"HTTP/1.1 404 Not Found\r\ncontent-length: 40\r\n\r\n{\"x\":\"content-length: 0\r\n\"}";
-        assert!(json_for_hyper_error(404, not_in_head).is_none(), "only the head is read");
-        assert_eq!(response_status(b"{\"a\":1}"), None);
-    }
 }
