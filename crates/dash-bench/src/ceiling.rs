@@ -100,8 +100,6 @@ pub async fn postgres_ceiling(
 ) -> anyhow::Result<String> {
     anyhow::ensure!(rows_per_tx > 0 && rows_per_copy > 0, "rows per transaction and per COPY must be at least 1");
     let mut conn = PgConnection::connect(url).await?;
-    // As Dash's own pool does: without it, large messages stall on Nagle + delayed ACK.
-    dash_store::set_tcp_nodelay(&mut conn).await?;
     let started = Instant::now();
     let mut rows = 0u64;
     let run = format!("{:x}", dash_domain::now_ms());

@@ -27,7 +27,6 @@ macro_rules! on_backend {
 mod binary_copy;
 mod boards;
 mod export;
-mod nodelay;
 mod postgres;
 mod refusals;
 mod retention;
@@ -48,7 +47,6 @@ use serde::Serialize;
 pub use binary_copy::BinaryCopy;
 pub use boards::{BoardRecord, MAX_SHARES_PER_BOARD, ShareRecord};
 pub use export::ndjson;
-pub use nodelay::set_on as set_tcp_nodelay;
 pub use postgres::{Layout, PgStore, PoolSizes, StagedPg};
 pub use refusals::{REFUSALS_KEPT, RefusalCount, Refusals};
 pub use sources::{PollOutcome, SourceRecord};

@@ -197,15 +197,10 @@ impl Default for PoolSizes {
     }
 }
 
+/// sqlx (0.9.1 on) sets `TCP_NODELAY` on its sockets: without it a batch's large `Bind` ends in
+/// a short segment that Nagle's algorithm holds until the server's delayed ACK (~40 ms).
 fn pool_options(max: u32) -> PgPoolOptions {
-    PgPoolOptions::new().max_connections(max.max(1)).acquire_timeout(Duration::from_secs(5)).after_connect(|conn, _| {
-        Box::pin(async move {
-            if !crate::nodelay::set_on(conn).await? {
-                tracing::debug!("TCP_NODELAY not set on a PostgreSQL connection (socket not found)");
-            }
-            Ok(())
-        })
-    })
+    PgPoolOptions::new().max_connections(max.max(1)).acquire_timeout(Duration::from_secs(5))
 }
 
 impl PgStore {
