@@ -22,7 +22,7 @@ use std::time::Duration;
 use dash_bus::{Bus, BusError, Heartbeats};
 use dash_discovery::PeerSet;
 use dash_domain::{NodeHeartbeat, NodeLoad, format_ms, now_ms};
-use dash_task::StoppableTask;
+use dash_task::{StopSignal, StoppableTask};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -219,13 +219,7 @@ pub async fn start(
 /// bus is filled in by the heartbeat loop itself).
 pub type LoadSource = Arc<dyn Fn() -> NodeLoad + Send + Sync>;
 
-async fn run(
-    bus: Bus,
-    mut heartbeats: Heartbeats,
-    membership: Membership,
-    load: LoadSource,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn run(bus: Bus, mut heartbeats: Heartbeats, membership: Membership, load: LoadSource, stop: StopSignal) {
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut listening = true;
@@ -257,7 +251,7 @@ async fn run(
                     listening = false;
                 }
             },
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }

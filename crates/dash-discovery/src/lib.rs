@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use dash_task::StoppableTask;
+use dash_task::{StopSignal, StoppableTask};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -116,18 +116,18 @@ async fn refresh(
     every: Duration,
     what: &'static str,
     peers: watch::Sender<PeerSet>,
-    mut stop: watch::Receiver<bool>,
+    stop: StopSignal,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         let answer = tokio::select! {
             answer = discovery.resolve(&name) => answer,
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         };
         peers.send_if_modified(|set| apply(set, answer, &name, what));
     }

@@ -1,6 +1,7 @@
 //! `GET /live`: the WebSocket of the live protocol. This module only moves frames: the hub
 //! (dash-live) decides what each client sees; the store gives the starting snapshot.
 
+use dash_task::StopSignal;
 use std::collections::HashSet;
 
 use axum::body::Bytes;
@@ -13,7 +14,6 @@ use dash_boards::PanelKind;
 use dash_domain::PipelineUpdate;
 use dash_live::{ClientId, ClientMessage, ServerMessage};
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::serve::ConnectionSlot;
@@ -258,7 +258,7 @@ const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// after every (re)connection, and every [`RECONCILE_EVERY`], reads each pipeline's stats from
 /// the store for the hub, so what the bus lost reaches clients as snapshots (the hub sends them
 /// only to clients that are behind). Runs until `stop` is set.
-pub async fn follow_bus(state: AppState, mut stop: watch::Receiver<bool>) {
+pub async fn follow_bus(state: AppState, stop: StopSignal) {
     let mut bus = state.bus.state();
     let mut synced_generation = 0;
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
@@ -269,7 +269,7 @@ pub async fn follow_bus(state: AppState, mut stop: watch::Receiver<bool>) {
         if current.connected && current.generation != synced_generation {
             tokio::select! {
                 synced = resync(&state, true) => if synced { synced_generation = current.generation },
-                _ = stop.changed() => return,
+                () = stop.cancelled() => return,
             }
         }
         let retry = tokio::time::sleep(std::time::Duration::from_secs(1));
@@ -280,10 +280,10 @@ pub async fn follow_bus(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = reconcile.tick(), if current.connected => {
                 tokio::select! {
                     _ = resync(&state, false) => {}
-                    _ = stop.changed() => return,
+                    () = stop.cancelled() => return,
                 }
             }
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }

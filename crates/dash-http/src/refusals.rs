@@ -4,6 +4,7 @@
 //! upsert per pipeline, minute and reason per flush. The counts kept between flushes are bounded
 //! ([`KEYS_MAX`]): past it further keys are dropped (the metric still counts them).
 
+use dash_task::StopSignal;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -88,13 +89,13 @@ impl RefusalTally {
 
 /// Adds this node's refusal counts to the store every [`FLUSH_EVERY`] until stopped, then once
 /// more.
-pub async fn flush_refusals(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn flush_refusals(state: AppState, stop: StopSignal) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => state.refusals.flush(&state).await,
-            _ = stop.changed() => break,
+            () = stop.cancelled() => break,
         }
     }
     state.refusals.flush(&state).await;

@@ -229,7 +229,7 @@ async fn handle(job: Job, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> 
 
 /// Runs apalis workers until stopped, starting a new one (with a new name, as apalis wants)
 /// after a backoff whenever one ends on an error.
-async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSettings, mut stop: StopSignal) {
+async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSettings, stop: StopSignal) {
     let started_ms = dash_domain::now_ms();
     let mut generation = 0u32;
     let backoffs = || {
@@ -272,7 +272,7 @@ async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSet
             }
         };
         let result = run.await;
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             tracing::debug!(worker = %name, "job worker stopped");
             return;
         }
@@ -291,18 +291,18 @@ async fn supervise_worker(queue: JobQueue, runner: Arc<Runner>, settings: JobSet
         let backoff = delays.next().unwrap_or(Duration::from_secs(10));
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
         }
     }
 }
 
-async fn stopped(mut stop: StopSignal) -> Result<(), std::io::Error> {
-    let _ = stop.wait_for(|s| *s).await;
+async fn stopped(stop: StopSignal) -> Result<(), std::io::Error> {
+    stop.cancelled().await;
     Ok(())
 }
 
 /// Enqueues every due tick, once per tick per node; the queue keeps one job per tick overall.
-async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut stop: StopSignal) {
+async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, stop: StopSignal) {
     let maintenance = Schedule::Every(settings.maintenance_every);
     let mut ticks = PollTicks::default();
     let mut last_maintenance: Option<i64> = None;
@@ -386,7 +386,7 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, mut 
         }
         tokio::select! {
             () = tokio::time::sleep(SCHEDULER_EVERY) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
         }
     }
 }

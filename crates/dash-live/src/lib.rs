@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dash_bus::{Bus, BusError};
 use dash_domain::{PipelineStats, PipelineUpdate};
-use dash_task::StoppableTask;
+use dash_task::{StopSignal, StoppableTask};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 mod latency;
 
@@ -213,7 +213,7 @@ fn status_frame(connected: bool) -> Bytes {
     ServerMessage::Status { state: if connected { "live" } else { "stale" }.into() }.to_bytes()
 }
 
-async fn run(mut bus: dash_bus::Subscription, mut commands: mpsc::Receiver<Command>, mut stop: watch::Receiver<bool>) {
+async fn run(mut bus: dash_bus::Subscription, mut commands: mpsc::Receiver<Command>, stop: StopSignal) {
     let mut state = HubState::default();
     loop {
         tokio::select! {
@@ -231,7 +231,7 @@ async fn run(mut bus: dash_bus::Subscription, mut commands: mpsc::Receiver<Comma
                 Some(command) => state.apply(command),
                 None => return,
             },
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }

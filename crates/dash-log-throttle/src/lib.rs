@@ -101,11 +101,11 @@ impl TargetThrottle {
 
     /// Logs, once per period, how many messages of each target were held back; ends when
     /// `stop` says so.
-    pub async fn summarise(&self, mut stop: StopSignal) {
+    pub async fn summarise(&self, stop: StopSignal) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.period) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.cancelled() => return,
             }
             for (target, held_back) in self.take_held_back() {
                 tracing::warn!(

@@ -194,7 +194,7 @@ pub fn spawn(arrival: Arrival) -> DatabaseTask {
     StoppableTask::spawn(|stop| run(arrival, stop))
 }
 
-async fn run(arrival: Arrival, mut stop: StopSignal) {
+async fn run(arrival: Arrival, stop: StopSignal) {
     let Arrival { store, migrated, configured, jobs } = arrival;
     let failures = LogThrottle::per_period();
     let mut delays = retry_delays();
@@ -208,7 +208,7 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
                 let err = crate::explain_privileges(err).to_string();
                 let delay = next_delay(&mut delays);
                 retry(&failures, "database not migrated yet", &err, delay);
-                if pause(&mut stop, delay).await {
+                if pause(&stop, delay).await {
                     return;
                 }
             }
@@ -230,12 +230,12 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
         }
         let delay = next_delay(&mut delays);
         retry(&failures, "configured pipelines and boards not applied", &format!("{err:#}"), delay);
-        if pause(&mut stop, delay).await {
+        if pause(&stop, delay).await {
             return;
         }
     }
     let Some((settings, intake)) = jobs else {
-        let _ = stop.wait_for(|s| *s).await;
+        stop.cancelled().await;
         return;
     };
     let mut delays = retry_delays();
@@ -245,13 +245,13 @@ async fn run(arrival: Arrival, mut stop: StopSignal) {
             Err(err) => {
                 let delay = next_delay(&mut delays);
                 retry(&failures, "background jobs not started", &err.to_string(), delay);
-                if pause(&mut stop, delay).await {
+                if pause(&stop, delay).await {
                     return;
                 }
             }
         }
     };
-    let _ = stop.wait_for(|s| *s).await;
+    stop.cancelled().await;
     running.shutdown().await;
 }
 
@@ -294,10 +294,10 @@ fn next_delay(delays: &mut backon::ExponentialBackoff) -> Duration {
 }
 
 /// Waits `delay`; true when told to stop meanwhile.
-async fn pause(stop: &mut StopSignal, delay: Duration) -> bool {
+async fn pause(stop: &StopSignal, delay: Duration) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
-        _ = stop.wait_for(|s| *s) => true,
+        () = stop.cancelled() => true,
     }
 }
 
