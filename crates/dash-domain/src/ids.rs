@@ -17,11 +17,18 @@ pub struct InvalidId(pub String);
 #[serde(try_from = "String", into = "String")]
 pub struct PipelineId(String);
 
+/// Whether `text` is a slug of at most `max_len` bytes: `[a-z0-9][a-z0-9_-]*`, the form of
+/// every name Dash puts in a URL (pipeline ids, view and board names).
+pub fn is_slug(text: &str, max_len: usize) -> bool {
+    let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    text.len() <= max_len
+        && text.as_bytes().first().is_some_and(|b| b.is_ascii_alphanumeric() && !b.is_ascii_uppercase())
+        && text.bytes().all(valid)
+}
+
 impl PipelineId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-        let starts_well = raw.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if raw.len() > PIPELINE_ID_MAX || !starts_well || !raw.chars().all(valid_char) {
+        if !is_slug(raw, PIPELINE_ID_MAX) {
             return Err(InvalidId(format!(
                 "pipeline id must be 1 to {PIPELINE_ID_MAX} characters of a-z, 0-9, '-' or '_', starting with a letter or digit"
             )));

@@ -11,7 +11,7 @@ mod retention;
 mod stats;
 
 pub use body::{BodyError, BodyFormat, RequestIdentity, parse_body, parse_polled};
-pub use ids::{EventId, InvalidId, PipelineId, check_pipeline_name, is_lookup_key};
+pub use ids::{EventId, InvalidId, PipelineId, check_pipeline_name, is_lookup_key, is_slug};
 pub use payload::MAX_DEPTH;
 pub use retention::{
     InvalidRetention, MAX_RETENTION, MIN_RETENTION, check_retention, format_retention, parse_retention,

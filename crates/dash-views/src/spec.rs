@@ -165,11 +165,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InvalidView {
 
 /// A view's name: what URLs and the config file call it.
 pub fn check_view_name(name: &str) -> Result<(), InvalidView> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+    if dash_domain::is_slug(name, MAX_NAME_LEN) {
         Ok(())
     } else {
         Err(invalid("name", format!("1 to {MAX_NAME_LEN} of a-z, 0-9, '-' and '_', starting with a letter or digit")))
