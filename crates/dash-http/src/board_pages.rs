@@ -6,12 +6,11 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use dash_boards::{BoardSpec, Display, Panel, PanelKind};
+use dash_boards::{BoardSpec, Panel, PanelKind};
 use dash_store::{BoardRecord, PutMode, StoreError};
 use dash_web::ChartRange;
 use dash_web::boards::{
     BoardEditor, BoardLine, BoardPanel, BoardView, Freshness, PanelBody, PanelChoices, PanelLine, ShareLine,
-    ViewDisplay,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -76,14 +75,19 @@ impl RangeQuery {
         match self.range.as_deref() {
             Some(text) => ChartRange::parse(text)
                 .ok_or_else(|| ("range", "range: one of 5m, 1h, 24h, 7d, 30d (or from and to)".to_owned())),
-            None => Ok(ChartRange::parse(&spec.range).unwrap_or(ChartRange::Day)),
+            None => Ok(Self::board_range(spec)),
         }
+    }
+
+    /// The range a board opens on.
+    fn board_range(spec: &BoardSpec) -> ChartRange {
+        ChartRange::parse(&spec.range).unwrap_or(ChartRange::Day)
     }
 
     /// The range asked for; the board's own when none is, or the asked one is wrong (the board's
     /// page says so: [`Self::checked_range`]).
     fn range(&self, spec: &BoardSpec) -> ChartRange {
-        self.checked_range(spec).ok().or_else(|| ChartRange::parse(&spec.range)).unwrap_or(ChartRange::Day)
+        self.checked_range(spec).unwrap_or_else(|_| Self::board_range(spec))
     }
 }
 
@@ -109,19 +113,20 @@ async fn load_panel(
     panel: &Panel,
     range: ChartRange,
 ) -> BoardPanel {
+    let now_ms = dash_domain::now_ms();
     let (title, body) = match &panel.kind {
         PanelKind::Note { text } => (String::new(), PanelBody::Note { html: dash_web::notes::note_html(text) }),
         PanelKind::Pipeline { pipeline } => match crate::pages::find(state, pipeline).await {
-            Ok(record) => match crate::pages::load_panel(state, &record, range).await {
-                Ok(loaded) => (
+            Ok(record) => match crate::pages::load_chart(state, &record, range, now_ms).await {
+                Ok((chart, last_hour)) => (
                     record.name.clone(),
                     PanelBody::Pipeline {
-                        fresh: freshness(state, &record).await,
+                        fresh: freshness(&record, &last_hour, now_ms),
                         pipeline: record.id.clone(),
                         seq: record.stats.seq,
                         count: record.stats.count,
-                        rate: loaded.rate,
-                        chart: loaded.chart,
+                        rate: dash_web::rate_per_second(&last_hour, now_ms),
+                        chart,
                     },
                 ),
                 Err(err) => (record.name.clone(), absent(state, Some(&record.id), err)),
@@ -136,18 +141,13 @@ async fn load_panel(
                     PageError::Missing(format!("Pipeline {:?} has no view {view:?} any more.", record.id))
                 })?;
                 let card = crate::view_pages::load_card(state, &found, range).await?;
-                Ok::<_, PageError>((record.stats.seq, card, freshness(state, &record).await))
+                // Without the last hour, the panel still shows: its silence is just not coloured.
+                let last_hour = crate::pages::last_hour(state, &record.id, now_ms).await.unwrap_or_default();
+                Ok::<_, PageError>((record.stats.seq, card, freshness(&record, &last_hour, now_ms)))
             }
             .await;
             match loaded {
-                Ok((seq, card, fresh)) => {
-                    let display = match display {
-                        Display::Chart => ViewDisplay::Chart,
-                        Display::Stat => ViewDisplay::Stat,
-                        Display::Table => ViewDisplay::Table,
-                    };
-                    (view.clone(), PanelBody::View { seq, display, card, fresh })
-                }
+                Ok((seq, card, fresh)) => (view.clone(), PanelBody::View { seq, display: *display, card, fresh }),
                 Err(err) => (view.clone(), absent(state, Some(pipeline), err)),
             }
         }
@@ -164,13 +164,9 @@ async fn load_panel(
 }
 
 /// When `record` last took an event, and whether it usually has traffic: events in at least a
-/// third of the last 60 minutes (a panel then shows a long silence in amber, then red).
-async fn freshness(state: &AppState, record: &dash_store::PipelineRecord) -> Freshness {
-    let now_ms = dash_domain::now_ms();
-    let busy = match crate::pages::last_hour(state, &record.id, now_ms).await {
-        Ok(minutes) => minutes.iter().filter(|&&n| n > 0).count() * 3 >= minutes.len().max(1),
-        Err(_) => false,
-    };
+/// third of the minutes of `last_hour` (a panel then shows a long silence in amber, then red).
+fn freshness(record: &dash_store::PipelineRecord, last_hour: &[i64], now_ms: i64) -> Freshness {
+    let busy = !last_hour.is_empty() && last_hour.iter().filter(|&&n| n > 0).count() * 3 >= last_hour.len();
     Freshness { since: record.stats.last_event_at.clone(), busy, now_ms }
 }
 
@@ -259,11 +255,13 @@ async fn board_view(
     query: &RangeQuery,
     shared_live: Option<String>,
 ) -> BoardView {
-    let range = query.range(&record.spec);
-    let range_error = query
-        .checked_range(&record.spec)
-        .err()
-        .map(|(_, message)| format!("{message}. Showing the last {} instead.", range.label()));
+    let (range, range_error) = match query.checked_range(&record.spec) {
+        Ok(range) => (range, None),
+        Err((_, message)) => {
+            let range = RangeQuery::board_range(&record.spec);
+            (range, Some(format!("{message}. Showing the last {} instead.", range.label())))
+        }
+    };
     let links = shared_live.is_none();
     let loads = record.spec.panels.iter().enumerate().map(|(i, panel)| load_panel(state, base, links, i, panel, range));
     let panels = futures_util::future::join_all(loads).await;
@@ -494,7 +492,7 @@ async fn editor_with(
             expires_at: s.expires_at,
         })
         .collect();
-    let range = ChartRange::parse(&record.spec.range).unwrap_or(ChartRange::Day);
+    let range = RangeQuery::board_range(&record.spec);
     let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     let page = dash_web::boards::editor(
         chrome(state, headers),
@@ -520,13 +518,9 @@ async fn edit(State(state): State<AppState>, Path(name): Path<String>, headers: 
     }
 }
 
-/// Applies `change` to the board's JSON, checks the result as the API does, saves it and goes
-/// back to the editor; a refused change shows the editor with the reason.
-///
-/// Two editors at once: the save applies only to the board as read (its version). A change that
-/// names no place on the board (a setting, a new panel at the end) is made again on the board
-/// as it now is; one that names a panel by its place (`seen`: the version the form was shown
-/// at) is refused when the board changed since, since that place may now hold another panel.
+/// Makes `change` through [`crate::boards::change_board`] (the API's own way, with `seen` as
+/// there) and goes back to the editor; a refused change shows the editor, with the board as it
+/// now is, and the reason.
 async fn change_board(
     state: &AppState,
     headers: &HeaderMap,
@@ -537,52 +531,22 @@ async fn change_board(
     if crate::origin::is_cross_origin(headers) {
         return crate::origin::cross_origin_refused().into_response();
     }
-    let changed_meanwhile = "The board changed while you were editing it; here it is as it is now.";
-    for _ in 0..crate::boards::CHANGE_ATTEMPTS {
-        let record = match find_board(state, name).await {
-            Ok(record) => record,
-            Err(err) => return err.into_response(state, Some(chrome(state, headers))),
-        };
-        if seen.is_some_and(|seen| seen != record.version) {
-            return editor(state, headers, &record, Some(changed_meanwhile.into())).await;
+    let refusal = match crate::boards::change_board(state, name, seen, change).await {
+        Ok(()) => return Redirect::to(&format!("/boards/{name}/edit")).into_response(),
+        Err(refusal) => refusal,
+    };
+    let status = refusal.error.status;
+    match refusal.board {
+        Some(board) if status == StatusCode::CONFLICT => {
+            let message = "The board changed while you were editing it; here it is as it is now.";
+            editor(state, headers, &board, Some(message.into())).await
         }
-        let Ok(Value::Object(mut fields)) = serde_json::to_value(&record.spec) else {
-            return PageError::store("a board did not serialize").into_response(state, Some(chrome(state, headers)));
-        };
-        if let Err(message) = change(&mut fields) {
-            return editor(state, headers, &record, Some(message)).await;
+        Some(board) if status == StatusCode::UNPROCESSABLE_ENTITY => {
+            editor(state, headers, &board, Some(refusal.error.message)).await
         }
-        let spec = match BoardSpec::from_json(Value::Object(fields)) {
-            Ok(spec) => spec,
-            Err(err) => return editor(state, headers, &record, Some(err.to_string())).await,
-        };
-        let spec = match state.store.resolve_board(spec, &record.spec.panels).await {
-            Ok(spec) => spec,
-            Err(StoreError::BoardReference(err)) => {
-                return editor(state, headers, &record, Some(err.to_string())).await;
-            }
-            Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
-        };
-        match state.store.replace_board_at(name, &spec, record.version).await {
-            Ok(true) => return Redirect::to(&format!("/boards/{name}/edit")).into_response(),
-            Ok(false) if seen.is_some() => {
-                let now = match find_board(state, name).await {
-                    Ok(record) => record,
-                    Err(err) => return err.into_response(state, Some(chrome(state, headers))),
-                };
-                return editor(state, headers, &now, Some(changed_meanwhile.into())).await;
-            }
-            Ok(false) => continue,
-            Err(StoreError::NotFound(_)) => {
-                return PageError::Missing(format!("There is no board {name:?}."))
-                    .into_response(state, Some(chrome(state, headers)));
-            }
-            Err(err) => return PageError::store(err).into_response(state, Some(chrome(state, headers))),
-        }
-    }
-    match find_board(state, name).await {
-        Ok(record) => editor(state, headers, &record, Some(changed_meanwhile.into())).await,
-        Err(err) => err.into_response(state, Some(chrome(state, headers))),
+        _ if status == StatusCode::NOT_FOUND => PageError::Missing(format!("There is no board {name:?}."))
+            .into_response(state, Some(chrome(state, headers))),
+        _ => PageError::store(refusal.error.message).into_response(state, Some(chrome(state, headers))),
     }
 }
 

@@ -80,9 +80,59 @@ async fn read(State(state): State<AppState>, Path(name): Path<String>) -> Result
     Ok(Json(json!(find_board(&state, &name).await?)))
 }
 
+/// Why [`change_board`] saved nothing: the answer, and the board as last read (for the editor
+/// to show again) when there was one.
+pub(crate) struct Refusal {
+    pub(crate) error: ApiError,
+    pub(crate) board: Option<BoardRecord>,
+}
+
+/// The one way a board is changed: `change` is applied to the board's JSON as read, the result
+/// checked as a new board is (its shape, then what its panels name), and saved only if the board
+/// is still at the version it was read at; else all of it is done again on the board as it now
+/// is, up to [`CHANGE_ATTEMPTS`] times (then 409 `board_changed`).
+///
+/// `seen`: the version a change that names a panel by its place was made from. Such a change is
+/// refused (409) once the board is at another version, since that place may now hold another
+/// panel. A change that names no place (a setting, a panel added at the end) passes `None`.
+pub(crate) async fn change_board(
+    state: &AppState,
+    name: &str,
+    seen: Option<i64>,
+    change: impl Fn(&mut serde_json::Map<String, Value>) -> Result<(), String>,
+) -> Result<(), Refusal> {
+    let refused = |error: ApiError, board: &BoardRecord| Refusal { error, board: Some(board.clone()) };
+    let changed =
+        || ApiError::new(StatusCode::CONFLICT, "board_changed", "the board changed under this change; send it again");
+    let mut last = None;
+    for _ in 0..CHANGE_ATTEMPTS {
+        let record = find_board(state, name).await.map_err(|error| Refusal { error, board: None })?;
+        if seen.is_some_and(|seen| seen != record.version) {
+            return Err(refused(changed(), &record));
+        }
+        let Ok(Value::Object(mut fields)) = serde_json::to_value(&record.spec) else {
+            return Err(refused(ApiError::internal("a board did not serialize", &"not an object"), &record));
+        };
+        if let Err(message) = change(&mut fields) {
+            return Err(refused(ApiError::unprocessable("invalid_board", message), &record));
+        }
+        let spec = BoardSpec::from_json(Value::Object(fields)).map_err(|e| refused(invalid(e), &record))?;
+        let spec = match state.store.resolve_board(spec, &record.spec.panels).await {
+            Ok(spec) => spec,
+            Err(err) => return Err(refused(store_error(err, name), &record)),
+        };
+        match state.store.replace_board_at(name, &spec, record.version).await {
+            Ok(true) => return Ok(()),
+            // Changed meanwhile: read it again (where `seen` is set, that read refuses).
+            Ok(false) => last = Some(record),
+            Err(err) => return Err(Refusal { error: store_error(err, name), board: None }),
+        }
+    }
+    Err(Refusal { error: changed(), board: last })
+}
+
 /// `PATCH /api/boards/{name}`: the fields given replace the board's (`title: null` removes the
-/// title); the name cannot change. Made on the board as read and saved only if nobody changed it
-/// meanwhile, else made again on the board as it now is (a few times, then 409).
+/// title); the name cannot change. Saved through [`change_board`].
 async fn change(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let Value::Object(patch) = read_json(&body)? else {
         return Err(ApiError::unprocessable("invalid_board", "expected a JSON object of the fields to change"));
@@ -90,24 +140,13 @@ async fn change(State(state): State<AppState>, Path(name): Path<String>, body: B
     if patch.contains_key("name") {
         return Err(ApiError::unprocessable("invalid_board", "name: a board's name cannot change").field("name"));
     }
-    for _ in 0..CHANGE_ATTEMPTS {
-        let record = find_board(&state, &name).await?;
-        let mut fields = match serde_json::to_value(&record.spec) {
-            Ok(Value::Object(fields)) => fields,
-            _ => return Err(ApiError::internal("a board did not serialize", &"not an object")),
-        };
+    change_board(&state, &name, None, |fields| {
         fields.extend(patch.clone());
-        let spec = BoardSpec::from_json(Value::Object(fields)).map_err(invalid)?;
-        let spec = state.store.resolve_board(spec, &record.spec.panels).await.map_err(|e| store_error(e, &name))?;
-        if state.store.replace_board_at(&name, &spec, record.version).await.map_err(|e| store_error(e, &name))? {
-            return Ok(Json(json!(find_board(&state, &name).await?)));
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "board_changed",
-        "the board kept changing under this change; send it again",
-    ))
+        Ok(())
+    })
+    .await
+    .map_err(|refusal| refusal.error)?;
+    Ok(Json(json!(find_board(&state, &name).await?)))
 }
 
 async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {

@@ -167,34 +167,33 @@ async fn summarize(state: &AppState, record: PipelineRecord, now: i64) -> Result
     })
 }
 
-/// The live rate and chart over `range`.
-pub(crate) async fn load_panel(
+/// A pipeline's chart over `range`, and its events per minute over the hour ending with the
+/// current minute (the chart's own counts when it shows that hour; else read once more), which
+/// rates and freshness are read from.
+pub(crate) async fn load_chart(
     state: &AppState,
     record: &PipelineRecord,
     range: ChartRange,
-) -> Result<PipelinePanel, PageError> {
-    let now = now_ms();
+    now: i64,
+) -> Result<(Chart, Vec<i64>), PageError> {
     let (from, to) = range.window(now);
     let bucket_ms = range.bucket_ms();
     let series = state.store.series(&record.id, from, to, bucket_ms).await.map_err(PageError::store)?;
     let counts: Vec<i64> = series.iter().map(|p| p.count).collect();
-    // The rate comes from the last hour's minutes: the chart's own when it shows that hour.
-    let rate = if range == ChartRange::Hour {
-        dash_web::rate_per_second(&counts, now)
-    } else {
-        dash_web::rate_per_second(&last_hour(state, &record.id, now).await?, now)
-    };
+    let last_hour = if range == ChartRange::Hour { counts.clone() } else { last_hour(state, &record.id, now).await? };
+    Ok((Chart { range, from_ms: from, bucket_ms, counts }, last_hour))
+}
+
+/// The live rate, chart and end-to-end latency over `range`.
+async fn load_panel(state: &AppState, record: &PipelineRecord, range: ChartRange) -> Result<PipelinePanel, PageError> {
+    let now = now_ms();
+    let (chart, last_hour) = load_chart(state, record, range, now).await?;
     let latency = state.hub.latency(&record.id).await.map(|l| dash_web::EndToEnd {
         p50_ms: l.p50_ms,
         p99_ms: l.p99_ms,
         batches: l.batches,
     });
-    Ok(PipelinePanel {
-        pipeline: record.id.clone(),
-        rate,
-        chart: Chart { range, from_ms: from, bucket_ms, counts },
-        latency,
-    })
+    Ok(PipelinePanel { pipeline: record.id.clone(), rate: dash_web::rate_per_second(&last_hour, now), chart, latency })
 }
 
 /// The latest `read` events (newest first), of which the page shows as many as `query` asks.

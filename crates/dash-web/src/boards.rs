@@ -1,6 +1,7 @@
 //! Boards: the list of boards, a board's grid of panels (each panel also a fragment the script
 //! re-fetches when its pipeline changes), and the editor, which is plain forms.
 
+use dash_boards::Display;
 use leptos::prelude::*;
 
 use crate::charts::BarChart;
@@ -51,14 +52,6 @@ pub struct BoardPanel {
     pub width: u8,
     pub range: ChartRange,
     pub body: PanelBody,
-}
-
-/// How a view panel shows its view (`dash_boards::Display`'s names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ViewDisplay {
-    Chart,
-    Stat,
-    Table,
 }
 
 /// How fresh a panel's figures are: when its pipeline last took an event, and whether it
@@ -127,7 +120,7 @@ pub enum PanelBody {
     /// A pipeline's events per bucket.
     Pipeline { pipeline: String, seq: i64, count: i64, rate: f64, chart: Chart, fresh: Freshness },
     /// A view, as its card would show it.
-    View { seq: i64, display: ViewDisplay, card: ViewCard, fresh: Freshness },
+    View { seq: i64, display: Display, card: ViewCard, fresh: Freshness },
     /// A note, already HTML ([`crate::notes::note_html`]).
     Note { html: String },
     /// What it names cannot be shown: gone (`retry` false) or not readable now (`retry` true).
@@ -309,12 +302,12 @@ fn PanelSection(panel: BoardPanel) -> impl IntoView {
             });
             let body = match (unavailable, display) {
                 (Some(why), _) => view! { <p class="unavailable">{why}</p> }.into_any(),
-                (None, ViewDisplay::Chart) => view! { {figure}<ViewChart card=card.clone() /> }.into_any(),
-                (None, ViewDisplay::Stat) => figure.into_any(),
-                (None, ViewDisplay::Table) if card.groups.is_empty() => {
+                (None, Display::Chart) => view! { {figure}<ViewChart card=card.clone() /> }.into_any(),
+                (None, Display::Stat) => figure.into_any(),
+                (None, Display::Table) if card.groups.is_empty() => {
                     view! { {figure}<p class="sub">"No groups over this range."</p> }.into_any()
                 }
-                (None, ViewDisplay::Table) => view! { {figure}<GroupsTable groups=card.groups.clone() /> }.into_any(),
+                (None, Display::Table) => view! { {figure}<GroupsTable groups=card.groups.clone() /> }.into_any(),
             };
             let every = (card.unavailable.is_some() || card.computing.is_some()).then_some("5000");
             view! {

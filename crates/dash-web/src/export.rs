@@ -3,9 +3,10 @@
 //! its figure, or its groups). In CSV, text a spreadsheet would take for a formula is kept as
 //! text (the JSON has it as sent).
 
+use dash_boards::Display;
 use serde_json::{Value, json};
 
-use crate::boards::{BoardPanel, PanelBody, ViewDisplay};
+use crate::boards::{BoardPanel, PanelBody};
 
 /// A panel's figures: column names and one row of values per line.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +33,7 @@ pub fn panel_table(panel: &BoardPanel) -> Option<PanelTable> {
                 .collect(),
         }),
         PanelBody::View { card, .. } if card.unavailable.is_some() => None,
-        PanelBody::View { display: ViewDisplay::Chart, card, .. } => {
+        PanelBody::View { display: Display::Chart, card, .. } => {
             let mut rows = Vec::new();
             for (group, values) in &card.series {
                 for (i, value) in values.iter().enumerate() {
@@ -41,11 +42,11 @@ pub fn panel_table(panel: &BoardPanel) -> Option<PanelTable> {
             }
             Some(PanelTable { columns: vec!["bucket_start".into(), "group".into(), card.aggregate.clone()], rows })
         }
-        PanelBody::View { display: ViewDisplay::Stat, card, .. } => Some(PanelTable {
+        PanelBody::View { display: Display::Stat, card, .. } => Some(PanelTable {
             columns: vec![card.aggregate.clone(), "events".into(), "skipped".into()],
             rows: vec![vec![json!(card.total), json!(card.n), json!(card.skipped)]],
         }),
-        PanelBody::View { display: ViewDisplay::Table, card, .. } => Some(PanelTable {
+        PanelBody::View { display: Display::Table, card, .. } => Some(PanelTable {
             columns: vec!["group".into(), card.aggregate.clone(), "events".into(), "share".into()],
             rows: card
                 .groups
@@ -146,7 +147,7 @@ mod tests {
         assert_eq!(table.to_csv(), "bucket_start,events\n1970-01-01T00:00:00.000Z,2\n1970-01-01T00:01:00.000Z,0\n");
 
         let view = |display| panel(PanelBody::View { seq: 1, display, card: card(), fresh: Default::default() });
-        let chart = panel_table(&view(ViewDisplay::Chart)).unwrap();
+        let chart = panel_table(&view(Display::Chart)).unwrap();
         assert_eq!(
             chart.to_csv(),
             "bucket_start,group,sum\n1970-01-01T00:00:00.000Z,\"paid, \"\"eu\"\"\",7.5\n1970-01-01T00:01:00.000Z,\"paid, \"\"eu\"\"\",\n"
@@ -154,14 +155,14 @@ mod tests {
         let mut formula = card();
         formula.groups[0].group = "=HYPERLINK(\"http://x\")".into();
         formula.total = Some(-2.5);
-        let body = PanelBody::View { seq: 1, display: ViewDisplay::Table, card: formula, fresh: Default::default() };
+        let body = PanelBody::View { seq: 1, display: Display::Table, card: formula, fresh: Default::default() };
         let csv = panel_table(&panel(body)).unwrap().to_csv();
         assert!(csv.contains("\"'=HYPERLINK(\"\"http://x\"\")\",7.5,3,1"), "{csv}");
-        let stat = panel_table(&view(ViewDisplay::Stat)).unwrap();
+        let stat = panel_table(&view(Display::Stat)).unwrap();
         assert_eq!(stat.to_csv(), "sum,events,skipped\n7.5,3,1\n");
-        let groups = panel_table(&view(ViewDisplay::Table)).unwrap();
+        let groups = panel_table(&view(Display::Table)).unwrap();
         assert_eq!(
-            groups.to_json("ops", &view(ViewDisplay::Table), 90_000),
+            groups.to_json("ops", &view(Display::Table), 90_000),
             json!({"board": "ops", "panel": 1, "title": "T", "range": "1h",
                    "from": "1969-12-31T23:02:00.000Z", "to": "1970-01-01T00:02:00.000Z",
                    "rows": [{"group": "paid, \"eu\"", "sum": 7.5, "events": 3, "share": 1.0}]})
