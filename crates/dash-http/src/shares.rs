@@ -99,7 +99,6 @@ async fn create(
         return Err(ApiError::unprocessable("invalid_share", format!("{key}: unknown field (expected expires_in)"))
             .field(key.clone()));
     }
-    crate::boards::find_board(&state, &name).await?;
     let (record, token) = issue(&state, &name, expiry).await?;
     let path = share_path(&token);
     let url = match &state.limits.public_url {
