@@ -21,6 +21,10 @@ fresh data dir per Dash run), runs `dashd bench`, and reports the median of the 
   views and once with the five VIEWS below defined, next to the ceilings
   with --views-scale: NDJSON with times over the last 24 h, each event from a customer of its
   own, without and with SCALE_VIEWS; then series reads over the 24 h at 1-minute buckets
+  with --views-groups: NDJSON from 1,000 customers, without and with the five GROUP_VIEWS (each
+  customer a group in every view), next to the ceilings
+  with --views-history: a 30 s NDJSON load from 1,000 customers, without and with a view made a
+  third of the way in (its history computed under the load); ack latency, /ready, history time
 
 "Sustained" is 202 -> stored: accepted events divided by the time until the last one is
 counted in the store. Loopback only; every run is bounded in time.
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,10 +184,10 @@ def ceiling_pg(admin, duration, rows_per_copy=1000):
         drop_pg(admin, name)
 
 
-def ndjson_pg(admin, duration, views=()):
+def ndjson_pg(admin, duration, views=(), extra=()):
     name, url = fresh_pg(admin)
     try:
-        return dash_run(duration, 4, 1000, env={"DATABASE_URL": url}, views=views)
+        return dash_run(duration, 4, 1000, env={"DATABASE_URL": url}, views=views, extra=extra)
     finally:
         drop_pg(admin, name)
 
@@ -215,6 +220,14 @@ def main():
         "--views-scale", action="store_true", help="only a day of history with distinct customers, and view reads"
     )
     parser.add_argument("--scale-duration", default="60s", help="with --views-scale: how long the load runs")
+    parser.add_argument(
+        "--views-groups", action="store_true",
+        help="only NDJSON without and with five views of 1,000 active groups each (1,000 customers)",
+    )
+    parser.add_argument(
+        "--views-history", action="store_true",
+        help="only: a view made a third of the way into a full load, its history computed under it",
+    )
     opts = parser.parse_args()
     if opts.quick:
         opts.runs, opts.duration = 1, "3s"
@@ -224,6 +237,10 @@ def main():
         return views_bench(opts)
     if opts.views_scale:
         return views_scale_bench(opts)
+    if opts.views_groups:
+        return views_groups_bench(opts)
+    if opts.views_history:
+        return views_history_bench(opts)
     results = {name: [] for name in ["ceiling-http", "ceiling-sqlite", "single", "ndjson", "half-rate", "overload"]}
     if opts.postgres:
         results["ceiling-pg"], results["ceiling-pg-500"], results["ndjson-pg"] = [], [], []
@@ -285,21 +302,36 @@ def main():
     print(json.dumps(results), file=open(os.path.join(tempfile.gettempdir(), "dash-bench-last.json"), "w"))
 
 
-def views_bench(opts):
-    """NDJSON intake without views and with VIEWS, alternating run by run, on SQLite (and
+# Five views of the same 1,000 customers, each customer a group of its own in every view.
+GROUP_VIEWS = [
+    {"name": "orders-by-customer", "aggregate": "count", "group_by": "/data/customer", "max_groups": 1000},
+    {"name": "revenue-by-customer", "aggregate": "sum", "field": "/data/amount", "group_by": "/data/customer",
+     "max_groups": 1000},
+    {"name": "basket-by-customer", "aggregate": "avg", "field": "/data/items", "group_by": "/data/customer",
+     "max_groups": 1000},
+    {"name": "largest-by-customer", "aggregate": "max", "field": "/data/amount", "group_by": "/data/customer",
+     "max_groups": 1000},
+    {"name": "web-by-customer", "aggregate": "count", "group_by": "/data/customer", "max_groups": 1000,
+     "filter": {"/data/channel": "web"}},
+]
+
+
+def views_bench(opts, views=VIEWS, extra=(), label="five views"):
+    """NDJSON intake without views and with `views`, alternating run by run, on SQLite (and
     PostgreSQL), with the store's ceiling measured in the same runs."""
     res = {k: [] for k in ["ceiling-sqlite", "ndjson", "ndjson-views", "ceiling-pg", "ndjson-pg", "ndjson-pg-views"]}
     for run in range(opts.runs):
         print(f"views run {run + 1}/{opts.runs}", file=sys.stderr)
-        res["ceiling-sqlite"].append(ceiling_sqlite(opts.duration))
-        res["ndjson"].append(dash_run(opts.duration, 4, 1000))
-        res["ndjson-views"].append(dash_run(opts.duration, 4, 1000, views=VIEWS))
+        if not opts.only_postgres:
+            res["ceiling-sqlite"].append(ceiling_sqlite(opts.duration))
+            res["ndjson"].append(dash_run(opts.duration, 4, 1000, extra=extra))
+            res["ndjson-views"].append(dash_run(opts.duration, 4, 1000, views=views, extra=extra))
         if opts.postgres:
             res["ceiling-pg"].append(ceiling_pg(opts.postgres, opts.duration, rows_per_copy=500))
-            res["ndjson-pg"].append(ndjson_pg(opts.postgres, opts.duration))
-            res["ndjson-pg-views"].append(ndjson_pg(opts.postgres, opts.duration, views=VIEWS))
-    lines = [f"runs: {opts.runs} x {opts.duration}, medians; machine: {os.cpu_count()} cores"]
-    backends = [("SQLite", "ceiling-sqlite", "ndjson", "ndjson-views")]
+            res["ndjson-pg"].append(ndjson_pg(opts.postgres, opts.duration, extra=extra))
+            res["ndjson-pg-views"].append(ndjson_pg(opts.postgres, opts.duration, views=views, extra=extra))
+    lines = [f"runs: {opts.runs} x {opts.duration}, medians; {label}; machine: {os.cpu_count()} cores"]
+    backends = [] if opts.only_postgres else [("SQLite", "ceiling-sqlite", "ndjson", "ndjson-views")]
     if opts.postgres:
         backends.append(("PostgreSQL", "ceiling-pg", "ndjson-pg", "ndjson-pg-views"))
     for label, ceiling_key, plain_key, views_key in backends:
@@ -308,7 +340,7 @@ def views_bench(opts):
         with_views = median(res[views_key], "sustained_per_sec")
         lines.append(
             f"{label}: ceiling {ceiling:,.0f} rows/s; NDJSON without views {plain:,.0f} events/s "
-            f"({100 * plain / ceiling:.0f}% of it), with five views {with_views:,.0f} events/s "
+            f"({100 * plain / ceiling:.0f}% of it), with the views {with_views:,.0f} events/s "
             f"({100 * with_views / ceiling:.0f}%) = {100 * with_views / plain:.0f}% of the intake without views; "
             f"peak RSS {median(res[plain_key], 'peak_rss_mb'):.0f} / {median(res[views_key], 'peak_rss_mb'):.0f} MB "
             f"(runs without {[round(r['sustained_per_sec']) for r in res[plain_key]]}, "
@@ -376,6 +408,91 @@ def views_scale_bench(opts):
             f"peak RSS {runs['without']['peak_rss_mb']:.0f} MB without views, {with_views['peak_rss_mb']:.0f} MB with; "
             f"24 h series at 1 m (median of 5): {reads}"
         )
+    print("\n".join(lines))
+
+
+def views_groups_bench(opts):
+    """Five views of 1,000 active groups each: every event from one of 1,000 customers."""
+    return views_bench(opts, views=GROUP_VIEWS, extra=["--customers", "1000"], label="five views of 1,000 groups")
+
+
+def history_run(duration, env, make_view):
+    """A full NDJSON load (4 connections, 1000 events a request, 1,000 customers); a third of the
+    way in, if `make_view`, a view grouped by customer is made and its history computed while the
+    load goes on. /ready is asked every 100 ms throughout."""
+    server = Server(["serve", "--listen", "127.0.0.1:0"], env={"DASH_DATA_DIR": "data", **(env or {})})
+    try:
+        secret = http_json("POST", server.base + "/api/pipelines", {"name": "bench"})["secret"]
+        args = [
+            DASHD, "bench", "--url", server.base, "--pipeline", "bench", "--secret", secret, "--concurrency", "4",
+            "--duration", duration, "--batch", "1000", "--json", "--customers", "1000",
+        ]
+        loader = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        seconds = float(duration.rstrip("s"))
+        made = done = None
+        ready_checks, not_ready = 0, 0
+        while loader.poll() is None or (made is not None and done is None and time.monotonic() - made < 300):
+            now = time.monotonic()
+            if make_view and made is None and now - started >= seconds / 3:
+                http_json("POST", server.base + "/api/pipelines/bench/views", GROUP_VIEWS[0])
+                made = now
+            if made is not None and done is None:
+                view = http_json("GET", server.base + "/api/pipelines/bench/views/orders-by-customer")
+                if view["backfill"]["done"]:
+                    done = now
+                    events = view["backfill"]["events_done"]
+            try:
+                with urllib.request.urlopen(server.base + "/ready", timeout=5) as response:
+                    ok = response.status == 200
+            except urllib.error.HTTPError:
+                ok = False
+            ready_checks += 1
+            not_ready += 0 if ok else 1
+            time.sleep(0.1)
+        report = json.loads(loader.communicate()[0].strip().splitlines()[-1])
+        report["ready_checks"], report["not_ready"] = ready_checks, not_ready
+        if made is not None:
+            report["history_secs"] = (done - made) if done else None
+            report["history_events"] = events if done else None
+        return report
+    finally:
+        server.stop()
+
+
+def views_history_bench(opts):
+    """Intake with and without a view made a third of the way into the load (its history then
+    computed under full load), on SQLite (and PostgreSQL): ack latency, /ready, the history's
+    time."""
+    duration = "30s" if not opts.quick else "6s"
+    backends = [] if opts.only_postgres else [("SQLite", {})]
+    if opts.postgres:
+        backends.append(("PostgreSQL", None))
+    lines = [f"runs: {opts.runs} x {duration}; a view made at a third of the load; {os.cpu_count()} cores"]
+    for label, env in backends:
+        runs = {"plain": [], "view": []}
+        for run in range(opts.runs):
+            for kind in runs:
+                print(f"{label} history run {run + 1}/{opts.runs} ({kind})", file=sys.stderr)
+                db, run_env = None, env
+                if env is None:
+                    db, url = fresh_pg(opts.postgres)
+                    run_env = {"DATABASE_URL": url}
+                try:
+                    runs[kind].append(history_run(duration, run_env, kind == "view"))
+                finally:
+                    if db:
+                        drop_pg(opts.postgres, db)
+        for kind, reports in runs.items():
+            lines.append(
+                f"{label} {kind}: {median(reports, 'events_per_sec'):,.0f} events/s accepted, ack p99 "
+                f"{median(reports, 'ack_p99_ms'):.0f} ms max {median(reports, 'ack_max_ms'):.0f} ms, rejected "
+                f"{[r['rejected'] for r in reports]}, /ready not ok {[r['not_ready'] for r in reports]} of "
+                f"{[r['ready_checks'] for r in reports]}"
+                + (f", history {[r.get('history_events') for r in reports]} events in "
+                   f"{[round(r['history_secs'], 1) if r.get('history_secs') else None for r in reports]} s"
+                   if kind == "view" else "")
+            )
     print("\n".join(lines))
 
 

@@ -36,6 +36,7 @@ mod sqlite;
 pub mod testing;
 mod timescale;
 mod verify;
+mod view_history;
 mod views;
 
 use std::time::Duration;
@@ -52,9 +53,9 @@ pub use refusals::{REFUSALS_KEPT, RefusalCount, Refusals};
 pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
 pub use verify::ProviderAuth;
+pub use view_history::BACKFILL_STEP_EVENTS;
 pub use views::{
-    BACKFILL_STEP_EVENTS, BackfillProgress, MAX_VIEW_READ_BYTES, PendingBackfill, PutMode, ViewRecord, ViewWrite,
-    merge_by_minute,
+    BackfillProgress, MAX_VIEW_READ_BYTES, PendingBackfill, PutMode, ViewRecord, ViewWrite, merge_by_minute,
 };
 
 /// Most buckets [`Store::series`] computes, whoever asks (the API allows fewer).
@@ -484,6 +485,8 @@ struct UpdatedPipeline {
     last_event_at_ms: Option<i64>,
     /// Rises with every change of the pipeline's views (see `views.rs`).
     views_version: i64,
+    /// Changes with every change of its views' groups (see `views.rs`).
+    groups_tag: i64,
 }
 
 impl BatchOutcome {

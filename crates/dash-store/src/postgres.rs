@@ -123,12 +123,15 @@ SET seq = p.seq + 1,
     last_event_at = GREATEST(p.last_event_at, t.newest)
 FROM locked JOIN totals t ON t.id = locked.id
 WHERE p.id = locked.id
-RETURNING p.id, p.seq, p.event_count, p.duplicate_count, p.last_event_at, p.views_version";
+RETURNING p.id, p.seq, p.event_count, p.duplicate_count, p.last_event_at, p.views_version, p.groups_tag";
 
 /// The events table's columns, the same on both layouts. `json` keeps the payload as sent;
 /// `event_type` is the type where it is not the payload's own (migration 0010).
+/// `batch_xid`: the transaction that wrote the row, which a view's history reads against its cut
+/// (migration 0012, view_history.rs).
 pub(crate) const EVENTS_COLUMNS: &str = "pipeline_id TEXT NOT NULL, event_id TEXT NOT NULL, \
-    event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL, event_type TEXT";
+    event_time TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, payload JSON NOT NULL, event_type TEXT, \
+    batch_xid xid8 DEFAULT pg_current_xact_id()";
 
 const PIPELINE_COLUMNS: &str =
     "id, name, created_at, seq, event_count, duplicate_count, last_event_at, retention_ms, set_aside_count, verify";
@@ -137,7 +140,7 @@ fn ts_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn from_ms(ms: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
@@ -682,13 +685,14 @@ impl StagedPg {
                 duplicates: row.try_get(3)?,
                 last_event_at_ms: row.try_get::<Option<DateTime<Utc>>, _>(4)?.map(ts_ms),
                 views_version: row.try_get(5)?,
+                groups_tag: row.try_get(6)?,
             };
             updated.insert(id, totals);
         }
-        let versions: HashMap<String, i64> = updated
+        let versions: HashMap<String, (i64, i64)> = updated
             .iter()
             .filter(|(id, _)| self.tally.get(id.as_str()).is_some_and(|t| t.inserted > 0))
-            .map(|(id, row)| (id.clone(), row.views_version))
+            .map(|(id, row)| (id.clone(), (row.views_version, row.groups_tag)))
             .collect();
         let mut touches =
             crate::views::count_batch_pg(&mut self.tx, &self.views, &versions, events, &self.fresh).await?;

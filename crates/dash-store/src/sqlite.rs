@@ -17,10 +17,10 @@ use crate::{
     ROTATION_GRACE, SeriesPoint, StoreError, StoredEvent, UpdatedPipeline, minute_of,
 };
 
-/// Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
 /// A new event of a batch, for the pipelines' views: pipeline, time, payload, type of its own.
 type FreshEvent<'a> = (Cow<'a, str>, i64, Cow<'a, str>, Option<Cow<'a, str>>);
 
+/// Rows per INSERT statement (7 parameters each, well under SQLite's 32766).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 #[derive(Clone)]
@@ -204,9 +204,14 @@ impl SqliteStore {
         let mut fresh: Vec<FreshEvent<'_>> = Vec::with_capacity(events.len());
 
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // The batch's number: a view made later counts its events as history (its cut, see
+        // view_history.rs), one made earlier counts them live below.
+        let batch: i64 = sqlx::query_scalar("UPDATE event_batches SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut *tx)
+            .await?;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload, event_type) ",
+                "INSERT INTO events (pipeline_id, event_id, event_time, received_at, payload, event_type, batch_seq) ",
             );
             insert.push_values(chunk, |mut row, e| {
                 row.push_bind(&*e.pipeline)
@@ -214,7 +219,8 @@ impl SqliteStore {
                     .push_bind(e.event.time_ms)
                     .push_bind(e.event.received_ms)
                     .push_bind(&e.event.payload)
-                    .push_bind(e.event.event_type.as_deref());
+                    .push_bind(e.event.event_type.as_deref())
+                    .push_bind(batch);
             });
             insert.push(" ON CONFLICT (pipeline_id, event_id) DO NOTHING");
             let result = insert.build().execute(&mut *tx).await?;
@@ -268,7 +274,7 @@ impl SqliteStore {
                 "UPDATE pipelines SET seq = seq + 1, event_count = event_count + ?1, \
                  duplicate_count = duplicate_count + ?2, \
                  last_event_at = COALESCE(MAX(last_event_at, ?3), last_event_at, ?3) \
-                 WHERE id = ?4 RETURNING seq, event_count, duplicate_count, last_event_at, views_version",
+                 WHERE id = ?4 RETURNING seq, event_count, duplicate_count, last_event_at, views_version, groups_tag",
             )
             .bind(t.inserted)
             .bind(t.received - t.inserted)
@@ -283,6 +289,7 @@ impl SqliteStore {
                     duplicates: row.try_get(2)?,
                     last_event_at_ms: row.try_get(3)?,
                     views_version: row.try_get(4)?,
+                    groups_tag: row.try_get(5)?,
                 }),
                 None => None,
             };
@@ -292,8 +299,14 @@ impl SqliteStore {
                         .iter()
                         .filter(|(p, _, _, _)| p == pipeline)
                         .map(|(_, time, payload, event_type)| (*time, payload.as_ref(), event_type.as_deref()));
-                    crate::views::count_batch_sqlite(&mut tx, &self.views, pipeline, row.views_version, of_pipeline)
-                        .await?
+                    crate::views::count_batch_sqlite(
+                        &mut tx,
+                        &self.views,
+                        pipeline,
+                        (row.views_version, row.groups_tag),
+                        of_pipeline,
+                    )
+                    .await?
                 }
                 _ => Vec::new(),
             };

@@ -314,40 +314,105 @@ async fn views_equal_a_computation_from_scratch_on_postgres() {
     backend.cleanup().await;
 }
 
-#[tokio::test]
+/// A view's groups stay within `max_groups` across batches (whose groups are kept between
+/// batches) and across its history (which names groups of its own meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_views_groups_are_bounded_and_the_rest_is_other() {
-    let backend = sqlite().await;
-    let store = &backend.store;
-    store.create_pipeline("many").await.unwrap();
-    let mut spec = ViewSpec::count();
-    spec.group_by = Some("/k".into());
-    spec.max_groups = 3;
-    store.put_view("many", "by-k", &spec, PutMode::Create).await.unwrap();
-    let now = dash_domain::now_ms();
-    let batch: Vec<BatchEvent> = (0..100)
+    let mut backends = vec![sqlite().await];
+    if let Some(admin) = testing::admin_url() {
+        backends.push(postgres(&admin).await);
+    }
+    for backend in backends {
+        let store = &backend.store;
+        store.create_pipeline("many").await.unwrap();
+        let mut spec = ViewSpec::count();
+        spec.group_by = Some("/k".into());
+        spec.max_groups = 3;
+        let now = dash_domain::now_ms();
+        let batch = |from: u32| -> Vec<BatchEvent> {
+            (from..from + 100)
+                .map(|i| BatchEvent {
+                    pipeline: "many".into(),
+                    event: Event {
+                        id: format!("{i}"),
+                        time_ms: now,
+                        received_ms: now,
+                        payload: format!(r#"{{"k":"v{i}"}}"#),
+                        event_type: None,
+                    },
+                })
+                .collect()
+        };
+        store.put_view("many", "live", &spec, PutMode::Create).await.unwrap();
+        store.write_batch(&batch(0)).await.unwrap();
+        store.write_batch(&batch(100)).await.unwrap();
+        // Made after two batches: its history names its groups while batches go on.
+        store.put_view("many", "later", &spec, PutMode::Create).await.unwrap();
+        let pending = store.pending_backfills().await.unwrap();
+        let later = pending.iter().find(|p| p.view == "later").unwrap();
+        store.backfill_step("many", "later", later.generation, 50).await.unwrap();
+        store.write_batch(&batch(200)).await.unwrap();
+        finish_histories(store, "many").await;
+        store.write_batch(&batch(300)).await.unwrap();
+        for view in ["live", "later"] {
+            let cells = store.view_minutes("many", view, i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+            let groups: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
+            assert_eq!(groups.len(), 4, "{view}: {groups:?}");
+            assert_eq!(groups.get("(other)"), Some(&397), "{view}: {groups:?}");
+        }
+        backend.cleanup().await;
+    }
+}
+
+/// Ten events of pipeline `pipeline` at `now`, ids from `from`, alternately in groups v0 and v1.
+fn ten(pipeline: &str, from: u32, now: i64) -> Vec<BatchEvent> {
+    (from..from + 10)
         .map(|i| BatchEvent {
-            pipeline: "many".into(),
+            pipeline: pipeline.into(),
             event: Event {
                 id: format!("{i}"),
                 time_ms: now,
                 received_ms: now,
-                payload: format!(r#"{{"k":"v{i}"}}"#),
+                payload: format!(r#"{{"k":"v{}"}}"#, i % 2),
                 event_type: None,
             },
         })
-        .collect();
-    store.write_batch(&batch).await.unwrap();
-    let cells = store.view_minutes("many", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
-    let groups: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
-    assert_eq!(groups.len(), 4, "{groups:?}");
-    assert_eq!(groups.get("(other)"), Some(&97));
-    backend.cleanup().await;
+        .collect()
 }
 
-/// A stored state that cannot be read (damage, a newer release's format) never stops a
-/// pipeline's batches: the view is computed again from the events.
+async fn execute(store: &Store, sql: &str, bytes: &[u8]) {
+    match store {
+        Store::Sqlite(s) => sqlx::query(sqlx::AssertSqlSafe(sql)).bind(bytes).execute(&s.writer).await.map(|_| ()),
+        Store::Postgres(s) => sqlx::query(sqlx::AssertSqlSafe(sql)).bind(bytes).execute(s.pool()).await.map(|_| ()),
+    }
+    .unwrap();
+}
+
+async fn state_of(store: &Store, pipeline: &str, group: &str) -> Vec<u8> {
+    const SQL: &str = "SELECT state FROM view_minutes WHERE pipeline_id = $1 AND grp = $2";
+    match store {
+        Store::Sqlite(s) => sqlx::query_scalar(SQL).bind(pipeline).bind(group).fetch_one(&s.writer).await.unwrap(),
+        Store::Postgres(s) => sqlx::query_scalar(SQL).bind(pipeline).bind(group).fetch_one(s.pool()).await.unwrap(),
+    }
+}
+
+async fn finish_histories(store: &Store, pipeline: &str) {
+    loop {
+        let pending: Vec<_> =
+            store.pending_backfills().await.unwrap().into_iter().filter(|p| p.pipeline == pipeline).collect();
+        if pending.is_empty() {
+            return;
+        }
+        for p in pending {
+            store.backfill_step(pipeline, &p.view, p.generation, 7).await.unwrap();
+        }
+    }
+}
+
+/// A stored state that cannot be read at all (damage) never stops a pipeline's batches: the
+/// batch leaves the view out, and its next history step starts it over from the events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_state_has_its_view_computed_again() {
+async fn a_damaged_state_has_its_view_computed_again() {
     let mut backends = vec![sqlite().await];
     if let Some(admin) = testing::admin_url() {
         backends.push(postgres(&admin).await);
@@ -359,38 +424,162 @@ async fn an_unreadable_state_has_its_view_computed_again() {
         spec.group_by = Some("/k".into());
         store.put_view("hurt", "by-k", &spec, PutMode::Create).await.unwrap();
         let now = dash_domain::now_ms();
-        let batch = |from: u32| -> Vec<BatchEvent> {
-            (from..from + 10)
-                .map(|i| BatchEvent {
-                    pipeline: "hurt".into(),
-                    event: Event {
-                        id: format!("{i}"),
-                        time_ms: now,
-                        received_ms: now,
-                        payload: format!(r#"{{"k":"v{}"}}"#, i % 2),
-                        event_type: None,
-                    },
-                })
-                .collect()
-        };
-        store.write_batch(&batch(0)).await.unwrap();
-        let damage = "UPDATE view_minutes SET state = $1 WHERE pipeline_id = 'hurt'";
-        let bytes: Vec<u8> = vec![0xff, 0x01, 0x02];
-        match store {
-            Store::Sqlite(s) => sqlx::query(damage).bind(&bytes).execute(&s.writer).await.map(|_| ()).unwrap(),
-            Store::Postgres(s) => sqlx::query(damage).bind(&bytes).execute(s.pool()).await.map(|_| ()).unwrap(),
-        }
-        store.write_batch(&batch(10)).await.expect("the batch is stored whatever the view holds");
+        store.write_batch(&ten("hurt", 0, now)).await.unwrap();
+        finish_histories(store, "hurt").await;
+        execute(store, "UPDATE view_minutes SET state = $1 WHERE pipeline_id = 'hurt'", &[0x00, 0x01, 0x02]).await;
+        store.write_batch(&ten("hurt", 10, now)).await.expect("the batch is stored whatever the view holds");
         assert_eq!(store.find_pipeline("hurt").await.unwrap().unwrap().stats.count, 20);
         let pending = store.pending_backfills().await.unwrap();
         assert_eq!(pending.len(), 1, "{pending:?}");
-        assert_eq!(pending[0].generation, 2);
-        while !store.backfill_step("hurt", "by-k", 2, 100).await.unwrap().unwrap().done {}
+        assert_eq!(store.backfill_step("hurt", "by-k", 1, 100).await.unwrap(), None, "the step starts it over");
+        let pending = store.pending_backfills().await.unwrap();
+        assert_eq!(pending[0].generation, 2, "{pending:?}");
+        finish_histories(store, "hurt").await;
         let cells = store.view_minutes("hurt", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
         let counts: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
         assert_eq!(counts, BTreeMap::from([("v0".to_owned(), 10), ("v1".to_owned(), 10)]));
         backend.cleanup().await;
     }
+}
+
+/// A rolling upgrade: a state written by a newer release (a later format) is neither read nor
+/// written over by this one, and the view is not started over; its other states go on counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_releases_state_is_left_alone() {
+    let mut backends = vec![sqlite().await];
+    if let Some(admin) = testing::admin_url() {
+        backends.push(postgres(&admin).await);
+    }
+    for backend in backends {
+        let store = &backend.store;
+        store.create_pipeline("later").await.unwrap();
+        let mut spec = ViewSpec::count();
+        spec.group_by = Some("/k".into());
+        store.put_view("later", "by-k", &spec, PutMode::Create).await.unwrap();
+        let now = dash_domain::now_ms();
+        store.write_batch(&ten("later", 0, now)).await.unwrap();
+        finish_histories(store, "later").await;
+        let future = [dash_views::STATE_VERSION + 1, 0xaa, 0xbb];
+        execute(store, "UPDATE view_minutes SET state = $1 WHERE pipeline_id = 'later' AND grp = 'v0'", &future).await;
+
+        store.write_batch(&ten("later", 10, now)).await.expect("the batch is stored");
+        assert!(store.pending_backfills().await.unwrap().is_empty(), "the view is not started over");
+        assert_eq!(store.find_view("later", "by-k").await.unwrap().unwrap().generation, 1);
+        assert_eq!(state_of(store, "later", "v0").await, future, "the newer state is as it was");
+        let cells = store.view_minutes("later", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+        let counts: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
+        assert_eq!(counts, BTreeMap::from([("v1".to_owned(), 10)]), "read without the newer state");
+
+        // Its history, computed again, leaves the newer state as it is too.
+        let mut changed = spec.clone();
+        changed.max_groups = 50;
+        store.put_view("later", "by-k", &changed, PutMode::Replace).await.unwrap();
+        finish_histories(store, "later").await;
+        backend.cleanup().await;
+    }
+}
+
+/// One minute of 200,000 events, with views made, changed and deleted while it is written and
+/// their histories computed meanwhile: every batch commits, and every view ends exact.
+async fn a_busy_minute(store: &Store) {
+    const BATCHES: u32 = 200;
+    const PER_BATCH: u32 = 1000;
+    const GROUPS: u32 = 40;
+    let pipeline = "busy";
+    store.create_pipeline(pipeline).await.unwrap();
+    let minute = {
+        let now = dash_domain::now_ms();
+        now - now.rem_euclid(60_000)
+    };
+    let (made_tx, mut made_rx) = tokio::sync::watch::channel(0u32);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let batch: Vec<BatchEvent> = (0..PER_BATCH)
+                    .map(|i| {
+                        let n = b * PER_BATCH + i;
+                        BatchEvent {
+                            pipeline: pipeline.into(),
+                            event: Event {
+                                id: format!("e{n:07}"),
+                                time_ms: minute + i64::from(n % 60_000),
+                                received_ms: minute,
+                                payload: format!(r#"{{"k":"g{}","amount":{}}}"#, n % GROUPS, n % 7),
+                                event_type: None,
+                            },
+                        }
+                    })
+                    .collect();
+                store.write_batch(&batch).await.unwrap_or_else(|e| panic!("batch {b} failed: {e}"));
+                made_tx.send_replace(b + 1);
+            }
+        })
+    };
+    let mut by_k = ViewSpec::count();
+    by_k.group_by = Some("/k".into());
+    let mut sum = ViewSpec::count();
+    sum.aggregate = Aggregate::Sum;
+    sum.field = Some("/amount".into());
+    // Made a quarter of the way in, changed half way, one deleted at three quarters.
+    made_rx.wait_for(|b| *b >= BATCHES / 4).await.unwrap();
+    store.put_view(pipeline, "by-k", &by_k, PutMode::Create).await.unwrap();
+    store.put_view(pipeline, "sum", &ViewSpec::count(), PutMode::Create).await.unwrap();
+    store.put_view(pipeline, "gone", &by_k, PutMode::Create).await.unwrap();
+    let mut changed = false;
+    let mut deleted = false;
+    loop {
+        let written = *made_rx.borrow();
+        if !changed && written >= BATCHES / 2 {
+            store.put_view(pipeline, "sum", &sum, PutMode::Replace).await.unwrap();
+            changed = true;
+        }
+        if !deleted && written >= BATCHES * 3 / 4 {
+            assert!(store.delete_view(pipeline, "gone").await.unwrap());
+            deleted = true;
+        }
+        let pending: Vec<_> =
+            store.pending_backfills().await.unwrap().into_iter().filter(|p| p.pipeline == pipeline).collect();
+        if pending.is_empty() && writer.is_finished() {
+            break;
+        }
+        for p in pending {
+            store.backfill_step(pipeline, &p.view, p.generation, crate::BACKFILL_STEP_EVENTS).await.unwrap();
+        }
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    finish_histories(store, pipeline).await;
+
+    let total = BATCHES * PER_BATCH;
+    let cells = store.view_minutes(pipeline, "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, group, cell) in cells {
+        *counts.entry(group).or_default() += cell.n;
+    }
+    let expected: BTreeMap<String, u64> = (0..GROUPS).map(|g| (format!("g{g}"), u64::from(total / GROUPS))).collect();
+    assert_eq!(counts, expected);
+    let cells = store.view_minutes(pipeline, "sum", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+    let (n, amount) = cells.iter().fold((0, 0.0), |(n, a), (_, _, c)| (n + c.n, a + c.value(Aggregate::Sum).unwrap()));
+    assert_eq!(n, u64::from(total));
+    assert_eq!(amount, f64::from((0..total).map(|n| n % 7).sum::<u32>()));
+    assert!(store.find_view(pipeline, "gone").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_minute_never_fails_a_batch() {
+    let backend = sqlite().await;
+    a_busy_minute(&backend.store).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn a_busy_minute_never_fails_a_batch_on_postgres() {
+    let admin = testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server these tests run on");
+    let backend = postgres(&admin).await;
+    a_busy_minute(&backend.store).await;
+    backend.cleanup().await;
 }
 
 #[test]

@@ -5,18 +5,19 @@
 //!   knows another version reads the definitions again, so a batch counts into exactly the views
 //!   that existed when it took the lock. Its new events (never duplicates) are merged into the
 //!   stored states of their view, group and minute before it commits.
-//! - **History.** Making or changing a view starts a backfill ([`Store::backfill_step`]): minute
-//!   by minute, in order, under the same lock, it replaces the view's states of a span with a
-//!   computation over the events stored in it. Live batches count into every minute meanwhile;
-//!   a recomputed span holds every event committed before the step, and batches after it add
-//!   theirs, so the cut-over neither misses nor counts twice.
+//! - **History.** Making or changing a view records its cut: which batches had committed. The
+//!   events of those batches are its history, counted a bounded step at a time (see
+//!   [`crate::view_history`]); every later batch counts live, so each event is counted once.
+//! - **States of a newer release** (a rolling upgrade) are left as they are: not read, not
+//!   written over, counted in `dash_view_states_skipped_total`. A state that cannot be read at
+//!   all starts its view over.
 
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use dash_domain::{ViewTouch, format_ms, now_ms};
-use dash_views::{BatchCounter, Cell, CountedView, Groups, ViewReader, ViewSpec};
+use dash_views::{BatchCounter, Cell, CountedView, Groups, UnreadableState, ViewReader, ViewSpec};
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::Sqlite;
@@ -24,10 +25,6 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row};
 
 use crate::{BatchEvent, Store, StoreError};
-
-/// Events one backfill step recomputes at most (whole minutes: a minute with more is done
-/// alone). The step holds its pipeline's lock meanwhile, so batches of that pipeline wait.
-pub const BACKFILL_STEP_EVENTS: i64 = 20_000;
 
 /// Most bytes of stored states one read of a view takes in.
 pub const MAX_VIEW_READ_BYTES: usize = 64 << 20;
@@ -95,39 +92,95 @@ impl PipelineViews {
     }
 }
 
-/// The definitions each pipeline's batches count into, by `views_version`; shared by a store's
-/// clones. A stale entry costs one read: every batch checks the version under its lock.
+/// The definitions each pipeline's batches count into, by `views_version`, and each pipeline's
+/// views' groups, by `groups_tag`; shared by a store's clones. A stale entry costs one read:
+/// every batch checks the version and the tag under its lock.
 #[derive(Clone, Default)]
-pub(crate) struct ViewCache(Arc<Mutex<HashMap<String, Arc<PipelineViews>>>>);
+pub(crate) struct ViewCache {
+    definitions: Arc<Mutex<HashMap<String, Arc<PipelineViews>>>>,
+    groups: Arc<Mutex<HashMap<String, TaggedGroups>>>,
+}
+
+/// A pipeline's views' groups (by view) as stored under a groups tag.
+type TaggedGroups = (i64, HashMap<String, Groups>);
+
+/// Pipelines a [`ViewCache`] keeps at most (of each kind); past it, it starts empty again.
+const CACHED_PIPELINES: usize = 10_000;
 
 impl ViewCache {
     fn get(&self, pipeline: &str, version: i64) -> Option<Arc<PipelineViews>> {
-        let cache = self.0.lock();
+        let cache = self.definitions.lock();
         cache.get(pipeline).filter(|v| v.version == version).cloned()
     }
 
     fn put(&self, pipeline: &str, views: PipelineViews) -> Arc<PipelineViews> {
         let views = Arc::new(views);
-        let mut cache = self.0.lock();
-        if cache.len() > 10_000 {
+        let mut cache = self.definitions.lock();
+        if cache.len() > CACHED_PIPELINES {
             cache.clear();
         }
         cache.insert(pipeline.to_owned(), views.clone());
         views
     }
+
+    /// The pipeline's views' groups as stored under `tag` (clones share them).
+    fn groups(&self, pipeline: &str, tag: i64) -> Option<HashMap<String, Groups>> {
+        let cache = self.groups.lock();
+        cache.get(pipeline).filter(|(kept, _)| *kept == tag).map(|(_, groups)| groups.clone())
+    }
+
+    fn put_groups(&self, pipeline: &str, tag: i64, groups: HashMap<String, Groups>) {
+        let mut cache = self.groups.lock();
+        if cache.len() > CACHED_PIPELINES {
+            cache.clear();
+        }
+        cache.insert(pipeline.to_owned(), (tag, groups));
+    }
+
+    /// After a batch that committed under `tag` and recorded `added` (view, group) as `new_tag`:
+    /// the groups stored now. Kept only if the batch commits, since only then does any batch
+    /// read `new_tag`.
+    fn settle_groups(&self, pipeline: &str, base: &HashMap<String, Groups>, added: &[(String, String)], new_tag: i64) {
+        let mut by_view: HashMap<&str, Vec<String>> = HashMap::new();
+        for (view, group) in added {
+            by_view.entry(view.as_str()).or_default().push(group.clone());
+        }
+        let mut settled: HashMap<String, Groups> =
+            base.iter().map(|(view, groups)| (view.clone(), groups.with_added(&[]))).collect();
+        for (view, groups) in by_view {
+            let entry = settled.entry(view.to_owned()).or_default();
+            *entry = entry.with_added(&groups);
+        }
+        self.put_groups(pipeline, new_tag, settled);
+    }
 }
 
-/// One state to write: view, minute, group, encoded cell.
-struct StateRows {
+/// A new tag for a pipeline's groups, set whenever they change: random (a v7 UUID's 62 random
+/// bits and its variant), so a tag set by a transaction that rolled back is never read.
+fn new_groups_tag() -> i64 {
+    uuid::Uuid::now_v7().as_u64_pair().1 as i64
+}
+
+/// Records a change of a pipeline's groups.
+const SET_GROUPS_TAG: &str = "UPDATE pipelines SET groups_tag = $2 WHERE id = $1";
+
+/// States to write: view, minute, group, encoded cell.
+pub(crate) struct StateRows {
     views: Vec<String>,
     minutes: Vec<i64>,
     groups: Vec<String>,
     states: Vec<Vec<u8>>,
 }
 
-/// Changes of one pipeline's batch, per view, with the groups first seen.
-struct PipelineChanges {
-    per_view: Vec<CountedView>,
+/// A stored state's key: view, minute, group.
+type StateKey = (String, i64, String);
+
+/// A stored state as read back: view, minute, group, bytes.
+pub(crate) type StoredRow = (String, i64, String, Vec<u8>);
+
+/// Changes of one pipeline's batch (or history step), per view, with the groups first seen.
+pub(crate) struct PipelineChanges {
+    pub(crate) per_view: Vec<CountedView>,
 }
 
 impl PipelineChanges {
@@ -145,7 +198,7 @@ impl PipelineChanges {
     }
 
     /// Leaves out the views in `broken` (their stored states could not be read).
-    fn without(mut self, broken: &std::collections::HashSet<String>) -> Self {
+    fn without(mut self, broken: &HashSet<String>) -> Self {
         self.per_view.retain(|counted| !broken.contains(&counted.view));
         self
     }
@@ -159,19 +212,36 @@ impl PipelineChanges {
             .collect()
     }
 
-    /// Merges the changes into `stored` (the states already there, by view, minute and group).
-    fn merged(self, mut stored: HashMap<(String, i64, String), Cell>) -> (StateRows, Vec<(String, String)>) {
+    /// The keys of the states the changes touch: view, minute, group.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = (&str, i64, &str)> {
+        self.per_view.iter().flat_map(|CountedView { view, changes, .. }| {
+            changes.keys().into_iter().map(move |(minute, group)| (view.as_str(), minute, group))
+        })
+    }
+
+    /// Merges the changes into `stored` (the states already there, by view, minute and group),
+    /// leaving out the keys in `newer`: states of a newer release stay as they are.
+    pub(crate) fn merged(
+        self,
+        mut stored: HashMap<StateKey, Cell>,
+        newer: &HashSet<StateKey>,
+    ) -> (StateRows, Vec<(String, String)>) {
         let mut rows = StateRows { views: Vec::new(), minutes: Vec::new(), groups: Vec::new(), states: Vec::new() };
         let mut new_groups = Vec::new();
         for CountedView { view, changes, new_groups: added } in self.per_view {
             for ((minute, group), cell) in changes.into_cells() {
-                let state = match stored.remove(&(view.clone(), minute, group.clone())) {
+                let key = (view.clone(), minute, group);
+                if newer.contains(&key) {
+                    continue;
+                }
+                let state = match stored.remove(&key) {
                     Some(mut old) => {
                         old.merge(&cell);
                         old.encode()
                     }
                     None => cell.encode(),
                 };
+                let (_, _, group) = key;
                 rows.views.push(view.clone());
                 rows.minutes.push(minute);
                 rows.groups.push(group);
@@ -183,11 +253,43 @@ impl PipelineChanges {
     }
 }
 
-fn decode_state(bytes: &[u8]) -> Result<Cell, StoreError> {
-    Cell::decode(bytes).map_err(|e| StoreError::UnreadableView(e.to_string()))
+/// States as read back for merging: the readable ones by key, the keys of states a newer
+/// release wrote (left alone), and the views with a state that cannot be read at all.
+#[derive(Default)]
+pub(crate) struct StoredStates {
+    pub(crate) cells: HashMap<StateKey, Cell>,
+    pub(crate) newer: HashSet<StateKey>,
+    pub(crate) broken: HashSet<String>,
 }
 
-fn spec_from(text: &str) -> Result<ViewSpec, StoreError> {
+/// Decodes a pipeline's stored states (view, minute, group, bytes) for merging.
+pub(crate) fn decode_stored(pipeline: &str, rows: impl IntoIterator<Item = StoredRow>) -> StoredStates {
+    let mut stored = StoredStates::default();
+    for (view, minute, group, state) in rows {
+        match Cell::decode(&state) {
+            Ok(cell) => {
+                stored.cells.insert((view, minute, group), cell);
+            }
+            Err(err @ UnreadableState::Newer(_)) => {
+                newer_state_skipped(pipeline, &view, &err);
+                stored.newer.insert((view, minute, group));
+            }
+            Err(err) => {
+                tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
+                stored.broken.insert(view);
+            }
+        }
+    }
+    stored
+}
+
+/// A state written by a newer release, met and left alone (a rolling upgrade under way).
+fn newer_state_skipped(pipeline: &str, view: &str, err: &UnreadableState) {
+    metrics::counter!("dash_view_states_skipped_total").increment(1);
+    tracing::warn!(pipeline, view, error = %err, "a view state of a newer release is left as it is");
+}
+
+pub(crate) fn spec_from(text: &str) -> Result<ViewSpec, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::UnreadableView(e.to_string()))
 }
 
@@ -367,33 +469,6 @@ impl Store {
             .collect())
     }
 
-    /// Recomputes the next span of a view's history (at most `max_events` events, see
-    /// [`BACKFILL_STEP_EVENTS`];
-    /// whole minutes) from the stored events, under the pipeline's lock. `None` when the view is
-    /// gone or has moved to another generation (that generation's backfill takes over).
-    pub async fn backfill_step(
-        &self,
-        pipeline: &str,
-        view: &str,
-        generation: i64,
-        max_events: i64,
-    ) -> Result<Option<BackfillProgress>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
-                let progress = backfill_sqlite(&mut tx, pipeline, view, generation, max_events).await?;
-                tx.commit().await?;
-                Ok(progress)
-            }
-            Store::Postgres(s) => {
-                let mut tx = s.pool.begin().await?;
-                let progress = backfill_pg(&mut tx, pipeline, view, generation, max_events).await?;
-                tx.commit().await?;
-                Ok(progress)
-            }
-        }
-    }
-
     /// A view's stored minutes in `[from, to)`: (minute, group, state); one group's only if
     /// `group` is given. Read as a stream and refused ([`StoreError::ReadTooLarge`]) past
     /// `limit` states or [`MAX_VIEW_READ_BYTES`] of them.
@@ -420,7 +495,12 @@ impl Store {
             if out.len() >= limit || bytes > MAX_VIEW_READ_BYTES {
                 return Err(StoreError::ReadTooLarge);
             }
-            out.push((minute, grp, decode_state(&state)?));
+            match Cell::decode(&state) {
+                Ok(cell) => out.push((minute, grp, cell)),
+                // A newer release's state: this release cannot read it, so it is left out.
+                Err(err @ UnreadableState::Newer(_)) => newer_state_skipped(pipeline, view, &err),
+                Err(err) => return Err(StoreError::UnreadableView(err.to_string())),
+            }
             Ok(())
         };
         match self {
@@ -524,19 +604,28 @@ macro_rules! forget_states {
                 .execute(&mut *$tx)
                 .await?;
         }
+        sqlx::query(SET_GROUPS_TAG).bind($pipeline).bind(new_groups_tag()).execute(&mut *$tx).await?;
     };
 }
 
-/// Starts a view over (a new generation, its states gone, its backfill pending), with a new
-/// definition or (`None`) the one it has: a change of what it holds, or states that cannot be
-/// read. Run with its pipeline's row locked.
+/// A view's cut (see [`crate::view_history`]) taken now, in SQL: on SQLite the number of the last
+/// batch written; on PostgreSQL the snapshot of this statement, taken with the pipeline's row
+/// locked by an earlier one, so every batch committed before this change is in it.
+const SQLITE_CUT: &str = "(SELECT CAST(seq AS TEXT) FROM event_batches WHERE id = 1)";
+const POSTGRES_CUT: &str = "pg_current_snapshot()::text";
+
+/// Starts a view over (a new generation, its states gone, its history pending from a new cut),
+/// with a new definition or (`None`) the one it has: a change of what it holds, or states that
+/// cannot be read. Run with its pipeline's row locked.
 macro_rules! restart_view {
-    ($tx:expr, $pipeline:expr, $name:expr, $spec:expr, $now:expr) => {{
-        sqlx::query(
+    ($tx:expr, $cut:expr, $pipeline:expr, $name:expr, $spec:expr, $now:expr) => {{
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE views SET spec = COALESCE($3, spec), updated_at = $4, generation = generation + 1, \
              backfill_until = NULL, backfill_through = NULL, backfill_events = 0, backfill_total = NULL, \
-             backfilled_at = NULL WHERE pipeline_id = $1 AND view_id = $2",
-        )
+             backfilled_at = NULL, history_cut = {}, history_mark_time = NULL, history_mark_key = NULL, \
+             history_restart = FALSE WHERE pipeline_id = $1 AND view_id = $2",
+            $cut
+        )))
         .bind($pipeline)
         .bind($name)
         .bind($spec)
@@ -547,17 +636,41 @@ macro_rules! restart_view {
     }};
 }
 
-/// Writes a view change decided by [`decide`]: a new or recomputed view starts its backfill with
-/// nothing stored; the pipeline's `views_version` rises so batches read the definitions again.
+/// Asks for a view to be started over (a state of it cannot be read): its next history step
+/// does it, in a transaction of its own. A batch that finds such a state leaves the view out;
+/// its events are in the new cut's history.
+const REQUEST_RESTART: &str = "UPDATE views SET history_restart = TRUE, backfilled_at = NULL \
+    WHERE pipeline_id = $1 AND view_id = $2";
+
+/// Starts a view over with the definition it has (its states could not be read), on SQLite.
+pub(crate) async fn restart_sql_sqlite(
+    tx: &mut SqliteConnection,
+    pipeline: &str,
+    view: &str,
+) -> Result<(), StoreError> {
+    restart_view!(tx, SQLITE_CUT, pipeline, view, None::<&str>, now_ms());
+    Ok(())
+}
+
+/// Starts a view over with the definition it has (its states could not be read), on PostgreSQL.
+pub(crate) async fn restart_sql_pg(tx: &mut PgConnection, pipeline: &str, view: &str) -> Result<(), StoreError> {
+    restart_view!(tx, POSTGRES_CUT, pipeline, view, None::<&str>, now_ms());
+    Ok(())
+}
+
+/// Writes a view change decided by [`decide`]: a new or recomputed view starts its history from
+/// a cut taken now, with nothing stored; the pipeline's `views_version` rises so batches read the
+/// definitions again.
 macro_rules! apply_view_write {
-    ($tx:expr, $pipeline:expr, $name:expr, $text:expr, $write:expr, $now:expr) => {{
+    ($tx:expr, $cut:expr, $pipeline:expr, $name:expr, $text:expr, $write:expr, $now:expr) => {{
         match $write {
             ViewWrite::Unchanged => return Ok(()),
             ViewWrite::Created => {
-                sqlx::query(
-                    "INSERT INTO views (pipeline_id, view_id, spec, generation, created_at, updated_at) \
-                     VALUES ($1, $2, $3, 1, $4, $4)",
-                )
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO views (pipeline_id, view_id, spec, generation, created_at, updated_at, history_cut) \
+                     VALUES ($1, $2, $3, 1, $4, $4, {})",
+                    $cut
+                )))
                 .bind($pipeline)
                 .bind($name)
                 .bind($text)
@@ -574,7 +687,7 @@ macro_rules! apply_view_write {
                     .execute(&mut *$tx)
                     .await?;
             }
-            ViewWrite::Recomputing => restart_view!($tx, $pipeline, $name, Some($text), $now),
+            ViewWrite::Recomputing => restart_view!($tx, $cut, $pipeline, $name, Some($text), $now),
         }
         sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
             .bind($pipeline)
@@ -592,7 +705,7 @@ async fn apply_sqlite(
     write: ViewWrite,
     now: i64,
 ) -> Result<(), StoreError> {
-    apply_view_write!(tx, pipeline, name, text, write, now)
+    apply_view_write!(tx, SQLITE_CUT, pipeline, name, text, write, now)
 }
 
 async fn apply_pg(
@@ -603,7 +716,7 @@ async fn apply_pg(
     write: ViewWrite,
     now: i64,
 ) -> Result<(), StoreError> {
-    apply_view_write!(tx, pipeline, name, text, write, now)
+    apply_view_write!(tx, POSTGRES_CUT, pipeline, name, text, write, now)
 }
 
 /// Deletes a view, its states and groups, and raises its pipeline's `views_version`; true when
@@ -658,7 +771,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
     tx: &mut SqliteConnection,
     cache: &ViewCache,
     pipeline: &str,
-    version: i64,
+    (version, groups_tag): (i64, i64),
     fresh: impl Iterator<Item = (i64, &'e str, Option<&'e str>)>,
 ) -> Result<Vec<ViewTouch>, StoreError> {
     let views = match cache.get(pipeline, version) {
@@ -676,17 +789,39 @@ pub(crate) async fn count_batch_sqlite<'e>(
     if views.views.is_empty() {
         return Ok(Vec::new());
     }
-    let groups = groups_sqlite(tx, pipeline).await?;
-    let changes = PipelineChanges::compute(&views, groups, fresh);
+    let groups = match cache.groups(pipeline, groups_tag) {
+        Some(groups) => groups,
+        None => {
+            let groups = groups_sqlite(tx, pipeline).await?;
+            cache.put_groups(pipeline, groups_tag, groups.clone());
+            groups
+        }
+    };
+    let changes = PipelineChanges::compute(&views, groups.clone(), fresh);
     let touches = changes.touches();
     // The states already stored under the changed keys, a few statements for the whole batch.
-    let keys: Vec<(&str, i64, &str)> = changes
-        .per_view
-        .iter()
-        .flat_map(|CountedView { view, changes: c, .. }| c.keys().into_iter().map(move |(m, g)| (view.as_str(), m, g)))
-        .collect();
-    let mut stored = HashMap::new();
-    let mut broken = std::collections::HashSet::new();
+    let keys: Vec<(&str, i64, &str)> = changes.keys().collect();
+    let stored = stored_states_sqlite(tx, pipeline, &keys).await?;
+    drop(keys);
+    let StoredStates { cells, newer, broken } = decode_stored(pipeline, stored);
+    let changes = changes.without(&broken);
+    for view in &broken {
+        sqlx::query(REQUEST_RESTART).bind(pipeline).bind(view).execute(&mut *tx).await?;
+    }
+    let (rows, new_groups) = changes.merged(cells, &newer);
+    if let Some((tag, added)) = write_states_sqlite(tx, pipeline, rows, new_groups).await? {
+        cache.settle_groups(pipeline, &groups, &added, tag);
+    }
+    Ok(touches)
+}
+
+/// The states stored under `keys` (view, minute, group) of a pipeline, a few statements at most.
+pub(crate) async fn stored_states_sqlite(
+    tx: &mut SqliteConnection,
+    pipeline: &str,
+    keys: &[(&str, i64, &str)],
+) -> Result<Vec<StoredRow>, StoreError> {
+    let mut stored = Vec::new();
     for chunk in keys.chunks(SQLITE_ROWS_PER_STATEMENT) {
         let mut select: QueryBuilder<Sqlite> =
             QueryBuilder::new("SELECT view_id, minute, grp, state FROM view_minutes WHERE pipeline_id = ");
@@ -700,26 +835,9 @@ pub(crate) async fn count_batch_sqlite<'e>(
                 .push_unseparated(")");
         }
         select.push(")");
-        let rows: Vec<(String, i64, String, Vec<u8>)> = select.build_query_as().fetch_all(&mut *tx).await?;
-        for (view, minute, group, state) in rows {
-            match decode_state(&state) {
-                Ok(cell) => {
-                    stored.insert((view, minute, group), cell);
-                }
-                Err(err) => {
-                    tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
-                    broken.insert(view);
-                }
-            }
-        }
+        stored.extend(select.build_query_as::<StoredRow>().fetch_all(&mut *tx).await?);
     }
-    let changes = changes.without(&broken);
-    for view in &broken {
-        restart_view!(tx, pipeline, view, None::<&str>, now_ms());
-    }
-    let (rows, new_groups) = changes.merged(stored);
-    write_states_sqlite(tx, pipeline, rows, new_groups).await?;
-    Ok(touches)
+    Ok(stored)
 }
 
 async fn groups_sqlite(tx: &mut SqliteConnection, pipeline: &str) -> Result<HashMap<String, Groups>, StoreError> {
@@ -738,12 +856,17 @@ fn group_sets(rows: Vec<(String, String)>) -> HashMap<String, Groups> {
     by_view.into_iter().map(|(view, groups)| (view, Groups::new(groups))).collect()
 }
 
-async fn write_states_sqlite(
+/// Groups a batch or a step recorded, with the pipeline's new groups tag: `None` when none.
+pub(crate) type RecordedGroups = Option<(i64, Vec<(String, String)>)>;
+
+/// SQLite: writes a pipeline's states (over what is stored) and records its new groups (view,
+/// group), with a new groups tag.
+pub(crate) async fn write_states_sqlite(
     tx: &mut SqliteConnection,
     pipeline: &str,
     rows: StateRows,
     new_groups: Vec<(String, String)>,
-) -> Result<(), StoreError> {
+) -> Result<RecordedGroups, StoreError> {
     for start in (0..rows.views.len()).step_by(SQLITE_ROWS_PER_STATEMENT) {
         let chunk = start..(start + SQLITE_ROWS_PER_STATEMENT).min(rows.views.len());
         let mut insert: QueryBuilder<Sqlite> =
@@ -767,7 +890,12 @@ async fn write_states_sqlite(
         insert.push(" ON CONFLICT DO NOTHING");
         insert.build().execute(&mut *tx).await?;
     }
-    Ok(())
+    if new_groups.is_empty() {
+        return Ok(None);
+    }
+    let tag = new_groups_tag();
+    sqlx::query(SET_GROUPS_TAG).bind(pipeline).bind(tag).execute(&mut *tx).await?;
+    Ok(Some((tag, new_groups)))
 }
 
 /// Rows per statement when SQLite reads or writes view states (five parameters a row at most,
@@ -779,13 +907,13 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 500;
 pub(crate) async fn count_batch_pg(
     tx: &mut PgConnection,
     cache: &ViewCache,
-    versions: &HashMap<String, i64>,
+    versions: &HashMap<String, (i64, i64)>,
     events: &[BatchEvent],
     fresh: &[u32],
 ) -> Result<HashMap<String, Vec<ViewTouch>>, StoreError> {
     let mut with_views: Vec<(&str, Arc<PipelineViews>)> = Vec::new();
     let mut to_load: Vec<(&str, i64)> = Vec::new();
-    for (pipeline, version) in versions {
+    for (pipeline, (version, _)) in versions {
         match cache.get(pipeline, *version) {
             Some(views) if views.views.is_empty() => {}
             Some(views) => with_views.push((pipeline, views)),
@@ -820,19 +948,37 @@ pub(crate) async fn count_batch_pg(
     if with_views.is_empty() {
         return Ok(touches);
     }
-    let ids: Vec<&str> = with_views.iter().map(|(p, _)| *p).collect();
-    let group_rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT pipeline_id, view_id, grp FROM view_groups WHERE pipeline_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-    let mut groups_of: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    for (pipeline, view, group) in group_rows {
-        groups_of.entry(pipeline).or_default().push((view, group));
+    // Each pipeline's groups: as cached under its tag, else read (in one round trip).
+    let tag_of = |pipeline: &str| versions.get(pipeline).map_or(0, |(_, tag)| *tag);
+    let mut groups_of: HashMap<&str, HashMap<String, Groups>> = HashMap::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for (pipeline, _) in &with_views {
+        match cache.groups(pipeline, tag_of(pipeline)) {
+            Some(groups) => {
+                groups_of.insert(pipeline, groups);
+            }
+            None => missing.push(pipeline),
+        }
+    }
+    if !missing.is_empty() {
+        let group_rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT pipeline_id, view_id, grp FROM view_groups WHERE pipeline_id = ANY($1)")
+                .bind(&missing)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut rows_of: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (pipeline, view, group) in group_rows {
+            rows_of.entry(pipeline).or_default().push((view, group));
+        }
+        for pipeline in missing {
+            let groups = group_sets(rows_of.remove(pipeline).unwrap_or_default());
+            cache.put_groups(pipeline, tag_of(pipeline), groups.clone());
+            groups_of.insert(pipeline, groups);
+        }
     }
     let mut all_changes = Vec::new();
     for (pipeline, views) in &with_views {
-        let groups = group_sets(groups_of.remove(*pipeline).unwrap_or_default());
+        let groups = groups_of.get(*pipeline).cloned().unwrap_or_default();
         let events_of = fresh
             .iter()
             .map(|i| &events[*i as usize])
@@ -865,42 +1011,47 @@ pub(crate) async fn count_batch_pg(
     .bind(&kg)
     .fetch_all(&mut *tx)
     .await?;
-    let mut stored: HashMap<String, HashMap<(String, i64, String), Cell>> = HashMap::new();
-    let mut broken: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    let mut rows_of: HashMap<String, Vec<StoredRow>> = HashMap::new();
     for (pipeline, view, minute, group, state) in stored_rows {
-        match decode_state(&state) {
-            Ok(cell) => {
-                stored.entry(pipeline).or_default().insert((view, minute, group), cell);
-            }
-            Err(err) => {
-                tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
-                broken.entry(pipeline).or_default().insert(view);
-            }
-        }
+        rows_of.entry(pipeline).or_default().push((view, minute, group, state));
     }
-    for (pipeline, views) in &broken {
-        for view in views {
-            restart_view!(tx, pipeline, view, None::<&str>, now_ms());
+    let mut stored: HashMap<String, StoredStates> =
+        rows_of.into_iter().map(|(pipeline, rows)| (pipeline.clone(), decode_stored(&pipeline, rows))).collect();
+    for (pipeline, of_pipeline) in &stored {
+        for view in &of_pipeline.broken {
+            sqlx::query(REQUEST_RESTART).bind(pipeline).bind(view).execute(&mut *tx).await?;
         }
     }
     let (mut wp, mut wv, mut wm, mut wg, mut ws) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut gp, mut gv, mut gg) = (Vec::new(), Vec::new(), Vec::new());
+    // Pipelines whose groups this batch records: their new tags, and what they hold after it.
+    let (mut tagged, mut tags) = (Vec::new(), Vec::new());
     for (pipeline, changes) in all_changes {
-        let changes = match broken.get(pipeline) {
-            Some(views) => changes.without(views),
-            None => changes,
-        };
-        let (rows, new_groups) = changes.merged(stored.remove(pipeline).unwrap_or_default());
+        let StoredStates { cells, newer, broken } = stored.remove(pipeline).unwrap_or_default();
+        let (rows, new_groups) = changes.without(&broken).merged(cells, &newer);
         wp.extend(std::iter::repeat_n(pipeline, rows.views.len()));
         wv.extend(rows.views);
         wm.extend(rows.minutes);
         wg.extend(rows.groups);
         ws.extend(rows.states);
+        if !new_groups.is_empty() {
+            let tag = new_groups_tag();
+            cache.settle_groups(pipeline, &groups_of.remove(pipeline).unwrap_or_default(), &new_groups, tag);
+            tagged.push(pipeline);
+            tags.push(tag);
+        }
         for (view, group) in new_groups {
             gp.push(pipeline);
             gv.push(view);
             gg.push(group);
         }
+    }
+    if !tagged.is_empty() {
+        sqlx::query("UPDATE pipelines p SET groups_tag = t.tag FROM UNNEST($1::text[], $2::int8[]) AS t(id, tag) WHERE p.id = t.id")
+            .bind(&tagged)
+            .bind(&tags)
+            .execute(&mut *tx)
+            .await?;
     }
     sqlx::query(
         "WITH new_groups AS ( \
@@ -924,280 +1075,63 @@ pub(crate) async fn count_batch_pg(
     Ok(touches)
 }
 
-// ---- history ----
-
-/// A view's backfill row as read: spec, generation, until, through, done at.
-type BackfillColumns = (String, i64, Option<i64>, Option<i64>, Option<i64>);
-
-/// The state of a view's backfill, read under the pipeline's lock.
-struct BackfillRow {
-    spec: String,
-    generation: i64,
-    until: Option<i64>,
-    through: Option<i64>,
-    done_at: Option<i64>,
-}
-
-const BACKFILL_ROW: &str = "SELECT spec, generation, backfill_until, backfill_through, backfilled_at \
-    FROM views WHERE pipeline_id = $1 AND view_id = $2";
-
-const BACKFILL_SAVE: &str = "UPDATE views SET backfill_until = $3, backfill_through = $4, \
-    backfill_events = backfill_events + $5, backfill_total = COALESCE(backfill_total, $6), backfilled_at = $7 \
-    WHERE pipeline_id = $1 AND view_id = $2";
-
-/// Picks the span of the next step from the pipeline's minutes with events (from `through` on,
-/// up to `until`): whole minutes adding up to at most `max_events` events (at least one minute).
-fn next_span(minutes: &[(i64, i64)], until: i64, max_events: i64) -> Option<(i64, i64, i64)> {
-    let mut events = 0;
-    let mut end = None;
-    for (minute, count) in minutes {
-        if *minute > until || (end.is_some() && events + count > max_events) {
-            break;
-        }
-        events += count;
-        end = Some(minute + 60_000);
-    }
-    end.map(|end| (minutes[0].0, end, events))
-}
-
-async fn backfill_sqlite(
-    tx: &mut SqliteConnection,
-    pipeline: &str,
-    view: &str,
-    generation: i64,
-    max_events: i64,
-) -> Result<Option<BackfillProgress>, StoreError> {
-    let row: Option<BackfillColumns> =
-        sqlx::query_as(BACKFILL_ROW).bind(pipeline).bind(view).fetch_optional(&mut *tx).await?;
-    let Some((spec, current, until, through, done_at)) = row else { return Ok(None) };
-    let row = BackfillRow { spec, generation: current, until, through, done_at };
-    if row.generation != generation {
-        return Ok(None);
-    }
-    if row.done_at.is_some() {
-        return Ok(Some(progress_sqlite(tx, pipeline, view).await?));
-    }
-    let spec = spec_from(&row.spec)?;
-    let (until, total) = match row.until {
-        Some(until) => (until, None),
-        None => {
-            let (until, total): (Option<i64>, Option<i64>) =
-                sqlx::query_as("SELECT max(minute), sum(event_count) FROM event_rollup_minute WHERE pipeline_id = $1")
-                    .bind(pipeline)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            (until.unwrap_or(i64::MIN), Some(total.unwrap_or(0)))
-        }
-    };
-    let through = row.through.unwrap_or(i64::MIN);
-    let minutes: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT minute, event_count FROM event_rollup_minute WHERE pipeline_id = $1 AND minute >= $2 AND minute <= $3 \
-         ORDER BY minute LIMIT 2000",
-    )
-    .bind(pipeline)
-    .bind(through)
-    .bind(until)
-    .fetch_all(&mut *tx)
-    .await?;
-    let (next_through, counted, finished) = match next_span(&minutes, until, max_events) {
-        None => (through, 0, true),
-        Some((start, end, _)) => {
-            sqlx::query(
-                "DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4",
-            )
-            .bind(pipeline)
-            .bind(view)
-            .bind(start)
-            .bind(end)
-            .execute(&mut *tx)
-            .await?;
-            let mut groups = groups_sqlite(tx, pipeline).await?;
-            let views = vec![(view.to_owned(), spec)];
-            let mut only = HashMap::new();
-            if let Some(g) = groups.remove(view) {
-                only.insert(view.to_owned(), g);
-            }
-            // Streamed: memory grows with the view's cells, not with the span's events.
-            let mut counting = BatchCounter::new(&views, only);
-            let mut read = 0i64;
-            {
-                use futures_util::TryStreamExt;
-                let mut events = sqlx::query_as::<_, (i64, String, Option<String>)>(
-                    "SELECT event_time, payload, event_type FROM events WHERE pipeline_id = $1 AND event_time >= $2 \
-                     AND event_time < $3 ORDER BY rowid",
-                )
-                .bind(pipeline)
-                .bind(start)
-                .bind(end)
-                .fetch(&mut *tx);
-                while let Some((time, payload, event_type)) = events.try_next().await? {
-                    counting.add(time, &payload, event_type.as_deref());
-                    read += 1;
-                }
-            }
-            let changes = PipelineChanges { per_view: counting.finish() };
-            let (rows, new_groups) = changes.merged(HashMap::new());
-            write_states_sqlite(tx, pipeline, rows, new_groups).await?;
-            (end, read, end > until)
-        }
-    };
-    sqlx::query(BACKFILL_SAVE)
-        .bind(pipeline)
-        .bind(view)
-        .bind(until)
-        .bind(next_through)
-        .bind(counted)
-        .bind(total)
-        .bind(finished.then(now_ms))
-        .execute(&mut *tx)
-        .await?;
-    Ok(Some(progress_sqlite(tx, pipeline, view).await?))
-}
-
-/// A view's backfill progress, read in the step's transaction.
-macro_rules! read_progress {
-    ($tx:expr, $pipeline:expr, $view:expr) => {{
-        let (events_done, events_total, done_at): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT backfill_events, backfill_total, backfilled_at FROM views WHERE pipeline_id = $1 AND view_id = $2",
-        )
-        .bind($pipeline)
-        .bind($view)
-        .fetch_one(&mut *$tx)
-        .await?;
-        Ok(BackfillProgress { done: done_at.is_some(), events_done, events_total })
-    }};
-}
-
-async fn progress_sqlite(
-    tx: &mut SqliteConnection,
-    pipeline: &str,
-    view: &str,
-) -> Result<BackfillProgress, StoreError> {
-    read_progress!(tx, pipeline, view)
-}
-
-async fn backfill_pg(
+/// PostgreSQL: the states stored under `keys` (view, minute, group) of a pipeline.
+pub(crate) async fn stored_states_pg(
     tx: &mut PgConnection,
     pipeline: &str,
-    view: &str,
-    generation: i64,
-    max_events: i64,
-) -> Result<Option<BackfillProgress>, StoreError> {
-    // The lock every batch commit takes: no batch of this pipeline commits during the step, and
-    // every batch committed before it is seen by the statements below.
-    sqlx::query("SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE").bind(pipeline).execute(&mut *tx).await?;
-    let row: Option<BackfillColumns> =
-        sqlx::query_as(BACKFILL_ROW).bind(pipeline).bind(view).fetch_optional(&mut *tx).await?;
-    let Some((spec, current, until, through, done_at)) = row else { return Ok(None) };
-    let row = BackfillRow { spec, generation: current, until, through, done_at };
-    if row.generation != generation {
-        return Ok(None);
+    keys: &[(&str, i64, &str)],
+) -> Result<Vec<StoredRow>, StoreError> {
+    let (mut kv, mut km, mut kg) = (Vec::new(), Vec::new(), Vec::new());
+    for (view, minute, group) in keys {
+        kv.push(*view);
+        km.push(*minute);
+        kg.push(*group);
     }
-    if row.done_at.is_some() {
-        return Ok(Some(progress_pg(tx, pipeline, view).await?));
-    }
-    let spec = spec_from(&row.spec)?;
-    let (until, total) = match row.until {
-        Some(until) => (until, None),
-        None => {
-            let (until, total): (Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT (extract(epoch FROM max(minute)) * 1000)::int8, sum(event_count)::int8 \
-                 FROM event_rollup_minute WHERE pipeline_id = $1",
-            )
-            .bind(pipeline)
-            .fetch_one(&mut *tx)
-            .await?;
-            (until.unwrap_or(i64::MIN), Some(total.unwrap_or(0)))
-        }
-    };
-    let through = row.through.unwrap_or(i64::MIN);
-    let minutes: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT (extract(epoch FROM minute) * 1000)::int8, event_count FROM event_rollup_minute \
-         WHERE pipeline_id = $1 AND minute >= to_timestamp($2 / 1000.0) AND minute <= to_timestamp($3 / 1000.0) \
-         ORDER BY minute LIMIT 2000",
+    Ok(sqlx::query_as(
+        "SELECT m.view_id, m.minute, m.grp, m.state FROM view_minutes m \
+         JOIN UNNEST($2::text[], $3::int8[], $4::text[]) AS k(v, mi, g) \
+         ON m.pipeline_id = $1 AND m.view_id = k.v AND m.minute = k.mi AND m.grp = k.g",
     )
     .bind(pipeline)
-    .bind(through.max(crate::postgres::TIMESTAMP_FLOOR_MS))
-    .bind(until.max(crate::postgres::TIMESTAMP_FLOOR_MS))
+    .bind(&kv)
+    .bind(&km)
+    .bind(&kg)
     .fetch_all(&mut *tx)
-    .await?;
-    let (next_through, counted, finished) = match next_span(&minutes, until, max_events) {
-        None => (through, 0, true),
-        Some((start, end, _)) => {
-            sqlx::query(
-                "DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4",
-            )
-            .bind(pipeline)
-            .bind(view)
-            .bind(start)
-            .bind(end)
-            .execute(&mut *tx)
-            .await?;
-            let group_rows: Vec<(String, String)> =
-                sqlx::query_as("SELECT view_id, grp FROM view_groups WHERE pipeline_id = $1 AND view_id = $2")
-                    .bind(pipeline)
-                    .bind(view)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let views = vec![(view.to_owned(), spec)];
-            // Streamed: memory grows with the view's cells, not with the span's events.
-            let mut counting = BatchCounter::new(&views, group_sets(group_rows));
-            let mut read = 0i64;
-            {
-                use futures_util::TryStreamExt;
-                let mut events = sqlx::query_as::<_, (i64, String, Option<String>)>(
-                    "SELECT (extract(epoch FROM event_time) * 1000)::int8, payload::text, event_type FROM events \
-                     WHERE pipeline_id = $1 AND event_time >= to_timestamp($2 / 1000.0) \
-                     AND event_time < to_timestamp($3 / 1000.0) ORDER BY event_time, received_at",
-                )
-                .bind(pipeline)
-                .bind(start)
-                .bind(end)
-                .fetch(&mut *tx);
-                while let Some((time, payload, event_type)) = events.try_next().await? {
-                    counting.add(time, &payload, event_type.as_deref());
-                    read += 1;
-                }
-            }
-            let changes = PipelineChanges { per_view: counting.finish() };
-            let (rows, new_groups) = changes.merged(HashMap::new());
-            let (gv, gg): (Vec<String>, Vec<String>) = new_groups.into_iter().unzip();
-            sqlx::query(
-                "WITH new_groups AS ( \
-                     INSERT INTO view_groups (pipeline_id, view_id, grp) \
-                     SELECT $1, * FROM UNNEST($6::text[], $7::text[]) ON CONFLICT DO NOTHING \
-                 ) \
-                 INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::bytea[]) \
-                 ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state",
-            )
-            .bind(pipeline)
-            .bind(&rows.views)
-            .bind(&rows.minutes)
-            .bind(&rows.groups)
-            .bind(&rows.states)
-            .bind(&gv)
-            .bind(&gg)
-            .execute(&mut *tx)
-            .await?;
-            (end, read, end > until)
-        }
-    };
-    sqlx::query(BACKFILL_SAVE)
-        .bind(pipeline)
-        .bind(view)
-        .bind(until)
-        .bind(next_through)
-        .bind(counted)
-        .bind(total)
-        .bind(finished.then(now_ms))
-        .execute(&mut *tx)
-        .await?;
-    Ok(Some(progress_pg(tx, pipeline, view).await?))
+    .await?)
 }
 
-async fn progress_pg(tx: &mut PgConnection, pipeline: &str, view: &str) -> Result<BackfillProgress, StoreError> {
-    read_progress!(tx, pipeline, view)
+/// PostgreSQL: writes a pipeline's states (over what is stored) and records its new groups.
+pub(crate) async fn write_states_pg(
+    tx: &mut PgConnection,
+    pipeline: &str,
+    rows: StateRows,
+    new_groups: Vec<(String, String)>,
+) -> Result<RecordedGroups, StoreError> {
+    let (gv, gg): (Vec<&str>, Vec<&str>) = new_groups.iter().map(|(v, g)| (v.as_str(), g.as_str())).unzip();
+    sqlx::query(
+        "WITH new_groups AS ( \
+             INSERT INTO view_groups (pipeline_id, view_id, grp) \
+             SELECT $1, * FROM UNNEST($6::text[], $7::text[]) ON CONFLICT DO NOTHING \
+         ) \
+         INSERT INTO view_minutes (pipeline_id, view_id, minute, grp, state) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::bytea[]) \
+         ON CONFLICT (pipeline_id, view_id, minute, grp) DO UPDATE SET state = excluded.state",
+    )
+    .bind(pipeline)
+    .bind(&rows.views)
+    .bind(&rows.minutes)
+    .bind(&rows.groups)
+    .bind(&rows.states)
+    .bind(&gv)
+    .bind(&gg)
+    .execute(&mut *tx)
+    .await?;
+    if new_groups.is_empty() {
+        return Ok(None);
+    }
+    let tag = new_groups_tag();
+    sqlx::query(SET_GROUPS_TAG).bind(pipeline).bind(tag).execute(&mut *tx).await?;
+    Ok(Some((tag, new_groups)))
 }
 
 /// Rows of a view series: every bucket merged over groups (or of one group).

@@ -144,12 +144,16 @@ fn cut(name: Cow<'_, str>) -> Cow<'_, str> {
 
 /// A view's groups so far: values beyond `max_groups` go to [`GROUP_OTHER`]. The reserved
 /// groups ([`GROUP_NONE`], [`GROUP_OTHER`], [`GROUP_ALL`]) do not count towards the bound.
-/// Each group has a slot, which is how [`ViewChanges`] finds its cells.
+/// Each group has a slot, which is how [`ViewChanges`] finds its cells. The groups as stored are
+/// shared (a clone costs nothing, so a store can keep them between batches); the ones first seen
+/// since are the clone's own.
 #[derive(Debug, Clone, Default)]
 pub struct Groups {
-    /// Each known group's slot (after the reserved groups' slots).
-    known: HashMap<String, usize>,
-    /// Groups first seen since this was loaded: to be recorded with the view's states.
+    /// Each stored group's slot (after the reserved groups' slots).
+    known: Arc<HashMap<String, usize>>,
+    /// Each group first seen since, with its slot (after the stored ones').
+    fresh: HashMap<String, usize>,
+    /// Groups first seen since this was loaded, in order: to be recorded with the view's states.
     pub added: Vec<String>,
 }
 
@@ -161,25 +165,38 @@ const RESERVED: [&str; 3] = [GROUP_ALL, GROUP_NONE, GROUP_OTHER];
 
 impl Groups {
     pub fn new(known: impl IntoIterator<Item = String>) -> Self {
-        let mut groups = Self::default();
+        let mut slots = HashMap::new();
         for name in known {
-            let slot = RESERVED.len() + groups.known.len();
-            groups.known.entry(name).or_insert(slot);
+            let slot = RESERVED.len() + slots.len();
+            slots.entry(name).or_insert(slot);
         }
-        groups
+        Self { known: Arc::new(slots), fresh: HashMap::new(), added: Vec::new() }
+    }
+
+    /// These groups with `added` stored too: what a store holds once a batch recorded them.
+    pub fn with_added(&self, added: &[String]) -> Self {
+        if added.is_empty() && self.fresh.is_empty() {
+            return Self { known: self.known.clone(), fresh: HashMap::new(), added: Vec::new() };
+        }
+        let mut slots = (*self.known).clone();
+        for name in self.fresh.keys().chain(added) {
+            let slot = RESERVED.len() + slots.len();
+            slots.entry(name.clone()).or_insert(slot);
+        }
+        Self { known: Arc::new(slots), fresh: HashMap::new(), added: Vec::new() }
     }
 
     /// The group `raw` is counted in, and its slot.
     pub fn assign<'a>(&mut self, raw: &'a str, max_groups: u32) -> (usize, &'a str) {
-        if let Some(slot) = self.known.get(raw) {
+        if let Some(slot) = self.known.get(raw).or_else(|| self.fresh.get(raw)) {
             return (*slot, raw);
         }
         if let Some(slot) = RESERVED.iter().position(|reserved| *reserved == raw) {
             return (slot, raw);
         }
-        if self.known.len() < max_groups as usize {
-            let slot = RESERVED.len() + self.known.len();
-            self.known.insert(raw.to_owned(), slot);
+        if self.len() < max_groups as usize {
+            let slot = RESERVED.len() + self.len();
+            self.fresh.insert(raw.to_owned(), slot);
             self.added.push(raw.to_owned());
             (slot, raw)
         } else {
@@ -188,11 +205,11 @@ impl Groups {
     }
 
     pub fn len(&self) -> usize {
-        self.known.len()
+        self.known.len() + self.fresh.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.known.is_empty()
+        self.len() == 0
     }
 }
 
@@ -551,5 +568,21 @@ mod tests {
         let counts: Vec<(&str, u64)> = cells.iter().map(|((_, g), c)| (g.as_str(), c.n)).collect();
         assert_eq!(counts, [("(none)", 1), ("(other)", 2), ("a", 2), ("b", 1)]);
         assert_eq!(groups.added, ["a", "b"]);
+    }
+
+    #[test]
+    fn stored_groups_are_shared_and_new_ones_are_a_clones_own() {
+        let stored = Groups::new(["a".to_owned()]);
+        let mut batch = stored.clone();
+        assert_eq!(batch.assign("b", 3), (4, "b"));
+        assert_eq!(batch.assign("a", 3), (3, "a"));
+        assert_eq!(stored.len(), 1, "the stored groups are not changed by a batch's");
+        let settled = stored.with_added(&batch.added);
+        assert_eq!(settled.len(), 2);
+        let mut next = settled.clone();
+        assert_eq!(next.assign("b", 3), (4, "b"), "a group keeps its slot");
+        assert_eq!(next.assign("c", 3), (5, "c"));
+        assert_eq!(next.assign("d", 3), (2, GROUP_OTHER));
+        assert!(next.added == ["c"] && settled.added.is_empty());
     }
 }

@@ -27,4 +27,4 @@ pub use spec::{
     Aggregate, DEFAULT_MAX_GROUPS, EVENT_TYPE, InvalidView, MAX_GROUPS_LIMIT, MAX_VIEWS_PER_PIPELINE, ViewSpec,
     check_view_name,
 };
-pub use state::{Accumulator, Cell, DISTINCT_ERROR, Input, QUANTILE_RELATIVE_ERROR, UnreadableState};
+pub use state::{Accumulator, Cell, DISTINCT_ERROR, Input, QUANTILE_RELATIVE_ERROR, STATE_VERSION, UnreadableState};

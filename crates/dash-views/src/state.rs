@@ -14,8 +14,10 @@ pub const QUANTILE_RELATIVE_ERROR: f64 = 0.01;
 /// registers: 1.04/√4096); below that it is counted exactly, up to hash collisions.
 pub const DISTINCT_ERROR: f64 = 0.0163;
 
-/// Format of stored states; a state of another version is refused, never guessed at.
-const STATE_VERSION: u8 = 1;
+/// Format of stored states; a state of another version is refused, never guessed at. A state
+/// of a later version (written by a newer release during a rolling upgrade) is told apart from
+/// a damaged one ([`UnreadableState::Newer`]), so it can be left alone rather than dropped.
+pub const STATE_VERSION: u8 = 1;
 
 /// What one group's events of one minute (or of any merged span) add up to.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,8 +88,13 @@ struct Stored {
 
 /// A stored state could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("a stored view state is unreadable: {0}")]
-pub struct UnreadableState(pub String);
+pub enum UnreadableState {
+    /// Written in a later format than this release knows.
+    #[error("a stored view state is of format {0}, newer than this release reads ({STATE_VERSION})")]
+    Newer(u8),
+    #[error("a stored view state is unreadable: {0}")]
+    Damaged(String),
+}
 
 impl Cell {
     pub fn empty(aggregate: Aggregate) -> Self {
@@ -170,11 +177,12 @@ impl Cell {
     pub fn decode(bytes: &[u8]) -> Result<Self, UnreadableState> {
         match bytes.split_first() {
             Some((&STATE_VERSION, rest)) => {
-                let stored: Stored = postcard::from_bytes(rest).map_err(|e| UnreadableState(e.to_string()))?;
+                let stored: Stored = postcard::from_bytes(rest).map_err(|e| UnreadableState::Damaged(e.to_string()))?;
                 Ok(Self { n: stored.n, skipped: stored.skipped, acc: stored.acc })
             }
-            Some((version, _)) => Err(UnreadableState(format!("state format {version} is not known"))),
-            None => Err(UnreadableState("empty".into())),
+            Some((&version, _)) if version > STATE_VERSION => Err(UnreadableState::Newer(version)),
+            Some((version, _)) => Err(UnreadableState::Damaged(format!("state format {version} is not known"))),
+            None => Err(UnreadableState::Damaged("empty".into())),
         }
     }
 }
@@ -218,8 +226,10 @@ mod tests {
         for aggregate in [Aggregate::Avg, Aggregate::Min, Aggregate::Max, Aggregate::P99] {
             assert_eq!(Cell::empty(aggregate).value(aggregate), None, "{aggregate:?}");
         }
-        assert!(Cell::decode(&[9, 1, 2]).is_err());
-        assert!(Cell::decode(&[]).is_err());
+        assert!(matches!(Cell::decode(&[9, 1, 2]), Err(UnreadableState::Newer(9))));
+        assert!(matches!(Cell::decode(&[0, 1, 2]), Err(UnreadableState::Damaged(_))));
+        assert!(matches!(Cell::decode(&[STATE_VERSION, 0xff]), Err(UnreadableState::Damaged(_))));
+        assert!(matches!(Cell::decode(&[]), Err(UnreadableState::Damaged(_))));
     }
 
     #[test]

@@ -118,6 +118,14 @@ pub fn describe() {
     describe_histogram!("dash_source_poll_seconds", Unit::Seconds, "Source poll time.");
     describe_gauge!("dash_jobs_queue_depth", Unit::Count, "Jobs pending and running across the cluster, by state.");
 
+    // Views.
+    describe_counter!("dash_view_backfill_events_total", Unit::Count, "Events counted into views' histories.");
+    describe_counter!(
+        "dash_view_states_skipped_total",
+        Unit::Count,
+        "View states of a newer release left alone (a rolling upgrade under way)."
+    );
+
     describe_gauge!("dash_node_info", "This node's role, region and id (always 1).");
     describe_gauge!(
         "dash_memory_limit_bytes",
