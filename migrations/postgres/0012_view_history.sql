@@ -18,7 +18,7 @@ END $$;
 
 -- history_cut: the snapshot taken, under the pipeline's lock, when the view was made or last
 -- changed; its history is the events committed before it. history_mark_*: the last event
--- counted, in (event_time, event_id) order. history_restart: a batch met a state it cannot read;
+-- counted, in (event_time, event_id) order (its time in microseconds). history_restart: a batch met a state it cannot read;
 -- the next history step starts the view over.
 ALTER TABLE views
     ADD COLUMN history_cut       TEXT,
@@ -41,3 +41,17 @@ UPDATE pipelines SET views_version = views_version + 1
 -- Changes (to a random value) whenever a pipeline's views' groups change, so a batch knows the
 -- groups it holds from an earlier batch are still the stored ones without reading them again.
 ALTER TABLE pipelines ADD COLUMN groups_tag BIGINT NOT NULL DEFAULT 0;
+
+-- state_key: where a view's states and groups are kept (their view_id column): the view's name
+-- for views from before, a new key each time a view is made or starts over, so that deleting or
+-- changing a view retires its old key in one row (view_states_retired) instead of deleting its
+-- states under the pipeline's lock; maintenance deletes retired states in steps.
+ALTER TABLE views ADD COLUMN state_key TEXT COLLATE "C";
+UPDATE views SET state_key = view_id;
+ALTER TABLE views ALTER COLUMN state_key SET NOT NULL;
+CREATE TABLE view_states_retired (
+    pipeline_id TEXT COLLATE "C" NOT NULL,
+    state_key   TEXT COLLATE "C" NOT NULL,
+    retired_at  BIGINT NOT NULL,
+    PRIMARY KEY (pipeline_id, state_key)
+);

@@ -34,3 +34,16 @@ UPDATE views SET generation = generation + 1, backfill_until = NULL, backfill_th
 -- Changes (to a random value) whenever a pipeline's views' groups change, so a batch knows the
 -- groups it holds from an earlier batch are still the stored ones without reading them again.
 ALTER TABLE pipelines ADD COLUMN groups_tag INTEGER NOT NULL DEFAULT 0;
+
+-- state_key: where a view's states and groups are kept (their view_id column): the view's name
+-- for views from before, a new key each time a view is made or starts over, so that deleting or
+-- changing a view retires its old key in one row (view_states_retired) instead of deleting its
+-- states while holding the writer; maintenance deletes retired states in steps.
+ALTER TABLE views ADD COLUMN state_key TEXT;
+UPDATE views SET state_key = view_id;
+CREATE TABLE view_states_retired (
+    pipeline_id TEXT NOT NULL,
+    state_key   TEXT NOT NULL,
+    retired_at  INTEGER NOT NULL,
+    PRIMARY KEY (pipeline_id, state_key)
+) WITHOUT ROWID;

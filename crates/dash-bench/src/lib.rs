@@ -58,6 +58,9 @@ pub struct LoadOptions {
     /// Every event from a customer of its own (for views grouped by a value of high cardinality).
     #[arg(long)]
     pub distinct_customers: bool,
+    /// Events from this many customers, in turn (for views whose groups are all active).
+    #[arg(long, conflicts_with = "distinct_customers")]
+    pub customers: Option<u64>,
 }
 
 /// What a load run measured.
@@ -181,6 +184,7 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
         let spread_ms = options.spread.map(|spread| (spread.as_millis() as i64).max(1));
         let run_secs = options.duration.as_secs_f64().max(0.001);
         let distinct_customers = options.distinct_customers;
+        let customers = options.customers.filter(|n| *n > 0);
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut requests, mut accepted, mut transport_errors) = (0u64, 0u64, 0u64);
@@ -213,8 +217,12 @@ pub async fn run_load(options: LoadOptions) -> anyhow::Result<LoadReport> {
                                 }
                                 None => now,
                             };
-                            let customer = if distinct_customers { id.as_str() } else { "cus_8f2b1c" };
-                            body.push_str(&sample_event_of(&id, time, customer));
+                            let customer = match customers {
+                                _ if distinct_customers => std::borrow::Cow::Borrowed(id.as_str()),
+                                Some(pool) => std::borrow::Cow::Owned(format!("cus_{:06}", seq % pool)),
+                                None => std::borrow::Cow::Borrowed("cus_8f2b1c"),
+                            };
+                            body.push_str(&sample_event_of(&id, time, &customer));
                             body.push('\n');
                         }
                         n += batch as u64;

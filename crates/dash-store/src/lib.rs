@@ -259,6 +259,8 @@ pub struct MaintenanceReport {
     pub dedupe_pruned: u64,
     /// View states older than their view keeps.
     pub view_states_pruned: u64,
+    /// View states of views deleted or started over.
+    pub view_states_retired: u64,
 }
 
 #[derive(Clone)]
@@ -317,11 +319,12 @@ impl Store {
         retention: Duration,
         dedupe_window: Duration,
     ) -> Result<MaintenanceReport, StoreError> {
-        let report = match self {
+        let mut report = match self {
             Self::Sqlite(s) => s.maintain(retention).await,
             Self::Postgres(s) => s.maintain(retention, dedupe_window).await,
         }?;
         self.prune_refusals(dash_domain::now_ms()).await?;
+        report.view_states_retired = self.purge_retired_states().await?;
         Ok(report)
     }
 

@@ -32,23 +32,26 @@ use crate::{Store, StoreError};
 /// cells holds the pipeline's lock (at most one cell per event, usually far fewer).
 pub const BACKFILL_STEP_EVENTS: i64 = 5_000;
 
-/// The last event a view's history has counted: its time (PostgreSQL orders by time, then key)
-/// and its key (the event id).
+/// The last event a view's history has counted: its time exactly as stored (PostgreSQL orders
+/// by time, then key: microseconds there) and its key (the event id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mark {
-    time_ms: i64,
+    at: i64,
     key: String,
 }
 
 /// A view's history as stored: the columns of [`HISTORY_ROW`].
-type HistoryColumns = (String, i64, Option<String>, Option<i64>, Option<String>, bool, Option<i64>, i64, Option<i64>);
+type HistoryColumns =
+    (String, String, i64, Option<String>, Option<i64>, Option<String>, bool, Option<i64>, i64, Option<i64>);
 
-const HISTORY_ROW: &str = "SELECT spec, generation, history_cut, history_mark_time, history_mark_key, \
+const HISTORY_ROW: &str = "SELECT spec, state_key, generation, history_cut, history_mark_time, history_mark_key, \
     history_restart, backfilled_at, backfill_events, backfill_total FROM views WHERE pipeline_id = $1 AND view_id = $2";
 
 #[derive(Debug, Clone)]
 struct HistoryRow {
     spec: String,
+    /// Where its states are kept.
+    key: String,
     generation: i64,
     cut: Option<String>,
     mark: Option<Mark>,
@@ -59,13 +62,14 @@ struct HistoryRow {
 
 impl HistoryRow {
     fn from_columns(
-        (spec, generation, cut, mark_time, mark_key, restart, done_at, done, total): HistoryColumns,
+        (spec, key, generation, cut, mark_time, mark_key, restart, done_at, done, total): HistoryColumns,
     ) -> Self {
         Self {
             spec,
+            key,
             generation,
             cut,
-            mark: mark_key.map(|key| Mark { time_ms: mark_time.unwrap_or(0), key }),
+            mark: mark_key.map(|key| Mark { at: mark_time.unwrap_or(0), key }),
             restart,
             progress: BackfillProgress { done: done_at.is_some(), events_done: done, events_total: total },
         }
@@ -87,10 +91,11 @@ struct Counted {
     groups_known: usize,
 }
 
-fn count(view: &str, spec: &ViewSpec, groups: Vec<String>, events: &[HistoryEvent]) -> Counted {
+/// Counts `events` into the view whose states are under `key`.
+fn count(key: &str, spec: &ViewSpec, groups: Vec<String>, events: &[HistoryEvent]) -> Counted {
     let groups_known = groups.len();
-    let views = vec![(view.to_owned(), spec.clone())];
-    let mut counter = BatchCounter::new(&views, HashMap::from([(view.to_owned(), Groups::new(groups))]));
+    let views = vec![(key.to_owned(), spec.clone())];
+    let mut counter = BatchCounter::new(&views, HashMap::from([(key.to_owned(), Groups::new(groups))]));
     for event in events {
         counter.add(event.time_ms, &event.payload, event.event_type.as_deref());
     }
@@ -98,24 +103,25 @@ fn count(view: &str, spec: &ViewSpec, groups: Vec<String>, events: &[HistoryEven
 }
 
 /// The events of the history after `mark`, at most `limit`, in the backend's order.
-const SQLITE_EVENTS: &str = "SELECT event_time, event_id, payload, event_type FROM events \
+const SQLITE_EVENTS: &str = "SELECT event_time, event_time, event_id, payload, event_type FROM events \
     WHERE pipeline_id = $1 AND event_id > $2 AND (batch_seq IS NULL OR batch_seq <= CAST($3 AS INTEGER)) \
     ORDER BY event_id LIMIT $4";
 /// On PostgreSQL by (time, id) along the events' (pipeline, time) index: `event_time >= $2`
 /// bounds the index scan, the row comparison leaves out what was counted at that time.
-const POSTGRES_EVENTS_AFTER: &str = "SELECT (extract(epoch FROM event_time) * 1000)::int8, event_id, payload::text, \
-    event_type FROM events WHERE pipeline_id = $1 AND event_time >= $2 AND (event_time, event_id) > ($2, $3) \
+const POSTGRES_EVENTS_AFTER: &str = "SELECT (extract(epoch FROM event_time) * 1000000)::int8, \
+    floor(extract(epoch FROM event_time) * 1000)::int8, event_id, payload::text, event_type FROM events WHERE pipeline_id = $1 AND event_time >= $2 AND (event_time, event_id) > ($2, $3) \
     AND (batch_xid IS NULL OR pg_visible_in_snapshot(batch_xid, $4::pg_snapshot)) \
     ORDER BY event_time, event_id LIMIT $5";
-const POSTGRES_EVENTS_FIRST: &str = "SELECT (extract(epoch FROM event_time) * 1000)::int8, event_id, payload::text, \
-    event_type FROM events WHERE pipeline_id = $1 \
+const POSTGRES_EVENTS_FIRST: &str = "SELECT (extract(epoch FROM event_time) * 1000000)::int8, \
+    floor(extract(epoch FROM event_time) * 1000)::int8, event_id, payload::text, event_type FROM events WHERE pipeline_id = $1 \
     AND (batch_xid IS NULL OR pg_visible_in_snapshot(batch_xid, $2::pg_snapshot)) \
     ORDER BY event_time, event_id LIMIT $3";
 
-type EventColumns = (i64, String, String, Option<String>);
+/// Where the event sits (its stored time, see [`Mark`]), its time in ms, id, payload, type.
+type EventColumns = (i64, i64, String, String, Option<String>);
 
-fn history_event((time_ms, key, payload, event_type): EventColumns) -> HistoryEvent {
-    HistoryEvent { mark: Mark { time_ms, key }, time_ms, payload, event_type }
+fn history_event((at, time_ms, key, payload, event_type): EventColumns) -> HistoryEvent {
+    HistoryEvent { mark: Mark { at, key }, time_ms, payload, event_type }
 }
 
 impl Store {
@@ -153,9 +159,18 @@ impl Store {
         };
         let events = self.history_events(pipeline, &cut, row.mark.as_ref(), max_events).await?;
         let finished = (events.len() as i64) < max_events;
-        let groups = self.view_groups(pipeline, view).await?;
-        let counted = count(view, &spec, groups, &events);
-        let step = Step { view, spec: &spec, generation, from: row.mark.as_ref(), events: &events, finished, total };
+        let groups = self.view_groups(pipeline, &row.key).await?;
+        let counted = count(&row.key, &spec, groups, &events);
+        let step = Step {
+            view,
+            key: &row.key,
+            spec: &spec,
+            generation,
+            from: row.mark.as_ref(),
+            events: &events,
+            finished,
+            total,
+        };
         match self {
             Store::Sqlite(s) => {
                 let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
@@ -210,9 +225,10 @@ impl Store {
         Ok(on_backend!(self, readers, |pool| sqlx::query_scalar(SQL).bind(pipeline).fetch_one(pool).await?))
     }
 
-    async fn view_groups(&self, pipeline: &str, view: &str) -> Result<Vec<String>, StoreError> {
+    /// The groups stored under a view's states `key`.
+    async fn view_groups(&self, pipeline: &str, key: &str) -> Result<Vec<String>, StoreError> {
         const SQL: &str = "SELECT grp FROM view_groups WHERE pipeline_id = $1 AND view_id = $2";
-        Ok(on_backend!(self, readers, |pool| sqlx::query_scalar(SQL).bind(pipeline).bind(view).fetch_all(pool).await?))
+        Ok(on_backend!(self, readers, |pool| sqlx::query_scalar(SQL).bind(pipeline).bind(key).fetch_all(pool).await?))
     }
 
     async fn history_events(
@@ -236,7 +252,7 @@ impl Store {
                 Some(mark) => {
                     sqlx::query_as(POSTGRES_EVENTS_AFTER)
                         .bind(pipeline)
-                        .bind(crate::postgres::from_ms(mark.time_ms))
+                        .bind(chrono::DateTime::from_timestamp_micros(mark.at).unwrap_or_default())
                         .bind(&mark.key)
                         .bind(cut)
                         .bind(limit)
@@ -260,6 +276,8 @@ impl Store {
 /// A step's reading, to merge under the lock.
 struct Step<'a> {
     view: &'a str,
+    /// Where its states are kept.
+    key: &'a str,
     spec: &'a ViewSpec,
     generation: i64,
     /// The mark the events were read after.
@@ -311,9 +329,9 @@ async fn merge_step<T: StatesTx>(
     }
     // Groups taken by live batches since the events were counted: count again with them (in
     // memory), so the step names the groups a batch would.
-    let groups = tx.groups(pipeline, step.view).await?;
+    let groups = tx.groups(pipeline, step.key).await?;
     let counted =
-        if groups.len() == counted.groups_known { counted } else { count(step.view, step.spec, groups, step.events) };
+        if groups.len() == counted.groups_known { counted } else { count(step.key, step.spec, groups, step.events) };
     let changes = PipelineChanges { per_view: counted.views };
     let keys: Vec<(&str, i64, &str)> = changes.keys().collect();
     let stored = tx.stored_states(pipeline, &keys).await?;
@@ -342,7 +360,8 @@ trait StatesTx {
     /// Takes the lock every batch of the pipeline takes before it counts into views.
     async fn lock_pipeline(&mut self, pipeline: &str) -> Result<(), StoreError>;
     async fn history_row(&mut self, pipeline: &str, view: &str) -> Result<Option<HistoryRow>, StoreError>;
-    async fn groups(&mut self, pipeline: &str, view: &str) -> Result<Vec<String>, StoreError>;
+    /// The groups stored under a view's states `key`.
+    async fn groups(&mut self, pipeline: &str, key: &str) -> Result<Vec<String>, StoreError>;
     async fn stored_states(&mut self, pipeline: &str, keys: &[(&str, i64, &str)])
     -> Result<Vec<StoredRow>, StoreError>;
     async fn write_states(
@@ -375,10 +394,10 @@ macro_rules! history_statements {
             Ok(row.map(HistoryRow::from_columns))
         }
 
-        async fn groups(&mut self, pipeline: &str, view: &str) -> Result<Vec<String>, StoreError> {
+        async fn groups(&mut self, pipeline: &str, key: &str) -> Result<Vec<String>, StoreError> {
             Ok(sqlx::query_scalar("SELECT grp FROM view_groups WHERE pipeline_id = $1 AND view_id = $2")
                 .bind(pipeline)
-                .bind(view)
+                .bind(key)
                 .fetch_all(&mut *self)
                 .await?)
         }
@@ -395,7 +414,7 @@ macro_rules! history_statements {
             let (events_done, events_total, done_at): (i64, Option<i64>, Option<i64>) = sqlx::query_as(SAVE_HISTORY)
                 .bind(pipeline)
                 .bind(view)
-                .bind(mark.map(|m| m.time_ms))
+                .bind(mark.map(|m| m.at))
                 .bind(mark.map(|m| m.key.as_str()))
                 .bind(counted)
                 .bind(total)

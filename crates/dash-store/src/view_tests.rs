@@ -431,9 +431,10 @@ async fn a_damaged_state_has_its_view_computed_again() {
         assert_eq!(store.find_pipeline("hurt").await.unwrap().unwrap().stats.count, 20);
         let pending = store.pending_backfills().await.unwrap();
         assert_eq!(pending.len(), 1, "{pending:?}");
-        assert_eq!(store.backfill_step("hurt", "by-k", 1, 100).await.unwrap(), None, "the step starts it over");
+        assert_eq!(pending[0].generation, 2, "a new generation: a job of its own");
+        assert_eq!(store.backfill_step("hurt", "by-k", 2, 100).await.unwrap(), None, "the step starts it over");
         let pending = store.pending_backfills().await.unwrap();
-        assert_eq!(pending[0].generation, 2, "{pending:?}");
+        assert_eq!(pending[0].generation, 3, "{pending:?}");
         finish_histories(store, "hurt").await;
         let cells = store.view_minutes("hurt", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
         let counts: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
@@ -564,6 +565,60 @@ async fn a_busy_minute(store: &Store) {
     assert_eq!(n, u64::from(total));
     assert_eq!(amount, f64::from((0..total).map(|n| n % 7).sum::<u32>()));
     assert!(store.find_view(pipeline, "gone").await.unwrap().is_none());
+    // Maintenance deletes what the deleted and the changed views held.
+    let report = store.maintain(YEAR, YEAR).await.unwrap();
+    assert!(report.view_states_retired > 0, "{report:?}");
+    assert_eq!(states_of_no_view(store).await, 0);
+}
+
+const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// States kept under a key no view has.
+async fn states_of_no_view(store: &Store) -> i64 {
+    const SQL: &str = "SELECT count(*) FROM view_minutes m WHERE NOT EXISTS \
+        (SELECT 1 FROM views v WHERE v.pipeline_id = m.pipeline_id AND v.state_key = m.view_id)";
+    match store {
+        Store::Sqlite(s) => sqlx::query_scalar(SQL).fetch_one(&s.writer).await.unwrap(),
+        Store::Postgres(s) => sqlx::query_scalar(SQL).fetch_one(s.pool()).await.unwrap(),
+    }
+}
+
+/// A view deleted and made again under the same name, or changed and changed back, holds what
+/// its history and later batches say, never what it held before; maintenance deletes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_made_again_holds_nothing_of_before() {
+    let mut backends = vec![sqlite().await];
+    if let Some(admin) = testing::admin_url() {
+        backends.push(postgres(&admin).await);
+    }
+    for backend in backends {
+        let store = &backend.store;
+        store.create_pipeline("again").await.unwrap();
+        let mut spec = ViewSpec::count();
+        spec.group_by = Some("/k".into());
+        let now = dash_domain::now_ms();
+        store.put_view("again", "by-k", &spec, PutMode::Create).await.unwrap();
+        store.write_batch(&ten("again", 0, now)).await.unwrap();
+        finish_histories(store, "again").await;
+        assert!(store.delete_view("again", "by-k").await.unwrap());
+        store.put_view("again", "by-k", &spec, PutMode::Create).await.unwrap();
+        store.write_batch(&ten("again", 10, now)).await.unwrap();
+        finish_histories(store, "again").await;
+        let mut changed = spec.clone();
+        changed.filter.insert("/k".into(), json!("v1"));
+        store.put_view("again", "by-k", &changed, PutMode::Replace).await.unwrap();
+        store.put_view("again", "by-k", &spec, PutMode::Replace).await.unwrap();
+        store.write_batch(&ten("again", 20, now)).await.unwrap();
+        finish_histories(store, "again").await;
+        let cells = store.view_minutes("again", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
+        let counts: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
+        assert_eq!(counts, BTreeMap::from([("v0".to_owned(), 15), ("v1".to_owned(), 15)]));
+        assert!(states_of_no_view(store).await > 0, "the old keys' states wait for maintenance");
+        let report = store.maintain(YEAR, YEAR).await.unwrap();
+        assert!(report.view_states_retired >= 4, "{report:?}");
+        assert_eq!(states_of_no_view(store).await, 0);
+        backend.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,15 +81,35 @@ pub struct PendingBackfill {
 #[derive(Debug)]
 pub(crate) struct PipelineViews {
     version: i64,
+    /// Each view's states key (see [`new_state_key`]) and definition.
     views: Vec<(String, ViewSpec)>,
+    /// Each view's name, by states key.
+    names: HashMap<String, String>,
     reader: ViewReader,
 }
 
 impl PipelineViews {
-    fn new(version: i64, views: Vec<(String, ViewSpec)>) -> Self {
+    /// `views`: name, states key, definition.
+    fn new(version: i64, views: Vec<(String, String, ViewSpec)>) -> Self {
+        let mut names = HashMap::with_capacity(views.len());
+        let views: Vec<(String, ViewSpec)> = views
+            .into_iter()
+            .map(|(name, key, spec)| {
+                names.insert(key.clone(), name);
+                (key, spec)
+            })
+            .collect();
         let reader = ViewReader::new(&views);
-        Self { version, views, reader }
+        Self { version, views, names, reader }
     }
+}
+
+/// A key for a view's states, new each time the view is made or starts over: the states of its
+/// earlier generations (or of a view of the same name deleted before) are another key's, retired
+/// and deleted later in steps by maintenance, never under the pipeline's lock. Views from before
+/// keys have their name as key.
+fn new_state_key(name: &str) -> String {
+    format!("{name}.{}", uuid::Uuid::now_v7().simple())
 }
 
 /// The definitions each pipeline's batches count into, by `views_version`, and each pipeline's
@@ -203,11 +223,13 @@ impl PipelineChanges {
         self
     }
 
-    fn touches(&self) -> Vec<ViewTouch> {
+    /// Each view's span of minutes changed, by name (`names`: by states key).
+    fn touches(&self, names: &HashMap<String, String>) -> Vec<ViewTouch> {
         self.per_view
             .iter()
             .filter_map(|counted| {
-                counted.changes.span().map(|(from, to)| ViewTouch { view: counted.view.clone(), from, to })
+                let view = names.get(&counted.view).cloned().unwrap_or_else(|| counted.view.clone());
+                counted.changes.span().map(|(from, to)| ViewTouch { view, from, to })
             })
             .collect()
     }
@@ -483,11 +505,11 @@ impl Store {
     ) -> Result<Vec<(i64, String, Cell)>, StoreError> {
         use futures_util::TryStreamExt;
         const SQLITE: &str = "SELECT minute, grp, state FROM view_minutes \
-            WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 AND ($5 IS NULL OR grp = $5) \
-            ORDER BY minute";
+            WHERE pipeline_id = $1 AND view_id = (SELECT state_key FROM views WHERE pipeline_id = $1 AND view_id = $2) \
+            AND minute >= $3 AND minute < $4 AND ($5 IS NULL OR grp = $5) ORDER BY minute";
         const POSTGRES: &str = "SELECT minute, grp, state FROM view_minutes \
-            WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 \
-            AND ($5::text IS NULL OR grp = $5) ORDER BY minute";
+            WHERE pipeline_id = $1 AND view_id = (SELECT state_key FROM views WHERE pipeline_id = $1 AND view_id = $2) \
+            AND minute >= $3 AND minute < $4 AND ($5::text IS NULL OR grp = $5) ORDER BY minute";
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut keep = |(minute, grp, state): (i64, String, Vec<u8>)| -> Result<(), StoreError> {
@@ -533,8 +555,51 @@ impl Store {
     }
 }
 
-/// Every view, for [`view_cutoffs`].
-pub(crate) const VIEWS_KEPT: &str = "SELECT pipeline_id, view_id, spec FROM views";
+/// Rows one statement of [`Store::purge_retired_states`] deletes at most: each its own short
+/// transaction, so batches wait for none of it.
+const PURGE_CHUNK: i64 = 10_000;
+
+impl Store {
+    /// Deletes the states and groups of retired keys (views deleted or started over), a chunk
+    /// at a time, oldest first; how many states went.
+    pub(crate) async fn purge_retired_states(&self) -> Result<u64, StoreError> {
+        const RETIRED: &str =
+            "SELECT pipeline_id, state_key FROM view_states_retired ORDER BY retired_at, state_key LIMIT 100";
+        const STATES: &str = "DELETE FROM view_minutes WHERE (pipeline_id, view_id, minute, grp) IN \
+            (SELECT pipeline_id, view_id, minute, grp FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 LIMIT $3)";
+        const GROUPS: &str = "DELETE FROM view_groups WHERE pipeline_id = $1 AND view_id = $2";
+        const DONE: &str = "DELETE FROM view_states_retired WHERE pipeline_id = $1 AND state_key = $2";
+        let mut purged = 0;
+        let retired: Vec<(String, String)> =
+            on_backend!(self, writer, |pool| sqlx::query_as(RETIRED).fetch_all(pool).await?);
+        for (pipeline, key) in retired {
+            loop {
+                let deleted = on_backend!(self, writer, |pool| {
+                    sqlx::query(STATES)
+                        .bind(&pipeline)
+                        .bind(&key)
+                        .bind(PURGE_CHUNK)
+                        .execute(pool)
+                        .await?
+                        .rows_affected()
+                });
+                purged += deleted;
+                if deleted < PURGE_CHUNK as u64 {
+                    break;
+                }
+            }
+            for sql in [GROUPS, DONE] {
+                on_backend!(self, writer, |pool| {
+                    sqlx::query(sql).bind(&pipeline).bind(&key).execute(pool).await?;
+                });
+            }
+        }
+        Ok(purged)
+    }
+}
+
+/// Every view (its states key), for [`view_cutoffs`].
+pub(crate) const VIEWS_KEPT: &str = "SELECT pipeline_id, state_key, spec FROM views";
 /// A view's minutes before a cutoff go: ($1 pipeline, $2 view, $3 cutoff).
 pub(crate) const PRUNE_STATES: &str =
     "DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute < $3";
@@ -594,16 +659,21 @@ fn decide(
     }
 }
 
-/// Deletes a view's states and groups (with its pipeline's row locked).
-macro_rules! forget_states {
+/// Retires a view's states and groups (with its pipeline's row locked, before its row changes):
+/// its key goes on the list maintenance deletes in steps ([`Store::purge_retired_states`]), so
+/// forgetting a view of any size is one row here.
+macro_rules! retire_states {
     ($tx:expr, $pipeline:expr, $name:expr) => {
-        for table in ["view_minutes", "view_groups"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE pipeline_id = $1 AND view_id = $2")))
-                .bind($pipeline)
-                .bind($name)
-                .execute(&mut *$tx)
-                .await?;
-        }
+        sqlx::query(
+            "INSERT INTO view_states_retired (pipeline_id, state_key, retired_at) \
+             SELECT pipeline_id, state_key, $3 FROM views WHERE pipeline_id = $1 AND view_id = $2 \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind($pipeline)
+        .bind($name)
+        .bind(now_ms())
+        .execute(&mut *$tx)
+        .await?;
         sqlx::query(SET_GROUPS_TAG).bind($pipeline).bind(new_groups_tag()).execute(&mut *$tx).await?;
     };
 }
@@ -619,28 +689,30 @@ const POSTGRES_CUT: &str = "pg_current_snapshot()::text";
 /// cannot be read. Run with its pipeline's row locked.
 macro_rules! restart_view {
     ($tx:expr, $cut:expr, $pipeline:expr, $name:expr, $spec:expr, $now:expr) => {{
+        retire_states!($tx, $pipeline, $name);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE views SET spec = COALESCE($3, spec), updated_at = $4, generation = generation + 1, \
              backfill_until = NULL, backfill_through = NULL, backfill_events = 0, backfill_total = NULL, \
              backfilled_at = NULL, history_cut = {}, history_mark_time = NULL, history_mark_key = NULL, \
-             history_restart = FALSE WHERE pipeline_id = $1 AND view_id = $2",
+             history_restart = FALSE, state_key = $5 WHERE pipeline_id = $1 AND view_id = $2",
             $cut
         )))
         .bind($pipeline)
         .bind($name)
         .bind($spec)
         .bind($now)
+        .bind(new_state_key($name))
         .execute(&mut *$tx)
         .await?;
-        forget_states!($tx, $pipeline, $name);
     }};
 }
 
 /// Asks for a view to be started over (a state of it cannot be read): its next history step
 /// does it, in a transaction of its own. A batch that finds such a state leaves the view out;
-/// its events are in the new cut's history.
-const REQUEST_RESTART: &str = "UPDATE views SET history_restart = TRUE, backfilled_at = NULL \
-    WHERE pipeline_id = $1 AND view_id = $2";
+/// its events are in the new cut's history. The generation rises now, so the job scheduler sees
+/// a history to run (its jobs are one per generation) and a step of the old one stops.
+const REQUEST_RESTART: &str = "UPDATE views SET history_restart = TRUE, backfilled_at = NULL, \
+    generation = generation + 1 WHERE pipeline_id = $1 AND state_key = $2";
 
 /// Starts a view over with the definition it has (its states could not be read), on SQLite.
 pub(crate) async fn restart_sql_sqlite(
@@ -667,14 +739,15 @@ macro_rules! apply_view_write {
             ViewWrite::Unchanged => return Ok(()),
             ViewWrite::Created => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO views (pipeline_id, view_id, spec, generation, created_at, updated_at, history_cut) \
-                     VALUES ($1, $2, $3, 1, $4, $4, {})",
+                    "INSERT INTO views (pipeline_id, view_id, spec, generation, created_at, updated_at, history_cut, \
+                     state_key) VALUES ($1, $2, $3, 1, $4, $4, {}, $5)",
                     $cut
                 )))
                 .bind($pipeline)
                 .bind($name)
                 .bind($text)
                 .bind($now)
+                .bind(new_state_key($name))
                 .execute(&mut *$tx)
                 .await?;
             }
@@ -723,6 +796,7 @@ async fn apply_pg(
 /// there was one.
 macro_rules! delete_view_rows {
     ($tx:expr, $pipeline:expr, $name:expr) => {{
+        retire_states!($tx, $pipeline, $name);
         let deleted = sqlx::query("DELETE FROM views WHERE pipeline_id = $1 AND view_id = $2")
             .bind($pipeline)
             .bind($name)
@@ -731,7 +805,6 @@ macro_rules! delete_view_rows {
             .rows_affected()
             > 0;
         if deleted {
-            forget_states!($tx, $pipeline, $name);
             sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
                 .bind($pipeline)
                 .execute(&mut *$tx)
@@ -753,10 +826,10 @@ async fn delete_pg(tx: &mut PgConnection, pipeline: &str, name: &str) -> Result<
 
 /// The definitions that read; one that does not (written by a newer release, say) is left out
 /// of counting, with an error logged, rather than stopping the pipeline's batches.
-fn readable_views(pipeline: &str, rows: Vec<(String, String)>) -> Vec<(String, ViewSpec)> {
+fn readable_views(pipeline: &str, rows: Vec<(String, String, String)>) -> Vec<(String, String, ViewSpec)> {
     rows.into_iter()
-        .filter_map(|(view, spec)| match spec_from(&spec) {
-            Ok(spec) => Some((view, spec)),
+        .filter_map(|(view, key, spec)| match spec_from(&spec) {
+            Ok(spec) => Some((view, key, spec)),
             Err(err) => {
                 tracing::error!(pipeline, view, error = %err, "a view's definition is unreadable; it is not counted");
                 None
@@ -777,8 +850,8 @@ pub(crate) async fn count_batch_sqlite<'e>(
     let views = match cache.get(pipeline, version) {
         Some(views) => views,
         None => {
-            let rows: Vec<(String, String)> =
-                sqlx::query_as("SELECT view_id, spec FROM views WHERE pipeline_id = $1 ORDER BY view_id")
+            let rows: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT view_id, state_key, spec FROM views WHERE pipeline_id = $1 ORDER BY view_id")
                     .bind(pipeline)
                     .fetch_all(&mut *tx)
                     .await?;
@@ -798,7 +871,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
         }
     };
     let changes = PipelineChanges::compute(&views, groups.clone(), fresh);
-    let touches = changes.touches();
+    let touches = changes.touches(&views.names);
     // The states already stored under the changed keys, a few statements for the whole batch.
     let keys: Vec<(&str, i64, &str)> = changes.keys().collect();
     let stored = stored_states_sqlite(tx, pipeline, &keys).await?;
@@ -922,16 +995,17 @@ pub(crate) async fn count_batch_pg(
     }
     if !to_load.is_empty() {
         let ids: Vec<&str> = to_load.iter().map(|(p, _)| *p).collect();
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT pipeline_id, view_id, spec FROM views WHERE pipeline_id = ANY($1) ORDER BY pipeline_id, view_id",
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT pipeline_id, view_id, state_key, spec FROM views WHERE pipeline_id = ANY($1) \
+             ORDER BY pipeline_id, view_id",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut loaded: HashMap<String, Vec<(String, ViewSpec)>> = HashMap::new();
-        let mut specs: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        for (pipeline, view, spec) in rows {
-            specs.entry(pipeline).or_default().push((view, spec));
+        let mut loaded: HashMap<String, Vec<(String, String, ViewSpec)>> = HashMap::new();
+        let mut specs: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+        for (pipeline, view, key, spec) in rows {
+            specs.entry(pipeline).or_default().push((view, key, spec));
         }
         for (pipeline, rows) in specs {
             let views = readable_views(&pipeline, rows);
@@ -985,7 +1059,7 @@ pub(crate) async fn count_batch_pg(
             .filter(|e| &*e.pipeline == *pipeline)
             .map(|e| (e.event.time_ms, e.event.payload.as_str(), e.event.event_type.as_deref()));
         let changes = PipelineChanges::compute(views, groups, events_of);
-        touches.insert((*pipeline).to_owned(), changes.touches());
+        touches.insert((*pipeline).to_owned(), changes.touches(&views.names));
         all_changes.push((*pipeline, changes));
     }
     // The states already stored under the changed keys, in one round trip.
