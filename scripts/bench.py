@@ -2,6 +2,7 @@
 """Dash's benchmark: Dash's intake next to this machine's ceilings, measured in the same run.
 
 Usage: python3 scripts/bench.py [--runs 3] [--duration 10s] [--quick]
+       (DASH_BENCH_SERVER=path/to/another/dashd measures its servers with this build's load)
 
 Builds the release binary, then for each measurement starts what it needs on 127.0.0.1 (a
 fresh data dir per Dash run), runs `dashd bench`, and reports the median of the runs:
@@ -45,6 +46,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHD = os.path.join(ROOT, "target", "release", "dashd")
+# The dashd whose servers are measured (the load generator is always DASHD): another build, to
+# compare a change against the release before it on the same machine in the same hour.
+SERVER = os.environ.get("DASH_BENCH_SERVER", DASHD)
 
 
 def http_json(method, url, body=None):
@@ -63,7 +67,7 @@ class Server:
         full_env = {"PATH": os.environ.get("PATH", ""), "DASH_LOG": "warn"}
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [DASHD, *args], cwd=self.cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [SERVER, *args], cwd=self.cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         line = self.proc.stdout.readline()
         match = re.search(r"listening on (http://\S+)", line)
@@ -452,12 +456,34 @@ def history_run(duration, env, make_view):
             time.sleep(0.1)
         report = json.loads(loader.communicate()[0].strip().splitlines()[-1])
         report["ready_checks"], report["not_ready"] = ready_checks, not_ready
+        report["lock"] = history_lock(server)
         if made is not None:
             report["history_secs"] = (done - made) if done else None
             report["history_events"] = events if done else None
         return report
     finally:
         server.stop()
+
+
+def history_lock(server):
+    """From /metrics: how long the history's steps held the pipeline's lock: steps, mean ms, and
+    the bucket bounds (ms) of the 99th percentile and of the longest."""
+    with urllib.request.urlopen(server.base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    buckets, total, count = [], 0.0, 0
+    for line in text.splitlines():
+        if line.startswith("dash_view_history_lock_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith("dash_view_history_lock_seconds_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("dash_view_history_lock_seconds_count"):
+            count = int(float(line.rsplit(" ", 1)[1]))
+    if not count:
+        return None
+    p99 = next(le for le, n in sorted(buckets) if n >= 0.99 * count)
+    longest = next(le for le, n in sorted(buckets) if n >= count)
+    return {"steps": count, "mean_ms": 1000 * total / count, "p99_le_ms": 1000 * p99, "max_le_ms": 1000 * longest}
 
 
 def views_history_bench(opts):
@@ -490,7 +516,8 @@ def views_history_bench(opts):
                 f"{[r['rejected'] for r in reports]}, /ready not ok {[r['not_ready'] for r in reports]} of "
                 f"{[r['ready_checks'] for r in reports]}"
                 + (f", history {[r.get('history_events') for r in reports]} events in "
-                   f"{[round(r['history_secs'], 1) if r.get('history_secs') else None for r in reports]} s"
+                   f"{[round(r['history_secs'], 1) if r.get('history_secs') else None for r in reports]} s, "
+                   f"lock held per step {[r.get('lock') for r in reports]}"
                    if kind == "view" else "")
             )
     print("\n".join(lines))

@@ -29,8 +29,9 @@ use crate::views::{
 use crate::{Store, StoreError};
 
 /// Events one history step counts at most. The step reads them with no lock held; merging their
-/// cells holds the pipeline's lock (at most one cell per event, usually far fewer).
-pub const BACKFILL_STEP_EVENTS: i64 = 5_000;
+/// cells holds the pipeline's lock (at most one cell per event; usually the view's groups times
+/// the minutes the events span, far fewer).
+pub const BACKFILL_STEP_EVENTS: i64 = 20_000;
 
 /// The last event a view's history has counted: its time exactly as stored (PostgreSQL orders
 /// by time, then key: microseconds there) and its key (the event id).
@@ -171,20 +172,22 @@ impl Store {
             finished,
             total,
         };
-        match self {
+        let (progress, locked) = match self {
             Store::Sqlite(s) => {
                 let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
-                let progress = merge_step(&mut *tx, pipeline, &step, counted).await?;
+                let merged = merge_step(&mut *tx, pipeline, &step, counted).await?;
                 tx.commit().await?;
-                Ok(progress)
+                merged
             }
             Store::Postgres(s) => {
                 let mut tx = s.pool.begin().await?;
-                let progress = merge_step(&mut *tx, pipeline, &step, counted).await?;
+                let merged = merge_step(&mut *tx, pipeline, &step, counted).await?;
                 tx.commit().await?;
-                Ok(progress)
+                merged
             }
-        }
+        };
+        metrics::histogram!("dash_view_history_lock_seconds").record(locked.elapsed().as_secs_f64());
+        Ok(progress)
     }
 
     /// Starts a view over that a batch asked to (see `REQUEST_RESTART`): `None`, its next
@@ -308,14 +311,25 @@ async fn restart_locked<T: StatesTx>(
 
 /// Merges a step's counted cells into the view's states and moves its mark, in a transaction
 /// holding the pipeline's lock. Left undone (the progress as it stands) when another step moved
-/// the mark meanwhile.
+/// the mark meanwhile. With the progress, when the lock was taken.
 async fn merge_step<T: StatesTx>(
     tx: &mut T,
     pipeline: &str,
     step: &Step<'_>,
     counted: Counted,
-) -> Result<Option<BackfillProgress>, StoreError> {
+) -> Result<(Option<BackfillProgress>, std::time::Instant), StoreError> {
     tx.lock_pipeline(pipeline).await?;
+    let locked = std::time::Instant::now();
+    let progress = merge_locked(tx, pipeline, step, counted).await?;
+    Ok((progress, locked))
+}
+
+async fn merge_locked<T: StatesTx>(
+    tx: &mut T,
+    pipeline: &str,
+    step: &Step<'_>,
+    counted: Counted,
+) -> Result<Option<BackfillProgress>, StoreError> {
     let Some(row) = tx.history_row(pipeline, step.view).await? else { return Ok(None) };
     if row.generation != step.generation {
         return Ok(None);

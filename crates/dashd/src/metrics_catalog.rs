@@ -125,6 +125,11 @@ pub fn describe() {
         Unit::Count,
         "View states of a newer release left alone (a rolling upgrade under way)."
     );
+    describe_histogram!(
+        "dash_view_history_lock_seconds",
+        Unit::Seconds,
+        "How long a step of a view's history holds its pipeline's lock (its merge)."
+    );
 
     describe_gauge!("dash_node_info", "This node's role, region and id (always 1).");
     describe_gauge!(
