@@ -158,8 +158,11 @@ impl Store {
             Some(_) => None,
             None => Some(self.events_stored(pipeline).await?),
         };
-        let events = self.history_events(pipeline, &cut, row.mark.as_ref(), max_events).await?;
+        let mut events = self.history_events(pipeline, &cut, row.mark.as_ref(), max_events).await?;
         let finished = (events.len() as i64) < max_events;
+        if !finished {
+            hold_back_last_run(&mut events);
+        }
         let groups = self.view_groups(pipeline, &row.key).await?;
         let counted = count(&row.key, &spec, groups, &events);
         let step = Step {
@@ -273,6 +276,18 @@ impl Store {
             },
         };
         Ok(rows.into_iter().map(history_event).collect())
+    }
+}
+
+/// Leaves the events that share the last one's place in the order to the next step (unless that
+/// would leave none): the next step reads after the mark, so a run of events in one place split
+/// between two steps would lose its rest. On PostgreSQL two events can share a place: the same id
+/// stored again once the dedupe window has passed, at the same time.
+fn hold_back_last_run(events: &mut Vec<HistoryEvent>) {
+    let Some(last) = events.last().map(|e| e.mark.clone()) else { return };
+    let keep = events.iter().rposition(|e| e.mark != last).map_or(0, |i| i + 1);
+    if keep > 0 {
+        events.truncate(keep);
     }
 }
 
@@ -498,5 +513,29 @@ impl StatesTx for PgConnection {
         new_groups: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
         write_states_pg(self, pipeline, rows, new_groups).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(at: i64, key: &str) -> HistoryEvent {
+        HistoryEvent { mark: Mark { at, key: key.to_owned() }, time_ms: at, payload: "{}".into(), event_type: None }
+    }
+
+    #[test]
+    fn a_step_never_ends_inside_a_run_of_events_in_one_place() {
+        let marks =
+            |events: &[HistoryEvent]| events.iter().map(|e| (e.mark.at, e.mark.key.clone())).collect::<Vec<_>>();
+        let mut events = vec![at(1, "a"), at(2, "b"), at(2, "c"), at(2, "c")];
+        hold_back_last_run(&mut events);
+        assert_eq!(marks(&events), [(1, "a".to_owned()), (2, "b".to_owned())]);
+        let mut events = vec![at(1, "a"), at(2, "b")];
+        hold_back_last_run(&mut events);
+        assert_eq!(marks(&events), [(1, "a".to_owned())], "the last event is read again next step");
+        let mut events = vec![at(2, "c"), at(2, "c")];
+        hold_back_last_run(&mut events);
+        assert_eq!(events.len(), 2, "a step made of one place keeps it");
     }
 }

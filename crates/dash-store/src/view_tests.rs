@@ -429,16 +429,20 @@ async fn a_damaged_state_has_its_view_computed_again() {
         execute(store, "UPDATE view_minutes SET state = $1 WHERE pipeline_id = 'hurt'", &[0x00, 0x01, 0x02]).await;
         store.write_batch(&ten("hurt", 10, now)).await.expect("the batch is stored whatever the view holds");
         assert_eq!(store.find_pipeline("hurt").await.unwrap().unwrap().stats.count, 20);
+        store.write_batch(&ten("hurt", 20, now)).await.unwrap();
         let pending = store.pending_backfills().await.unwrap();
         assert_eq!(pending.len(), 1, "{pending:?}");
-        assert_eq!(pending[0].generation, 2, "a new generation: a job of its own");
+        assert_eq!(pending[0].generation, 2, "a new generation (one, however many batches ask)");
         assert_eq!(store.backfill_step("hurt", "by-k", 2, 100).await.unwrap(), None, "the step starts it over");
         let pending = store.pending_backfills().await.unwrap();
         assert_eq!(pending[0].generation, 3, "{pending:?}");
+        // Batches after the restart count into the view's new states.
+        store.write_batch(&ten("hurt", 30, now)).await.unwrap();
         finish_histories(store, "hurt").await;
+        store.write_batch(&ten("hurt", 40, now)).await.unwrap();
         let cells = store.view_minutes("hurt", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
         let counts: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
-        assert_eq!(counts, BTreeMap::from([("v0".to_owned(), 10), ("v1".to_owned(), 10)]));
+        assert_eq!(counts, BTreeMap::from([("v0".to_owned(), 25), ("v1".to_owned(), 25)]));
         backend.cleanup().await;
     }
 }

@@ -704,15 +704,22 @@ macro_rules! restart_view {
         .bind(new_state_key($name))
         .execute(&mut *$tx)
         .await?;
+        // Batches read the definitions (with the new states key) again.
+        sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
+            .bind($pipeline)
+            .execute(&mut *$tx)
+            .await?;
     }};
 }
 
 /// Asks for a view to be started over (a state of it cannot be read): its next history step
 /// does it, in a transaction of its own. A batch that finds such a state leaves the view out;
-/// its events are in the new cut's history. The generation rises now, so the job scheduler sees
-/// a history to run (its jobs are one per generation) and a step of the old one stops.
-const REQUEST_RESTART: &str = "UPDATE views SET history_restart = TRUE, backfilled_at = NULL, \
-    generation = generation + 1 WHERE pipeline_id = $1 AND state_key = $2";
+/// its events are in the new cut's history. The generation rises now (once, however many batches
+/// ask), so the job scheduler sees a history to run (its jobs are one per generation) and a step
+/// of the old one stops.
+const REQUEST_RESTART: &str = "UPDATE views SET backfilled_at = NULL, \
+    generation = generation + CASE WHEN history_restart THEN 0 ELSE 1 END, history_restart = TRUE \
+    WHERE pipeline_id = $1 AND state_key = $2";
 
 /// Starts a view over with the definition it has (its states could not be read), on SQLite.
 pub(crate) async fn restart_sql_sqlite(
