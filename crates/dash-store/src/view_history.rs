@@ -108,15 +108,14 @@ const SQLITE_EVENTS: &str = "SELECT event_time, event_time, event_id, payload, e
     WHERE pipeline_id = $1 AND event_id > $2 AND (batch_seq IS NULL OR batch_seq <= CAST($3 AS INTEGER)) \
     ORDER BY event_id LIMIT $4";
 /// On PostgreSQL by (time, id) along the events' (pipeline, time) index: `event_time >= $2`
-/// bounds the index scan, the row comparison leaves out what was counted at that time.
-const POSTGRES_EVENTS_AFTER: &str = "SELECT (extract(epoch FROM event_time) * 1000000)::int8, \
-    floor(extract(epoch FROM event_time) * 1000)::int8, event_id, payload::text, event_type FROM events WHERE pipeline_id = $1 AND event_time >= $2 AND (event_time, event_id) > ($2, $3) \
+/// bounds the index scan, the row comparison leaves out what was counted at that time; with no
+/// mark yet ($2 and $3 NULL) it reads from the first event.
+const POSTGRES_EVENTS: &str = "SELECT (extract(epoch FROM event_time) * 1000000)::int8, \
+    floor(extract(epoch FROM event_time) * 1000)::int8, event_id, payload::text, event_type FROM events \
+    WHERE pipeline_id = $1 AND event_time >= COALESCE($2, '-infinity') \
+    AND (event_time, event_id) > (COALESCE($2, '-infinity'), COALESCE($3, '')) \
     AND (batch_xid IS NULL OR pg_visible_in_snapshot(batch_xid, $4::pg_snapshot)) \
     ORDER BY event_time, event_id LIMIT $5";
-const POSTGRES_EVENTS_FIRST: &str = "SELECT (extract(epoch FROM event_time) * 1000000)::int8, \
-    floor(extract(epoch FROM event_time) * 1000)::int8, event_id, payload::text, event_type FROM events WHERE pipeline_id = $1 \
-    AND (batch_xid IS NULL OR pg_visible_in_snapshot(batch_xid, $2::pg_snapshot)) \
-    ORDER BY event_time, event_id LIMIT $3";
 
 /// Where the event sits (its stored time, see [`Mark`]), its time in ms, id, payload, type.
 type EventColumns = (i64, i64, String, String, Option<String>);
@@ -254,26 +253,16 @@ impl Store {
                     .fetch_all(&s.readers)
                     .await?
             }
-            Store::Postgres(s) => match after {
-                Some(mark) => {
-                    sqlx::query_as(POSTGRES_EVENTS_AFTER)
-                        .bind(pipeline)
-                        .bind(chrono::DateTime::from_timestamp_micros(mark.at).unwrap_or_default())
-                        .bind(&mark.key)
-                        .bind(cut)
-                        .bind(limit)
-                        .fetch_all(&s.pool)
-                        .await?
-                }
-                None => {
-                    sqlx::query_as(POSTGRES_EVENTS_FIRST)
-                        .bind(pipeline)
-                        .bind(cut)
-                        .bind(limit)
-                        .fetch_all(&s.pool)
-                        .await?
-                }
-            },
+            Store::Postgres(s) => {
+                sqlx::query_as(POSTGRES_EVENTS)
+                    .bind(pipeline)
+                    .bind(after.map(|m| chrono::DateTime::from_timestamp_micros(m.at).unwrap_or_default()))
+                    .bind(after.map(|m| m.key.as_str()))
+                    .bind(cut)
+                    .bind(limit)
+                    .fetch_all(&s.pool)
+                    .await?
+            }
         };
         Ok(rows.into_iter().map(history_event).collect())
     }
@@ -413,8 +402,8 @@ trait StatesTx {
     async fn restart_view(&mut self, pipeline: &str, view: &str) -> Result<(), StoreError>;
 }
 
-/// The statements of [`StatesTx`] that read the same on both backends, once it holds its pipeline's lock
-/// (on SQLite the writer's): the few statements views need, written once per backend.
+/// The statements of [`StatesTx`] whose SQL is the same on both backends, written once for both
+/// impls.
 macro_rules! history_statements {
     () => {
         async fn history_row(&mut self, pipeline: &str, view: &str) -> Result<Option<HistoryRow>, StoreError> {

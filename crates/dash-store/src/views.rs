@@ -165,8 +165,7 @@ impl ViewCache {
         for (view, group) in added {
             by_view.entry(view.as_str()).or_default().push(group.clone());
         }
-        let mut settled: HashMap<String, Groups> =
-            base.iter().map(|(view, groups)| (view.clone(), groups.with_added(&[]))).collect();
+        let mut settled = base.clone();
         for (view, groups) in by_view {
             let entry = settled.entry(view.to_owned()).or_default();
             *entry = entry.with_added(&groups);
@@ -704,13 +703,11 @@ macro_rules! restart_view {
         .bind(new_state_key($name))
         .execute(&mut *$tx)
         .await?;
-        // Batches read the definitions (with the new states key) again.
-        sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
-            .bind($pipeline)
-            .execute(&mut *$tx)
-            .await?;
     }};
 }
+
+/// Makes batches read a pipeline's definitions (and their states keys) again.
+const RAISE_VIEWS_VERSION: &str = "UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1";
 
 /// Asks for a view to be started over (a state of it cannot be read): its next history step
 /// does it, in a transaction of its own. A batch that finds such a state leaves the view out;
@@ -728,12 +725,14 @@ pub(crate) async fn restart_sql_sqlite(
     view: &str,
 ) -> Result<(), StoreError> {
     restart_view!(tx, SQLITE_CUT, pipeline, view, None::<&str>, now_ms());
+    sqlx::query(RAISE_VIEWS_VERSION).bind(pipeline).execute(&mut *tx).await?;
     Ok(())
 }
 
 /// Starts a view over with the definition it has (its states could not be read), on PostgreSQL.
 pub(crate) async fn restart_sql_pg(tx: &mut PgConnection, pipeline: &str, view: &str) -> Result<(), StoreError> {
     restart_view!(tx, POSTGRES_CUT, pipeline, view, None::<&str>, now_ms());
+    sqlx::query(RAISE_VIEWS_VERSION).bind(pipeline).execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -769,10 +768,7 @@ macro_rules! apply_view_write {
             }
             ViewWrite::Recomputing => restart_view!($tx, $cut, $pipeline, $name, Some($text), $now),
         }
-        sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
-            .bind($pipeline)
-            .execute(&mut *$tx)
-            .await?;
+        sqlx::query(RAISE_VIEWS_VERSION).bind($pipeline).execute(&mut *$tx).await?;
         Ok(())
     }};
 }
@@ -812,10 +808,7 @@ macro_rules! delete_view_rows {
             .rows_affected()
             > 0;
         if deleted {
-            sqlx::query("UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1")
-                .bind($pipeline)
-                .execute(&mut *$tx)
-                .await?;
+            sqlx::query(RAISE_VIEWS_VERSION).bind($pipeline).execute(&mut *$tx).await?;
         }
         Ok(deleted)
     }};

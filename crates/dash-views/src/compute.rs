@@ -179,7 +179,7 @@ impl Groups {
             return Self { known: self.known.clone(), fresh: HashMap::new(), added: Vec::new() };
         }
         let mut slots = (*self.known).clone();
-        for name in self.fresh.keys().chain(added) {
+        for name in self.added.iter().chain(added) {
             let slot = RESERVED.len() + slots.len();
             slots.entry(name.clone()).or_insert(slot);
         }
