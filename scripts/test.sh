@@ -136,6 +136,8 @@ start_timescale_clusters() {
     DASH_TEST_TIMESCALE_APACHE=$(start_ts_cluster apache "shared_preload_libraries = 'timescaledb'" "timescaledb.license = 'apache'")
     DASH_TEST_TIMESCALE_NOT_PRELOADED=$(start_ts_cluster notpreloaded)
     export DASH_TEST_TIMESCALE_FULL DASH_TEST_TIMESCALE_APACHE DASH_TEST_TIMESCALE_NOT_PRELOADED
+    # dashd verify's private cluster runs on this build too (TimescaleDB preloaded).
+    export DASH_TEST_TIMESCALE_BIN="$TS_BIN"
     export DASH_TEST_REQUIRE_TIMESCALE=1
 }
 as_postgres_user() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$1"; else bash -c "$1"; fi; }

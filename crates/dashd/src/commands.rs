@@ -625,3 +625,21 @@ pub async fn ceiling(action: CeilingAction) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `dashd verify`: prints the report; a run that did not pass writes its replay command to the
+/// failures file and fails.
+pub async fn verify(options: dash_verify::VerifyOptions) -> anyhow::Result<()> {
+    let (json, failures_file) = (options.json, options.failures_file.clone());
+    let report = dash_verify::run(options).await?;
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&report)?),
+        false => print!("{report}"),
+    }
+    if report.passed() {
+        return Ok(());
+    }
+    report
+        .record_failure(&failures_file)
+        .with_context(|| format!("writing the failing seed to {}", failures_file.display()))?;
+    anyhow::bail!("the run broke the promise; its replay command is in {}", failures_file.display())
+}

@@ -69,6 +69,10 @@ enum Command {
     BenchLive(dash_bench::LiveOptions),
     /// End-to-end latency: 202 from one node → the update on another node's /live.
     BenchE2e(dash_bench::E2eOptions),
+    /// The fault harness: a local cluster of this binary (2 web, 2 ingestors, a private
+    /// PostgreSQL and nats-server), signed traffic through the edges and a seeded schedule of
+    /// faults; checks that every acknowledged event is stored exactly once. Exit 1 when not.
+    Verify(dash_verify::VerifyOptions),
     /// This machine's ceilings, to set Dash's numbers against.
     #[command(subcommand, hide = true)]
     Ceiling(commands::CeilingAction),
@@ -99,8 +103,10 @@ fn main() -> ExitCode {
         Command::Serve { role, listen } => Overrides { role: *role, listen: *listen, config_file: cli.config.clone() },
         _ => Overrides { config_file: cli.config.clone(), ..Default::default() },
     };
-    let needs_settings =
-        !matches!(command, Command::Bench(_) | Command::BenchLive(_) | Command::BenchE2e(_) | Command::Ceiling(_));
+    let needs_settings = !matches!(
+        command,
+        Command::Bench(_) | Command::BenchLive(_) | Command::BenchE2e(_) | Command::Ceiling(_) | Command::Verify(_)
+    );
     let settings = if needs_settings {
         match dash_config::load(Path::new("config"), &overrides) {
             Ok(settings) => Some(settings),
@@ -181,6 +187,7 @@ async fn run(
             println!("{}", dash_bench::run_live(options).await?);
             Ok(())
         }
+        Command::Verify(options) => commands::verify(options).await,
         Command::Ceiling(action) => commands::ceiling(action).await,
         Command::DataDir => {
             println!("{}", std::path::absolute(&settings().data_dir)?.display());

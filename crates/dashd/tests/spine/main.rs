@@ -23,4 +23,5 @@ mod retention;
 mod roles;
 mod support;
 mod timescale;
+mod verify;
 mod views;

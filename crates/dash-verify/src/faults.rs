@@ -1,0 +1,96 @@
+//! The fault schedule: drawn from a seed, so that a run can be replayed fault for fault.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// kill -9 one node, then start it again on the same address and data.
+    Kill,
+    /// SIGSTOP one node (a process that hangs: connections stay open, nothing answers), then
+    /// SIGCONT.
+    Pause,
+    /// Stop the database as a crash does (no checkpoint), then start it again.
+    Database,
+    /// kill -9 the bus (nats-server), then start it again on the same port.
+    Bus,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Pause => "pause",
+            Self::Database => "database",
+            Self::Bus => "bus",
+        }
+    }
+}
+
+/// One fault of a schedule.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// Which node ([`FaultKind::Kill`], [`FaultKind::Pause`]), as an index into the cluster's nodes.
+    pub node: usize,
+    /// How long the fault lasts before it is healed.
+    pub hold: Duration,
+    /// The quiet time before it.
+    pub gap: Duration,
+}
+
+/// `count` faults of `kinds` over `nodes` nodes, the same for the same seed.
+pub fn schedule(seed: u64, count: usize, kinds: &[FaultKind], nodes: usize) -> Vec<Fault> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let kind = kinds[rng.random_range(0..kinds.len())];
+            let node = rng.random_range(0..nodes);
+            let hold_ms = match kind {
+                FaultKind::Kill => rng.random_range(0..2_000),
+                FaultKind::Pause => rng.random_range(200..3_000),
+                FaultKind::Database => rng.random_range(500..4_000),
+                FaultKind::Bus => rng.random_range(200..3_000),
+            };
+            let gap_ms = rng.random_range(200..1_500);
+            Fault { kind, node, hold: Duration::from_millis(hold_ms), gap: Duration::from_millis(gap_ms) }
+        })
+        .collect()
+}
+
+/// A fault as the report says it, given the name of the node it targets.
+pub(crate) struct Described<'a>(pub &'a Fault, pub &'a str);
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Described(fault, node) = self;
+        let hold = fault.hold.as_secs_f64();
+        match fault.kind {
+            FaultKind::Kill => write!(f, "kill -9 {node}, restarted after {hold:.1} s"),
+            FaultKind::Pause => write!(f, "SIGSTOP {node} for {hold:.1} s"),
+            FaultKind::Database => write!(f, "database crashed for {hold:.1} s"),
+            FaultKind::Bus => write!(f, "bus killed for {hold:.1} s"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_schedule() {
+        let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus];
+        let a = schedule(7, 50, &kinds, 4);
+        let b = schedule(7, 50, &kinds, 4);
+        let key = |s: &[Fault]| s.iter().map(|f| (f.kind, f.node, f.hold, f.gap)).collect::<Vec<_>>();
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&schedule(8, 50, &kinds, 4)));
+        assert!(kinds.iter().all(|k| a.iter().any(|f| f.kind == *k)), "every kind drawn in 50");
+    }
+}

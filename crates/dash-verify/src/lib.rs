@@ -1,0 +1,589 @@
+//! `dashd verify`: the fault harness Dash ships. It starts a local cluster of the running binary
+//! (two web edges, two ingestors, a private PostgreSQL, a nats-server and a DNS server of its
+//! own), sends signed webhooks through the edges as a provider does, injects faults from a seeded
+//! schedule, and then checks the promise: every acknowledged event stored exactly once, and no
+//! answer outside the contract (a refusal is 429 or 503 with `Retry-After`, nothing else).
+
+mod faults;
+mod processes;
+mod senders;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dash_discovery::testing::DnsServer;
+use dash_signature::SigningSecret;
+use nix::sys::signal::Signal;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use faults::Described;
+pub use faults::{Fault, FaultKind, schedule};
+use processes::{Nats, Node, Postgres, Role};
+use senders::{EventKey, Ledger, Target};
+
+const CLUSTER_NAME: &str = "dash.internal";
+const INGESTOR_NAME: &str = "ingestor.process.dash.internal";
+/// How long the cluster may take to be healthy again after a fault is healed before the fault
+/// counts as unrecovered.
+const RECOVERY_BOUND: Duration = Duration::from_secs(30);
+/// How long, after the last fault, every acknowledged event may take to be stored.
+const SETTLE_BOUND: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("setting up the cluster: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("reading the cluster's database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("talking to the cluster: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{source} (logs and data kept in {})", dir.display())]
+    Kept { source: Box<VerifyError>, dir: PathBuf },
+}
+
+/// What `dashd verify` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyOptions {
+    /// Seed of the fault schedule; the same seed replays the same faults (default: random, and
+    /// printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How many faults to inject.
+    #[arg(long, default_value_t = 30)]
+    pub faults: usize,
+    /// Stop injecting after this long (e.g. 10m), even with faults of the schedule left.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Concurrent senders, each one request at a time (every fifth an NDJSON batch of ten).
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
+    /// Which kinds of fault to draw from (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus])]
+    pub kinds: Vec<FaultKind>,
+    /// Folder of PostgreSQL's programs (initdb, pg_ctl, pg_config). TimescaleDB is preloaded
+    /// when it is installed there. Default: `pg_config --bindir`, else the newest
+    /// /usr/lib/postgresql/*/bin.
+    #[arg(long)]
+    pub postgres_bin: Option<PathBuf>,
+    /// The nats-server program (default: /usr/sbin/nats-server, else nats-server on PATH).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// The dashd binary the cluster runs (default: this one).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// The cluster's hosts are 127.NET.0.2–5, so that runs side by side stay apart.
+    #[arg(long, default_value_t = 200)]
+    pub net: u8,
+    /// A failing run appends the command that replays it here.
+    #[arg(long, default_value = "dash-verify-failures.log")]
+    pub failures_file: PathBuf,
+    /// Keep the cluster's folder (logs, data) even when the run passes; a failing run always
+    /// keeps it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a run found.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub faults_planned: usize,
+    /// Faults run, by kind.
+    pub faults: BTreeMap<FaultKind, u64>,
+    pub timescaledb: bool,
+    pub requests: u64,
+    pub events_acked: usize,
+    /// Distinct acknowledged events found in the database.
+    pub events_stored: usize,
+    /// Events stored that were sent but never acknowledged (the answer was lost): allowed.
+    pub stored_unacked: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    /// Rows whose id no sender ever sent.
+    pub phantom: usize,
+    /// The pipeline's count against its rows.
+    pub count_matches: bool,
+    /// Non-2xx answers, by status (429 and 503 with Retry-After are the allowed refusals).
+    pub refused: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+    /// Answers outside the contract: any other status, a refusal without Retry-After, or a
+    /// request to a healthy edge unanswered for 30 s.
+    pub violations: u64,
+    pub violation_examples: Vec<String>,
+    /// From a fault's heal to every node healthy again.
+    pub worst_recovery_secs: f64,
+    pub worst_recovery_fault: Option<String>,
+    /// Faults after which the cluster was not healthy within 30 s.
+    pub unrecovered: Vec<String>,
+    pub lost_examples: Vec<String>,
+    pub elapsed_secs: f64,
+    /// The cluster's folder, when kept.
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.phantom == 0
+            && self.count_matches
+            && self.violations == 0
+            && self.unrecovered.is_empty()
+            && self.events_acked > 0
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let kinds: Vec<&str> = self.faults.keys().map(|k| k.name()).collect();
+        format!("dashd verify --seed {} --faults {} --kinds {}", self.seed, self.faults_planned, kinds.join(","))
+    }
+
+    /// Appends the replay command of a failing run to `path`, with what failed.
+    pub fn record_failure(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        writeln!(
+            file,
+            "{} lost={} duplicated={} phantom={} violations={} unrecovered={} count_matches={}: {}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            self.lost,
+            self.duplicated,
+            self.phantom,
+            self.violations,
+            self.unrecovered.len(),
+            self.count_matches,
+            self.replay_command()
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.passed() { "PASSED" } else { "FAILED" };
+        let run: u64 = self.faults.values().sum();
+        let store = if self.timescaledb { "PostgreSQL + TimescaleDB" } else { "PostgreSQL" };
+        writeln!(f, "dashd verify: {verdict} (seed {}, {:.0} s, {store})", self.seed, self.elapsed_secs)?;
+        let by_kind: Vec<String> = self.faults.iter().map(|(k, n)| format!("{} {n}", k.name())).collect();
+        writeln!(f, "  faults        {run} of {} planned: {}", self.faults_planned, by_kind.join(", "))?;
+        writeln!(f, "  requests      {}", self.requests)?;
+        writeln!(
+            f,
+            "  events        {} acknowledged, {} stored ({} more stored whose answer was lost)",
+            self.events_acked, self.events_stored, self.stored_unacked
+        )?;
+        writeln!(f, "  lost          {}", self.lost)?;
+        writeln!(f, "  duplicated    {}", self.duplicated)?;
+        writeln!(f, "  phantom       {}", self.phantom)?;
+        writeln!(
+            f,
+            "  count         {}",
+            if self.count_matches { "matches the rows" } else { "DIFFERS from the rows" }
+        )?;
+        let refused: Vec<String> = self.refused.iter().map(|(s, n)| format!("{s}×{n}")).collect();
+        writeln!(
+            f,
+            "  refused       {} (transport errors {})",
+            if refused.is_empty() { "none".to_owned() } else { refused.join(", ") },
+            self.transport_errors
+        )?;
+        writeln!(f, "  violations    {}", self.violations)?;
+        for example in &self.violation_examples {
+            writeln!(f, "    {example}")?;
+        }
+        match &self.worst_recovery_fault {
+            Some(fault) => writeln!(f, "  recovery      worst {:.1} s, after: {fault}", self.worst_recovery_secs)?,
+            None => writeln!(f, "  recovery      no fault run")?,
+        }
+        for fault in &self.unrecovered {
+            writeln!(f, "    not healthy within {RECOVERY_BOUND:?}: {fault}")?;
+        }
+        for id in &self.lost_examples {
+            writeln!(f, "    lost: {id}")?;
+        }
+        if let Some(dir) = &self.work_dir {
+            writeln!(f, "  logs and data {}", dir.display())?;
+        }
+        if !self.passed() {
+            writeln!(f, "  replay        {}", self.replay_command())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the harness to the end and reports. An error means the cluster could not be set up or
+/// read, not that the promise failed: that is a report that did not pass.
+pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
+    let started = Instant::now();
+    let seed = options.seed.unwrap_or_else(rand::random);
+    if options.kinds.is_empty() || options.senders == 0 {
+        return Err(VerifyError::Setup("--kinds and --senders must not be empty".into()));
+    }
+    eprintln!("dashd verify: seed {seed}, {} faults", options.faults);
+    let work = tempfile::Builder::new().prefix("dash-verify.").tempdir()?;
+    // PostgreSQL runs as its own user under root and must reach its folder inside this one.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
+    let outcome = verify(&options, seed, work.path(), started).await;
+    let keep = match &outcome {
+        Ok(report) => options.keep || !report.passed(),
+        Err(_) => true,
+    };
+    let kept = keep.then(|| work.keep());
+    match (outcome, kept) {
+        (Ok(mut report), kept) => {
+            report.work_dir = kept;
+            Ok(report)
+        }
+        (Err(err), Some(dir)) => Err(VerifyError::Kept { source: Box::new(err), dir }),
+        (Err(err), None) => Err(err),
+    }
+}
+
+async fn verify(options: &VerifyOptions, seed: u64, work: &Path, started: Instant) -> Result<Report, VerifyError> {
+    let mut cluster = Cluster::start(options, work).await?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    cluster.wait_healthy(&http, Duration::from_secs(60)).await.map_err(VerifyError::Setup)?;
+    let created: Value = http
+        .post(cluster.nodes[WEB_A].url("/api/pipelines"))
+        .json(&serde_json::json!({ "name": "verify" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let (Some(pipeline), Some(secret)) = (created["id"].as_str(), created["secret"].as_str()) else {
+        return Err(VerifyError::Setup(format!("unexpected answer to POST /api/pipelines: {created}")));
+    };
+    let secret = SigningSecret::parse(secret).map_err(|err| VerifyError::Setup(format!("pipeline secret: {err}")))?;
+    let target = Arc::new(Target {
+        webs: vec![cluster.nodes[WEB_A].url(""), cluster.nodes[WEB_B].url("")],
+        pipeline: pipeline.to_owned(),
+        secret,
+        disruptions: Default::default(),
+    });
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..options.senders)
+        .map(|i| tokio::spawn(senders::send(i, target.clone(), ledger.clone(), stop.clone())))
+        .collect();
+
+    let plan = schedule(seed, options.faults, &options.kinds, cluster.nodes.len());
+    let mut faults_run: BTreeMap<FaultKind, u64> = options.kinds.iter().map(|k| (*k, 0)).collect();
+    let (mut worst, mut worst_fault, mut unrecovered) = (Duration::ZERO, None, Vec::new());
+    let deadline = options.duration.map(|d| started + d);
+    for (i, fault) in plan.iter().enumerate() {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!("dashd verify: --duration reached after {i} faults");
+            break;
+        }
+        tokio::time::sleep(fault.gap).await;
+        let described = Described(fault, &cluster.nodes[fault.node].name).to_string();
+        cluster.inject(fault, &target).await?;
+        *faults_run.entry(fault.kind).or_default() += 1;
+        match cluster.wait_healthy(&http, RECOVERY_BOUND).await {
+            Ok(took) => {
+                eprintln!("[{:>4}/{}] {described}: healthy after {:.1} s", i + 1, plan.len(), took.as_secs_f64());
+                if took >= worst {
+                    (worst, worst_fault) = (took, Some(described));
+                }
+            }
+            Err(state) => {
+                eprintln!("[{:>4}/{}] {described}: NOT healthy within {RECOVERY_BOUND:?}: {state}", i + 1, plan.len());
+                unrecovered.push(format!("{described} ({state})"));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        let _ = sender.await;
+    }
+    if let Err(state) = cluster.wait_healthy(&http, Duration::from_secs(60)).await {
+        unrecovered.push(format!("after the last fault ({state})"));
+    }
+
+    let ledger = std::mem::take(&mut *ledger.lock());
+    let stored = cluster.settle(pipeline, &ledger).await?;
+    let mut lost: Vec<EventKey> = ledger.acked.iter().filter(|id| !stored.rows.contains_key(*id)).copied().collect();
+    lost.sort();
+    let rows: i64 = stored.rows.values().sum::<i64>() + stored.foreign;
+    Ok(Report {
+        seed,
+        faults_planned: options.faults,
+        faults: faults_run,
+        timescaledb: cluster.postgres.timescaledb,
+        requests: ledger.requests,
+        events_acked: ledger.acked.len(),
+        events_stored: ledger.acked.iter().filter(|id| stored.rows.contains_key(*id)).count(),
+        stored_unacked: stored
+            .rows
+            .keys()
+            .filter(|id| !ledger.acked.contains(*id) && ledger.sent.contains(*id))
+            .count(),
+        lost: lost.len(),
+        duplicated: stored.rows.values().filter(|copies| **copies > 1).count(),
+        phantom: stored.rows.keys().filter(|id| !ledger.sent.contains(*id)).count() + stored.foreign as usize,
+        count_matches: stored.count == rows,
+        refused: ledger.refused,
+        transport_errors: ledger.transport_errors,
+        violations: ledger.violations_total,
+        violation_examples: ledger.violations,
+        worst_recovery_secs: worst.as_secs_f64(),
+        worst_recovery_fault: worst_fault,
+        unrecovered,
+        lost_examples: lost.iter().take(10).map(EventKey::to_string).collect(),
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        work_dir: None,
+    })
+}
+
+/// The web edges' places among the cluster's nodes (ingestor-a, ingestor-b, web-a, web-b: the
+/// order the schedule numbers them).
+const WEB_A: usize = 2;
+const WEB_B: usize = 3;
+
+struct Cluster {
+    postgres: Postgres,
+    nats: Nats,
+    _dns: DnsServer,
+    nodes: Vec<Node>,
+    database_url: String,
+}
+
+/// What the database holds for the pipeline.
+struct Stored {
+    /// Event id → rows.
+    rows: HashMap<EventKey, i64>,
+    /// Rows whose id no sender could have made.
+    foreign: i64,
+    /// The pipeline's `event_count`.
+    count: i64,
+}
+
+impl Cluster {
+    async fn start(options: &VerifyOptions, work: &Path) -> Result<Self, VerifyError> {
+        let binary = match &options.binary {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe()?,
+        };
+        let postgres_bin = match &options.postgres_bin {
+            Some(bin) => bin.clone(),
+            None => default_postgres_bin()?,
+        };
+        let nats_binary = match &options.nats_server {
+            Some(path) => path.clone(),
+            None => default_nats_server()?,
+        };
+        let postgres = Postgres::start(&postgres_bin, work.join("postgres")).await?;
+        let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&postgres.admin_url()).await?;
+        sqlx::query("CREATE DATABASE dash").execute(&admin).await?;
+        admin.close().await;
+        let database_url = postgres.url("dash");
+        let nats = Nats::start(&nats_binary).await?;
+        let dns = DnsServer::start().await?;
+
+        let host = |last: u8| IpAddr::from([127, options.net, 0, last]);
+        let ingestor_ips = [host(2), host(3)];
+        let web_ips = [host(4), host(5)];
+        dns.set(CLUSTER_NAME, ingestor_ips.iter().chain(&web_ips).copied().collect());
+        dns.set(INGESTOR_NAME, ingestor_ips.to_vec());
+        let ingestor_port = processes::common_port(&ingestor_ips)?;
+        let common = vec![
+            ("DATABASE_URL".to_owned(), database_url.clone()),
+            ("NATS_URL".to_owned(), nats.url()),
+            ("DNS_RESOLVER".to_owned(), dns.addr().to_string()),
+            ("DNS_CLUSTER_QUERY".to_owned(), CLUSTER_NAME.to_owned()),
+            ("DNS_CLUSTER_INTERVAL".to_owned(), "500ms".to_owned()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ];
+        let mut nodes = Vec::new();
+        let layout = [
+            ("ingestor-a", Role::Ingestor, ingestor_ips[0], "ams"),
+            ("ingestor-b", Role::Ingestor, ingestor_ips[1], "fra"),
+            ("web-a", Role::Web, web_ips[0], "ams"),
+            ("web-b", Role::Web, web_ips[1], "fra"),
+        ];
+        for (name, role, ip, region) in layout {
+            let port = match role {
+                Role::Ingestor => ingestor_port,
+                Role::Web => processes::common_port(&[ip])?,
+            };
+            let mut env = common.clone();
+            let role_name = if role == Role::Web { "web" } else { "ingestor" };
+            env.extend([
+                ("APP_ROLE".to_owned(), role_name.to_owned()),
+                ("DASH_NODE_ID".to_owned(), name.to_owned()),
+                ("DASH_REGION".to_owned(), region.to_owned()),
+            ]);
+            if role == Role::Web {
+                env.extend([
+                    ("DNS_INGESTOR_QUERY".to_owned(), INGESTOR_NAME.to_owned()),
+                    ("DASH_INGESTOR_PORT".to_owned(), ingestor_port.to_string()),
+                ]);
+            }
+            let mut node = Node::new(name, role, SocketAddr::new(ip, port), work.join(name), &binary, env);
+            node.start().await?;
+            nodes.push(node);
+        }
+        Ok(Self { postgres, nats, _dns: dns, nodes, database_url })
+    }
+
+    /// Waits until every node's `/ready` says healthy and each edge sees both ingestors up.
+    /// Returns how long that took, or what was last seen not healthy.
+    async fn wait_healthy(&self, http: &reqwest::Client, within: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            let mut not_healthy = None;
+            for node in &self.nodes {
+                let ready = match http.get(node.url("/ready")).timeout(Duration::from_secs(2)).send().await {
+                    Ok(response) => response.json::<Value>().await.unwrap_or(Value::Null),
+                    Err(err) => Value::String(err.to_string()),
+                };
+                let healthy = ready["status"] == "healthy"
+                    && (node.role == Role::Ingestor || ready["checks"]["ingestors"]["up"] == 2);
+                if !healthy {
+                    not_healthy = Some(format!("{}: {ready}", node.name));
+                    break;
+                }
+            }
+            match not_healthy {
+                None => return Ok(started.elapsed()),
+                Some(state) if started.elapsed() >= within => return Err(state),
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Injects `fault`, holds it, and heals it.
+    async fn inject(&mut self, fault: &Fault, target: &Target) -> Result<(), VerifyError> {
+        let web = match self.nodes[fault.node].role {
+            Role::Web => Some(fault.node - WEB_A),
+            Role::Ingestor => None,
+        };
+        let touches_web = matches!(fault.kind, FaultKind::Kill | FaultKind::Pause).then_some(web).flatten();
+        if let Some(web) = touches_web {
+            target.disrupted(web);
+        }
+        match fault.kind {
+            FaultKind::Kill => {
+                let node = &mut self.nodes[fault.node];
+                node.kill9();
+                tokio::time::sleep(fault.hold).await;
+                node.start().await?;
+            }
+            FaultKind::Pause => {
+                let node = &self.nodes[fault.node];
+                node.signal(Signal::SIGSTOP);
+                tokio::time::sleep(fault.hold).await;
+                node.signal(Signal::SIGCONT);
+            }
+            FaultKind::Database => {
+                self.postgres.crash().await?;
+                tokio::time::sleep(fault.hold).await;
+                self.postgres.up().await?;
+            }
+            FaultKind::Bus => {
+                self.nats.crash();
+                tokio::time::sleep(fault.hold).await;
+                self.nats.restart().await?;
+            }
+        }
+        if let Some(web) = touches_web {
+            target.disrupted(web);
+        }
+        Ok(())
+    }
+
+    /// Waits (up to [`SETTLE_BOUND`]) until every acknowledged event is in the database, then
+    /// reads what the pipeline holds.
+    async fn settle(&self, pipeline: &str, ledger: &Ledger) -> Result<Stored, VerifyError> {
+        // Reading a long run's millions of rows is slow by design: not a warning.
+        let options: sqlx::postgres::PgConnectOptions = self.database_url.parse()?;
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(sqlx::ConnectOptions::disable_statement_logging(options))
+            .await?;
+        let deadline = Instant::now() + SETTLE_BOUND;
+        loop {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = $1 GROUP BY event_id")
+                    .bind(pipeline)
+                    .fetch_all(&db)
+                    .await?;
+            let mut foreign = 0;
+            let rows: HashMap<EventKey, i64> = rows
+                .into_iter()
+                .filter_map(|(id, copies)| {
+                    let key = EventKey::parse(&id);
+                    foreign += if key.is_none() { copies } else { 0 };
+                    key.map(|key| (key, copies))
+                })
+                .collect();
+            let all_in = ledger.acked.iter().all(|id| rows.contains_key(id));
+            if all_in || Instant::now() >= deadline {
+                // The count is raised in the same transaction as the rows: read it after them.
+                let count: i64 = sqlx::query_scalar("SELECT event_count FROM pipelines WHERE id = $1")
+                    .bind(pipeline)
+                    .fetch_one(&db)
+                    .await?;
+                let total: i64 = rows.values().sum::<i64>() + foreign;
+                if count == total || Instant::now() >= deadline {
+                    db.close().await;
+                    return Ok(Stored { rows, foreign, count });
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.
+fn default_postgres_bin() -> Result<PathBuf, VerifyError> {
+    if let Ok(output) = std::process::Command::new("pg_config").arg("--bindir").output()
+        && output.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| VerifyError::Setup("no PostgreSQL found (initdb); name its folder with --postgres-bin".into()))
+}
+
+/// /usr/sbin/nats-server, else nats-server on PATH.
+fn default_nats_server() -> Result<PathBuf, VerifyError> {
+    let system = PathBuf::from("/usr/sbin/nats-server");
+    if system.exists() {
+        return Ok(system);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.exists())
+        .ok_or_else(|| VerifyError::Setup("no nats-server found; name it with --nats-server".into()))
+}

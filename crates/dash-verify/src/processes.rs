@@ -1,0 +1,286 @@
+//! The processes of a local cluster: a private PostgreSQL, a nats-server and `dashd` nodes, each
+//! of which can be crashed and started again on the same address with the same data.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::VerifyError;
+
+/// A port free on every one of `ips` at the moment of asking (ingestors share one port, as
+/// they do on a private network).
+pub(crate) fn common_port(ips: &[IpAddr]) -> Result<u16, VerifyError> {
+    for _ in 0..200 {
+        let first = std::net::TcpListener::bind((ips[0], 0))?;
+        let port = first.local_addr()?.port();
+        if ips[1..].iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    Err(VerifyError::Setup(format!("no port free on all of {ips:?}")))
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+async fn wait_listening(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A PostgreSQL cluster of the run's own (TimescaleDB preloaded when its library is installed
+/// next to the server), stopped as a crash stops it and started again on the same data.
+pub(crate) struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    /// PostgreSQL refuses to run as root: under root it runs as the `postgres` user.
+    owner: Option<(u32, u32)>,
+    pub timescaledb: bool,
+}
+
+impl Postgres {
+    pub async fn start(bin: &Path, dir: PathBuf) -> Result<Self, VerifyError> {
+        std::fs::create_dir_all(&dir)?;
+        let owner = match nix::unistd::Uid::effective().is_root() {
+            true => {
+                let user =
+                    nix::unistd::User::from_name("postgres").map_err(std::io::Error::from)?.ok_or_else(|| {
+                        VerifyError::Setup("running as root, and there is no postgres user to run PostgreSQL as".into())
+                    })?;
+                nix::unistd::chown(&dir, Some(user.uid), Some(user.gid)).map_err(std::io::Error::from)?;
+                Some((user.uid.as_raw(), user.gid.as_raw()))
+            }
+            false => None,
+        };
+        let port = common_port(&[IpAddr::from([127, 0, 0, 1])])?;
+        let mut postgres = Self { bin: bin.to_owned(), dir, port, owner, timescaledb: false };
+        let data = postgres.data();
+        postgres.run("initdb", &["-D", path_str(&data)?, "-A", "trust", "-U", "postgres", "--no-sync"]).await?;
+        postgres.timescaledb = postgres.has_timescaledb().await;
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 400\n",
+            postgres.dir.display()
+        );
+        if postgres.timescaledb {
+            conf.push_str("shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n");
+        }
+        use std::io::Write;
+        std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?.write_all(conf.as_bytes())?;
+        postgres.up().await?;
+        Ok(postgres)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    async fn has_timescaledb(&self) -> bool {
+        let Ok(output) = tokio::process::Command::new(self.bin.join("pg_config")).arg("--pkglibdir").output().await
+        else {
+            return false;
+        };
+        let libdir = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        output.status.success() && Path::new(&libdir).join("timescaledb.so").exists()
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) -> Result<(), VerifyError> {
+        let mut command = tokio::process::Command::new(self.bin.join(program));
+        command.args(args).current_dir(&self.dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        if let Some((uid, gid)) = self.owner {
+            command.uid(uid).gid(gid);
+        }
+        let output = command
+            .output()
+            .await
+            .map_err(|err| VerifyError::Setup(format!("{}: {err}", self.bin.join(program).display())))?;
+        match output.status.success() {
+            true => Ok(()),
+            false => Err(VerifyError::Setup(format!(
+                "{program} {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))),
+        }
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub async fn up(&self) -> Result<(), VerifyError> {
+        let data = self.data();
+        let log = self.dir.join("postgres.log");
+        self.run("pg_ctl", &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "-t", "60", "start"]).await
+    }
+
+    /// Stops the server as a crash would (no checkpoint; recovery replays the WAL at start).
+    pub async fn crash(&self) -> Result<(), VerifyError> {
+        let data = self.data();
+        self.run("pg_ctl", &["-D", path_str(&data)?, "-m", "immediate", "-w", "stop"]).await
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut command = Command::new(self.bin.join("pg_ctl"));
+        command.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
+        let _ = command.status();
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str, VerifyError> {
+    path.to_str().ok_or_else(|| VerifyError::Setup(format!("{} is not UTF-8", path.display())))
+}
+
+/// A nats-server of the run's own; core NATS, which is all Dash's bus uses.
+pub(crate) struct Nats {
+    binary: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub async fn start(binary: &Path) -> Result<Self, VerifyError> {
+        let port = common_port(&[IpAddr::from([127, 0, 0, 1])])?;
+        let mut nats = Self { binary: binary.to_owned(), port, child: None };
+        nats.restart().await?;
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it on its port and waits until it listens.
+    pub async fn restart(&mut self) -> Result<(), VerifyError> {
+        self.crash();
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|err| VerifyError::Setup(format!("{}: {err}", self.binary.display())))?;
+        self.child = Some(child);
+        match wait_listening(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10)).await {
+            true => Ok(()),
+            false => Err(VerifyError::Setup(format!("nats-server did not listen on {}", self.port))),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Web,
+    Ingestor,
+}
+
+/// One `dashd serve` process: its address, data directory and environment stay the same across
+/// restarts, so a restarted ingestor replays its own intake log.
+pub(crate) struct Node {
+    pub name: String,
+    pub role: Role,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn new(
+        name: &str,
+        role: Role,
+        addr: SocketAddr,
+        dir: PathBuf,
+        binary: &Path,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        Self { name: name.to_owned(), role, addr, dir, binary: binary.to_owned(), env, child: None }
+    }
+
+    /// Starts the process and waits until it listens.
+    pub async fn start(&mut self) -> Result<(), VerifyError> {
+        std::fs::create_dir_all(&self.dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = Command::new(&self.binary)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("DASH_LISTEN", self.addr.to_string())
+            .env("DASH_DATA_DIR", "data")
+            .current_dir(&self.dir)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| VerifyError::Setup(format!("{}: {err}", self.binary.display())))?;
+        self.child = Some(child);
+        match wait_listening(self.addr, Duration::from_secs(60)).await {
+            true => Ok(()),
+            false => Err(VerifyError::Setup(format!("{} did not listen on {}", self.name, self.addr))),
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("dashd.log")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
