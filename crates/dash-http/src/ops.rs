@@ -96,13 +96,20 @@ pub(crate) async fn readiness(state: &AppState, detail: Detail) -> (StatusCode, 
     let mut quarantine_ok = true;
     if let Some(intake) = &state.intake {
         let spool = intake.spool();
-        intake_ok = !spool.is_refusing();
+        let disk_full = spool.is_disk_full();
+        intake_ok = !spool.is_refusing() && !disk_full;
         checks["intake_log"] = json!({
             "ok": intake_ok,
             "bytes": spool.used(),
             "max_bytes": spool.max(),
             "backlog": intake.backlogs(),
         });
+        if disk_full {
+            // Requests are refused (503 `intake_disk_full`) until the disk has room again.
+            checks["intake_log"]["code"] = json!("disk_full");
+        } else if spool.is_refusing() {
+            checks["intake_log"]["code"] = json!("log_full");
+        }
         // Damaged acknowledged data kept aside: degraded until an operator removes the files.
         let quarantine = intake.quarantine().summary().unwrap_or_else(|err| {
             tracing::warn!(error = %err, "readiness: cannot list the intake log quarantine");

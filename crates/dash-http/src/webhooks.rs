@@ -377,6 +377,7 @@ fn refused(err: SubmitError) -> ApiError {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "backlog_full", err.to_string()).retry_after(retry)
         }
         SubmitError::SpoolFull => ApiError::unavailable("intake_log_full", err.to_string(), retry),
+        SubmitError::DiskFull => ApiError::unavailable("intake_disk_full", err.to_string(), retry),
         SubmitError::LogUnavailable | SubmitError::ShuttingDown => {
             ApiError::unavailable("intake_unavailable", err.to_string(), retry)
         }

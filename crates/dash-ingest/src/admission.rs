@@ -7,6 +7,7 @@
 //! gives it back through [`Admission::committed`] once the frame's events are in the store.
 
 use parking_lot::Mutex;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
@@ -47,18 +48,58 @@ impl StoreHealth {
     }
 }
 
-/// Bytes of intake log not yet flushed, across partitions, against the bound.
+/// Free space on the intake log's disk that counts as room again after the disk was full.
+const DISK_ROOM: u64 = 1 << 20;
+
+/// Bytes of intake log not yet flushed, across partitions, against the bound; and whether the
+/// disk under the log has room.
 #[derive(Debug)]
 pub struct Spool {
     used: AtomicU64,
     max: u64,
     /// Set when a request was refused for room, cleared when room is made or found.
     refusing: AtomicBool,
+    /// The folder the partition logs live in.
+    dir: PathBuf,
+    /// Set when an append failed for want of disk space; cleared by an append that succeeds,
+    /// or when the disk is found to have room again.
+    disk_full: AtomicBool,
 }
 
 impl Spool {
-    pub(crate) fn new(max: u64) -> Self {
-        Self { used: AtomicU64::new(0), max, refusing: AtomicBool::new(false) }
+    pub(crate) fn new(max: u64, dir: PathBuf) -> Self {
+        Self { used: AtomicU64::new(0), max, refusing: AtomicBool::new(false), dir, disk_full: AtomicBool::new(false) }
+    }
+
+    /// An append failed: the disk under the log is full.
+    pub(crate) fn disk_was_full(&self) {
+        self.disk_full.store(true, Ordering::Release);
+    }
+
+    /// An append succeeded: the disk has room.
+    pub(crate) fn disk_took_write(&self) {
+        if self.disk_full.load(Ordering::Relaxed) {
+            self.disk_full.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the disk under the log is full: the last append found it so, and it still has
+    /// less than 1 MiB free (so that a node no sender writes to any more learns of the room an
+    /// operator made).
+    pub fn is_disk_full(&self) -> bool {
+        if !self.disk_full.load(Ordering::Acquire) {
+            return false;
+        }
+        // The fields' widths differ between targets.
+        #[allow(clippy::unnecessary_cast)]
+        let free = nix::sys::statvfs::statvfs(&self.dir)
+            .map(|fs| fs.blocks_available() as u64 * fs.fragment_size() as u64)
+            .unwrap_or(0);
+        if free >= DISK_ROOM {
+            self.disk_took_write();
+            return false;
+        }
+        true
     }
 
     /// Whether `bytes` more are refused with `used` already taken: one frame always fits an

@@ -25,7 +25,8 @@ use std::time::Duration;
 use dash_bus::Bus;
 use dash_domain::{Event, PipelineId};
 use dash_intake_log::{
-    Appender, Checkpoint, CheckpointStore, Damage, FRAME_HEADER, LogOptions, LogReader, OpenedLog, WriterThread,
+    Appender, Checkpoint, CheckpointStore, Damage, FRAME_HEADER, LogError, LogOptions, LogReader, OpenedLog,
+    WriterThread,
 };
 use dash_log_throttle::LogThrottle;
 use dash_store::Store;
@@ -80,6 +81,8 @@ pub enum SubmitError {
     SpoolFull,
     #[error("intake log cannot be written; retry later")]
     LogUnavailable,
+    #[error("the disk under the intake log is full; retry later")]
+    DiskFull,
     #[error("intake is shutting down")]
     ShuttingDown,
 }
@@ -89,7 +92,7 @@ impl SubmitError {
     pub fn retry_after_secs(&self) -> u64 {
         match self {
             Self::Backlog { .. } => 1,
-            Self::SpoolFull | Self::LogUnavailable | Self::ShuttingDown => 5,
+            Self::SpoolFull | Self::LogUnavailable | Self::DiskFull | Self::ShuttingDown => 5,
         }
     }
 }
@@ -109,6 +112,8 @@ struct Partition {
     quarantine: Quarantine,
     /// One "flush failed" warning per period while the store is down (across actor restarts).
     flush_failures: LogThrottle,
+    /// One "disk full" error per period while appends fail for want of space.
+    disk_full_warnings: LogThrottle,
     /// True once the store is migrated: actors write nothing before.
     migrated: watch::Receiver<bool>,
     store: Store,
@@ -168,8 +173,19 @@ impl Permit<'_> {
             };
             appended.map(|_| reservation.appended())
         });
+        let spool = &self.partition.admission.spool;
         match append.await {
-            Ok(Ok(())) => Ok(count),
+            Ok(Ok(())) => {
+                spool.disk_took_write();
+                Ok(count)
+            }
+            Ok(Err(LogError::Io(err))) if is_disk_full(&err) => {
+                spool.disk_was_full();
+                if let Some(held_back) = self.partition.disk_full_warnings.admit() {
+                    tracing::error!(error = %err, held_back, "intake log append failed: the disk is full; refusing with 503 until it has room");
+                }
+                Err(SubmitError::DiskFull)
+            }
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "intake log append failed");
                 Err(SubmitError::LogUnavailable)
@@ -207,11 +223,11 @@ impl Intake {
         bus: Bus,
         migrated: watch::Receiver<bool>,
     ) -> Result<(Intake, IntakeTasks), IngestError> {
-        let spool = Arc::new(Spool::new(settings.spool_max));
+        let intake_dir = settings.data_dir.join("intake");
+        let spool = Arc::new(Spool::new(settings.spool_max, intake_dir.clone()));
         let health = Arc::new(StoreHealth::new());
         let (abort, abort_rx) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
-        let intake_dir = settings.data_dir.join("intake");
         let quarantine = Quarantine::new(intake_dir.join("quarantine"));
         let options = LogOptions {
             segment_bytes: (settings.spool_max / 8).clamp(64 * 1024, MAX_SEGMENT_BYTES),
@@ -282,6 +298,7 @@ impl Intake {
                 admission: Arc::new(Admission::new(index, settings.max_backlog, spool.clone(), health.clone())),
                 quarantine: quarantine.clone(),
                 flush_failures: LogThrottle::per_period(),
+                disk_full_warnings: LogThrottle::per_period(),
                 migrated: migrated.clone(),
                 store: store.clone(),
                 bus: bus.clone(),
@@ -468,4 +485,9 @@ pub(crate) fn keep_unreadable(quarantine: &Quarantine, log: &str, position: u64,
             "intake log: an acknowledged request cannot be read by this release, and could not be kept aside"
         ),
     }
+}
+
+/// Whether an append failed for want of disk space (or of the user's quota on it).
+fn is_disk_full(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::StorageFull || err.raw_os_error() == Some(nix::libc::EDQUOT)
 }

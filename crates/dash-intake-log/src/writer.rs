@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use dash_log_throttle::LogThrottle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::segment::{self, frame_crc};
@@ -91,7 +92,8 @@ pub(crate) fn start(
 ) -> Result<(Appender, WriterThread), LogError> {
     let file = std::fs::OpenOptions::new().append(true).open(segment::path(&dir, base))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let writer = Writer { dir, options, file, base, len, durable, segments, notes };
+    let failures = LogThrottle::per_period();
+    let writer = Writer { dir, options, file, base, len, durable, segments, notes, failures };
     let handle = std::thread::Builder::new().name("intake-log-writer".into()).spawn(move || writer.run(rx))?;
     Ok((Appender { tx }, WriterThread(handle)))
 }
@@ -118,6 +120,8 @@ struct Writer {
     segments: Segments,
     /// Where frames' notes are left for the reader, before the frames become durable.
     notes: Notes,
+    /// One line per period for failed writes (a full disk fails every one).
+    failures: LogThrottle,
 }
 
 impl Writer {
@@ -138,7 +142,9 @@ impl Writer {
             }
             let written = self.write_group(&group, &mut buf);
             if let Some(err) = &written.error {
-                tracing::error!(error = %err, "intake log write failed; the requests not yet on disk are answered with an error");
+                if let Some(held_back) = self.failures.admit() {
+                    tracing::error!(error = %err, held_back, "intake log write failed; the requests not yet on disk are answered with an error");
+                }
                 // Frames already flushed (before a segment roll) are on disk and answered as
                 // such; from the first one that is not, none counts, none is kept.
                 if let Some(&first_failed) = written.positions.get(written.durable) {

@@ -19,6 +19,8 @@ pub enum FaultKind {
     Database,
     /// kill -9 the bus (nats-server), then start it again on the same port.
     Bus,
+    /// Fill the disk under an ingestor's data (its own tmpfs; needs root), then free it.
+    Disk,
 }
 
 impl FaultKind {
@@ -28,6 +30,7 @@ impl FaultKind {
             Self::Pause => "pause",
             Self::Database => "database",
             Self::Bus => "bus",
+            Self::Disk => "disk",
         }
     }
 }
@@ -44,18 +47,23 @@ pub struct Fault {
     pub gap: Duration,
 }
 
-/// `count` faults of `kinds` over `nodes` nodes, the same for the same seed.
-pub fn schedule(seed: u64, count: usize, kinds: &[FaultKind], nodes: usize) -> Vec<Fault> {
+/// `count` faults of `kinds` over `nodes` nodes, the same for the same seed. The first
+/// `ingestors` nodes are the ingestors: a [`FaultKind::Disk`] fault falls on one of them.
+pub fn schedule(seed: u64, count: usize, kinds: &[FaultKind], nodes: usize, ingestors: usize) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..count)
         .map(|_| {
             let kind = kinds[rng.random_range(0..kinds.len())];
-            let node = rng.random_range(0..nodes);
+            let node = match kind {
+                FaultKind::Disk => rng.random_range(0..ingestors),
+                _ => rng.random_range(0..nodes),
+            };
             let hold_ms = match kind {
                 FaultKind::Kill => rng.random_range(0..2_000),
                 FaultKind::Pause => rng.random_range(200..3_000),
                 FaultKind::Database => rng.random_range(500..4_000),
                 FaultKind::Bus => rng.random_range(200..3_000),
+                FaultKind::Disk => rng.random_range(500..4_000),
             };
             let gap_ms = rng.random_range(200..1_500);
             Fault { kind, node, hold: Duration::from_millis(hold_ms), gap: Duration::from_millis(gap_ms) }
@@ -75,6 +83,7 @@ impl fmt::Display for Described<'_> {
             FaultKind::Pause => write!(f, "SIGSTOP {node} for {hold:.1} s"),
             FaultKind::Database => write!(f, "database crashed for {hold:.1} s"),
             FaultKind::Bus => write!(f, "bus killed for {hold:.1} s"),
+            FaultKind::Disk => write!(f, "disk of {node} full for {hold:.1} s"),
         }
     }
 }
@@ -85,12 +94,13 @@ mod tests {
 
     #[test]
     fn a_seed_gives_the_same_schedule() {
-        let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus];
-        let a = schedule(7, 50, &kinds, 4);
-        let b = schedule(7, 50, &kinds, 4);
+        let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus, FaultKind::Disk];
+        let a = schedule(7, 50, &kinds, 4, 2);
+        let b = schedule(7, 50, &kinds, 4, 2);
         let key = |s: &[Fault]| s.iter().map(|f| (f.kind, f.node, f.hold, f.gap)).collect::<Vec<_>>();
         assert_eq!(key(&a), key(&b));
-        assert_ne!(key(&a), key(&schedule(8, 50, &kinds, 4)));
+        assert_ne!(key(&a), key(&schedule(8, 50, &kinds, 4, 2)));
+        assert!(a.iter().filter(|f| f.kind == FaultKind::Disk).all(|f| f.node < 2), "a full disk is an ingestor's");
         assert!(kinds.iter().all(|k| a.iter().any(|f| f.kind == *k)), "every kind drawn in 50");
     }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use faults::Described;
 pub use faults::{Fault, FaultKind, schedule};
-use processes::{Nats, Node, Postgres, Role};
+use processes::{Nats, Node, Postgres, Role, Tmpfs};
 use senders::{EventKey, Ledger, Target};
 
 const CLUSTER_NAME: &str = "dash.internal";
@@ -34,6 +34,8 @@ const INGESTOR_NAME: &str = "ingestor.process.dash.internal";
 const RECOVERY_BOUND: Duration = Duration::from_secs(30);
 /// How long, after the last fault, every acknowledged event may take to be stored.
 const SETTLE_BOUND: Duration = Duration::from_secs(90);
+/// Each ingestor's data disk, when the run fills disks.
+const DISK_SIZE: &str = "64m";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -65,9 +67,10 @@ pub struct VerifyOptions {
     /// Concurrent senders, each one request at a time (every fifth an NDJSON batch of ten).
     #[arg(long, default_value_t = 4)]
     pub senders: usize,
-    /// Which kinds of fault to draw from (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus])]
-    pub kinds: Vec<FaultKind>,
+    /// Which kinds of fault to draw from (comma-separated). Default: all; `disk` (a tmpfs under
+    /// each ingestor's data, filled and freed) only when run as root.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub kinds: Option<Vec<FaultKind>>,
     /// Folder of PostgreSQL's programs (initdb, pg_ctl, pg_config). TimescaleDB is preloaded
     /// when it is installed there. Default: `pg_config --bindir`, else the newest
     /// /usr/lib/postgresql/*/bin.
@@ -226,7 +229,8 @@ impl fmt::Display for Report {
 pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let seed = options.seed.unwrap_or_else(rand::random);
-    if options.kinds.is_empty() || options.senders == 0 {
+    let kinds = options.kinds.as_deref().map_or_else(default_kinds, <[FaultKind]>::to_vec);
+    if kinds.is_empty() || options.senders == 0 {
         return Err(VerifyError::Setup("--kinds and --senders must not be empty".into()));
     }
     eprintln!("dashd verify: seed {seed}, {} faults", options.faults);
@@ -234,7 +238,7 @@ pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
     // PostgreSQL runs as its own user under root and must reach its folder inside this one.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
-    let outcome = verify(&options, seed, work.path(), started).await;
+    let outcome = verify(&options, &kinds, seed, work.path(), started).await;
     let keep = match &outcome {
         Ok(report) => options.keep || !report.passed(),
         Err(_) => true,
@@ -250,8 +254,14 @@ pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
     }
 }
 
-async fn verify(options: &VerifyOptions, seed: u64, work: &Path, started: Instant) -> Result<Report, VerifyError> {
-    let mut cluster = Cluster::start(options, work).await?;
+async fn verify(
+    options: &VerifyOptions,
+    kinds: &[FaultKind],
+    seed: u64,
+    work: &Path,
+    started: Instant,
+) -> Result<Report, VerifyError> {
+    let mut cluster = Cluster::start(options, kinds.contains(&FaultKind::Disk), work).await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     cluster.wait_healthy(&http, Duration::from_secs(60)).await.map_err(VerifyError::Setup)?;
     let created: Value = http
@@ -278,8 +288,8 @@ async fn verify(options: &VerifyOptions, seed: u64, work: &Path, started: Instan
         .map(|i| tokio::spawn(senders::send(i, target.clone(), ledger.clone(), stop.clone())))
         .collect();
 
-    let plan = schedule(seed, options.faults, &options.kinds, cluster.nodes.len());
-    let mut faults_run: BTreeMap<FaultKind, u64> = options.kinds.iter().map(|k| (*k, 0)).collect();
+    let plan = schedule(seed, options.faults, kinds, cluster.nodes.len(), INGESTORS);
+    let mut faults_run: BTreeMap<FaultKind, u64> = kinds.iter().map(|k| (*k, 0)).collect();
     let (mut worst, mut worst_fault, mut unrecovered) = (Duration::ZERO, None, Vec::new());
     let deadline = options.duration.map(|d| started + d);
     for (i, fault) in plan.iter().enumerate() {
@@ -349,6 +359,7 @@ async fn verify(options: &VerifyOptions, seed: u64, work: &Path, started: Instan
 
 /// The web edges' places among the cluster's nodes (ingestor-a, ingestor-b, web-a, web-b: the
 /// order the schedule numbers them).
+const INGESTORS: usize = 2;
 const WEB_A: usize = 2;
 const WEB_B: usize = 3;
 
@@ -357,6 +368,9 @@ struct Cluster {
     nats: Nats,
     _dns: DnsServer,
     nodes: Vec<Node>,
+    /// Each ingestor's data disk, when the run fills disks (dropped after the nodes: unmounted
+    /// once nothing runs on them).
+    disks: Vec<Tmpfs>,
     database_url: String,
 }
 
@@ -371,7 +385,7 @@ struct Stored {
 }
 
 impl Cluster {
-    async fn start(options: &VerifyOptions, work: &Path) -> Result<Self, VerifyError> {
+    async fn start(options: &VerifyOptions, disks: bool, work: &Path) -> Result<Self, VerifyError> {
         let binary = match &options.binary {
             Some(binary) => binary.clone(),
             None => std::env::current_exe()?,
@@ -406,7 +420,7 @@ impl Cluster {
             ("DNS_CLUSTER_INTERVAL".to_owned(), "500ms".to_owned()),
             ("RUST_LOG".to_owned(), "info".to_owned()),
         ];
-        let mut nodes = Vec::new();
+        let (mut nodes, mut mounted) = (Vec::new(), Vec::new());
         let layout = [
             ("ingestor-a", Role::Ingestor, ingestor_ips[0], "ams"),
             ("ingestor-b", Role::Ingestor, ingestor_ips[1], "fra"),
@@ -425,6 +439,13 @@ impl Cluster {
                 ("DASH_NODE_ID".to_owned(), name.to_owned()),
                 ("DASH_REGION".to_owned(), region.to_owned()),
             ]);
+            if role == Role::Ingestor {
+                // Segments of 4 MiB, so that a log's files fit its small disk.
+                env.push(("DASH_SPOOL_MAX".to_owned(), "32MiB".to_owned()));
+                if disks {
+                    mounted.push(Tmpfs::mount(work.join(name).join("data"), DISK_SIZE)?);
+                }
+            }
             if role == Role::Web {
                 env.extend([
                     ("DNS_INGESTOR_QUERY".to_owned(), INGESTOR_NAME.to_owned()),
@@ -435,7 +456,7 @@ impl Cluster {
             node.start().await?;
             nodes.push(node);
         }
-        Ok(Self { postgres, nats, _dns: dns, nodes, database_url })
+        Ok(Self { postgres, nats, _dns: dns, nodes, disks: mounted, database_url })
     }
 
     /// Waits until every node's `/ready` says healthy and each edge sees both ingestors up.
@@ -497,6 +518,12 @@ impl Cluster {
                 tokio::time::sleep(fault.hold).await;
                 self.nats.restart().await?;
             }
+            FaultKind::Disk => {
+                let disk = &self.disks[fault.node];
+                disk.fill()?;
+                tokio::time::sleep(fault.hold).await;
+                disk.free()?;
+            }
         }
         if let Some(web) = touches_web {
             target.disrupted(web);
@@ -545,6 +572,15 @@ impl Cluster {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Every kind; `disk` only as root (it mounts a tmpfs).
+fn default_kinds() -> Vec<FaultKind> {
+    let mut kinds = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus];
+    if nix::unistd::Uid::effective().is_root() {
+        kinds.push(FaultKind::Disk);
+    }
+    kinds
 }
 
 /// `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.

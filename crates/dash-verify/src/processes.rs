@@ -284,3 +284,51 @@ impl Drop for Node {
         self.kill9();
     }
 }
+
+/// A tmpfs of its own under a node's data (mounting needs root), so that its disk can be filled
+/// without touching the machine's; unmounted when dropped.
+pub(crate) struct Tmpfs {
+    dir: PathBuf,
+}
+
+/// The file that fills a [`Tmpfs`].
+const BALLAST: &str = "dash-verify-ballast";
+
+impl Tmpfs {
+    pub fn mount(dir: PathBuf, size: &str) -> Result<Self, VerifyError> {
+        std::fs::create_dir_all(&dir)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|err| VerifyError::Setup(format!("mount: {err}")))?;
+        match status.success() {
+            true => Ok(Self { dir }),
+            false => Err(VerifyError::Setup(format!(
+                "cannot mount a tmpfs on {} ({status}): the disk fault needs root; leave it out with --kinds",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// Writes a file until the disk has no room left.
+    pub fn fill(&self) -> Result<(), VerifyError> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.dir.join(BALLAST))?;
+        let chunk = vec![0u8; 256 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        Ok(())
+    }
+
+    pub fn free(&self) -> Result<(), VerifyError> {
+        Ok(std::fs::remove_file(self.dir.join(BALLAST))?)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).stderr(Stdio::null()).status();
+    }
+}

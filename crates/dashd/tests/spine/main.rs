@@ -5,6 +5,7 @@ mod chromium;
 mod cli;
 mod cluster;
 mod dashboard;
+mod disk;
 mod durability;
 mod edge_trust;
 mod export;

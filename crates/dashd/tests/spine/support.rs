@@ -142,13 +142,19 @@ impl TestServer {
         server
     }
 
+    /// `data` in the server's folder, unless the test named another with `DASH_DATA_DIR`.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        match self.env.iter().find(|(k, _)| k == "DASH_DATA_DIR") {
+            Some((_, dir)) => self.dir.path().join(dir),
+            None => self.dir.path().join("data"),
+        }
     }
 
     pub fn env(&self) -> Vec<(&str, &str)> {
         let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.push(("DASH_DATA_DIR", "data"));
+        if !env.iter().any(|(k, _)| *k == "DASH_DATA_DIR") {
+            env.push(("DASH_DATA_DIR", "data"));
+        }
         env
     }
 
