@@ -92,8 +92,12 @@ impl Spool {
         }
         // The fields' widths differ between targets.
         #[allow(clippy::unnecessary_cast)]
+        // No free inode is a full disk too (a new segment cannot be made).
         let free = nix::sys::statvfs::statvfs(&self.dir)
-            .map(|fs| fs.blocks_available() as u64 * fs.fragment_size() as u64)
+            .map(|fs| match fs.files_available() {
+                0 => 0,
+                _ => fs.blocks_available() as u64 * fs.fragment_size() as u64,
+            })
             .unwrap_or(0);
         if free >= DISK_ROOM {
             self.disk_took_write();

@@ -489,5 +489,6 @@ pub(crate) fn keep_unreadable(quarantine: &Quarantine, log: &str, position: u64,
 
 /// Whether an append failed for want of disk space (or of the user's quota on it).
 fn is_disk_full(err: &std::io::Error) -> bool {
-    err.kind() == std::io::ErrorKind::StorageFull || err.raw_os_error() == Some(nix::libc::EDQUOT)
+    // The writer thread hands the error on by its kind.
+    matches!(err.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }

@@ -102,6 +102,9 @@ pub struct VerifyOptions {
 pub struct Report {
     pub seed: u64,
     pub faults_planned: usize,
+    pub senders: usize,
+    #[serde(with = "humantime_serde::option")]
+    pub duration: Option<Duration>,
     /// Faults run, by kind.
     pub faults: BTreeMap<FaultKind, u64>,
     pub timescaledb: bool,
@@ -120,6 +123,10 @@ pub struct Report {
     /// Non-2xx answers, by status (429 and 503 with Retry-After are the allowed refusals).
     pub refused: BTreeMap<u16, u64>,
     pub transport_errors: u64,
+    /// Of those, the ones from an edge no fault touched meanwhile.
+    pub transport_errors_unfaulted: u64,
+    /// Disk faults after which the ingestor's `/ready` said `disk_full` (the fault took hold).
+    pub disk_faults_seen_full: u64,
     /// Answers outside the contract: any other status, a refusal without Retry-After, or a
     /// request to a healthy edge unanswered for 30 s.
     pub violations: u64,
@@ -149,7 +156,17 @@ impl Report {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         let kinds: Vec<&str> = self.faults.keys().map(|k| k.name()).collect();
-        format!("dashd verify --seed {} --faults {} --kinds {}", self.seed, self.faults_planned, kinds.join(","))
+        let mut command = format!(
+            "dashd verify --seed {} --faults {} --kinds {} --senders {}",
+            self.seed,
+            self.faults_planned,
+            kinds.join(","),
+            self.senders
+        );
+        if let Some(duration) = self.duration {
+            command.push_str(&format!(" --duration {}", humantime::format_duration(duration)));
+        }
+        command
     }
 
     /// Appends the replay command of a failing run to `path`, with what failed.
@@ -196,10 +213,18 @@ impl fmt::Display for Report {
         let refused: Vec<String> = self.refused.iter().map(|(s, n)| format!("{s}×{n}")).collect();
         writeln!(
             f,
-            "  refused       {} (transport errors {})",
+            "  refused       {} (transport errors {}, {} of them from an edge no fault touched)",
             if refused.is_empty() { "none".to_owned() } else { refused.join(", ") },
-            self.transport_errors
+            self.transport_errors,
+            self.transport_errors_unfaulted
         )?;
+        if let Some(disk) = self.faults.get(&FaultKind::Disk) {
+            writeln!(
+                f,
+                "  disk          {} of {disk} disk faults seen as disk_full by /ready",
+                self.disk_faults_seen_full
+            )?;
+        }
         writeln!(f, "  violations    {}", self.violations)?;
         for example in &self.violation_examples {
             writeln!(f, "    {example}")?;
@@ -229,7 +254,10 @@ impl fmt::Display for Report {
 pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let seed = options.seed.unwrap_or_else(rand::random);
-    let kinds = options.kinds.as_deref().map_or_else(default_kinds, <[FaultKind]>::to_vec);
+    // In one order whatever order they were named in, so that the replay command replays.
+    let mut kinds = options.kinds.as_deref().map_or_else(default_kinds, <[FaultKind]>::to_vec);
+    kinds.sort();
+    kinds.dedup();
     if kinds.is_empty() || options.senders == 0 {
         return Err(VerifyError::Setup("--kinds and --senders must not be empty".into()));
     }
@@ -238,7 +266,13 @@ pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
     // PostgreSQL runs as its own user under root and must reach its folder inside this one.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
-    let outcome = verify(&options, &kinds, seed, work.path(), started).await;
+    // Ctrl-C or SIGTERM ends the run with every process it started stopped (their owners drop).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let outcome = tokio::select! {
+        outcome = verify(&options, &kinds, seed, work.path(), started) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(VerifyError::Setup("interrupted".into())),
+        _ = terminate.recv() => Err(VerifyError::Setup("terminated".into())),
+    };
     let keep = match &outcome {
         Ok(report) => options.keep || !report.passed(),
         Err(_) => true,
@@ -284,6 +318,7 @@ async fn verify(
     });
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_senders = StopOnDrop(stop.clone());
     let senders: Vec<_> = (0..options.senders)
         .map(|i| tokio::spawn(senders::send(i, target.clone(), ledger.clone(), stop.clone())))
         .collect();
@@ -291,6 +326,7 @@ async fn verify(
     let plan = schedule(seed, options.faults, kinds, cluster.nodes.len(), INGESTORS);
     let mut faults_run: BTreeMap<FaultKind, u64> = kinds.iter().map(|k| (*k, 0)).collect();
     let (mut worst, mut worst_fault, mut unrecovered) = (Duration::ZERO, None, Vec::new());
+    let mut disk_faults_seen_full = 0;
     let deadline = options.duration.map(|d| started + d);
     for (i, fault) in plan.iter().enumerate() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -299,9 +335,22 @@ async fn verify(
         }
         tokio::time::sleep(fault.gap).await;
         let described = Described(fault, &cluster.nodes[fault.node].name).to_string();
-        cluster.inject(fault, &target).await?;
+        let healed = match cluster.inject(fault, &target, &http).await {
+            Ok(Injected { healed, seen_full }) => {
+                disk_faults_seen_full += u64::from(seen_full);
+                healed
+            }
+            Err(err) => {
+                // A node, the database or the bus that does not come back ends the schedule.
+                eprintln!("[{:>4}/{}] {described}: the heal failed: {err}", i + 1, plan.len());
+                *faults_run.entry(fault.kind).or_default() += 1;
+                unrecovered.push(format!("{described} (the heal failed: {err})"));
+                break;
+            }
+        };
         *faults_run.entry(fault.kind).or_default() += 1;
-        match cluster.wait_healthy(&http, RECOVERY_BOUND).await {
+        // From the moment the heal began (a restarted node's start included).
+        match cluster.wait_healthy(&http, RECOVERY_BOUND).await.map(|_| healed.elapsed()) {
             Ok(took) => {
                 eprintln!("[{:>4}/{}] {described}: healthy after {:.1} s", i + 1, plan.len(), took.as_secs_f64());
                 if took >= worst {
@@ -323,13 +372,15 @@ async fn verify(
     }
 
     let ledger = std::mem::take(&mut *ledger.lock());
-    let stored = cluster.settle(pipeline, &ledger).await?;
+    let stored = cluster.settle(&http, pipeline, &ledger).await?;
     let mut lost: Vec<EventKey> = ledger.acked.iter().filter(|id| !stored.rows.contains_key(*id)).copied().collect();
     lost.sort();
     let rows: i64 = stored.rows.values().sum::<i64>() + stored.foreign;
     Ok(Report {
         seed,
         faults_planned: options.faults,
+        senders: options.senders,
+        duration: options.duration,
         faults: faults_run,
         timescaledb: cluster.postgres.timescaledb,
         requests: ledger.requests,
@@ -346,6 +397,8 @@ async fn verify(
         count_matches: stored.count == rows,
         refused: ledger.refused,
         transport_errors: ledger.transport_errors,
+        transport_errors_unfaulted: ledger.transport_errors_unfaulted,
+        disk_faults_seen_full,
         violations: ledger.violations_total,
         violation_examples: ledger.violations,
         worst_recovery_secs: worst.as_secs_f64(),
@@ -398,15 +451,15 @@ impl Cluster {
             Some(path) => path.clone(),
             None => default_nats_server()?,
         };
-        let postgres = Postgres::start(&postgres_bin, work.join("postgres")).await?;
+        let host = |last: u8| IpAddr::from([127, options.net, 0, last]);
+        let postgres = Postgres::start(&postgres_bin, work.join("postgres"), host(1)).await?;
         let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&postgres.admin_url()).await?;
         sqlx::query("CREATE DATABASE dash").execute(&admin).await?;
         admin.close().await;
         let database_url = postgres.url("dash");
-        let nats = Nats::start(&nats_binary).await?;
+        let nats = Nats::start(&nats_binary, host(1)).await?;
         let dns = DnsServer::start().await?;
 
-        let host = |last: u8| IpAddr::from([127, options.net, 0, last]);
         let ingestor_ips = [host(2), host(3)];
         let web_ips = [host(4), host(5)];
         dns.set(CLUSTER_NAME, ingestor_ips.iter().chain(&web_ips).copied().collect());
@@ -486,7 +539,13 @@ impl Cluster {
     }
 
     /// Injects `fault`, holds it, and heals it.
-    async fn inject(&mut self, fault: &Fault, target: &Target) -> Result<(), VerifyError> {
+    async fn inject(
+        &mut self,
+        fault: &Fault,
+        target: &Target,
+        http: &reqwest::Client,
+    ) -> Result<Injected, VerifyError> {
+        let mut seen_full = false;
         let web = match self.nodes[fault.node].role {
             Role::Web => Some(fault.node - WEB_A),
             Role::Ingestor => None,
@@ -500,7 +559,12 @@ impl Cluster {
                 let node = &mut self.nodes[fault.node];
                 node.kill9();
                 tokio::time::sleep(fault.hold).await;
+                let healed = Instant::now();
                 node.start().await?;
+                if let Some(web) = touches_web {
+                    target.disrupted(web);
+                }
+                return Ok(Injected { healed, seen_full });
             }
             FaultKind::Pause => {
                 let node = &self.nodes[fault.node];
@@ -522,18 +586,24 @@ impl Cluster {
                 let disk = &self.disks[fault.node];
                 disk.fill()?;
                 tokio::time::sleep(fault.hold).await;
+                // Whether the ingestor noticed (an append failed), before the room returns.
+                let ready = http.get(self.nodes[fault.node].url("/ready")).timeout(Duration::from_secs(2)).send().await;
+                if let Ok(response) = ready {
+                    let report = response.json::<Value>().await.unwrap_or(Value::Null);
+                    seen_full = report["checks"]["intake_log"]["code"] == "disk_full";
+                }
                 disk.free()?;
             }
         }
         if let Some(web) = touches_web {
             target.disrupted(web);
         }
-        Ok(())
+        Ok(Injected { healed: Instant::now(), seen_full })
     }
 
     /// Waits (up to [`SETTLE_BOUND`]) until every acknowledged event is in the database, then
     /// reads what the pipeline holds.
-    async fn settle(&self, pipeline: &str, ledger: &Ledger) -> Result<Stored, VerifyError> {
+    async fn settle(&self, http: &reqwest::Client, pipeline: &str, ledger: &Ledger) -> Result<Stored, VerifyError> {
         // Reading a long run's millions of rows is slow by design: not a warning.
         let options: sqlx::postgres::PgConnectOptions = self.database_url.parse()?;
         let db = sqlx::postgres::PgPoolOptions::new()
@@ -542,6 +612,12 @@ impl Cluster {
             .await?;
         let deadline = Instant::now() + SETTLE_BOUND;
         loop {
+            // Read only once no ingestor holds anything unflushed: a late copy of an event in a
+            // log would otherwise be stored after the count.
+            if !self.drained(http).await && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             let rows: Vec<(String, i64)> =
                 sqlx::query_as("SELECT event_id, COUNT(*) FROM events WHERE pipeline_id = $1 GROUP BY event_id")
                     .bind(pipeline)
@@ -574,13 +650,49 @@ impl Cluster {
     }
 }
 
-/// Every kind; `disk` only as root (it mounts a tmpfs).
+/// Every kind; `disk` only where a tmpfs can be mounted (as root, outside a container that
+/// forbids it).
 fn default_kinds() -> Vec<FaultKind> {
     let mut kinds = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus];
-    if nix::unistd::Uid::effective().is_root() {
+    let can_mount = nix::unistd::Uid::effective().is_root()
+        && tempfile::tempdir().is_ok_and(|probe| Tmpfs::mount(probe.path().join("disk"), "1m").is_ok());
+    if can_mount {
         kinds.push(FaultKind::Disk);
     }
     kinds
+}
+
+/// Stops the senders however the run ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What injecting a fault did.
+struct Injected {
+    /// When its heal began.
+    healed: Instant,
+    /// A disk fault: the ingestor's `/ready` said `disk_full` before the room returned.
+    seen_full: bool,
+}
+
+impl Cluster {
+    /// Whether every ingestor has flushed all it took (its log's unflushed bytes are 0).
+    async fn drained(&self, http: &reqwest::Client) -> bool {
+        for node in self.nodes.iter().filter(|n| n.role == Role::Ingestor) {
+            let Ok(response) = http.get(node.url("/ready")).timeout(Duration::from_secs(2)).send().await else {
+                return false;
+            };
+            let ready = response.json::<Value>().await.unwrap_or(Value::Null);
+            if ready["checks"]["intake_log"]["bytes"] != 0 {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.

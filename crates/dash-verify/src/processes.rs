@@ -41,6 +41,7 @@ async fn wait_listening(addr: SocketAddr, within: Duration) -> bool {
 pub(crate) struct Postgres {
     bin: PathBuf,
     dir: PathBuf,
+    ip: IpAddr,
     port: u16,
     /// PostgreSQL refuses to run as root: under root it runs as the `postgres` user.
     owner: Option<(u32, u32)>,
@@ -48,7 +49,9 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
-    pub async fn start(bin: &Path, dir: PathBuf) -> Result<Self, VerifyError> {
+    /// On `ip` (one of the run's own, so that no outgoing connection of the machine's, whose
+    /// source is 127.0.0.1, can take its port while it is down).
+    pub async fn start(bin: &Path, dir: PathBuf, ip: IpAddr) -> Result<Self, VerifyError> {
         std::fs::create_dir_all(&dir)?;
         let owner = match nix::unistd::Uid::effective().is_root() {
             true => {
@@ -61,13 +64,13 @@ impl Postgres {
             }
             false => None,
         };
-        let port = common_port(&[IpAddr::from([127, 0, 0, 1])])?;
-        let mut postgres = Self { bin: bin.to_owned(), dir, port, owner, timescaledb: false };
+        let port = common_port(&[ip])?;
+        let mut postgres = Self { bin: bin.to_owned(), dir, ip, port, owner, timescaledb: false };
         let data = postgres.data();
         postgres.run("initdb", &["-D", path_str(&data)?, "-A", "trust", "-U", "postgres", "--no-sync"]).await?;
         postgres.timescaledb = postgres.has_timescaledb().await;
         let mut conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 400\n",
+            "\nport = {port}\nlisten_addresses = '{ip}'\nunix_socket_directories = '{}'\nmax_connections = 400\n",
             postgres.dir.display()
         );
         if postgres.timescaledb {
@@ -84,11 +87,11 @@ impl Postgres {
     }
 
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.url("postgres")
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://postgres@{}:{}/{database}", self.ip, self.port)
     }
 
     async fn has_timescaledb(&self) -> bool {
@@ -154,20 +157,22 @@ fn path_str(path: &Path) -> Result<&str, VerifyError> {
 /// A nats-server of the run's own; core NATS, which is all Dash's bus uses.
 pub(crate) struct Nats {
     binary: PathBuf,
+    ip: IpAddr,
     port: u16,
     child: Option<Child>,
 }
 
 impl Nats {
-    pub async fn start(binary: &Path) -> Result<Self, VerifyError> {
-        let port = common_port(&[IpAddr::from([127, 0, 0, 1])])?;
-        let mut nats = Self { binary: binary.to_owned(), port, child: None };
+    /// On `ip` (see [`Postgres::start`]).
+    pub async fn start(binary: &Path, ip: IpAddr) -> Result<Self, VerifyError> {
+        let port = common_port(&[ip])?;
+        let mut nats = Self { binary: binary.to_owned(), ip, port, child: None };
         nats.restart().await?;
         Ok(nats)
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.ip, self.port)
     }
 
     /// kill -9.
@@ -182,16 +187,19 @@ impl Nats {
     pub async fn restart(&mut self) -> Result<(), VerifyError> {
         self.crash();
         let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-a", &self.ip.to_string(), "-p", &self.port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|err| VerifyError::Setup(format!("{}: {err}", self.binary.display())))?;
+        let mut child = child;
+        let listening = wait_listening(SocketAddr::new(self.ip, self.port), Duration::from_secs(10)).await;
+        let alive = matches!(child.try_wait(), Ok(None));
         self.child = Some(child);
-        match wait_listening(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10)).await {
+        match listening && alive {
             true => Ok(()),
-            false => Err(VerifyError::Setup(format!("nats-server did not listen on {}", self.port))),
+            false => Err(VerifyError::Setup(format!("nats-server did not come up on {}:{}", self.ip, self.port))),
         }
     }
 }
@@ -249,10 +257,14 @@ impl Node {
             .stderr(log)
             .spawn()
             .map_err(|err| VerifyError::Setup(format!("{}: {err}", self.binary.display())))?;
+        let mut child = child;
+        let listening = wait_listening(self.addr, Duration::from_secs(60)).await;
+        // Something else on the address would answer too: the process must still be running.
+        let alive = matches!(child.try_wait(), Ok(None));
         self.child = Some(child);
-        match wait_listening(self.addr, Duration::from_secs(60)).await {
+        match listening && alive {
             true => Ok(()),
-            false => Err(VerifyError::Setup(format!("{} did not listen on {}", self.name, self.addr))),
+            false => Err(VerifyError::Setup(format!("{} did not come up on {}", self.name, self.addr))),
         }
     }
 

@@ -58,6 +58,9 @@ pub(crate) struct Ledger {
     /// Status → count, for every answer that was not 2xx.
     pub refused: BTreeMap<u16, u64>,
     pub transport_errors: u64,
+    /// Transport errors from an edge no fault touched while the request was out (a closed
+    /// keep-alive connection races a request now and then; reported, not failed).
+    pub transport_errors_unfaulted: u64,
     pub violations: Vec<String>,
     pub violations_total: u64,
 }
@@ -154,8 +157,11 @@ pub(crate) async fn send(index: usize, target: Arc<Target>, ledger: Arc<Mutex<Le
             Err(err) => {
                 let mut ledger = ledger.lock();
                 ledger.transport_errors += 1;
-                if err.is_timeout() && target.disruptions[web].load(Ordering::SeqCst) == epoch {
-                    ledger.violation(format!("no answer within {REQUEST_BOUND:?} from {url}"));
+                if target.disruptions[web].load(Ordering::SeqCst) == epoch {
+                    match err.is_timeout() {
+                        true => ledger.violation(format!("no answer within {REQUEST_BOUND:?} from {url}")),
+                        false => ledger.transport_errors_unfaulted += 1,
+                    }
                 }
                 pending = Some((msg_id, body, ids));
                 web = (web + 1) % target.webs.len();
