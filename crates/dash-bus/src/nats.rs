@@ -15,8 +15,18 @@ use crate::{ALL_UPDATES, BusError, BusState, HEARTBEAT_SUBJECT, update_subject};
 /// Longest a publish may wait for room in the client's outgoing queue. Past it the update is
 /// dropped: the buffer actor that publishes must never stall on the broker.
 const PUBLISH_WAIT: Duration = Duration::from_millis(20);
-/// Reconnect backoff: 100 ms doubling to 5 s.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// Reconnect backoff: 100 ms doubling to 1 s. With [`CONNECT_TIMEOUT`] this bounds how long a
+/// node stays off the bus after the network heals: an attempt under way when it heals ends
+/// within the timeout, and the next starts at most this much later.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Each connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The client pings the server after this long without hearing from it, and drops the connection
+/// when two pings go unanswered (about three intervals of silence). A partition drops packets
+/// without telling either side, so without this a connection would wait out TCP's own
+/// retransmission backoff (minutes to give up, and seconds to resume after the heal) while the
+/// node's heartbeats queued behind it.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How to reach NATS. Credentials may also be in the URL (`nats://user:pass@host:4222`).
 #[derive(Debug, Clone, Default)]
@@ -49,7 +59,8 @@ impl NatsBus {
             .name(&options.name)
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(2))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .ping_interval(PING_INTERVAL)
             .reconnect_delay_callback(|attempts| {
                 let exponent = attempts.min(6) as u32;
                 (Duration::from_millis(100) * 2u32.pow(exponent)).min(MAX_RECONNECT_DELAY)

@@ -27,7 +27,12 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub async fn start() -> std::io::Result<Self> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// On `addr` (port 0: any free one).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(addr).await?;
         let addr = socket.local_addr()?;
         let zone = Arc::new(Zone::default());
         let task = tokio::spawn(serve(socket, zone.clone()));

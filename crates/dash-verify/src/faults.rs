@@ -21,6 +21,31 @@ pub enum FaultKind {
     Bus,
     /// Fill the disk under an ingestor's data (its own tmpfs; needs root), then free it.
     Disk,
+    /// Fill the database's disk (its data on a tmpfs; needs root), then give the room back (and
+    /// start PostgreSQL again if it stopped).
+    DatabaseDisk,
+    /// Partition the network (the cluster in network namespaces; needs root): packets vanish
+    /// and no connection is told, until the partition heals. The shape is drawn: see [`Cut`].
+    Partition,
+}
+
+/// The shape of a [`FaultKind::Partition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cut {
+    /// One web edge from every ingestor (it still reaches the database, the bus and senders).
+    EdgeFromIngestors,
+    /// One ingestor from the database and the bus (it still takes webhooks from the edges).
+    IngestorFromCore,
+    /// The two regions from each other: `fra` (ingestor-b, web-b) from `ams` (ingestor-a, web-a,
+    /// the database and the bus).
+    Regions,
+    /// One node's cable pulled: nothing reaches it, and it reaches nothing.
+    Cable,
+}
+
+impl Cut {
+    const ALL: [Cut; 4] = [Cut::EdgeFromIngestors, Cut::IngestorFromCore, Cut::Regions, Cut::Cable];
 }
 
 impl FaultKind {
@@ -31,6 +56,8 @@ impl FaultKind {
             Self::Database => "database",
             Self::Bus => "bus",
             Self::Disk => "disk",
+            Self::DatabaseDisk => "database-disk",
+            Self::Partition => "partition",
         }
     }
 }
@@ -41,6 +68,8 @@ pub struct Fault {
     pub kind: FaultKind,
     /// Which node ([`FaultKind::Kill`], [`FaultKind::Pause`]), as an index into the cluster's nodes.
     pub node: usize,
+    /// A partition's shape (`None` for the other kinds).
+    pub cut: Option<Cut>,
     /// How long the fault lasts before it is healed.
     pub hold: Duration,
     /// The quiet time before it.
@@ -48,14 +77,18 @@ pub struct Fault {
 }
 
 /// `count` faults of `kinds` over `nodes` nodes, the same for the same seed. The first
-/// `ingestors` nodes are the ingestors: a [`FaultKind::Disk`] fault falls on one of them.
+/// `ingestors` nodes are the ingestors, the rest web edges: a [`FaultKind::Disk`] fault falls on
+/// an ingestor, and so does a partition of an ingestor from the core; an edge's partition from
+/// the ingestors falls on an edge.
 pub fn schedule(seed: u64, count: usize, kinds: &[FaultKind], nodes: usize, ingestors: usize) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..count)
         .map(|_| {
             let kind = kinds[rng.random_range(0..kinds.len())];
-            let node = match kind {
-                FaultKind::Disk => rng.random_range(0..ingestors),
+            let cut = (kind == FaultKind::Partition).then(|| Cut::ALL[rng.random_range(0..Cut::ALL.len())]);
+            let node = match (kind, cut) {
+                (FaultKind::Disk, _) | (_, Some(Cut::IngestorFromCore)) => rng.random_range(0..ingestors),
+                (_, Some(Cut::EdgeFromIngestors)) => rng.random_range(ingestors..nodes),
                 _ => rng.random_range(0..nodes),
             };
             let hold_ms = match kind {
@@ -64,9 +97,13 @@ pub fn schedule(seed: u64, count: usize, kinds: &[FaultKind], nodes: usize, inge
                 FaultKind::Database => rng.random_range(500..4_000),
                 FaultKind::Bus => rng.random_range(200..3_000),
                 FaultKind::Disk => rng.random_range(500..4_000),
+                FaultKind::DatabaseDisk => rng.random_range(500..6_000),
+                // Long enough, at the top, to outlast the edge's forward bound and the
+                // membership's down-after, so that what hangs shows.
+                FaultKind::Partition => rng.random_range(500..12_000),
             };
             let gap_ms = rng.random_range(200..1_500);
-            Fault { kind, node, hold: Duration::from_millis(hold_ms), gap: Duration::from_millis(gap_ms) }
+            Fault { kind, node, cut, hold: Duration::from_millis(hold_ms), gap: Duration::from_millis(gap_ms) }
         })
         .collect()
 }
@@ -84,6 +121,13 @@ impl fmt::Display for Described<'_> {
             FaultKind::Database => write!(f, "database crashed for {hold:.1} s"),
             FaultKind::Bus => write!(f, "bus killed for {hold:.1} s"),
             FaultKind::Disk => write!(f, "disk of {node} full for {hold:.1} s"),
+            FaultKind::DatabaseDisk => write!(f, "database disk full for {hold:.1} s"),
+            FaultKind::Partition => match fault.cut {
+                Some(Cut::EdgeFromIngestors) => write!(f, "{node} cut from the ingestors for {hold:.1} s"),
+                Some(Cut::IngestorFromCore) => write!(f, "{node} cut from the database and bus for {hold:.1} s"),
+                Some(Cut::Regions) => write!(f, "regions ams and fra cut apart for {hold:.1} s"),
+                Some(Cut::Cable) | None => write!(f, "cable of {node} pulled for {hold:.1} s"),
+            },
         }
     }
 }
@@ -94,13 +138,28 @@ mod tests {
 
     #[test]
     fn a_seed_gives_the_same_schedule() {
-        let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus, FaultKind::Disk];
-        let a = schedule(7, 50, &kinds, 4, 2);
-        let b = schedule(7, 50, &kinds, 4, 2);
-        let key = |s: &[Fault]| s.iter().map(|f| (f.kind, f.node, f.hold, f.gap)).collect::<Vec<_>>();
+        let kinds = [
+            FaultKind::Kill,
+            FaultKind::Pause,
+            FaultKind::Database,
+            FaultKind::Bus,
+            FaultKind::Disk,
+            FaultKind::DatabaseDisk,
+            FaultKind::Partition,
+        ];
+        let a = schedule(7, 80, &kinds, 4, 2);
+        let b = schedule(7, 80, &kinds, 4, 2);
+        let key = |s: &[Fault]| s.iter().map(|f| (f.kind, f.node, f.cut, f.hold, f.gap)).collect::<Vec<_>>();
         assert_eq!(key(&a), key(&b));
-        assert_ne!(key(&a), key(&schedule(8, 50, &kinds, 4, 2)));
+        assert_ne!(key(&a), key(&schedule(8, 80, &kinds, 4, 2)));
         assert!(a.iter().filter(|f| f.kind == FaultKind::Disk).all(|f| f.node < 2), "a full disk is an ingestor's");
-        assert!(kinds.iter().all(|k| a.iter().any(|f| f.kind == *k)), "every kind drawn in 50");
+        assert!(kinds.iter().all(|k| a.iter().any(|f| f.kind == *k)), "every kind drawn in 80");
+        let cuts: Vec<(Cut, usize)> = a.iter().filter_map(|f| f.cut.map(|c| (c, f.node))).collect();
+        assert!(cuts.iter().all(|(c, n)| match c {
+            Cut::IngestorFromCore => *n < 2,
+            Cut::EdgeFromIngestors => *n >= 2,
+            _ => true,
+        }));
+        assert!(a.iter().all(|f| f.cut.is_some() == (f.kind == FaultKind::Partition)));
     }
 }

@@ -5,6 +5,7 @@
 //! answer outside the contract (a refusal is 429 or 503 with `Retry-After`, nothing else).
 
 mod faults;
+mod network;
 mod processes;
 mod senders;
 
@@ -23,7 +24,8 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use faults::Described;
-pub use faults::{Fault, FaultKind, schedule};
+pub use faults::{Cut, Fault, FaultKind, schedule};
+use network::Network;
 use processes::{Nats, Node, Postgres, Role, Tmpfs};
 use senders::{EventKey, Ledger, Target};
 
@@ -32,8 +34,13 @@ const INGESTOR_NAME: &str = "ingestor.process.dash.internal";
 /// How long the cluster may take to be healthy again after a fault is healed before the fault
 /// counts as unrecovered.
 const RECOVERY_BOUND: Duration = Duration::from_secs(30);
+/// A recovery slower than this prints what the cluster was last waiting for.
+const SLOW_RECOVERY: Duration = Duration::from_secs(3);
 /// How long, after the last fault, every acknowledged event may take to be stored.
 const SETTLE_BOUND: Duration = Duration::from_secs(90);
+/// The database's data disk, when the run fills it: room for a long run's events. It is filled by
+/// shrinking it to what it holds, so its size costs no memory.
+const DATABASE_DISK_SIZE: &str = "16g";
 /// Each ingestor's data disk, when the run fills disks.
 const DISK_SIZE: &str = "64m";
 
@@ -47,8 +54,10 @@ pub enum VerifyError {
     Database(#[from] sqlx::Error),
     #[error("talking to the cluster: {0}")]
     Http(#[from] reqwest::Error),
-    #[error("{source} (logs and data kept in {})", dir.display())]
-    Kept { source: Box<VerifyError>, dir: PathBuf },
+    /// The run's folder was kept: the error says where (its cause is in the text, not a source,
+    /// so that it is printed once).
+    #[error("{error} (logs and data kept in {})", dir.display())]
+    Kept { error: Box<VerifyError>, dir: PathBuf },
 }
 
 /// What `dashd verify` takes.
@@ -67,8 +76,9 @@ pub struct VerifyOptions {
     /// Concurrent senders, each one request at a time (every fifth an NDJSON batch of ten).
     #[arg(long, default_value_t = 4)]
     pub senders: usize,
-    /// Which kinds of fault to draw from (comma-separated). Default: all; `disk` (a tmpfs under
-    /// each ingestor's data, filled and freed) only when run as root.
+    /// Which kinds of fault to draw from (comma-separated). Default: all; `disk` and
+    /// `database-disk` (a tmpfs under each ingestor's data, or the database's, filled and given
+    /// back) and `partition` (every host in a network namespace of its own) only as root.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub kinds: Option<Vec<FaultKind>>,
     /// Folder of PostgreSQL's programs (initdb, pg_ctl, pg_config). TimescaleDB is preloaded
@@ -82,7 +92,8 @@ pub struct VerifyOptions {
     /// The dashd binary the cluster runs (default: this one).
     #[arg(long)]
     pub binary: Option<PathBuf>,
-    /// The cluster's hosts are 127.NET.0.2–5, so that runs side by side stay apart.
+    /// The cluster's hosts are 127.NET.0.1–5 (198.18.NET.0/24 and namespaces named dvNET-… when
+    /// it partitions), so that runs side by side stay apart.
     #[arg(long, default_value_t = 200)]
     pub net: u8,
     /// A failing run appends the command that replays it here.
@@ -127,12 +138,18 @@ pub struct Report {
     pub transport_errors_unfaulted: u64,
     /// Disk faults after which the ingestor's `/ready` said `disk_full` (the fault took hold).
     pub disk_faults_seen_full: u64,
+    /// Full database disks during which an ingestor's `/ready` said its database was not ok.
+    pub database_disk_faults_seen: u64,
     /// Answers outside the contract: any other status, a refusal without Retry-After, or a
     /// request to a healthy edge unanswered for 30 s.
     pub violations: u64,
     pub violation_examples: Vec<String>,
+    /// The longest an edge no fault touched took to answer (bound: 16 s).
+    pub slowest_answer_secs: f64,
     /// From a fault's heal to every node healthy again.
     pub worst_recovery_secs: f64,
+    /// The same, per kind of fault.
+    pub worst_recovery_by_kind: BTreeMap<FaultKind, f64>,
     pub worst_recovery_fault: Option<String>,
     /// Faults after which the cluster was not healthy within 30 s.
     pub unrecovered: Vec<String>,
@@ -225,13 +242,26 @@ impl fmt::Display for Report {
                 self.disk_faults_seen_full
             )?;
         }
+        if let Some(disk) = self.faults.get(&FaultKind::DatabaseDisk) {
+            writeln!(
+                f,
+                "  database disk {} of {disk} full database disks seen by an ingestor's /ready",
+                self.database_disk_faults_seen
+            )?;
+        }
         writeln!(f, "  violations    {}", self.violations)?;
         for example in &self.violation_examples {
             writeln!(f, "    {example}")?;
         }
+        writeln!(f, "  answers       slowest {:.1} s from an edge no fault touched", self.slowest_answer_secs)?;
         match &self.worst_recovery_fault {
             Some(fault) => writeln!(f, "  recovery      worst {:.1} s, after: {fault}", self.worst_recovery_secs)?,
             None => writeln!(f, "  recovery      no fault run")?,
+        }
+        let by_kind: Vec<String> =
+            self.worst_recovery_by_kind.iter().map(|(k, secs)| format!("{} {secs:.1} s", k.name())).collect();
+        if !by_kind.is_empty() {
+            writeln!(f, "                worst by kind: {}", by_kind.join(", "))?;
         }
         for fault in &self.unrecovered {
             writeln!(f, "    not healthy within {RECOVERY_BOUND:?}: {fault}")?;
@@ -283,7 +313,7 @@ pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
             report.work_dir = kept;
             Ok(report)
         }
-        (Err(err), Some(dir)) => Err(VerifyError::Kept { source: Box::new(err), dir }),
+        (Err(err), Some(dir)) => Err(VerifyError::Kept { error: Box::new(err), dir }),
         (Err(err), None) => Err(err),
     }
 }
@@ -295,7 +325,7 @@ async fn verify(
     work: &Path,
     started: Instant,
 ) -> Result<Report, VerifyError> {
-    let mut cluster = Cluster::start(options, kinds.contains(&FaultKind::Disk), work).await?;
+    let mut cluster = Cluster::start(options, kinds, work).await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     cluster.wait_healthy(&http, Duration::from_secs(60)).await.map_err(VerifyError::Setup)?;
     let created: Value = http
@@ -326,7 +356,8 @@ async fn verify(
     let plan = schedule(seed, options.faults, kinds, cluster.nodes.len(), INGESTORS);
     let mut faults_run: BTreeMap<FaultKind, u64> = kinds.iter().map(|k| (*k, 0)).collect();
     let (mut worst, mut worst_fault, mut unrecovered) = (Duration::ZERO, None, Vec::new());
-    let mut disk_faults_seen_full = 0;
+    let mut worst_by_kind = BTreeMap::new();
+    let (mut disk_faults_seen_full, mut database_disk_faults_seen) = (0, 0);
     let deadline = options.duration.map(|d| started + d);
     for (i, fault) in plan.iter().enumerate() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -337,7 +368,10 @@ async fn verify(
         let described = Described(fault, &cluster.nodes[fault.node].name).to_string();
         let healed = match cluster.inject(fault, &target, &http).await {
             Ok(Injected { healed, seen_full }) => {
-                disk_faults_seen_full += u64::from(seen_full);
+                match fault.kind {
+                    FaultKind::DatabaseDisk => database_disk_faults_seen += u64::from(seen_full),
+                    _ => disk_faults_seen_full += u64::from(seen_full),
+                }
                 healed
             }
             Err(err) => {
@@ -350,9 +384,14 @@ async fn verify(
         };
         *faults_run.entry(fault.kind).or_default() += 1;
         // From the moment the heal began (a restarted node's start included).
-        match cluster.wait_healthy(&http, RECOVERY_BOUND).await.map(|_| healed.elapsed()) {
-            Ok(took) => {
+        match cluster.wait_healthy(&http, RECOVERY_BOUND).await.map(|last| (healed.elapsed(), last)) {
+            Ok((took, last_unhealthy)) => {
                 eprintln!("[{:>4}/{}] {described}: healthy after {:.1} s", i + 1, plan.len(), took.as_secs_f64());
+                if let Some(state) = last_unhealthy.filter(|_| took > SLOW_RECOVERY) {
+                    eprintln!("        last seen not healthy: {state}");
+                }
+                let worst_of_kind = worst_by_kind.entry(fault.kind).or_insert(0.0);
+                *worst_of_kind = took.as_secs_f64().max(*worst_of_kind);
                 if took >= worst {
                     (worst, worst_fault) = (took, Some(described));
                 }
@@ -399,9 +438,12 @@ async fn verify(
         transport_errors: ledger.transport_errors,
         transport_errors_unfaulted: ledger.transport_errors_unfaulted,
         disk_faults_seen_full,
+        database_disk_faults_seen,
         violations: ledger.violations_total,
         violation_examples: ledger.violations,
+        slowest_answer_secs: ledger.slowest_answer.as_secs_f64(),
         worst_recovery_secs: worst.as_secs_f64(),
+        worst_recovery_by_kind: worst_by_kind,
         worst_recovery_fault: worst_fault,
         unrecovered,
         lost_examples: lost.iter().take(10).map(EventKey::to_string).collect(),
@@ -424,8 +466,19 @@ struct Cluster {
     /// Each ingestor's data disk, when the run fills disks (dropped after the nodes: unmounted
     /// once nothing runs on them).
     disks: Vec<Tmpfs>,
+    /// The database's data disk, when the run fills it (unmounted after the database stops).
+    database_disk: Option<Tmpfs>,
     database_url: String,
+    /// The cluster's own network, when the run partitions it (dropped last, once every process
+    /// in it has stopped).
+    network: Option<Network>,
 }
+
+/// The hosts of the cluster's own network, in the order of [`Cluster::nodes`] after the first
+/// (the database and the bus share `core`).
+const HOSTS: [&str; 5] = ["core", "ingestor-a", "ingestor-b", "web-a", "web-b"];
+/// Every node's port on its own network (each host has its own namespace, so it is free).
+const NAMESPACED_PORT: u16 = 8080;
 
 /// What the database holds for the pipeline.
 struct Stored {
@@ -438,7 +491,9 @@ struct Stored {
 }
 
 impl Cluster {
-    async fn start(options: &VerifyOptions, disks: bool, work: &Path) -> Result<Self, VerifyError> {
+    async fn start(options: &VerifyOptions, kinds: &[FaultKind], work: &Path) -> Result<Self, VerifyError> {
+        let disks = kinds.contains(&FaultKind::Disk);
+        let partitions = kinds.contains(&FaultKind::Partition);
         let binary = match &options.binary {
             Some(binary) => binary.clone(),
             None => std::env::current_exe()?,
@@ -451,20 +506,40 @@ impl Cluster {
             Some(path) => path.clone(),
             None => default_nats_server()?,
         };
-        let host = |last: u8| IpAddr::from([127, options.net, 0, last]);
-        let postgres = Postgres::start(&postgres_bin, work.join("postgres"), host(1)).await?;
+        // With partitions, every host in a network namespace of its own; else each on an
+        // address of its own on loopback.
+        let network = match partitions {
+            true => Some(Network::create(options.net, &HOSTS)?),
+            false => None,
+        };
+        let place = |i: usize| match &network {
+            Some(network) => (network.hosts[i].ip, Some(network.hosts[i].namespace.clone())),
+            None => (IpAddr::from([127, options.net, 0, i as u8 + 1]), None),
+        };
+        let (core_ip, core_namespace) = place(0);
+        let database_disk = match kinds.contains(&FaultKind::DatabaseDisk) {
+            true => Some(Tmpfs::mount(work.join("postgres").join("data"), DATABASE_DISK_SIZE)?),
+            false => None,
+        };
+        let postgres = Postgres::start(&postgres_bin, work.join("postgres"), core_ip, core_namespace.clone()).await?;
         let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&postgres.admin_url()).await?;
         sqlx::query("CREATE DATABASE dash").execute(&admin).await?;
         admin.close().await;
         let database_url = postgres.url("dash");
-        let nats = Nats::start(&nats_binary, host(1)).await?;
-        let dns = DnsServer::start().await?;
+        let nats = Nats::start(&nats_binary, core_ip, core_namespace).await?;
+        let dns = match &network {
+            Some(network) => DnsServer::start_on(SocketAddr::new(network.harness_ip, 0)).await?,
+            None => DnsServer::start().await?,
+        };
 
-        let ingestor_ips = [host(2), host(3)];
-        let web_ips = [host(4), host(5)];
+        let ingestor_ips = [place(1).0, place(2).0];
+        let web_ips = [place(3).0, place(4).0];
         dns.set(CLUSTER_NAME, ingestor_ips.iter().chain(&web_ips).copied().collect());
         dns.set(INGESTOR_NAME, ingestor_ips.to_vec());
-        let ingestor_port = processes::common_port(&ingestor_ips)?;
+        let ingestor_port = match network {
+            Some(_) => NAMESPACED_PORT,
+            None => processes::common_port(&ingestor_ips)?,
+        };
         let common = vec![
             ("DATABASE_URL".to_owned(), database_url.clone()),
             ("NATS_URL".to_owned(), nats.url()),
@@ -480,10 +555,11 @@ impl Cluster {
             ("web-a", Role::Web, web_ips[0], "ams"),
             ("web-b", Role::Web, web_ips[1], "fra"),
         ];
-        for (name, role, ip, region) in layout {
-            let port = match role {
-                Role::Ingestor => ingestor_port,
-                Role::Web => processes::common_port(&[ip])?,
+        for (i, (name, role, ip, region)) in layout.into_iter().enumerate() {
+            let port = match (role, &network) {
+                (Role::Ingestor, _) => ingestor_port,
+                (Role::Web, Some(_)) => NAMESPACED_PORT,
+                (Role::Web, None) => processes::common_port(&[ip])?,
             };
             let mut env = common.clone();
             let role_name = if role == Role::Web { "web" } else { "ingestor" };
@@ -506,16 +582,19 @@ impl Cluster {
                 ]);
             }
             let mut node = Node::new(name, role, SocketAddr::new(ip, port), work.join(name), &binary, env);
+            node.namespace = place(i + 1).1;
             node.start().await?;
             nodes.push(node);
         }
-        Ok(Self { postgres, nats, _dns: dns, nodes, disks: mounted, database_url })
+        Ok(Self { postgres, nats, _dns: dns, nodes, disks: mounted, database_disk, database_url, network })
     }
 
     /// Waits until every node's `/ready` says healthy and each edge sees both ingestors up.
-    /// Returns how long that took, or what was last seen not healthy.
-    async fn wait_healthy(&self, http: &reqwest::Client, within: Duration) -> Result<Duration, String> {
+    /// Returns what was last seen not healthy before that (if anything), or, past `within`, what
+    /// still is not.
+    async fn wait_healthy(&self, http: &reqwest::Client, within: Duration) -> Result<Option<String>, String> {
         let started = Instant::now();
+        let mut last_unhealthy = None;
         loop {
             let mut not_healthy = None;
             for node in &self.nodes {
@@ -531,9 +610,12 @@ impl Cluster {
                 }
             }
             match not_healthy {
-                None => return Ok(started.elapsed()),
+                None => return Ok(last_unhealthy),
                 Some(state) if started.elapsed() >= within => return Err(state),
-                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Some(state) => {
+                    last_unhealthy = Some(state);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -550,7 +632,10 @@ impl Cluster {
             Role::Web => Some(fault.node - WEB_A),
             Role::Ingestor => None,
         };
-        let touches_web = matches!(fault.kind, FaultKind::Kill | FaultKind::Pause).then_some(web).flatten();
+        // Faults after which the edge itself may not answer (a request to it goes unanswered
+        // without blame).
+        let silences_node = matches!(fault.kind, FaultKind::Kill | FaultKind::Pause) || fault.cut == Some(Cut::Cable);
+        let touches_web = silences_node.then_some(web).flatten();
         if let Some(web) = touches_web {
             target.disrupted(web);
         }
@@ -593,6 +678,44 @@ impl Cluster {
                     seen_full = report["checks"]["intake_log"]["code"] == "disk_full";
                 }
                 disk.free()?;
+            }
+            FaultKind::DatabaseDisk => {
+                let disk = self
+                    .database_disk
+                    .as_ref()
+                    .ok_or_else(|| VerifyError::Setup("a full database disk needs the database on a tmpfs".into()))?;
+                disk.shrink_to_used()?;
+                tokio::time::sleep(fault.hold).await;
+                // Whether an ingestor noticed (its batches failed), before the room returns.
+                for node in self.nodes.iter().filter(|n| n.role == Role::Ingestor) {
+                    let ready = http.get(node.url("/ready")).timeout(Duration::from_secs(2)).send().await;
+                    if let Ok(response) = ready {
+                        let report = response.json::<Value>().await.unwrap_or(Value::Null);
+                        seen_full |= report["checks"]["database"]["ok"] == false;
+                    }
+                }
+                disk.grow_back()?;
+                // PostgreSQL stops when it cannot write its WAL (a PANIC); an operator starts it
+                // again once there is room.
+                self.postgres.ensure_up().await?;
+            }
+            FaultKind::Partition => {
+                let network = self
+                    .network
+                    .as_ref()
+                    .ok_or_else(|| VerifyError::Setup("a partition needs the cluster's own network".into()))?;
+                let node = self.nodes[fault.node].name.as_str();
+                let set = |cut: bool| match fault.cut {
+                    Some(Cut::EdgeFromIngestors) => network.set_cut(&[node], &["ingestor-a", "ingestor-b"], cut),
+                    Some(Cut::IngestorFromCore) => network.set_cut(&[node], &["core"], cut),
+                    Some(Cut::Regions) => {
+                        network.set_cut(&["ingestor-b", "web-b"], &["core", "ingestor-a", "web-a"], cut)
+                    }
+                    Some(Cut::Cable) | None => network.set_cable(node, !cut),
+                };
+                set(true)?;
+                tokio::time::sleep(fault.hold).await;
+                set(false)?;
             }
         }
         if let Some(web) = touches_web {
@@ -650,14 +773,17 @@ impl Cluster {
     }
 }
 
-/// Every kind; `disk` only where a tmpfs can be mounted (as root, outside a container that
-/// forbids it).
+/// Every kind; `disk` only where a tmpfs can be mounted, `partition` only where network
+/// namespaces can be made (both as root, outside a container that forbids them).
 fn default_kinds() -> Vec<FaultKind> {
     let mut kinds = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus];
     let can_mount = nix::unistd::Uid::effective().is_root()
         && tempfile::tempdir().is_ok_and(|probe| Tmpfs::mount(probe.path().join("disk"), "1m").is_ok());
     if can_mount {
-        kinds.push(FaultKind::Disk);
+        kinds.extend([FaultKind::Disk, FaultKind::DatabaseDisk]);
+    }
+    if network::available() {
+        kinds.push(FaultKind::Partition);
     }
     kinds
 }
@@ -675,7 +801,8 @@ impl Drop for StopOnDrop {
 struct Injected {
     /// When its heal began.
     healed: Instant,
-    /// A disk fault: the ingestor's `/ready` said `disk_full` before the room returned.
+    /// A disk fault: the ingestor's `/ready` said `disk_full` before the room returned; a
+    /// database disk fault: an ingestor's `/ready` said the database was not ok.
     seen_full: bool,
 }
 

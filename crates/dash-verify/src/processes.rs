@@ -10,6 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::VerifyError;
+use crate::network::command_in;
 
 /// A port free on every one of `ips` at the moment of asking (ingestors share one port, as
 /// they do on a private network).
@@ -45,13 +46,16 @@ pub(crate) struct Postgres {
     port: u16,
     /// PostgreSQL refuses to run as root: under root it runs as the `postgres` user.
     owner: Option<(u32, u32)>,
+    /// The network namespace it runs in, when the cluster has its own network.
+    namespace: Option<String>,
     pub timescaledb: bool,
 }
 
 impl Postgres {
     /// On `ip` (one of the run's own, so that no outgoing connection of the machine's, whose
-    /// source is 127.0.0.1, can take its port while it is down).
-    pub async fn start(bin: &Path, dir: PathBuf, ip: IpAddr) -> Result<Self, VerifyError> {
+    /// source is 127.0.0.1, can take its port while it is down), in `namespace` when given (then
+    /// on the standard port, which nothing else there holds).
+    pub async fn start(bin: &Path, dir: PathBuf, ip: IpAddr, namespace: Option<String>) -> Result<Self, VerifyError> {
         std::fs::create_dir_all(&dir)?;
         let owner = match nix::unistd::Uid::effective().is_root() {
             true => {
@@ -60,12 +64,17 @@ impl Postgres {
                         VerifyError::Setup("running as root, and there is no postgres user to run PostgreSQL as".into())
                     })?;
                 nix::unistd::chown(&dir, Some(user.uid), Some(user.gid)).map_err(std::io::Error::from)?;
+                // A disk of its own mounted there already (for the full-disk fault).
+                if dir.join("data").exists() {
+                    nix::unistd::chown(&dir.join("data"), Some(user.uid), Some(user.gid))
+                        .map_err(std::io::Error::from)?;
+                }
                 Some((user.uid.as_raw(), user.gid.as_raw()))
             }
             false => None,
         };
-        let port = common_port(&[ip])?;
-        let mut postgres = Self { bin: bin.to_owned(), dir, ip, port, owner, timescaledb: false };
+        let port = if namespace.is_some() { 5432 } else { common_port(&[ip])? };
+        let mut postgres = Self { bin: bin.to_owned(), dir, ip, port, owner, namespace, timescaledb: false };
         let data = postgres.data();
         postgres.run("initdb", &["-D", path_str(&data)?, "-A", "trust", "-U", "postgres", "--no-sync"]).await?;
         postgres.timescaledb = postgres.has_timescaledb().await;
@@ -78,6 +87,12 @@ impl Postgres {
         }
         use std::io::Write;
         std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?.write_all(conf.as_bytes())?;
+        // The cluster's own network, when it has one (see `network`): its addresses exist only
+        // on the run's links.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("pg_hba.conf"))?
+            .write_all(b"\nhost all all 198.18.0.0/15 trust\n")?;
         postgres.up().await?;
         Ok(postgres)
     }
@@ -104,11 +119,30 @@ impl Postgres {
     }
 
     async fn run(&self, program: &str, args: &[&str]) -> Result<(), VerifyError> {
-        let mut command = tokio::process::Command::new(self.bin.join(program));
+        let path = self.bin.join(program);
+        let mut command = match (&self.namespace, self.owner) {
+            // Entering a namespace needs root: the program drops to its owner after.
+            (Some(namespace), Some((uid, gid))) => {
+                let mut command = tokio::process::Command::new("ip");
+                command.args(["netns", "exec", namespace, "setpriv"]);
+                command.args([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".to_owned()]);
+                command.arg(&path);
+                command
+            }
+            (Some(namespace), None) => {
+                let mut command = tokio::process::Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(&path);
+                command
+            }
+            (None, owner) => {
+                let mut command = tokio::process::Command::new(&path);
+                if let Some((uid, gid)) = owner {
+                    command.uid(uid).gid(gid);
+                }
+                command
+            }
+        };
         command.args(args).current_dir(&self.dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        if let Some((uid, gid)) = self.owner {
-            command.uid(uid).gid(gid);
-        }
         let output = command
             .output()
             .await
@@ -128,6 +162,16 @@ impl Postgres {
         let data = self.data();
         let log = self.dir.join("postgres.log");
         self.run("pg_ctl", &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "-t", "60", "start"]).await
+    }
+
+    /// Starts the server unless it accepts connections already (it stops by itself when it
+    /// cannot write its WAL).
+    pub async fn ensure_up(&self) -> Result<(), VerifyError> {
+        let address = SocketAddr::new(self.ip, self.port);
+        if wait_listening(address, Duration::from_secs(3)).await {
+            return Ok(());
+        }
+        self.up().await
     }
 
     /// Stops the server as a crash would (no checkpoint; recovery replays the WAL at start).
@@ -159,14 +203,15 @@ pub(crate) struct Nats {
     binary: PathBuf,
     ip: IpAddr,
     port: u16,
+    namespace: Option<String>,
     child: Option<Child>,
 }
 
 impl Nats {
-    /// On `ip` (see [`Postgres::start`]).
-    pub async fn start(binary: &Path, ip: IpAddr) -> Result<Self, VerifyError> {
-        let port = common_port(&[ip])?;
-        let mut nats = Self { binary: binary.to_owned(), ip, port, child: None };
+    /// On `ip`, in `namespace` when given (see [`Postgres::start`]).
+    pub async fn start(binary: &Path, ip: IpAddr, namespace: Option<String>) -> Result<Self, VerifyError> {
+        let port = if namespace.is_some() { 4222 } else { common_port(&[ip])? };
+        let mut nats = Self { binary: binary.to_owned(), ip, port, namespace, child: None };
         nats.restart().await?;
         Ok(nats)
     }
@@ -186,7 +231,7 @@ impl Nats {
     /// Starts it on its port and waits until it listens.
     pub async fn restart(&mut self) -> Result<(), VerifyError> {
         self.crash();
-        let child = Command::new(&self.binary)
+        let child = command_in(self.namespace.as_deref(), &self.binary)
             .args(["-a", &self.ip.to_string(), "-p", &self.port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -225,6 +270,8 @@ pub(crate) struct Node {
     dir: PathBuf,
     binary: PathBuf,
     env: Vec<(String, String)>,
+    /// The network namespace it runs in, when the cluster has its own network.
+    pub namespace: Option<String>,
     child: Option<Child>,
 }
 
@@ -237,14 +284,14 @@ impl Node {
         binary: &Path,
         env: Vec<(String, String)>,
     ) -> Self {
-        Self { name: name.to_owned(), role, addr, dir, binary: binary.to_owned(), env, child: None }
+        Self { name: name.to_owned(), role, addr, dir, binary: binary.to_owned(), env, namespace: None, child: None }
     }
 
     /// Starts the process and waits until it listens.
     pub async fn start(&mut self) -> Result<(), VerifyError> {
         std::fs::create_dir_all(&self.dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let child = Command::new(&self.binary)
+        let child = command_in(self.namespace.as_deref(), &self.binary)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -301,6 +348,8 @@ impl Drop for Node {
 /// without touching the machine's; unmounted when dropped.
 pub(crate) struct Tmpfs {
     dir: PathBuf,
+    /// The size it was mounted with (`mount -o size=` syntax).
+    size: String,
 }
 
 /// The file that fills a [`Tmpfs`].
@@ -316,7 +365,7 @@ impl Tmpfs {
             .status()
             .map_err(|err| VerifyError::Setup(format!("mount: {err}")))?;
         match status.success() {
-            true => Ok(Self { dir }),
+            true => Ok(Self { dir, size: size.to_owned() }),
             false => Err(VerifyError::Setup(format!(
                 "cannot mount a tmpfs on {} ({status}): the disk fault needs root; leave it out with --kinds",
                 dir.display()
@@ -336,6 +385,37 @@ impl Tmpfs {
 
     pub fn free(&self) -> Result<(), VerifyError> {
         Ok(std::fs::remove_file(self.dir.join(BALLAST))?)
+    }
+
+    /// Fills it without writing: its size becomes what it holds (a tmpfs cannot shrink below
+    /// that, so while something writes it takes a few tries).
+    pub fn shrink_to_used(&self) -> Result<(), VerifyError> {
+        for _ in 0..50 {
+            let stat = nix::sys::statvfs::statvfs(&self.dir).map_err(std::io::Error::from)?;
+            let used = (stat.blocks() - stat.blocks_free()) * stat.fragment_size();
+            if self.remount(&used.max(4096).to_string()) {
+                return Ok(());
+            }
+        }
+        Err(VerifyError::Setup(format!("could not shrink the tmpfs on {} to what it holds", self.dir.display())))
+    }
+
+    /// Gives back the room [`Tmpfs::shrink_to_used`] took.
+    pub fn grow_back(&self) -> Result<(), VerifyError> {
+        match self.remount(&self.size) {
+            true => Ok(()),
+            false => Err(VerifyError::Setup(format!("could not grow the tmpfs on {} back", self.dir.display()))),
+        }
+    }
+
+    fn remount(&self, size: &str) -> bool {
+        Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
     }
 }
 

@@ -11,8 +11,11 @@ use std::time::Duration;
 use dash_signature::SigningSecret;
 use parking_lot::Mutex;
 
-/// Longest a request may go unanswered before the harness counts it as a violation.
+/// Longest a request may go unanswered before the harness gives up on it.
 pub(crate) const REQUEST_BOUND: Duration = Duration::from_secs(30);
+/// Longest an edge no fault touched may take to answer: its forward bound (3 attempts of at most
+/// 5 s each, docs/OPERATIONS.md) and a second of slack for a loaded machine.
+pub(crate) const ANSWER_BOUND: Duration = Duration::from_secs(16);
 /// Every this many requests carries an NDJSON batch instead of one event.
 const BATCH_EVERY: u64 = 5;
 const BATCH_EVENTS: usize = 10;
@@ -63,6 +66,8 @@ pub(crate) struct Ledger {
     pub transport_errors_unfaulted: u64,
     pub violations: Vec<String>,
     pub violations_total: u64,
+    /// The longest any edge no fault touched took to answer (2xx or a refusal).
+    pub slowest_answer: Duration,
 }
 
 impl Ledger {
@@ -130,10 +135,24 @@ pub(crate) async fn send(index: usize, target: Arc<Target>, ledger: Arc<Mutex<Le
             .body(body.clone());
         ledger.lock().requests += 1;
         let epoch = target.disruptions[web].load(Ordering::SeqCst);
+        let sent_at = std::time::Instant::now();
+        let answered = |ledger: &mut Ledger| {
+            let took = sent_at.elapsed();
+            if target.disruptions[web].load(Ordering::SeqCst) != epoch {
+                return;
+            }
+            ledger.slowest_answer = ledger.slowest_answer.max(took);
+            if took > ANSWER_BOUND {
+                ledger
+                    .violation(format!("answered after {:.1} s (bound {ANSWER_BOUND:?}) by {url}", took.as_secs_f64()));
+            }
+        };
         let wait = match request.send().await {
             Ok(response) if response.status().is_success() => {
                 let _ = response.bytes().await;
-                ledger.lock().acked.extend(ids);
+                let mut ledger = ledger.lock();
+                answered(&mut ledger);
+                ledger.acked.extend(ids);
                 None
             }
             Ok(response) => {
@@ -145,6 +164,7 @@ pub(crate) async fn send(index: usize, target: Arc<Target>, ledger: Arc<Mutex<Le
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 let text = response.text().await.unwrap_or_default();
                 let mut ledger = ledger.lock();
+                answered(&mut ledger);
                 *ledger.refused.entry(status).or_default() += 1;
                 let allowed = matches!(status, 429 | 503) && retry_after.is_some();
                 if !allowed {

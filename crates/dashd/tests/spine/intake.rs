@@ -190,7 +190,9 @@ async fn retries_are_stored_once_and_counted_as_duplicates() {
 
 #[tokio::test]
 async fn arrays_and_ndjson_are_split_with_indexed_ids_all_or_nothing() {
-    let server = TestServer::start(FAST_FLUSH).await;
+    // One event is dated 2024: a retention long enough that the startup maintenance, run
+    // whenever a loaded machine gets to it, does not delete it before it is read back.
+    let server = TestServer::start(&[("DASH_FLUSH_INTERVAL", "100ms"), ("DASH_RETENTION", "3650days")]).await;
     let p = server.create_pipeline("batches").await;
     let array = r#"[{"a":1},{"id":"own"},{"a":3,"timestamp":"2024-01-02T03:04:05Z"}]"#;
     let r = server.post_json(&p, "req-a", array).await;
