@@ -268,6 +268,44 @@ run_image_test() {
     rm -f "$out"
 }
 
+# The release a rolling upgrade starts from: the suite's `dashd verify` run starts its cluster on
+# it and swaps nodes between it and this build, both ways (`upgrade` faults). Built once from this
+# clone's history (git archive, no worktree) and cached (DASH_TEST_CACHE). The build shares this
+# checkout's target folder, so only the workspace's own crates compile again; it runs before this
+# build's, which then links target/debug/dashd back to the current binary. Skipped loudly where
+# the history does not hold the commit (a shallow clone).
+PREVIOUS_RELEASE=6ac32230f045731256d426924e1c7620c122c38f
+ensure_previous_release() {
+    local cache root src target
+    cache="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}"
+    root="$cache/dashd-$PREVIOUS_RELEASE"
+    mkdir -p "$cache"
+    exec 8>"$cache/previous-release.lock"
+    flock 8
+    if [ ! -x "$root/dashd" ]; then
+        if ! git cat-file -e "$PREVIOUS_RELEASE^{commit}" 2>/dev/null; then
+            echo "!!"
+            echo "!! upgrade faults SKIPPED: the previous release ($PREVIOUS_RELEASE) is not in this clone's history"
+            echo "!!"
+            flock -u 8
+            return 0
+        fi
+        echo "== building the previous release (${PREVIOUS_RELEASE:0:12}) for the upgrade faults (cached in $root)"
+        src=$(mktemp -d /tmp/dash-previous.XXXXXX)
+        target="$(pwd)/target"
+        git archive "$PREVIOUS_RELEASE" | tar -x -C "$src"
+        (cd "$src" && cargo build --locked -p dashd --target-dir "$target") \
+            || { echo "building the previous release failed" >&2; exit 1; }
+        rm -rf "$root.building"
+        mkdir -p "$root.building"
+        cp "$target/debug/dashd" "$root.building/dashd"
+        rm -rf "$src"
+        mv "$root.building" "$root"
+    fi
+    flock -u 8
+    export DASH_TEST_PREVIOUS_DASHD="$root/dashd"
+}
+
 # python3 with venv (Schemathesis's virtualenv, free ports) and curl.
 ensure_python() {
     if command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
@@ -293,6 +331,8 @@ if ensure_timescaledb; then
     TIMESCALE=1
     start_timescale_clusters
 fi
+
+ensure_previous_release
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -24,6 +24,10 @@ pub enum FaultKind {
     /// Fill the database's disk (its data on a tmpfs; needs root), then give the room back (and
     /// start PostgreSQL again if it stopped).
     DatabaseDisk,
+    /// Swap one node's release (`--previous-binary` ↔ this one): stopped with SIGTERM (its log
+    /// drained) or killed -9 (its log as it was), then started on the other release with the
+    /// same data. The cluster starts on the previous release, so nodes go both ways.
+    Upgrade,
     /// Partition the network (the cluster in network namespaces; needs root): packets vanish
     /// and no connection is told, until the partition heals. The shape is drawn: see [`Cut`].
     Partition,
@@ -57,6 +61,7 @@ impl FaultKind {
             Self::Bus => "bus",
             Self::Disk => "disk",
             Self::DatabaseDisk => "database-disk",
+            Self::Upgrade => "upgrade",
             Self::Partition => "partition",
         }
     }
@@ -70,6 +75,8 @@ pub struct Fault {
     pub node: usize,
     /// A partition's shape (`None` for the other kinds).
     pub cut: Option<Cut>,
+    /// An upgrade that stops the node with SIGTERM rather than kill -9.
+    pub graceful: bool,
     /// How long the fault lasts before it is healed.
     pub hold: Duration,
     /// The quiet time before it.
@@ -86,6 +93,7 @@ pub fn schedule(seed: u64, count: usize, kinds: &[FaultKind], nodes: usize, inge
         .map(|_| {
             let kind = kinds[rng.random_range(0..kinds.len())];
             let cut = (kind == FaultKind::Partition).then(|| Cut::ALL[rng.random_range(0..Cut::ALL.len())]);
+            let graceful = kind == FaultKind::Upgrade && rng.random_bool(0.5);
             let node = match (kind, cut) {
                 (FaultKind::Disk, _) | (_, Some(Cut::IngestorFromCore)) => rng.random_range(0..ingestors),
                 (_, Some(Cut::EdgeFromIngestors)) => rng.random_range(ingestors..nodes),
@@ -98,12 +106,20 @@ pub fn schedule(seed: u64, count: usize, kinds: &[FaultKind], nodes: usize, inge
                 FaultKind::Bus => rng.random_range(200..3_000),
                 FaultKind::Disk => rng.random_range(500..4_000),
                 FaultKind::DatabaseDisk => rng.random_range(500..6_000),
+                FaultKind::Upgrade => rng.random_range(0..1_000),
                 // Long enough, at the top, to outlast the edge's forward bound and the
                 // membership's down-after, so that what hangs shows.
                 FaultKind::Partition => rng.random_range(500..12_000),
             };
             let gap_ms = rng.random_range(200..1_500);
-            Fault { kind, node, cut, hold: Duration::from_millis(hold_ms), gap: Duration::from_millis(gap_ms) }
+            Fault {
+                kind,
+                node,
+                cut,
+                graceful,
+                hold: Duration::from_millis(hold_ms),
+                gap: Duration::from_millis(gap_ms),
+            }
         })
         .collect()
 }
@@ -122,6 +138,10 @@ impl fmt::Display for Described<'_> {
             FaultKind::Bus => write!(f, "bus killed for {hold:.1} s"),
             FaultKind::Disk => write!(f, "disk of {node} full for {hold:.1} s"),
             FaultKind::DatabaseDisk => write!(f, "database disk full for {hold:.1} s"),
+            FaultKind::Upgrade => {
+                let stop = if fault.graceful { "stopped (SIGTERM)" } else { "killed -9" };
+                write!(f, "{node} {stop} and started on the other release after {hold:.1} s")
+            }
             FaultKind::Partition => match fault.cut {
                 Some(Cut::EdgeFromIngestors) => write!(f, "{node} cut from the ingestors for {hold:.1} s"),
                 Some(Cut::IngestorFromCore) => write!(f, "{node} cut from the database and bus for {hold:.1} s"),
@@ -145,11 +165,13 @@ mod tests {
             FaultKind::Bus,
             FaultKind::Disk,
             FaultKind::DatabaseDisk,
+            FaultKind::Upgrade,
             FaultKind::Partition,
         ];
         let a = schedule(7, 80, &kinds, 4, 2);
         let b = schedule(7, 80, &kinds, 4, 2);
-        let key = |s: &[Fault]| s.iter().map(|f| (f.kind, f.node, f.cut, f.hold, f.gap)).collect::<Vec<_>>();
+        let key =
+            |s: &[Fault]| s.iter().map(|f| (f.kind, f.node, f.cut, f.graceful, f.hold, f.gap)).collect::<Vec<_>>();
         assert_eq!(key(&a), key(&b));
         assert_ne!(key(&a), key(&schedule(8, 80, &kinds, 4, 2)));
         assert!(a.iter().filter(|f| f.kind == FaultKind::Disk).all(|f| f.node < 2), "a full disk is an ingestor's");

@@ -34,6 +34,8 @@ const INGESTOR_NAME: &str = "ingestor.process.dash.internal";
 /// How long the cluster may take to be healthy again after a fault is healed before the fault
 /// counts as unrecovered.
 const RECOVERY_BOUND: Duration = Duration::from_secs(30);
+/// How long a node stopped with SIGTERM may take to drain and exit before it is killed.
+const DRAIN_BOUND: Duration = Duration::from_secs(30);
 /// A recovery slower than this prints what the cluster was last waiting for.
 const SLOW_RECOVERY: Duration = Duration::from_secs(3);
 /// How long, after the last fault, every acknowledged event may take to be stored.
@@ -92,6 +94,10 @@ pub struct VerifyOptions {
     /// The dashd binary the cluster runs (default: this one).
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// An earlier release of dashd: the cluster starts on it, and `upgrade` faults (drawn by
+    /// default when this is given) swap nodes between it and the binary above, both ways.
+    #[arg(long)]
+    pub previous_binary: Option<PathBuf>,
     /// The cluster's hosts are 127.NET.0.1–5 (198.18.NET.0/24 and namespaces named dvNET-… when
     /// it partitions), so that runs side by side stay apart.
     #[arg(long, default_value_t = 200)]
@@ -136,10 +142,17 @@ pub struct Report {
     pub transport_errors: u64,
     /// Of those, the ones from an edge no fault touched meanwhile.
     pub transport_errors_unfaulted: u64,
+    pub transport_error_examples: Vec<String>,
     /// Disk faults after which the ingestor's `/ready` said `disk_full` (the fault took hold).
     pub disk_faults_seen_full: u64,
     /// Full database disks during which an ingestor's `/ready` said its database was not ok.
     pub database_disk_faults_seen: u64,
+    /// Upgrade faults that moved a node to this release, and back to the previous one.
+    pub upgrades: u64,
+    pub downgrades: u64,
+    /// Nodes left on the previous release at the end.
+    pub nodes_on_previous: usize,
+    pub previous_binary: Option<PathBuf>,
     /// Answers outside the contract: any other status, a refusal without Retry-After, or a
     /// request to a healthy edge unanswered for 30 s.
     pub violations: u64,
@@ -182,6 +195,9 @@ impl Report {
         );
         if let Some(duration) = self.duration {
             command.push_str(&format!(" --duration {}", humantime::format_duration(duration)));
+        }
+        if let Some(previous) = &self.previous_binary {
+            command.push_str(&format!(" --previous-binary {}", previous.display()));
         }
         command
     }
@@ -235,6 +251,9 @@ impl fmt::Display for Report {
             self.transport_errors,
             self.transport_errors_unfaulted
         )?;
+        for example in &self.transport_error_examples {
+            writeln!(f, "    {example}")?;
+        }
         if let Some(disk) = self.faults.get(&FaultKind::Disk) {
             writeln!(
                 f,
@@ -247,6 +266,16 @@ impl fmt::Display for Report {
                 f,
                 "  database disk {} of {disk} full database disks seen by an ingestor's /ready",
                 self.database_disk_faults_seen
+            )?;
+        }
+        if let Some(previous) = &self.previous_binary {
+            writeln!(
+                f,
+                "  releases      {} upgrades, {} downgrades; {} of the nodes end on the previous release ({})",
+                self.upgrades,
+                self.downgrades,
+                self.nodes_on_previous,
+                previous.display()
             )?;
         }
         writeln!(f, "  violations    {}", self.violations)?;
@@ -285,11 +314,14 @@ pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let seed = options.seed.unwrap_or_else(rand::random);
     // In one order whatever order they were named in, so that the replay command replays.
-    let mut kinds = options.kinds.as_deref().map_or_else(default_kinds, <[FaultKind]>::to_vec);
+    let mut kinds = options.kinds.as_deref().map_or_else(|| default_kinds(&options), <[FaultKind]>::to_vec);
     kinds.sort();
     kinds.dedup();
     if kinds.is_empty() || options.senders == 0 {
         return Err(VerifyError::Setup("--kinds and --senders must not be empty".into()));
+    }
+    if kinds.contains(&FaultKind::Upgrade) && options.previous_binary.is_none() {
+        return Err(VerifyError::Setup("the upgrade fault needs --previous-binary".into()));
     }
     eprintln!("dashd verify: seed {seed}, {} faults", options.faults);
     let work = tempfile::Builder::new().prefix("dash-verify.").tempdir()?;
@@ -358,6 +390,7 @@ async fn verify(
     let (mut worst, mut worst_fault, mut unrecovered) = (Duration::ZERO, None, Vec::new());
     let mut worst_by_kind = BTreeMap::new();
     let (mut disk_faults_seen_full, mut database_disk_faults_seen) = (0, 0);
+    let (mut upgrades, mut downgrades) = (0, 0);
     let deadline = options.duration.map(|d| started + d);
     for (i, fault) in plan.iter().enumerate() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -367,7 +400,12 @@ async fn verify(
         tokio::time::sleep(fault.gap).await;
         let described = Described(fault, &cluster.nodes[fault.node].name).to_string();
         let healed = match cluster.inject(fault, &target, &http).await {
-            Ok(Injected { healed, seen_full }) => {
+            Ok(Injected { healed, seen_full, upgrade }) => {
+                match upgrade {
+                    Some(true) => upgrades += 1,
+                    Some(false) => downgrades += 1,
+                    None => {}
+                }
                 match fault.kind {
                     FaultKind::DatabaseDisk => database_disk_faults_seen += u64::from(seen_full),
                     _ => disk_faults_seen_full += u64::from(seen_full),
@@ -410,7 +448,7 @@ async fn verify(
         unrecovered.push(format!("after the last fault ({state})"));
     }
 
-    let ledger = std::mem::take(&mut *ledger.lock());
+    let mut ledger = std::mem::take(&mut *ledger.lock());
     let stored = cluster.settle(&http, pipeline, &ledger).await?;
     let mut lost: Vec<EventKey> = ledger.acked.iter().filter(|id| !stored.rows.contains_key(*id)).copied().collect();
     lost.sort();
@@ -437,8 +475,13 @@ async fn verify(
         refused: ledger.refused,
         transport_errors: ledger.transport_errors,
         transport_errors_unfaulted: ledger.transport_errors_unfaulted,
+        transport_error_examples: std::mem::take(&mut ledger.transport_error_examples),
         disk_faults_seen_full,
         database_disk_faults_seen,
+        upgrades,
+        downgrades,
+        nodes_on_previous: cluster.nodes.iter().filter(|n| n.on_previous).count(),
+        previous_binary: options.previous_binary.clone(),
         violations: ledger.violations_total,
         violation_examples: ledger.violations,
         slowest_answer_secs: ledger.slowest_answer.as_secs_f64(),
@@ -582,6 +625,9 @@ impl Cluster {
                 ]);
             }
             let mut node = Node::new(name, role, SocketAddr::new(ip, port), work.join(name), &binary, env);
+            if let Some(previous) = &options.previous_binary {
+                node = node.with_releases(previous, &binary);
+            }
             node.namespace = place(i + 1).1;
             node.start().await?;
             nodes.push(node);
@@ -634,7 +680,8 @@ impl Cluster {
         };
         // Faults after which the edge itself may not answer (a request to it goes unanswered
         // without blame).
-        let silences_node = matches!(fault.kind, FaultKind::Kill | FaultKind::Pause) || fault.cut == Some(Cut::Cable);
+        let silences_node = matches!(fault.kind, FaultKind::Kill | FaultKind::Pause | FaultKind::Upgrade)
+            || fault.cut == Some(Cut::Cable);
         let touches_web = silences_node.then_some(web).flatten();
         if let Some(web) = touches_web {
             target.disrupted(web);
@@ -649,7 +696,24 @@ impl Cluster {
                 if let Some(web) = touches_web {
                     target.disrupted(web);
                 }
-                return Ok(Injected { healed, seen_full });
+                return Ok(Injected { healed, seen_full, upgrade: None });
+            }
+            FaultKind::Upgrade => {
+                let node = &mut self.nodes[fault.node];
+                match fault.graceful {
+                    true => node.stop(DRAIN_BOUND).await,
+                    false => node.kill9(),
+                }
+                let upgrade = node
+                    .swap_release()
+                    .ok_or_else(|| VerifyError::Setup("the upgrade fault needs --previous-binary".into()))?;
+                tokio::time::sleep(fault.hold).await;
+                let healed = Instant::now();
+                node.start().await?;
+                if let Some(web) = touches_web {
+                    target.disrupted(web);
+                }
+                return Ok(Injected { healed, seen_full, upgrade: Some(upgrade) });
             }
             FaultKind::Pause => {
                 let node = &self.nodes[fault.node];
@@ -721,7 +785,7 @@ impl Cluster {
         if let Some(web) = touches_web {
             target.disrupted(web);
         }
-        Ok(Injected { healed: Instant::now(), seen_full })
+        Ok(Injected { healed: Instant::now(), seen_full, upgrade: None })
     }
 
     /// Waits (up to [`SETTLE_BOUND`]) until every acknowledged event is in the database, then
@@ -774,8 +838,9 @@ impl Cluster {
 }
 
 /// Every kind; `disk` only where a tmpfs can be mounted, `partition` only where network
-/// namespaces can be made (both as root, outside a container that forbids them).
-fn default_kinds() -> Vec<FaultKind> {
+/// namespaces can be made (both as root, outside a container that forbids them), `upgrade` only
+/// with a previous release to upgrade from.
+fn default_kinds(options: &VerifyOptions) -> Vec<FaultKind> {
     let mut kinds = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Database, FaultKind::Bus];
     let can_mount = nix::unistd::Uid::effective().is_root()
         && tempfile::tempdir().is_ok_and(|probe| Tmpfs::mount(probe.path().join("disk"), "1m").is_ok());
@@ -784,6 +849,9 @@ fn default_kinds() -> Vec<FaultKind> {
     }
     if network::available() {
         kinds.push(FaultKind::Partition);
+    }
+    if options.previous_binary.is_some() {
+        kinds.push(FaultKind::Upgrade);
     }
     kinds
 }
@@ -804,6 +872,8 @@ struct Injected {
     /// A disk fault: the ingestor's `/ready` said `disk_full` before the room returned; a
     /// database disk fault: an ingestor's `/ready` said the database was not ok.
     seen_full: bool,
+    /// An upgrade fault: whether the node went to the newer release (else back to the older).
+    upgrade: Option<bool>,
 }
 
 impl Cluster {

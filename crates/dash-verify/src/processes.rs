@@ -269,6 +269,10 @@ pub(crate) struct Node {
     pub addr: SocketAddr,
     dir: PathBuf,
     binary: PathBuf,
+    /// The other release it can be swapped to (`dashd verify --previous-binary`).
+    other_release: Option<PathBuf>,
+    /// Whether it runs the previous release now.
+    pub on_previous: bool,
     env: Vec<(String, String)>,
     /// The network namespace it runs in, when the cluster has its own network.
     pub namespace: Option<String>,
@@ -284,7 +288,49 @@ impl Node {
         binary: &Path,
         env: Vec<(String, String)>,
     ) -> Self {
-        Self { name: name.to_owned(), role, addr, dir, binary: binary.to_owned(), env, namespace: None, child: None }
+        Self {
+            name: name.to_owned(),
+            role,
+            addr,
+            dir,
+            binary: binary.to_owned(),
+            other_release: None,
+            on_previous: false,
+            env,
+            namespace: None,
+            child: None,
+        }
+    }
+
+    /// Runs `previous` first, with `current` to swap to.
+    pub fn with_releases(mut self, previous: &Path, current: &Path) -> Self {
+        self.binary = previous.to_owned();
+        self.other_release = Some(current.to_owned());
+        self.on_previous = true;
+        self
+    }
+
+    /// The next start runs the other release. Returns whether that is an upgrade.
+    pub fn swap_release(&mut self) -> Option<bool> {
+        let other = self.other_release.take()?;
+        self.other_release = Some(std::mem::replace(&mut self.binary, other));
+        self.on_previous = !self.on_previous;
+        Some(!self.on_previous)
+    }
+
+    /// SIGTERM, and waits for the node to drain and exit (kill -9 past `within`).
+    pub async fn stop(&mut self, within: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Starts the process and waits until it listens.

@@ -64,6 +64,8 @@ pub(crate) struct Ledger {
     /// Transport errors from an edge no fault touched while the request was out (a closed
     /// keep-alive connection races a request now and then; reported, not failed).
     pub transport_errors_unfaulted: u64,
+    /// The first few of those, word for word.
+    pub transport_error_examples: Vec<String>,
     pub violations: Vec<String>,
     pub violations_total: u64,
     /// The longest any edge no fault touched took to answer (2xx or a refusal).
@@ -92,6 +94,12 @@ pub(crate) struct Target {
 impl Target {
     pub fn disrupted(&self, web: usize) {
         self.disruptions[web].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether no fault touched edge `web` since `epoch` was read, nor held it then (a fault
+    /// raises the count when it begins and when it is healed: odd while it holds).
+    fn untouched_since(&self, web: usize, epoch: u64) -> bool {
+        epoch.is_multiple_of(2) && self.disruptions[web].load(Ordering::SeqCst) == epoch
     }
 }
 
@@ -138,7 +146,7 @@ pub(crate) async fn send(index: usize, target: Arc<Target>, ledger: Arc<Mutex<Le
         let sent_at = std::time::Instant::now();
         let answered = |ledger: &mut Ledger| {
             let took = sent_at.elapsed();
-            if target.disruptions[web].load(Ordering::SeqCst) != epoch {
+            if !target.untouched_since(web, epoch) {
                 return;
             }
             ledger.slowest_answer = ledger.slowest_answer.max(took);
@@ -177,10 +185,21 @@ pub(crate) async fn send(index: usize, target: Arc<Target>, ledger: Arc<Mutex<Le
             Err(err) => {
                 let mut ledger = ledger.lock();
                 ledger.transport_errors += 1;
-                if target.disruptions[web].load(Ordering::SeqCst) == epoch {
+                if target.untouched_since(web, epoch) {
                     match err.is_timeout() {
                         true => ledger.violation(format!("no answer within {REQUEST_BOUND:?} from {url}")),
-                        false => ledger.transport_errors_unfaulted += 1,
+                        false => {
+                            ledger.transport_errors_unfaulted += 1;
+                            if ledger.transport_error_examples.len() < VIOLATIONS_KEPT / 4 {
+                                let mut text = format!("{url}: {err}");
+                                let mut source = std::error::Error::source(&err);
+                                while let Some(cause) = source {
+                                    text.push_str(&format!(": {cause}"));
+                                    source = cause.source();
+                                }
+                                ledger.transport_error_examples.push(text);
+                            }
+                        }
                     }
                 }
                 pending = Some((msg_id, body, ids));

@@ -28,6 +28,11 @@ async fn thirty_seeded_faults_keep_every_acknowledged_event_exactly_once() {
     if let Ok(bin) = std::env::var("DASH_TEST_TIMESCALE_BIN") {
         command.args(["--postgres-bin", &bin]);
     }
+    // The previous release, where scripts/test.sh built it: nodes are upgraded and downgraded
+    // between it and this build while traffic flows.
+    if let Ok(previous) = std::env::var("DASH_TEST_PREVIOUS_DASHD") {
+        command.args(["--previous-binary", &previous]);
+    }
     let started = Instant::now();
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
