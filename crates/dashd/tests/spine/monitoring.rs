@@ -48,9 +48,15 @@ async fn the_metrics_show_the_node_its_limits_and_its_requests_and_pass_promtool
     assert_eq!(wandering.status(), 404);
     let refused = server.client.post(server.url(&format!("/webhooks/{}", p.id))).bearer_auth("dash_wrong");
     assert_eq!(refused.header("content-type", "application/json").body("{}").send().await.unwrap().status(), 401);
-    // The job scheduler reads the queue's depth on its first pass.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = metrics_text(&server).await;
+    // The job scheduler reads the queue's depth on its first pass, which a loaded machine can
+    // hold back: wait for it (up to 20 s) rather than for a fixed time.
+    let depth = r#"dash_jobs_queue_depth{state="pending"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut text = metrics_text(&server).await;
+    while !text.lines().any(|l| l.starts_with(depth)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = metrics_text(&server).await;
+    }
     assert!(text.contains("# HELP dash_events_accepted_total"), "{text}");
     for described in ["dash_auth_failures_total", "dash_auth_throttled_total", "dash_webhook_refused_total"] {
         assert!(text.contains(&format!("# HELP {described}")), "{described}: {text}");
