@@ -270,13 +270,14 @@ run_image_test() {
 
 # The release a rolling upgrade starts from: the suite's `dashd verify` run starts its cluster on
 # it and swaps nodes between it and this build, both ways (`upgrade` faults). Built once from this
-# clone's history (git archive, no worktree) and cached (DASH_TEST_CACHE). The build shares this
-# checkout's target folder, so only the workspace's own crates compile again; it runs before this
-# build's, which then links target/debug/dashd back to the current binary. Skipped loudly where
-# the history does not hold the commit (a shallow clone).
+# clone's history (git archive, no worktree) and cached (DASH_TEST_CACHE): only the binary is kept.
+# It gets a target folder of its own: cargo names a workspace crate's artifacts by its path inside
+# the workspace, so in a shared one the two releases' crates would overwrite each other, and an
+# unchanged-looking artifact of one would be linked into the other. Skipped loudly where the
+# history does not hold the commit (a shallow clone).
 PREVIOUS_RELEASE=6ac32230f045731256d426924e1c7620c122c38f
 ensure_previous_release() {
-    local cache root src target
+    local cache root src
     cache="${DASH_TEST_CACHE:-/var/tmp/dash-test-cache}"
     root="$cache/dashd-$PREVIOUS_RELEASE"
     mkdir -p "$cache"
@@ -291,15 +292,16 @@ ensure_previous_release() {
             return 0
         fi
         echo "== building the previous release (${PREVIOUS_RELEASE:0:12}) for the upgrade faults (cached in $root)"
-        src=$(mktemp -d /tmp/dash-previous.XXXXXX)
-        target="$(pwd)/target"
-        git archive "$PREVIOUS_RELEASE" | tar -x -C "$src"
-        (cd "$src" && cargo build --locked -p dashd --target-dir "$target") \
-            || { echo "building the previous release failed" >&2; exit 1; }
         rm -rf "$root.building"
-        mkdir -p "$root.building"
-        cp "$target/debug/dashd" "$root.building/dashd"
-        rm -rf "$src"
+        mkdir -p "$root.building/src"
+        src="$root.building/src"
+        git archive "$PREVIOUS_RELEASE" | tar -x -C "$src"
+        # One build, kept only for its binary: no debug info, no incremental state.
+        (cd "$src" && CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0 \
+            cargo build --locked -p dashd --target-dir "$root.building/target") \
+            || { echo "building the previous release failed" >&2; rm -rf "$root.building"; exit 1; }
+        cp "$root.building/target/debug/dashd" "$root.building/dashd"
+        rm -rf "$root.building/src" "$root.building/target"
         mv "$root.building" "$root"
     fi
     flock -u 8

@@ -323,6 +323,9 @@ pub async fn run(options: VerifyOptions) -> Result<Report, VerifyError> {
     if kinds.contains(&FaultKind::Upgrade) && options.previous_binary.is_none() {
         return Err(VerifyError::Setup("the upgrade fault needs --previous-binary".into()));
     }
+    if let Some(previous) = options.previous_binary.as_ref().filter(|p| !p.is_file()) {
+        return Err(VerifyError::Setup(format!("--previous-binary {}: not a file", previous.display())));
+    }
     eprintln!("dashd verify: seed {seed}, {} faults", options.faults);
     let work = tempfile::Builder::new().prefix("dash-verify.").tempdir()?;
     // PostgreSQL runs as its own user under root and must reach its folder inside this one.
@@ -758,10 +761,12 @@ impl Cluster {
                         seen_full |= report["checks"]["database"]["ok"] == false;
                     }
                 }
+                let healed = Instant::now();
                 disk.grow_back()?;
                 // PostgreSQL stops when it cannot write its WAL (a PANIC); an operator starts it
                 // again once there is room.
                 self.postgres.ensure_up().await?;
+                return Ok(Injected { healed, seen_full, upgrade: None });
             }
             FaultKind::Partition => {
                 let network = self

@@ -102,7 +102,8 @@ impl Network {
     }
 
     /// Pulls `host`'s cable (its end of the link goes down: the host gets "network
-    /// unreachable" at once, the rest of the network hears nothing from it), or plugs it back.
+    /// unreachable" at once; the rest of the network hears nothing from it, until the router,
+    /// finding no neighbour, answers new connections with "host unreachable"), or plugs it back.
     pub fn set_cable(&self, host: &str, plugged: bool) -> Result<(), VerifyError> {
         let host = self.host(host);
         let state = if plugged { "up" } else { "down" };

@@ -164,14 +164,33 @@ impl Postgres {
         self.run("pg_ctl", &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "-t", "60", "start"]).await
     }
 
-    /// Starts the server unless it accepts connections already (it stops by itself when it
-    /// cannot write its WAL).
+    /// Waits until the server answers a query, starting it again if it stopped (it stops by
+    /// itself when it cannot write its WAL, and its crash recovery can fail the same way).
     pub async fn ensure_up(&self) -> Result<(), VerifyError> {
-        let address = SocketAddr::new(self.ip, self.port);
-        if wait_listening(address, Duration::from_secs(3)).await {
-            return Ok(());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.answers().await {
+                return Ok(());
+            }
+            let data = self.data();
+            // `pg_ctl status` fails when no postmaster runs on the data folder.
+            if self.run("pg_ctl", &["-D", path_str(&data)?, "status"]).await.is_err() {
+                self.up().await?;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        self.up().await
+        Err(VerifyError::Setup("PostgreSQL did not answer within 30 s of its disk having room again".into()))
+    }
+
+    /// Whether a fresh connection gets an answer to `SELECT 1` within 2 s.
+    async fn answers(&self) -> bool {
+        use sqlx::Connection;
+        let probe = async {
+            let mut connection = sqlx::PgConnection::connect(&self.admin_url()).await?;
+            sqlx::query("SELECT 1").execute(&mut connection).await?;
+            connection.close().await
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(2), probe).await, Ok(Ok(())))
     }
 
     /// Stops the server as a crash would (no checkpoint; recovery replays the WAL at start).
@@ -436,12 +455,14 @@ impl Tmpfs {
     /// Fills it without writing: its size becomes what it holds (a tmpfs cannot shrink below
     /// that, so while something writes it takes a few tries).
     pub fn shrink_to_used(&self) -> Result<(), VerifyError> {
-        for _ in 0..50 {
+        for _ in 0..100 {
             let stat = nix::sys::statvfs::statvfs(&self.dir).map_err(std::io::Error::from)?;
             let used = (stat.blocks() - stat.blocks_free()) * stat.fragment_size();
             if self.remount(&used.max(4096).to_string()) {
                 return Ok(());
             }
+            // It grew meanwhile: let the writer pause before the next try.
+            std::thread::sleep(Duration::from_millis(10));
         }
         Err(VerifyError::Setup(format!("could not shrink the tmpfs on {} to what it holds", self.dir.display())))
     }
