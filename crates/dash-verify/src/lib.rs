@@ -647,10 +647,7 @@ impl Cluster {
         loop {
             let mut not_healthy = None;
             for node in &self.nodes {
-                let ready = match http.get(node.url("/ready")).timeout(Duration::from_secs(2)).send().await {
-                    Ok(response) => response.json::<Value>().await.unwrap_or(Value::Null),
-                    Err(err) => Value::String(err.to_string()),
-                };
+                let ready = readiness(http, node).await.unwrap_or_else(|err| Value::String(err.to_string()));
                 let healthy = ready["status"] == "healthy"
                     && (node.role == Role::Ingestor || ready["checks"]["ingestors"]["up"] == 2);
                 if !healthy {
@@ -739,11 +736,9 @@ impl Cluster {
                 disk.fill()?;
                 tokio::time::sleep(fault.hold).await;
                 // Whether the ingestor noticed (an append failed), before the room returns.
-                let ready = http.get(self.nodes[fault.node].url("/ready")).timeout(Duration::from_secs(2)).send().await;
-                if let Ok(response) = ready {
-                    let report = response.json::<Value>().await.unwrap_or(Value::Null);
-                    seen_full = report["checks"]["intake_log"]["code"] == "disk_full";
-                }
+                seen_full = readiness(http, &self.nodes[fault.node])
+                    .await
+                    .is_ok_and(|ready| ready["checks"]["intake_log"]["code"] == "disk_full");
                 disk.free()?;
             }
             FaultKind::DatabaseDisk => {
@@ -755,11 +750,8 @@ impl Cluster {
                 tokio::time::sleep(fault.hold).await;
                 // Whether an ingestor noticed (its batches failed), before the room returns.
                 for node in self.nodes.iter().filter(|n| n.role == Role::Ingestor) {
-                    let ready = http.get(node.url("/ready")).timeout(Duration::from_secs(2)).send().await;
-                    if let Ok(response) = ready {
-                        let report = response.json::<Value>().await.unwrap_or(Value::Null);
-                        seen_full |= report["checks"]["database"]["ok"] == false;
-                    }
+                    seen_full |=
+                        readiness(http, node).await.is_ok_and(|ready| ready["checks"]["database"]["ok"] == false);
                 }
                 let healed = Instant::now();
                 disk.grow_back()?;
@@ -885,16 +877,22 @@ impl Cluster {
     /// Whether every ingestor has flushed all it took (its log's unflushed bytes are 0).
     async fn drained(&self, http: &reqwest::Client) -> bool {
         for node in self.nodes.iter().filter(|n| n.role == Role::Ingestor) {
-            let Ok(response) = http.get(node.url("/ready")).timeout(Duration::from_secs(2)).send().await else {
+            let Ok(ready) = readiness(http, node).await else {
                 return false;
             };
-            let ready = response.json::<Value>().await.unwrap_or(Value::Null);
             if ready["checks"]["intake_log"]["bytes"] != 0 {
                 return false;
             }
         }
         true
     }
+}
+
+/// A node's `/ready` report (`null` when its body is not JSON), or why it did not answer within
+/// 2 s.
+async fn readiness(http: &reqwest::Client, node: &Node) -> Result<Value, reqwest::Error> {
+    let response = http.get(node.url("/ready")).timeout(Duration::from_secs(2)).send().await?;
+    Ok(response.json::<Value>().await.unwrap_or(Value::Null))
 }
 
 /// `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.

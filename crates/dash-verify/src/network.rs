@@ -24,6 +24,8 @@ pub(crate) struct Host {
     pub ip: IpAddr,
     /// The host's end of its link (inside its namespace).
     interface: String,
+    /// The router's end of that link: the host's default route.
+    gateway: Ipv4Addr,
 }
 
 /// The namespaces, links and routes of one run; all removed when dropped.
@@ -92,7 +94,7 @@ impl Network {
             ip(&["-n", &namespace, "addr", "add", &format!("{host_ip}/29"), "dev", &at_host])?;
             ip(&["-n", &namespace, "link", "set", &at_host, "up"])?;
             ip(&["-n", &namespace, "route", "add", "default", "via", &router_end.to_string()])?;
-            network.hosts.push(Host { name, namespace, ip: host_ip.into(), interface: at_host });
+            network.hosts.push(Host { name, namespace, ip: host_ip.into(), interface: at_host, gateway: router_end });
         }
         Ok(network)
     }
@@ -110,8 +112,7 @@ impl Network {
         ip(&["-n", &host.namespace, "link", "set", &host.interface, state])?;
         if plugged {
             // The default route went with the link.
-            let (router_end, _) = self.ends(host);
-            let _ = ip(&["-n", &host.namespace, "route", "replace", "default", "via", &router_end.to_string()]);
+            let _ = ip(&["-n", &host.namespace, "route", "replace", "default", "via", &host.gateway.to_string()]);
         }
         Ok(())
     }
@@ -128,12 +129,6 @@ impl Network {
             }
         }
         Ok(())
-    }
-
-    fn ends(&self, host: &Host) -> (Ipv4Addr, Ipv4Addr) {
-        let link = self.hosts.iter().position(|h| h.name == host.name).expect("a host of the network") as u8 + 1;
-        let IpAddr::V4(v4) = host.ip else { unreachable!("the network is IPv4") };
-        link_ips(v4.octets()[2], link)
     }
 }
 
