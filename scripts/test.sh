@@ -319,6 +319,15 @@ ensure_python() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv curl >/dev/null
 }
 
+# Each step's wall time, printed at the end (docs/BENCHMARKS.md keeps the suite's own table).
+STEP_NAME="" STEP_START=$SECONDS STEP_TIMES=()
+step() {
+    if [ -n "$STEP_NAME" ]; then STEP_TIMES+=("$(printf '%5d s  %s' $((SECONDS - STEP_START)) "$STEP_NAME")"); fi
+    STEP_NAME="$1" STEP_START=$SECONDS
+    if [ -n "$1" ]; then echo "== $1"; fi
+}
+
+step "services and caches (PostgreSQL, Chromium, NATS, TimescaleDB, the previous release)"
 ensure_python
 ensure_postgres
 ensure_chromium
@@ -336,30 +345,32 @@ fi
 
 ensure_previous_release
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== unused dependencies"
+step "unused dependencies"
 python3 scripts/unused-deps.py
-echo "== fly.toml against Fly's schema and Dash's settings"
+step "fly.toml against Fly's schema and Dash's settings"
 python3 scripts/check-fly.py --self-test
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test (SQLite integration suite; store tests on both backends)"
+step "cargo build (the test binaries)"
+cargo test --workspace --locked --no-run -q
+step "cargo test (SQLite integration suite; store tests on both backends)"
 cargo test --workspace --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
-echo "== cargo test (the tests that need PostgreSQL itself: migrations, clusters, roles apart)"
+step "cargo test (the tests that need PostgreSQL itself: migrations, clusters, roles apart)"
 # Marked ignored so that a plain `cargo test` without PostgreSQL shows them as not run rather
 # than passed; named *_on_postgres.
 cargo test --workspace --locked -- --ignored on_postgres --test-threads "${DASH_TEST_THREADS:-4}"
-echo "== schemathesis (the OpenAPI document against the real server, 60 s)"
+step "schemathesis (the OpenAPI document against the real server, 60 s)"
 run_schemathesis
-echo "== the image's runtime layer, run as Fly runs it (podman)"
+step "the image's runtime layer, run as Fly runs it (podman)"
 run_image_test
 
-echo "== cargo test (integration suite on PostgreSQL)"
+step "cargo test (integration suite on PostgreSQL)"
 # --workspace keeps the features of the run above, so nothing is rebuilt for this one.
 DASH_TEST_BACKEND=postgres cargo test --workspace --test spine --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
 if [ "$TIMESCALE" = 1 ]; then
-    echo "== cargo test (store tests and the integration suite on TimescaleDB $TS_VERSION, preloaded)"
+    step "cargo test (store tests and the integration suite on TimescaleDB $TS_VERSION, preloaded)"
     DASH_TEST_BACKEND=postgres DASH_TEST_POSTGRES="$DASH_TEST_TIMESCALE_FULL" DASH_TEST_TIMESCALE=1 \
         cargo test --workspace --lib --test spine --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
     DASH_TEST_BACKEND=postgres DASH_TEST_POSTGRES="$DASH_TEST_TIMESCALE_FULL" DASH_TEST_TIMESCALE=1 \
@@ -367,3 +378,7 @@ if [ "$TIMESCALE" = 1 ]; then
 else
     echo "!! TimescaleDB pass SKIPPED (see above)"
 fi
+step ""
+echo "== time by step"
+printf '%s\n' "${STEP_TIMES[@]}"
+printf '%5d s  in all\n' "$SECONDS"

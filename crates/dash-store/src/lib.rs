@@ -96,6 +96,11 @@ pub enum StoreError {
     UnreadableView(String),
     #[error("stored secret is unreadable")]
     BadSecret(#[from] dash_signature::SignatureError),
+    /// A batch's statements were not answered within their deadline: the database or the
+    /// network to it is away (a partition swallows packets without a reset). Its connection
+    /// is closed, never reused.
+    #[error("the database did not answer within {0:?}")]
+    NoAnswer(std::time::Duration),
 }
 
 impl StoreError {
@@ -108,6 +113,7 @@ impl StoreError {
             Self::Migrate(sqlx::migrate::MigrateError::Execute(err))
             | Self::Migrate(sqlx::migrate::MigrateError::ExecuteMigration(err, _)) => err,
             Self::Migrate(_) => return false,
+            Self::NoAnswer(_) => return true,
             _ => return false,
         };
         match sqlx_error {

@@ -72,6 +72,8 @@ pub struct PgStore {
     /// TimescaleDB: the days (UTC, unix ms) known to have a chunk, so a batch never makes one.
     chunk_days: Arc<parking_lot::Mutex<std::collections::HashSet<i64>>>,
     views: crate::views::ViewCache,
+    /// [`BATCH_DEADLINE`], shorter in tests.
+    batch_deadline: Duration,
 }
 
 /// A batch's dedupe keys by `COPY`: the usual case, where every key is new. A key already there
@@ -95,8 +97,20 @@ fn dedupe_key<'a>(pipeline: &'a str, event_id: &'a str) -> [&'a [u8]; 3] {
 const EVENTS_COPY: &str =
     "COPY events (pipeline_id, event_id, event_time, received_at, payload, event_type) FROM STDIN (FORMAT binary)";
 
-/// A batch's transaction gives up waiting for a lock after a while: see [`StagedPg`].
-const BATCH_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '10s'";
+/// A batch's transaction gives up waiting for a lock after a while (see [`StagedPg`]); the
+/// server ends a statement of it that runs longer than the client waits for it
+/// ([`BATCH_DEADLINE`]), and the transaction itself if it idles, between its staging and its
+/// commit, for longer than any chain of batches ahead of it can take.
+const BATCH_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '12s'; \
+                           SET LOCAL idle_in_transaction_session_timeout = '60s'";
+
+/// How long a batch's staging, and then its commit, may wait for the database. Past it the batch
+/// fails as [`StoreError::NoAnswer`] (retried) and its connection is closed. Without it, a
+/// statement in flight when a network partition begins waits for TCP to resume or give up,
+/// which after a long cut is minutes (retransmissions back off to two minutes apart), and the
+/// ingestor's batches wait with it. Above the statement and lock timeouts, so a database that
+/// answers slowly answers with its own error first.
+pub const BATCH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// A committing batch's totals, in one round trip: each touched pipeline gets its next `seq`
 /// and its counts ($1..$4, one element per pipeline), and the per-minute counts go into the
@@ -221,7 +235,15 @@ impl PgStore {
             layout: Default::default(),
             chunk_days: Default::default(),
             views: Default::default(),
+            batch_deadline: BATCH_DEADLINE,
         })
+    }
+
+    /// The same store with another deadline on each batch step (tests of a network that
+    /// swallows packets use a short one).
+    pub fn with_batch_deadline(mut self, deadline: Duration) -> Self {
+        self.batch_deadline = deadline;
+        self
     }
 
     /// The job queue's own pool, for the tables it keeps in the same database.
@@ -411,7 +433,15 @@ impl PgStore {
     /// key is already stored its `COPY` fails; the batch then starts over in a new transaction,
     /// inserting its keys with `ON CONFLICT DO NOTHING` to learn which are new, and copies only
     /// those events.
+    /// Bounded by [`BATCH_DEADLINE`]: past it the batch's connection is closed, not reused.
     pub async fn stage_batch(&self, events: &[BatchEvent]) -> Result<StagedPg, StoreError> {
+        let deadline = self.batch_deadline;
+        tokio::time::timeout(deadline, self.stage_unbounded(events))
+            .await
+            .unwrap_or(Err(StoreError::NoAnswer(deadline)))
+    }
+
+    async fn stage_unbounded(&self, events: &[BatchEvent]) -> Result<StagedPg, StoreError> {
         let mut tally: BTreeMap<Arc<str>, PipelineTally> = BTreeMap::new();
         let mut seen =
             std::collections::HashSet::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
@@ -494,7 +524,7 @@ impl PgStore {
             minutes.minutes.push(from_ms(minute));
             minutes.counts.push(count);
         }
-        Ok(StagedPg { tx, tally, minutes, fresh: fresh_at, views: self.views.clone() })
+        Ok(StagedPg { tx, tally, minutes, fresh: fresh_at, views: self.views.clone(), deadline: self.batch_deadline })
     }
 
     pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
@@ -640,6 +670,8 @@ pub struct StagedPg {
     /// Where the new events sit in the staged batch.
     fresh: Vec<u32>,
     views: crate::views::ViewCache,
+    /// How long the commit may wait for the database ([`BATCH_DEADLINE`]).
+    deadline: Duration,
 }
 
 /// Per-pipeline, per-minute counts of a staged batch's new events, as `UNNEST` columns.
@@ -653,8 +685,16 @@ struct RollupMinutes {
 impl StagedPg {
     /// Assigns each touched pipeline its next `seq` and adds to its totals, adds the rollup
     /// (one statement, [`BATCH_TOTALS`]), counts the new events into the pipelines' views, then
-    /// commits. `events`: the batch as staged.
-    pub async fn commit(mut self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
+    /// commits. `events`: the batch as staged. Bounded by [`BATCH_DEADLINE`]: past it the
+    /// batch's connection is closed (the transaction, not committed, rolls back on the server).
+    pub async fn commit(self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
+        let deadline = self.deadline;
+        tokio::time::timeout(deadline, self.commit_unbounded(events))
+            .await
+            .unwrap_or(Err(StoreError::NoAnswer(deadline)))
+    }
+
+    async fn commit_unbounded(mut self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
         let at = format_ms(now_ms());
         let mut ids = Vec::with_capacity(self.tally.len());
         let mut inserted = Vec::with_capacity(self.tally.len());

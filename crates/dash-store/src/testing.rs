@@ -53,3 +53,112 @@ pub async fn drop_database(admin_url: &str, database_url: &str) -> Result<(), sq
         .await?;
     admin.close().await
 }
+
+/// A TCP proxy a test controls, in front of a shared server it must not stop: it can break
+/// every connection at once ([`TcpProxy::cut`], what a server restart or a reset looks like) or
+/// swallow their bytes while keeping them open ([`TcpProxy::stall`], what a network partition
+/// looks like: nobody is told, and what was sent arrives when it heals).
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    state: tokio::sync::watch::Sender<ProxyState>,
+    links: std::sync::Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyState {
+    Open,
+    Cut,
+    Stalled,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use tokio::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        let (state, _) = tokio::sync::watch::channel(ProxyState::Open);
+        let links: std::sync::Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let acceptor = tokio::spawn({
+            let (state, links) = (state.clone(), links.clone());
+            async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    if *state.borrow() == ProxyState::Cut {
+                        continue; // dropped: the client sees the connection closed at once
+                    }
+                    let state = state.subscribe();
+                    let link = tokio::spawn(async move {
+                        if let Ok(outbound) = TcpStream::connect(upstream).await {
+                            let (client_read, client_write) = inbound.into_split();
+                            let (server_read, server_write) = outbound.into_split();
+                            tokio::join!(
+                                relay(client_read, server_write, state.clone()),
+                                relay(server_read, client_write, state)
+                            );
+                        }
+                    });
+                    links.lock().push(link);
+                }
+            }
+        });
+        Self { addr, state, links, acceptor }
+    }
+
+    /// A proxy in front of the server `url` names, and `url` rewritten to go through it.
+    pub async fn in_front_of(url: &str) -> (Self, String) {
+        let authority = url.split_once("://").expect("a URL").1.split('/').next().expect("an authority");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let upstream = tokio::net::lookup_host(host_port).await.expect("a resolvable host").next().expect("an address");
+        let proxy = Self::start(upstream).await;
+        let proxied = url.replacen(host_port, &proxy.addr.to_string(), 1);
+        assert_ne!(proxied, url, "the URL names a host and port: {url}");
+        (proxy, proxied)
+    }
+
+    /// Breaks every open connection and refuses new ones until [`TcpProxy::restore`].
+    pub fn cut(&self) {
+        self.state.send_replace(ProxyState::Cut);
+        for link in self.links.lock().drain(..) {
+            link.abort();
+        }
+    }
+
+    /// Holds every byte in both directions, on open connections and new ones alike, until
+    /// [`TcpProxy::restore`]; no connection is closed.
+    pub fn stall(&self) {
+        self.state.send_replace(ProxyState::Stalled);
+    }
+
+    /// Lets connections through again; what a stall held is delivered.
+    pub fn restore(&self) {
+        self.state.send_replace(ProxyState::Open);
+    }
+}
+
+/// Copies one direction of a link, holding each chunk while the proxy is stalled.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut state: tokio::sync::watch::Receiver<ProxyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if state.wait_for(|s| *s != ProxyState::Stalled).await.is_err() || n == 0 {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        for link in self.links.lock().drain(..) {
+            link.abort();
+        }
+    }
+}

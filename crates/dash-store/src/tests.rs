@@ -564,3 +564,65 @@ async fn boards_on(store: &Store) {
     assert!(!store.delete_board("ops").await.unwrap());
     assert_eq!(store.find_board("ops").await.unwrap(), None);
 }
+
+/// A batch whose answer a network partition swallows (packets lost, no reset) fails within its
+/// deadline instead of waiting for TCP, its connection is closed rather than reused, and once
+/// the network heals the server has rolled it back: written again, every event is stored once.
+#[tokio::test]
+#[ignore = "needs PostgreSQL (DASH_TEST_POSTGRES): scripts/test.sh runs it, or cargo test -- --ignored on_postgres"]
+async fn a_batch_whose_answer_a_partition_swallows_fails_within_its_deadline_on_postgres() {
+    let admin = testing::admin_url().expect("DASH_TEST_POSTGRES names the PostgreSQL server these tests run on");
+    let backend = postgres(&admin).await;
+    let Store::Postgres(direct) = &backend.store else { unreachable!("a PostgreSQL backend") };
+    backend.store.create_pipeline("p").await.unwrap();
+    let url = backend.postgres.as_ref().map(|(_, url)| url.clone()).unwrap();
+    let (proxy, proxied) = testing::TcpProxy::in_front_of(&url).await;
+    let deadline = Duration::from_secs(2);
+    let through =
+        postgres::PgStore::connect(&proxied, postgres::PoolSizes::default()).unwrap().with_batch_deadline(deadline);
+    let now = dash_domain::now_ms();
+    through.write_batch(&[event("p", "before", now)]).await.unwrap();
+
+    // The commit waits on the pipeline's row, held by another transaction; the network stalls
+    // meanwhile, and the row is let go: the server answers into the void.
+    let mut holder = direct.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM pipelines WHERE id = 'p' FOR UPDATE").execute(&mut *holder).await.unwrap();
+    let events = [event("p", "a", now), event("p", "b", now)];
+    let started = std::time::Instant::now();
+    let stalled = async {
+        let staged = through.stage_batch(&events).await.unwrap();
+        staged.commit(&events).await
+    };
+    let stall = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.stall();
+        holder.commit().await.unwrap();
+    };
+    let (result, ()) = tokio::join!(stalled, stall);
+    let waited = started.elapsed();
+    let err = result.expect_err("no answer came");
+    assert!(matches!(err, StoreError::NoAnswer(_)) && err.is_unavailable(), "{err}");
+    assert!(waited < deadline + Duration::from_secs(2), "waited {waited:?} for a deadline of {deadline:?}");
+
+    // The heal: what the closed connection sent reaches the server, which rolls back.
+    proxy.restore();
+    let again = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match through.write_batch(&events).await {
+                Ok(outcome) => break outcome,
+                Err(err) => {
+                    assert!(err.is_unavailable(), "{err}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the batch is written once the network heals");
+    assert_eq!((again.inserted, again.duplicates), (2, 0), "the unanswered batch was rolled back");
+    let record = backend.store.find_pipeline("p").await.unwrap().unwrap();
+    assert_eq!((record.stats.count, record.stats.duplicates), (3, 0));
+    through.close().await;
+    drop(proxy);
+    backend.cleanup().await;
+}

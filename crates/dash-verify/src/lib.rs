@@ -137,6 +137,10 @@ pub struct Report {
     pub phantom: usize,
     /// The pipeline's count against its rows.
     pub count_matches: bool,
+    /// The view's total as each web edge reads it (`None`: it could not be read).
+    pub view_totals: Vec<(String, Option<i64>)>,
+    /// Every edge reads a view total equal to the rows.
+    pub view_matches: bool,
     /// Non-2xx answers, by status (429 and 503 with Retry-After are the allowed refusals).
     pub refused: BTreeMap<u16, u64>,
     pub transport_errors: u64,
@@ -178,6 +182,7 @@ impl Report {
             && self.duplicated == 0
             && self.phantom == 0
             && self.count_matches
+            && self.view_matches
             && self.violations == 0
             && self.unrecovered.is_empty()
             && self.events_acked > 0
@@ -208,7 +213,7 @@ impl Report {
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         writeln!(
             file,
-            "{} lost={} duplicated={} phantom={} violations={} unrecovered={} count_matches={}: {}",
+            "{} lost={} duplicated={} phantom={} violations={} unrecovered={} count_matches={} view_matches={}: {}",
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
             self.lost,
             self.duplicated,
@@ -216,6 +221,7 @@ impl Report {
             self.violations,
             self.unrecovered.len(),
             self.count_matches,
+            self.view_matches,
             self.replay_command()
         )
     }
@@ -242,6 +248,17 @@ impl fmt::Display for Report {
             f,
             "  count         {}",
             if self.count_matches { "matches the rows" } else { "DIFFERS from the rows" }
+        )?;
+        let totals: Vec<String> = self
+            .view_totals
+            .iter()
+            .map(|(node, total)| format!("{node} {}", total.map_or("unreadable".to_owned(), |t| t.to_string())))
+            .collect();
+        writeln!(
+            f,
+            "  view          {} (total by edge: {})",
+            if self.view_matches { "matches the rows" } else { "DIFFERS from the rows" },
+            totals.join(", ")
         )?;
         let refused: Vec<String> = self.refused.iter().map(|(s, n)| format!("{s}×{n}")).collect();
         writeln!(
@@ -375,12 +392,22 @@ async fn verify(
         return Err(VerifyError::Setup(format!("unexpected answer to POST /api/pipelines: {created}")));
     };
     let secret = SigningSecret::parse(secret).map_err(|err| VerifyError::Setup(format!("pipeline secret: {err}")))?;
+    // A view counted from the first event, grouped by sender with fewer groups than senders (so
+    // `(other)` takes the rest): its total must end equal to the rows, whichever release counted.
+    http.post(cluster.nodes[WEB_A].url(&format!("/api/pipelines/{pipeline}/views")))
+        .json(&serde_json::json!({
+            "name": VIEW, "aggregate": "count", "group_by": "/data/sender", "max_groups": VIEW_GROUPS
+        }))
+        .send()
+        .await?
+        .error_for_status()?;
     let target = Arc::new(Target {
         webs: vec![cluster.nodes[WEB_A].url(""), cluster.nodes[WEB_B].url("")],
         pipeline: pipeline.to_owned(),
         secret,
         disruptions: Default::default(),
     });
+    let started_at_ms = dash_domain::now_ms();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_senders = StopOnDrop(stop.clone());
@@ -456,6 +483,7 @@ async fn verify(
     let mut lost: Vec<EventKey> = ledger.acked.iter().filter(|id| !stored.rows.contains_key(*id)).copied().collect();
     lost.sort();
     let rows: i64 = stored.rows.values().sum::<i64>() + stored.foreign;
+    let view_totals = cluster.view_totals(&http, pipeline, started_at_ms).await;
     Ok(Report {
         seed,
         faults_planned: options.faults,
@@ -475,6 +503,8 @@ async fn verify(
         duplicated: stored.rows.values().filter(|copies| **copies > 1).count(),
         phantom: stored.rows.keys().filter(|id| !ledger.sent.contains(*id)).count() + stored.foreign as usize,
         count_matches: stored.count == rows,
+        view_matches: !view_totals.is_empty() && view_totals.iter().all(|(_, total)| *total == Some(rows)),
+        view_totals,
         refused: ledger.refused,
         transport_errors: ledger.transport_errors,
         transport_errors_unfaulted: ledger.transport_errors_unfaulted,
@@ -497,6 +527,10 @@ async fn verify(
         work_dir: None,
     })
 }
+
+/// The view every run keeps on its pipeline, and its groups (fewer than the senders).
+const VIEW: &str = "by_sender";
+const VIEW_GROUPS: usize = 3;
 
 /// The web edges' places among the cluster's nodes (ingestor-a, ingestor-b, web-a, web-b: the
 /// order the schedule numbers them).
@@ -875,6 +909,27 @@ struct Injected {
 
 impl Cluster {
     /// Whether every ingestor has flushed all it took (its log's unflushed bytes are 0).
+    /// The view's total over the whole run, as each web edge reads it (so each release that
+    /// runs one reads the states both wrote).
+    async fn view_totals(&self, http: &reqwest::Client, pipeline: &str, since_ms: i64) -> Vec<(String, Option<i64>)> {
+        let (from, to) = (since_ms - 3_600_000, dash_domain::now_ms() + 3_600_000);
+        let path = format!("/api/pipelines/{pipeline}/views/{VIEW}/groups?from={from}&to={to}");
+        let mut totals = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.role == Role::Web) {
+            let read = async {
+                let body: Value = http.get(node.url(&path)).send().await?.error_for_status()?.json().await?;
+                Ok::<_, reqwest::Error>(body["total"]["value"].as_f64().map(|t| t as i64))
+            };
+            let total = read.await.unwrap_or_else(|err| {
+                eprintln!("dashd verify: {} did not read the view: {err}", node.name);
+                None
+            });
+            let release = if node.on_previous { " (previous release)" } else { "" };
+            totals.push((format!("{}{release}", node.name), total));
+        }
+        totals
+    }
+
     async fn drained(&self, http: &reqwest::Client) -> bool {
         for node in self.nodes.iter().filter(|n| n.role == Role::Ingestor) {
             let Ok(ready) = readiness(http, node).await else {

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::proxy::TcpProxy;
 use crate::support::{TestServer, fresh_postgres, postgres_admin};
+use dash_store::testing::TcpProxy;
 
 /// Every acknowledged id is in the events table exactly once, and the pipeline count agrees.
 async fn assert_stored_exactly_once(server: &TestServer, pipeline: &str, acked: &HashSet<String>) {

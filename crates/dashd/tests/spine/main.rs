@@ -19,7 +19,6 @@ mod live;
 mod monitoring;
 mod operator;
 mod providers;
-mod proxy;
 mod retention;
 mod roles;
 mod support;

@@ -422,7 +422,7 @@ async fn wait_for_status(server: &TestServer, status: &str) -> serde_json::Value
 async fn every_start_works_without_the_database_and_catches_up_when_it_answers() {
     let Some(admin) = crate::support::postgres_admin() else { return };
     // A fresh database that dashd reaches only through a proxy this test cuts and restores.
-    let (proxy, url) = crate::proxy::TcpProxy::in_front_of(&crate::support::fresh_postgres(&admin).await).await;
+    let (proxy, url) = dash_store::testing::TcpProxy::in_front_of(&crate::support::fresh_postgres(&admin).await).await;
 
     // The very first start, the database unreachable: the node serves, degraded.
     proxy.cut();
@@ -498,7 +498,7 @@ async fn every_start_works_without_the_database_and_catches_up_when_it_answers()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_made_just_before_a_stop_is_known_at_a_start_without_the_database() {
     let Some(admin) = crate::support::postgres_admin() else { return };
-    let (proxy, url) = crate::proxy::TcpProxy::in_front_of(&crate::support::fresh_postgres(&admin).await).await;
+    let (proxy, url) = dash_store::testing::TcpProxy::in_front_of(&crate::support::fresh_postgres(&admin).await).await;
     let mut server = TestServer::start(&[("DATABASE_URL", url.as_str()), ("DASH_FLUSH_INTERVAL", "100ms")]).await;
     wait_for_status(&server, "healthy").await;
     let p = server.create_pipeline("made late").await;
