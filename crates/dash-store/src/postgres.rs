@@ -97,20 +97,31 @@ fn dedupe_key<'a>(pipeline: &'a str, event_id: &'a str) -> [&'a [u8]; 3] {
 const EVENTS_COPY: &str =
     "COPY events (pipeline_id, event_id, event_time, received_at, payload, event_type) FROM STDIN (FORMAT binary)";
 
-/// A batch's transaction gives up waiting for a lock after a while (see [`StagedPg`]); the
-/// server ends a statement of it that runs longer than the client waits for it
-/// ([`BATCH_DEADLINE`]), and the transaction itself if it idles, between its staging and its
-/// commit, for longer than any chain of batches ahead of it can take.
-const BATCH_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '12s'; \
-                           SET LOCAL idle_in_transaction_session_timeout = '60s'";
+/// A batch's transaction gives up waiting for a lock after a while (see [`StagedPg`]), and the
+/// server ends it should it idle, between its staging and its commit, for longer than the
+/// batches ahead of it can take to commit (a buffer actor has three in flight, each bounded by
+/// its deadline): a node cut off mid-batch holds its keys no longer than that.
+const BATCH_BEGIN: &str =
+    "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL idle_in_transaction_session_timeout = '60s'";
 
-/// How long a batch's staging, and then its commit, may wait for the database. Past it the batch
-/// fails as [`StoreError::NoAnswer`] (retried) and its connection is closed. Without it, a
-/// statement in flight when a network partition begins waits for TCP to resume or give up,
-/// which after a long cut is minutes (retransmissions back off to two minutes apart), and the
-/// ingestor's batches wait with it. Above the statement and lock timeouts, so a database that
-/// answers slowly answers with its own error first.
+/// How long a batch's staging, and then its commit, may wait for the database, at the least
+/// ([`batch_deadline`] adds time for a large batch's bytes). Past it the batch fails as
+/// [`StoreError::NoAnswer`] (retried) and its connection is closed. Without it, a statement in
+/// flight when a network partition begins waits for TCP to resume or give up, which after a long
+/// cut is minutes (retransmissions back off to two minutes apart), and the ingestor's batches
+/// wait with it. Above the lock timeout, so a batch that waits on another's lock fails with the
+/// server's own error first.
 pub const BATCH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The slowest the database may take in a batch's bytes before its deadline passes: 8 MiB/s, a
+/// fraction of what a slow link carries, so only a batch nobody answers misses it.
+const BATCH_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// The deadline of each step of a batch of `bytes` payload bytes: [`BATCH_DEADLINE`] (or the
+/// store's shorter one in tests) plus the time its bytes may take.
+fn batch_deadline(base: Duration, bytes: u64) -> Duration {
+    base + Duration::from_millis(bytes.saturating_mul(1000) / BATCH_BYTES_PER_SEC)
+}
 
 /// A committing batch's totals, in one round trip: each touched pipeline gets its next `seq`
 /// and its counts ($1..$4, one element per pipeline), and the per-minute counts go into the
@@ -118,10 +129,17 @@ pub const BATCH_DEADLINE: Duration = Duration::from_secs(15);
 ///
 /// The `pipelines` rows are locked in id order first (`ORDER BY … FOR UPDATE` locks rows as the
 /// sort hands them out), so two nodes' commits touching the same pipelines never deadlock.
+///
+/// From here to its `COMMIT` the transaction idles only while the node counts its views, so the
+/// server ends it after 5 s idle (`set_config` in the statement: no round trip of its own): a
+/// node cut off between this statement and its `COMMIT` holds the pipelines' rows, which every
+/// other node's commit waits for, no longer than that.
 const BATCH_TOTALS: &str = "
-WITH totals AS (
-    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[])
-        AS t(id, inserted, duplicates, newest)
+WITH idle_bound AS MATERIALIZED (
+    SELECT set_config('idle_in_transaction_session_timeout', '5s', true)
+), totals AS (
+    SELECT t.* FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[])
+        AS t(id, inserted, duplicates, newest), idle_bound
 ), locked AS MATERIALIZED (
     SELECT id FROM pipelines WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 ), rollup AS (
@@ -313,6 +331,10 @@ impl PgStore {
             return Ok(());
         }
         let mut conn = self.writers.acquire().await?;
+        // Inside a batch's deadline: cancelled there, a pooled connection would be pinged on its
+        // way back to the pool, and a ping whose answer a partition swallows waits on TCP. A
+        // new day's chunk is rare; the connection is closed after it, not pooled.
+        conn.close_on_drop();
         let made = timescale::ensure_chunks(&mut conn, &missing).await?;
         if made > 0 {
             tracing::debug!(made, "timescaledb chunks made ahead of their batches");
@@ -433,15 +455,16 @@ impl PgStore {
     /// key is already stored its `COPY` fails; the batch then starts over in a new transaction,
     /// inserting its keys with `ON CONFLICT DO NOTHING` to learn which are new, and copies only
     /// those events.
-    /// Bounded by [`BATCH_DEADLINE`]: past it the batch's connection is closed, not reused.
+    /// Bounded by [`batch_deadline`]: past it the batch's connection is closed, not reused.
     pub async fn stage_batch(&self, events: &[BatchEvent]) -> Result<StagedPg, StoreError> {
-        let deadline = self.batch_deadline;
-        tokio::time::timeout(deadline, self.stage_unbounded(events))
+        let bytes: usize = events.iter().map(|e| e.event.payload.len()).sum();
+        let deadline = batch_deadline(self.batch_deadline, bytes as u64);
+        tokio::time::timeout(deadline, self.stage_unbounded(events, deadline))
             .await
             .unwrap_or(Err(StoreError::NoAnswer(deadline)))
     }
 
-    async fn stage_unbounded(&self, events: &[BatchEvent]) -> Result<StagedPg, StoreError> {
+    async fn stage_unbounded(&self, events: &[BatchEvent], deadline: Duration) -> Result<StagedPg, StoreError> {
         let mut tally: BTreeMap<Arc<str>, PipelineTally> = BTreeMap::new();
         let mut seen =
             std::collections::HashSet::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
@@ -524,7 +547,7 @@ impl PgStore {
             minutes.minutes.push(from_ms(minute));
             minutes.counts.push(count);
         }
-        Ok(StagedPg { tx, tally, minutes, fresh: fresh_at, views: self.views.clone(), deadline: self.batch_deadline })
+        Ok(StagedPg { tx, tally, minutes, fresh: fresh_at, views: self.views.clone(), deadline })
     }
 
     pub async fn write_batch(&self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
@@ -670,7 +693,7 @@ pub struct StagedPg {
     /// Where the new events sit in the staged batch.
     fresh: Vec<u32>,
     views: crate::views::ViewCache,
-    /// How long the commit may wait for the database ([`BATCH_DEADLINE`]).
+    /// How long the commit may wait for the database ([`batch_deadline`]).
     deadline: Duration,
 }
 
@@ -685,8 +708,12 @@ struct RollupMinutes {
 impl StagedPg {
     /// Assigns each touched pipeline its next `seq` and adds to its totals, adds the rollup
     /// (one statement, [`BATCH_TOTALS`]), counts the new events into the pipelines' views, then
-    /// commits. `events`: the batch as staged. Bounded by [`BATCH_DEADLINE`]: past it the
-    /// batch's connection is closed (the transaction, not committed, rolls back on the server).
+    /// commits. `events`: the batch as staged. Bounded by [`batch_deadline`]: past it the
+    /// batch's connection is closed. Its outcome is then unknown to this node: the server may
+    /// have committed before the answer was lost. Written again, such a batch finds its events
+    /// stored; they count as duplicates (the pipeline's count and its views stay exact, as
+    /// after a connection reset during a `COMMIT`), and the update it would have published is
+    /// not (clients see the next one's `seq` skip and catch up from the store).
     pub async fn commit(self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
         let deadline = self.deadline;
         tokio::time::timeout(deadline, self.commit_unbounded(events))

@@ -97,7 +97,9 @@ impl TcpProxy {
                             );
                         }
                     });
-                    links.lock().push(link);
+                    let mut links = links.lock();
+                    links.retain(|link| !link.is_finished());
+                    links.push(link);
                 }
             }
         });

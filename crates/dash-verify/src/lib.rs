@@ -114,6 +114,16 @@ pub struct VerifyOptions {
     pub json: bool,
 }
 
+/// The run's view as one web edge read it at the end.
+#[derive(Debug, serde::Serialize)]
+pub struct ViewRead {
+    /// The edge, and its release when it is not this one.
+    pub edge: String,
+    /// `None`: unreadable.
+    pub total: Option<i64>,
+    pub groups: Option<usize>,
+}
+
 /// What a run found.
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
@@ -137,9 +147,10 @@ pub struct Report {
     pub phantom: usize,
     /// The pipeline's count against its rows.
     pub count_matches: bool,
-    /// The view's total as each web edge reads it (`None`: it could not be read).
-    pub view_totals: Vec<(String, Option<i64>)>,
-    /// Every edge reads a view total equal to the rows.
+    /// The view as each web edge reads it.
+    pub view_reads: Vec<ViewRead>,
+    /// Every edge reads a view total equal to the rows, and at most `max_groups` groups and
+    /// `(other)` (unless releases mixed).
     pub view_matches: bool,
     /// Non-2xx answers, by status (429 and 503 with Retry-After are the allowed refusals).
     pub refused: BTreeMap<u16, u64>,
@@ -250,13 +261,16 @@ impl fmt::Display for Report {
             if self.count_matches { "matches the rows" } else { "DIFFERS from the rows" }
         )?;
         let totals: Vec<String> = self
-            .view_totals
+            .view_reads
             .iter()
-            .map(|(node, total)| format!("{node} {}", total.map_or("unreadable".to_owned(), |t| t.to_string())))
+            .map(|r| match (r.total, r.groups) {
+                (Some(total), Some(groups)) => format!("{} {total} in {groups} groups", r.edge),
+                _ => format!("{} unreadable", r.edge),
+            })
             .collect();
         writeln!(
             f,
-            "  view          {} (total by edge: {})",
+            "  view          {} (by edge: {})",
             if self.view_matches { "matches the rows" } else { "DIFFERS from the rows" },
             totals.join(", ")
         )?;
@@ -483,7 +497,10 @@ async fn verify(
     let mut lost: Vec<EventKey> = ledger.acked.iter().filter(|id| !stored.rows.contains_key(*id)).copied().collect();
     lost.sort();
     let rows: i64 = stored.rows.values().sum::<i64>() + stored.foreign;
-    let view_totals = cluster.view_totals(&http, pipeline, started_at_ms).await;
+    let view_reads = cluster.view_reads(&http, pipeline, started_at_ms).await;
+    // Groups past `max_groups` are allowed only while releases mix (docs/DEPLOY.md: an older
+    // release does not tell newer nodes of the groups it adds).
+    let groups_bound = if options.previous_binary.is_some() { usize::MAX } else { VIEW_GROUPS + 1 };
     Ok(Report {
         seed,
         faults_planned: options.faults,
@@ -503,8 +520,9 @@ async fn verify(
         duplicated: stored.rows.values().filter(|copies| **copies > 1).count(),
         phantom: stored.rows.keys().filter(|id| !ledger.sent.contains(*id)).count() + stored.foreign as usize,
         count_matches: stored.count == rows,
-        view_matches: !view_totals.is_empty() && view_totals.iter().all(|(_, total)| *total == Some(rows)),
-        view_totals,
+        view_matches: !view_reads.is_empty()
+            && view_reads.iter().all(|r| r.total == Some(rows) && r.groups.is_some_and(|g| g <= groups_bound)),
+        view_reads,
         refused: ledger.refused,
         transport_errors: ledger.transport_errors,
         transport_errors_unfaulted: ledger.transport_errors_unfaulted,
@@ -908,28 +926,39 @@ struct Injected {
 }
 
 impl Cluster {
-    /// Whether every ingestor has flushed all it took (its log's unflushed bytes are 0).
-    /// The view's total over the whole run, as each web edge reads it (so each release that
-    /// runs one reads the states both wrote).
-    async fn view_totals(&self, http: &reqwest::Client, pipeline: &str, since_ms: i64) -> Vec<(String, Option<i64>)> {
+    /// The view's total over the whole run and its number of groups, as each web edge reads it
+    /// (so each release that runs one reads the states both wrote); a read is tried 5 times.
+    async fn view_reads(&self, http: &reqwest::Client, pipeline: &str, since_ms: i64) -> Vec<ViewRead> {
         let (from, to) = (since_ms - 3_600_000, dash_domain::now_ms() + 3_600_000);
         let path = format!("/api/pipelines/{pipeline}/views/{VIEW}/groups?from={from}&to={to}");
-        let mut totals = Vec::new();
+        let mut reads = Vec::new();
         for node in self.nodes.iter().filter(|n| n.role == Role::Web) {
-            let read = async {
-                let body: Value = http.get(node.url(&path)).send().await?.error_for_status()?.json().await?;
-                Ok::<_, reqwest::Error>(body["total"]["value"].as_f64().map(|t| t as i64))
-            };
-            let total = read.await.unwrap_or_else(|err| {
-                eprintln!("dashd verify: {} did not read the view: {err}", node.name);
-                None
-            });
+            let mut read = None;
+            for attempt in 1..=5 {
+                let answer = async {
+                    let body: Value = http.get(node.url(&path)).send().await?.error_for_status()?.json().await?;
+                    Ok::<_, reqwest::Error>(body)
+                };
+                match answer.await {
+                    Ok(body) => {
+                        read = Some(body);
+                        break;
+                    }
+                    Err(err) => eprintln!("dashd verify: {} did not read the view (try {attempt}): {err}", node.name),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             let release = if node.on_previous { " (previous release)" } else { "" };
-            totals.push((format!("{}{release}", node.name), total));
+            reads.push(ViewRead {
+                edge: format!("{}{release}", node.name),
+                total: read.as_ref().and_then(|b| b["total"]["value"].as_f64()).map(|t| t as i64),
+                groups: read.as_ref().and_then(|b| b["groups"].as_array()).map(Vec::len),
+            });
         }
-        totals
+        reads
     }
 
+    /// Whether every ingestor has flushed all it took (its log's unflushed bytes are 0).
     async fn drained(&self, http: &reqwest::Client) -> bool {
         for node in self.nodes.iter().filter(|n| n.role == Role::Ingestor) {
             let Ok(ready) = readiness(http, node).await else {
