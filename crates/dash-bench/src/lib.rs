@@ -7,6 +7,7 @@
 mod ceiling;
 mod e2e;
 mod live;
+mod naive_live;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use tokio::sync::Mutex;
 pub use ceiling::{postgres_ceiling, serve_plain, sqlite_ceiling};
 pub use e2e::{E2eOptions, run_e2e};
 pub use live::{LiveOptions, run_live};
+pub use naive_live::serve_naive_live;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {

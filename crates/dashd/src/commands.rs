@@ -98,6 +98,15 @@ pub enum CeilingAction {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Serve the fan-out baseline: a naive broadcast `/live` (a task per socket, each update
+    /// serialized per socket) with the same frames, and a `/webhooks/{pipeline}` that counts.
+    Live {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// One update per this interval that counted events (Dash: one per batch).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        flush: Duration,
+    },
     /// Insert the same rows straight into SQLite in fixed-size transactions.
     Sqlite {
         /// The SQLite file to create (removed first).
@@ -611,6 +620,7 @@ async fn pipeline_source(
 pub async fn ceiling(action: CeilingAction) -> anyhow::Result<()> {
     match action {
         CeilingAction::Http { listen } => dash_bench::serve_plain(listen).await,
+        CeilingAction::Live { listen, flush } => dash_bench::serve_naive_live(listen, flush).await,
         CeilingAction::Postgres { url, rows_per_tx, rows_per_copy, duration } => {
             let store = Store::connect(&url).await?;
             store.migrate().await?;
