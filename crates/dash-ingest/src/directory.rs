@@ -33,6 +33,9 @@ struct Entries {
     /// Pipelines this node added itself ([`PipelineDirectory::insert`]), and when: a reload whose
     /// read began before that may not have seen them, and must not drop them.
     inserted: HashMap<String, (Instant, Arc<PipelineAuth>)>,
+    /// When the read behind the view in place began: a reload whose read began earlier (two
+    /// reloads that overlap, the periodic one and a cache miss's) lands after it and is dropped.
+    read_at: Option<Instant>,
 }
 
 pub struct PipelineDirectory {
@@ -63,7 +66,9 @@ impl PipelineDirectory {
         directory
     }
 
-    /// Takes the store's view, read from `read_at` on; what this node inserted since stays.
+    /// Takes the store's view, read from `read_at` on; what this node inserted since stays. A
+    /// view read before the one in place is older than it and changes nothing: applied, it
+    /// would drop a pipeline made here that the newer view holds and took out of `inserted`.
     fn replace(&self, auths: Vec<PipelineAuth>, read_at: Instant) {
         let mut fresh = Entries::default();
         for auth in auths {
@@ -71,6 +76,10 @@ impl PipelineDirectory {
             fresh.by_id.insert(auth.id.to_string(), Arc::new(auth));
         }
         let mut entries = self.entries.write();
+        if entries.read_at.is_some_and(|newest| read_at < newest) {
+            return;
+        }
+        fresh.read_at = Some(read_at);
         let inserted = std::mem::take(&mut entries.inserted);
         for (id, (at, auth)) in inserted {
             if at < read_at {
@@ -338,5 +347,25 @@ mod tests {
         // The local copy was written at the insert.
         let copy = std::fs::read_to_string(dir.path().join("pipelines.json")).unwrap();
         assert!(copy.contains("made-here"), "{copy}");
+    }
+
+    /// Two reloads overlap: one read before the pipeline was made, one after; the later read
+    /// lands first. The earlier one landing last must not take the pipeline away (a webhook
+    /// to it would get 404 until the next refresh).
+    #[tokio::test]
+    async fn overlapping_reloads_landing_out_of_order_keep_the_newer_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("dash.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let directory = PipelineDirectory::new(store, dir.path().join("pipelines.json"));
+        let early_read = Instant::now();
+        directory.insert(auth("made-here")).await;
+        let late_read = Instant::now();
+        directory.replace(vec![auth("made-here")], late_read);
+        directory.replace(vec![], early_read);
+        assert!(directory.cached("made-here").is_some(), "an older view replaced a newer one");
+        // A newer read still speaks for the store.
+        directory.replace(vec![], Instant::now());
+        assert!(directory.cached("made-here").is_none());
     }
 }
