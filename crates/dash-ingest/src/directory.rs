@@ -330,12 +330,16 @@ mod tests {
         }
     }
 
+    /// A directory over a fresh SQLite store in `dir`, its local copy beside it.
+    async fn directory_in(dir: &std::path::Path) -> PipelineDirectory {
+        let store = Store::connect(&format!("sqlite://{}", dir.join("dash.db").display())).await.unwrap();
+        PipelineDirectory::new(store, dir.join("pipelines.json"))
+    }
+
     #[tokio::test]
     async fn a_reload_that_read_before_an_insert_keeps_the_inserted_pipeline() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("dash.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        let directory = PipelineDirectory::new(store, dir.path().join("pipelines.json"));
+        let directory = directory_in(dir.path()).await;
         let read_before = Instant::now();
         directory.insert(auth("made-here")).await;
         // A reload whose read began before the pipeline was made does not know it: kept.
@@ -355,9 +359,7 @@ mod tests {
     #[tokio::test]
     async fn overlapping_reloads_landing_out_of_order_keep_the_newer_view() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("dash.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        let directory = PipelineDirectory::new(store, dir.path().join("pipelines.json"));
+        let directory = directory_in(dir.path()).await;
         let early_read = Instant::now();
         directory.insert(auth("made-here")).await;
         let late_read = Instant::now();

@@ -123,6 +123,15 @@ fn batch_deadline(base: Duration, bytes: u64) -> Duration {
     base + Duration::from_millis(bytes.saturating_mul(1000) / BATCH_BYTES_PER_SEC)
 }
 
+/// A step of a batch, or [`StoreError::NoAnswer`] once `deadline` passes (the step is dropped,
+/// and with it its connection, closed as [`BatchConn`] closes an unfinished one).
+async fn within<T>(
+    deadline: Duration,
+    step: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, step).await.unwrap_or(Err(StoreError::NoAnswer(deadline)))
+}
+
 /// A committing batch's totals, in one round trip: each touched pipeline gets its next `seq`
 /// and its counts ($1..$4, one element per pipeline), and the per-minute counts go into the
 /// rollup ($5..$7), on both layouts.
@@ -455,13 +464,12 @@ impl PgStore {
     /// key is already stored its `COPY` fails; the batch then starts over in a new transaction,
     /// inserting its keys with `ON CONFLICT DO NOTHING` to learn which are new, and copies only
     /// those events.
+    ///
     /// Bounded by [`batch_deadline`]: past it the batch's connection is closed, not reused.
     pub async fn stage_batch(&self, events: &[BatchEvent]) -> Result<StagedPg, StoreError> {
         let bytes: usize = events.iter().map(|e| e.event.payload.len()).sum();
         let deadline = batch_deadline(self.batch_deadline, bytes as u64);
-        tokio::time::timeout(deadline, self.stage_unbounded(events, deadline))
-            .await
-            .unwrap_or(Err(StoreError::NoAnswer(deadline)))
+        within(deadline, self.stage_unbounded(events, deadline)).await
     }
 
     async fn stage_unbounded(&self, events: &[BatchEvent], deadline: Duration) -> Result<StagedPg, StoreError> {
@@ -715,10 +723,7 @@ impl StagedPg {
     /// after a connection reset during a `COMMIT`), and the update it would have published is
     /// not (clients see the next one's `seq` skip and catch up from the store).
     pub async fn commit(self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
-        let deadline = self.deadline;
-        tokio::time::timeout(deadline, self.commit_unbounded(events))
-            .await
-            .unwrap_or(Err(StoreError::NoAnswer(deadline)))
+        within(self.deadline, self.commit_unbounded(events)).await
     }
 
     async fn commit_unbounded(mut self, events: &[BatchEvent]) -> Result<BatchOutcome, StoreError> {
