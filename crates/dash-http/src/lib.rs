@@ -42,6 +42,7 @@ use dash_ingest::Intake;
 use dash_live::Hub;
 use dash_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
+use request_metrics::RequestMetrics;
 
 pub use api::source_json;
 pub use client::ClientTrust;
@@ -76,9 +77,22 @@ pub struct HttpLimits {
     pub max_live_per_client: usize,
 }
 
-/// Everything a handler can reach. Cloned per request; all fields are handles.
+/// Everything a handler can reach. Cloned per request (by every extractor and middleware that
+/// takes it), so it is one `Arc`: a clone is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares; all fields are handles.
+#[derive(Clone)]
+pub struct Shared {
     /// Present on roles that run intake.
     pub intake: Option<Intake>,
     pub store: Store,
@@ -120,7 +134,7 @@ impl AppState {
         let permits = u32::try_from(limits.inflight_body_bytes / 1024).unwrap_or(u32::MAX);
         let largest = u32::try_from(limits.max_body / 1024 + 1).unwrap_or(u32::MAX);
         let live_sessions = live_sessions::LiveSessions::new(limits.max_live_per_client);
-        Self {
+        Self(Arc::new(Shared {
             intake,
             store,
             bus,
@@ -136,21 +150,21 @@ impl AppState {
             membership: None,
             edge: None,
             store_warnings: Arc::new(LogThrottle::per_period()),
-        }
+        }))
     }
 
     pub fn with_edge(mut self, edge: Forwarder) -> Self {
-        self.edge = Some(edge);
+        Arc::make_mut(&mut self.0).edge = Some(edge);
         self
     }
 
     pub fn with_client_trust(mut self, trust: ClientTrust) -> Self {
-        self.client_trust = trust;
+        Arc::make_mut(&mut self.0).client_trust = trust;
         self
     }
 
     pub fn with_membership(mut self, membership: Membership) -> Self {
-        self.membership = Some(membership);
+        Arc::make_mut(&mut self.0).membership = Some(membership);
         self
     }
 
@@ -190,7 +204,10 @@ pub fn router(state: AppState) -> Router {
     }
     // Error answers made outside the handlers are turned into JSON, and a panicking handler
     // into a 500, by the server loop (`serve`), around the whole router.
-    router.fallback(not_found).layer(axum::middleware::from_fn(request_metrics::record)).with_state(state)
+    router
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(RequestMetrics::default()), request_metrics::record))
+        .with_state(state)
 }
 
 async fn not_found() -> ApiError {

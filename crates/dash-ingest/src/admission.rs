@@ -64,11 +64,20 @@ pub struct Spool {
     /// Set when an append failed for want of disk space; cleared by an append that succeeds,
     /// or when the disk is found to have room again.
     disk_full: AtomicBool,
+    /// `dash_intake_log_bytes`, registered once (set on every request).
+    used_gauge: metrics::Gauge,
 }
 
 impl Spool {
     pub(crate) fn new(max: u64, dir: PathBuf) -> Self {
-        Self { used: AtomicU64::new(0), max, refusing: AtomicBool::new(false), dir, disk_full: AtomicBool::new(false) }
+        Self {
+            used: AtomicU64::new(0),
+            max,
+            refusing: AtomicBool::new(false),
+            dir,
+            disk_full: AtomicBool::new(false),
+            used_gauge: metrics::gauge!("dash_intake_log_bytes"),
+        }
     }
 
     /// An append failed: the disk under the log is full.
@@ -152,7 +161,7 @@ impl Spool {
     }
 
     pub(crate) fn report(&self) {
-        metrics::gauge!("dash_intake_log_bytes").set(self.used() as f64);
+        self.used_gauge.set(self.used() as f64);
     }
 
     pub fn used(&self) -> u64 {
@@ -167,7 +176,6 @@ impl Spool {
 
 /// One partition's admission.
 pub(crate) struct Admission {
-    index: usize,
     max_backlog: i64,
     /// Admitted events (counted ones) not yet committed to the store.
     backlog: AtomicI64,
@@ -175,6 +183,8 @@ pub(crate) struct Admission {
     room: Notify,
     pub(crate) spool: Arc<Spool>,
     pub(crate) health: Arc<StoreHealth>,
+    /// `dash_buffer_backlog{partition}`, registered once (set on every request and commit).
+    backlog_gauge: metrics::Gauge,
 }
 
 /// Room taken for one request, given back when dropped unless [`Reservation::appended`].
@@ -189,7 +199,14 @@ pub(crate) struct Reservation {
 
 impl Admission {
     pub(crate) fn new(index: usize, max_backlog: usize, spool: Arc<Spool>, health: Arc<StoreHealth>) -> Self {
-        Self { index, max_backlog: max_backlog as i64, backlog: AtomicI64::new(0), room: Notify::new(), spool, health }
+        Self {
+            max_backlog: max_backlog as i64,
+            backlog: AtomicI64::new(0),
+            room: Notify::new(),
+            spool,
+            health,
+            backlog_gauge: metrics::gauge!("dash_buffer_backlog", "partition" => index.to_string()),
+        }
     }
 
     /// Unflushed events admitted by this process.
@@ -221,7 +238,7 @@ impl Admission {
     }
 
     fn report(&self, backlog: i64) {
-        metrics::gauge!("dash_buffer_backlog", "partition" => self.index.to_string()).set(backlog.max(0) as f64);
+        self.backlog_gauge.set(backlog.max(0) as f64);
     }
 
     /// Waits until `deadline` for `n` more events to fit the backlog bound and, when `take`,
