@@ -232,6 +232,10 @@ def main():
         "--views-history", action="store_true",
         help="only: a view made a third of the way into a full load, its history computed under it",
     )
+    parser.add_argument(
+        "--views-reads", action="store_true",
+        help="only (with --postgres): reads of a view of 1,000 active groups over 90 days of history",
+    )
     opts = parser.parse_args()
     if opts.quick:
         opts.runs, opts.duration = 1, "3s"
@@ -245,6 +249,8 @@ def main():
         return views_groups_bench(opts)
     if opts.views_history:
         return views_history_bench(opts)
+    if opts.views_reads:
+        return views_reads_bench(opts)
     results = {name: [] for name in ["ceiling-http", "ceiling-sqlite", "single", "ndjson", "half-rate", "overload"]}
     if opts.postgres:
         results["ceiling-pg"], results["ceiling-pg-500"], results["ndjson-pg"] = [], [], []
@@ -521,6 +527,87 @@ def views_history_bench(opts):
                    if kind == "view" else "")
             )
     print("\n".join(lines))
+
+
+# Reads of a view of 1,000 active groups: the issue's (issue 30) and the page's.
+READS_VIEW = {"name": "by-customer", "aggregate": "count", "group_by": "/data/customer", "max_groups": 1000}
+
+
+def views_reads_bench(opts):
+    """One view of 1,000 active groups over 90 days on PostgreSQL: 90 days of NDJSON from 1,000
+    customers in turn (times replayed in order over the run), then a dense last day; the view
+    made afterwards (its history computed by its job); then, once its levels have caught up (a
+    server without levels: at once), each read five times, the median."""
+    if not opts.postgres:
+        sys.exit("--views-reads needs --postgres ADMIN_URL")
+    db, url = fresh_pg(opts.postgres)
+    server = Server(["serve", "--listen", "127.0.0.1:0"], env={"DATABASE_URL": url, "DASH_RETENTION": "120d"})
+    try:
+        secret = http_json("POST", server.base + "/api/pipelines", {"name": "bench"})["secret"]
+        history = load(server.base, secret, 4, "8s" if not opts.quick else "2s", 1000, extra=["--spread", "90d", "--customers", "1000"])
+        day = load(server.base, secret, 4, "6s" if not opts.quick else "2s", 1000, extra=["--spread", "24h", "--customers", "1000"])
+        accepted = history["events_accepted"] + day["events_accepted"]
+        deadline = time.monotonic() + 300
+        while http_json("GET", server.base + "/api/pipelines/bench")["stats"]["count"] < accepted:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the events did not land")
+            time.sleep(0.5)
+        http_json("POST", server.base + "/api/pipelines/bench/views", READS_VIEW)
+        started = time.monotonic()
+        while not http_json("GET", server.base + "/api/pipelines/bench/views/by-customer")["backfill"]["done"]:
+            time.sleep(0.5)
+        history_secs = time.monotonic() - started
+        # Levels: wait until they stop moving (the rollup job runs once a minute).
+        rolled, still, started = None, 0, time.monotonic()
+        while time.monotonic() - started < 600 and still < 2:
+            time.sleep(20)
+            now = subprocess.run(
+                ["psql", url, "-Atc", "SELECT coalesce(string_agg(level || '=' || rolled_to, ',' ORDER BY level), '') "
+                 "FROM view_rollups"], capture_output=True, text=True,
+            ).stdout.strip()
+            still = still + 1 if now and now == rolled else 0
+            rolled = now
+        rollup_secs = time.monotonic() - started
+        minute = int(time.time() * 1000) // 60_000 * 60_000
+        midnight = minute // 86_400_000 * 86_400_000
+        view = server.base + "/api/pipelines/bench/views/by-customer"
+        reads = {
+            "24 h at 1 m": f"{view}/series?from={minute - 86_400_000}&to={minute + 60_000}&bucket=1m",
+            "30 d at 1 d": f"{view}/series?from={minute - 30 * 86_400_000}&to={minute + 60_000}&bucket=1d",
+            "30 d at 1 d from midnight": f"{view}/series?from={midnight - 29 * 86_400_000}&to={midnight + 86_400_000}&bucket=1d",
+            "groups over 30 d": f"{view}/groups?from={minute - 30 * 86_400_000}&to={minute + 60_000}",
+            "groups over 90 d": f"{view}/groups?from={minute - 90 * 86_400_000}&to={minute + 60_000}",
+        }
+        lines = [
+            f"{accepted:,} events ({history['events_accepted']:,} over 90 d, {day['events_accepted']:,} over the last"
+            f" day), history {history_secs:.0f} s, levels caught up {rollup_secs:.0f} s: {rolled or 'none'}"
+        ]
+        for label, path in reads.items():
+            lines.append(f"{label}: {timed_read(path)}")
+        for card in ["24h", "7d", "30d"]:
+            lines.append(f"page card {card}: {timed_read(f'{server.base}/pipelines/bench/views/by-customer/card?range={card}')}")
+        print("\n".join(lines))
+    finally:
+        server.stop()
+        drop_pg(opts.postgres, db)
+
+
+def timed_read(url, times=5):
+    """The median milliseconds of `times` GETs, with the status of the first (a 422, say)."""
+    took, status = [], None
+    for _ in range(times):
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                body = resp.read()
+                status = status or resp.status
+        except urllib.error.HTTPError as err:
+            body = err.read()
+            status = status or err.code
+        took.append((time.monotonic() - started) * 1000)
+        if b"Too many groups and minutes" in body or b"Database unavailable" in body:
+            status = f"{status} (card unavailable)"
+    return f"{statistics.median(took):.0f} ms, status {status}"
 
 
 if __name__ == "__main__":

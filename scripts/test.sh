@@ -354,11 +354,31 @@ python3 scripts/check-fly.py --self-test
 # The test build first: clippy then reuses its proc macros, build scripts and their
 # dependencies (the same units), and checks only the rest (docs/BENCHMARKS.md, the build).
 step "cargo build (the test binaries)"
-cargo test --workspace --locked --no-run -q
+# The spine binary's path, to start its longest test apart (below).
+SPINE_BIN=$(cargo test --workspace --locked --no-run -q --message-format=json-render-diagnostics |
+    python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "spine" and m.get("executable"):
+        print(m["executable"])')
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (SQLite integration suite; store tests on both backends)"
-cargo test --workspace --locked -- --test-threads "${DASH_TEST_THREADS:-4}"
+# The fault harness's run (~90 s) starts first, beside the rest: in name order it would start
+# last and the pass would wait for it alone (docs/BENCHMARKS.md, the SQLite pass test by test).
+VERIFY_TEST=verify::thirty_seeded_faults_keep_every_acknowledged_event_exactly_once
+VERIFY_LOG=$(mktemp)
+(cd crates/dashd && exec "$SPINE_BIN" --exact "$VERIFY_TEST") > "$VERIFY_LOG" 2>&1 &
+VERIFY_PID=$!
+if ! cargo test --workspace --locked -- --test-threads "${DASH_TEST_THREADS:-4}" --skip "$VERIFY_TEST"; then
+    kill "$VERIFY_PID" 2> /dev/null || true
+    exit 1
+fi
+VERIFY_OK=0
+wait "$VERIFY_PID" || VERIFY_OK=$?
+echo "== $VERIFY_TEST (started beside the pass above)"
+cat "$VERIFY_LOG"
+rm -f "$VERIFY_LOG"
+[ "$VERIFY_OK" = 0 ]
 step "cargo test (the tests that need PostgreSQL itself: migrations, clusters, roles apart)"
 # Marked ignored so that a plain `cargo test` without PostgreSQL shows them as not run rather
 # than passed; named *_on_postgres.

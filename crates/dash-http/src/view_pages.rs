@@ -7,7 +7,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use dash_store::{PutMode, StoreError, ViewRecord};
+use dash_store::{GroupsRead, PutMode, StoreError, ViewRecord};
 use dash_views::{Aggregate, Cell};
 use dash_web::ChartRange;
 use dash_web::views::{DRAWN_GROUPS, FieldLine, GroupLine, ViewCard, ViewForm, ViewsPart};
@@ -33,61 +33,76 @@ pub(crate) fn router() -> axum::Router<AppState> {
 /// A view's card over `range`: its value, a bucket per bar (stacked by its top groups for
 /// `count` and `sum`), its groups ranked.
 pub(crate) async fn load_card(state: &AppState, record: &ViewRecord, range: ChartRange) -> Result<ViewCard, PageError> {
+    match card_figures(state, record, range).await {
+        Ok(figures) => Ok(figures),
+        // Too much to read for this range: the card says so, the page goes on.
+        Err(StoreError::ReadTooLarge) => Ok(unavailable_card(
+            record,
+            range,
+            "Too many groups and minutes to read at once over this range: choose a shorter one.",
+        )),
+        Err(err) => Err(PageError::store(err)),
+    }
+}
+
+/// The reads of a card, each from the coarsest levels that answer it: the groups over the whole
+/// range (one bucket), the top groups' series one by one, and the series of all groups together.
+async fn card_figures(state: &AppState, record: &ViewRecord, range: ChartRange) -> Result<ViewCard, StoreError> {
     let (from, to) = range.window(dash_domain::now_ms());
     let bucket_ms = range.bucket_ms();
     let aggregate = record.spec.aggregate;
-    let read = state
-        .store
-        .view_minutes(&record.pipeline, &record.name, from, to, None, crate::views::MAX_SKETCH_STATES_READ)
-        .await;
-    let minutes = match read {
-        Ok(minutes) => minutes,
-        // Too much to read for this range: the card says so, the page goes on.
-        Err(dash_store::StoreError::ReadTooLarge) => {
-            return Ok(unavailable_card(
-                record,
-                range,
-                "Too many groups and minutes to read at once over this range: choose a shorter one.",
-            ));
-        }
-        Err(err) => return Err(PageError::store(err)),
+    let series_of = |states: Vec<(i64, String, Cell)>| {
+        let merged = dash_store::merge_by_minute(states, aggregate);
+        dash_views::bucket(aggregate, from, to, bucket_ms, &merged)
     };
+    let grouped = record.spec.group_by.is_some();
     let mut total = Cell::empty(aggregate);
-    let mut by_group: HashMap<String, Cell> = HashMap::new();
-    for (_, group, cell) in &minutes {
-        total.merge(cell);
-        by_group.entry(group.clone()).or_insert_with(|| Cell::empty(aggregate)).merge(cell);
+    let mut ranked = Vec::new();
+    if grouped {
+        let mut by_group: HashMap<String, Cell> = HashMap::new();
+        for (_, group, cell) in card_read(state, record, (from, to), None, GroupsRead::Each).await? {
+            total.merge(&cell);
+            by_group.entry(group).or_insert_with(|| Cell::empty(aggregate)).merge(&cell);
+        }
+        ranked = dash_views::rank_groups(aggregate, by_group);
     }
-    let ranked = dash_views::rank_groups(aggregate, by_group);
-    let stacked = aggregate.additive() && record.spec.group_by.is_some();
+    let stacked = aggregate.additive() && grouped;
     let series = if stacked {
         // The top groups each in a colour; past them, the rest together in one, so the bars add
-        // up to the whole.
+        // up to the whole: the whole's series less the drawn groups' (count and sum add up).
         let drawn = if ranked.len() > DRAWN_GROUPS { DRAWN_GROUPS - 1 } else { ranked.len() };
-        let mut series: Vec<(String, Vec<Option<f64>>)> = ranked
-            .iter()
-            .take(drawn)
-            .map(|g| {
-                let of_group: Vec<(i64, Cell)> =
-                    minutes.iter().filter(|(_, name, _)| *name == g.group).map(|(m, _, c)| (*m, c.clone())).collect();
-                let points = dash_views::bucket(aggregate, from, to, bucket_ms, &of_group);
-                (g.group.clone(), points.into_iter().map(|p| p.value).collect())
-            })
-            .collect();
+        let mut series: Vec<(String, Vec<Option<f64>>)> = Vec::with_capacity(drawn + 1);
+        for g in ranked.iter().take(drawn) {
+            let points =
+                series_of(card_read(state, record, (from, to), Some(bucket_ms), GroupsRead::One(&g.group)).await?);
+            series.push((g.group.clone(), points.into_iter().map(|p| p.value).collect()));
+        }
         if ranked.len() > drawn {
-            let named: std::collections::HashSet<&str> = ranked[..drawn].iter().map(|g| g.group.as_str()).collect();
-            let rest: Vec<_> = minutes.iter().filter(|(_, name, _)| !named.contains(name.as_str())).cloned().collect();
-            let merged = dash_store::merge_by_minute(rest, aggregate);
-            let points = dash_views::bucket(aggregate, from, to, bucket_ms, &merged);
-            series.push((OTHER_GROUPS.to_owned(), points.into_iter().map(|p| p.value).collect()));
+            let whole = series_of(card_read(state, record, (from, to), Some(bucket_ms), GroupsRead::Merged).await?);
+            let rest = whole
+                .iter()
+                .enumerate()
+                .map(|(i, point)| {
+                    let whole = point.value?;
+                    let named: f64 = series.iter().filter_map(|(_, values)| values.get(i).copied().flatten()).sum();
+                    let rest = whole - named;
+                    // What rounding leaves of a sum that is all drawn.
+                    Some(if rest.abs() <= 1e-9 * whole.abs().max(1.0) { 0.0 } else { rest })
+                })
+                .collect();
+            series.push((OTHER_GROUPS.to_owned(), rest));
         }
         series
     } else {
-        let merged = dash_store::merge_by_minute(minutes, aggregate);
-        let points = dash_views::bucket(aggregate, from, to, bucket_ms, &merged);
-        vec![(String::new(), points.into_iter().map(|p| p.value).collect())]
+        let states = card_read(state, record, (from, to), Some(bucket_ms), GroupsRead::Merged).await?;
+        if !grouped {
+            for (_, _, cell) in &states {
+                total.merge(cell);
+            }
+        }
+        vec![(String::new(), series_of(states).into_iter().map(|p| p.value).collect())]
     };
-    let groups = if record.spec.group_by.is_some() {
+    let groups = if grouped {
         ranked
             .into_iter()
             .take(LISTED_GROUPS)
@@ -114,6 +129,18 @@ pub(crate) async fn load_card(state: &AppState, record: &ViewRecord, range: Char
         can_edit: true,
         unavailable: None,
     })
+}
+
+/// One read of a card, bounded as the page's reads are.
+async fn card_read(
+    state: &AppState,
+    record: &ViewRecord,
+    (from, to): (i64, i64),
+    bucket_ms: Option<i64>,
+    groups: GroupsRead<'_>,
+) -> Result<Vec<(i64, String, Cell)>, StoreError> {
+    let bound = crate::views::MAX_SKETCH_STATES_READ;
+    state.store.view_states(&record.pipeline, &record.name, from, to, bucket_ms, groups, bound).await
 }
 
 /// A card that shows why it has no figures instead of them.

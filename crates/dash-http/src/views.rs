@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use dash_domain::format_ms;
-use dash_store::{PutMode, StoreError, ViewRecord};
+use dash_store::{GroupsRead, PutMode, StoreError, ViewRecord};
 use dash_views::{Cell, InvalidView, ViewSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -158,14 +158,15 @@ struct SeriesQuery {
     group: Option<String>,
 }
 
-/// A view's stored minutes over a range, bounded by [`MAX_STATES_READ`] (or
+/// A view's states over a range, each part from the coarsest level that answers buckets of
+/// `bucket_ms` from `from` (`None`: one bucket), bounded by [`MAX_STATES_READ`] (or
 /// [`MAX_SKETCH_STATES_READ`] for sketches).
-pub(crate) async fn read_minutes(
+pub(crate) async fn read_states(
     state: &AppState,
     record: &ViewRecord,
-    from: i64,
-    to: i64,
-    group: Option<&str>,
+    (from, to): (i64, i64),
+    bucket_ms: Option<i64>,
+    groups: GroupsRead<'_>,
 ) -> Result<Vec<(i64, String, Cell)>, ApiError> {
     let bound = match record.spec.aggregate {
         dash_views::Aggregate::Count
@@ -175,7 +176,7 @@ pub(crate) async fn read_minutes(
         | dash_views::Aggregate::Max => MAX_STATES_READ,
         _ => MAX_SKETCH_STATES_READ,
     };
-    match state.store.view_minutes(&record.pipeline, &record.name, from, to, group, bound).await {
+    match state.store.view_states(&record.pipeline, &record.name, from, to, bucket_ms, groups, bound).await {
         Ok(minutes) => Ok(minutes),
         Err(StoreError::ReadTooLarge) => Err(ApiError::unprocessable(
             "range_too_large",
@@ -208,7 +209,8 @@ async fn series(
     let bucket_text = query.bucket.unwrap_or_else(|| "1m".into());
     let window = SeriesWindow::parse(query.from.as_deref(), query.to.as_deref(), &bucket_text, dash_domain::now_ms())?;
     let record = find_view(&state, &id, &view).await?;
-    let minutes = read_minutes(&state, &record, window.from, window.to, query.group.as_deref()).await?;
+    let groups = query.group.as_deref().map_or(GroupsRead::Merged, GroupsRead::One);
+    let minutes = read_states(&state, &record, (window.from, window.to), Some(window.bucket_ms), groups).await?;
     let aggregate = record.spec.aggregate;
     let merged = dash_store::merge_by_minute(minutes, aggregate);
     let points = dash_views::bucket(aggregate, window.from, window.to, window.bucket_ms, &merged);
@@ -247,7 +249,7 @@ async fn groups(
     // range between 1970 and 9999 holds more buckets of it than a series may have).
     let window = SeriesWindow::parse(query.from.as_deref(), query.to.as_deref(), "366days", dash_domain::now_ms())?;
     let record = find_view(&state, &id, &view).await?;
-    let minutes = read_minutes(&state, &record, window.from, window.to, None).await?;
+    let minutes = read_states(&state, &record, (window.from, window.to), None, GroupsRead::Each).await?;
     let aggregate = record.spec.aggregate;
     let mut by_group: HashMap<String, Cell> = HashMap::new();
     let mut total = Cell::empty(aggregate);

@@ -176,6 +176,13 @@ impl Runner {
                 Ok(())
             }
             Job::Backfill { pipeline, view, generation, .. } => self.backfill(pipeline, view, *generation).await,
+            Job::Rollup { .. } => {
+                let states = self.poller.store.roll_up_views(dash_domain::now_ms(), ROLLUP_BUDGET).await?;
+                if states > 0 {
+                    tracing::debug!(states, "views rolled up");
+                }
+                Ok(())
+            }
         }
     }
 
@@ -304,8 +311,10 @@ async fn stopped(stop: StopSignal) -> Result<(), std::io::Error> {
 /// Enqueues every due tick, once per tick per node; the queue keeps one job per tick overall.
 async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, stop: StopSignal) {
     let maintenance = Schedule::Every(settings.maintenance_every);
+    let rollup = Schedule::Every(ROLLUP_EVERY);
     let mut ticks = PollTicks::default();
     let mut last_maintenance: Option<i64> = None;
+    let mut last_rollup: Option<i64> = None;
     let mut failing = false;
     let enqueue_failures = LogThrottle::per_period();
     let mut last_backfill_check: Option<i64> = None;
@@ -339,6 +348,13 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, stop
                 {
                     last_maintenance = Some(tick);
                     due.push(Job::Maintain { tick_ms: tick });
+                }
+                if let Some(tick) = rollup.latest(now)
+                    && fresh(tick, now, ROLLUP_EVERY)
+                    && last_rollup.is_none_or(|last| last < tick)
+                {
+                    last_rollup = Some(tick);
+                    due.push(Job::Rollup { tick_ms: tick });
                 }
                 due
             }
@@ -380,6 +396,7 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, stop
                         Job::Poll { pipeline, .. } => ticks.forget(pipeline),
                         Job::Maintain { .. } => last_maintenance = None,
                         Job::Backfill { .. } => last_backfill_check = None,
+                        Job::Rollup { .. } => last_rollup = None,
                     }
                 }
             }
@@ -390,6 +407,11 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, stop
         }
     }
 }
+
+/// How often views' levels are rolled forward (once per tick across the cluster); what one
+/// run may take before it leaves the rest to the next tick.
+const ROLLUP_EVERY: Duration = Duration::from_secs(60);
+const ROLLUP_BUDGET: Duration = Duration::from_secs(50);
 
 /// How often the scheduler reads the queue's depth (`dash_jobs_queue_depth`).
 const QUEUE_DEPTH_EVERY_MS: i64 = 5000;

@@ -35,6 +35,8 @@ pub enum Job {
     /// Compute a view's history. `made_ms` (when the view was made) tells a view deleted and made
     /// again apart from the one before it, whose generations start at 1 too.
     Backfill { pipeline: String, view: String, generation: i64, made_ms: i64 },
+    /// Roll views' minutes up into their hours and days (`Store::roll_up_views`).
+    Rollup { tick_ms: i64 },
 }
 
 impl Job {
@@ -43,6 +45,7 @@ impl Job {
         match self {
             Self::Poll { pipeline, tick_ms } => format!("poll:{pipeline}:{tick_ms}"),
             Self::Maintain { tick_ms } => format!("maintain:{tick_ms}"),
+            Self::Rollup { tick_ms } => format!("rollup:{tick_ms}"),
             // One job per view and generation: a job that dies part way is run again by the
             // queue, and goes on from where the view stands.
             Self::Backfill { pipeline, view, generation, made_ms } => {
@@ -56,6 +59,7 @@ impl Job {
             Self::Poll { .. } => "poll",
             Self::Maintain { .. } => "maintain",
             Self::Backfill { .. } => "backfill",
+            Self::Rollup { .. } => "rollup",
         }
     }
 }

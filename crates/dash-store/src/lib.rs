@@ -37,6 +37,7 @@ pub mod testing;
 mod timescale;
 mod verify;
 mod view_history;
+mod view_rollups;
 mod views;
 
 use std::time::Duration;
@@ -54,6 +55,7 @@ pub use sources::{PollOutcome, SourceRecord};
 pub use sqlite::SqliteStore;
 pub use verify::ProviderAuth;
 pub use view_history::BACKFILL_STEP_EVENTS;
+pub use view_rollups::{GroupsRead, ROLLUP_STEP_STATES};
 pub use views::{
     BackfillProgress, MAX_VIEW_READ_BYTES, PendingBackfill, PutMode, ViewRecord, ViewWrite, merge_by_minute,
 };

@@ -22,9 +22,11 @@ use dash_views::{BatchCounter, CountedView, Groups, ViewSpec};
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 
+use crate::view_rollups::Rolled;
 use crate::views::{
-    BackfillProgress, PipelineChanges, StateRows, StoredRow, StoredStates, decode_stored, restart_sql_pg,
-    restart_sql_sqlite, spec_from, stored_states_pg, stored_states_sqlite, write_states_pg, write_states_sqlite,
+    BackfillProgress, PipelineChanges, RAISE_VIEWS_VERSION, REQUEST_RESTART, StateRows, StoredRow, StoredStates,
+    decode_stored, restart_sql_pg, restart_sql_sqlite, spec_from, stored_states_pg, stored_states_sqlite,
+    write_states_pg, write_states_sqlite,
 };
 use crate::{Store, StoreError};
 
@@ -36,7 +38,7 @@ pub const BACKFILL_STEP_EVENTS: i64 = 20_000;
 /// The last event a view's history has counted: its time exactly as stored (PostgreSQL orders
 /// by time, then key: microseconds there) and its key (the event id).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Mark {
+pub(crate) struct Mark {
     at: i64,
     key: String,
 }
@@ -49,7 +51,7 @@ const HISTORY_ROW: &str = "SELECT spec, state_key, generation, history_cut, hist
     history_restart, backfilled_at, backfill_events, backfill_total FROM views WHERE pipeline_id = $1 AND view_id = $2";
 
 #[derive(Debug, Clone)]
-struct HistoryRow {
+pub(crate) struct HistoryRow {
     spec: String,
     /// Where its states are kept.
     key: String,
@@ -372,9 +374,9 @@ const SAVE_HISTORY: &str = "UPDATE views SET history_mark_time = $3, history_mar
     WHERE pipeline_id = $1 AND view_id = $2 \
     RETURNING backfill_events, backfill_total, backfilled_at";
 
-/// What a history step needs of a transaction, on either backend: the same steps, each backend's
-/// own statements.
-trait StatesTx {
+/// What a history step (and a rollup step, [`crate::view_rollups`]) needs of a transaction, on
+/// either backend: the same steps, each backend's own statements.
+pub(crate) trait StatesTx {
     /// Takes the lock every batch of the pipeline takes before it counts into views.
     async fn lock_pipeline(&mut self, pipeline: &str) -> Result<(), StoreError>;
     async fn history_row(&mut self, pipeline: &str, view: &str) -> Result<Option<HistoryRow>, StoreError>;
@@ -400,6 +402,26 @@ trait StatesTx {
     ) -> Result<BackfillProgress, StoreError>;
     /// Starts the view over (a state of it cannot be read).
     async fn restart_view(&mut self, pipeline: &str, view: &str) -> Result<(), StoreError>;
+    /// Asks for the view whose states are under `key` to start over (see `REQUEST_RESTART`).
+    async fn request_restart(&mut self, pipeline: &str, key: &str) -> Result<(), StoreError>;
+    /// The definition of the view whose states are under `key`, if its levels may be rolled
+    /// (its history done, no restart asked for).
+    async fn rolling_view(&mut self, pipeline: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// How far each level of the view whose states are under `key` is rolled.
+    async fn rolled(&mut self, pipeline: &str, key: &str) -> Result<Rolled, StoreError>;
+    /// The time of the first state under `key`.
+    async fn first_state(&mut self, pipeline: &str, key: &str) -> Result<Option<i64>, StoreError>;
+    /// The states under `key` in `[from, to)`, at most `limit`, by time.
+    async fn states_between(
+        &mut self,
+        pipeline: &str,
+        key: &str,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError>;
+    /// Records how far a level is rolled, and makes batches read it (`views_version`).
+    async fn set_rolled(&mut self, pipeline: &str, key: &str, level: &str, to: i64) -> Result<(), StoreError>;
 }
 
 /// The statements of [`StatesTx`] whose SQL is the same on both backends, written once for both
@@ -440,6 +462,78 @@ macro_rules! history_statements {
                 .fetch_one(&mut *self)
                 .await?;
             Ok(BackfillProgress { done: done_at.is_some(), events_done, events_total })
+        }
+
+        async fn request_restart(&mut self, pipeline: &str, key: &str) -> Result<(), StoreError> {
+            sqlx::query(REQUEST_RESTART).bind(pipeline).bind(key).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn rolling_view(&mut self, pipeline: &str, key: &str) -> Result<Option<String>, StoreError> {
+            Ok(sqlx::query_scalar(
+                "SELECT spec FROM views WHERE pipeline_id = $1 AND state_key = $2 \
+                 AND backfilled_at IS NOT NULL AND NOT history_restart",
+            )
+            .bind(pipeline)
+            .bind(key)
+            .fetch_optional(&mut *self)
+            .await?)
+        }
+
+        async fn rolled(&mut self, pipeline: &str, key: &str) -> Result<Rolled, StoreError> {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT level, rolled_to FROM view_rollups WHERE pipeline_id = $1 AND state_key = $2")
+                    .bind(pipeline)
+                    .bind(key)
+                    .fetch_all(&mut *self)
+                    .await?;
+            Ok(Rolled::from_rows(rows))
+        }
+
+        async fn first_state(&mut self, pipeline: &str, key: &str) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::query_scalar(
+                "SELECT minute FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 ORDER BY minute LIMIT 1",
+            )
+            .bind(pipeline)
+            .bind(key)
+            .fetch_optional(&mut *self)
+            .await?)
+        }
+
+        async fn states_between(
+            &mut self,
+            pipeline: &str,
+            key: &str,
+            from: i64,
+            to: i64,
+            limit: i64,
+        ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT minute, grp, state FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 \
+                 AND minute >= $3 AND minute < $4 ORDER BY minute LIMIT $5",
+            )
+            .bind(pipeline)
+            .bind(key)
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_all(&mut *self)
+            .await?)
+        }
+
+        async fn set_rolled(&mut self, pipeline: &str, key: &str, level: &str, to: i64) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO view_rollups (pipeline_id, state_key, level, rolled_to) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (pipeline_id, state_key, level) DO UPDATE SET rolled_to = excluded.rolled_to",
+            )
+            .bind(pipeline)
+            .bind(key)
+            .bind(level)
+            .bind(to)
+            .execute(&mut *self)
+            .await?;
+            sqlx::query(RAISE_VIEWS_VERSION).bind(pipeline).execute(&mut *self).await?;
+            Ok(())
         }
     };
 }

@@ -51,6 +51,10 @@ struct Scenario {
     replays: Vec<usize>,
     views: Vec<(GenView, usize, Option<usize>)>,
     step_events: i64,
+    /// Rollup runs before batch `at`: as if it were `Some(m)` minutes past two hours after the
+    /// first event (the levels fed by the minutes take part of them in), or (`None`) long after
+    /// (they take in everything, and every later batch is late for them).
+    rollups: Vec<(usize, Option<i8>)>,
 }
 
 fn gen_event() -> impl Strategy<Value = GenEvent> {
@@ -114,12 +118,14 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 proptest::collection::vec(0..n, 0..3),
                 proptest::collection::vec((gen_view(), 0..=n, proptest::option::of(0..=n)), 1..5),
                 Just(step_events),
+                proptest::collection::vec((0..=n, proptest::option::of(-10i8..=10)), 0..4),
             )
-                .prop_map(|(batches, replays, views, step_events)| Scenario {
+                .prop_map(|(batches, replays, views, step_events, rollups)| Scenario {
                     batches,
                     replays,
                     views,
                     step_events,
+                    rollups,
                 })
         },
     )
@@ -187,7 +193,14 @@ fn payload(e: &GenEvent) -> String {
     }
 }
 
-async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> Result<(), TestCaseError> {
+/// `rolled_cases` counts the cases that ended with levels rolled.
+async fn run(
+    store: &Store,
+    pipeline: &str,
+    scenario: &Scenario,
+    base: i64,
+    rolled_cases: &std::sync::atomic::AtomicU32,
+) -> Result<(), TestCaseError> {
     store.create_pipeline(pipeline).await.unwrap();
     let batches: Vec<Vec<BatchEvent>> = scenario
         .batches
@@ -223,6 +236,10 @@ async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> R
                 specs.insert(name, spec);
             }
         }
+        for (_, minutes) in scenario.rollups.iter().filter(|(at, _)| *at == step) {
+            let now = minutes.map_or(base + 400 * DAY, |m| base + 2 * HOUR + i64::from(m) * 60_000);
+            store.roll_up_pipeline(pipeline, now, std::time::Duration::from_secs(60)).await.unwrap();
+        }
         // One step of every pending history between batches.
         for pending in store.pending_backfills().await.unwrap() {
             if pending.pipeline == pipeline {
@@ -248,6 +265,14 @@ async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> R
         }
     }
 
+    const LEVELS: &str = "SELECT count(*) FROM view_rollups WHERE pipeline_id = $1";
+    let levels: i64 = match store {
+        Store::Sqlite(s) => sqlx::query_scalar(LEVELS).bind(pipeline).fetch_one(&s.readers).await.unwrap(),
+        Store::Postgres(s) => sqlx::query_scalar(LEVELS).bind(pipeline).fetch_one(&s.pool).await.unwrap(),
+    };
+    if levels > 0 {
+        rolled_cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let stored = store.recent_events(pipeline, 10_000).await.unwrap();
     for (name, spec) in &specs {
         // From scratch: every stored event, once (no view here has more groups than its bound).
@@ -262,6 +287,8 @@ async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> R
             let time = chrono::DateTime::parse_from_rfc3339(&e.time).unwrap().timestamp_millis();
             expected.add(&reference, &mut groups, &value, time);
         }
+        let expected_cells = expected.clone().into_cells();
+        check_levels(store, pipeline, name, spec, &expected_cells, base).await?;
         let got = store.view_minutes(pipeline, name, i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
         let got: HashMap<(i64, String), Cell> = got.into_iter().map(|(m, g, c)| ((m, g), c)).collect();
         prop_assert_eq!(got.len(), expected.len(), "view {} ({}): cells", name, spec.describe());
@@ -281,6 +308,66 @@ async fn run(store: &Store, pipeline: &str, scenario: &Scenario, base: i64) -> R
     Ok(())
 }
 
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// Reads through the levels (hours, days, all groups together, whatever is rolled) equal the
+/// reference's minutes merged the same way: over wide and narrow ranges, aligned or not, in one
+/// bucket or many, for all groups together, each, or one.
+async fn check_levels(
+    store: &Store,
+    pipeline: &str,
+    name: &str,
+    spec: &ViewSpec,
+    expected: &[((i64, String), Cell)],
+    base: i64,
+) -> Result<(), TestCaseError> {
+    use crate::GroupsRead;
+    let day = base - base.rem_euclid(DAY);
+    let first_group = expected.first().map(|((_, g), _)| g.clone()).unwrap_or_default();
+    let reads: [(i64, i64, Option<i64>, GroupsRead<'_>); 7] = [
+        (day - DAY, day + 2 * DAY, None, GroupsRead::Merged),
+        (day - DAY, day + 2 * DAY, None, GroupsRead::Each),
+        (day - DAY, day + 2 * DAY, Some(HOUR), GroupsRead::Merged),
+        (day - DAY, day + 2 * DAY, Some(DAY), GroupsRead::One(&first_group)),
+        (day - DAY, day + 2 * DAY, Some(DAY), GroupsRead::Each),
+        (base - base.rem_euclid(600_000) - HOUR, base + 2 * HOUR, Some(600_000), GroupsRead::Merged),
+        (base + 90_000, base + 7 * 60_000, None, GroupsRead::Each),
+    ];
+    for (from, to, bucket, groups) in reads {
+        let key = |t: i64, group: &str| {
+            let t = bucket.map_or(from, |b| from + (t - from).div_euclid(b) * b);
+            let group = if groups == GroupsRead::Merged { String::new() } else { group.to_owned() };
+            (t, group)
+        };
+        let mut want: BTreeMap<(i64, String), Cell> = BTreeMap::new();
+        for ((minute, group), cell) in expected {
+            if *minute < from || *minute >= to || matches!(groups, GroupsRead::One(g) if g != group) {
+                continue;
+            }
+            want.entry(key(*minute, group)).or_insert_with(|| Cell::empty(spec.aggregate)).merge(cell);
+        }
+        let mut got: BTreeMap<(i64, String), Cell> = BTreeMap::new();
+        for (t, group, cell) in store.view_states(pipeline, name, from, to, bucket, groups, usize::MAX).await.unwrap() {
+            prop_assert!(t >= from && t < to, "view {}: a state at {} outside {}..{}", name, t, from, to);
+            got.entry(key(t, &group)).or_insert_with(|| Cell::empty(spec.aggregate)).merge(&cell);
+        }
+        let what = format!("view {name} ({}) read {from}..{to} by {bucket:?} {groups:?}", spec.describe());
+        prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{}", what);
+        for (k, want) in &want {
+            let cell = &got[k];
+            prop_assert_eq!((cell.n, cell.skipped), (want.n, want.skipped), "{} {:?}", what, k);
+            let (a, b) = (cell.value(spec.aggregate), want.value(spec.aggregate));
+            let close = match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                (a, b) => a == b,
+            };
+            prop_assert!(close, "{} {:?}: {:?} vs {:?}", what, k, a, b);
+        }
+    }
+    Ok(())
+}
+
 fn run_cases(store: &Store, cases: u32) {
     let handle = tokio::runtime::Handle::current();
     let base = {
@@ -288,14 +375,16 @@ fn run_cases(store: &Store, cases: u32) {
         now - now.rem_euclid(60_000) - 20 * 60_000
     };
     let counter = std::sync::atomic::AtomicU32::new(0);
+    let rolled_cases = std::sync::atomic::AtomicU32::new(0);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let result = runner.run(&scenario(), |scenario| {
         let pipeline = format!("prop-{}", counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        tokio::task::block_in_place(|| handle.block_on(run(store, &pipeline, &scenario, base)))
+        tokio::task::block_in_place(|| handle.block_on(run(store, &pipeline, &scenario, base, &rolled_cases)))
     });
     if let Err(err) = result {
         panic!("{err}");
     }
+    assert!(rolled_cases.into_inner() > 0, "some cases have levels rolled (views whose history was done)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,13 +667,24 @@ async fn a_busy_minute(store: &Store) {
 const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// States kept under a key no view has.
+/// States (a view's minutes or one of its levels') and levels of no view.
 async fn states_of_no_view(store: &Store) -> i64 {
-    const SQL: &str = "SELECT count(*) FROM view_minutes m WHERE NOT EXISTS \
-        (SELECT 1 FROM views v WHERE v.pipeline_id = m.pipeline_id AND v.state_key = m.view_id)";
+    const SQL: &str = "SELECT (SELECT count(*) FROM view_minutes m WHERE NOT EXISTS \
+        (SELECT 1 FROM views v WHERE v.pipeline_id = m.pipeline_id AND (v.state_key = m.view_id \
+        OR substr(m.view_id, 1, length(v.state_key) + 1) = v.state_key || '@'))) \
+        + (SELECT count(*) FROM view_rollups r WHERE NOT EXISTS \
+        (SELECT 1 FROM views v WHERE v.pipeline_id = r.pipeline_id AND v.state_key = r.state_key))";
     match store {
         Store::Sqlite(s) => sqlx::query_scalar(SQL).fetch_one(&s.writer).await.unwrap(),
         Store::Postgres(s) => sqlx::query_scalar(SQL).fetch_one(s.pool()).await.unwrap(),
     }
+}
+
+/// Finishes a pipeline's views' histories and rolls all their levels as far as they go.
+async fn finish_and_roll(store: &Store, pipeline: &str) {
+    finish_histories(store, pipeline).await;
+    let later = dash_domain::now_ms() + 400 * DAY;
+    store.roll_up_pipeline(pipeline, later, std::time::Duration::from_secs(60)).await.unwrap();
 }
 
 /// A view deleted and made again under the same name, or changed and changed back, holds what
@@ -603,20 +703,30 @@ async fn a_view_made_again_holds_nothing_of_before() {
         let now = dash_domain::now_ms();
         store.put_view("again", "by-k", &spec, PutMode::Create).await.unwrap();
         store.write_batch(&ten("again", 0, now)).await.unwrap();
-        finish_histories(store, "again").await;
+        finish_and_roll(store, "again").await;
         assert!(store.delete_view("again", "by-k").await.unwrap());
         store.put_view("again", "by-k", &spec, PutMode::Create).await.unwrap();
         store.write_batch(&ten("again", 10, now)).await.unwrap();
-        finish_histories(store, "again").await;
+        finish_and_roll(store, "again").await;
         let mut changed = spec.clone();
         changed.filter.insert("/k".into(), json!("v1"));
         store.put_view("again", "by-k", &changed, PutMode::Replace).await.unwrap();
         store.put_view("again", "by-k", &spec, PutMode::Replace).await.unwrap();
         store.write_batch(&ten("again", 20, now)).await.unwrap();
-        finish_histories(store, "again").await;
+        finish_and_roll(store, "again").await;
+        // Late for every level now: counted into them by the batch.
+        store.write_batch(&ten("again", 30, now)).await.unwrap();
         let cells = store.view_minutes("again", "by-k", i64::MIN, i64::MAX, None, usize::MAX).await.unwrap();
         let counts: BTreeMap<String, u64> = cells.into_iter().map(|(_, g, c)| (g, c.n)).collect();
-        assert_eq!(counts, BTreeMap::from([("v0".to_owned(), 15), ("v1".to_owned(), 15)]));
+        let want = BTreeMap::from([("v0".to_owned(), 20), ("v1".to_owned(), 20)]);
+        assert_eq!(counts, want);
+        let day = now - now.rem_euclid(DAY);
+        for groups in [crate::GroupsRead::Each, crate::GroupsRead::Merged] {
+            let cells = store.view_states("again", "by-k", day, day + DAY, None, groups, usize::MAX).await.unwrap();
+            assert_eq!(cells.len(), if groups == crate::GroupsRead::Each { 2 } else { 1 }, "read from days");
+            let n: u64 = cells.iter().map(|(_, _, c)| c.n).sum();
+            assert_eq!(n, 40, "{groups:?}");
+        }
         assert!(states_of_no_view(store).await > 0, "the old keys' states wait for maintenance");
         let report = store.maintain(YEAR, YEAR).await.unwrap();
         assert!(report.view_states_retired >= 4, "{report:?}");
@@ -654,5 +764,9 @@ fn a_view_keeps_its_minutes_for_its_keep_else_as_long_as_its_pipeline_keeps_even
     ];
     let now = 10_000_000;
     let cutoffs = crate::views::view_cutoffs(views, &[("p".to_owned(), 42)], now);
-    assert_eq!(cutoffs, [("p".into(), "kept".into(), now - 3_600_000), ("p".into(), "plain".into(), 42)]);
+    let minutes: Vec<_> = cutoffs.iter().filter(|(_, key, _)| !key.contains('@')).cloned().collect();
+    assert_eq!(minutes, [("p".into(), "kept".into(), now - 3_600_000), ("p".into(), "plain".into(), 42)]);
+    // A level's buckets go once they end by the cutoff.
+    assert!(cutoffs.contains(&("p".into(), "kept@d".into(), now - 3_600_000 - DAY + 1)), "{cutoffs:?}");
+    assert!(cutoffs.contains(&("p".into(), "plain@h.all".into(), 42 - HOUR + 1)), "{cutoffs:?}");
 }

@@ -17,13 +17,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use dash_domain::{ViewTouch, format_ms, now_ms};
-use dash_views::{BatchCounter, Cell, CountedView, Groups, UnreadableState, ViewReader, ViewSpec};
+use dash_views::{Aggregate, BatchCounter, Cell, CountedView, Groups, UnreadableState, ViewReader, ViewSpec};
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::Sqlite;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row};
 
+use crate::view_rollups::{GroupsRead, Level, Rolled, base_key, level_changes};
 use crate::{BatchEvent, Store, StoreError};
 
 /// Most bytes of stored states one read of a view takes in.
@@ -86,21 +87,38 @@ pub(crate) struct PipelineViews {
     /// Each view's name, by states key.
     names: HashMap<String, String>,
     reader: ViewReader,
+    /// The views with levels started (see [`crate::view_rollups`]), by states key: aggregate and
+    /// how far each level is rolled.
+    levels: HashMap<String, (Aggregate, Rolled)>,
 }
 
 impl PipelineViews {
-    /// `views`: name, states key, definition.
-    fn new(version: i64, views: Vec<(String, String, ViewSpec)>) -> Self {
+    /// `views`: name, states key, definition; `rollups`: states key, level, rolled to.
+    fn new(version: i64, views: Vec<(String, String, ViewSpec)>, rollups: Vec<(String, String, i64)>) -> Self {
         let mut names = HashMap::with_capacity(views.len());
+        let mut aggregates = HashMap::with_capacity(views.len());
         let views: Vec<(String, ViewSpec)> = views
             .into_iter()
             .map(|(name, key, spec)| {
                 names.insert(key.clone(), name);
+                aggregates.insert(key.clone(), spec.aggregate);
                 (key, spec)
             })
             .collect();
+        let mut by_key: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+        for (key, level, to) in rollups {
+            by_key.entry(key).or_default().push((level, to));
+        }
+        let levels = by_key
+            .into_iter()
+            .filter_map(|(key, rows)| {
+                let rolled = Rolled::from_rows(rows);
+                let aggregate = *aggregates.get(&key)?;
+                (!rolled.is_empty()).then_some((key, (aggregate, rolled)))
+            })
+            .collect();
         let reader = ViewReader::new(&views);
-        Self { version, views, names, reader }
+        Self { version, views, names, reader, levels }
     }
 }
 
@@ -184,11 +202,21 @@ fn new_groups_tag() -> i64 {
 const SET_GROUPS_TAG: &str = "UPDATE pipelines SET groups_tag = $2 WHERE id = $1";
 
 /// States to write: view, minute, group, encoded cell.
+#[derive(Default)]
 pub(crate) struct StateRows {
     views: Vec<String>,
     minutes: Vec<i64>,
     groups: Vec<String>,
     states: Vec<Vec<u8>>,
+}
+
+impl StateRows {
+    pub(crate) fn push(&mut self, view: &str, minute: i64, group: String, state: Vec<u8>) {
+        self.views.push(view.to_owned());
+        self.minutes.push(minute);
+        self.groups.push(group);
+        self.states.push(state);
+    }
 }
 
 /// A stored state's key: view, minute, group.
@@ -216,9 +244,20 @@ impl PipelineChanges {
         Self { per_view: counter.finish() }
     }
 
-    /// Leaves out the views in `broken` (their stored states could not be read).
+    /// Leaves out the views in `broken` (their stored states could not be read), their levels
+    /// with them.
     fn without(mut self, broken: &HashSet<String>) -> Self {
-        self.per_view.retain(|counted| !broken.contains(&counted.view));
+        self.per_view.retain(|counted| !broken.contains(base_key(&counted.view)));
+        self
+    }
+
+    /// Adds what the views' levels gain from these changes (events before a level's
+    /// `rolled_to`, see [`crate::view_rollups`]).
+    fn with_levels(mut self, views: &PipelineViews) -> Self {
+        if !views.levels.is_empty() {
+            let levels = level_changes(&self.per_view, &views.levels);
+            self.per_view.extend(levels);
+        }
         self
     }
 
@@ -297,7 +336,7 @@ pub(crate) fn decode_stored(pipeline: &str, rows: impl IntoIterator<Item = Store
             }
             Err(err) => {
                 tracing::error!(pipeline, view, error = %err, "a view's stored state is unreadable; the view is computed again");
-                stored.broken.insert(view);
+                stored.broken.insert(base_key(&view).to_owned());
             }
         }
     }
@@ -305,7 +344,7 @@ pub(crate) fn decode_stored(pipeline: &str, rows: impl IntoIterator<Item = Store
 }
 
 /// A state written by a newer release, met and left alone (a rolling upgrade under way).
-fn newer_state_skipped(pipeline: &str, view: &str, err: &UnreadableState) {
+pub(crate) fn newer_state_skipped(pipeline: &str, view: &str, err: &UnreadableState) {
     metrics::counter!("dash_view_states_skipped_total").increment(1);
     tracing::warn!(pipeline, view, error = %err, "a view state of a newer release is left as it is");
 }
@@ -491,8 +530,8 @@ impl Store {
     }
 
     /// A view's stored minutes in `[from, to)`: (minute, group, state); one group's only if
-    /// `group` is given. Read as a stream and refused ([`StoreError::ReadTooLarge`]) past
-    /// `limit` states or [`MAX_VIEW_READ_BYTES`] of them.
+    /// `group` is given. Refused ([`StoreError::ReadTooLarge`]) past `limit` states or
+    /// [`MAX_VIEW_READ_BYTES`] of them.
     pub async fn view_minutes(
         &self,
         pipeline: &str,
@@ -502,55 +541,88 @@ impl Store {
         group: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(i64, String, Cell)>, StoreError> {
+        let groups = group.map_or(GroupsRead::Each, GroupsRead::One);
+        // Buckets of a minute: no level answers them.
+        self.view_states(pipeline, view, from_ms, to_ms, Some(60_000), groups, limit).await
+    }
+
+    /// The states stored under `key` (a view's or one of its levels') in `[from, to)`, one
+    /// group's only if `group` is given, into `read`. Read as a stream.
+    pub(crate) async fn read_states(
+        &self,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        group: Option<&str>,
+        read: &mut StatesRead<'_>,
+    ) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
         const SQLITE: &str = "SELECT minute, grp, state FROM view_minutes \
-            WHERE pipeline_id = $1 AND view_id = (SELECT state_key FROM views WHERE pipeline_id = $1 AND view_id = $2) \
-            AND minute >= $3 AND minute < $4 AND ($5 IS NULL OR grp = $5) ORDER BY minute";
+            WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 AND ($5 IS NULL OR grp = $5) \
+            ORDER BY minute";
         const POSTGRES: &str = "SELECT minute, grp, state FROM view_minutes \
-            WHERE pipeline_id = $1 AND view_id = (SELECT state_key FROM views WHERE pipeline_id = $1 AND view_id = $2) \
-            AND minute >= $3 AND minute < $4 AND ($5::text IS NULL OR grp = $5) ORDER BY minute";
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let mut keep = |(minute, grp, state): (i64, String, Vec<u8>)| -> Result<(), StoreError> {
-            bytes += state.len() + grp.len();
-            if out.len() >= limit || bytes > MAX_VIEW_READ_BYTES {
-                return Err(StoreError::ReadTooLarge);
-            }
-            match Cell::decode(&state) {
-                Ok(cell) => out.push((minute, grp, cell)),
-                // A newer release's state: this release cannot read it, so it is left out.
-                Err(err @ UnreadableState::Newer(_)) => newer_state_skipped(pipeline, view, &err),
-                Err(err) => return Err(StoreError::UnreadableView(err.to_string())),
-            }
-            Ok(())
-        };
+            WHERE pipeline_id = $1 AND view_id = $2 AND minute >= $3 AND minute < $4 \
+            AND ($5::text IS NULL OR grp = $5) ORDER BY minute";
         match self {
             Store::Sqlite(s) => {
                 let mut rows = sqlx::query_as(SQLITE)
-                    .bind(pipeline)
-                    .bind(view)
+                    .bind(read.pipeline)
+                    .bind(key)
                     .bind(from_ms)
                     .bind(to_ms)
                     .bind(group)
                     .fetch(&s.readers);
                 while let Some(row) = rows.try_next().await? {
-                    keep(row)?;
+                    read.keep(row)?;
                 }
             }
             Store::Postgres(s) => {
                 let mut rows = sqlx::query_as(POSTGRES)
-                    .bind(pipeline)
-                    .bind(view)
+                    .bind(read.pipeline)
+                    .bind(key)
                     .bind(from_ms)
                     .bind(to_ms)
                     .bind(group)
                     .fetch(&s.pool);
                 while let Some(row) = rows.try_next().await? {
-                    keep(row)?;
+                    read.keep(row)?;
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// The states of one read of a view, decoded, within its bounds.
+pub(crate) struct StatesRead<'a> {
+    pipeline: &'a str,
+    view: &'a str,
+    limit: usize,
+    bytes: usize,
+    states: Vec<(i64, String, Cell)>,
+}
+
+impl<'a> StatesRead<'a> {
+    pub(crate) fn new(pipeline: &'a str, view: &'a str, limit: usize) -> Self {
+        Self { pipeline, view, limit, bytes: 0, states: Vec::new() }
+    }
+
+    fn keep(&mut self, (minute, grp, state): (i64, String, Vec<u8>)) -> Result<(), StoreError> {
+        self.bytes += state.len() + grp.len();
+        if self.states.len() >= self.limit || self.bytes > MAX_VIEW_READ_BYTES {
+            return Err(StoreError::ReadTooLarge);
+        }
+        match Cell::decode(&state) {
+            Ok(cell) => self.states.push((minute, grp, cell)),
+            // A newer release's state: this release cannot read it, so it is left out.
+            Err(err @ UnreadableState::Newer(_)) => newer_state_skipped(self.pipeline, self.view, &err),
+            Err(err) => return Err(StoreError::UnreadableView(err.to_string())),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_states(self) -> Vec<(i64, String, Cell)> {
+        self.states
     }
 }
 
@@ -567,27 +639,32 @@ impl Store {
         const STATES: &str = "DELETE FROM view_minutes WHERE (pipeline_id, view_id, minute, grp) IN \
             (SELECT pipeline_id, view_id, minute, grp FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 LIMIT $3)";
         const GROUPS: &str = "DELETE FROM view_groups WHERE pipeline_id = $1 AND view_id = $2";
+        const ROLLUPS: &str = "DELETE FROM view_rollups WHERE pipeline_id = $1 AND state_key = $2";
         const DONE: &str = "DELETE FROM view_states_retired WHERE pipeline_id = $1 AND state_key = $2";
         let mut purged = 0;
         let retired: Vec<(String, String)> =
             on_backend!(self, writer, |pool| sqlx::query_as(RETIRED).fetch_all(pool).await?);
         for (pipeline, key) in retired {
-            loop {
-                let deleted = on_backend!(self, writer, |pool| {
-                    sqlx::query(STATES)
-                        .bind(&pipeline)
-                        .bind(&key)
-                        .bind(PURGE_CHUNK)
-                        .execute(pool)
-                        .await?
-                        .rows_affected()
-                });
-                purged += deleted;
-                if deleted < PURGE_CHUNK as u64 {
-                    break;
+            // Its minutes and every level's states.
+            let keys = std::iter::once(key.clone()).chain(Level::ALL.map(|level| level.key(&key)));
+            for states_key in keys {
+                loop {
+                    let deleted = on_backend!(self, writer, |pool| {
+                        sqlx::query(STATES)
+                            .bind(&pipeline)
+                            .bind(&states_key)
+                            .bind(PURGE_CHUNK)
+                            .execute(pool)
+                            .await?
+                            .rows_affected()
+                    });
+                    purged += deleted;
+                    if deleted < PURGE_CHUNK as u64 {
+                        break;
+                    }
                 }
             }
-            for sql in [GROUPS, DONE] {
+            for sql in [GROUPS, ROLLUPS, DONE] {
                 on_backend!(self, writer, |pool| {
                     sqlx::query(sql).bind(&pipeline).bind(&key).execute(pool).await?;
                 });
@@ -604,7 +681,9 @@ pub(crate) const PRUNE_STATES: &str =
     "DELETE FROM view_minutes WHERE pipeline_id = $1 AND view_id = $2 AND minute < $3";
 
 /// Each view (rows of [`VIEWS_KEPT`]) with the time before which its minutes go: its `keep`, or
-/// without one its pipeline's retention cutoff (`cutoffs`, as maintenance worked it out).
+/// without one its pipeline's retention cutoff (`cutoffs`, as maintenance worked it out); and
+/// each of its levels' keys with the time before which their buckets go (those that end by the
+/// cutoff).
 pub(crate) fn view_cutoffs(
     views: Vec<(String, String, String)>,
     cutoffs: &[(String, i64)],
@@ -619,8 +698,12 @@ pub(crate) fn view_cutoffs(
                 Some(keep) => now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
                 None => *cutoff_of.get(pipeline.as_str())?,
             };
-            Some((pipeline, view, cutoff))
+            let levels = Level::ALL.map(|level| (level.key(&view), cutoff.saturating_sub(level.width() - 1)));
+            Some(
+                std::iter::once((view, cutoff)).chain(levels).map(move |(key, cutoff)| (pipeline.clone(), key, cutoff)),
+            )
         })
+        .flatten()
         .collect()
 }
 
@@ -707,14 +790,14 @@ macro_rules! restart_view {
 }
 
 /// Makes batches read a pipeline's definitions (and their states keys) again.
-const RAISE_VIEWS_VERSION: &str = "UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1";
+pub(crate) const RAISE_VIEWS_VERSION: &str = "UPDATE pipelines SET views_version = views_version + 1 WHERE id = $1";
 
 /// Asks for a view to be started over (a state of it cannot be read): its next history step
 /// does it, in a transaction of its own. A batch that finds such a state leaves the view out;
 /// its events are in the new cut's history. The generation rises now (once, however many batches
 /// ask), so the job scheduler sees a history to run (its jobs are one per generation) and a step
 /// of the old one stops.
-const REQUEST_RESTART: &str = "UPDATE views SET backfilled_at = NULL, \
+pub(crate) const REQUEST_RESTART: &str = "UPDATE views SET backfilled_at = NULL, \
     generation = generation + CASE WHEN history_restart THEN 0 ELSE 1 END, history_restart = TRUE \
     WHERE pipeline_id = $1 AND state_key = $2";
 
@@ -856,7 +939,12 @@ pub(crate) async fn count_batch_sqlite<'e>(
                     .fetch_all(&mut *tx)
                     .await?;
             let views = readable_views(pipeline, rows);
-            cache.put(pipeline, PipelineViews::new(version, views))
+            let rollups: Vec<(String, String, i64)> =
+                sqlx::query_as("SELECT state_key, level, rolled_to FROM view_rollups WHERE pipeline_id = $1")
+                    .bind(pipeline)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            cache.put(pipeline, PipelineViews::new(version, views, rollups))
         }
     };
     if views.views.is_empty() {
@@ -872,6 +960,7 @@ pub(crate) async fn count_batch_sqlite<'e>(
     };
     let changes = PipelineChanges::compute(&views, groups.clone(), fresh);
     let touches = changes.touches(&views.names);
+    let changes = changes.with_levels(&views);
     // The states already stored under the changed keys, a few statements for the whole batch.
     let keys: Vec<(&str, i64, &str)> = changes.keys().collect();
     let stored = stored_states_sqlite(tx, pipeline, &keys).await?;
@@ -1011,8 +1100,23 @@ pub(crate) async fn count_batch_pg(
             let views = readable_views(&pipeline, rows);
             loaded.insert(pipeline, views);
         }
+        let rollup_rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT pipeline_id, state_key, level, rolled_to FROM view_rollups WHERE pipeline_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rollups: HashMap<String, Vec<(String, String, i64)>> = HashMap::new();
+        for (pipeline, key, level, to) in rollup_rows {
+            rollups.entry(pipeline).or_default().push((key, level, to));
+        }
         for (pipeline, version) in to_load {
-            let views = cache.put(pipeline, PipelineViews::new(version, loaded.remove(pipeline).unwrap_or_default()));
+            let views = PipelineViews::new(
+                version,
+                loaded.remove(pipeline).unwrap_or_default(),
+                rollups.remove(pipeline).unwrap_or_default(),
+            );
+            let views = cache.put(pipeline, views);
             if !views.views.is_empty() {
                 with_views.push((pipeline, views));
             }
@@ -1060,7 +1164,7 @@ pub(crate) async fn count_batch_pg(
             .map(|e| (e.event.time_ms, e.event.payload.as_str(), e.event.event_type.as_deref()));
         let changes = PipelineChanges::compute(views, groups, events_of);
         touches.insert((*pipeline).to_owned(), changes.touches(&views.names));
-        all_changes.push((*pipeline, changes));
+        all_changes.push((*pipeline, changes.with_levels(views)));
     }
     // The states already stored under the changed keys, in one round trip.
     let (mut kp, mut kv, mut km, mut kg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -285,6 +285,26 @@ impl ViewChanges {
         cells
     }
 
+    /// What a coarser level gains from these changes: the cells of the minutes before `before`,
+    /// merged into buckets of `width_ms` (aligned to the epoch), and every group into one
+    /// ([`GROUP_ALL`]) when `merge_groups`. Empty when no minute is that early.
+    pub fn rolled(&self, aggregate: Aggregate, width_ms: i64, merge_groups: bool, before: i64) -> ViewChanges {
+        let mut rolled = ViewChanges::default();
+        for (slot, entry) in self.by_slot.iter().enumerate() {
+            let Some((name, minutes)) = entry else { continue };
+            let (slot, name) = if merge_groups { (0, GROUP_ALL) } else { (slot, name.as_str()) };
+            for (minute, cell) in minutes.range(..before) {
+                if slot >= rolled.by_slot.len() {
+                    rolled.by_slot.resize_with(slot + 1, || None);
+                }
+                let (_, buckets) = rolled.by_slot[slot].get_or_insert_with(|| (name.to_owned(), BTreeMap::new()));
+                let bucket = minute.saturating_sub(minute.rem_euclid(width_ms));
+                buckets.entry(bucket).or_insert_with(|| Cell::empty(aggregate)).merge(cell);
+            }
+        }
+        rolled
+    }
+
     /// The span of minutes changed: `[first, last + 1 minute)`.
     pub fn span(&self) -> Option<(i64, i64)> {
         let first = self.groups().filter_map(|(_, m)| m.keys().next()).min()?;

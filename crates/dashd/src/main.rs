@@ -241,6 +241,7 @@ fn install_metrics() -> Option<PrometheusHandle> {
             b.set_buckets_for_metric(Matcher::Full("dash_bus_round_trip_seconds".into()), &round_trip_seconds)
         })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dash_view_history_lock_seconds".into()), &flush_seconds))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dash_view_rollup_lock_seconds".into()), &flush_seconds))
         .and_then(|b| b.install_recorder());
     match installed {
         Ok(handle) => {

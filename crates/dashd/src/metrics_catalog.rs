@@ -130,6 +130,16 @@ pub fn describe() {
         Unit::Seconds,
         "How long a step of a view's history holds its pipeline's lock (its merge)."
     );
+    describe_counter!(
+        "dash_view_rollup_states_total",
+        Unit::Count,
+        "View states rolled into their views' hours, days and all-groups levels."
+    );
+    describe_histogram!(
+        "dash_view_rollup_lock_seconds",
+        Unit::Seconds,
+        "How long a rollup step of a view's levels holds its pipeline's lock."
+    );
 
     describe_gauge!("dash_node_info", "This node's role, region and id (always 1).");
     describe_gauge!(
