@@ -176,6 +176,10 @@ impl Runner {
                 Ok(())
             }
             Job::Backfill { pipeline, view, generation, .. } => self.backfill(pipeline, view, *generation).await,
+            Job::Unknown => {
+                tracing::info!("a job of a later release is left to the nodes that run it");
+                Ok(())
+            }
             Job::Rollup { .. } => {
                 let states = self.poller.store.roll_up_views(dash_domain::now_ms(), ROLLUP_BUDGET).await?;
                 if states > 0 {
@@ -397,6 +401,7 @@ async fn schedule(mut queue: JobQueue, store: Store, settings: JobSettings, stop
                         Job::Maintain { .. } => last_maintenance = None,
                         Job::Backfill { .. } => last_backfill_check = None,
                         Job::Rollup { .. } => last_rollup = None,
+                        Job::Unknown => {}
                     }
                 }
             }

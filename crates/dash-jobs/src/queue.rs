@@ -26,7 +26,7 @@ pub const MAX_ATTEMPTS: usize = 5;
 
 /// One unit of background work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(into = "StoredJob", from = "StoredJob")]
 pub enum Job {
     /// Fetch a pipeline's source for one tick.
     Poll { pipeline: String, tick_ms: i64 },
@@ -37,6 +37,71 @@ pub enum Job {
     Backfill { pipeline: String, view: String, generation: i64, made_ms: i64 },
     /// Roll views' minutes up into their hours and days (`Store::roll_up_views`).
     Rollup { tick_ms: i64 },
+    /// A kind of a later release (a rolling upgrade under way): done as nothing here.
+    Unknown,
+}
+
+/// A job as the queue stores it (JSON tagged by `kind`). apalis stops a worker that meets a job
+/// it cannot decode, so a kind added after a release is stored as one that release already
+/// reads and does nothing with: an older node's worker never meets a job it cannot decode
+/// during a rolling upgrade. A kind of a later release still is one, read as [`Job::Unknown`].
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum StoredJob {
+    Poll {
+        pipeline: String,
+        tick_ms: i64,
+    },
+    Maintain {
+        tick_ms: i64,
+    },
+    Backfill {
+        pipeline: String,
+        view: String,
+        generation: i64,
+        made_ms: i64,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+/// [`Job::Rollup`] is stored as the history of this view of no pipeline: releases before it run
+/// that history, find no such view and are done (no view is named so; names are slugs).
+const ROLLUP_AS_HISTORY: &str = "@rollup";
+
+impl From<Job> for StoredJob {
+    fn from(job: Job) -> Self {
+        match job {
+            Job::Poll { pipeline, tick_ms } => Self::Poll { pipeline, tick_ms },
+            Job::Maintain { tick_ms } => Self::Maintain { tick_ms },
+            Job::Backfill { pipeline, view, generation, made_ms } => {
+                Self::Backfill { pipeline, view, generation, made_ms }
+            }
+            Job::Rollup { tick_ms } => Self::Backfill {
+                pipeline: String::new(),
+                view: ROLLUP_AS_HISTORY.to_owned(),
+                generation: 0,
+                made_ms: tick_ms,
+            },
+            Job::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<StoredJob> for Job {
+    fn from(job: StoredJob) -> Self {
+        match job {
+            StoredJob::Poll { pipeline, tick_ms } => Self::Poll { pipeline, tick_ms },
+            StoredJob::Maintain { tick_ms } => Self::Maintain { tick_ms },
+            StoredJob::Backfill { pipeline, view, made_ms, .. } if pipeline.is_empty() && view == ROLLUP_AS_HISTORY => {
+                Self::Rollup { tick_ms: made_ms }
+            }
+            StoredJob::Backfill { pipeline, view, generation, made_ms } => {
+                Self::Backfill { pipeline, view, generation, made_ms }
+            }
+            StoredJob::Unknown => Self::Unknown,
+        }
+    }
 }
 
 impl Job {
@@ -46,6 +111,7 @@ impl Job {
             Self::Poll { pipeline, tick_ms } => format!("poll:{pipeline}:{tick_ms}"),
             Self::Maintain { tick_ms } => format!("maintain:{tick_ms}"),
             Self::Rollup { tick_ms } => format!("rollup:{tick_ms}"),
+            Self::Unknown => "unknown".to_owned(),
             // One job per view and generation: a job that dies part way is run again by the
             // queue, and goes on from where the view stands.
             Self::Backfill { pipeline, view, generation, made_ms } => {
@@ -60,6 +126,7 @@ impl Job {
             Self::Maintain { .. } => "maintain",
             Self::Backfill { .. } => "backfill",
             Self::Rollup { .. } => "rollup",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -197,5 +264,42 @@ impl JobQueue {
             }
         };
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The jobs as the release before view levels declared them: what an older node decodes.
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum EarlierJob {
+        Poll { pipeline: String, tick_ms: i64 },
+        Maintain { tick_ms: i64 },
+        Backfill { pipeline: String, view: String, generation: i64, made_ms: i64 },
+    }
+
+    #[test]
+    fn every_job_reads_back_and_an_earlier_release_reads_every_job() {
+        let jobs = [
+            Job::Poll { pipeline: "p".into(), tick_ms: 1 },
+            Job::Maintain { tick_ms: 2 },
+            Job::Backfill { pipeline: "p".into(), view: "v".into(), generation: 3, made_ms: 4 },
+            Job::Rollup { tick_ms: 5 },
+        ];
+        for job in jobs {
+            let text = serde_json::to_string(&job).unwrap();
+            assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job, "{text}");
+            let earlier: EarlierJob = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            if let Job::Rollup { .. } = job {
+                // The history of no view: the earlier release finds none and is done.
+                assert!(
+                    matches!(earlier, EarlierJob::Backfill { pipeline, view, .. } if pipeline.is_empty() && !dash_domain::is_slug(&view, 64))
+                );
+            }
+        }
+        // A kind of a later release: nothing to do, not a stopped worker.
+        assert_eq!(serde_json::from_str::<Job>(r#"{"kind":"compact","tick_ms":1}"#).unwrap(), Job::Unknown);
     }
 }

@@ -11,7 +11,8 @@
 //!   its source held before it. The rollup job (`Job::Rollup`) moves it forward a step at a time:
 //!   a step reads at most [`ROLLUP_STEP_STATES`] of the source's states after it, merges them
 //!   into the level's buckets and moves it, in one transaction holding the pipeline's lock.
-//!   Levels fed by the minutes stay an hour or two behind them ([`Level::lag`]), so that the
+//!   Levels fed by the minutes move by whole hours, an hour or two behind them ([`Level::lag`],
+//!   [`limit_of`]), so that each moves at most once an hour once caught up, and the
 //!   events of the last hour, late ones included, are counted into their minutes only.
 //! - **An event before `rolled_to`** (a late one, or a replay after an outage) is counted by its
 //!   batch into its minute and into every level already past it, in the same transaction: the
@@ -220,6 +221,25 @@ fn ceil_to(ms: i64, width: i64) -> i64 {
     }
 }
 
+/// One run of the rollup: as of `now`, for at most `budget`, in steps of at most `step_states`
+/// source states.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RollupRun {
+    pub(crate) now: i64,
+    pub(crate) budget: Duration,
+    pub(crate) step_states: i64,
+}
+
+/// How far `level` may be rolled now: for a level fed by the minutes, whole hours up to its lag
+/// before `now` (so it moves, and batches read its progress again, at most once an hour); for
+/// one fed by another level, that level's complete buckets. `None`: its source has not started.
+fn limit_of(level: Level, grouped: bool, rolled: &Rolled, now: i64) -> Option<i64> {
+    match level.source(grouped) {
+        None => Some(floor_to(now.saturating_sub(level.lag()), HOUR)),
+        Some(source) => rolled.get(source).map(|to| floor_to(to, source.width())),
+    }
+}
+
 /// What one rollup step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -231,34 +251,45 @@ enum Step {
 
 impl Store {
     /// Rolls every view's levels forward (views whose history is done), a step at a time, until
-    /// each is caught up with `now` or `budget` has passed; the source states rolled.
+    /// each is caught up with `now` or `budget` has passed; the source states rolled. Each run
+    /// starts at another view, so a long backlog at one does not hold the others back for ever.
     pub async fn roll_up_views(&self, now: i64, budget: Duration) -> Result<u64, StoreError> {
-        self.roll_up(None, now, budget).await
+        self.roll_up(None, RollupRun { now, budget, step_states: ROLLUP_STEP_STATES }).await
     }
 
     /// [`Store::roll_up_views`] for one pipeline's views.
     pub async fn roll_up_pipeline(&self, pipeline: &str, now: i64, budget: Duration) -> Result<u64, StoreError> {
-        self.roll_up(Some(pipeline), now, budget).await
+        self.roll_up(Some(pipeline), RollupRun { now, budget, step_states: ROLLUP_STEP_STATES }).await
     }
 
-    async fn roll_up(&self, pipeline: Option<&str>, now: i64, budget: Duration) -> Result<u64, StoreError> {
-        const VIEWS: &str = "SELECT pipeline_id, state_key FROM views WHERE backfilled_at IS NOT NULL \
+    pub(crate) async fn roll_up(&self, pipeline: Option<&str>, run: RollupRun) -> Result<u64, StoreError> {
+        const VIEWS: &str = "SELECT pipeline_id, state_key, spec FROM views WHERE backfilled_at IS NOT NULL \
             AND ($1 IS NULL OR pipeline_id = $1) ORDER BY pipeline_id, view_id";
-        const VIEWS_PG: &str = "SELECT pipeline_id, state_key FROM views WHERE backfilled_at IS NOT NULL \
+        const VIEWS_PG: &str = "SELECT pipeline_id, state_key, spec FROM views WHERE backfilled_at IS NOT NULL \
             AND ($1::text IS NULL OR pipeline_id = $1) ORDER BY pipeline_id, view_id";
         let started = Instant::now();
-        let views: Vec<(String, String)> = match self {
+        let mut views: Vec<(String, String, String)> = match self {
             Store::Sqlite(s) => sqlx::query_as(VIEWS).bind(pipeline).fetch_all(&s.readers).await?,
             Store::Postgres(s) => sqlx::query_as(VIEWS_PG).bind(pipeline).fetch_all(&s.pool).await?,
         };
+        if !views.is_empty() {
+            let first = (run.now.div_euclid(MINUTE)).rem_euclid(views.len() as i64) as usize;
+            views.rotate_left(first);
+        }
         let mut rolled = 0u64;
-        'views: for (pipeline, key) in views {
-            for level in Level::ALL {
+        'views: for (pipeline, key, spec) in views {
+            let Ok(spec) = spec_from(&spec) else { continue };
+            let grouped = spec.group_by.is_some();
+            for level in Level::ALL.into_iter().filter(|level| level.kept_for(grouped)) {
+                // Looked at with no lock first: most runs find most levels caught up.
+                if self.caught_up(&pipeline, &key, level, grouped, run.now).await? {
+                    continue;
+                }
                 loop {
-                    if started.elapsed() > budget {
+                    if started.elapsed() > run.budget {
                         break 'views;
                     }
-                    match self.rollup_step(&pipeline, &key, level, now).await? {
+                    match self.rollup_step(&pipeline, &key, level, run).await? {
                         Step::Rolled(states) => rolled += states as u64,
                         Step::CaughtUp => break,
                     }
@@ -269,18 +300,38 @@ impl Store {
         Ok(rolled)
     }
 
-    async fn rollup_step(&self, pipeline: &str, key: &str, level: Level, now: i64) -> Result<Step, StoreError> {
+    /// Whether a started level has nothing to roll now (read with no lock; its step looks again).
+    async fn caught_up(
+        &self,
+        pipeline: &str,
+        key: &str,
+        level: Level,
+        grouped: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        const ROLLED: &str = "SELECT level, rolled_to FROM view_rollups WHERE pipeline_id = $1 AND state_key = $2";
+        let rows: Vec<(String, i64)> =
+            on_backend!(self, readers, |pool| sqlx::query_as(ROLLED).bind(pipeline).bind(key).fetch_all(pool).await?);
+        let rolled = Rolled::from_rows(rows);
+        Ok(match (rolled.get(level), limit_of(level, grouped, &rolled, now)) {
+            (Some(to), Some(limit)) => to >= limit,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        })
+    }
+
+    async fn rollup_step(&self, pipeline: &str, key: &str, level: Level, run: RollupRun) -> Result<Step, StoreError> {
         let started = Instant::now();
         let step = match self {
             Store::Sqlite(s) => {
                 let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
-                let step = step_locked(&mut *tx, pipeline, key, level, now).await?;
+                let step = step_locked(&mut *tx, pipeline, key, level, run).await?;
                 tx.commit().await?;
                 step
             }
             Store::Postgres(s) => {
                 let mut tx = s.pool.begin().await?;
-                let step = step_locked(&mut *tx, pipeline, key, level, now).await?;
+                let step = step_locked(&mut *tx, pipeline, key, level, run).await?;
                 tx.commit().await?;
                 step
             }
@@ -345,7 +396,7 @@ async fn step_locked<T: StatesTx>(
     pipeline: &str,
     key: &str,
     level: Level,
-    now: i64,
+    run: RollupRun,
 ) -> Result<Step, StoreError> {
     tx.lock_pipeline(pipeline).await?;
     // Still the view's key, and its history done.
@@ -356,13 +407,7 @@ async fn step_locked<T: StatesTx>(
         return Ok(Step::CaughtUp);
     }
     let rolled = tx.rolled(pipeline, key).await?;
-    let limit = match level.source(grouped) {
-        None => floor_to(now.saturating_sub(level.lag()), MINUTE),
-        Some(source) => match rolled.get(source) {
-            Some(to) => floor_to(to, source.width()),
-            None => return Ok(Step::CaughtUp),
-        },
-    };
+    let Some(limit) = limit_of(level, grouped, &rolled, run.now) else { return Ok(Step::CaughtUp) };
     let source_key = level.source(grouped).map_or_else(|| key.to_owned(), |source| source.key(key));
     let from = match rolled.get(level) {
         Some(to) => to,
@@ -375,16 +420,17 @@ async fn step_locked<T: StatesTx>(
     if from >= limit {
         return Ok(Step::CaughtUp);
     }
-    let mut rows = tx.states_between(pipeline, &source_key, from, limit, ROLLUP_STEP_STATES).await?;
+    let step_states = run.step_states.max(1);
+    let mut rows = tx.states_between(pipeline, &source_key, from, limit, step_states).await?;
     let mut to = limit;
-    if rows.len() as i64 >= ROLLUP_STEP_STATES {
+    if rows.len() as i64 >= step_states {
         // A full step ends before the last time it read (its states may go on past the bound);
-        // a step of one time only takes that time whole.
+        // a step of one time only takes that time whole, up to the end of its source's bucket.
         let last = rows.last().map_or(from, |(t, _, _)| *t);
         rows.retain(|(t, _, _)| *t < last);
         if rows.is_empty() {
             rows = tx.states_between(pipeline, &source_key, last, last + 1, i64::MAX).await?;
-            to = last + 1;
+            to = last + level.source(grouped).map_or(MINUTE, Level::width);
         } else {
             to = last;
         }
@@ -398,7 +444,12 @@ async fn step_locked<T: StatesTx>(
                 let group = if level.merges_groups() { GROUP_ALL.to_owned() } else { group };
                 buckets.entry((floor_to(t, width), group)).or_insert_with(|| Cell::empty(spec.aggregate)).merge(&cell);
             }
-            Err(err @ UnreadableState::Newer(_)) => newer_state_skipped(pipeline, key, &err),
+            // A newer release's state: the level waits here for that release to roll it (rolling
+            // past it would leave it out of the level for good).
+            Err(err @ UnreadableState::Newer(_)) => {
+                newer_state_skipped(pipeline, key, &err);
+                return Ok(Step::CaughtUp);
+            }
             Err(err) => {
                 tracing::error!(pipeline, key, error = %err, "a view's stored state is unreadable; the view is computed again");
                 tx.request_restart(pipeline, key).await?;
@@ -416,12 +467,13 @@ async fn step_locked<T: StatesTx>(
         tx.request_restart(pipeline, key).await?;
         return Ok(Step::CaughtUp);
     }
+    if !newer.is_empty() {
+        // The level's bucket is a newer release's: it waits for that release, as above.
+        return Ok(Step::CaughtUp);
+    }
     let mut states = StateRows::default();
     for ((t, group), cell) in buckets {
         let stored_key = (level_key.clone(), t, group);
-        if newer.contains(&stored_key) {
-            continue;
-        }
         let state = match cells.remove(&stored_key) {
             Some(mut old) => {
                 old.merge(&cell);

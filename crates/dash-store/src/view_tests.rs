@@ -12,6 +12,7 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 
 use crate::tests::{postgres, sqlite};
+use crate::view_rollups::RollupRun;
 use crate::{BatchEvent, PutMode, Store, testing};
 
 #[derive(Debug, Clone)]
@@ -54,7 +55,9 @@ struct Scenario {
     /// Rollup runs before batch `at`: as if it were `Some(m)` minutes past two hours after the
     /// first event (the levels fed by the minutes take part of them in), or (`None`) long after
     /// (they take in everything, and every later batch is late for them).
-    rollups: Vec<(usize, Option<i8>)>,
+    rollups: Vec<(usize, Option<i16>)>,
+    /// Source states a rollup step reads at most.
+    rollup_step: i64,
 }
 
 fn gen_event() -> impl Strategy<Value = GenEvent> {
@@ -118,14 +121,16 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 proptest::collection::vec(0..n, 0..3),
                 proptest::collection::vec((gen_view(), 0..=n, proptest::option::of(0..=n)), 1..5),
                 Just(step_events),
-                proptest::collection::vec((0..=n, proptest::option::of(-10i8..=10)), 0..4),
+                proptest::collection::vec((0..=n, proptest::option::of(-130i16..=10)), 0..4),
+                1i64..30,
             )
-                .prop_map(|(batches, replays, views, step_events, rollups)| Scenario {
+                .prop_map(|(batches, replays, views, step_events, rollups, rollup_step)| Scenario {
                     batches,
                     replays,
                     views,
                     step_events,
                     rollups,
+                    rollup_step,
                 })
         },
     )
@@ -238,7 +243,8 @@ async fn run(
         }
         for (_, minutes) in scenario.rollups.iter().filter(|(at, _)| *at == step) {
             let now = minutes.map_or(base + 400 * DAY, |m| base + 2 * HOUR + i64::from(m) * 60_000);
-            store.roll_up_pipeline(pipeline, now, std::time::Duration::from_secs(60)).await.unwrap();
+            let run = RollupRun { now, budget: std::time::Duration::from_secs(60), step_states: scenario.rollup_step };
+            store.roll_up(Some(pipeline), run).await.unwrap();
         }
         // One step of every pending history between batches.
         for pending in store.pending_backfills().await.unwrap() {
@@ -265,7 +271,8 @@ async fn run(
         }
     }
 
-    const LEVELS: &str = "SELECT count(*) FROM view_rollups WHERE pipeline_id = $1";
+    const LEVELS: &str = "SELECT count(*) FROM view_rollups r JOIN views v \
+        ON v.pipeline_id = r.pipeline_id AND v.state_key = r.state_key WHERE r.pipeline_id = $1";
     let levels: i64 = match store {
         Store::Sqlite(s) => sqlx::query_scalar(LEVELS).bind(pipeline).fetch_one(&s.readers).await.unwrap(),
         Store::Postgres(s) => sqlx::query_scalar(LEVELS).bind(pipeline).fetch_one(&s.pool).await.unwrap(),
@@ -325,7 +332,10 @@ async fn check_levels(
     use crate::GroupsRead;
     let day = base - base.rem_euclid(DAY);
     let first_group = expected.first().map(|((_, g), _)| g.clone()).unwrap_or_default();
-    let reads: [(i64, i64, Option<i64>, GroupsRead<'_>); 7] = [
+    let reads: [(i64, i64, Option<i64>, GroupsRead<'_>); 9] = [
+        // Hours inside, minutes at the unaligned edges.
+        (base - 2 * HOUR - 90_000, base + 3 * HOUR + 30_000, None, GroupsRead::Merged),
+        (base - 2 * HOUR - 90_000, base + 3 * HOUR + 30_000, None, GroupsRead::Each),
         (day - DAY, day + 2 * DAY, None, GroupsRead::Merged),
         (day - DAY, day + 2 * DAY, None, GroupsRead::Each),
         (day - DAY, day + 2 * DAY, Some(HOUR), GroupsRead::Merged),
@@ -370,9 +380,10 @@ async fn check_levels(
 
 fn run_cases(store: &Store, cases: u32) {
     let handle = tokio::runtime::Handle::current();
+    // The events' eight minutes straddle the hour.
     let base = {
         let now = dash_domain::now_ms();
-        now - now.rem_euclid(60_000) - 20 * 60_000
+        now - now.rem_euclid(HOUR) - 4 * 60_000
     };
     let counter = std::sync::atomic::AtomicU32::new(0);
     let rolled_cases = std::sync::atomic::AtomicU32::new(0);
