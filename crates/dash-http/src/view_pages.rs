@@ -131,7 +131,7 @@ async fn card_figures(state: &AppState, record: &ViewRecord, range: ChartRange) 
     })
 }
 
-/// One read of a card, bounded as the page's reads are.
+/// One read of a card, bounded as the API's reads are.
 async fn card_read(
     state: &AppState,
     record: &ViewRecord,
@@ -139,7 +139,7 @@ async fn card_read(
     bucket_ms: Option<i64>,
     groups: GroupsRead<'_>,
 ) -> Result<Vec<(i64, String, Cell)>, StoreError> {
-    let bound = crate::views::MAX_SKETCH_STATES_READ;
+    let bound = crate::views::states_bound(record.spec.aggregate);
     state.store.view_states(&record.pipeline, &record.name, from, to, bucket_ms, groups, bound).await
 }
 

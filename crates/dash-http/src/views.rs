@@ -158,9 +158,21 @@ struct SeriesQuery {
     group: Option<String>,
 }
 
+/// The most states one read of a view of `aggregate` takes in: [`MAX_STATES_READ`], or
+/// [`MAX_SKETCH_STATES_READ`] for sketches (each holds up to a few KiB).
+pub(crate) fn states_bound(aggregate: dash_views::Aggregate) -> usize {
+    match aggregate {
+        dash_views::Aggregate::Count
+        | dash_views::Aggregate::Sum
+        | dash_views::Aggregate::Avg
+        | dash_views::Aggregate::Min
+        | dash_views::Aggregate::Max => MAX_STATES_READ,
+        _ => MAX_SKETCH_STATES_READ,
+    }
+}
+
 /// A view's states over a range, each part from the coarsest level that answers buckets of
-/// `bucket_ms` from `from` (`None`: one bucket), bounded by [`MAX_STATES_READ`] (or
-/// [`MAX_SKETCH_STATES_READ`] for sketches).
+/// `bucket_ms` from `from` (`None`: one bucket), bounded by [`states_bound`].
 pub(crate) async fn read_states(
     state: &AppState,
     record: &ViewRecord,
@@ -168,14 +180,7 @@ pub(crate) async fn read_states(
     bucket_ms: Option<i64>,
     groups: GroupsRead<'_>,
 ) -> Result<Vec<(i64, String, Cell)>, ApiError> {
-    let bound = match record.spec.aggregate {
-        dash_views::Aggregate::Count
-        | dash_views::Aggregate::Sum
-        | dash_views::Aggregate::Avg
-        | dash_views::Aggregate::Min
-        | dash_views::Aggregate::Max => MAX_STATES_READ,
-        _ => MAX_SKETCH_STATES_READ,
-    };
+    let bound = states_bound(record.spec.aggregate);
     match state.store.view_states(&record.pipeline, &record.name, from, to, bucket_ms, groups, bound).await {
         Ok(minutes) => Ok(minutes),
         Err(StoreError::ReadTooLarge) => Err(ApiError::unprocessable(

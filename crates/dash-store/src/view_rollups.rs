@@ -107,8 +107,7 @@ impl Level {
     /// the last hour or two (late events and all) writing their minutes only.
     fn lag(self) -> i64 {
         match self {
-            Level::MinuteAll => HOUR,
-            Level::Hour | Level::HourAll => 2 * HOUR,
+            Level::MinuteAll | Level::Hour | Level::HourAll => HOUR,
             Level::Day | Level::DayAll => 0,
         }
     }
