@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use dash_views::{Aggregate, Cell, CountedView, GROUP_ALL, UnreadableState};
 
 use crate::view_history::StatesTx;
-use crate::views::{StateRows, StoredStates, decode_stored, newer_state_skipped, spec_from};
+use crate::views::{StateRows, StoredStates, decode_stored, merged_over, newer_state_skipped, spec_from};
 use crate::{Store, StoreError};
 
 const MINUTE: i64 = 60_000;
@@ -473,13 +473,7 @@ async fn step_locked<T: StatesTx>(
     let mut states = StateRows::default();
     for ((t, group), cell) in buckets {
         let stored_key = (level_key.clone(), t, group);
-        let state = match cells.remove(&stored_key) {
-            Some(mut old) => {
-                old.merge(&cell);
-                old.encode()
-            }
-            None => cell.encode(),
-        };
+        let state = merged_over(&mut cells, &stored_key, &cell);
         let (_, _, group) = stored_key;
         states.push(&level_key, t, group, state);
     }

@@ -220,7 +220,7 @@ impl StateRows {
 }
 
 /// A stored state's key: view, minute, group.
-type StateKey = (String, i64, String);
+pub(crate) type StateKey = (String, i64, String);
 
 /// A stored state as read back: view, minute, group, bytes.
 pub(crate) type StoredRow = (String, i64, String, Vec<u8>);
@@ -294,13 +294,7 @@ impl PipelineChanges {
                 if newer.contains(&key) {
                     continue;
                 }
-                let state = match stored.remove(&key) {
-                    Some(mut old) => {
-                        old.merge(&cell);
-                        old.encode()
-                    }
-                    None => cell.encode(),
-                };
+                let state = merged_over(&mut stored, &key, &cell);
                 let (_, _, group) = key;
                 rows.views.push(view.clone());
                 rows.minutes.push(minute);
@@ -310,6 +304,17 @@ impl PipelineChanges {
             new_groups.extend(added.into_iter().map(|g| (view.clone(), g)));
         }
         (rows, new_groups)
+    }
+}
+
+/// A state's bytes once `cell` is merged over what is stored under `key` (taken from `stored`).
+pub(crate) fn merged_over(stored: &mut HashMap<StateKey, Cell>, key: &StateKey, cell: &Cell) -> Vec<u8> {
+    match stored.remove(key) {
+        Some(mut old) => {
+            old.merge(cell);
+            old.encode()
+        }
+        None => cell.encode(),
     }
 }
 
