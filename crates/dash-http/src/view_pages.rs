@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::pages::{PageError, PageQuery, chrome, find, html};
+use crate::views::bounded_states;
 
 /// Groups listed in a card's table.
 const LISTED_GROUPS: usize = 10;
@@ -60,7 +61,7 @@ async fn card_figures(state: &AppState, record: &ViewRecord, range: ChartRange) 
     let mut ranked = Vec::new();
     if grouped {
         let mut by_group: HashMap<String, Cell> = HashMap::new();
-        for (_, group, cell) in card_read(state, record, (from, to), None, GroupsRead::Each).await? {
+        for (_, group, cell) in bounded_states(state, record, (from, to), None, GroupsRead::Each).await? {
             total.merge(&cell);
             by_group.entry(group).or_insert_with(|| Cell::empty(aggregate)).merge(&cell);
         }
@@ -74,11 +75,12 @@ async fn card_figures(state: &AppState, record: &ViewRecord, range: ChartRange) 
         let mut series: Vec<(String, Vec<Option<f64>>)> = Vec::with_capacity(drawn + 1);
         for g in ranked.iter().take(drawn) {
             let points =
-                series_of(card_read(state, record, (from, to), Some(bucket_ms), GroupsRead::One(&g.group)).await?);
+                series_of(bounded_states(state, record, (from, to), Some(bucket_ms), GroupsRead::One(&g.group)).await?);
             series.push((g.group.clone(), points.into_iter().map(|p| p.value).collect()));
         }
         if ranked.len() > drawn {
-            let whole = series_of(card_read(state, record, (from, to), Some(bucket_ms), GroupsRead::Merged).await?);
+            let whole =
+                series_of(bounded_states(state, record, (from, to), Some(bucket_ms), GroupsRead::Merged).await?);
             let rest = whole
                 .iter()
                 .enumerate()
@@ -94,7 +96,7 @@ async fn card_figures(state: &AppState, record: &ViewRecord, range: ChartRange) 
         }
         series
     } else {
-        let states = card_read(state, record, (from, to), Some(bucket_ms), GroupsRead::Merged).await?;
+        let states = bounded_states(state, record, (from, to), Some(bucket_ms), GroupsRead::Merged).await?;
         if !grouped {
             for (_, _, cell) in &states {
                 total.merge(cell);
@@ -129,18 +131,6 @@ async fn card_figures(state: &AppState, record: &ViewRecord, range: ChartRange) 
         can_edit: true,
         unavailable: None,
     })
-}
-
-/// One read of a card, bounded as the API's reads are.
-async fn card_read(
-    state: &AppState,
-    record: &ViewRecord,
-    (from, to): (i64, i64),
-    bucket_ms: Option<i64>,
-    groups: GroupsRead<'_>,
-) -> Result<Vec<(i64, String, Cell)>, StoreError> {
-    let bound = crate::views::states_bound(record.spec.aggregate);
-    state.store.view_states(&record.pipeline, &record.name, from, to, bucket_ms, groups, bound).await
 }
 
 /// A card that shows why it has no figures instead of them.

@@ -160,7 +160,7 @@ struct SeriesQuery {
 
 /// The most states one read of a view of `aggregate` takes in: [`MAX_STATES_READ`], or
 /// [`MAX_SKETCH_STATES_READ`] for sketches (each holds up to a few KiB).
-pub(crate) fn states_bound(aggregate: dash_views::Aggregate) -> usize {
+fn states_bound(aggregate: dash_views::Aggregate) -> usize {
     match aggregate {
         dash_views::Aggregate::Count
         | dash_views::Aggregate::Sum
@@ -172,7 +172,20 @@ pub(crate) fn states_bound(aggregate: dash_views::Aggregate) -> usize {
 }
 
 /// A view's states over a range, each part from the coarsest level that answers buckets of
-/// `bucket_ms` from `from` (`None`: one bucket), bounded by [`states_bound`].
+/// `bucket_ms` from `from` (`None`: one bucket), bounded by [`states_bound`]: the store's
+/// answer, for the API (below) and the cards.
+pub(crate) async fn bounded_states(
+    state: &AppState,
+    record: &ViewRecord,
+    (from, to): (i64, i64),
+    bucket_ms: Option<i64>,
+    groups: GroupsRead<'_>,
+) -> Result<Vec<(i64, String, Cell)>, StoreError> {
+    let bound = states_bound(record.spec.aggregate);
+    state.store.view_states(&record.pipeline, &record.name, from, to, bucket_ms, groups, bound).await
+}
+
+/// [`bounded_states`] with the store's refusals as the API's errors.
 pub(crate) async fn read_states(
     state: &AppState,
     record: &ViewRecord,
@@ -180,13 +193,13 @@ pub(crate) async fn read_states(
     bucket_ms: Option<i64>,
     groups: GroupsRead<'_>,
 ) -> Result<Vec<(i64, String, Cell)>, ApiError> {
-    let bound = states_bound(record.spec.aggregate);
-    match state.store.view_states(&record.pipeline, &record.name, from, to, bucket_ms, groups, bound).await {
+    match bounded_states(state, record, (from, to), bucket_ms, groups).await {
         Ok(minutes) => Ok(minutes),
         Err(StoreError::ReadTooLarge) => Err(ApiError::unprocessable(
             "range_too_large",
             format!(
-                "the range holds more than {bound} view states (or {} MiB of them); narrow from..to or pick a group",
+                "the range holds more than {} view states (or {} MiB of them); narrow from..to or pick a group",
+                states_bound(record.spec.aggregate),
                 dash_store::MAX_VIEW_READ_BYTES >> 20
             ),
         )),

@@ -22,7 +22,7 @@ use dash_views::{BatchCounter, CountedView, Groups, ViewSpec};
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 
-use crate::view_rollups::Rolled;
+use crate::view_rollups::{ROLLED, Rolled};
 use crate::views::{
     BackfillProgress, PipelineChanges, RAISE_VIEWS_VERSION, REQUEST_RESTART, StateRows, StoredRow, StoredStates,
     decode_stored, restart_sql_pg, restart_sql_sqlite, spec_from, stored_states_pg, stored_states_sqlite,
@@ -482,11 +482,7 @@ macro_rules! history_statements {
 
         async fn rolled(&mut self, pipeline: &str, key: &str) -> Result<Rolled, StoreError> {
             let rows: Vec<(String, i64)> =
-                sqlx::query_as("SELECT level, rolled_to FROM view_rollups WHERE pipeline_id = $1 AND state_key = $2")
-                    .bind(pipeline)
-                    .bind(key)
-                    .fetch_all(&mut *self)
-                    .await?;
+                sqlx::query_as(ROLLED).bind(pipeline).bind(key).fetch_all(&mut *self).await?;
             Ok(Rolled::from_rows(rows))
         }
 

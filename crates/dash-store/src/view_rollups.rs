@@ -37,6 +37,9 @@ const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
+/// Each level of a view ($2: its states key) and how far it is rolled.
+pub(crate) const ROLLED: &str = "SELECT level, rolled_to FROM view_rollups WHERE pipeline_id = $1 AND state_key = $2";
+
 /// Source states one rollup step reads at most, under its pipeline's lock.
 pub const ROLLUP_STEP_STATES: i64 = 5_000;
 
@@ -308,15 +311,19 @@ impl Store {
         grouped: bool,
         now: i64,
     ) -> Result<bool, StoreError> {
-        const ROLLED: &str = "SELECT level, rolled_to FROM view_rollups WHERE pipeline_id = $1 AND state_key = $2";
-        let rows: Vec<(String, i64)> =
-            on_backend!(self, readers, |pool| sqlx::query_as(ROLLED).bind(pipeline).bind(key).fetch_all(pool).await?);
-        let rolled = Rolled::from_rows(rows);
+        let rolled = self.rolled(pipeline, key).await?;
         Ok(match (rolled.get(level), limit_of(level, grouped, &rolled, now)) {
             (Some(to), Some(limit)) => to >= limit,
             (_, None) => true,
             (None, Some(_)) => false,
         })
+    }
+
+    /// How far each level of the view whose states are under `key` is rolled (read with no lock).
+    async fn rolled(&self, pipeline: &str, key: &str) -> Result<Rolled, StoreError> {
+        let rows: Vec<(String, i64)> =
+            on_backend!(self, readers, |pool| sqlx::query_as(ROLLED).bind(pipeline).bind(key).fetch_all(pool).await?);
+        Ok(Rolled::from_rows(rows))
     }
 
     async fn rollup_step(&self, pipeline: &str, key: &str, level: Level, run: RollupRun) -> Result<Step, StoreError> {
@@ -358,7 +365,6 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(i64, String, Cell)>, StoreError> {
         const KEY: &str = "SELECT state_key, spec FROM views WHERE pipeline_id = $1 AND view_id = $2";
-        const ROLLED: &str = "SELECT level, rolled_to FROM view_rollups WHERE pipeline_id = $1 AND state_key = $2";
         let row: Option<(String, String)> = on_backend!(self, readers, |pool| sqlx::query_as(KEY)
             .bind(pipeline)
             .bind(view)
@@ -366,9 +372,7 @@ impl Store {
             .await?);
         let Some((key, spec)) = row else { return Ok(Vec::new()) };
         let grouped = spec_from(&spec)?.group_by.is_some();
-        let rows: Vec<(String, i64)> =
-            on_backend!(self, readers, |pool| sqlx::query_as(ROLLED).bind(pipeline).bind(&key).fetch_all(pool).await?);
-        let rolled = Rolled::from_rows(rows);
+        let rolled = self.rolled(pipeline, &key).await?;
         let order: &[Level] = match groups {
             _ if !grouped => &[Level::DayAll, Level::HourAll],
             GroupsRead::Merged => &[Level::DayAll, Level::HourAll, Level::MinuteAll],
